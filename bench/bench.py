@@ -1,0 +1,756 @@
+#!/usr/bin/env python3
+"""logwrap benchmark harness (`make bench`): measures logwrap against the
+SPEC section 7 targets.
+
+It runs logwrap side by side with the obvious alternatives (a raw pipe,
+`tee` to a file, util-linux `script -qfc`) on the same generated workloads,
+interleaved round-robin, and prints median wall time, throughput, peak RSS,
+the ratios the SPEC sets targets for, and whether each target is met.
+
+    python3 bench/bench.py [--quick] [--bin PATH] [--reps N] [--sections a,b]
+
+Python 3 standard library only; Linux only (posix_spawn, wait4, /proc).
+
+How things are measured (see also bench/README.md):
+  * wall time: perf_counter() around posix_spawn() .. wait4() of one process;
+  * peak RSS: the largest process in the measured tree. By default GNU
+    time (/usr/bin/time -f %M) wraps each run: it forks the command from
+    its own ~1 MiB process and reports wait4's ru_maxrss, which on Linux is
+    the max over the process and every descendant it reaped. (Our own
+    wait4 is useless here: a child spawned from Python starts with
+    Python's ~25 MiB high-water mark.) Without GNU time, /proc VmHWM of
+    the tree is polled every 5 ms instead (--rss sample). Shell baselines
+    run as `bash -c PIPELINE`, so their figure is bash/cat/tee; logwrap is
+    spawned directly, so its figure is max(logwrap, job), and the jobs
+    (cat, head, tr, yes, sh) are ~1-4 MiB;
+  * correctness: every logwrap run must exit 0 and leave a stdout.log of
+    exactly the input size; the first run of each mode per workload is also
+    compared byte for byte, so a broken run can never be reported as fast.
+
+New measurements (logs --tail timing, SSE latency, gc timing, ...) are added
+as one function decorated with @section; see the registry below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1_000_000  # throughput and workload sizes are decimal (SPEC says "200 MB")
+MIB = 1 << 20  # RSS is binary (SPEC says "16 MiB")
+RSS_TARGET_MIB = 16.0
+
+
+# --------------------------------------------------------------------------
+# Results: what sections hand back to the report printer.
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One measured execution of one process (or shell pipeline)."""
+
+    wall: float  # seconds
+    maxrss_kib: int  # ru_maxrss (KiB on Linux)
+    cpu: float  # user + sys seconds, including reaped descendants
+    ok: bool = True
+    problem: str = ""
+
+
+@dataclass
+class Row:
+    """All repetitions of one tool on one workload."""
+
+    workload: str
+    tool: str
+    nbytes: int
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def good_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.ok]
+
+    @property
+    def broken(self) -> bool:
+        return not self.runs or any(not r.ok for r in self.runs)
+
+    def median_wall(self) -> float | None:
+        good = self.good_runs
+        return statistics.median(r.wall for r in good) if good else None
+
+    def mbps(self) -> float | None:
+        # bytes / median wall, not median of per-run MB/s: identical for an
+        # odd number of reps, and well-defined for --quick's even count.
+        w = self.median_wall()
+        return self.nbytes / MB / w if w else None
+
+    def median_cpu(self) -> float | None:
+        good = self.good_runs
+        return statistics.median(r.cpu for r in good) if good else None
+
+    def peak_rss_mib(self) -> float | None:
+        # max, not median: the RSS target is a bound, one bad run breaks it.
+        peak = max((r.maxrss_kib for r in self.runs), default=0)
+        return peak / 1024 if peak else None
+
+
+@dataclass
+class Target:
+    """One SPEC section 7 line, evaluated."""
+
+    name: str
+    measured: str
+    goal: str
+    met: bool | None  # None: could not be evaluated (broken runs, tool missing)
+
+
+@dataclass
+class SectionResult:
+    rows: list[Row] = field(default_factory=list)
+    ratios: list[tuple[str, str]] = field(default_factory=list)  # (label, text)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Everything a section needs: options, paths, and helpers."""
+
+    args: argparse.Namespace
+    bin: Path
+    work: Path
+    rss: str  # "time" or "sample", see rss_method()
+    _counter: int = 0
+
+    @property
+    def quick(self) -> bool:
+        return self.args.quick
+
+    def fresh_name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}-{self._counter}"
+
+
+# --------------------------------------------------------------------------
+# Section registry. A section is `fn(ctx) -> SectionResult`; it is listed in
+# the report in registration order. `in_quick=False` sections are skipped by
+# --quick unless named explicitly with --sections.
+# --------------------------------------------------------------------------
+
+SECTIONS: dict[str, tuple[Callable[[Context], SectionResult], bool, str]] = {}
+
+
+def section(name: str, *, in_quick: bool = True, help: str = ""):
+    def register(fn: Callable[[Context], SectionResult]):
+        SECTIONS[name] = (fn, in_quick, help)
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------
+# Process measurement.
+# --------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def rss_method(requested: str) -> str:
+    """Pick how peak RSS is measured.
+
+    Not ru_maxrss of our own child: posix_spawn (vfork) and fork+exec both
+    carry the *parent's* high-water mark into the child's ru_maxrss, so
+    every tool would report Python's ~25 MiB. GNU time forks the job from
+    its own ~1 MiB process and reports the job's wait4 ru_maxrss: exact, with
+    a ~1 MiB floor. Without it, fall back to polling VmHWM under /proc.
+    """
+    if requested != "auto":
+        return requested
+    try:
+        out = subprocess.run([GNU_TIME, "--version"], capture_output=True, text=True, timeout=10)
+        if "GNU" in out.stdout + out.stderr:
+            return "time"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "sample"
+
+
+class TreeSampler(threading.Thread):
+    """Fallback RSS probe: max VmHWM over a process and its descendants.
+
+    VmHWM is the high-water mark of the process's own post-exec address
+    space, so it is exact per process, but polling can miss a descendant
+    that lives less than one interval, or growth in the last interval.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.root, self.interval = pid, interval
+        self.peak_kib = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.sample()
+            self.done.wait(self.interval)
+
+    def sample(self) -> None:
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                            break
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        todo += [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue  # exited between listing and reading
+
+
+def measure(ctx: Context, argv: list[str]) -> Run:
+    """Spawn argv with stdin and stdout on /dev/null; return wall/RSS/CPU.
+
+    posix_spawn + wait4 rather than subprocess: Popen adds pipe set-up and
+    its own wait, and wait4 hands back the CPU time of the whole tree.
+    The process gets its own process group so a hung run can be killed
+    without touching anything else.
+    """
+    stderr_path = ctx.work / "last-stderr"
+    rusage_path = ctx.work / "last-rusage"
+    if ctx.rss == "time":
+        argv = [GNU_TIME, "-o", str(rusage_path), "-f", "%M", "--", *argv]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, str(stderr_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+    ]
+    timeout = ctx.args.timeout
+    timed_out = threading.Event()
+    t0 = time.perf_counter()
+    pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions, setpgroup=0)
+
+    def kill_group() -> None:
+        # SIGTERM first so logwrap can forward it to its job's own session,
+        # then SIGKILL for anything that ignores it.
+        timed_out.set()
+        for sig, pause in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(pause)
+
+    sampler = TreeSampler(pid) if ctx.rss == "sample" else None
+    if sampler:
+        sampler.start()
+    watchdog = threading.Timer(timeout, kill_group)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if sampler:
+            # Wait without reaping, so the pid cannot be reused while the
+            # sampler still looks at it.
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            sampler.done.set()
+            sampler.join()
+        _, status, ru = os.wait4(pid, 0)
+    finally:
+        watchdog.cancel()
+    wall = time.perf_counter() - t0
+
+    if sampler:
+        maxrss = sampler.peak_kib
+    else:
+        try:
+            maxrss = int(rusage_path.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            maxrss = 0
+    run = Run(wall=wall, maxrss_kib=maxrss, cpu=ru.ru_utime + ru.ru_stime)
+    code = os.waitstatus_to_exitcode(status)
+    if timed_out.is_set():
+        run.ok, run.problem = False, f"timed out after {timeout:.0f}s"
+    elif code != 0:
+        run.ok = False
+        run.problem = f"exit {code}" if code > 0 else f"killed by signal {-code}"
+        tail = stderr_tail(stderr_path)
+        if tail:
+            run.problem += f"; stderr: {tail}"
+    return run
+
+
+def stderr_tail(path: Path, limit: int = 300) -> str:
+    try:
+        data = path.read_bytes()[-limit:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").strip().replace("\n", " | ")
+
+
+def same_content(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+# --------------------------------------------------------------------------
+# Workloads. Generated once into the work dir; the measured job is always a
+# plain `cat FILE`, so the generator costs nothing and its RSS is tiny.
+# --------------------------------------------------------------------------
+
+PRINTABLE = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    "     .,:;=/_-+()[]{}\"'"
+)
+
+
+def gen_mixed_lines(path: Path, target_bytes: int, seed: int = 7) -> int:
+    """Log-like text: lines of varying length averaging ~100 bytes.
+
+    A pool of distinct random lines is sampled with random.choices so that
+    200 MB takes seconds, not minutes, while still looking nothing like a
+    single repeated line (which would flatter any per-line fast path).
+    """
+    rng = random.Random(seed)
+    pool = []
+    for _ in range(8192):
+        # ~N(100, 35) clipped to [8, 400]: mostly ~100 with some long lines.
+        n = max(8, min(400, int(rng.gauss(100, 35)))) - 1
+        body = "".join(rng.choices(PRINTABLE, k=n))
+        pool.append(f"{body}\n".encode())
+    written = 0
+    with path.open("wb") as f:
+        while written < target_bytes:
+            block = b"".join(rng.choices(pool, k=20000))
+            if len(block) >= target_bytes - written:
+                # End exactly at the target size, still on a line boundary.
+                block = block[: target_bytes - written - 1] + b"\n"
+            f.write(block)
+            written += len(block)
+    return written
+
+
+def gen_seq(path: Path, count: int) -> int:
+    with path.open("wb") as f:
+        subprocess.run(["seq", "1", str(count)], stdout=f, check=True)
+    return path.stat().st_size
+
+
+@dataclass
+class Workload:
+    name: str
+    path: Path
+    nbytes: int
+
+
+def make_workloads(ctx: Context) -> list[Workload]:
+    if ctx.quick:
+        mixed_bytes, seq_lines = 20 * MB, 500_000
+    else:
+        mixed_bytes, seq_lines = 200 * MB, 5_000_000
+    out = []
+    p = ctx.work / "mixed.txt"
+    log(f"generating {mixed_bytes // MB} MB of mixed ~100-byte lines -> {p}")
+    n = gen_mixed_lines(p, mixed_bytes)
+    out.append(Workload(f"mixed {n / MB:.0f} MB (~100 B lines)", p, n))
+    p = ctx.work / "seq.txt"
+    log(f"generating seq 1 {seq_lines} -> {p}")
+    n = gen_seq(p, seq_lines)
+    out.append(Workload(f"seq 1..{seq_lines:,} ({n / MB:.1f} MB short lines)", p, n))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Tools. Each returns (argv, verify) where verify() runs after the process
+# has been reaped: it checks the output, returns "" or a problem, and cleans
+# up so disk use stays at one copy of the output at most.
+# --------------------------------------------------------------------------
+
+
+def sh(cmd: str) -> list[str]:
+    return ["bash", "-c", cmd]
+
+
+def logwrap_tool(ctx: Context, wl: Workload, *, pty: bool, full_compare: bool, extra: list[str] = ()):
+    root = ctx.work / "logroot"
+    job = ctx.fresh_name("pty" if pty else "pipe")
+    argv = [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job]
+    if not pty:
+        argv.append("--no-pty")
+    argv += [*extra, "--", "cat", str(wl.path)]
+
+    def verify() -> str:
+        jobdir = root / "job_runs" / job
+        try:
+            out = jobdir / "stdout.log"
+            if not out.exists():
+                return f"no {out}"
+            if not (jobdir / "metadata.json").exists():
+                return "no metadata.json"
+            size = out.stat().st_size
+            if size != wl.nbytes:
+                return f"stdout.log is {size} bytes, input is {wl.nbytes}"
+            if full_compare and not same_content(out, wl.path):
+                return "stdout.log differs from the input"
+            err = jobdir / "stderr.log"
+            if err.exists() and err.stat().st_size:
+                return f"stderr.log not empty ({err.stat().st_size} bytes)"
+            return ""
+        finally:
+            shutil.rmtree(jobdir, ignore_errors=True)
+
+    return argv, verify
+
+
+def file_tool(ctx: Context, cmd_for: Callable[[str], str], check: Callable[[int], str]):
+    out = ctx.work / ctx.fresh_name("out")
+
+    def verify() -> str:
+        try:
+            return check(out.stat().st_size) if out.exists() else f"no output file {out.name}"
+        finally:
+            out.unlink(missing_ok=True)
+
+    return sh(cmd_for(shlex.quote(str(out)))), verify
+
+
+def baseline_tools(ctx: Context, wl: Workload) -> dict[str, Callable[[bool], tuple]]:
+    """tool name -> factory(first_rep) -> (argv, verify)."""
+    f = shlex.quote(str(wl.path))
+
+    def raw(_first):
+        return sh(f"cat {f} | cat > /dev/null"), lambda: ""
+
+    def tee(_first):
+        return file_tool(
+            ctx,
+            lambda out: f"cat {f} | tee {out} > /dev/null",
+            lambda n: "" if n == wl.nbytes else f"tee wrote {n} bytes, input is {wl.nbytes}",
+        )
+
+    def script(_first):
+        # script's pty has ONLCR on and it adds a header/footer, so the
+        # typescript is larger than the input; smaller means a lost tail.
+        return file_tool(
+            ctx,
+            lambda out: f"script -qfc {shlex.quote('cat ' + f)} {out} > /dev/null",
+            lambda n: "" if n >= wl.nbytes else f"script wrote {n} bytes, input is {wl.nbytes}",
+        )
+
+    tools = {"raw pipe": raw, "tee": tee}
+    if shutil.which("script"):
+        tools["script -qfc"] = script
+    tools["logwrap pipe"] = lambda first: logwrap_tool(ctx, wl, pty=False, full_compare=first)
+    tools["logwrap pty"] = lambda first: logwrap_tool(ctx, wl, pty=True, full_compare=first)
+    return tools
+
+
+def run_tool(ctx: Context, label: str, argv: list[str], verify: Callable[[], str]) -> Run:
+    run = measure(ctx, argv)
+    problem = verify()  # always, so it also cleans up after a failed run
+    if run.ok and problem:
+        run.ok, run.problem = False, problem
+    status = "ok" if run.ok else f"BROKEN: {run.problem}"
+    log(f"  {label}: {run.wall:7.3f}s  rss {run.maxrss_kib / 1024:6.1f} MiB  {status}")
+    return run
+
+
+# --------------------------------------------------------------------------
+# Ratios and targets.
+# --------------------------------------------------------------------------
+
+
+def speedup(fast: Row | None, slow: Row | None) -> tuple[float | None, str]:
+    """Throughput ratio fast/slow = median wall(slow) / median wall(fast).
+
+    Also gives the spread of the per-round ratios: runs in one round are
+    seconds apart, so their ratio shrugs off slow drifts in machine load.
+    """
+    if not fast or not slow or fast.broken or slow.broken:
+        return None, "n/a (broken or missing runs)"
+    ratio = slow.median_wall() / fast.median_wall()
+    per_round = [s.wall / f.wall for f, s in zip(fast.runs, slow.runs)]
+    spread = f"rounds {min(per_round):.2f}-{max(per_round):.2f}" if len(per_round) > 1 else ""
+    return ratio, f"{ratio:.2f}x" + (f"  ({spread})" if spread else "")
+
+
+def ratio_target(name: str, fast: Row | None, slow: Row | None, goal: float) -> tuple[Target, str]:
+    ratio, text = speedup(fast, slow)
+    met = None if ratio is None else ratio >= goal
+    return Target(name, text, f">= {goal:.1f}x", met), text
+
+
+def rss_target(name: str, rows: list[Row]) -> Target:
+    goal = f"< {RSS_TARGET_MIB:.0f} MiB"
+    if not rows or any(r.broken for r in rows):
+        return Target(name, "n/a (broken or missing runs)", goal, None)
+    peak = max(r.peak_rss_mib() or 0 for r in rows)
+    if not peak:
+        return Target(name, "n/a (no RSS reading)", goal, None)
+    return Target(name, f"{peak:.1f} MiB", goal, peak < RSS_TARGET_MIB)
+
+
+# --------------------------------------------------------------------------
+# Sections.
+# --------------------------------------------------------------------------
+
+
+@section("throughput", help="raw pipe / tee / script / logwrap pipe+pty on mixed lines and seq")
+def throughput(ctx: Context) -> SectionResult:
+    res = SectionResult()
+    reps = ctx.args.reps or (2 if ctx.quick else 5)
+    if not shutil.which("script"):
+        res.notes.append("util-linux `script` not found: PTY target not evaluated")
+    logwrap_rows = []
+    for wl in make_workloads(ctx):
+        tools = baseline_tools(ctx, wl)
+        rows = {name: Row(wl.name, name, wl.nbytes) for name in tools}
+        # Untimed warm-up so the first measured tool does not pay for cold
+        # page cache or a cold binary.
+        run_tool(ctx, "warm-up", *tools["raw pipe"](False))
+        names = list(tools)
+        for rep in range(reps):
+            log(f"[throughput] {wl.name}: round {rep + 1}/{reps}")
+            # Rotate the order every round so no tool always runs right
+            # after the same neighbour (write-back, cache and CPU frequency
+            # effects otherwise land on one tool).
+            k = rep % len(names)
+            for name in names[k:] + names[:k]:
+                argv, verify = tools[name](rep == 0)
+                rows[name].runs.append(run_tool(ctx, name, argv, verify))
+        res.rows += rows.values()
+        logwrap_rows += [rows["logwrap pipe"], rows["logwrap pty"]]
+
+        short = wl.name.split(" (")[0]
+        t, text = ratio_target(f"pipe mode >= tee [{short}]", rows["logwrap pipe"], rows["tee"], 1.0)
+        res.targets.append(t)
+        res.ratios.append((f"{short}: logwrap-pipe / tee", text))
+        if "script -qfc" in rows:
+            t, text = ratio_target(
+                f"pty mode >= 2x script -qfc [{short}]", rows["logwrap pty"], rows["script -qfc"], 2.0
+            )
+            res.targets.append(t)
+            res.ratios.append((f"{short}: logwrap-pty / script -qfc", text))
+        for mode in ("pipe", "pty"):
+            _, text = speedup(rows[f"logwrap {mode}"], rows["raw pipe"])
+            res.ratios.append((f"{short}: logwrap-{mode} / raw pipe", text))
+        wl.path.unlink()
+    res.targets.append(rss_target("logwrap peak RSS < 16 MiB [throughput runs]", logwrap_rows))
+    return res
+
+
+@section("memory", in_quick=False, help="peak RSS on 1 GiB of output and on one 100 MB line")
+def memory(ctx: Context) -> SectionResult:
+    """Bounded memory: output volume and line length must not show in RSS.
+
+    The jobs generate their output on the fly (yes | head, head | tr), so no
+    input file is needed; only the logs touch the disk, one run at a time.
+    """
+    res = SectionResult()
+    line = "x" * 98 + "\t"  # 99 chars + yes's newline = 100-byte lines
+    gib = 1 << 30
+    big_line = 100 * MIB
+    jobs = [
+        ("1 GiB of 100-byte lines", gib, ["sh", "-c", f'yes "$0" | head -c {gib}', line]),
+        ("one 100 MiB line, no newline", big_line, ["sh", "-c", f"head -c {big_line} /dev/zero | tr '\\0' a"]),
+    ]
+    root = ctx.work / "logroot"
+    for label, nbytes, cmd in jobs:
+        for mode in ("pipe", "pty"):
+            job = ctx.fresh_name(f"mem-{mode}")
+            argv = [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet"]
+            if mode == "pipe":
+                argv.append("--no-pty")
+            argv += ["--", *cmd]
+
+            def verify(job=job, nbytes=nbytes) -> str:
+                jobdir = root / "job_runs" / job
+                try:
+                    out = jobdir / "stdout.log"
+                    size = out.stat().st_size if out.exists() else -1
+                    return "" if size == nbytes else f"stdout.log is {size} bytes, expected {nbytes}"
+                finally:
+                    shutil.rmtree(jobdir, ignore_errors=True)
+
+            log(f"[memory] {label}, logwrap {mode} --quiet")
+            row = Row(label, f"logwrap {mode} --quiet", nbytes)
+            row.runs.append(run_tool(ctx, row.tool, argv, verify))
+            res.rows.append(row)
+            res.targets.append(rss_target(f"logwrap peak RSS < 16 MiB [{label}, {mode}]", [row]))
+    return res
+
+
+# --------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ("workload", "tool", "wall s (med)", "MB/s (med)", "CPU s (med)", "peak RSS MiB", "runs")
+    cells = []
+    for r in rows:
+        good = len(r.good_runs)
+        status = f"{good}/{len(r.runs)} ok" if not r.broken else f"BROKEN {good}/{len(r.runs)}"
+        cells.append(
+            (
+                r.workload,
+                r.tool,
+                fmt(r.median_wall(), ".3f"),
+                fmt(r.mbps(), ".0f"),
+                fmt(r.median_cpu(), ".2f"),
+                fmt(r.peak_rss_mib(), ".1f"),
+                status,
+            )
+        )
+    widths = [max(len(str(c[i])) for c in [head, *cells]) for i in range(len(head))]
+    left = {0, 1, 6}
+
+    def line(c):
+        return "  ".join(str(x).ljust(w) if i in left else str(x).rjust(w) for i, (x, w) in enumerate(zip(c, widths)))
+
+    print(line(head))
+    print("  ".join("-" * w for w in widths))
+    last = None
+    for r, c in zip(rows, cells):
+        if last is not None and r.workload != last:
+            print()
+        last = r.workload
+        print(line(c))
+
+
+def report(results: dict[str, SectionResult], ctx: Context) -> bool:
+    """Print everything; return True when no run was broken."""
+    print()
+    print(f"logwrap bench  ({'quick' if ctx.quick else 'full'}; {os.cpu_count()} CPUs; binary {ctx.bin})")
+    print("Medians over interleaved rounds; the machine may be shared, so read ratios, not absolutes.")
+    how = {"time": "GNU time (wait4 ru_maxrss", "sample": "polled /proc VmHWM ("}[ctx.rss]
+    print(f"Peak RSS: {how} of the largest process in the job tree; logwrap is spawned directly).")
+    all_targets: list[Target] = []
+    clean = True
+    for name, res in results.items():
+        print(f"\n== {name} ==\n")
+        if res.rows:
+            print_table(res.rows)
+        if res.ratios:
+            print("\nratios (throughput, >1 = logwrap faster; ratio of medians, per-round spread):")
+            width = max(len(label) for label, _ in res.ratios)
+            for label, text in res.ratios:
+                print(f"  {label.ljust(width)}  {text}")
+        for note in res.notes:
+            print(f"note: {note}")
+        for r in res.rows:
+            for run in r.runs:
+                if not run.ok:
+                    clean = False
+                    print(f"BROKEN: {r.workload} / {r.tool}: {run.problem}")
+        all_targets += res.targets
+    if all_targets:
+        print("\n== SPEC section 7 targets ==\n")
+        width = max(len(t.name) for t in all_targets)
+        mw = max(len(t.measured) for t in all_targets)
+        for t in all_targets:
+            verdict = {True: "met", False: "MISSED", None: "NOT EVALUATED"}[t.met]
+            print(f"  {t.name.ljust(width)}  {t.measured.ljust(mw)}  target {t.goal:<10}  {verdict}")
+    return clean
+
+
+# --------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2 reps, 20 MB / 500k-line workloads, skip the memory section")
+    p.add_argument("--bin", type=Path, default=REPO_ROOT / "target" / "release" / "logwrap", help="logwrap binary (default: target/release/logwrap)")
+    p.add_argument("--reps", type=int, default=0, help="repetitions per tool (default 5, --quick 2)")
+    p.add_argument("--sections", default="", help="comma-separated sections to run (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list sections and exit")
+    p.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "work", help="parent of the temporary work dir (default: bench/work, git-ignored)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (workloads are deleted as soon as used either way)")
+    p.add_argument("--rss", choices=("auto", "time", "sample"), default="auto", help="peak RSS via GNU time (exact) or by polling /proc VmHWM (default: time if installed)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a single run is killed and reported broken (default 300)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, (_, in_quick, help_) in SECTIONS.items():
+            print(f"{name:12} {'' if in_quick else '(not in --quick) '}{help_}")
+        return 0
+    if args.sections:
+        chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in SECTIONS]
+        if unknown:
+            print(f"bench: unknown section(s) {', '.join(unknown)}; try --list", file=sys.stderr)
+            return 2
+    else:
+        chosen = [name for name, (_, in_quick, _) in SECTIONS.items() if in_quick or not args.quick]
+
+    binary = args.bin.resolve()
+    if not os.access(binary, os.X_OK):
+        print(f"bench: no logwrap binary at {binary}; run `cargo build --release` or pass --bin", file=sys.stderr)
+        return 2
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    # Same filesystem as the repo by default: logwrap's cost is partly disk
+    # writes, and /tmp may be tmpfs elsewhere, which would flatter it.
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
+    free = shutil.disk_usage(work).free
+    needed = (1.5 if args.quick else 2.5) * (1 << 30)
+    if free < needed:
+        log(f"warning: only {free / (1 << 30):.1f} GiB free under {work}; the bench may fill the disk")
+    ctx = Context(args=args, bin=binary, work=work, rss=rss_method(args.rss))
+    results: dict[str, SectionResult] = {}
+    t0 = time.monotonic()
+    try:
+        for name in chosen:
+            log(f"== section {name} ==")
+            results[name] = SECTIONS[name][0](ctx)
+    except KeyboardInterrupt:
+        log("interrupted; reporting what was measured")
+    finally:
+        if args.keep:
+            log(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    clean = report(results, ctx)
+    print(f"\ntotal bench time {time.monotonic() - t0:.0f}s")
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

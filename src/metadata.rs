@@ -1,0 +1,218 @@
+//! metadata.json: its fields (SPEC §3), the atomic write (temp file + rename, so a
+//! reader never sees a torn document) and the read.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+/// Where a job stands. `Abandoned` is never written by a live wrapper: readers
+/// derive it from a `running` document whose writer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Succeeded,
+    Failed,
+    Killed,
+    TimedOut,
+    Abandoned,
+}
+
+impl Status {
+    /// The name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Killed => "killed",
+            Status::TimedOut => "timed_out",
+            Status::Abandoned => "abandoned",
+        }
+    }
+
+    /// True once the job will write nothing more.
+    pub fn is_finished(self) -> bool {
+        self != Status::Running
+    }
+}
+
+/// Byte and line counts of one stream, as read from the child.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    pub bytes: u64,
+    /// Lines, counting a final line without a newline.
+    pub lines: u64,
+}
+
+/// A valid `DATABUILD_MISSING_DEPS_JSON:` payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissingDep {
+    pub stream: String,
+    pub line: u64,
+    pub value: serde_json::Value,
+}
+
+/// A marker line whose payload could not be used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarkerError {
+    pub stream: String,
+    pub line: u64,
+    pub error: String,
+}
+
+/// The whole metadata.json document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub job_run_id: String,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    /// The wrapper's pid.
+    pub pid: u32,
+    pub child_pid: Option<u32>,
+    pub pty: bool,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub status: Status,
+    /// The child's own exit code; null while running or when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// Name of the signal that ended the child (`SIGKILL`), or null.
+    pub signal: Option<String>,
+    /// The status the wrapper itself exited with (124 on timeout, 128+N on a
+    /// signal, 125-127 when the job could not start); null while running.
+    #[serde(default)]
+    pub wrapper_exit_code: Option<i32>,
+    pub stdout: StreamStats,
+    pub stderr: StreamStats,
+    pub missing_deps: Vec<MissingDep>,
+    pub marker_errors: Vec<MarkerError>,
+    pub building_partitions: Vec<String>,
+    pub log_errors: Vec<String>,
+    pub tail_url: Option<String>,
+    /// Why the job could not start (command not found, ...), or null.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub logwrap_version: String,
+}
+
+impl Metadata {
+    /// Serialises the document, pretty-printed for people who `cat` it.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("metadata always serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, then rename. With
+/// `durable`, the file and its directory are fsynced (used for the final write).
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let dir = path.parent().context("metadata path has no parent")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("metadata.json")
+    ));
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    if durable {
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if durable {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads and parses a metadata.json.
+pub fn read(path: &Path) -> Result<Metadata> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Metadata {
+        Metadata {
+            job_run_id: "j1".into(),
+            command: vec!["true".into()],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            pid: 1,
+            child_pid: None,
+            pty: false,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            ended_at: None,
+            duration_ms: None,
+            status: Status::Running,
+            exit_code: None,
+            signal: None,
+            wrapper_exit_code: None,
+            stdout: StreamStats::default(),
+            stderr: StreamStats::default(),
+            missing_deps: vec![],
+            marker_errors: vec![],
+            building_partitions: vec![],
+            log_errors: vec![],
+            tail_url: None,
+            error: None,
+            logwrap_version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn status_names_match_the_spec() {
+        let names: Vec<_> = [
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Killed,
+            Status::TimedOut,
+            Status::Abandoned,
+        ]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+        assert_eq!(
+            serde_json::Value::Array(names),
+            serde_json::json!([
+                "running",
+                "succeeded",
+                "failed",
+                "killed",
+                "timed_out",
+                "abandoned"
+            ])
+        );
+    }
+
+    #[test]
+    fn atomic_write_round_trips_and_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("logwrap-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metadata.json");
+        let m = sample();
+        write_atomic(&path, &m.to_json(), true).unwrap();
+        assert_eq!(read(&path).unwrap(), m);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("metadata.json")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

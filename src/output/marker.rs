@@ -1,0 +1,203 @@
+//! Finds `DATABUILD_MISSING_DEPS_JSON:` marker lines in a stream of chunks (SPEC §1
+//! "Markers"). Chunks may split a line, or the prefix itself, anywhere; the payload
+//! kept per line is bounded so a huge marker line cannot grow memory.
+
+use memchr::memchr;
+
+/// A line that starts with this is a marker; the rest of the line is JSON.
+pub const MARKER_PREFIX: &[u8] = b"DATABUILD_MISSING_DEPS_JSON:";
+
+/// Longest marker payload that is parsed. Real payloads list a few partitions;
+/// 1 MiB is generous for that while keeping a runaway line's cost fixed.
+pub const MAX_MARKER_PAYLOAD: usize = 1 << 20;
+
+/// One marker line, found complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkerEvent {
+    /// Line number in its stream, from 1.
+    pub line: u64,
+    /// The parsed payload, or why it was refused.
+    pub result: Result<serde_json::Value, String>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// At the start of a line, with this many bytes of the prefix matched so far.
+    Prefix(usize),
+    /// The current line is not a marker; skip to its end.
+    Other,
+    /// The current line is a marker: its payload so far (capped) and full length.
+    Payload { buf: Vec<u8>, len: usize },
+}
+
+/// Per-stream scanner state. Feed every chunk, in order, then call [`finish`].
+///
+/// [`finish`]: MarkerScanner::finish
+#[derive(Debug)]
+pub struct MarkerScanner {
+    /// Newlines seen so far: the current line's number is this plus one.
+    newlines: u64,
+    state: State,
+}
+
+impl Default for MarkerScanner {
+    fn default() -> Self {
+        MarkerScanner {
+            newlines: 0,
+            state: State::Prefix(0),
+        }
+    }
+}
+
+impl MarkerScanner {
+    /// Scans one chunk, pushing every marker line it completes onto `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<MarkerEvent>) {
+        let mut rest = chunk;
+        loop {
+            let newline = memchr(b'\n', rest);
+            let segment = newline.map_or(rest, |i| &rest[..i]);
+            self.absorb(segment);
+            match newline {
+                Some(i) => {
+                    self.end_line(out);
+                    rest = &rest[i + 1..];
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Ends the stream: a final marker line without a newline still counts.
+    pub fn finish(&mut self, out: &mut Vec<MarkerEvent>) {
+        if matches!(self.state, State::Payload { .. }) {
+            self.end_line(out);
+        }
+    }
+
+    fn absorb(&mut self, segment: &[u8]) {
+        match &mut self.state {
+            State::Other => {}
+            State::Prefix(matched) => {
+                let want = &MARKER_PREFIX[*matched..];
+                let take = want.len().min(segment.len());
+                if segment[..take] != want[..take] {
+                    self.state = State::Other;
+                } else if take == want.len() {
+                    self.state = State::Payload {
+                        buf: Vec::new(),
+                        len: 0,
+                    };
+                    self.absorb(&segment[take..]);
+                } else {
+                    *matched += take;
+                }
+            }
+            State::Payload { buf, len } => {
+                *len += segment.len();
+                let room = MAX_MARKER_PAYLOAD.saturating_sub(buf.len());
+                buf.extend_from_slice(&segment[..room.min(segment.len())]);
+            }
+        }
+    }
+
+    fn end_line(&mut self, out: &mut Vec<MarkerEvent>) {
+        self.newlines += 1;
+        if let State::Payload { buf, len } = std::mem::replace(&mut self.state, State::Prefix(0)) {
+            out.push(MarkerEvent {
+                line: self.newlines,
+                result: parse_payload(&buf, len),
+            });
+        }
+        self.state = State::Prefix(0);
+    }
+}
+
+fn parse_payload(buf: &[u8], len: usize) -> Result<serde_json::Value, String> {
+    if len > MAX_MARKER_PAYLOAD {
+        return Err(format!(
+            "marker payload is {len} bytes, over the {MAX_MARKER_PAYLOAD}-byte limit; not parsed"
+        ));
+    }
+    serde_json::from_slice(buf).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scan(chunks: &[&[u8]]) -> Vec<MarkerEvent> {
+        let mut s = MarkerScanner::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, &mut out);
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn finds_a_marker_with_its_line_number() {
+        let ev = scan(&[b"a\nDATABUILD_MISSING_DEPS_JSON:{\"x\":1}\nb\n"]);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].line, 2);
+        assert_eq!(ev[0].result, Ok(json!({"x": 1})));
+    }
+
+    #[test]
+    fn finds_a_marker_split_at_every_byte() {
+        let text = b"x\nDATABUILD_MISSING_DEPS_JSON:[1,2]\nDATABUILD_MISSING_DEPS_JSON:{bad\n";
+        for cut in 0..text.len() {
+            let ev = scan(&[&text[..cut], &text[cut..]]);
+            assert_eq!(ev.len(), 2, "cut at {cut}");
+            assert_eq!(ev[0].line, 2);
+            assert_eq!(ev[0].result, Ok(json!([1, 2])));
+            assert_eq!(ev[1].line, 3);
+            assert!(ev[1].result.as_ref().unwrap_err().contains("invalid JSON"));
+        }
+    }
+
+    #[test]
+    fn marker_must_start_the_line() {
+        assert!(
+            scan(&[b" DATABUILD_MISSING_DEPS_JSON:{}\nxDATABUILD_MISSING_DEPS_JSON:{}\n"])
+                .is_empty()
+        );
+        assert!(scan(&[b"DATABUILD_MISSING_DEPS_JSON\n"]).is_empty());
+    }
+
+    #[test]
+    fn last_line_without_newline_is_scanned() {
+        let ev = scan(&[b"DATABUILD_MISSING_DEPS_JSON:", b"true"]);
+        assert_eq!(
+            ev,
+            vec![MarkerEvent {
+                line: 1,
+                result: Ok(json!(true))
+            }]
+        );
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_with_bounded_memory() {
+        let mut s = MarkerScanner::default();
+        let mut out = Vec::new();
+        s.feed(MARKER_PREFIX, &mut out);
+        let block = vec![b'7'; 1 << 16];
+        for _ in 0..64 {
+            s.feed(&block, &mut out);
+        }
+        if let State::Payload { buf, .. } = &s.state {
+            assert!(buf.len() <= MAX_MARKER_PAYLOAD);
+        }
+        s.feed(b"\n", &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].result.as_ref().unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn crlf_line_end_still_parses() {
+        let ev = scan(&[b"DATABUILD_MISSING_DEPS_JSON:{\"a\":2}\r\n"]);
+        assert_eq!(ev[0].result, Ok(json!({"a": 2})));
+    }
+}

@@ -1,0 +1,5 @@
+//! Pure pieces of the output path: the marker scanner and the line index format.
+//! Nothing here does I/O; the wrapper and the readers feed them bytes.
+
+pub mod index;
+pub mod marker;

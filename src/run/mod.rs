@@ -1,0 +1,715 @@
+//! The wrapper (SPEC §1): create the job, spawn the child on ptys or pipes, then
+//! one mio event loop moves every chunk from the child to the store, the marker
+//! scanner and the terminal copy, forwards signals, enforces `--timeout` and
+//! `--kill-after`, reaps children, and drains the output after the child exits.
+
+mod spawn;
+mod tee;
+
+use crate::exit::{self, ChildEnd};
+use crate::metadata::{MarkerError, Metadata, MissingDep, Status, StreamStats};
+use crate::output::index::MAX_CHUNK;
+use crate::output::marker::{MarkerEvent, MarkerScanner};
+use crate::store::{CreateError, JobId, JobSink, LogStore, Stream};
+use crate::timefmt;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::errno::Errno;
+use nix::pty::Winsize;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Window size used when neither the options nor the wrapper's terminal give one
+/// (SPEC §1): wide enough that build tools do not wrap their progress lines.
+pub const DEFAULT_COLS: u16 = 160;
+/// See [`DEFAULT_COLS`].
+pub const DEFAULT_ROWS: u16 = 50;
+
+/// Most `missing_deps` plus `marker_errors` entries kept for one job. A scheduler
+/// needs the first few; a job flooding markers must not grow metadata.json (and
+/// its rewrites) without bound.
+pub const MAX_MARKERS: usize = 10_000;
+
+/// Chunks read from one stream before the loop looks at the other stream and at
+/// signals again, so a firehose on stdout cannot starve stderr or a Ctrl-C.
+const READS_PER_TURN: usize = 8;
+
+/// Most bytes taken in the final drain once `--drain-timeout` has passed: what
+/// the kernel still buffers is far less; a grandchild still writing is not waited on.
+const FINAL_DRAIN_LIMIT: usize = 16 << 20;
+
+/// Everything the wrapper needs, already validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub job_run_id: JobId,
+    /// The command and its arguments (at least one element).
+    pub command: Vec<OsString>,
+    /// Two ptys (true) or pipes (false).
+    pub pty: bool,
+    /// Do not copy the child's output to the wrapper's stdout/stderr.
+    pub quiet: bool,
+    /// Window size overrides; otherwise the wrapper's terminal, else 160x50.
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    pub timeout: Option<Duration>,
+    pub kill_after: Duration,
+    pub drain_timeout: Duration,
+    pub partitions: Vec<String>,
+    /// Become a child subreaper and reap every child (`waitpid(-1)`). Right for
+    /// the `logwrap` binary; an embedding program that has children of its own
+    /// should leave it off so their statuses are not taken.
+    pub reap_orphans: bool,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The wrapper's exit status (SPEC §1 "Exit status").
+    pub exit_code: i32,
+    /// A message for stderr (exec failure), if any.
+    pub error: Option<String>,
+    /// The final metadata document.
+    pub metadata: Metadata,
+}
+
+/// Failure before the job could run (exit 125).
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+const OUT_TOKEN: Token = Token(0);
+const ERR_TOKEN: Token = Token(1);
+const SIGNAL_TOKEN: Token = Token(2);
+const WAKE_TOKEN: Token = Token(3);
+
+/// Runs the job to its end. Installs process-wide signal handling (SIGINT, SIGTERM,
+/// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
+/// log fails a write instead of killing the wrapper).
+pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupError> {
+    let mut sink = store.create_job(&cfg.job_run_id).map_err(|e| match e {
+        CreateError::IdInUse(_) => SetupError(e.to_string()),
+        CreateError::Io(_) => SetupError(format!("{e}; check that the log directory is writable")),
+    })?;
+    let started = Instant::now();
+    let mut meta = initial_metadata(cfg);
+    sink.write_metadata(&meta, false)
+        .map_err(|e| SetupError(format!("{e:#}")))?;
+
+    let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
+    let mut signals = Signals::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH,
+    ])
+    .map_err(|e| SetupError(format!("cannot install signal handlers: {e}")))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+        .map_err(|e| SetupError(format!("cannot watch signals: {e}")))?;
+    // SAFETY: setting a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    if cfg.reap_orphans {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+
+    let winsize = cfg.pty.then(|| initial_winsize(cfg));
+    let mut env = vec![
+        (
+            OsString::from("DATABUILD_JOB_RUN_ID"),
+            OsString::from(cfg.job_run_id.as_str()),
+        ),
+        (
+            OsString::from("DATABUILD_JOB_LOG_DIR"),
+            sink.dir().as_os_str().to_owned(),
+        ),
+    ];
+    if cfg.pty && std::env::var_os("TERM").is_none() {
+        env.push((OsString::from("TERM"), OsString::from("xterm-256color")));
+    }
+    let spawned = match spawn::spawn(&cfg.command, &env, winsize) {
+        Ok(s) => s,
+        Err(e) => return Ok(exec_failed(cfg, sink, meta, started, &e)),
+    };
+    meta.child_pid = Some(spawned.pid as u32);
+    if let Err(e) = sink.write_metadata(&meta, false) {
+        meta.log_errors.push(format!("metadata.json: {e:#}"));
+    }
+
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKE_TOKEN)
+            .map_err(|e| SetupError(format!("cannot create waker: {e}")))?,
+    );
+    let mut lp = Loop {
+        cfg,
+        poll,
+        signals,
+        sink,
+        meta,
+        started,
+        child: Pid::from_raw(spawned.pid),
+        child_end: None,
+        timed_out: false,
+        timeout_at: cfg.timeout.map(|t| started + t),
+        kill_at: None,
+        drain_at: None,
+        want_wake: Arc::new(AtomicBool::new(false)),
+        streams: Vec::new(),
+        buf: vec![0u8; MAX_CHUNK],
+        markers: Vec::new(),
+        published_markers: 0,
+    };
+    let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let _ = waker.wake();
+    });
+    for (stream, fd, token, out_fd) in [
+        (Stream::Stdout, spawned.stdout, OUT_TOKEN, 1),
+        (Stream::Stderr, spawned.stderr, ERR_TOKEN, 2),
+    ] {
+        let tee =
+            (!cfg.quiet).then(|| tee::Tee::start(out_fd, wake_fn.clone(), lp.want_wake.clone()));
+        lp.add_stream(stream, fd, token, tee);
+    }
+    lp.run();
+    Ok(lp.finish())
+}
+
+fn initial_metadata(cfg: &RunConfig) -> Metadata {
+    Metadata {
+        job_run_id: cfg.job_run_id.to_string(),
+        command: cfg
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        child_pid: None,
+        pty: cfg.pty,
+        started_at: timefmt::rfc3339_ms(timefmt::unix_ms(std::time::SystemTime::now())),
+        ended_at: None,
+        duration_ms: None,
+        status: Status::Running,
+        exit_code: None,
+        signal: None,
+        wrapper_exit_code: None,
+        stdout: StreamStats::default(),
+        stderr: StreamStats::default(),
+        missing_deps: Vec::new(),
+        marker_errors: Vec::new(),
+        building_partitions: cfg.partitions.clone(),
+        log_errors: Vec::new(),
+        tail_url: None,
+        error: None,
+        logwrap_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn initial_winsize(cfg: &RunConfig) -> Winsize {
+    let own = spawn::own_winsize();
+    Winsize {
+        ws_col: cfg.cols.or(own.map(|w| w.ws_col)).unwrap_or(DEFAULT_COLS),
+        ws_row: cfg.rows.or(own.map(|w| w.ws_row)).unwrap_or(DEFAULT_ROWS),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// The command could not be executed: finish the job as failed with 126/127.
+fn exec_failed(
+    cfg: &RunConfig,
+    mut sink: Box<dyn JobSink>,
+    mut meta: Metadata,
+    started: Instant,
+    err: &std::io::Error,
+) -> RunOutcome {
+    let code = exit::exec_failure_code(err);
+    let program = cfg.command[0].to_string_lossy();
+    let message = if code == exit::NOT_FOUND {
+        format!("command not found: {program}; check the name and PATH")
+    } else {
+        format!("cannot execute {program}: {err}; check that it is an executable file")
+    };
+    meta.status = Status::Failed;
+    meta.exit_code = Some(code);
+    meta.wrapper_exit_code = Some(code);
+    meta.error = Some(message.clone());
+    stamp_end(&mut meta, started);
+    if let Err(e) = sink.write_metadata(&meta, true) {
+        meta.log_errors.push(format!("metadata.json: {e:#}"));
+    }
+    RunOutcome {
+        exit_code: code,
+        error: Some(message),
+        metadata: meta,
+    }
+}
+
+fn stamp_end(meta: &mut Metadata, started: Instant) {
+    meta.ended_at = Some(timefmt::rfc3339_ms(timefmt::unix_ms(
+        std::time::SystemTime::now(),
+    )));
+    meta.duration_ms = Some(started.elapsed().as_millis() as u64);
+}
+
+/// One child output stream in the loop.
+struct StreamState {
+    stream: Stream,
+    fd: OwnedFd,
+    token: Token,
+    open: bool,
+    /// Readiness seen but not yet drained to WouldBlock (mio is edge-triggered).
+    readable: bool,
+    /// Appends to the log still work; after the first failure they stop.
+    log_ok: bool,
+    stats: StreamStats,
+    ends_with_newline: bool,
+    scanner: MarkerScanner,
+    tee: Option<tee::Tee>,
+    /// A chunk the terminal copy had no room for; reading waits until it is taken.
+    pending: Option<Vec<u8>>,
+}
+
+struct Loop<'a> {
+    cfg: &'a RunConfig,
+    poll: Poll,
+    signals: Signals,
+    sink: Box<dyn JobSink>,
+    meta: Metadata,
+    started: Instant,
+    child: Pid,
+    child_end: Option<ChildEnd>,
+    timed_out: bool,
+    timeout_at: Option<Instant>,
+    kill_at: Option<Instant>,
+    drain_at: Option<Instant>,
+    want_wake: Arc<AtomicBool>,
+    streams: Vec<StreamState>,
+    buf: Vec<u8>,
+    markers: Vec<MarkerEvent>,
+    /// Marker entries already in the last metadata.json written.
+    published_markers: usize,
+}
+
+enum ReadResult {
+    Data(usize),
+    WouldBlock,
+    Closed,
+}
+
+fn read_chunk(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(0) => return ReadResult::Closed,
+            Ok(n) => return ReadResult::Data(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return ReadResult::WouldBlock,
+            // EIO is how a pty master reports that every slave end is closed.
+            Err(_) => return ReadResult::Closed,
+        }
+    }
+}
+
+impl Loop<'_> {
+    fn add_stream(&mut self, stream: Stream, fd: OwnedFd, token: Token, tee: Option<tee::Tee>) {
+        let raw = fd.as_raw_fd();
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), token, Interest::READABLE);
+        self.streams.push(StreamState {
+            stream,
+            fd,
+            token,
+            open: true,
+            // If registration failed, reading still works by polling on a short
+            // timeout; start as readable so nothing waits for an edge.
+            readable: true,
+            log_ok: true,
+            stats: StreamStats::default(),
+            ends_with_newline: true,
+            scanner: MarkerScanner::default(),
+            tee,
+            pending: None,
+        });
+        if let Err(e) = registered {
+            self.meta
+                .log_errors
+                .push(format!("cannot watch {}: {e}", stream.name()));
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(16);
+        loop {
+            self.flush_pending();
+            if self.child_end.is_some() && self.streams.iter().all(|s| !s.open) {
+                return;
+            }
+            let now = Instant::now();
+            if let Some(at) = self.drain_at {
+                if now >= at {
+                    self.final_drain();
+                    return;
+                }
+            }
+            self.check_deadlines(now);
+            let busy = self
+                .streams
+                .iter()
+                .any(|s| s.open && s.readable && s.pending.is_none());
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline(now)
+            };
+            if self.streams.iter().any(|s| s.pending.is_some()) {
+                self.want_wake.store(true, Ordering::SeqCst);
+                // The tee may have made room between our last try and the flag.
+                if self.flush_pending() {
+                    continue;
+                }
+            }
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.meta.log_errors.push(format!("event loop failed: {e}"));
+                    self.final_drain();
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL_TOKEN => self.handle_signals(),
+                    WAKE_TOKEN => {}
+                    t => {
+                        if let Some(s) = self.streams.iter_mut().find(|s| s.token == t) {
+                            s.readable = true;
+                        }
+                    }
+                }
+            }
+            for i in 0..self.streams.len() {
+                self.read_stream(i, READS_PER_TURN, false);
+            }
+            self.publish_markers();
+        }
+    }
+
+    /// Offers each held-back chunk to its terminal copy again; true if any moved.
+    fn flush_pending(&mut self) -> bool {
+        let mut moved = false;
+        for s in &mut self.streams {
+            if let (Some(buf), Some(tee)) = (s.pending.take(), s.tee.as_ref()) {
+                match tee.try_send(buf) {
+                    Ok(()) => moved = true,
+                    Err(buf) => s.pending = Some(buf),
+                }
+            }
+        }
+        moved
+    }
+
+    /// Reads up to `max_reads` chunks from stream `i`. In the final drain
+    /// (`blocking_tee`) the terminal copy is waited on instead of pausing reads.
+    fn read_stream(&mut self, i: usize, max_reads: usize, blocking_tee: bool) -> usize {
+        let mut total = 0;
+        for _ in 0..max_reads {
+            let s = &mut self.streams[i];
+            if !s.open || !s.readable || s.pending.is_some() {
+                break;
+            }
+            match read_chunk(&s.fd, &mut self.buf) {
+                ReadResult::WouldBlock => s.readable = false,
+                ReadResult::Closed => self.close_stream(i),
+                ReadResult::Data(n) => {
+                    total += n;
+                    self.take_chunk(i, n, blocking_tee);
+                }
+            }
+        }
+        total
+    }
+
+    fn take_chunk(&mut self, i: usize, n: usize, blocking_tee: bool) {
+        let s = &mut self.streams[i];
+        let chunk = &self.buf[..n];
+        let ts = timefmt::now_us();
+        if s.log_ok {
+            if let Err(e) = self.sink.append(s.stream, chunk, ts) {
+                s.log_ok = false;
+                self.meta.log_errors.push(format!(
+                    "{}.log: write failed after {} bytes: {e}; the rest of {} went to the terminal copy only",
+                    s.stream.name(),
+                    s.stats.bytes,
+                    s.stream.name()
+                ));
+            }
+        }
+        s.stats.bytes += n as u64;
+        s.stats.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        s.ends_with_newline = chunk[n - 1] == b'\n';
+        let before = self.markers.len();
+        s.scanner.feed(chunk, &mut self.markers);
+        let stream = s.stream;
+        if let Some(tee) = &s.tee {
+            if !tee.is_dead() {
+                let copy = tee.buffer_for(chunk);
+                if blocking_tee {
+                    tee.send_blocking(copy);
+                } else if let Err(copy) = tee.try_send(copy) {
+                    s.pending = Some(copy);
+                }
+            }
+        }
+        self.tag_markers(before, stream);
+    }
+
+    fn close_stream(&mut self, i: usize) {
+        let s = &mut self.streams[i];
+        s.open = false;
+        s.readable = false;
+        let raw = s.fd.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        let before = self.markers.len();
+        s.scanner.finish(&mut self.markers);
+        let stream = s.stream;
+        self.tag_markers(before, stream);
+    }
+
+    /// Moves newly found markers of `stream` into the metadata.
+    fn tag_markers(&mut self, from: usize, stream: Stream) {
+        for ev in self.markers.drain(from..) {
+            let kept = self.meta.missing_deps.len() + self.meta.marker_errors.len();
+            if kept > MAX_MARKERS {
+                continue;
+            }
+            let name = stream.name().to_string();
+            if kept == MAX_MARKERS {
+                self.meta.marker_errors.push(MarkerError {
+                    stream: name,
+                    line: ev.line,
+                    error: format!(
+                        "more than {MAX_MARKERS} markers; this and later ones are not recorded"
+                    ),
+                });
+                continue;
+            }
+            match ev.result {
+                Ok(value) => self.meta.missing_deps.push(MissingDep {
+                    stream: name,
+                    line: ev.line,
+                    value,
+                }),
+                Err(error) => self.meta.marker_errors.push(MarkerError {
+                    stream: name,
+                    line: ev.line,
+                    error,
+                }),
+            }
+        }
+    }
+
+    /// Rewrites metadata.json if markers arrived since the last write, so a
+    /// scheduler polling it sees them while the job runs.
+    fn publish_markers(&mut self) {
+        let n = self.meta.missing_deps.len() + self.meta.marker_errors.len();
+        if n != self.published_markers {
+            self.published_markers = n;
+            self.sync_stats();
+            if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+                self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+            }
+        }
+    }
+
+    fn sync_stats(&mut self) {
+        for s in &self.streams {
+            let mut stats = s.stats;
+            // A final line without a newline is still a line.
+            stats.lines += u64::from(!s.ends_with_newline && stats.bytes > 0);
+            match s.stream {
+                Stream::Stdout => self.meta.stdout = stats,
+                Stream::Stderr => self.meta.stderr = stats,
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGCHLD => self.reap(),
+                SIGWINCH => self.resize(),
+                _ => {
+                    let Ok(signal) = Signal::try_from(sig) else {
+                        continue;
+                    };
+                    self.signal_group(signal);
+                    if matches!(sig, SIGINT | SIGTERM | SIGHUP | SIGQUIT) && self.kill_at.is_none()
+                    {
+                        self.kill_at = Some(Instant::now() + self.cfg.kill_after);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `sig` to the child's process group (it leads its own session). ESRCH
+    /// (the group is gone) is expected near the end and not an error.
+    fn signal_group(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(-self.child.as_raw()), sig);
+    }
+
+    fn resize(&mut self) {
+        if !self.cfg.pty || (self.cfg.cols.is_some() && self.cfg.rows.is_some()) {
+            return;
+        }
+        let ws = initial_winsize(self.cfg);
+        for s in self.streams.iter().filter(|s| s.open) {
+            spawn::set_winsize(&s.fd, &ws);
+        }
+    }
+
+    /// Reaps every child that has ended: the main child's status is kept; orphaned
+    /// grandchildren (we are their subreaper) are just collected.
+    fn reap(&mut self) {
+        let target = if self.cfg.reap_orphans {
+            None
+        } else {
+            Some(self.child)
+        };
+        loop {
+            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == self.child => {
+                    self.child_ended(ChildEnd::Exited(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.child => {
+                    self.child_ended(ChildEnd::Signaled(sig))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if target.is_some() && self.child_end.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn child_ended(&mut self, end: ChildEnd) {
+        self.child_end = Some(end);
+        self.drain_at = Some(Instant::now() + self.cfg.drain_timeout);
+    }
+
+    fn check_deadlines(&mut self, now: Instant) {
+        if self.child_end.is_some() {
+            return;
+        }
+        if self.timeout_at.is_some_and(|t| now >= t) {
+            self.timeout_at = None;
+            self.timed_out = true;
+            self.signal_group(Signal::SIGTERM);
+            self.kill_at.get_or_insert(now + self.cfg.kill_after);
+        }
+        if self.kill_at.is_some_and(|t| now >= t) {
+            self.kill_at = None;
+            self.signal_group(Signal::SIGKILL);
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let alive = self.child_end.is_none();
+        [
+            self.timeout_at.filter(|_| alive),
+            self.kill_at.filter(|_| alive),
+            self.drain_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// After `--drain-timeout`: take what the kernel still holds, waiting for the
+    /// terminal copy if need be, then stop reading. A grandchild holding the
+    /// output open loses nothing it wrote before this point.
+    fn final_drain(&mut self) {
+        for i in 0..self.streams.len() {
+            if let (Some(buf), Some(tee)) =
+                (self.streams[i].pending.take(), self.streams[i].tee.as_ref())
+            {
+                tee.send_blocking(buf);
+            }
+            self.streams[i].readable = true;
+            let mut taken = 0;
+            while self.streams[i].open && self.streams[i].readable && taken < FINAL_DRAIN_LIMIT {
+                let n = self.read_stream(i, 1, true);
+                if n == 0 {
+                    break;
+                }
+                taken += n;
+            }
+            if self.streams[i].open {
+                self.close_stream(i);
+            }
+        }
+    }
+
+    /// Writes the final metadata, releases the job, waits for the terminal copy.
+    fn finish(mut self) -> RunOutcome {
+        self.publish_markers();
+        self.sync_stats();
+        let end = self
+            .child_end
+            .unwrap_or(ChildEnd::Exited(exit::WRAPPER_FAILED));
+        let (status, exit_code) = match end {
+            _ if self.timed_out => (Status::TimedOut, exit::TIMED_OUT),
+            ChildEnd::Exited(0) => (Status::Succeeded, 0),
+            ChildEnd::Exited(_) => (Status::Failed, end.exit_code()),
+            ChildEnd::Signaled(_) => (Status::Killed, end.exit_code()),
+        };
+        self.meta.status = status;
+        self.meta.wrapper_exit_code = Some(exit_code);
+        match end {
+            ChildEnd::Exited(code) => self.meta.exit_code = Some(code),
+            ChildEnd::Signaled(sig) => self.meta.signal = Some(sig.as_str().to_string()),
+        }
+        stamp_end(&mut self.meta, self.started);
+        if let Err(e) = self.sink.write_metadata(&self.meta, true) {
+            self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+        }
+        let meta = self.meta;
+        drop(self.sink);
+        for s in self.streams {
+            if let Some(tee) = s.tee {
+                tee.finish();
+            }
+        }
+        RunOutcome {
+            exit_code,
+            error: None,
+            metadata: meta,
+        }
+    }
+}

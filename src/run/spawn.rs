@@ -1,0 +1,151 @@
+//! Starting the child: two ptys (stdout and stderr both terminals, yet separate)
+//! or plain pipes, in a new session so signals reach its whole process group.
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::pty::{openpty, Winsize};
+use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// A started child and the read ends of its output.
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Pipe capacity asked for in pipe mode. The default 64 KiB makes a fast child
+/// wait on every read; 1 MiB lets the wrapper take bigger chunks. Failure (an
+/// unprivileged process over `/proc/sys/fs/pipe-max-size`) is harmless.
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Starts `argv` with `env` added to the inherited environment. With `pty`, the
+/// child's stdout and stderr are two separate pseudo-terminals of that size.
+pub fn spawn(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    pty: Option<Winsize>,
+) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::inherit());
+    let (out_read, err_read) = match pty {
+        Some(ws) => {
+            let out = open_pty(&ws)?;
+            let err = open_pty(&ws)?;
+            cmd.stdout(Stdio::from(out.1)).stderr(Stdio::from(err.1));
+            (Some(out.0), Some(err.0))
+        }
+        None => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            (None, None)
+        }
+    };
+    let make_ctty = pty.is_some();
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (setsid, ioctl, signal, sigprocmask).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The stdout pty becomes the controlling terminal, so the child's
+            // job control and SIGWINCH behave as on a real terminal.
+            if make_ctty && libc::ioctl(1, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Ignored dispositions survive exec: give back the defaults the
+            // wrapper changed for itself (SIGPIPE, SIGXFSZ).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    // Dropping `cmd` closes the parent's copies of the pty slaves; otherwise the
+    // masters would never report EIO when the job's side closes.
+    drop(cmd);
+    let pid = child.id() as i32;
+    let (stdout, stderr) = match (out_read, err_read) {
+        (Some(o), Some(e)) => (o, e),
+        _ => {
+            let o: OwnedFd = child.stdout.take().expect("piped stdout").into();
+            let e: OwnedFd = child.stderr.take().expect("piped stderr").into();
+            for fd in [&o, &e] {
+                // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only means a smaller pipe.
+                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            }
+            (o, e)
+        }
+    };
+    set_nonblocking(&stdout)?;
+    set_nonblocking(&stderr)?;
+    Ok(Spawned {
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Opens a pty with output post-processing off, so the log holds exactly the bytes
+/// the child wrote ("\n" stays "\n"). Returns (master, slave), both close-on-exec:
+/// openpty does not set it, and a stray slave in the child would hold the pty open.
+fn open_pty(ws: &Winsize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let pty = openpty(Some(ws), None).map_err(io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    }
+    let mut t = tcgetattr(pty.slave.as_fd()).map_err(io::Error::from)?;
+    t.output_flags
+        .remove(OutputFlags::OPOST | OutputFlags::ONLCR);
+    tcsetattr(pty.slave.as_fd(), SetArg::TCSANOW, &t).map_err(io::Error::from)?;
+    Ok((pty.master, pty.slave))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// The wrapper's own terminal size, from the first of stdin, stdout, stderr that
+/// is a terminal.
+pub fn own_winsize() -> Option<Winsize> {
+    for fd in 0..3 {
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0
+            && ws.ws_col > 0
+            && ws.ws_row > 0
+        {
+            return Some(Winsize {
+                ws_row: ws.ws_row,
+                ws_col: ws.ws_col,
+                ws_xpixel: ws.ws_xpixel,
+                ws_ypixel: ws.ws_ypixel,
+            });
+        }
+    }
+    None
+}
+
+/// Sets a pty's window size; on the controlling pty the kernel then sends SIGWINCH
+/// to the child's foreground process group.
+pub fn set_winsize(master: &OwnedFd, ws: &Winsize) {
+    let raw = libc::winsize {
+        ws_row: ws.ws_row,
+        ws_col: ws.ws_col,
+        ws_xpixel: ws.ws_xpixel,
+        ws_ypixel: ws.ws_ypixel,
+    };
+    // SAFETY: TIOCSWINSZ reads the struct we pass; failure leaves the old size.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw) };
+}

@@ -1,0 +1,525 @@
+//! The log store: the one place that knows the on-disk layout of a job
+//! (`<root>/job_runs/<id>/{stdout.log,stderr.log,*.idx,metadata.json,lock}`), what
+//! a valid job id is, and how a reader tells a live writer from a dead one.
+//!
+//! The wrapper writes through [`JobSink`] and readers go through [`LogStore`], so a
+//! store other than files (a central log service, several stores at once) can be
+//! plugged in without touching either (SPEC §8).
+
+use crate::metadata::{self, Metadata, Status};
+use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
+use crate::timefmt;
+use anyhow::{bail, Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Longest job run id (SPEC §2): long enough for a scheduler's composite ids,
+/// short enough to stay far below `NAME_MAX`.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The two streams of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// Both streams, stdout first.
+    pub const BOTH: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+    /// `"stdout"` or `"stderr"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A validated job run id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`, so it
+/// is always a single plain path component inside the root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates `s` as a job id.
+    pub fn parse(s: &str) -> std::result::Result<JobId, String> {
+        if s.is_empty() || s.len() > MAX_ID_LEN {
+            return Err(format!(
+                "invalid job run id {s:?}: it must be 1 to {MAX_ID_LEN} characters long"
+            ));
+        }
+        if s.starts_with('.') {
+            return Err(format!(
+                "invalid job run id {s:?}: it must not start with '.'"
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "invalid job run id {s:?}: {c:?} is not allowed (use only A-Z a-z 0-9 . _ -)"
+            ));
+        }
+        Ok(JobId(s.to_string()))
+    }
+
+    /// A new id that sorts by start time: `20261121T153549.123Z-<pid>-<random>`.
+    pub fn generate() -> JobId {
+        let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
+        let stamp: String = timefmt::rfc3339_ms(now_ms)
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect();
+        JobId(format!(
+            "{stamp}-{:x}-{:06x}",
+            std::process::id(),
+            random_u32() & 0xff_ffff
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        // No urandom (odd chroot): the clock's nanoseconds still separate ids,
+        // and create_dir refuses a collision anyway.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return nanos;
+    }
+    u32::from_le_bytes(b)
+}
+
+/// Why a job could not be created.
+#[derive(Debug)]
+pub enum CreateError {
+    /// A job with this id already exists.
+    IdInUse(PathBuf),
+    /// Anything else: the root is not writable, the disk is full, ...
+    Io(anyhow::Error),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::IdInUse(dir) => write!(
+                f,
+                "job run id is already used ({} exists); pass a new --job-run-id or unset DATABUILD_JOB_RUN_ID",
+                dir.display()
+            ),
+            CreateError::Io(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {}
+
+/// Where the wrapper puts a job's output: append chunks, write metadata.
+pub trait JobSink {
+    /// The job's directory, handed to the child as `DATABUILD_JOB_LOG_DIR`.
+    fn dir(&self) -> &Path;
+    /// Appends one chunk read from the child at `ts_us` (µs since the epoch). The
+    /// data is in the store (readable by others) when this returns.
+    fn append(&mut self, stream: Stream, chunk: &[u8], ts_us: u64) -> io::Result<()>;
+    /// Replaces the metadata document atomically; `last` also makes it durable.
+    fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
+}
+
+/// Where jobs live: create them, read their metadata with the live status.
+pub trait LogStore {
+    /// Creates a new job; fails with [`CreateError::IdInUse`] if the id exists.
+    fn create_job(&self, id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError>;
+    /// The job's metadata with `running` turned into `abandoned` when its writer
+    /// has died.
+    fn live_metadata(&self, id: &JobId) -> Result<Metadata>;
+}
+
+/// The file store: one directory per job under `<root>/job_runs/`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+const JOBS_DIR: &str = "job_runs";
+const LOCK_FILE: &str = "lock";
+const METADATA_FILE: &str = "metadata.json";
+
+impl FileStore {
+    /// A store rooted at `root` (the `DATABUILD_LOG_DIR`).
+    pub fn new(root: impl Into<PathBuf>) -> FileStore {
+        FileStore { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/job_runs`.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join(JOBS_DIR)
+    }
+
+    /// The directory of job `id`.
+    pub fn job_dir(&self, id: &JobId) -> PathBuf {
+        self.jobs_dir().join(id.as_str())
+    }
+
+    /// Path of a stream's log file.
+    pub fn log_path(&self, id: &JobId, stream: Stream) -> PathBuf {
+        self.job_dir(id).join(log_name(stream))
+    }
+
+    /// Path of a stream's index file.
+    pub fn index_path(&self, id: &JobId, stream: Stream) -> PathBuf {
+        self.job_dir(id).join(index_name(stream))
+    }
+
+    /// Path of the job's metadata.json.
+    pub fn metadata_path(&self, id: &JobId) -> PathBuf {
+        self.job_dir(id).join(METADATA_FILE)
+    }
+
+    /// Makes sure `<root>/job_runs` exists and can be written: the check behind
+    /// exit 125 for an unusable root.
+    pub fn ensure_writable(&self) -> Result<()> {
+        let dir = self.jobs_dir();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+        nix::unistd::access(
+            &dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .with_context(|| format!("log directory {} is not writable", dir.display()))?;
+        Ok(())
+    }
+
+    /// The metadata as written, without the live-status check.
+    pub fn read_metadata(&self, id: &JobId) -> Result<Metadata> {
+        metadata::read(&self.metadata_path(id))
+    }
+
+    /// True while a wrapper holds the job's lock, i.e. its writer is alive.
+    pub fn writer_alive(&self, id: &JobId) -> bool {
+        let path = self.job_dir(id).join(LOCK_FILE);
+        let Ok(f) = File::open(&path) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        // Taking the lock means nobody holds it; closing `f` releases it again.
+        r != 0
+    }
+}
+
+fn log_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout.log",
+        Stream::Stderr => "stderr.log",
+    }
+}
+
+fn index_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout.idx",
+        Stream::Stderr => "stderr.idx",
+    }
+}
+
+impl LogStore for FileStore {
+    fn create_job(&self, id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError> {
+        Ok(Box::new(FileJobSink::create(self, id)?))
+    }
+
+    fn live_metadata(&self, id: &JobId) -> Result<Metadata> {
+        let mut meta = self.read_metadata(id)?;
+        if meta.status == Status::Running && !self.writer_alive(id) {
+            // The writer may have finished between our read and the lock check:
+            // its final document is written before the lock is released.
+            meta = self.read_metadata(id)?;
+            if meta.status == Status::Running {
+                meta.status = Status::Abandoned;
+            }
+        }
+        Ok(meta)
+    }
+}
+
+/// Per-stream write state of a [`FileJobSink`].
+struct StreamFiles {
+    log: File,
+    idx: File,
+    end: u64,
+    lines_end: u64,
+}
+
+/// The file store's writer for one job. Holds the job's lock for its lifetime, so
+/// readers can tell a dead writer from a live one.
+pub struct FileJobSink {
+    dir: PathBuf,
+    streams: [StreamFiles; 2],
+    seq: u64,
+    _lock: File,
+}
+
+impl FileJobSink {
+    fn create(store: &FileStore, id: &JobId) -> std::result::Result<FileJobSink, CreateError> {
+        let dir = store.job_dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(CreateError::IdInUse(dir))
+            }
+            Err(e) => {
+                return Err(CreateError::Io(
+                    anyhow::Error::new(e)
+                        .context(format!("cannot create job directory {}", dir.display())),
+                ))
+            }
+        }
+        let io_err = |e: io::Error, what: &Path| {
+            CreateError::Io(
+                anyhow::Error::new(e).context(format!("cannot create {}", what.display())),
+            )
+        };
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(|e| io_err(e, &lock_path))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io_err(io::Error::last_os_error(), &lock_path));
+        }
+        let open_stream = |stream: Stream| -> std::result::Result<StreamFiles, CreateError> {
+            let log_path = dir.join(log_name(stream));
+            let log = append_file(&log_path).map_err(|e| io_err(e, &log_path))?;
+            let idx_path = dir.join(index_name(stream));
+            let mut idx = append_file(&idx_path).map_err(|e| io_err(e, &idx_path))?;
+            idx.write_all(&HEADER).map_err(|e| io_err(e, &idx_path))?;
+            Ok(StreamFiles {
+                log,
+                idx,
+                end: 0,
+                lines_end: 0,
+            })
+        };
+        Ok(FileJobSink {
+            streams: [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?],
+            dir,
+            seq: 0,
+            _lock: lock,
+        })
+    }
+}
+
+fn append_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
+}
+
+impl JobSink for FileJobSink {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn append(&mut self, stream: Stream, chunk: &[u8], ts_us: u64) -> io::Result<()> {
+        let s = &mut self.streams[stream.index()];
+        s.log.write_all(chunk)?;
+        s.end += chunk.len() as u64;
+        s.lines_end += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        let rec = Record {
+            seq: self.seq,
+            ts_us,
+            end: s.end,
+            lines_end: s.lines_end,
+        };
+        self.seq += 1;
+        s.idx.write_all(&rec.encode())
+    }
+
+    fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
+        if last {
+            for s in &self.streams {
+                // Durability of the logs matters most at the end; fsync per chunk
+                // would cost far more than the throughput targets allow.
+                s.log.sync_data().context("syncing log")?;
+                s.idx.sync_data().context("syncing index")?;
+            }
+        }
+        metadata::write_atomic(&self.dir.join(METADATA_FILE), &meta.to_json(), last)
+    }
+}
+
+/// A stream's index file opened for reading: random access to its records.
+pub struct IndexFile {
+    file: File,
+    count: u64,
+}
+
+impl IndexFile {
+    /// Opens `path`, checking the header; the record count is taken now (a growing
+    /// file can be reopened to see more).
+    pub fn open(path: &Path) -> Result<IndexFile> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut header = [0u8; HEADER.len()];
+        file.read_exact_at(&mut header, 0)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if header != HEADER {
+            bail!("{} is not a logwrap index (bad header)", path.display());
+        }
+        let len = file.metadata()?.len();
+        let count = (len - HEADER.len() as u64) / RECORD_LEN as u64;
+        Ok(IndexFile { file, count })
+    }
+}
+
+impl Records for IndexFile {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn get(&self, i: u64) -> io::Result<Record> {
+        let mut b = [0u8; RECORD_LEN];
+        self.file
+            .read_exact_at(&mut b, HEADER.len() as u64 + i * RECORD_LEN as u64)?;
+        Ok(Record::decode(&b))
+    }
+}
+
+/// Byte offset where line `n` (from 1) starts in a stream's log, using its index;
+/// `None` when the log has fewer than `n - 1` complete lines.
+pub fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Option<u64>> {
+    if n <= 1 {
+        return Ok(Some(0));
+    }
+    let newline = n - 1;
+    let Some(chunk) = index::chunk_with_newline(idx, newline)? else {
+        return Ok(None);
+    };
+    let (start, end) = index::chunk_range(idx, chunk)?;
+    let mut want = newline - index::lines_before(idx, chunk)?;
+    let mut buf = vec![0u8; (end - start) as usize];
+    log.read_exact_at(&mut buf, start)?;
+    for pos in memchr::memchr_iter(b'\n', &buf) {
+        want -= 1;
+        if want == 0 {
+            return Ok(Some(start + pos as u64 + 1));
+        }
+    }
+    bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        for good in ["a", "job-1.2_3", &"x".repeat(128), "A.b"] {
+            assert!(JobId::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "../etc",
+            "a/b",
+            "a b",
+            "é",
+            "%2e%2e",
+            &"x".repeat(129),
+            "a\0b",
+        ] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_valid_unique_and_time_sortable() {
+        let a = JobId::generate();
+        let b = JobId::generate();
+        assert!(JobId::parse(a.as_str()).is_ok());
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("20"), "{a}");
+        assert_eq!(a.as_str().find('T'), Some(8), "{a}");
+    }
+
+    fn temp_store(tag: &str) -> FileStore {
+        let root = std::env::temp_dir().join(format!("logwrap-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = FileStore::new(root);
+        store.ensure_writable().unwrap();
+        store
+    }
+
+    #[test]
+    fn index_finds_every_line_start_across_chunks() {
+        let store = temp_store("index");
+        let id = JobId::parse("j").unwrap();
+        let mut sink = store.create_job(&id).unwrap();
+        let chunks: [&[u8]; 4] = [b"one\ntw", b"o\n", b"", b"three\nfour\nfive"];
+        for (i, c) in chunks.iter().enumerate() {
+            sink.append(Stream::Stdout, c, i as u64).unwrap();
+        }
+        let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
+        let idx = IndexFile::open(&store.index_path(&id, Stream::Stdout)).unwrap();
+        assert_eq!(idx.count(), 4);
+        let starts: Vec<_> = (1..=6)
+            .map(|n| line_start(&log, &idx, n).unwrap())
+            .collect();
+        assert_eq!(
+            starts,
+            vec![Some(0), Some(4), Some(8), Some(14), Some(19), None]
+        );
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn an_existing_id_is_refused() {
+        let store = temp_store("dup");
+        let id = JobId::parse("same").unwrap();
+        let _first = store.create_job(&id).unwrap();
+        assert!(matches!(
+            store.create_job(&id),
+            Err(CreateError::IdInUse(_))
+        ));
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn lock_tells_a_live_writer_from_a_dead_one() {
+        let store = temp_store("lock");
+        let id = JobId::parse("l").unwrap();
+        let sink = store.create_job(&id).unwrap();
+        assert!(store.writer_alive(&id));
+        drop(sink);
+        assert!(!store.writer_alive(&id));
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+}
