@@ -1,7 +1,7 @@
 //! The command line as clap sees it: flags, environment variables and help text.
 //! Nothing past `config.rs` sees these types.
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -12,13 +12,76 @@ use std::path::PathBuf;
     name = "logwrap",
     version,
     about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = "Exit status: the job's own code; 128+N if it died of signal N; 124 if --timeout \
 fired; 125 if logwrap failed before the job ran; 126 if the command is not executable; 127 if it \
 is not found.\n\nExample: logwrap --job-run-id build-42 -- make -j8 all"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// The reading and housekeeping commands; without one, logwrap wraps a job.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a job's output (the most recent job without an id)
+    Logs(LogsArgs),
+    /// List jobs, newest first
+    Ls(LsArgs),
+    /// Print a job's metadata with its live status
+    Show(ShowArgs),
+    /// Delete old finished jobs (TTL and size cap)
+    Gc(GcArgs),
+    /// Serve every job under the root over HTTP
+    Serve(ServeArgs),
+}
+
+/// Where the reading commands look for jobs.
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// Root of the log store [default: as for the wrapper]
+    #[arg(long, env = "DATABUILD_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// `logwrap logs` (owned by src/logs.rs).
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// `logwrap ls` (owned by src/logs.rs).
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// `logwrap show` (owned by src/logs.rs).
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// `logwrap gc` (owned by src/gc.rs).
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// `logwrap serve` (owned by src/serve/).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
 }
 
 /// Options of the wrapper itself.

@@ -34,6 +34,7 @@ pub mod config;
 pub mod exit;
 pub mod metadata;
 pub mod output;
+pub mod reader;
 pub mod run;
 pub mod store;
 pub mod timefmt;
