@@ -32,9 +32,12 @@
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod gc;
+pub mod logs;
 pub mod metadata;
 pub mod output;
 pub mod reader;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod timefmt;

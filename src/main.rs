@@ -2,24 +2,49 @@
 //! right code. All the work is in the library.
 
 use clap::Parser;
-use logwrap::cli::Cli;
-use logwrap::{config, exit, run};
+use logwrap::cli::{Cli, Command};
+use logwrap::{config, exit, gc, logs, run, serve};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Usage errors of the reading commands exit 2 (like most CLIs); the wrapper's
+    // exit 125, so a scheduler can tell them from the job's own codes.
+    let reading = std::env::args()
+        .nth(1)
+        .is_some_and(|a| matches!(a.as_str(), "logs" | "ls" | "show" | "gc" | "serve"));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::WRAPPER_FAILED
-            } else {
-                0
+            let code = match (e.use_stderr(), reading) {
+                (false, _) => 0,
+                (true, true) => exit::USAGE,
+                (true, false) => exit::WRAPPER_FAILED,
             };
             let _ = e.print();
             return ExitCode::from(code as u8);
         }
     };
-    let code = match config::run_config(cli.run) {
+    let code = match cli.command {
+        Some(command) => {
+            let result = match command {
+                Command::Logs(a) => logs::logs_cmd(a),
+                Command::Ls(a) => logs::ls_cmd(a),
+                Command::Show(a) => logs::show_cmd(a),
+                Command::Gc(a) => gc::gc_cmd(a),
+                Command::Serve(a) => serve::serve_cmd(a),
+            };
+            result.unwrap_or_else(|e| {
+                eprintln!("logwrap: {e:#}");
+                exit::NOT_FOUND_READ
+            })
+        }
+        None => run_job(cli.run),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn run_job(args: logwrap::cli::RunArgs) -> i32 {
+    match config::run_config(args) {
         Err(e) => {
             eprintln!("logwrap: {e:#}");
             exit::WRAPPER_FAILED
@@ -36,6 +61,5 @@ fn main() -> ExitCode {
                 outcome.exit_code
             }
         },
-    };
-    ExitCode::from(code.clamp(0, 255) as u8)
+    }
 }

@@ -1,0 +1,7 @@
+//! The integration tests: one binary driving the real `logwrap` in temp dirs.
+//! Each module covers one capability.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+mod wrapper;
