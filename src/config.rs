@@ -40,6 +40,11 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     if args.command.is_empty() {
         bail!("no command given; usage: logwrap [OPTIONS] -- <cmd> [args...]");
     }
+    // clap hands an unknown option to the trailing command; no real command
+    // starts with '-', so this is a mistyped option.
+    if let Some(flag) = args.command[0].to_str().filter(|a| a.starts_with('-')) {
+        bail!("unknown option '{flag}'; see logwrap --help (the command goes after --)");
+    }
     let job_run_id = match args.job_run_id.filter(|s| !s.is_empty()) {
         Some(id) => JobId::parse(&id).map_err(anyhow::Error::msg)?,
         None => JobId::generate(),

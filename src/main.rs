@@ -14,13 +14,25 @@ fn main() -> ExitCode {
         .is_some_and(|a| matches!(a.as_str(), "logs" | "ls" | "show" | "gc" | "serve"));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = match (e.use_stderr(), reading) {
-                (false, _) => 0,
-                (true, true) => exit::USAGE,
-                (true, false) => exit::WRAPPER_FAILED,
-            };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
             let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other logwrap error: clap's first line without
+            // its "error: " prefix, plus where to look.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "logwrap: {}; see logwrap --help",
+                first.trim_start_matches("error: ")
+            );
+            let code = if reading {
+                exit::USAGE
+            } else {
+                exit::WRAPPER_FAILED
+            };
             return ExitCode::from(code as u8);
         }
     };

@@ -2,3 +2,1033 @@
 //! metadata, signals, children, exit codes, failing writes, ids, memory.
 
 use crate::util::*;
+use serde_json::Value;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Both output modes, as extra wrapper options.
+const MODES: [&[&str]; 2] = [&[], &["--no-pty"]];
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().expect("logwrap exited by a signal")
+}
+
+/// Spawns a job in the background with stdout/stderr piped.
+fn spawn_sh(env: &TestEnv, id: &str, extra: &[&str], script: &str) -> Child {
+    let mut args = vec!["--job-run-id", id];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    env.cmd()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_log(env: &TestEnv, id: &str, text: &str) {
+    wait_until(Duration::from_secs(20), text, || {
+        contains(&env.stdout_log(id), text)
+    });
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill on a process this test started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Peak RSS (KiB) of `logwrap args` run to the end, with its exit status.
+///
+/// Measured by GNU time rather than by our own wait4: a child forked from this
+/// large test process is charged the test's RSS until it execs, which would
+/// hide the wrapper's own peak.
+fn run_measuring_rss(env: &TestEnv, args: &[&str]) -> (i32, u64) {
+    let out = env.path("rss.txt");
+    let cmd = env.cmd();
+    let o = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .arg(BIN)
+        .args(args)
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .current_dir(&env.dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("GNU time (/usr/bin/time) is needed; .ci/run installs it");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("time said {text:?}"));
+    (o.status.code().unwrap_or(-1), kib)
+}
+
+// ---- PTY and pipe modes ----------------------------------------------------
+
+#[test]
+fn pty_mode_gives_the_child_two_terminals_and_two_files() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "t",
+        &[],
+        "test -t 1 && echo out-tty; test -t 2 && echo err-tty >&2; test -t 0 || echo stdin-not-tty",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    assert_eq!(env.stdout_log("t"), b"out-tty\nstdin-not-tty\n");
+    assert_eq!(env.stderr_log("t"), b"err-tty\n");
+    assert_eq!(env.meta("t")["pty"], true);
+}
+
+#[test]
+fn pipe_mode_gives_the_child_plain_pipes() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "t",
+        &["--no-pty"],
+        "test -t 1 || echo out-pipe; test -t 2 || echo err-pipe >&2",
+    );
+    assert_eq!(code(&o), 0);
+    assert_eq!(env.stdout_log("t"), b"out-pipe\n");
+    assert_eq!(env.stderr_log("t"), b"err-pipe\n");
+    assert_eq!(env.meta("t")["pty"], false);
+}
+
+#[test]
+fn logs_hold_the_exact_bytes_without_crlf_translation() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("crlf{i}");
+        let o = env.run_sh(&id, mode, r"printf 'a\nb\r\nc\td'; printf 'e\n' >&2");
+        assert_eq!(code(&o), 0);
+        assert_eq!(env.stdout_log(&id), b"a\nb\r\nc\td", "mode {mode:?}");
+        assert_eq!(env.stderr_log(&id), b"e\n");
+        assert_eq!(o.stdout, b"a\nb\r\nc\td", "terminal copy, mode {mode:?}");
+    }
+}
+
+#[test]
+fn five_megabytes_of_random_binary_compare_equal() {
+    let env = TestEnv::new();
+    let input = env.path("random.bin");
+    let mut data = vec![0u8; 5_000_000];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    std::fs::write(&input, &data).unwrap();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("bin{i}");
+        let script = format!("cat '{}'; cat '{}' >&2", input.display(), input.display());
+        let o = env.run_sh(&id, mode, &script);
+        assert_eq!(code(&o), 0);
+        assert!(
+            env.stdout_log(&id) == data,
+            "stdout.log differs, mode {mode:?}"
+        );
+        assert!(
+            env.stderr_log(&id) == data,
+            "stderr.log differs, mode {mode:?}"
+        );
+        assert!(o.stdout == data, "terminal stdout differs, mode {mode:?}");
+        assert!(o.stderr == data, "terminal stderr differs, mode {mode:?}");
+        let meta = env.meta(&id);
+        assert_eq!(meta["stdout"]["bytes"], 5_000_000);
+        assert_eq!(meta["stderr"]["bytes"], 5_000_000);
+    }
+}
+
+#[test]
+fn window_size_defaults_to_160x50_and_follows_the_options() {
+    let env = TestEnv::new();
+    let o = env.run_sh("w", &[], "stty size <&1; stty size <&2 >&1");
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    assert_eq!(env.stdout_log("w"), b"50 160\n50 160\n");
+    let o = env.run_sh(
+        "w2",
+        &["--cols", "100", "--rows", "30"],
+        "stty size <&1; stty size <&2 >&1",
+    );
+    assert_eq!(code(&o), 0);
+    assert_eq!(env.stdout_log("w2"), b"30 100\n30 100\n");
+}
+
+#[test]
+fn term_is_set_only_when_unset() {
+    let env = TestEnv::new();
+    env.run_sh("t1", &[], "echo \"$TERM\"");
+    assert_eq!(env.stdout_log("t1"), b"xterm-256color\n");
+    let o = env
+        .cmd()
+        .env("TERM", "vt100")
+        .args(["--job-run-id", "t2", "--", "sh", "-c", "echo \"$TERM\""])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert_eq!(env.stdout_log("t2"), b"vt100\n");
+}
+
+#[test]
+fn stdin_is_inherited_in_both_modes() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("in{i}");
+        let mut args = vec!["--job-run-id", id.as_str()];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--", "cat"]);
+        let mut child = env
+            .cmd()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from stdin\n").unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0);
+        assert_eq!(env.stdout_log(&id), b"from stdin\n", "mode {mode:?}");
+        // With stdin at EOF (/dev/null), a reader of stdin ends instead of hanging.
+        let o = env.run(
+            &[
+                &["--job-run-id", &format!("null{i}")][..],
+                mode,
+                &["--", "cat"],
+            ]
+            .concat(),
+        );
+        assert_eq!(code(&o), 0);
+    }
+}
+
+#[test]
+fn environment_names_the_job_and_its_directory() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "envjob",
+        &[],
+        "echo \"$DATABUILD_JOB_RUN_ID\"; echo \"$DATABUILD_JOB_LOG_DIR\"",
+    );
+    assert_eq!(code(&o), 0);
+    let dir = env.job_dir("envjob");
+    assert_eq!(
+        String::from_utf8(env.stdout_log("envjob")).unwrap(),
+        format!("envjob\n{}\n", dir.display())
+    );
+}
+
+// ---- Tee ---------------------------------------------------------------------
+
+#[test]
+fn terminal_copy_is_complete_and_quiet_turns_it_off() {
+    let env = TestEnv::new();
+    let script = "seq 1 20000; seq 1 5000 >&2";
+    let o = env.run_sh("tee", &["--no-pty"], script);
+    let expect_out: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    let expect_err: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), expect_out);
+    assert_eq!(String::from_utf8(o.stderr).unwrap(), expect_err);
+    let o = env.run_sh("quiet", &["--quiet"], script);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty());
+    assert_eq!(
+        String::from_utf8(env.stdout_log("quiet")).unwrap(),
+        expect_out
+    );
+    assert_eq!(
+        String::from_utf8(env.stderr_log("quiet")).unwrap(),
+        expect_err
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_neither_the_job_nor_the_log() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("epipe{i}");
+        let script = format!(
+            "{} {} --job-run-id {id} {} -- seq 1 1000000 | head -1",
+            BIN,
+            "--log-dir",
+            mode.join(" ")
+        );
+        let script = script.replacen(
+            "--log-dir",
+            &format!("--log-dir '{}'", env.root.display()),
+            1,
+        );
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(o.stdout, b"1\n");
+        let expect: String = (1..=1_000_000).map(|i| format!("{i}\n")).collect();
+        assert!(
+            env.stdout_log(&id) == expect.as_bytes(),
+            "stdout.log incomplete, mode {mode:?}"
+        );
+        let meta = env.meta(&id);
+        assert_eq!(meta["status"], "succeeded");
+        assert_eq!(meta["exit_code"], 0);
+    }
+}
+
+#[test]
+fn a_slow_reader_gets_back_pressure_not_unbounded_buffering() {
+    let env = TestEnv::new();
+    const TOTAL: u64 = 64 << 20;
+    let mut child = spawn_sh(
+        &env,
+        "slow",
+        &["--no-pty"],
+        &format!("head -c {TOTAL} /dev/zero"),
+    );
+    // Nobody reads the wrapper's stdout: the log must stop well short of the
+    // total, and the wrapper's memory stay small, until the reader catches up.
+    let log = env.job_dir("slow").join("stdout.log");
+    let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut last = (u64::MAX, Instant::now());
+    wait_until(Duration::from_secs(30), "the log to stop growing", || {
+        let now = size();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        now > 0 && last.1.elapsed() > Duration::from_millis(300)
+    });
+    assert!(
+        size() < TOTAL / 2,
+        "the wrapper kept reading with nobody draining its stdout: {}",
+        size()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 16 * 1024,
+        "RSS {rss_kib} KiB while the reader was stalled"
+    );
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.len() as u64, TOTAL);
+    assert_eq!(size(), TOTAL);
+}
+
+// ---- Flushing, index, timestamps ----------------------------------------------
+
+#[test]
+fn each_line_is_in_the_file_while_the_job_still_runs() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("live{i}");
+        let go = env.path(&format!("go{i}"));
+        let script = format!(
+            "echo first; echo err-first >&2; while [ ! -e '{}' ]; do sleep 0.01; done; echo second",
+            go.display()
+        );
+        let mut child = spawn_sh(&env, &id, mode, &script);
+        wait_for_log(&env, &id, "first\n");
+        wait_until(Duration::from_secs(20), "stderr line", || {
+            env.stderr_log(&id) == b"err-first\n"
+        });
+        assert_eq!(env.meta(&id)["status"], "running");
+        std::fs::write(&go, "").unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(env.stdout_log(&id), b"first\nsecond\n");
+    }
+}
+
+#[test]
+fn index_finds_lines_and_arrival_order_across_streams() {
+    use logwrap::reader::{CombinedReader, Start, StreamReader};
+    use logwrap::store::{FileStore, JobId, Stream};
+    let env = TestEnv::new();
+    // Each write waits until the previous one is in the log, so the arrival
+    // order is known: out1, err1, out2, err2.
+    let script = r#"
+        d="$DATABUILD_JOB_LOG_DIR"
+        w() { until grep -q "$1" "$d/$2" 2>/dev/null; do :; done; }
+        echo out1; w out1 stdout.log
+        echo err1 >&2; w err1 stderr.log
+        echo out2; w out2 stdout.log
+        echo err2 >&2; w err2 stderr.log
+        seq 3 1000"#;
+    let o = env.run_sh("idx", &["--no-pty"], script);
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    let store = FileStore::new(&env.root);
+    let id = JobId::parse("idx").unwrap();
+    let open = |s, start| StreamReader::open(&store, &id, s, start, 1 << 20).unwrap();
+    let mut combined = CombinedReader::new(
+        open(Stream::Stdout, Start::Line(1)),
+        open(Stream::Stderr, Start::Line(1)),
+    );
+    let first: Vec<String> = (0..4)
+        .map(|_| String::from_utf8(combined.next_line(true).unwrap().unwrap().data).unwrap())
+        .collect();
+    assert_eq!(first, ["out1\n", "err1\n", "out2\n", "err2\n"]);
+    let mut r = open(Stream::Stdout, Start::Line(500));
+    let line = r.next_line(true).unwrap().unwrap();
+    assert_eq!((line.number, line.data.as_slice()), (500, &b"500\n"[..]));
+    assert!(line.ts_us > 0, "every line has a timestamp");
+    let mut r = open(Stream::Stdout, Start::Tail(2));
+    let last: Vec<_> = std::iter::from_fn(|| r.next_line(true).unwrap())
+        .map(|l| l.data)
+        .collect();
+    assert_eq!(last, [b"999\n".to_vec(), b"1000\n".to_vec()]);
+}
+
+// ---- Markers -------------------------------------------------------------------
+
+#[test]
+fn markers_on_both_streams_land_in_metadata() {
+    let env = TestEnv::new();
+    let script = r#"
+        echo plain
+        echo 'DATABUILD_MISSING_DEPS_JSON:{"missing":["a/b"]}'
+        echo 'DATABUILD_MISSING_DEPS_JSON:{not json' >&2
+        echo 'DATABUILD_MISSING_DEPS_JSON:["x"]' >&2
+        echo ' DATABUILD_MISSING_DEPS_JSON:{"ignored":1}'"#;
+    let o = env.run_sh("m", &["--no-pty"], script);
+    assert_eq!(code(&o), 0, "a marker never fails the job");
+    let meta = env.meta("m");
+    assert_eq!(
+        meta["missing_deps"],
+        serde_json::json!([
+            {"stream": "stdout", "line": 2, "value": {"missing": ["a/b"]}},
+            {"stream": "stderr", "line": 2, "value": ["x"]}
+        ])
+    );
+    let errors = meta["marker_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0]["stream"].as_str(), errors[0]["line"].as_u64()),
+        (Some("stderr"), Some(1))
+    );
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid JSON"));
+    assert!(
+        contains(
+            &env.stdout_log("m"),
+            "DATABUILD_MISSING_DEPS_JSON:{\"missing\""
+        ),
+        "the line stays in the log"
+    );
+}
+
+#[test]
+fn a_marker_split_across_reads_is_found_and_published_while_running() {
+    let env = TestEnv::new();
+    let go = env.path("go");
+    let script = format!(
+        r#"printf 'DATABUILD_MISSING_DE'
+        until grep -q MISSING_DE "$DATABUILD_JOB_LOG_DIR/stdout.log" 2>/dev/null; do :; done
+        printf 'PS_JSON:{{"k":1}}\n'
+        while [ ! -e '{}' ]; do sleep 0.01; done"#,
+        go.display()
+    );
+    let mut child = spawn_sh(&env, "split", &[], &script);
+    wait_until(Duration::from_secs(20), "marker in metadata", || {
+        std::fs::read(env.job_dir("split").join("metadata.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|m| m["missing_deps"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+    let meta = env.meta("split");
+    assert_eq!(meta["status"], "running");
+    assert_eq!(
+        meta["missing_deps"][0]["value"],
+        serde_json::json!({"k": 1})
+    );
+    std::fs::write(&go, "").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_fifty_megabyte_marker_line_is_refused_with_bounded_memory() {
+    let env = TestEnv::new();
+    let (status, rss_kib) = run_measuring_rss(
+        &env,
+        &[
+            "--job-run-id",
+            "big",
+            "--quiet",
+            "--no-pty",
+            "--",
+            "sh",
+            "-c",
+            "printf DATABUILD_MISSING_DEPS_JSON:; head -c 50000000 /dev/zero | tr '\\0' 7; echo",
+        ],
+    );
+    assert_eq!(status, 0);
+    let meta = env.meta("big");
+    assert_eq!(meta["missing_deps"], serde_json::json!([]));
+    assert!(meta["marker_errors"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit"));
+    assert_eq!(meta["stdout"]["bytes"], 50_000_000 + 28 + 1);
+    assert!(rss_kib < 16 * 1024, "peak RSS {rss_kib} KiB");
+}
+
+// ---- metadata.json ---------------------------------------------------------------
+
+#[test]
+fn metadata_has_every_field_and_partitions() {
+    let env = TestEnv::new();
+    let o = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "meta",
+            "--partition",
+            "p/1",
+            "--partition",
+            "p/2",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo e >&2; printf x; exit 4",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 4);
+    let m = env.meta("meta");
+    for field in [
+        "job_run_id",
+        "command",
+        "cwd",
+        "hostname",
+        "pid",
+        "child_pid",
+        "pty",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "status",
+        "exit_code",
+        "signal",
+        "stdout",
+        "stderr",
+        "missing_deps",
+        "marker_errors",
+        "building_partitions",
+        "log_errors",
+        "tail_url",
+        "logwrap_version",
+    ] {
+        assert!(m.get(field).is_some(), "missing field {field}");
+    }
+    assert_eq!(m["status"], "failed");
+    assert_eq!(m["exit_code"], 4);
+    assert_eq!(m["signal"], Value::Null);
+    assert_eq!(
+        m["command"],
+        serde_json::json!(["sh", "-c", "echo hi; echo e >&2; printf x; exit 4"])
+    );
+    assert_eq!(m["building_partitions"], serde_json::json!(["p/1", "p/2"]));
+    assert_eq!(m["stdout"], serde_json::json!({"bytes": 4, "lines": 2}));
+    assert_eq!(m["stderr"], serde_json::json!({"bytes": 2, "lines": 1}));
+    assert_eq!(m["cwd"], env.dir.display().to_string());
+    assert!(m["started_at"].as_str().unwrap().ends_with('Z'));
+    assert!(m["child_pid"].as_u64().unwrap() > 0);
+
+    let o = env
+        .cmd()
+        .env("DATABUILD_BUILDING_PARTITIONS", "a, b,,c")
+        .args(["--job-run-id", "envparts", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert_eq!(
+        env.meta("envparts")["building_partitions"],
+        serde_json::json!(["a", "b", "c"])
+    );
+    assert_eq!(env.meta("envparts")["status"], "succeeded");
+}
+
+#[test]
+fn metadata_is_never_seen_torn() {
+    let env = TestEnv::new();
+    let script = "i=0; while [ $i -lt 300 ]; do echo \"DATABUILD_MISSING_DEPS_JSON:{\\\"n\\\":$i}\"; i=$((i+1)); done";
+    let mut child = spawn_sh(&env, "torn", &["--no-pty"], script);
+    let path = env.job_dir("torn").join("metadata.json");
+    let mut reads = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(bytes) = std::fs::read(&path) {
+            serde_json::from_slice::<Value>(&bytes).expect("a reader saw a torn metadata.json");
+            reads += 1;
+        }
+    }
+    assert!(reads > 0);
+    assert_eq!(
+        env.meta("torn")["missing_deps"].as_array().unwrap().len(),
+        300
+    );
+}
+
+#[test]
+fn a_killed_wrapper_reads_as_abandoned() {
+    use logwrap::metadata::Status;
+    use logwrap::store::{FileStore, JobId, LogStore};
+    let env = TestEnv::new();
+    let mut child = spawn_sh(&env, "dead", &[], "echo before-kill; exec sleep 300");
+    wait_for_log(&env, "dead", "before-kill\n");
+    let store = FileStore::new(&env.root);
+    let id = JobId::parse("dead").unwrap();
+    assert_eq!(store.live_metadata(&id).unwrap().status, Status::Running);
+    let child_pid = env.meta("dead")["child_pid"].as_u64().unwrap() as u32;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(store.live_metadata(&id).unwrap().status, Status::Abandoned);
+    assert_eq!(
+        env.meta("dead")["status"],
+        "running",
+        "the file itself is untouched"
+    );
+    assert_eq!(env.stdout_log("dead"), b"before-kill\n");
+    signal(child_pid, libc::SIGKILL);
+}
+
+// ---- Signals and time ----------------------------------------------------------------
+
+#[test]
+fn signals_are_forwarded_to_the_child() {
+    let env = TestEnv::new();
+    for (name, sig) in [
+        ("INT", libc::SIGINT),
+        ("TERM", libc::SIGTERM),
+        ("HUP", libc::SIGHUP),
+        ("QUIT", libc::SIGQUIT),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+    ] {
+        let id = format!("sig{name}");
+        let script = format!(
+            "trap 'echo got-{name}; exit 7' {name}; echo ready; while :; do sleep 0.05; done"
+        );
+        let child = spawn_sh(&env, &id, &["--no-pty"], &script);
+        wait_for_log(&env, &id, "ready\n");
+        signal(child.id(), sig);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 7, "{name}");
+        assert_eq!(
+            env.stdout_log(&id),
+            format!("ready\ngot-{name}\n").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn kill_after_sends_sigkill_to_a_child_that_ignores_sigterm() {
+    let env = TestEnv::new();
+    let child = spawn_sh(
+        &env,
+        "stubborn",
+        &["--kill-after", "300ms"],
+        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    wait_for_log(&env, "stubborn", "ready\n");
+    signal(child.id(), libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 128 + 9);
+    let m = env.meta("stubborn");
+    assert_eq!(m["status"], "killed");
+    assert_eq!(m["signal"], "SIGKILL");
+    assert_eq!(m["exit_code"], Value::Null);
+}
+
+#[test]
+fn timeout_ends_the_job_with_124() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "slowjob",
+        &["--timeout", "200ms"],
+        "echo started; exec sleep 60",
+    );
+    assert_eq!(code(&o), 124);
+    let m = env.meta("slowjob");
+    assert_eq!(m["status"], "timed_out");
+    assert_eq!(m["wrapper_exit_code"], 124);
+    assert_eq!(env.stdout_log("slowjob"), b"started\n");
+    // A job that ignores the SIGTERM is killed after --kill-after, still 124.
+    let o = env.run_sh(
+        "deaf",
+        &["--timeout", "200ms", "--kill-after", "200ms"],
+        "trap '' TERM; while :; do sleep 0.05; done",
+    );
+    assert_eq!(code(&o), 124);
+    assert_eq!(env.meta("deaf")["status"], "timed_out");
+}
+
+// ---- Children ------------------------------------------------------------------------
+
+#[test]
+fn a_background_grandchild_holding_the_output_does_not_hang_the_wrapper() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("bg{i}");
+        let pidfile = env.path(&format!("bg{i}.pid"));
+        let script = format!("sleep 100 & echo $! > '{}'; echo done", pidfile.display());
+        let t0 = Instant::now();
+        let o = env.run_sh(
+            &id,
+            &[&["--drain-timeout", "500ms"][..], mode].concat(),
+            &script,
+        );
+        assert_eq!(code(&o), 0);
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the wrapper waited for the grandchild"
+        );
+        assert_eq!(env.stdout_log(&id), b"done\n", "mode {mode:?}");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            signal(pid.trim().parse().unwrap(), libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn orphaned_grandchildren_are_reaped() {
+    let env = TestEnv::new();
+    let go = env.path("go");
+    let pidfile = env.path("orphan.pid");
+    let script = format!(
+        "(sh -c 'echo $$ > {}; exit 0' &); while [ ! -e '{}' ]; do sleep 0.01; done",
+        pidfile.display(),
+        go.display()
+    );
+    let mut child = spawn_sh(&env, "reap", &["--no-pty"], &script);
+    wait_until(Duration::from_secs(20), "orphan pid", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    // Reparented to the wrapper (its subreaper), it must not stay a zombie.
+    wait_until(Duration::from_secs(20), "the orphan to be reaped", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    std::fs::write(&go, "").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn no_line_is_lost_when_a_job_exits_at_once() {
+    let env = TestEnv::new();
+    let expect: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    for round in 0..20 {
+        for (i, mode) in MODES.iter().enumerate() {
+            let id = format!("burst{round}-{i}");
+            let mut args = vec!["--job-run-id", id.as_str(), "--quiet"];
+            args.extend_from_slice(mode);
+            args.extend_from_slice(&["--", "seq", "1", "100000"]);
+            let o = env.run(&args);
+            assert_eq!(code(&o), 0);
+            assert!(
+                env.stdout_log(&id) == expect.as_bytes(),
+                "lost lines in round {round}, mode {mode:?}"
+            );
+            assert_eq!(env.meta(&id)["stdout"]["lines"], 100_000);
+            std::fs::remove_dir_all(env.job_dir(&id)).unwrap();
+        }
+    }
+}
+
+// ---- Exit codes ------------------------------------------------------------------------
+
+#[test]
+fn exit_codes_follow_the_job() {
+    let env = TestEnv::new();
+    assert_eq!(code(&env.run_sh("c0", &[], "exit 0")), 0);
+    assert_eq!(code(&env.run_sh("c42", &[], "exit 42")), 42);
+    let o = env.run_sh("c137", &[], "kill -9 $$");
+    assert_eq!(code(&o), 137);
+    let m = env.meta("c137");
+    assert_eq!(
+        (m["status"].as_str(), m["signal"].as_str()),
+        (Some("killed"), Some("SIGKILL"))
+    );
+}
+
+#[test]
+fn exec_failures_are_126_and_127_with_one_clear_line() {
+    let env = TestEnv::new();
+    let o = env.run(&["--job-run-id", "nf", "--", "no-such-command-xyz"]);
+    assert_eq!(code(&o), 127);
+    assert_eq!(
+        stderr_text(&o),
+        "logwrap: command not found: no-such-command-xyz; check the name and PATH\n"
+    );
+    assert_eq!(env.meta("nf")["status"], "failed");
+    assert_eq!(env.meta("nf")["wrapper_exit_code"], 127);
+    let file = env.path("not-executable");
+    std::fs::write(&file, "data").unwrap();
+    let o = env.run(&["--job-run-id", "ne", "--", file.to_str().unwrap()]);
+    assert_eq!(code(&o), 126);
+    let err = stderr_text(&o);
+    assert!(
+        err.starts_with("logwrap: cannot execute") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn wrapper_failures_are_125_with_one_clear_line() {
+    let env = TestEnv::new();
+    let blocker = env.path("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let not_writable = blocker.join("logs");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--bogus-option", "--", "true"],
+            "unknown option '--bogus-option'",
+        ),
+        (vec!["--cols", "0", "--", "true"], "--cols"),
+        (vec!["--rows", "many", "--", "true"], "--rows"),
+        (
+            vec!["--job-run-id", "../escape", "--", "true"],
+            "invalid job run id",
+        ),
+        (
+            vec!["--job-run-id", ".hidden", "--", "true"],
+            "must not start with '.'",
+        ),
+        (vec!["--job-run-id", "a/b", "--", "true"], "is not allowed"),
+        (vec!["--timeout", "soon", "--", "true"], "--timeout"),
+        (
+            vec!["--log-dir", not_writable.to_str().unwrap(), "--", "true"],
+            "cannot create log directory",
+        ),
+        (vec!["--job-run-id", "x"], "no command given"),
+    ];
+    for (args, expect) in cases {
+        let o = env.run(&args);
+        assert_eq!(code(&o), 125, "{args:?}");
+        let err = stderr_text(&o);
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(
+            err.starts_with("logwrap: ") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !env.dir.join("escape").exists(),
+        "no id reaches outside the root"
+    );
+}
+
+#[test]
+fn a_used_id_is_refused_and_the_env_id_is_used() {
+    let env = TestEnv::new();
+    assert_eq!(code(&env.run_sh("once", &[], "echo first")), 0);
+    let o = env.run_sh("once", &[], "echo second");
+    assert_eq!(code(&o), 125);
+    assert!(stderr_text(&o).contains("already used"));
+    assert_eq!(
+        env.stdout_log("once"),
+        b"first\n",
+        "the first job's log is untouched"
+    );
+    let o = env
+        .cmd()
+        .env("DATABUILD_JOB_RUN_ID", "from-env")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert_eq!(env.meta("from-env")["job_run_id"], "from-env");
+}
+
+#[test]
+fn generated_ids_are_unique_and_sort_by_time() {
+    let env = TestEnv::new();
+    for _ in 0..3 {
+        assert_eq!(code(&env.run(&["--", "true"])), 0);
+    }
+    let mut ids: Vec<String> = std::fs::read_dir(env.root.join("job_runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 3);
+    let starts: Vec<String> = ids
+        .iter()
+        .map(|id| env.meta(id)["started_at"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(starts, sorted);
+}
+
+#[test]
+fn default_root_falls_back_to_the_state_dir_when_not_writable() {
+    let env = TestEnv::new();
+    let state = env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = env.cmd();
+    cmd.env_remove("DATABUILD_LOG_DIR")
+        .env("XDG_STATE_HOME", &state)
+        .args(["--job-run-id", "fb", "--", "true"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root /var/log/databuild is writable: drop to nobody for this run.
+        let nobody = 65534;
+        std::os::unix::fs::chown(&env.dir, Some(nobody), Some(nobody)).unwrap();
+        std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
+        cmd.uid(nobody).gid(nobody);
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    assert!(state.join("databuild/job_runs/fb/metadata.json").exists());
+}
+
+#[test]
+fn twenty_wrappers_share_one_root() {
+    let env = TestEnv::new();
+    let children: Vec<(String, Child)> = (0..20)
+        .map(|i| {
+            let id = format!("par{i}");
+            let script = format!("seq 1 {}; echo err{i} >&2", 2000 + i);
+            let child = spawn_sh(
+                &env,
+                &id,
+                if i % 2 == 0 { &[] } else { &["--no-pty"] },
+                &script,
+            );
+            (id, child)
+        })
+        .collect();
+    for (i, (id, child)) in children.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "{id}");
+        let expect: String = (1..=2000 + i).map(|n| format!("{n}\n")).collect();
+        assert!(env.stdout_log(&id) == expect.as_bytes(), "{id}");
+        assert_eq!(env.stderr_log(&id), format!("err{i}\n").as_bytes());
+    }
+}
+
+// ---- Failing log writes ------------------------------------------------------------------
+
+#[test]
+fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("fsize{i}");
+        let mut cmd = env.cmd();
+        let mut args = vec!["--job-run-id", id.as_str()];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--", "sh", "-c", "seq 1 300000; exit 3"]);
+        cmd.args(&args);
+        // SAFETY: setrlimit between fork and exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 100_000,
+                    rlim_max: 100_000,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                Ok(())
+            });
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(code(&o), 3, "the job's own status, mode {mode:?}");
+        let expect: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
+        assert!(
+            o.stdout == expect.as_bytes(),
+            "terminal copy incomplete, mode {mode:?}"
+        );
+        let log = env.stdout_log(&id);
+        assert_eq!(log.len(), 100_000, "the log holds what fitted");
+        assert!(expect.as_bytes().starts_with(&log));
+        let m = env.meta(&id);
+        assert_eq!(m["exit_code"], 3);
+        let errors = m["log_errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.as_str().unwrap().contains("stdout.log")),
+            "{errors:?}"
+        );
+    }
+}
+
+// ---- Bounded memory ---------------------------------------------------------------------------
+
+#[test]
+fn peak_rss_stays_under_16_mib_for_a_gigabyte_and_a_100_mb_line() {
+    let env = TestEnv::new();
+    for (id, pipe, script) in [
+        ("gig", true, "yes 'a line of text that is about sixty bytes long, give or take' | head -c 1000000000"),
+        ("line", true, "head -c 100000000 /dev/zero | tr '\\0' x"),
+        ("ptyline", false, "head -c 100000000 /dev/zero | tr '\\0' x"),
+    ] {
+        let mut args = vec!["--job-run-id", id, "--quiet"];
+        if pipe {
+            args.push("--no-pty");
+        }
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let (status, rss_kib) = run_measuring_rss(&env, &args);
+        assert_eq!(status, 0, "{id}");
+        assert!(rss_kib < 16 * 1024, "{id}: peak RSS {rss_kib} KiB");
+        let len = std::fs::metadata(env.job_dir(id).join("stdout.log")).unwrap().len();
+        assert_eq!(len, if id == "gig" { 1_000_000_000 } else { 100_000_000 }, "{id}");
+        std::fs::remove_dir_all(env.job_dir(id)).unwrap();
+    }
+}
+
+#[test]
+fn window_size_comes_from_the_wrappers_terminal_and_follows_sigwinch() {
+    use std::os::fd::AsRawFd;
+    let env = TestEnv::new();
+    let size = |rows, cols| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let outer = nix::pty::openpty(Some(&size(20, 60)), None).unwrap();
+    let slave = outer.slave.as_raw_fd();
+    let script = "trap 'stty size <&1; stty size <&2 >&2; exit 0' WINCH; stty size <&1; echo ready; while :; do sleep 0.02; done";
+    let mut cmd = env.cmd();
+    cmd.args(["--job-run-id", "winch", "--quiet", "--", "sh", "-c", script])
+        .stdin(Stdio::from(outer.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(outer.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(outer.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe; the wrapper gets the outer
+    // pty as its controlling terminal, as in an interactive shell.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::ioctl(slave, libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    wait_for_log(&env, "winch", "ready\n");
+    assert_eq!(env.stdout_log("winch"), b"20 60\nready\n");
+    let ws = libc::winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the struct; the kernel then signals the wrapper.
+    unsafe { libc::ioctl(outer.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(env.stdout_log("winch"), b"20 60\nready\n33 77\n");
+    assert_eq!(
+        env.stderr_log("winch"),
+        b"33 77\n",
+        "the stderr pty is resized too"
+    );
+}
