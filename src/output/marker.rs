@@ -2,7 +2,16 @@
 //! "Markers"). Chunks may split a line, or the prefix itself, anywhere; the payload
 //! kept per line is bounded so a huge marker line cannot grow memory.
 
-use memchr::memchr;
+use memchr::{memchr, memmem, memrchr};
+use std::sync::LazyLock;
+
+/// The prefix searcher, built once.
+static FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(MARKER_PREFIX));
+
+fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
 
 /// A line that starts with this is a marker; the rest of the line is JSON.
 pub const MARKER_PREFIX: &[u8] = b"DATABUILD_MISSING_DEPS_JSON:";
@@ -51,20 +60,43 @@ impl Default for MarkerScanner {
 
 impl MarkerScanner {
     /// Scans one chunk, pushing every marker line it completes onto `out`.
+    ///
+    /// Markers are rare, so rather than stepping line by line this searches the
+    /// chunk for the prefix (SIMD `memmem`) and checks that each hit starts a
+    /// line; only the line carried over from the last chunk and the unfinished
+    /// last line are stepped through by hand.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<MarkerEvent>) {
-        let mut rest = chunk;
-        loop {
-            let newline = memchr(b'\n', rest);
-            let segment = newline.map_or(rest, |i| &rest[..i]);
-            self.absorb(segment);
-            match newline {
+        let mut body = chunk;
+        if !matches!(self.state, State::Prefix(0)) {
+            match memchr(b'\n', body) {
+                None => return self.absorb(body),
                 Some(i) => {
+                    self.absorb(&body[..i]);
                     self.end_line(out);
-                    rest = &rest[i + 1..];
+                    body = &body[i + 1..];
                 }
-                None => return,
             }
         }
+        // Every line of `body[..tail]` is complete; `body[tail..]` is unfinished.
+        let tail = memrchr(b'\n', body).map_or(0, |i| i + 1);
+        let mut counted = 0;
+        for hit in FINDER.find_iter(&body[..tail]) {
+            if hit < counted || (hit > 0 && body[hit - 1] != b'\n') {
+                continue;
+            }
+            self.newlines += count_newlines(&body[counted..hit]);
+            let end = hit + memchr(b'\n', &body[hit..]).unwrap_or(tail - 1 - hit);
+            self.state = State::Payload {
+                buf: Vec::new(),
+                len: 0,
+            };
+            self.absorb(&body[hit + MARKER_PREFIX.len()..end]);
+            self.end_line(out);
+            counted = end + 1;
+        }
+        self.newlines += count_newlines(&body[counted.min(tail)..tail]);
+        self.state = State::Prefix(0);
+        self.absorb(&body[tail..]);
     }
 
     /// Ends the stream: a final marker line without a newline still counts.
@@ -193,6 +225,70 @@ mod tests {
         s.feed(b"\n", &mut out);
         assert_eq!(out.len(), 1);
         assert!(out[0].result.as_ref().unwrap_err().contains("limit"));
+    }
+
+    /// The obvious line-by-line reading, to check the fast path against.
+    fn reference(text: &[u8]) -> Vec<(u64, String)> {
+        text.split(|b| *b == b'\n')
+            .enumerate()
+            .filter_map(|(i, line)| {
+                let payload = line.strip_prefix(MARKER_PREFIX)?;
+                Some((i as u64 + 1, String::from_utf8_lossy(payload).into_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_chunking_of_mixed_text_matches_a_line_by_line_reading() {
+        let pieces: [&[u8]; 6] = [
+            b"plain line\n",
+            b"DATABUILD_MISSING_DEPS_JSON:[1]\n",
+            b"xDATABUILD_MISSING_DEPS_JSON:[2]\n",
+            b"DATABUILD_MISSING",
+            b"\n",
+            b"DATABUILD_MISSING_DEPS_JSON:{}",
+        ];
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..300 {
+            let text: Vec<u8> = (0..next(40))
+                .flat_map(|_| pieces[next(pieces.len())].to_vec())
+                .collect();
+            let mut scanner = MarkerScanner::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let step = 1 + next(20);
+                let end = (at + step).min(text.len());
+                scanner.feed(&text[at..end], &mut out);
+                at = end;
+            }
+            scanner.finish(&mut out);
+            let got: Vec<_> = out
+                .iter()
+                .map(|e| {
+                    let payload = match &e.result {
+                        Ok(v) => v.to_string(),
+                        Err(_) => "?".to_string(),
+                    };
+                    (e.line, payload)
+                })
+                .collect();
+            let want: Vec<_> = reference(&text)
+                .into_iter()
+                .map(|(l, p)| {
+                    let parsed =
+                        serde_json::from_str::<serde_json::Value>(&p).map(|v| v.to_string());
+                    (l, parsed.unwrap_or_else(|_| "?".to_string()))
+                })
+                .collect();
+            assert_eq!(got, want, "text {:?}", String::from_utf8_lossy(&text));
+        }
     }
 
     #[test]
