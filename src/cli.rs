@@ -1,6 +1,7 @@
 //! The command line as clap sees it: flags, environment variables and help text.
 //! Nothing past `config.rs` sees these types.
 
+use crate::store::JobId;
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -49,37 +50,179 @@ pub struct RootArgs {
     pub log_dir: Option<PathBuf>,
 }
 
+/// Exit codes of `ls` and `show`, shown in their `--help`.
+const READING_EXIT_CODES: &str = "Exit status: 0 on success; 1 if the job is not found or \
+cannot be read; 2 for an invalid id or option.";
+
+/// The end of `logs --help`: its exit codes and two examples.
+const LOGS_AFTER_HELP: &str = "Exit status: 0 on success; 1 if the job or its log is not \
+found, cannot be read, or is deleted while followed; 2 for an invalid id or option. With \
+--exit-status: the job's own status (as its wrapper exited), or 137 if the job was abandoned.
+
+Examples:
+  logwrap logs -f --tail 10 build-42
+  logwrap logs -f build-42 --exit-status >/dev/null   # wait for a job";
+
 /// `logwrap logs` (owned by src/logs.rs).
 #[derive(Debug, Args)]
+#[command(after_help = LOGS_AFTER_HELP)]
 pub struct LogsArgs {
+    /// Job run id [default: the most recent job: latest started_at]
+    #[arg(value_name = "ID", value_parser = parse_job_id)]
+    pub id: Option<JobId>,
+
+    /// Keep printing new output as it is written; stop when the job ends or is
+    /// abandoned. A job not started yet is waited for briefly
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Print only the last N lines (with --all: of the merged output)
+    #[arg(short = 'n', long = "tail", value_name = "N", conflicts_with = "since")]
+    pub tail: Option<u64>,
+
+    /// Start at line N, counting from 1, like `tail -n +N` (with --all: line N of
+    /// the merged output)
+    #[arg(long, value_name = "N")]
+    pub since: Option<u64>,
+
+    /// Print the job's stderr instead of its stdout
+    #[arg(long, conflicts_with = "all")]
+    pub stderr: bool,
+
+    /// Print stdout and stderr merged in the order their lines arrived
+    #[arg(long)]
+    pub all: bool,
+
+    /// Prefix each line with its stream: "stdout: " or "stderr: "
+    #[arg(long)]
+    pub prefix: bool,
+
+    /// Prefix each line with the time the wrapper read it (RFC 3339 UTC, ms)
+    #[arg(long)]
+    pub timestamps: bool,
+
+    /// With --follow: exit with the job's own exit status once it ends
+    #[arg(long, requires = "follow")]
+    pub exit_status: bool,
+
     #[command(flatten)]
     pub root: RootArgs,
 }
 
 /// `logwrap ls` (owned by src/logs.rs).
 #[derive(Debug, Args)]
+#[command(after_help = READING_EXIT_CODES)]
 pub struct LsArgs {
+    /// Print a JSON array of the jobs' full metadata (live status) instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only jobs with this status (repeatable, or comma-separated)
+    #[arg(
+        long,
+        value_name = "STATUS",
+        value_delimiter = ',',
+        value_parser = ["running", "succeeded", "failed", "killed", "timed_out", "abandoned"]
+    )]
+    pub status: Vec<String>,
+
+    /// Show at most the N newest jobs
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
     #[command(flatten)]
     pub root: RootArgs,
 }
 
 /// `logwrap show` (owned by src/logs.rs).
 #[derive(Debug, Args)]
+#[command(after_help = READING_EXIT_CODES)]
 pub struct ShowArgs {
+    /// Job run id
+    #[arg(value_name = "ID", value_parser = parse_job_id)]
+    pub id: JobId,
+
+    /// Print the metadata.json document (with the live status) instead of a summary
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub root: RootArgs,
 }
 
-/// `logwrap gc` (owned by src/gc.rs).
+/// Job ids are checked while parsing, so a bad one is a usage error (exit 2).
+fn parse_job_id(s: &str) -> Result<JobId, String> {
+    JobId::parse(s)
+}
+
+/// `logwrap gc` (owned by src/gc.rs): the retention policy of SPEC §6.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Finished jobs past the TTL go first, then the oldest finished jobs until the \
+rest fit under the size cap; a running job is never deleted. Wrappers run the same collection \
+in the background at most once an hour.\n\nExample: logwrap gc --dry-run --ttl-days 2 --max-size 500M"
+)]
 pub struct GcArgs {
     #[command(flatten)]
     pub root: RootArgs,
+
+    /// List what would be deleted, with size and reason, and delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Delete finished jobs that ended more than DAYS ago; fractions allowed, 0
+    /// means every finished job [default: $DATABUILD_LOG_TTL_DAYS, else 7]
+    #[arg(
+        long,
+        value_name = "DAYS",
+        value_parser = crate::gc::parse_ttl_days,
+        allow_negative_numbers = true
+    )]
+    pub ttl_days: Option<std::time::Duration>,
+
+    /// Then delete the oldest finished jobs until all jobs together take at most
+    /// SIZE: bytes, or K, M, G, T (powers of 1024), e.g. 500M, 10G, 0.5G
+    /// [default: $DATABUILD_LOG_MAX_SIZE_GB GiB, else 10G]
+    #[arg(long, value_name = "SIZE", value_parser = crate::gc::parse_size)]
+    pub max_size: Option<u64>,
 }
 
 /// `logwrap serve` (owned by src/serve/).
 #[derive(Debug, Args)]
+#[command(after_help = "Endpoints: GET / (job list page), /job_runs/ID (live page), \
+/api/job_runs[?status=S&limit=N], /api/job_runs/ID, /api/job_runs/ID/logs/{stdout|stderr|combined} \
+(Server-Sent Events: ?follow=true&since=N&lines=N&format=json), \
+/api/job_runs/ID/logs/{stdout|stderr}/raw (Range), /api/job_runs/ID/log-tail?start=N[&stream=stderr], \
+/api/job_runs/ID/logs/{stdout|stderr}/progressiveText?start=N, /healthz.\n\n\
+Example: logwrap serve --listen 127.0.0.1:8080 & curl -N 'http://127.0.0.1:8080/api/job_runs/build-42/logs/combined?follow=true'")]
 pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (port 0 picks a free port). Binding beyond
+    /// loopback exposes every job's logs to the network: pair it with --token
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Require this token on every request, as `Authorization: Bearer TOKEN` or
+    /// `?token=TOKEN`
+    #[arg(long, env = "DATABUILD_LOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Most simultaneous connections; more are answered 503
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Time a client has to send its request head before a 408
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub header_timeout: String,
+
+    /// Close a kept-alive connection idle this long, or a client that leaves what
+    /// it asked for unread this long
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub idle_timeout: String,
+
+    /// Send a heartbeat comment on an event stream silent for this long
+    #[arg(long, value_name = "DURATION", default_value = "15s")]
+    pub heartbeat: String,
+
     #[command(flatten)]
     pub root: RootArgs,
 }
@@ -131,6 +274,16 @@ pub struct RunArgs {
     /// background processes it left behind
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub drain_timeout: String,
+
+    /// Serve this job's logs over HTTP at ADDR (HOST:PORT; port 0 picks a free
+    /// port) while it runs, as `logwrap serve` does; the URL is printed on stderr
+    /// and recorded as tail_url
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// With --listen: require this token, as `Authorization: Bearer TOKEN` or `?token=TOKEN`
+    #[arg(long, env = "DATABUILD_LOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// The command to run, after `--`
     #[arg(

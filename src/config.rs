@@ -70,7 +70,7 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     } else {
         args.partitions
     };
-    let cfg = RunConfig {
+    let mut cfg = RunConfig {
         job_run_id,
         command: args.command,
         pty: !args.no_pty,
@@ -82,7 +82,16 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         drain_timeout: duration("drain-timeout", &args.drain_timeout)?,
         partitions,
         reap_orphans: true,
+        housekeeping: None,
+        listen: args
+            .listen
+            .as_deref()
+            .map(|a| crate::serve::ServeConfig::new(a, args.token.clone()))
+            .transpose()?,
     };
     let store = resolve_root(args.log_dir)?;
+    // Invalid retention variables turn housekeeping off rather than failing the
+    // job; `logwrap gc` reports them.
+    cfg.housekeeping = crate::gc::Housekeeping::from_env(store.root()).ok();
     Ok((cfg, store))
 }

@@ -23,6 +23,8 @@
 //!     drain_timeout: Duration::from_secs(2),
 //!     partitions: vec![],
 //!     reap_orphans: false,
+//!     housekeeping: None,
+//!     listen: None,
 //! };
 //! let outcome = run(&cfg, &store)?;
 //! println!("{} ended {:?}", cfg.job_run_id, outcome.metadata.status);

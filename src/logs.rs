@@ -1,16 +1,482 @@
-//! `logwrap logs`, `ls` and `show` (issue 3) — being written.
+//! `logwrap logs`, `ls` and `show` (SPEC §4, issue 3): print what a job wrote,
+//! follow it live, find jobs. Plain `logs` copies byte ranges of the log file, so
+//! the output is the log byte for byte (binary, huge lines); the line modes
+//! (`--all`, `--timestamps`, `--prefix`) go through the line readers.
+//!
+//! Exit status: 0 on success; 1 when the job or its log is not found, cannot be
+//! read, or is deleted while followed; 2 for an invalid id or option (clap);
+//! with `logs -f --exit-status`, the job's own status (137 when abandoned).
 
-use crate::cli::{LogsArgs, LsArgs, ShowArgs};
-use anyhow::{bail, Result};
+mod jobs;
+mod ls;
+mod watch;
 
-pub fn logs_cmd(_args: LogsArgs) -> Result<i32> {
-    bail!("logs: not written yet")
+pub use jobs::ABANDONED_EXIT;
+pub use ls::{ls_cmd, show_cmd};
+
+use crate::cli::LogsArgs;
+use crate::exit;
+use crate::metadata::Metadata;
+use crate::reader::{CombinedReader, LogLine, Start, StreamReader};
+use crate::store::{FileStore, JobId, LogStore, Stream};
+use crate::timefmt;
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+use watch::Watcher;
+
+/// Longest part of a line the line modes keep in memory; longer lines are copied
+/// from the file instead. 64 KiB holds nearly every real line (one read serves
+/// many lines) while keeping memory small however long a line is.
+const LINE_KEEP: usize = 64 * 1024;
+
+/// How long `logs -f` waits for a job that has not created its directory yet: a
+/// scheduler that starts `logs -f` as it launches the job loses a race of
+/// milliseconds, while a mistyped id should not hang a terminal for long.
+const WAIT_FOR_JOB: Duration = Duration::from_secs(5);
+
+/// How often `logs -f` checks, without any file event, whether the job's writer
+/// is still alive. The kernel closes the files of a wrapper killed by SIGKILL,
+/// an inotify event that wakes us at once; but on a filesystem whose changes
+/// inotify does not see (a network filesystem) nothing does, so this bounds how
+/// late a job is found abandoned. Each check is a metadata read and one flock:
+/// at 250 ms it costs nothing and still feels immediate.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Width of an RFC 3339 timestamp with milliseconds, for the placeholder of a
+/// line whose time is unknown (no index), so columns stay aligned.
+const TIMESTAMP_WIDTH: usize = 24;
+
+/// Buffer in front of stdout: the line modes print many short pieces per line,
+/// and 64 KiB turns them into few writes.
+const OUT_BUFFER: usize = 64 * 1024;
+
+/// `logwrap logs`.
+pub fn logs_cmd(args: LogsArgs) -> Result<i32> {
+    match logs(args) {
+        Err(e) if is_broken_pipe(&e) => Ok(0),
+        other => other,
+    }
 }
 
-pub fn ls_cmd(_args: LsArgs) -> Result<i32> {
-    bail!("ls: not written yet")
+/// Prints `logwrap: <msg>` on stderr in one write, so a reader of stderr (or
+/// another process writing to the same terminal) never sees half a message.
+pub(crate) fn say(msg: &str) {
+    let _ = io::stderr().write_all(format!("logwrap: {msg}\n").as_bytes());
 }
 
-pub fn show_cmd(_args: ShowArgs) -> Result<i32> {
-    bail!("show: not written yet")
+/// The reader of our output went away (`logwrap logs | head`): not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn logs(args: LogsArgs) -> Result<i32> {
+    let store = jobs::reading_root(args.root.log_dir.clone())?;
+    let id = match &args.id {
+        Some(id) => id.clone(),
+        None => jobs::most_recent(&store)?,
+    };
+    if !store.metadata_path(&id).exists() {
+        let appeared = args.follow
+            && watch::wait_for_job(
+                &store.metadata_path(&id),
+                &[store.root(), &store.jobs_dir(), &store.job_dir(&id)],
+                &format!("job {id}"),
+                WAIT_FOR_JOB,
+                LIVENESS_INTERVAL,
+            )?;
+        // Without --follow, a job whose wrapper is still setting it up is read
+        // as it is (its logs exist before its metadata).
+        if !appeared && !store.log_path(&id, Stream::Stdout).exists() {
+            return Err(jobs::not_found(&store, &id));
+        }
+    }
+    let finished = match store.live_metadata(&id) {
+        Ok(m) => m.status.is_finished(),
+        Err(_) => !store.writer_alive(&id),
+    };
+    let mut printer = Printer::open(&store, &id, &args)?;
+    // A full copy of one stream needs no index; every other mode seeks with it
+    // or takes timestamps and arrival order from it.
+    let index_used =
+        args.tail.is_some() || args.since.is_some_and(|n| n > 1) || args.all || args.timestamps;
+    printer.warn_about_index(&store, &id, finished, index_used);
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
+    if !args.follow {
+        // A snapshot: a running job's unfinished last line is shown as it is.
+        printer.drain(true, &mut out)?;
+        out.flush()?;
+        return Ok(0);
+    }
+    match follow(&store, &id, &mut printer, &mut out)? {
+        FollowEnd::Ended(meta) => {
+            if meta.status == crate::metadata::Status::Abandoned {
+                say(&format!(
+                    "job {id} was abandoned: its wrapper died without finishing"
+                ));
+            }
+            Ok(if args.exit_status {
+                jobs::exit_status(&meta)
+            } else {
+                0
+            })
+        }
+        FollowEnd::Deleted => {
+            say(&format!(
+                "stopped following job {id}: its log was deleted (by `logwrap gc` or by hand)"
+            ));
+            Ok(exit::NOT_FOUND_READ)
+        }
+    }
+}
+
+/// Why following stopped.
+enum FollowEnd {
+    /// The job ended or was abandoned; its live metadata.
+    Ended(Box<Metadata>),
+    /// The log or the job's directory was removed.
+    Deleted,
+}
+
+/// Prints new output whenever inotify reports a change, until the job ends.
+fn follow(
+    store: &FileStore,
+    id: &JobId,
+    printer: &mut Printer,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+) -> Result<FollowEnd> {
+    let watcher = Watcher::new()?;
+    watcher.watch(&store.job_dir(id))?;
+    let mut check_at = Instant::now();
+    loop {
+        // Look at the status before reading: once the job is seen ended, every
+        // byte it wrote is already in the files, so this drain is the last.
+        let mut ended = None;
+        if Instant::now() >= check_at {
+            match store.live_metadata(id) {
+                Ok(m) if m.status.is_finished() => ended = Some(m),
+                Ok(_) => {}
+                Err(_) if !store.job_dir(id).is_dir() => {
+                    printer.drain(true, out)?;
+                    out.flush()?;
+                    return Ok(FollowEnd::Deleted);
+                }
+                Err(e) => return Err(e),
+            }
+            check_at = Instant::now() + LIVENESS_INTERVAL;
+        }
+        printer.drain(ended.is_some(), out)?;
+        out.flush()?;
+        if let Some(meta) = ended {
+            return Ok(FollowEnd::Ended(Box::new(meta)));
+        }
+        if printer.deleted()? {
+            return Ok(FollowEnd::Deleted);
+        }
+        let wake = watcher.wait(check_at.saturating_duration_since(Instant::now()))?;
+        if wake.check {
+            check_at = Instant::now();
+        }
+    }
+}
+
+/// Turns a job's logs into output, as far as they are written.
+enum Printer {
+    Raw(RawPrinter),
+    Lines(LinePrinter),
+}
+
+impl Printer {
+    fn open(store: &FileStore, id: &JobId, args: &LogsArgs) -> Result<Printer> {
+        let stream = if args.stderr {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        let start = match (args.tail, args.since) {
+            (Some(n), _) => Start::Tail(n),
+            (None, Some(n)) => Start::Line(n.max(1)),
+            (None, None) => Start::Line(1),
+        };
+        let open =
+            |s: Stream, start: Start, keep: usize| StreamReader::open(store, id, s, start, keep);
+        let file = |s: Stream| -> Result<File> {
+            let path = store.log_path(id, s);
+            File::open(&path).with_context(|| format!("opening {}", path.display()))
+        };
+        if !(args.all || args.timestamps || args.prefix) {
+            let mut reader = open(stream, start, 0)?;
+            return Ok(Printer::Raw(RawPrinter {
+                want: first_wanted(&mut reader, start)?,
+                reader,
+                file: file(stream)?,
+                pos: None,
+            }));
+        }
+        let style = LineStyle {
+            timestamps: args.timestamps,
+            prefix: args.prefix,
+        };
+        if !args.all {
+            let mut reader = open(stream, start, LINE_KEEP)?;
+            return Ok(Printer::Lines(LinePrinter {
+                want: first_wanted(&mut reader, start)?,
+                source: Source::One(reader),
+                files: [Some(file(stream)?), None],
+                skip: 0,
+                style,
+                stamp: (u64::MAX, String::new()),
+            }));
+        }
+        // Merged: `--tail N` is the last N lines of the merged output, which are
+        // among the last N of each stream; `--since N` counts merged lines.
+        let (each, skip) = match start {
+            Start::Tail(n) => (Start::Tail(n), Some(n)),
+            Start::Line(_) => (Start::Line(1), None),
+        };
+        let mut out = open(Stream::Stdout, each, LINE_KEEP)?;
+        let mut err = open(Stream::Stderr, each, LINE_KEEP)?;
+        let skip = match (skip, start) {
+            (Some(n), _) => {
+                let avail = |r: &mut StreamReader| -> Result<u64> {
+                    Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
+                };
+                (avail(&mut out)? + avail(&mut err)?).saturating_sub(n)
+            }
+            (None, Start::Line(n)) => n.saturating_sub(1),
+            (None, Start::Tail(_)) => 0,
+        };
+        Ok(Printer::Lines(LinePrinter {
+            source: Source::Both(Box::new(CombinedReader::new(out, err))),
+            files: [Some(file(Stream::Stdout)?), Some(file(Stream::Stderr)?)],
+            skip,
+            want: 0,
+            style,
+            stamp: (u64::MAX, String::new()),
+        }))
+    }
+
+    /// Prints everything written so far; `done` when the writer has finished, so
+    /// a last line without a newline is complete too.
+    fn drain(&mut self, done: bool, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        match self {
+            Printer::Raw(p) => p.drain(done, out),
+            Printer::Lines(p) => p.drain(done, out),
+        }
+    }
+
+    /// True once a log being read has been deleted.
+    fn deleted(&self) -> Result<bool> {
+        let files: Vec<&File> = match self {
+            Printer::Raw(p) => vec![&p.file],
+            Printer::Lines(p) => p.files.iter().flatten().collect(),
+        };
+        for f in files {
+            if f.metadata().context("checking the log")?.nlink() == 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One line on stderr per stream whose index cannot help, where it would
+    /// (`index_used`): the reading still works, by scanning.
+    fn warn_about_index(&self, store: &FileStore, id: &JobId, finished: bool, index_used: bool) {
+        if !index_used {
+            return;
+        }
+        let readers: Vec<&StreamReader> = match self {
+            Printer::Raw(p) => vec![&p.reader],
+            Printer::Lines(p) => match &p.source {
+                Source::One(r) => vec![r],
+                Source::Both(c) => c.readers().iter().collect(),
+            },
+        };
+        for r in readers {
+            let len = std::fs::metadata(store.log_path(id, r.stream()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let name = r.stream().name();
+            if len > 0 && !r.indexed() {
+                say(&format!(
+                    "warning: the {name} index of job {id} is missing or damaged; scanning the log instead (slower, no timestamps)"
+                ));
+            } else if finished && r.indexed() && r.indexed_bytes() < len {
+                say(&format!(
+                    "warning: the {name} index of job {id} covers {} of {len} bytes (cut short by a crash?); scanning the rest",
+                    r.indexed_bytes()
+                ));
+            }
+        }
+    }
+}
+
+/// The number of the first line to print. A reader asked for a line past the
+/// end waits at the last, unfinished line (so its numbering stays right), which
+/// is not wanted: `--tail 0` prints nothing of what is there.
+fn first_wanted(reader: &mut StreamReader, start: Start) -> Result<u64> {
+    Ok(match start {
+        Start::Line(n) => n,
+        Start::Tail(n) => (reader.total_lines()? + 1).saturating_sub(n).max(1),
+    })
+}
+
+/// Plain output: the log's bytes from the first wanted line on, copied as they
+/// are, unfinished last line included (like `tail -f`).
+struct RawPrinter {
+    /// Finds where the first wanted line starts (and, for `--since` past the
+    /// current end, waits for it).
+    reader: StreamReader,
+    /// First line to print.
+    want: u64,
+    file: File,
+    /// Next byte to copy, once the first wanted line is reached.
+    pos: Option<u64>,
+}
+
+impl RawPrinter {
+    fn drain(&mut self, done: bool, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        let pos = match self.pos {
+            Some(pos) => pos,
+            None => {
+                while self.reader.next_number() < self.want {
+                    if self.reader.next_line(done)?.is_none() {
+                        return Ok(());
+                    }
+                }
+                self.reader.position()
+            }
+        };
+        let len = self
+            .file
+            .metadata()
+            .context("reading the log's size")?
+            .len();
+        copy_range(&self.file, pos, len.saturating_sub(pos), out)?;
+        self.pos = Some(len.max(pos));
+        Ok(())
+    }
+}
+
+/// Where the line modes take lines from.
+enum Source {
+    One(StreamReader),
+    Both(Box<CombinedReader>),
+}
+
+/// What goes before each line.
+struct LineStyle {
+    timestamps: bool,
+    prefix: bool,
+}
+
+/// Line by line: merged streams, timestamps, stream prefixes.
+struct LinePrinter {
+    source: Source,
+    /// The logs by stream, to copy lines longer than [`LINE_KEEP`].
+    files: [Option<File>; 2],
+    /// Lines still to skip (merged `--tail`/`--since`).
+    skip: u64,
+    /// First line number to print (one stream, `--since` past the end).
+    want: u64,
+    style: LineStyle,
+    /// The last timestamp formatted: lines of one chunk share it.
+    stamp: (u64, String),
+}
+
+impl LinePrinter {
+    fn drain(&mut self, done: bool, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        loop {
+            let line = match &mut self.source {
+                Source::One(r) => r.next_line(done)?,
+                Source::Both(c) => c.next_line(done)?,
+            };
+            let Some(line) = line else { return Ok(()) };
+            if self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            if line.number < self.want {
+                continue;
+            }
+            self.print(&line, out)?;
+        }
+    }
+
+    fn print(&mut self, line: &LogLine, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        if self.style.timestamps {
+            if self.stamp.0 != line.ts_us {
+                self.stamp = (line.ts_us, timestamp(line.ts_us));
+            }
+            out.write_all(self.stamp.1.as_bytes())?;
+            out.write_all(b" ")?;
+        }
+        if self.style.prefix {
+            out.write_all(line.stream.name().as_bytes())?;
+            out.write_all(b": ")?;
+        }
+        if line.data.len() as u64 == line.len {
+            out.write_all(&line.data)?;
+        } else {
+            let file = self.files[usize::from(line.stream == Stream::Stderr)]
+                .as_ref()
+                .context("no log file open for this stream")?;
+            copy_range(file, line.offset, line.len, out)?;
+        }
+        if !line.complete {
+            // Each printed line ends with a newline, so the next one (maybe of
+            // the other stream) starts on its own line.
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// A line's time, or a placeholder as wide when the index does not know it.
+fn timestamp(ts_us: u64) -> String {
+    if ts_us == 0 {
+        format!("{:-<TIMESTAMP_WIDTH$}", "")
+    } else {
+        timefmt::rfc3339_ms((ts_us / 1000) as i64)
+    }
+}
+
+/// Copies `len` bytes of `file` from `offset` to `out`, in bounded blocks (or by
+/// the kernel, when it can).
+fn copy_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))
+        .context("seeking in the log")?;
+    out.flush()?;
+    let copied = io::copy(&mut f.take(len), out.get_mut())?;
+    if copied < len {
+        anyhow::bail!("the log shrank while being read (truncated by hand?)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_times_keep_the_column_width() {
+        assert_eq!(timestamp(0).len(), TIMESTAMP_WIDTH);
+        assert_eq!(timestamp(1_709_210_096_789_000), "2024-02-29T12:34:56.789Z");
+        assert_eq!(timestamp(1_000).len(), TIMESTAMP_WIDTH);
+    }
 }

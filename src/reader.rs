@@ -6,7 +6,7 @@
 //! Readers are polled: [`StreamReader::next_line`] returns `None` at the current
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
-use crate::output::index::Records;
+use crate::output::index::{self, Records, MAX_CHUNK};
 use crate::store::{line_start, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -60,8 +60,24 @@ pub struct StreamReader {
     scanned: u64,
     /// Index record holding the newline of the next line, found by walking forward.
     rec: u64,
+    /// The last record read by [`StreamReader::stamp`] and its number: lines in
+    /// one chunk share it, so it is read once per chunk, not once per line.
+    rec_cache: Option<(u64, crate::output::index::Record)>,
+    /// End of the log as the index covers it (0 without a usable index).
+    indexed_end: u64,
+    /// Size of the log when last measured: it only grows, so it is measured
+    /// again only once the reader has reached it.
+    known_len: u64,
+    /// The index was found inconsistent with the log: it is never used again.
+    damaged: bool,
+    /// The index was re-read after the writer was done, so it will not grow.
+    index_final: bool,
     max_keep: usize,
     block: Vec<u8>,
+    /// Log offset and length of the bytes held in `block`, so that many short
+    /// lines cost one read per block rather than one per line.
+    block_at: u64,
+    block_len: usize,
 }
 
 impl StreamReader {
@@ -82,26 +98,54 @@ impl StreamReader {
         let mut r = StreamReader {
             stream,
             log,
-            idx,
+            idx: None,
             idx_path,
             pos: 0,
             line: 1,
             scanned: 0,
             rec: 0,
+            rec_cache: None,
+            indexed_end: 0,
+            known_len: 0,
+            damaged: false,
+            index_final: false,
             max_keep,
             block: vec![0; BLOCK],
+            block_at: 0,
+            block_len: 0,
         };
-        let first = match start {
-            Start::Line(n) => n.max(1),
-            Start::Tail(n) => (r.total_lines()? + 1).saturating_sub(n).max(1),
+        r.adopt_index(idx)?;
+        let first = |r: &mut StreamReader| -> Result<u64> {
+            Ok(match start {
+                Start::Line(n) => n.max(1),
+                Start::Tail(n) => (r.total_lines()? + 1).saturating_sub(n).max(1),
+            })
         };
-        r.seek_line(first)?;
+        let line = first(&mut r)?;
+        r.seek_line(line)?;
+        if r.damaged && matches!(start, Start::Tail(_)) {
+            // The seek found the index lying: the line count it gave is suspect
+            // too, so count again by scanning.
+            let line = first(&mut r)?;
+            r.seek_line(line)?;
+        }
         Ok(r)
     }
 
     /// True when the index was usable; false means line lookups scan the log.
     pub fn indexed(&self) -> bool {
         self.idx.is_some()
+    }
+
+    /// Bytes of the log the index covers (0 without a usable index). Less than
+    /// the log's size once its writer is done means the index was cut short.
+    pub fn indexed_bytes(&self) -> u64 {
+        self.indexed_end
+    }
+
+    /// Number of the line [`StreamReader::next_line`] returns next.
+    pub fn next_number(&self) -> u64 {
+        self.line
     }
 
     /// The stream this reader reads.
@@ -115,14 +159,70 @@ impl StreamReader {
     }
 
     fn refresh_index(&mut self) {
-        match &self.idx {
-            Some(_) => {
-                if let Ok(i) = IndexFile::open(&self.idx_path) {
-                    self.idx = Some(i);
-                }
-            }
-            None => self.idx = IndexFile::open(&self.idx_path).ok(),
+        if self.damaged {
+            return;
         }
+        if let Ok(i) = IndexFile::open(&self.idx_path) {
+            // A refresh that finds the index implausible keeps scanning; an error
+            // here only means the log could not be measured, which the next read
+            // reports.
+            let _ = self.adopt_index(Some(i));
+        }
+    }
+
+    /// Uses `idx` if it is consistent with the log: records past the log's end
+    /// (a log cut short, or power loss that kept the index but not the data) or
+    /// more newlines than bytes mean it cannot be trusted, and the reader scans.
+    fn adopt_index(&mut self, idx: Option<IndexFile>) -> Result<()> {
+        if self.damaged {
+            return Ok(());
+        }
+        let Some(idx) = idx else {
+            return Ok(());
+        };
+        let len = self.log_len()?;
+        let end = if idx.count() == 0 {
+            Some(0)
+        } else {
+            match (idx.get(0), idx.get(idx.count() - 1)) {
+                (Ok(first), Ok(last))
+                    if first.end <= last.end && last.end <= len && last.lines_end <= last.end =>
+                {
+                    Some(last.end)
+                }
+                _ => None,
+            }
+        };
+        match end {
+            Some(end) => {
+                self.idx = Some(idx);
+                self.indexed_end = end;
+            }
+            None => self.mark_damaged(),
+        }
+        Ok(())
+    }
+
+    fn mark_damaged(&mut self) {
+        self.damaged = true;
+        self.idx = None;
+        self.indexed_end = 0;
+    }
+
+    /// Where line `n` starts according to the index; `Ok(None)` when the index
+    /// does not reach it, `Err` when the index contradicts the log. Chunks are
+    /// checked first so a damaged record can never ask for a huge buffer.
+    fn indexed_line_start(&self, idx: &IndexFile, n: u64) -> Result<Option<u64>> {
+        if n > 1 {
+            let Some(chunk) = index::chunk_with_newline(idx, n - 1)? else {
+                return Ok(None);
+            };
+            let (start, end) = index::chunk_range(idx, chunk)?;
+            if start > end || end - start > MAX_CHUNK as u64 {
+                anyhow::bail!("index chunk {chunk} spans {start}..{end}");
+            }
+        }
+        line_start(&self.log, idx, n)
     }
 
     fn log_len(&self) -> Result<u64> {
@@ -154,6 +254,7 @@ impl StreamReader {
     }
 
     fn count_newlines(&mut self, mut from: u64, to: u64) -> Result<u64> {
+        self.block_len = 0;
         let mut n = 0;
         while from < to {
             let want = ((to - from) as usize).min(BLOCK);
@@ -167,25 +268,42 @@ impl StreamReader {
         Ok(n)
     }
 
-    /// Moves to line `n`; past the end, waits at the end for it to be written.
+    /// Moves to line `n`; past the end, waits at the start of the last,
+    /// unfinished line, so line numbers stay right as the log grows.
     fn seek_line(&mut self, n: u64) -> Result<()> {
-        let indexed = match &self.idx {
-            Some(i) => line_start(&self.log, i, n)?,
-            None => None,
+        self.block_len = 0;
+        let found = match &self.idx {
+            Some(i) => self.indexed_line_start(i, n).map_err(drop),
+            None => Ok(None),
         };
+        let indexed = found.unwrap_or_else(|()| {
+            self.mark_damaged();
+            None
+        });
         let (pos, line) = match indexed {
             Some(off) => (off, n),
             None => {
-                // Not in the index (unindexed tail, no index): scan from the last
-                // indexed point, counting newlines.
-                let (mut pos, mut line) = match &self.idx {
+                // Not in the index (unindexed tail, no index): scan from the start
+                // of the first line the index does not finish (a chunk ends
+                // anywhere, not only at a line start), counting newlines.
+                let after_index = match &self.idx {
                     Some(i) if i.count() > 0 => {
-                        let last = i.get(i.count() - 1)?;
-                        (last.end, last.lines_end + 1)
+                        let line = i.get(i.count() - 1)?.lines_end + 1;
+                        match self.indexed_line_start(i, line) {
+                            Ok(Some(pos)) => Some((pos, line)),
+                            _ => None,
+                        }
                     }
-                    _ => (0, 1),
+                    _ => Some((0, 1)),
                 };
+                let (mut pos, mut line) = after_index.unwrap_or_else(|| {
+                    self.mark_damaged();
+                    (0, 1)
+                });
                 let len = self.log_len()?;
+                // Start of the line being counted: where a line past the end
+                // will be found once it is written.
+                let mut line_pos = pos;
                 'scan: while line < n && pos < len {
                     let got = self.log.read_at(&mut self.block, pos)?;
                     if got == 0 {
@@ -193,14 +311,14 @@ impl StreamReader {
                     }
                     for i in memchr::memchr_iter(b'\n', &self.block[..got]) {
                         line += 1;
+                        line_pos = pos + i as u64 + 1;
                         if line == n {
-                            pos += i as u64 + 1;
                             break 'scan;
                         }
                     }
                     pos += got as u64;
                 }
-                (pos.min(len), line)
+                (line_pos.min(len), line)
             }
         };
         self.pos = pos;
@@ -220,11 +338,20 @@ impl StreamReader {
             return (0, u64::MAX);
         };
         while self.rec < idx.count() {
-            match idx.get(self.rec) {
-                Ok(r) if r.end > newline_at => return (r.ts_us, r.seq),
-                Ok(_) => self.rec += 1,
-                Err(_) => break,
+            let r = match self.rec_cache {
+                Some((i, r)) if i == self.rec => r,
+                _ => match idx.get(self.rec) {
+                    Ok(r) => {
+                        self.rec_cache = Some((self.rec, r));
+                        r
+                    }
+                    Err(_) => break,
+                },
+            };
+            if r.end > newline_at {
+                return (r.ts_us, r.seq);
             }
+            self.rec += 1;
         }
         // Past the index (it trails its chunk by a moment, or a crash cut it).
         (0, u64::MAX)
@@ -233,35 +360,54 @@ impl StreamReader {
     /// The next line, or `None` at the current end. A final line without a
     /// newline is returned only when `writer_done` (it may still grow otherwise).
     pub fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
-        let mut len = self.log_len()?;
+        let mut len = self.known_len;
+        let mut fresh = false;
         if self.scanned >= len {
-            self.refresh_index();
             len = self.log_len()?;
+            if self.scanned >= len && self.idx.is_none() {
+                // Nothing new: a moment to look for an index that was missing
+                // (a job still being created).
+                self.refresh_index();
+            }
+            self.known_len = len;
+            fresh = true;
         }
         let mut data = Vec::new();
         let mut at = self.pos;
         let mut newline = None;
-        while at < len {
-            let want = ((len - at) as usize).min(BLOCK);
-            let got = self.log.read_at(&mut self.block[..want], at)?;
-            if got == 0 {
+        loop {
+            while at < len {
+                let (from, got) = self.fill_block(at, len)?;
+                if got == 0 {
+                    break;
+                }
+                let chunk = &self.block[from..from + got];
+                let found = if at + (got as u64) <= self.scanned {
+                    None
+                } else {
+                    let skip = self.scanned.saturating_sub(at) as usize;
+                    memchr::memchr(b'\n', &chunk[skip..]).map(|i| i + skip)
+                };
+                let take = found.map_or(got, |i| i + 1);
+                let room = self.max_keep.saturating_sub(data.len());
+                data.extend_from_slice(&chunk[..take.min(room)]);
+                if let Some(i) = found {
+                    newline = Some(at + i as u64);
+                    break;
+                }
+                at += got as u64;
+            }
+            if newline.is_some() || fresh || at < len {
                 break;
             }
-            let chunk = &self.block[..got];
-            let found = if at + (got as u64) <= self.scanned {
-                None
-            } else {
-                let skip = self.scanned.saturating_sub(at) as usize;
-                memchr::memchr(b'\n', &chunk[skip..]).map(|i| i + skip)
-            };
-            let take = found.map_or(got, |i| i + 1);
-            let room = self.max_keep.saturating_sub(data.len());
-            data.extend_from_slice(&chunk[..take.min(room)]);
-            if let Some(i) = found {
-                newline = Some(at + i as u64);
+            // At the end as last measured: the log may have grown since.
+            let now = self.log_len()?;
+            self.known_len = now;
+            fresh = true;
+            if now <= len {
                 break;
             }
-            at += got as u64;
+            len = now;
         }
         let end = match newline {
             Some(nl) => nl + 1,
@@ -271,7 +417,15 @@ impl StreamReader {
                 return Ok(None);
             }
         };
-        self.refresh_index_if_needed(end);
+        self.refresh_index_if_needed(end, writer_done);
+        if !writer_done && self.record_on_its_way(end, len) {
+            // The wrapper writes a chunk's record just after the chunk, and a
+            // follower woken by the chunk often looks in between: wait for the
+            // record (the next poll) rather than hand out a line without its time
+            // and arrival order, which would also misorder a merged follow.
+            self.scanned = end - 1;
+            return Ok(None);
+        }
         let (ts_us, seq) = self.stamp(end - 1);
         let line = LogLine {
             stream: self.stream,
@@ -289,16 +443,52 @@ impl StreamReader {
         Ok(Some(line))
     }
 
+    /// True when the line ending at `end` is past the index only because its
+    /// record is not written yet: the index is in use and lags the log by at most
+    /// one chunk. A larger gap means records are being lost (a failing disk), and
+    /// waiting for them could hold lines back until the job ends.
+    fn record_on_its_way(&self, end: u64, len: u64) -> bool {
+        if self.idx.is_none() {
+            return false;
+        }
+        let indexed = self.indexed_end;
+        indexed < end && len.saturating_sub(indexed) <= MAX_CHUNK as u64
+    }
+
+    /// Makes `block` hold bytes at `at` (below `len`), reading only when the
+    /// cached block does not already; returns where they start in `block` and how
+    /// many there are (0 at the end of the file). The log is append-only, so
+    /// cached bytes never go stale.
+    fn fill_block(&mut self, at: u64, len: u64) -> Result<(usize, usize)> {
+        let cached_end = self.block_at + self.block_len as u64;
+        if at >= self.block_at && at < cached_end {
+            let from = (at - self.block_at) as usize;
+            return Ok((from, self.block_len - from));
+        }
+        let want = ((len - at) as usize).min(BLOCK);
+        let got = self.log.read_at(&mut self.block[..want], at)?;
+        self.block_at = at;
+        self.block_len = got;
+        Ok((0, got))
+    }
+
     /// The index is written just after its chunk: re-read it if it does not yet
     /// cover the line just found.
-    fn refresh_index_if_needed(&mut self, end: u64) {
-        let covered = match &self.idx {
-            Some(i) => i.count() > 0 && i.get(i.count() - 1).map(|r| r.end >= end).unwrap_or(false),
-            None => false,
-        };
-        if !covered {
-            self.refresh_index();
+    ///
+    /// Without an index, only the refresh at the end of the log looks for one (a
+    /// failed open per line would cost more than the scan); once the writer is
+    /// done one re-read is enough, so an index cut short by a crash is not
+    /// re-read for every line past its end.
+    fn refresh_index_if_needed(&mut self, end: u64, writer_done: bool) {
+        if self.idx.is_none() {
+            return;
         }
+        let covered = self.indexed_end >= end;
+        if covered || (writer_done && self.index_final) {
+            return;
+        }
+        self.refresh_index();
+        self.index_final = writer_done;
     }
 }
 
@@ -307,6 +497,9 @@ impl StreamReader {
 pub struct CombinedReader {
     readers: [StreamReader; 2],
     peeked: [Option<LogLine>; 2],
+    /// A stream found at its end after its writer was done: it has no more
+    /// lines, so it is not asked again for every line of the other.
+    ended: [bool; 2],
 }
 
 impl CombinedReader {
@@ -315,12 +508,19 @@ impl CombinedReader {
         CombinedReader {
             readers: [stdout, stderr],
             peeked: [None, None],
+            ended: [false, false],
         }
     }
 
+    /// The stdout and stderr readers being merged.
+    pub fn readers(&self) -> &[StreamReader; 2] {
+        &self.readers
+    }
+
     fn peek(&mut self, i: usize, writer_done: bool) -> Result<()> {
-        if self.peeked[i].is_none() {
+        if self.peeked[i].is_none() && !self.ended[i] {
             self.peeked[i] = self.readers[i].next_line(writer_done)?;
+            self.ended[i] = writer_done && self.peeked[i].is_none();
         }
         Ok(())
     }
@@ -428,6 +628,130 @@ mod tests {
         let first = r.next_line(false).unwrap().unwrap();
         assert_eq!((first.len, first.data.len()), (200_001, 10));
         assert_eq!(r.next_line(false).unwrap().unwrap().data, b"ok\n");
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_line_past_the_end_keeps_its_number_as_the_log_grows() {
+        let (store, id, mut sink) = job("past", &[(Stream::Stdout, b"1\n2\n3")]);
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(5), 100).unwrap();
+        assert_eq!(r.next_number(), 3, "waits at the unfinished line 3");
+        assert_eq!(r.next_line(false).unwrap(), None);
+        sink.append(Stream::Stdout, b"x\n4\n5\n", 200).unwrap();
+        assert_eq!(
+            texts(&mut r, false),
+            vec![
+                (3, "3x\n".into(), 200),
+                (4, "4\n".into(), 200),
+                (5, "5\n".into(), 200)
+            ]
+        );
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn garbage_records_are_detected_and_scanned_around() {
+        let (store, id, _sink) = job("garbage", &[(Stream::Stdout, b"a\nb\nc\nd\n")]);
+        let path = store.index_path(&id, Stream::Stdout);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(crate::output::index::HEADER.len());
+        bytes.extend_from_slice(&[0xff; 64]);
+        std::fs::write(&path, bytes).unwrap();
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(2), 100).unwrap();
+        assert!(!r.indexed());
+        let got: Vec<_> = texts(&mut r, true)
+            .into_iter()
+            .map(|t| (t.0, t.1))
+            .collect();
+        assert_eq!(got, vec![(3, "c\n".into()), (4, "d\n".into())]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn an_index_that_claims_lines_the_log_lacks_is_not_trusted() {
+        // Records for chunks whose data never reached the disk (power loss).
+        let (store, id, _sink) = job(
+            "ahead",
+            &[(Stream::Stdout, b"1\n2\n"), (Stream::Stdout, b"3\n4\n")],
+        );
+        let log = store.log_path(&id, Stream::Stdout);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(1), 100).unwrap();
+        assert!(!r.indexed());
+        assert_eq!(texts(&mut r, true), vec![(2, "2\n".into(), 0)]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn an_index_whose_chunks_overlap_falls_back_to_a_scan() {
+        // Plausible first and last records around one that ends before the
+        // previous one: the seek must neither trust it nor size a buffer by it.
+        let (store, id, _sink) = job("overlap", &[(Stream::Stdout, b"x\ny\n")]);
+        let mut bytes = crate::output::index::HEADER.to_vec();
+        for (end, lines_end) in [(3u64, 0u64), (2, 1), (4, 2)] {
+            let rec = crate::output::index::Record {
+                seq: 0,
+                ts_us: 1,
+                end,
+                lines_end,
+            };
+            bytes.extend_from_slice(&rec.encode());
+        }
+        std::fs::write(store.index_path(&id, Stream::Stdout), bytes).unwrap();
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(2), 100).unwrap();
+        assert!(!r.indexed());
+        assert_eq!(texts(&mut r, true), vec![(2, "y\n".into(), 0)]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn many_short_lines_across_blocks_are_all_read_once() {
+        let body: Vec<u8> = (0..40_000)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let (store, id, mut sink) = job("blocks", &[(Stream::Stdout, &body)]);
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 100).unwrap();
+        let got = texts(&mut r, false);
+        assert_eq!(got.len(), 40_000);
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.0 == i as u64 + 1 && t.1 == format!("{i}\n")));
+        // Growth after a short cached block is still seen.
+        sink.append(Stream::Stdout, b"more\n", 7).unwrap();
+        assert_eq!(texts(&mut r, false), vec![(40_001, "more\n".into(), 7)]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_line_whose_record_is_not_written_yet_waits_for_it() {
+        let (store, id, _sink) = job("record", &[(Stream::Stdout, b"a\n")]);
+        let append = |path: std::path::PathBuf, bytes: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        // The moment between the wrapper's two writes: data, no record yet.
+        append(store.log_path(&id, Stream::Stdout), b"b\n");
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 100).unwrap();
+        assert_eq!(texts(&mut r, false), vec![(1, "a\n".into(), 100)]);
+        let rec = crate::output::index::Record {
+            seq: 1,
+            ts_us: 555,
+            end: 4,
+            lines_end: 2,
+        };
+        append(store.index_path(&id, Stream::Stdout), &rec.encode());
+        assert_eq!(texts(&mut r, false), vec![(2, "b\n".into(), 555)]);
+        // A writer that died between the two writes: the line comes, untimed.
+        append(store.log_path(&id, Stream::Stdout), b"c\n");
+        assert_eq!(texts(&mut r, false), vec![]);
+        assert_eq!(texts(&mut r, true), vec![(3, "c\n".into(), 0)]);
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 

@@ -158,6 +158,11 @@ pub trait LogStore {
     /// The job's metadata with `running` turned into `abandoned` when its writer
     /// has died.
     fn live_metadata(&self, id: &JobId) -> Result<Metadata>;
+    /// The file store behind this store, if it is one: the HTTP server
+    /// (`--listen`) reads the job's files directly.
+    fn file_store(&self) -> Option<&FileStore> {
+        None
+    }
 }
 
 /// The file store: one directory per job under `<root>/job_runs/`.
@@ -169,6 +174,12 @@ pub struct FileStore {
 const JOBS_DIR: &str = "job_runs";
 const LOCK_FILE: &str = "lock";
 const METADATA_FILE: &str = "metadata.json";
+/// Housekeeping's stamp in the root (issue 5): its mtime is when the last
+/// collection finished, its flock is held while one runs.
+const GC_STAMP_FILE: &str = ".gc-stamp";
+/// Prefix of a job directory a collector has taken out of `job_runs` and is
+/// deleting. A dot-name is never a valid id, so no reader lists it.
+const TRASH_PREFIX: &str = ".deleting-";
 
 impl FileStore {
     /// A store rooted at `root` (the `DATABUILD_LOG_DIR`).
@@ -225,6 +236,55 @@ impl FileStore {
         metadata::read(&self.metadata_path(id))
     }
 
+    /// `<root>/.gc-stamp`: when housekeeping last finished a collection.
+    pub fn gc_stamp_path(&self) -> PathBuf {
+        self.root.join(GC_STAMP_FILE)
+    }
+
+    /// Where a collector running as `pid` moves job `id` before deleting it:
+    /// `<root>/job_runs/.deleting-<id>-<pid>-<seq>`, unique per collector call.
+    pub fn trash_path(&self, id: &JobId, pid: u32, seq: u64) -> PathBuf {
+        self.jobs_dir()
+            .join(format!("{TRASH_PREFIX}{}-{pid}-{seq}", id.as_str()))
+    }
+
+    /// For an entry name in `job_runs`: the pid of the collector that was
+    /// deleting it, if it is such a leftover (see [`FileStore::trash_path`]).
+    pub fn trash_owner(name: &str) -> Option<u32> {
+        let rest = name.strip_prefix(TRASH_PREFIX)?;
+        let mut parts = rest.rsplitn(3, '-');
+        let _seq = parts.next()?;
+        let pid = parts.next()?.parse().ok()?;
+        parts.next()?;
+        Some(pid)
+    }
+
+    /// Ids of the job directories under the root, sorted. Entries that are not
+    /// valid ids (temp and trash names, strays) or not directories are skipped;
+    /// a root without `job_runs` has no jobs.
+    pub fn list_job_ids(&self) -> Result<Vec<JobId>> {
+        let dir = self.jobs_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("listing {}", dir.display())))
+            }
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                if let Ok(id) = JobId::parse(name) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// True while a wrapper holds the job's lock, i.e. its writer is alive.
     pub fn writer_alive(&self, id: &JobId) -> bool {
         let path = self.job_dir(id).join(LOCK_FILE);
@@ -255,6 +315,10 @@ fn index_name(stream: Stream) -> &'static str {
 impl LogStore for FileStore {
     fn create_job(&self, id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError> {
         Ok(Box::new(FileJobSink::create(self, id)?))
+    }
+
+    fn file_store(&self) -> Option<&FileStore> {
+        Some(self)
     }
 
     fn live_metadata(&self, id: &JobId) -> Result<Metadata> {
@@ -365,14 +429,10 @@ impl JobSink for FileJobSink {
     }
 
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
-        if last {
-            for s in &self.streams {
-                // Durability of the logs matters most at the end; fsync per chunk
-                // would cost far more than the throughput targets allow.
-                s.log.sync_data().context("syncing log")?;
-                s.idx.sync_data().context("syncing index")?;
-            }
-        }
+        // Only the final metadata is made durable (fsync). The logs are not:
+        // every byte is in the page cache before the next read, which no crash of
+        // the job or the wrapper can lose, and forcing a 1 GB log to disk would
+        // cost the job more than the whole wrapping does (`tee` does not either).
         metadata::write_atomic(&self.dir.join(METADATA_FILE), &meta.to_json(), last)
     }
 }
@@ -521,5 +581,22 @@ mod tests {
         drop(sink);
         assert!(!store.writer_alive(&id));
         fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn listing_returns_only_job_directories_in_id_order() {
+        let store = temp_store("list");
+        for id in ["b", "a"] {
+            let _ = store.create_job(&JobId::parse(id).unwrap()).unwrap();
+        }
+        fs::create_dir(store.jobs_dir().join(".deleting-c-1-1")).unwrap();
+        fs::write(store.jobs_dir().join("stray-file"), b"").unwrap();
+        let ids: Vec<_> = store.list_job_ids().unwrap();
+        assert_eq!(
+            ids.iter().map(JobId::as_str).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        fs::remove_dir_all(store.root()).unwrap();
+        assert!(store.list_job_ids().unwrap().is_empty());
     }
 }

@@ -67,6 +67,11 @@ pub struct RunConfig {
     /// the `logwrap` binary; an embedding program that has children of its own
     /// should leave it off so their statuses are not taken.
     pub reap_orphans: bool,
+    /// Retention housekeeping (SPEC §6) to run on a background thread while the
+    /// job runs, at most hourly per root; `None` leaves retention to the caller.
+    pub housekeeping: Option<crate::gc::Housekeeping>,
+    /// Serve this job over HTTP while it runs (`--listen`, SPEC §5).
+    pub listen: Option<crate::serve::ServeConfig>,
 }
 
 /// How a run ended.
@@ -96,21 +101,37 @@ const OUT_TOKEN: Token = Token(0);
 const ERR_TOKEN: Token = Token(1);
 const SIGNAL_TOKEN: Token = Token(2);
 const WAKE_TOKEN: Token = Token(3);
+/// First token of the tail server's range (`--listen`); it uses the tokens above.
+const SERVER_TOKEN: Token = Token(16);
 
 /// Runs the job to its end. Installs process-wide signal handling (SIGINT, SIGTERM,
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
 /// log fails a write instead of killing the wrapper).
 pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupError> {
+    // Bound before the job exists, so a busy port leaves nothing behind.
+    let mut server = match &cfg.listen {
+        Some(sc) => Some(
+            crate::serve::Server::for_job(sc.clone(), store, &cfg.job_run_id)
+                .map_err(|e| SetupError(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let mut sink = store.create_job(&cfg.job_run_id).map_err(|e| match e {
         CreateError::IdInUse(_) => SetupError(e.to_string()),
         CreateError::Io(_) => SetupError(format!("{e}; check that the log directory is writable")),
     })?;
     let started = Instant::now();
     let mut meta = initial_metadata(cfg);
+    meta.tail_url = server.as_ref().map(|s| s.job_url(&cfg.job_run_id));
     sink.write_metadata(&meta, false)
         .map_err(|e| SetupError(format!("{e:#}")))?;
 
     let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
+    if let (Some(srv), Some(url)) = (&mut server, &meta.tail_url) {
+        srv.register(poll.registry(), SERVER_TOKEN)
+            .map_err(|e| SetupError(format!("{e:#}")))?;
+        eprintln!("logwrap: serving {url}");
+    }
     let mut signals = Signals::new([
         SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH,
     ])
@@ -150,6 +171,11 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     if let Err(e) = sink.write_metadata(&meta, false) {
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
+    // Retention (issue 5) off the critical path: the job already runs, and the
+    // thread can neither delay nor fail it.
+    if let Some(hk) = &cfg.housekeeping {
+        crate::gc::maybe_collect_in_background(hk.clone());
+    }
 
     let waker = Arc::new(
         Waker::new(poll.registry(), WAKE_TOKEN)
@@ -173,6 +199,7 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         buf: vec![0u8; MAX_CHUNK],
         markers: Vec::new(),
         published_markers: 0,
+        server,
     };
     let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
@@ -309,6 +336,8 @@ struct Loop<'a> {
     markers: Vec<MarkerEvent>,
     /// Marker entries already in the last metadata.json written.
     published_markers: usize,
+    /// The tail server (`--listen`), driven by this loop.
+    server: Option<crate::serve::Server>,
 }
 
 enum ReadResult {
@@ -381,7 +410,8 @@ impl Loop<'_> {
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                self.next_deadline(now)
+                let server = self.server.as_ref().and_then(|s| s.timeout());
+                self.next_deadline(now).into_iter().chain(server).min()
             };
             if self.streams.iter().any(|s| s.pending.is_some()) {
                 self.want_wake.store(true, Ordering::SeqCst);
@@ -403,12 +433,20 @@ impl Loop<'_> {
                 match ev.token() {
                     SIGNAL_TOKEN => self.handle_signals(),
                     WAKE_TOKEN => {}
+                    t if self.server.as_ref().is_some_and(|s| s.owns(t)) => {
+                        if let Some(srv) = &mut self.server {
+                            srv.handle_event(ev);
+                        }
+                    }
                     t => {
                         if let Some(s) = self.streams.iter_mut().find(|s| s.token == t) {
                             s.readable = true;
                         }
                     }
                 }
+            }
+            if let Some(srv) = &mut self.server {
+                srv.tick();
             }
             for i in 0..self.streams.len() {
                 self.read_stream(i, READS_PER_TURN, false);
@@ -445,6 +483,13 @@ impl Loop<'_> {
                 ReadResult::Closed => self.close_stream(i),
                 ReadResult::Data(n) => {
                     total += n;
+                    // A short read took all there was: pipes and ptys wake the
+                    // poller on every later write, so the EAGAIN read that would
+                    // confirm it is skipped (a pty hands out ~4 KiB a read, so
+                    // this saves a syscall on nearly every chunk).
+                    if n < self.buf.len() {
+                        self.streams[i].readable = false;
+                    }
                     self.take_chunk(i, n, blocking_tee);
                 }
             }
@@ -474,7 +519,7 @@ impl Loop<'_> {
         s.scanner.feed(chunk, &mut self.markers);
         let stream = s.stream;
         if let Some(tee) = &s.tee {
-            if !tee.is_dead() {
+            if !tee.is_dead() && !tee.write_inline(chunk) {
                 let copy = tee.buffer_for(chunk);
                 if blocking_tee {
                     tee.send_blocking(copy);
@@ -484,6 +529,9 @@ impl Loop<'_> {
             }
         }
         self.tag_markers(before, stream);
+        if let Some(srv) = &mut self.server {
+            srv.notify();
+        }
     }
 
     fn close_stream(&mut self, i: usize) {
@@ -698,6 +746,10 @@ impl Loop<'_> {
         stamp_end(&mut self.meta, self.started);
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+        }
+        if let Some(srv) = self.server.take() {
+            // Followers get the last lines and `complete` before the job is let go.
+            srv.shutdown(&mut self.poll, crate::serve::SHUTDOWN_GRACE);
         }
         let meta = self.meta;
         drop(self.sink);

@@ -1,7 +1,10 @@
 //! The terminal copy: child stdout to the wrapper's stdout, child stderr to its
-//! stderr. A thread per stream does the (blocking) writes so a slow or stopped
-//! reader never stalls signal handling or the log; a small bounded queue gives
-//! back-pressure instead of unbounded buffering, and EPIPE only ends the copy.
+//! stderr. Where the copy can block (a terminal, a pipe, a socket), a thread per
+//! stream does the writes so a slow or stopped reader never stalls signal
+//! handling or the log; a small bounded queue gives back-pressure instead of
+//! unbounded buffering, and EPIPE only ends the copy. A regular file or
+//! `/dev/null` never blocks, so there the copy is written inline, saving a
+//! thread hand-off per chunk.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +13,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Chunks queued per stream before the wrapper stops reading that stream. With
-/// chunks of at most 256 KiB this bounds the queue at 1 MiB a stream, well inside
+/// chunks of at most 64 KiB this bounds the queue at 256 KiB a stream, well inside
 /// the 16 MiB RSS target, while riding out a reader's short pauses.
 const QUEUE_CHUNKS: usize = 4;
 
-/// One stream's copy thread and its queue.
+/// One stream's copy: inline, or a thread and its queue.
 pub struct Tee {
+    /// Set when the destination never blocks and writes are made inline.
+    inline_fd: Option<RawFd>,
     tx: Option<SyncSender<Vec<u8>>>,
     recycled: Receiver<Vec<u8>>,
     thread: Option<JoinHandle<()>>,
@@ -26,6 +31,16 @@ impl Tee {
     /// Starts a copy thread writing to `fd`. After each chunk written, if
     /// `want_wake` is set, it clears it and calls `wake` (the event loop's waker).
     pub fn start(fd: RawFd, wake: Arc<dyn Fn() + Send + Sync>, want_wake: Arc<AtomicBool>) -> Tee {
+        if never_blocks(fd) {
+            let (_, recycled) = sync_channel(0);
+            return Tee {
+                inline_fd: Some(fd),
+                tx: None,
+                recycled,
+                thread: None,
+                dead: Arc::new(AtomicBool::new(false)),
+            };
+        }
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
         let (back_tx, recycled) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS + 1);
         let dead = Arc::new(AtomicBool::new(false));
@@ -47,11 +62,24 @@ impl Tee {
             })
             .ok();
         Tee {
+            inline_fd: None,
             tx: thread.as_ref().map(|_| tx),
             recycled,
             thread,
             dead,
         }
+    }
+
+    /// Copies `chunk` at once if the destination never blocks; false means the
+    /// caller queues it with [`Tee::buffer_for`] and [`Tee::try_send`].
+    pub fn write_inline(&self, chunk: &[u8]) -> bool {
+        let Some(fd) = self.inline_fd else {
+            return false;
+        };
+        if !self.is_dead() && write_all(fd, chunk).is_err() {
+            self.dead.store(true, Ordering::Relaxed);
+        }
+        true
     }
 
     /// A buffer holding a copy of `chunk`, reusing one the thread has finished with.
@@ -82,7 +110,7 @@ impl Tee {
 
     /// True once a write to the reader failed (it went away).
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Relaxed) || self.tx.is_none()
+        self.dead.load(Ordering::Relaxed) || (self.tx.is_none() && self.inline_fd.is_none())
     }
 
     /// Waits until everything queued has been written (or the reader is gone).
@@ -92,6 +120,18 @@ impl Tee {
             let _ = t.join();
         }
     }
+}
+
+/// True for a regular file or `/dev/null`, which a write never waits on.
+fn never_blocks(fd: RawFd) -> bool {
+    // SAFETY: an all-zero stat is valid, and fstat fills it in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor number; a closed one just fails.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    kind == libc::S_IFREG || (kind == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
 }
 
 /// Writes all of `buf` to `fd`, retrying on EINTR and waiting on EAGAIN (a

@@ -1,8 +1,801 @@
-//! `logwrap serve` (issue 4) — being written.
+//! The HTTP tail server (SPEC §5, issue 4): `logwrap serve` for every job under
+//! the root, and the same server inside the wrapper (`logwrap --listen ADDR`).
+//!
+//! [`Server`] is a component driven by a mio event loop it does not own: it
+//! registers its listener, its inotify descriptor and its connections under its
+//! own token range, and the owner hands it events, calls [`Server::tick`] after
+//! each poll and waits no longer than [`Server::timeout`]. The wrapper also calls
+//! [`Server::notify`] after each chunk it appends, so followers get a line within
+//! the same loop turn; `logwrap serve` learns of new lines from inotify on the
+//! directories of the jobs being followed. One thread, no async runtime, every
+//! buffer bounded.
+
+pub mod client;
+mod conn;
+mod follow;
+pub mod http;
+mod page;
+mod routes;
+pub mod sse;
 
 use crate::cli::ServeArgs;
-use anyhow::{bail, Result};
+use crate::store::{FileStore, JobId, LogStore};
+use anyhow::{bail, Context, Result};
+use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
+use follow::Pumped;
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use routes::{Body, Ctx, JobState, Response};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-pub fn serve_cmd(_args: ServeArgs) -> Result<i32> {
-    bail!("serve: not written yet")
+/// Where the server listens unless told otherwise (SPEC §5): loopback only, so
+/// exposing logs beyond the machine is always an explicit choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default connection cap: within the default 1024-descriptor limit of a
+/// process, and enough for 1,000 followers of one job (SPEC §7).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default time a client has to send a request head (408 after).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a kept-alive connection may sit idle, or a client may leave
+/// what it asked for unread, before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default heartbeat interval on a silent event stream (SPEC §5: "every ~15
+/// s"): under the usual 30-60 s idle timeouts of proxies and load balancers.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a finishing wrapper keeps serving so its followers get the last
+/// lines and `complete`: a follower that keeps up needs milliseconds; one that
+/// does not cannot hold the job's exit back by more than this.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Connections accepted beyond the cap only to be answered 503 (then closed), so
+/// a client learns why; past these, new connections are closed at once.
+const OVERFLOW_SLOTS: usize = 64;
+/// How often the status of followed jobs is re-read even without a file event:
+/// catches a writer that died without a trace inotify reports.
+const STATUS_RECHECK: Duration = Duration::from_secs(1);
+/// Without inotify (it can be unavailable or out of watches), followed jobs are
+/// polled this often instead.
+const FALLBACK_POLL: Duration = Duration::from_millis(100);
+/// Tokens per server: the listener, inotify, then one per connection slot.
+const LISTENER: usize = 0;
+const WATCHER: usize = 1;
+const FIRST_CONN: usize = 2;
+
+/// Validated server settings.
+#[derive(Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Required token (`Authorization: Bearer T` or `?token=T`), if any.
+    pub token: Option<String>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Silence after which an event stream gets a heartbeat comment.
+    pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in debug output or logs.
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+impl ServeConfig {
+    /// Settings with the defaults, listening on `listen` (see [`parse_listen`]).
+    pub fn new(listen: &str, token: Option<String>) -> Result<ServeConfig> {
+        Ok(ServeConfig {
+            listen: parse_listen(listen)?,
+            token: token.filter(|t| !t.is_empty()),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            heartbeat: DEFAULT_HEARTBEAT,
+        })
+    }
+}
+
+/// Parses a listen address: `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (both on
+/// 127.0.0.1). Port 0 picks a free port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    let full = if s.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{s}")
+    } else if let Some(port) = s.strip_prefix(':') {
+        format!("127.0.0.1:{port}")
+    } else {
+        s.to_string()
+    };
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| {
+            format!(
+                "--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)"
+            )
+        })
+}
+
+/// A followed job: its last known state and the inotify watch on its directory.
+struct Watched {
+    state: JobState,
+    followers: usize,
+    wd: Option<WatchDescriptor>,
+}
+
+/// The tail server. See the module docs.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    registry: Option<Registry>,
+    base: usize,
+    cfg: ServeConfig,
+    store: FileStore,
+    only: Option<JobId>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    jobs: HashMap<JobId, Watched>,
+    inotify: Option<Inotify>,
+    watches: HashMap<WatchDescriptor, JobId>,
+    next_recheck: Instant,
+    /// An accept failed for want of descriptors: retry when one is closed.
+    accept_blocked: bool,
+}
+
+impl Server {
+    /// Binds the listening socket. `only` limits the server to one job (the
+    /// wrapper's); `None` serves every job under the store's root.
+    pub fn bind(cfg: ServeConfig, store: FileStore, only: Option<JobId>) -> Result<Server> {
+        raise_fd_limit();
+        let std = std::net::TcpListener::bind(cfg.listen)
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        std.set_nonblocking(true)?;
+        let addr = std.local_addr()?;
+        // inotify is only needed when other processes write the jobs.
+        let inotify = match only {
+            Some(_) => None,
+            None => Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok(),
+        };
+        Ok(Server {
+            listener: TcpListener::from_std(std),
+            addr,
+            registry: None,
+            base: 0,
+            cfg,
+            store,
+            only,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            jobs: HashMap::new(),
+            inotify,
+            watches: HashMap::new(),
+            next_recheck: Instant::now() + STATUS_RECHECK,
+            accept_blocked: false,
+        })
+    }
+
+    /// The server for a wrapper's own job; the store must be the file store.
+    pub fn for_job(cfg: ServeConfig, store: &dyn LogStore, id: &JobId) -> Result<Server> {
+        let Some(files) = store.file_store() else {
+            bail!("--listen needs the file store: this store cannot be served over HTTP");
+        };
+        Server::bind(cfg, files.clone(), Some(id.clone()))
+    }
+
+    /// The address actually bound (with the port chosen for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://host:port`, naming this machine when bound to all addresses.
+    pub fn base_url(&self) -> String {
+        let host = if self.addr.ip().is_unspecified() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        } else if self.addr.is_ipv6() {
+            format!("[{}]", self.addr.ip())
+        } else {
+            self.addr.ip().to_string()
+        };
+        format!("http://{host}:{}", self.addr.port())
+    }
+
+    /// The page that follows job `id`.
+    pub fn job_url(&self, id: &JobId) -> String {
+        format!("{}/job_runs/{id}", self.base_url())
+    }
+
+    /// Registers the server's sources with `registry`, using tokens from `base`
+    /// upwards (the listener, inotify, then one per connection).
+    pub fn register(&mut self, registry: &Registry, base: Token) -> Result<()> {
+        self.base = base.0;
+        registry
+            .register(
+                &mut self.listener,
+                Token(base.0 + LISTENER),
+                Interest::READABLE,
+            )
+            .context("watching the listening socket")?;
+        if let Some(ino) = &self.inotify {
+            let fd = ino.as_fd().as_raw_fd();
+            registry
+                .register(
+                    &mut SourceFd(&fd),
+                    Token(base.0 + WATCHER),
+                    Interest::READABLE,
+                )
+                .context("watching inotify")?;
+        }
+        self.registry = Some(registry.try_clone().context("cloning the mio registry")?);
+        Ok(())
+    }
+
+    /// True if `token` is one of the server's.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.base && token.0 < self.base + FIRST_CONN + self.conns.len()
+    }
+
+    /// Handles one event for one of the server's tokens.
+    pub fn handle_event(&mut self, ev: &Event) {
+        match ev.token().0 - self.base {
+            LISTENER => self.accept(),
+            WATCHER => self.read_inotify(),
+            n => {
+                let slot = n - FIRST_CONN;
+                if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        c.read_ready = true;
+                    }
+                    if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                        c.write_ready = true;
+                    }
+                    self.drive(slot);
+                }
+            }
+        }
+    }
+
+    /// New output was appended to the log (the wrapper calls this after each
+    /// chunk): followers that have caught up are sent the new lines now.
+    pub fn notify(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            self.refresh(&id, false);
+            self.wake(&id);
+        }
+    }
+
+    /// How long the owner's poll may wait before [`Server::tick`] is due.
+    pub fn timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let conns = self.conns.iter().flatten().map(|c| c.timer(&self.cfg).0);
+        let recheck = (!self.jobs.is_empty()).then_some(self.next_recheck);
+        conns
+            .chain(recheck)
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Runs the timers that are due: 408 for slow request heads, closing idle
+    /// and stalled connections, heartbeats, and the periodic status re-check.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.conns.len() {
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            let (at, what) = c.timer(&self.cfg);
+            if at > now {
+                continue;
+            }
+            match what {
+                Timer::Close => self.close(slot),
+                Timer::HeaderTimeout => {
+                    c.inbuf.clear();
+                    c.close_after = true;
+                    let resp = Response::error(408, "request head not received in time", false);
+                    c.respond(resp, false, false, now);
+                    self.drive(slot);
+                }
+                Timer::Heartbeat => {
+                    c.heartbeat(now);
+                    self.drive(slot);
+                }
+            }
+        }
+        if now >= self.next_recheck {
+            let poll_sizes = self.inotify.is_none();
+            self.next_recheck = now
+                + if poll_sizes && self.only.is_none() {
+                    FALLBACK_POLL
+                } else {
+                    STATUS_RECHECK
+                };
+            let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+            for id in ids {
+                self.refresh(&id, true);
+                // Every follower looks, changed sizes or not: whatever a missed
+                // event may have hidden is found within one re-check.
+                self.wake_all(&id);
+            }
+        }
+    }
+
+    /// The job has ended (the wrapper calls this after writing its final
+    /// metadata): sends followers the rest and `complete`, waiting at most
+    /// `grace` for them to take it, then closes every connection.
+    pub fn shutdown(mut self, poll: &mut Poll, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            self.refresh(&id, true);
+            self.wake(&id);
+        }
+        let mut events = Events::with_capacity(64);
+        loop {
+            let busy = self.conns.iter().flatten().any(|c| {
+                matches!(c.source, Source::Events(_)) || (c.phase == Phase::Body && c.pending() > 0)
+            });
+            let now = Instant::now();
+            if !busy || now >= deadline {
+                return;
+            }
+            match poll.poll(&mut events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+            for ev in events.iter() {
+                if self.owns(ev.token()) {
+                    self.handle_event(ev);
+                }
+            }
+            self.tick();
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => self.add_conn(sock),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+                Err(_) => {
+                    // Out of descriptors (EMFILE/ENFILE) or memory: the pending
+                    // connection waits in the backlog until a slot frees up.
+                    self.accept_blocked = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: mio::net::TcpStream) {
+        if self.open >= self.cfg.max_connections + OVERFLOW_SLOTS {
+            return; // dropped: closed at once
+        }
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let token = Token(self.base + FIRST_CONN + slot);
+        if registry
+            .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.free.push(slot);
+            return;
+        }
+        // Lines are small writes that must leave at once (SPEC §7 latency).
+        let _ = sock.set_nodelay(true);
+        let over_cap = self.open >= self.cfg.max_connections;
+        self.conns[slot] = Some(Conn::new(sock, Instant::now(), over_cap));
+        self.open += 1;
+        self.drive(slot);
+    }
+
+    fn close(&mut self, slot: usize) {
+        let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        if let Some(reg) = &self.registry {
+            let _ = reg.deregister(&mut c.sock);
+        }
+        if let Some(f) = c.follower() {
+            let id = f.job.clone();
+            self.unfollow(&id);
+        }
+        self.free.push(slot);
+        self.open -= 1;
+        if self.accept_blocked {
+            self.accept_blocked = false;
+            self.accept();
+        }
+    }
+
+    /// Moves connection `slot` on as far as it can go now: sends what is queued,
+    /// refills from its body, answers the next request on a kept-alive
+    /// connection. Returns when it waits on the client or on the log.
+    fn drive(&mut self, slot: usize) {
+        let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let keep = self.step(&mut c);
+        self.conns[slot] = Some(c);
+        if !keep {
+            self.close(slot);
+        }
+    }
+
+    /// The body of [`Server::drive`]; false when the connection must close.
+    fn step(&mut self, c: &mut Conn) -> bool {
+        let now = Instant::now();
+        loop {
+            if c.flush(now).is_err() {
+                return false;
+            }
+            if c.pending() > 0 {
+                // The socket is full. A follower still notices a vanished client.
+                return c.read() == ReadStatus::Open || !matches!(c.source, Source::Events(_));
+            }
+            if c.phase == Phase::Head {
+                let closed = c.read() == ReadStatus::Closed;
+                match http::parse_request(&c.inbuf) {
+                    http::Parsed::Partial if closed => return false,
+                    http::Parsed::Partial => return true,
+                    http::Parsed::Rejected(rej) => {
+                        c.inbuf.clear();
+                        c.close_after = true;
+                        let mut resp = Response::error(rej.status, &rej.reason, false);
+                        if rej.status == 405 {
+                            resp.headers.push(("Allow", "GET, HEAD".into()));
+                        }
+                        c.respond(resp, false, false, now);
+                    }
+                    http::Parsed::Done(req, n) => {
+                        c.inbuf.drain(..n);
+                        if closed {
+                            c.close_after = true;
+                        }
+                        self.answer(c, &req, now);
+                    }
+                }
+                continue;
+            }
+            if matches!(c.source, Source::Events(_)) {
+                let Source::Events(mut f) = std::mem::replace(&mut c.source, Source::Nothing)
+                else {
+                    return false;
+                };
+                let job = self.jobs.get(&f.job);
+                let complete = job.and_then(|j| j.state.complete.as_ref());
+                let pumped = f.pump(c.out(now), SSE_HIGH_WATER, complete);
+                let sizes = job.map(|j| j.state.sizes);
+                match pumped {
+                    Ok(Pumped::Full) => c.source = Source::Events(f),
+                    Ok(Pumped::Idle) => {
+                        if let Some(s) = sizes {
+                            f.seen = s;
+                        }
+                        c.source = Source::Events(f);
+                        if c.pending() == 0 {
+                            return c.read() == ReadStatus::Open;
+                        }
+                    }
+                    // Done: `complete` sent, or the end of a one-shot request.
+                    // Err: the job vanished under the follower (deleted); the
+                    // client reconnects and learns it with a 404.
+                    Ok(Pumped::Done) | Err(_) => {
+                        c.close_after = true;
+                        self.unfollow(&f.job);
+                    }
+                }
+                continue;
+            }
+            match &mut c.source {
+                Source::File { .. } => {
+                    if !c.refill_file(now) {
+                        return false;
+                    }
+                }
+                Source::Events(_) => {}
+                Source::Nothing => {
+                    if c.close_after {
+                        return false;
+                    }
+                    c.next_request(now);
+                }
+            }
+        }
+    }
+
+    /// Answers one request on `c`.
+    fn answer(&mut self, c: &mut Conn, req: &http::Request, now: Instant) {
+        let head_only = req.method == http::Method::Head;
+        let resp = if c.over_cap {
+            c.close_after = true;
+            let mut r = Response::error(503, "too many connections; retry shortly", false);
+            r.headers.push(("Retry-After", "1".into()));
+            r
+        } else if !self.authorized(req) {
+            let api = req.segments.first().is_some_and(|s| s == "api");
+            let mut r = Response::error(
+                401,
+                "a token is required: send Authorization: Bearer <token> or ?token=<token>",
+                api,
+            );
+            r.headers.push(("WWW-Authenticate", "Bearer".into()));
+            r
+        } else {
+            let ctx = Ctx {
+                store: &self.store,
+                only: self.only.as_ref(),
+            };
+            routes::handle(&ctx, req)
+        };
+        let follows = match &resp.body {
+            Body::Events(f) if !head_only => Some(f.job.clone()),
+            _ => None,
+        };
+        c.respond(resp, head_only, req.keep_alive, now);
+        if let Some(id) = follows {
+            self.follow(&id);
+        }
+    }
+
+    fn authorized(&self, req: &http::Request) -> bool {
+        match &self.cfg.token {
+            None => true,
+            Some(t) => http::presented_token(req)
+                .is_some_and(|g| http::token_matches(g.as_bytes(), t.as_bytes())),
+        }
+    }
+
+    /// A follower of `id` started: watch its job.
+    fn follow(&mut self, id: &JobId) {
+        if let Some(w) = self.jobs.get_mut(id) {
+            w.followers += 1;
+            return;
+        }
+        let wd = self.inotify.as_ref().and_then(|ino| {
+            ino.add_watch(
+                &self.store.job_dir(id),
+                AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_ONLYDIR,
+            )
+            .ok()
+        });
+        if let Some(wd) = wd {
+            self.watches.insert(wd, id.clone());
+        }
+        let state = routes::job_state(&self.store, id).unwrap_or(JobState {
+            complete: None,
+            sizes: [0; 4],
+        });
+        self.jobs.insert(
+            id.clone(),
+            Watched {
+                state,
+                followers: 1,
+                wd,
+            },
+        );
+    }
+
+    fn unfollow(&mut self, id: &JobId) {
+        let Some(w) = self.jobs.get_mut(id) else {
+            return;
+        };
+        w.followers -= 1;
+        if w.followers > 0 {
+            return;
+        }
+        if let Some(w) = self.jobs.remove(id) {
+            if let (Some(wd), Some(ino)) = (w.wd, &self.inotify) {
+                self.watches.remove(&wd);
+                let _ = ino.rm_watch(wd);
+            }
+        }
+    }
+
+    /// Re-reads a followed job's log sizes, and with `status` whether it ended.
+    fn refresh(&mut self, id: &JobId, status: bool) {
+        let Some(w) = self.jobs.get_mut(id) else {
+            return;
+        };
+        if status {
+            if let Ok(state) = routes::job_state(&self.store, id) {
+                w.state = state;
+                return;
+            }
+        }
+        w.state.sizes = routes::log_sizes(&self.store, id);
+    }
+
+    /// Lets every follower of `id` that has something new to read take it.
+    fn wake(&mut self, id: &JobId) {
+        self.wake_followers(id, false);
+    }
+
+    /// Lets every follower of `id` look for new lines.
+    fn wake_all(&mut self, id: &JobId) {
+        self.wake_followers(id, true);
+    }
+
+    fn wake_followers(&mut self, id: &JobId, all: bool) {
+        let Some(w) = self.jobs.get(id) else {
+            return;
+        };
+        let (sizes, done) = (w.state.sizes, w.state.complete.is_some());
+        for slot in 0..self.conns.len() {
+            let due = match self.conns[slot].as_mut().and_then(Conn::follower) {
+                Some(f) => f.job == *id && (all || done || f.seen != sizes),
+                None => false,
+            };
+            if due {
+                self.drive(slot);
+            }
+        }
+    }
+
+    fn read_inotify(&mut self) {
+        let Some(ino) = &self.inotify else {
+            return;
+        };
+        let mut dirty: HashMap<JobId, bool> = HashMap::new();
+        let mut all = false;
+        loop {
+            match ino.read_events() {
+                Ok(evs) if !evs.is_empty() => {
+                    for ev in evs {
+                        if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                            all = true;
+                            continue;
+                        }
+                        let Some(id) = self.watches.get(&ev.wd) else {
+                            continue;
+                        };
+                        // Metadata is replaced by rename; the lock is closed when
+                        // the writer exits (also when it dies): the status may have
+                        // changed. Anything else is the logs growing.
+                        let status = ev.mask.intersects(
+                            AddWatchFlags::IN_MOVED_TO
+                                | AddWatchFlags::IN_CLOSE_WRITE
+                                | AddWatchFlags::IN_DELETE_SELF
+                                | AddWatchFlags::IN_IGNORED,
+                        );
+                        *dirty.entry(id.clone()).or_default() |= status;
+                    }
+                }
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        if all {
+            for id in self.jobs.keys() {
+                dirty.insert(id.clone(), true);
+            }
+        }
+        for (id, status) in dirty {
+            self.refresh(&id, status);
+            self.wake(&id);
+        }
+    }
+}
+
+/// A server needs a descriptor per connection and up to four per follower (two
+/// logs, two indexes): raise the soft limit to the hard one, as servers do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// The root `serve` reads: like the wrapper's, but it only has to be readable.
+fn reading_root(explicit: Option<PathBuf>) -> Result<FileStore> {
+    if let Some(dir) = explicit.filter(|d| !d.as_os_str().is_empty()) {
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        return Ok(FileStore::new(dir));
+    }
+    let default = FileStore::new(crate::config::DEFAULT_ROOT);
+    if default.jobs_dir().is_dir() {
+        return Ok(default);
+    }
+    crate::config::resolve_root(None)
+}
+
+/// `logwrap serve`: serves every job under the root until killed.
+pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
+    let store = reading_root(args.root.log_dir)?;
+    let duration = |flag: &str, v: &str| {
+        crate::timefmt::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    let mut cfg = ServeConfig::new(&args.listen, args.token)?;
+    cfg.max_connections = args.max_connections.max(1);
+    cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
+    cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
+    cfg.heartbeat = duration("heartbeat", &args.heartbeat)?;
+    if cfg.heartbeat.is_zero() {
+        bail!("--heartbeat: must be more than zero");
+    }
+    let mut poll = Poll::new().context("creating the event loop")?;
+    let mut server = Server::bind(cfg, store.clone(), None)?;
+    server.register(poll.registry(), Token(0))?;
+    eprintln!(
+        "logwrap: serving {}/ (jobs under {})",
+        server.base_url(),
+        store.root().display()
+    );
+    let mut events = Events::with_capacity(256);
+    loop {
+        match poll.poll(&mut events, server.timeout()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("event loop"),
+        }
+        for ev in events.iter() {
+            server.handle_event(ev);
+        }
+        server.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(parse_listen(":9000").unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(parse_listen("9000").unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(parse_listen("[::1]:80").unwrap().to_string(), "[::1]:80");
+        assert!(parse_listen("nonsense").is_err());
+        assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let cfg = ServeConfig::new("127.0.0.1:0", Some("s3cret".into())).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        assert_eq!(
+            ServeConfig::new(":0", Some(String::new())).unwrap().token,
+            None
+        );
+    }
 }

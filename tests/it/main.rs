@@ -4,4 +4,9 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod gc;
+mod logs;
+mod serve;
+mod serve_browser;
+mod serve_http;
 mod wrapper;

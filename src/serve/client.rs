@@ -1,0 +1,354 @@
+//! A client of the tail server, for `logwrap logs --server URL` (SPEC §4): reads
+//! a job's lines over Server-Sent Events (`format=json`, so the text is exact),
+//! and on a dropped connection reconnects with `Last-Event-ID`, as a browser
+//! does, so no line is repeated or skipped. Plain HTTP over std sockets.
+//!
+//! ```no_run
+//! use logwrap::serve::client::{self, Query, Target};
+//! let target = Target::parse("http://127.0.0.1:8080", None)?;
+//! let q = Query { which: "combined", follow: true, ..Query::default() };
+//! let end = client::stream(&target, "build-42", &q, &mut |line| {
+//!     println!("{}: {}", line.stream, line.text);
+//!     Ok(())
+//! })?;
+//! println!("ended: {:?}", end.map(|e| e.status));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use super::http::percent_encode;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Time to connect to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A follow stream hears at least a heartbeat every 15 s; three missed mean the
+/// connection is dead even if no error says so.
+const READ_TIMEOUT: Duration = Duration::from_secs(45);
+/// Reconnections in a row that bring nothing before giving up.
+const MAX_RETRIES: u32 = 10;
+/// Wait before reconnecting, unless the server's `retry:` says otherwise. This
+/// is a rate limit on reconnecting, like EventSource's, not a wait for a
+/// condition.
+const DEFAULT_RETRY: Duration = Duration::from_millis(1000);
+/// Longest response head or event line accepted from the server: an event holds
+/// at most a 64 KiB line, JSON-escaped.
+const MAX_LINE: usize = 1 << 20;
+
+/// Where the server is: `http://host[:port][/prefix]`, and the token to send.
+#[derive(Debug, Clone)]
+pub struct Target {
+    host: String,
+    port: u16,
+    prefix: String,
+    token: Option<String>,
+}
+
+impl Target {
+    /// Parses a server URL (`http://` only; put TLS in a proxy in front).
+    pub fn parse(url: &str, token: Option<String>) -> Result<Target> {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("--server {url:?}: expected http://HOST[:PORT]"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(port) => (h, port),
+                Err(_) => bail!("--server {url:?}: bad port {p:?}"),
+            },
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            bail!("--server {url:?}: no host");
+        }
+        Ok(Target {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            prefix: path.to_string(),
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn connect(&self) -> Result<TcpStream> {
+        let addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}", self.host))?;
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(READ_TIMEOUT))?;
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e).with_context(|| format!("connecting to {}:{}", self.host, self.port)),
+            None => bail!("{} has no address", self.host),
+        }
+    }
+
+    /// Sends a GET and reads the response head; the body is left in the reader.
+    fn get(&self, path: &str, extra: &[(&str, String)]) -> Result<(u16, BufReader<TcpStream>)> {
+        let mut sock = self.connect()?;
+        let mut req = format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n",
+            self.prefix, self.host, self.port
+        );
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes())
+            .with_context(|| format!("sending to {}:{}", self.host, self.port))?;
+        let mut r = BufReader::new(sock);
+        let status_line = read_line(&mut r)?.context("the server closed the connection")?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad response from the server: {status_line:?}"))?;
+        while let Some(h) = read_line(&mut r)? {
+            if h.is_empty() {
+                break;
+            }
+        }
+        Ok((status, r))
+    }
+
+    /// GETs a JSON document.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (status, mut r) = self.get(path, &[])?;
+        let mut body = Vec::new();
+        r.read_to_end(&mut body)?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("the server's answer to {path} is not JSON"))?;
+        if status != 200 {
+            let msg = v["error"].as_str().unwrap_or("error");
+            bail!("{msg} (HTTP {status})");
+        }
+        Ok(v)
+    }
+}
+
+/// Reads one line (without its line end); `None` at EOF.
+fn read_line(r: &mut impl BufRead) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if n >= MAX_LINE {
+        bail!("the server sent a line longer than {MAX_LINE} bytes");
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// `stdout`, `stderr` or `combined`.
+    pub which: &'static str,
+    pub follow: bool,
+    /// Start at line N (`--since`).
+    pub since: Option<u64>,
+    /// The last N lines (`--tail`).
+    pub tail: Option<u64>,
+}
+
+/// One line received.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Line {
+    pub line: u64,
+    pub stream: String,
+    /// The exact text (invalid UTF-8 as U+FFFD), without the newline.
+    pub text: String,
+    /// Whether the line ended with a newline.
+    pub newline: bool,
+    pub ts: Option<String>,
+    pub ts_us: Option<u64>,
+}
+
+/// How the job ended (`event: complete`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct End {
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+}
+
+/// The most recent job on the server.
+pub fn latest_job(target: &Target) -> Result<String> {
+    let v = target.get_json("/api/job_runs?limit=1")?;
+    v.get(0)
+        .and_then(|m| m["job_run_id"].as_str())
+        .map(String::from)
+        .context("the server has no jobs")
+}
+
+/// Streams job `id`'s lines to `on_line` until the stream ends; returns how the
+/// job ended if the server said so. With `follow`, a dropped connection is
+/// resumed where it broke off.
+pub fn stream(
+    target: &Target,
+    id: &str,
+    q: &Query,
+    on_line: &mut dyn FnMut(&Line) -> std::io::Result<()>,
+) -> Result<Option<End>> {
+    let mut path = format!(
+        "/api/job_runs/{}/logs/{}?format=json",
+        percent_encode(id),
+        q.which
+    );
+    if q.follow {
+        path.push_str("&follow=true");
+    }
+    if let Some(n) = q.since {
+        path.push_str(&format!("&since={n}"));
+    } else if let Some(n) = q.tail {
+        path.push_str(&format!("&lines={n}"));
+    }
+    let mut last_id: Option<String> = None;
+    let mut retry = DEFAULT_RETRY;
+    let mut failures = 0;
+    loop {
+        let extra: Vec<(&str, String)> = last_id
+            .iter()
+            .map(|i| ("Last-Event-ID", i.clone()))
+            .collect();
+        let got = target.get(&path, &extra);
+        let (status, mut r) = match got {
+            Ok(x) => x,
+            Err(_) if q.follow && last_id.is_some() && failures < MAX_RETRIES => {
+                failures += 1;
+                std::thread::sleep(retry);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match status {
+            200 => {}
+            204 => return Ok(None),
+            404 => bail!("no job run {id} on the server"),
+            401 => bail!("the server wants a token: pass --token or set DATABUILD_LOG_TOKEN"),
+            s => {
+                let mut body = String::new();
+                let _ = r.take(4096).read_to_string(&mut body);
+                bail!("the server answered {s}: {}", body.trim());
+            }
+        }
+        let mut ev = Event::default();
+        let mut progressed = false;
+        let broke = loop {
+            let line = match read_line(&mut r) {
+                Ok(Some(l)) => l,
+                Ok(None) => break true,
+                Err(_) => break true,
+            };
+            if line.is_empty() {
+                let done = std::mem::take(&mut ev);
+                if let Some(id) = done.id {
+                    last_id = Some(id);
+                }
+                match done.kind.as_deref() {
+                    Some("log") => {
+                        let l: Line = serde_json::from_str(&done.data)
+                            .context("the server sent an event that is not a log line")?;
+                        on_line(&l).context("writing a line")?;
+                        progressed = true;
+                    }
+                    Some("complete") => {
+                        let end: End = serde_json::from_str(&done.data)
+                            .context("the server sent a bad complete event")?;
+                        return Ok(Some(end));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => ev.kind = Some(value.to_string()),
+                "data" => {
+                    if !ev.data.is_empty() {
+                        ev.data.push('\n');
+                    }
+                    ev.data.push_str(value);
+                }
+                "id" => ev.id = Some(value.to_string()),
+                "retry" => {
+                    if let Ok(ms) = value.parse() {
+                        retry = Duration::from_millis(ms);
+                    }
+                }
+                _ => {}
+            }
+        };
+        if !q.follow || !broke {
+            return Ok(None);
+        }
+        failures = if progressed { 0 } else { failures + 1 };
+        if failures > MAX_RETRIES {
+            bail!("lost the connection to the server {MAX_RETRIES} times in a row");
+        }
+        std::thread::sleep(retry);
+    }
+}
+
+#[derive(Default)]
+struct Event {
+    kind: Option<String>,
+    data: String,
+    id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_parse() {
+        let t = Target::parse("http://127.0.0.1:8080", None).unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str()),
+            ("127.0.0.1", 8080, "")
+        );
+        let t = Target::parse("http://logs.example/tail/", Some(String::new())).unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str()),
+            ("logs.example", 80, "/tail")
+        );
+        assert_eq!(t.token, None);
+        let t = Target::parse("http://[::1]:9000", None).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
+        assert!(Target::parse("https://x", None).is_err());
+        assert!(Target::parse("http://x:port", None).is_err());
+        assert!(Target::parse("http://", None).is_err());
+    }
+}

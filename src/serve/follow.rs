@@ -1,0 +1,435 @@
+//! One SSE follower: where it reads in a job's log (one stream, or both merged in
+//! arrival order), the event ids that let a reconnect resume exactly, and `pump`,
+//! which turns lines into events until the follower's buffer is full.
+//!
+//! # Event ids and resuming
+//!
+//! On `stdout` and `stderr` the id is the line number (SPEC §5), and
+//! `Last-Event-ID: N` resumes at line N+1. On `combined` a position needs both
+//! streams, so the id is a cursor `O.E`: the last stdout and stderr line numbers
+//! delivered up to and including this event (`0` for none yet). `Last-Event-ID:
+//! O.E` resumes at stdout line O+1 and stderr line E+1, so a reconnect neither
+//! repeats nor skips a line of either stream.
+
+use super::sse::{self, Format, MAX_LINE_BYTES};
+use crate::reader::{CombinedReader, LogLine, Start, StreamReader};
+use crate::store::{FileStore, JobId, Stream};
+use anyhow::Result;
+
+/// Which lines an event stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    One(Stream),
+    Combined,
+}
+
+impl Which {
+    /// `stdout`, `stderr` or `combined`.
+    pub fn parse(s: &str) -> Option<Which> {
+        match s {
+            "stdout" => Some(Which::One(Stream::Stdout)),
+            "stderr" => Some(Which::One(Stream::Stderr)),
+            "combined" => Some(Which::Combined),
+            _ => None,
+        }
+    }
+}
+
+/// Where a new follower starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At line N of the stream (of each stream, on `combined`): `?since=N`.
+    Line(u64),
+    /// The last N lines (of the merged lines, on `combined`): `?lines=N`.
+    Tail(u64),
+    /// Just after an event id (`Last-Event-ID`): stdout line O+1, stderr line E+1
+    /// (on a single stream only the first number is used).
+    After(u64, u64),
+}
+
+/// Parses a `Last-Event-ID` for `which`: `N` for a stream, `O.E` for combined.
+pub fn parse_event_id(which: Which, id: &str) -> Option<StartAt> {
+    match which {
+        Which::One(_) => id.trim().parse().ok().map(|n| StartAt::After(n, 0)),
+        Which::Combined => {
+            let (o, e) = id.trim().split_once('.')?;
+            Some(StartAt::After(o.parse().ok()?, e.parse().ok()?))
+        }
+    }
+}
+
+enum Lines {
+    One(StreamReader),
+    Combined(Box<CombinedReader>),
+}
+
+impl Lines {
+    fn next(&mut self, done: bool) -> Result<Option<LogLine>> {
+        match self {
+            Lines::One(r) => r.next_line(done),
+            Lines::Combined(c) => c.next_line(done),
+        }
+    }
+}
+
+/// What [`Follower::pump`] stopped at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// The buffer reached its bound: more lines wait (back-pressure).
+    Full,
+    /// Caught up with the log; following for more.
+    Idle,
+    /// The stream is over (after `complete`, or at the end without `follow`).
+    Done,
+}
+
+/// An event stream in progress.
+pub struct Follower {
+    pub job: JobId,
+    which: Which,
+    lines: Lines,
+    format: Format,
+    follow: bool,
+    /// Last line number delivered per stream (stdout, stderr).
+    last: [u64; 2],
+    /// Lines read but not yet sent (the 204 check looks ahead one line).
+    pending: Option<LogLine>,
+    /// Merged lines still to drop before the first event (combined `lines=N`).
+    skip: u64,
+    /// Without `follow`: the log sizes when the request came; lines starting
+    /// beyond them are left for another request, so a fast writer cannot keep a
+    /// one-shot request going.
+    stop_at: Option<[u64; 2]>,
+    /// The log and index sizes when this follower last caught up: while they are
+    /// unchanged there is nothing to read, and a wake-up costs no file access.
+    pub seen: [u64; 4],
+}
+
+fn idx(s: Stream) -> usize {
+    match s {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+/// Reader's `max_keep`: one byte beyond the event cap, so a line that just fits
+/// keeps its newline and a longer one is known to be cut.
+const KEEP: usize = MAX_LINE_BYTES + 1;
+
+impl Follower {
+    /// Opens the readers for a new follower of job `id`.
+    pub fn open(
+        store: &FileStore,
+        id: &JobId,
+        which: Which,
+        from: StartAt,
+        follow: bool,
+        format: Format,
+        sizes: [u64; 4],
+    ) -> Result<Follower> {
+        let open = |s: Stream, start: Start| StreamReader::open(store, id, s, start, KEEP);
+        let mut skip = 0;
+        let mut last = [0, 0];
+        let lines = match which {
+            Which::One(s) => {
+                let start = match from {
+                    StartAt::Line(n) => Start::Line(n),
+                    StartAt::Tail(n) => Start::Tail(n),
+                    StartAt::After(n, _) => Start::Line(n.saturating_add(1)),
+                };
+                let r = open(s, start)?;
+                last[idx(s)] = r.next_number().saturating_sub(1);
+                Lines::One(r)
+            }
+            Which::Combined => {
+                let starts = match from {
+                    StartAt::Line(n) => [Start::Line(n), Start::Line(n)],
+                    StartAt::Tail(n) => [Start::Tail(n), Start::Tail(n)],
+                    StartAt::After(o, e) => [
+                        Start::Line(o.saturating_add(1)),
+                        Start::Line(e.saturating_add(1)),
+                    ],
+                };
+                let mut out = open(Stream::Stdout, starts[0])?;
+                let mut err = open(Stream::Stderr, starts[1])?;
+                last = [
+                    out.next_number().saturating_sub(1),
+                    err.next_number().saturating_sub(1),
+                ];
+                if let StartAt::Tail(n) = from {
+                    // Each stream's window holds its last n lines; of the merged
+                    // lines only the last n are wanted.
+                    let window = |r: &mut StreamReader| -> Result<u64> {
+                        Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
+                    };
+                    skip = (window(&mut out)? + window(&mut err)?).saturating_sub(n);
+                }
+                Lines::Combined(Box::new(CombinedReader::new(out, err)))
+            }
+        };
+        Ok(Follower {
+            job: id.clone(),
+            which,
+            lines,
+            format,
+            follow,
+            last,
+            pending: None,
+            skip,
+            stop_at: (!follow).then_some([sizes[0], sizes[1]]),
+            seen: [u64::MAX; 4],
+        })
+    }
+
+    /// True when there is nothing to send: the next read finds no line. The line
+    /// read to find out is kept for [`Follower::pump`]. Used with `done` for the
+    /// 204 answer to a reconnect to an ended job.
+    pub fn at_end(&mut self, done: bool) -> Result<bool> {
+        while self.pending.is_none() {
+            match self.read(done)? {
+                None => return Ok(true),
+                Some(l) if self.skip > 0 => {
+                    self.skip -= 1;
+                    self.last[idx(l.stream)] = l.number;
+                }
+                Some(l) => self.pending = Some(l),
+            }
+        }
+        Ok(false)
+    }
+
+    fn read(&mut self, done: bool) -> Result<Option<LogLine>> {
+        let line = self.lines.next(done)?;
+        Ok(line.filter(|l| match self.stop_at {
+            Some(stop) => l.offset < stop[idx(l.stream)],
+            None => true,
+        }))
+    }
+
+    /// Appends events to `out` until it holds `high_water` bytes or the log has no
+    /// more lines. `complete` is the job's end (the data of `event: complete`)
+    /// once it has ended: it must be known before the last read, so that every
+    /// line written before the end is sent before `complete`.
+    pub fn pump(
+        &mut self,
+        out: &mut Vec<u8>,
+        high_water: usize,
+        complete: Option<&serde_json::Value>,
+    ) -> Result<Pumped> {
+        let done = complete.is_some();
+        while out.len() < high_water {
+            let line = match self.pending.take() {
+                Some(l) => Some(l),
+                None => self.read(done)?,
+            };
+            let Some(line) = line else {
+                if let Some(data) = complete {
+                    sse::complete_event(out, data);
+                    return Ok(Pumped::Done);
+                }
+                return Ok(if self.follow {
+                    Pumped::Idle
+                } else {
+                    Pumped::Done
+                });
+            };
+            self.last[idx(line.stream)] = line.number;
+            if self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            match self.which {
+                Which::One(_) => {
+                    sse::log_event(out, &line, &line.number.to_string(), false, self.format)
+                }
+                Which::Combined => {
+                    let id = format!("{}.{}", self.last[0], self.last[1]);
+                    sse::log_event(out, &line, &id, true, self.format)
+                }
+            }
+        }
+        Ok(Pumped::Full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobSink, LogStore};
+
+    fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
+        let root =
+            std::env::temp_dir().join(format!("logwrap-follow-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = FileStore::new(root);
+        store.ensure_writable().unwrap();
+        let id = JobId::parse("j").unwrap();
+        let mut sink = store.create_job(&id).unwrap();
+        for (i, (s, c)) in writes.iter().enumerate() {
+            sink.append(*s, c, 1 + i as u64).unwrap();
+        }
+        (store, id, sink)
+    }
+
+    fn ids_and_data(out: &[u8]) -> Vec<(String, String)> {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        text.split("\n\n")
+            .filter(|e| e.starts_with("event: log"))
+            .map(|e| {
+                let field = |f: &str| {
+                    e.lines()
+                        .find_map(|l| l.strip_prefix(f))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                (field("id: "), field("data: "))
+            })
+            .collect()
+    }
+
+    const BIG: usize = 1 << 20;
+
+    #[test]
+    fn combined_ids_resume_both_streams_exactly() {
+        let (store, id, _sink) = job(
+            "resume",
+            &[
+                (Stream::Stdout, b"o1\n"),
+                (Stream::Stderr, b"e1\n"),
+                (Stream::Stdout, b"o2\n"),
+                (Stream::Stderr, b"e2\n"),
+            ],
+        );
+        let mut f = Follower::open(
+            &store,
+            &id,
+            Which::Combined,
+            StartAt::Line(1),
+            false,
+            Format::Text,
+            [99, 99, 0, 0],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+        let got = ids_and_data(&out);
+        assert_eq!(
+            got,
+            [("1.0", "o1"), ("1.1", "e1"), ("2.1", "o2"), ("2.2", "e2")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        // Resume after the second event: o2 and e2 follow, nothing repeated.
+        let from = parse_event_id(Which::Combined, "1.1").unwrap();
+        let mut f = Follower::open(
+            &store,
+            &id,
+            Which::Combined,
+            from,
+            false,
+            Format::Text,
+            [99, 99, 0, 0],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        f.pump(&mut out, BIG, None).unwrap();
+        let data: Vec<_> = ids_and_data(&out).into_iter().map(|x| x.1).collect();
+        assert_eq!(data, ["o2", "e2"]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn combined_tail_gives_the_last_merged_lines() {
+        let (store, id, _sink) = job(
+            "tail",
+            &[
+                (Stream::Stdout, b"o1\no2\n"),
+                (Stream::Stderr, b"e1\n"),
+                (Stream::Stdout, b"o3\n"),
+            ],
+        );
+        let mut f = Follower::open(
+            &store,
+            &id,
+            Which::Combined,
+            StartAt::Tail(2),
+            false,
+            Format::Text,
+            [99, 99, 0, 0],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        f.pump(&mut out, BIG, None).unwrap();
+        assert_eq!(
+            ids_and_data(&out),
+            [("2.1", "e1"), ("3.1", "o3")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn pumping_stops_at_the_bound_and_resumes() {
+        let body: Vec<u8> = (1..=100)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let (store, id, _sink) = job("bound", &[(Stream::Stdout, &body)]);
+        let which = Which::One(Stream::Stdout);
+        let mut f = Follower::open(
+            &store,
+            &id,
+            which,
+            StartAt::Line(1),
+            true,
+            Format::Text,
+            [0, 0, 0, 0],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(f.pump(&mut out, 100, None).unwrap(), Pumped::Full);
+        assert!(out.len() < 100 + 64);
+        let first = ids_and_data(&out).len();
+        out.clear();
+        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+        assert_eq!(ids_and_data(&out).len() + first, 100);
+        let end = serde_json::json!({"status": "succeeded"});
+        out.clear();
+        assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+        assert_eq!(
+            out,
+            b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"
+        );
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_one_shot_request_stops_at_the_size_it_saw() {
+        let (store, id, mut sink) = job("oneshot", &[(Stream::Stdout, b"a\nb\n")]);
+        let which = Which::One(Stream::Stdout);
+        let mut f = Follower::open(
+            &store,
+            &id,
+            which,
+            StartAt::Line(1),
+            false,
+            Format::Text,
+            [4, 0, 0, 0],
+        )
+        .unwrap();
+        sink.append(Stream::Stdout, b"c\n", 9).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+        assert_eq!(ids_and_data(&out).len(), 2);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn event_ids_parse_per_endpoint() {
+        let one = Which::One(Stream::Stderr);
+        assert_eq!(parse_event_id(one, "12"), Some(StartAt::After(12, 0)));
+        assert_eq!(parse_event_id(one, "x"), None);
+        assert_eq!(
+            parse_event_id(Which::Combined, "3.4"),
+            Some(StartAt::After(3, 4))
+        );
+        assert_eq!(parse_event_id(Which::Combined, "3"), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! The web pages (SPEC §5): a job list at `/` and a live view of one job at
+//! `/job_runs/{id}`. Self-contained: inline CSS and JS, no CDN, and a
+//! Content-Security-Policy that forbids loading anything from elsewhere.
+//!
+//! The job page follows `combined` with one EventSource (`format=json`, so each
+//! line names its stream; browsers allow only six connections per host), and
+//! switches between stdout, stderr and combined on the client. It stays
+//! responsive on a log of a million lines by rendering lazily: only the rows in
+//! view are in the DOM (fixed-height rows in a scroller sized for all lines), at
+//! most [`PAGE_KEPT_LINES`] lines are kept in memory (older ones are
+//! dropped with a note and the raw log a click away), and a page opened on a big
+//! log starts at its last [`PAGE_TAIL`] lines. ANSI SGR colours (16, 256 and
+//! truecolor, bold, dim, italic, underline, inverse) are rendered; each line
+//! number is a `#L<n>` link (stdout; `#E<n>` for stderr) that scrolls to it; the
+//! view sticks to the bottom until the reader scrolls up, and sticks again at
+//! the bottom; `complete` shows the exit status and closes the EventSource.
+
+use crate::metadata::Metadata;
+use crate::store::JobId;
+
+/// Most jobs listed on `/` (the API lists more).
+pub const INDEX_JOBS: usize = 500;
+
+/// Lines a job page asks for when it opens (`?lines=`): the start of a huge log
+/// is a download away, and the browser gets going in a second or two.
+pub const PAGE_TAIL: usize = 100_000;
+
+/// Most lines a job page keeps in memory; past this the oldest tenth is dropped.
+/// About 30-60 MB of script heap for typical lines.
+pub const PAGE_KEPT_LINES: usize = 200_000;
+
+/// Content-Security-Policy of the pages: everything inline or from this server,
+/// so a page can never load a script from elsewhere.
+pub const CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:";
+
+/// Escapes text for HTML content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = r#"
+:root{--bg:#101418;--fg:#d8dee4;--dim:#7d8590;--line:#1c2128;--acc:#58a6ff;--ok:#2ea043;--bad:#da3633;--warn:#d29922;--lh:18px}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.4 system-ui,sans-serif}
+a{color:var(--acc)}
+header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;padding:8px 12px;border-bottom:1px solid var(--line)}
+header h1{font-size:16px;margin:0;font-weight:600}
+.badge{padding:2px 8px;border-radius:10px;font-size:12px;font-weight:600;background:var(--line)}
+.badge.running{background:#1f6feb}.badge.succeeded{background:var(--ok)}
+.badge.failed,.badge.killed,.badge.timed_out{background:var(--bad)}.badge.abandoned{background:var(--warn);color:#000}
+.tabs label{margin-right:8px;cursor:pointer}
+.muted{color:var(--dim);font-size:12px}
+#cmd{font-family:ui-monospace,monospace;font-size:12px;color:var(--dim);overflow:hidden;text-overflow:ellipsis;white-space:nowrap;max-width:40vw}
+body.job{display:flex;flex-direction:column;height:100vh}
+#log{flex:1;position:relative;overflow:auto;font:13px/var(--lh) ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+#spacer{position:relative;min-width:100%}
+#rows{position:absolute;left:0;top:0;min-width:100%}
+.r{height:var(--lh);white-space:pre;padding-right:12px}
+.r:hover{background:#161b22}
+.r.hl{background:#3b2e00}
+.n{display:inline-block;width:7ch;padding-right:1ch;margin-right:1ch;text-align:right;color:var(--dim);text-decoration:none;border-right:2px solid transparent;user-select:none}
+.r.e .n{border-right-color:var(--bad)}
+#note:empty{display:none}
+#note{padding:4px 12px;color:var(--dim);font-size:12px}
+#pause{position:fixed;right:18px;bottom:18px;display:none;padding:6px 12px;border-radius:16px;border:0;background:var(--acc);color:#000;cursor:pointer;font-weight:600}
+.b{font-weight:bold}.d{opacity:.6}.i{font-style:italic}.u{text-decoration:underline}.s{text-decoration:line-through}
+table{border-collapse:collapse;margin:12px}td,th{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left}
+td.st{font-weight:600}
+"#;
+
+const SCRIPT: &str = r##"
+"use strict";
+const LH = 18, TAIL = __TAIL__, KEEP = __KEEP__;
+const tok = new URLSearchParams(location.search).get("token");
+const tq = tok ? "token=" + encodeURIComponent(tok) : "";
+const api = "../api/job_runs/" + encodeURIComponent(JOB);
+const $ = (id) => document.getElementById(id);
+const logEl = $("log"), spacer = $("spacer"), rows = $("rows");
+// All lines, and the ones shown in each view (the same objects).
+const views = { combined: [], stdout: [], stderr: [] };
+let view = "combined", stick = true, dropped = 0, dirty = false, target = null;
+// SGR state per stream: separate terminals.
+const ends = [null, null];
+
+const BASE16 = ["#000000","#cd3131","#0dbc79","#e5e510","#2472c8","#bc3fbc","#11a8cd","#e5e5e5",
+  "#666666","#f14c4c","#23d18b","#f5f543","#3b8eea","#d670d6","#29b8db","#ffffff"];
+function c256(n) {
+  if (n < 16) return BASE16[n];
+  if (n < 232) { n -= 16; const v = (x) => x ? 55 + x * 40 : 0;
+    return "rgb(" + v(Math.floor(n / 36)) + "," + v(Math.floor(n / 6) % 6) + "," + v(n % 6) + ")"; }
+  const g = 8 + (n - 232) * 10; return "rgb(" + g + "," + g + "," + g + ")";
+}
+// Applies one SGR parameter list to a state; returns a new state object.
+function sgr(st, params) {
+  st = Object.assign({}, st || {});
+  const p = params.replace(/:/g, ";").split(";").map((x) => x === "" ? 0 : parseInt(x, 10));
+  for (let i = 0; i < p.length; i++) {
+    const c = p[i];
+    if (c === 0) st = {};
+    else if (c === 1) st.b = 1; else if (c === 2) st.d = 1; else if (c === 3) st.i = 1;
+    else if (c === 4) st.u = 1; else if (c === 7) st.v = 1; else if (c === 9) st.s = 1;
+    else if (c === 22) { delete st.b; delete st.d; } else if (c === 23) delete st.i;
+    else if (c === 24) delete st.u; else if (c === 27) delete st.v; else if (c === 29) delete st.s;
+    else if (c >= 30 && c <= 37) st.fg = BASE16[c - 30]; else if (c >= 90 && c <= 97) st.fg = BASE16[c - 82];
+    else if (c >= 40 && c <= 47) st.bg = BASE16[c - 40]; else if (c >= 100 && c <= 107) st.bg = BASE16[c - 92];
+    else if (c === 39) delete st.fg; else if (c === 49) delete st.bg;
+    else if (c === 38 || c === 48) {
+      let col = null;
+      if (p[i + 1] === 5) { col = c256(p[i + 2] & 255); i += 2; }
+      else if (p[i + 1] === 2) { col = "rgb(" + (p[i + 2] & 255) + "," + (p[i + 3] & 255) + "," + (p[i + 4] & 255) + ")"; i += 4; }
+      if (col) { if (c === 38) st.fg = col; else st.bg = col; }
+    }
+  }
+  return Object.keys(st).length ? st : null;
+}
+const ESC = /\x1b(?:\[([0-9;:?]*)([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
+// The state after a line, from the state before it.
+function endState(st, text) {
+  if (text.indexOf("\x1b") < 0) return st;
+  for (const m of text.matchAll(ESC)) if (m[2] === "m") st = sgr(st, m[1] || "");
+  return st;
+}
+const esc = (s) => s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+function span(st, text) {
+  if (!text) return "";
+  if (!st) return esc(text);
+  let fg = st.fg, bg = st.bg;
+  if (st.v) { const t = fg || "var(--fg)"; fg = bg || "var(--bg)"; bg = t; }
+  const cls = ["b", "d", "i", "u", "s"].filter((k) => st[k]).join(" ");
+  let style = (fg ? "color:" + fg + ";" : "") + (bg ? "background:" + bg + ";" : "");
+  return "<span" + (cls ? ' class="' + cls + '"' : "") + (style ? ' style="' + style + '"' : "") + ">" + esc(text) + "</span>";
+}
+function html(st, text) {
+  if (text.indexOf("\x1b") < 0) return span(st, text.replace(/[\x00-\x08\x0b-\x1f]/g, ""));
+  let out = "", at = 0;
+  for (const m of text.matchAll(ESC)) {
+    out += span(st, text.slice(at, m.index).replace(/[\x00-\x08\x0b-\x1f]/g, ""));
+    if (m[2] === "m") st = sgr(st, m[1] || "");
+    at = m.index + m[0].length;
+  }
+  return out + span(st, text.slice(at).replace(/[\x00-\x08\x0b-\x1f]/g, ""));
+}
+const anchor = (l) => (l.e ? "E" : "L") + l.n;
+function row(l) {
+  const a = anchor(l);
+  return '<div class="r' + (l.e ? " e" : "") + (target === a ? " hl" : "") + '" id="' + a + '"><a class="n" href="#' + a + '">' + l.n + "</a>" + html(l.s, l.t) + "</div>";
+}
+function render() {
+  dirty = false;
+  const lines = views[view];
+  spacer.style.height = (lines.length * LH) + "px";
+  if (stick) logEl.scrollTop = logEl.scrollHeight;
+  const first = Math.max(0, Math.floor(logEl.scrollTop / LH) - 20);
+  const last = Math.min(lines.length, first + Math.ceil(logEl.clientHeight / LH) + 40);
+  rows.style.top = (first * LH) + "px";
+  let h = "";
+  for (let i = first; i < last; i++) h += row(lines[i]);
+  rows.innerHTML = h;
+  $("count").textContent = lines.length + " lines" + (dropped ? " (" + dropped + " earlier not kept)" : "");
+  $("pause").style.display = stick ? "none" : "block";
+}
+function schedule() { if (!dirty) { dirty = true; requestAnimationFrame(render); } }
+function add(d) {
+  const e = d.stream === "stderr" ? 1 : 0;
+  const t = d.display !== undefined ? d.display : d.text;
+  const l = { n: d.line, e: e, t: t, s: ends[e] };
+  ends[e] = endState(ends[e], t);
+  views.combined.push(l);
+  views[e ? "stderr" : "stdout"].push(l);
+  if (views.combined.length > KEEP) {
+    const cut = Math.floor(KEEP / 10), gone = views.combined.splice(0, cut);
+    dropped += cut;
+    const out = gone.filter((x) => !x.e).length;
+    views.stdout.splice(0, out);
+    views.stderr.splice(0, cut - out);
+    $("note").textContent = "Earlier lines are not kept in this page; download the raw log for all of it.";
+  }
+  schedule();
+}
+function goTo(hash) {
+  const m = /^#([LE])(\d+)$/.exec(hash || "");
+  if (!m) return false;
+  const e = m[1] === "E" ? 1 : 0, n = parseInt(m[2], 10);
+  const lines = views[view], i = lines.findIndex((l) => l.e === e && l.n === n);
+  if (i < 0) return false;
+  target = m[1] + n; stick = false;
+  logEl.scrollTop = Math.max(0, i * LH - logEl.clientHeight / 3);
+  render();
+  return true;
+}
+logEl.addEventListener("scroll", () => {
+  const bottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 2 * LH;
+  if (bottom !== stick) { stick = bottom; }
+  schedule();
+});
+$("pause").addEventListener("click", () => { stick = true; target = null; schedule(); });
+window.addEventListener("hashchange", () => goTo(location.hash));
+for (const r of document.querySelectorAll("input[name=view]")) {
+  r.addEventListener("change", () => { view = r.value; stick = true; schedule(); });
+}
+for (const a of document.querySelectorAll("a.raw")) a.href += tq ? "?" + tq : "";
+function badge(status, text) { const b = $("badge"); b.className = "badge " + status; b.textContent = text; }
+fetch(api + (tq ? "?" + tq : "")).then((r) => r.json()).then((m) => {
+  $("cmd").textContent = (m.command || []).join(" ");
+  if (m.status === "running") badge("running", "running");
+}).catch(() => {});
+const es = new EventSource(api + "/logs/combined?follow=true&format=json&lines=" + (parseInt(new URLSearchParams(location.search).get("lines"), 10) || TAIL) + (tq ? "&" + tq : ""));
+let pending = location.hash;
+es.addEventListener("log", (ev) => {
+  add(JSON.parse(ev.data));
+  if (pending && goTo(pending)) pending = null;
+});
+es.addEventListener("complete", (ev) => {
+  const d = JSON.parse(ev.data);
+  es.close();
+  const how = d.exit_code !== null && d.exit_code !== undefined ? "exit " + d.exit_code : d.status;
+  badge(d.status, d.status + (how !== d.status ? " (" + how + ")" : ""));
+  document.body.dataset.complete = d.status;
+  if (pending) goTo(pending);
+});
+es.addEventListener("error", () => {
+  if (es.readyState === EventSource.CLOSED && !document.body.dataset.complete) badge("abandoned", "disconnected");
+});
+"##;
+
+/// The job list.
+pub fn index_page(jobs: &[Metadata]) -> String {
+    let mut rows = String::new();
+    for m in jobs {
+        rows.push_str(&format!(
+            "<tr><td><a class=\"job\" href=\"job_runs/{id}\">{id}</a></td><td class=\"st\"><span class=\"badge {st}\">{st}</span></td><td>{ex}</td><td>{start}</td><td class=\"muted\">{cmd}</td></tr>\n",
+            id = html_escape(&m.job_run_id),
+            st = m.status.as_str(),
+            ex = m.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            start = html_escape(&m.started_at),
+            cmd = html_escape(&m.command.join(" ")),
+        ));
+    }
+    let empty = if jobs.is_empty() {
+        "<p class=\"muted\" style=\"margin:12px\">No jobs yet.</p>"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>logwrap jobs</title>\
+<style>{STYLE}</style></head><body><header><h1>logwrap jobs</h1><span class=\"muted\">newest first</span></header>\
+<table><thead><tr><th>job</th><th>status</th><th>exit</th><th>started</th><th>command</th></tr></thead>\
+<tbody>{rows}</tbody></table>{empty}\
+<script>\"use strict\";const t=new URLSearchParams(location.search).get(\"token\");\
+if(t)for(const a of document.querySelectorAll(\"a.job\"))a.href+=\"?token=\"+encodeURIComponent(t);</script>\
+</body></html>\n"
+    )
+}
+
+/// The live view of one job.
+pub fn job_page(id: &JobId) -> String {
+    // A valid id holds only [A-Za-z0-9._-]: safe in HTML and in a JS string.
+    let id_html = html_escape(id.as_str());
+    let id_js = serde_json::to_string(id.as_str()).unwrap_or_else(|_| "\"\"".into());
+    let script = SCRIPT
+        .replace("__TAIL__", &PAGE_TAIL.to_string())
+        .replace("__KEEP__", &PAGE_KEPT_LINES.to_string());
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{id_html} \u{2014} logwrap</title>\
+<style>{STYLE}</style></head><body class=\"job\">\
+<header><h1><a href=\"../\">jobs</a> / {id_html}</h1><span id=\"badge\" class=\"badge\">connecting</span>\
+<span id=\"cmd\"></span>\
+<span class=\"tabs\"><label><input type=\"radio\" name=\"view\" value=\"combined\" checked> combined</label>\
+<label><input type=\"radio\" name=\"view\" value=\"stdout\"> stdout</label>\
+<label><input type=\"radio\" name=\"view\" value=\"stderr\"> stderr</label></span>\
+<a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stdout/raw\" download=\"{id_html}.stdout.log\">stdout.log</a>\
+<a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stderr/raw\" download=\"{id_html}.stderr.log\">stderr.log</a>\
+<span id=\"count\" class=\"muted\"></span></header><div id=\"note\"></div>\
+<div id=\"log\"><div id=\"spacer\"><div id=\"rows\"></div></div></div>\
+<button id=\"pause\" type=\"button\">paused \u{2014} follow \u{2193}</button>\
+<script>const JOB = {id_js};\n{script}</script></body></html>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_markup_and_quotes() {
+        assert_eq!(
+            html_escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn the_job_page_is_self_contained() {
+        let page = job_page(&JobId::parse("build-1").unwrap());
+        assert!(page.contains("const JOB = \"build-1\";"));
+        assert!(!page.contains("__TAIL__") && !page.contains("__KEEP__"));
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        assert!(page.contains("new EventSource("));
+        assert_eq!(
+            page.matches("EventSource(").count(),
+            1,
+            "one connection per page"
+        );
+    }
+}

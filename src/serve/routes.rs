@@ -1,0 +1,558 @@
+//! The endpoints of SPEC §5: which path is which route (pure, ids validated
+//! before any file is touched) and the handlers that answer each one from the
+//! store: event streams, raw logs with `Range`, Jenkins/LAVA-style polling, the
+//! job list and metadata, health, and the web pages.
+
+use super::follow::{parse_event_id, Follower, StartAt, Which};
+use super::http::{parse_range, Range, Reject, Request};
+use super::page;
+use super::sse::{utf8_prefix, Format};
+use crate::metadata::{Metadata, Status};
+use crate::store::{FileStore, JobId, LogStore, Stream};
+use anyhow::Result;
+use serde_json::json;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Most bytes of log one polling response carries (`log-tail`, `progressiveText`):
+/// big enough that a client catches up with a fast job in few requests, small
+/// enough to build in memory (SPEC §5 "content is bounded per response").
+pub const MAX_POLL_BYTES: usize = 512 * 1024;
+
+/// Most jobs `GET /api/job_runs` returns: each costs a metadata read, done inside
+/// the event loop, so the list must stay cheap however many jobs the root holds.
+pub const MAX_LIST: usize = 10_000;
+
+/// A route, with its job id already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Index,
+    JobPage(JobId),
+    Healthz,
+    List,
+    Job(JobId),
+    Events(JobId, Which),
+    Raw(JobId, Stream),
+    ProgressiveText(JobId, Stream),
+    LogTail(JobId),
+    NotFound,
+}
+
+fn stream_of(s: &str) -> Option<Stream> {
+    match s {
+        "stdout" => Some(Stream::Stdout),
+        "stderr" => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+/// Maps decoded path segments to a route. A segment in an id's place must be a
+/// valid job id (SPEC §2), else 400: nothing outside the root is ever named.
+pub fn route(segments: &[String]) -> Result<Route, Reject> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let id = |i: usize| {
+        JobId::parse(s[i]).map_err(|e| Reject {
+            status: 400,
+            reason: e,
+        })
+    };
+    Ok(match s.as_slice() {
+        [] => Route::Index,
+        ["healthz"] => Route::Healthz,
+        ["job_runs", _] => Route::JobPage(id(1)?),
+        ["api", "job_runs"] => Route::List,
+        ["api", "job_runs", _] => Route::Job(id(2)?),
+        ["api", "job_runs", _, "log-tail"] => Route::LogTail(id(2)?),
+        ["api", "job_runs", _, "logs", w] => match Which::parse(w) {
+            Some(which) => Route::Events(id(2)?, which),
+            None => Route::NotFound,
+        },
+        ["api", "job_runs", _, "logs", st, "raw"] => match stream_of(st) {
+            Some(stream) => Route::Raw(id(2)?, stream),
+            None => Route::NotFound,
+        },
+        ["api", "job_runs", _, "logs", st, "progressiveText"] => match stream_of(st) {
+            Some(stream) => Route::ProgressiveText(id(2)?, stream),
+            None => Route::NotFound,
+        },
+        _ => Route::NotFound,
+    })
+}
+
+/// A response body.
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `start`, sent in pieces as the client reads.
+    File {
+        file: File,
+        start: u64,
+        len: u64,
+    },
+    /// An event stream, fed by the server as the log grows.
+    Events(Box<Follower>),
+    /// No body and no Content-Length (204).
+    Nothing,
+}
+
+/// A response: status, headers (Content-Length and Connection are added when it
+/// is sent) and body.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &str, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("Content-Type", content_type.to_string()),
+                ("Cache-Control", "no-cache".to_string()),
+            ],
+            body: Body::Bytes(body),
+        }
+    }
+
+    /// A JSON document.
+    pub fn json(status: u16, v: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+        body.push(b'\n');
+        Response::new(status, "application/json", body)
+    }
+
+    /// An error, as JSON under `/api` and as text elsewhere.
+    pub fn error(status: u16, msg: &str, api: bool) -> Response {
+        if api {
+            Response::json(status, &json!({ "error": msg }))
+        } else {
+            Response::new(
+                status,
+                "text/plain; charset=utf-8",
+                format!("{msg}\n").into_bytes(),
+            )
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// What the handlers need: the store, and the one job served when the server
+/// runs inside a wrapper (`None` for `logwrap serve`: every job in the root).
+pub struct Ctx<'a> {
+    pub store: &'a FileStore,
+    pub only: Option<&'a JobId>,
+}
+
+impl Ctx<'_> {
+    fn visible(&self, id: &JobId) -> bool {
+        self.only.map_or(true, |o| o == id) && self.store.job_dir(id).is_dir()
+    }
+}
+
+/// A job's state as followers need it, read in this order so nothing written
+/// before the end can be missed: first whether it has ended, then the log sizes.
+pub struct JobState {
+    /// The data of `event: complete` once the job has ended (or was abandoned).
+    pub complete: Option<serde_json::Value>,
+    /// Sizes of stdout.log, stderr.log, stdout.idx and stderr.idx: readers hand
+    /// out a line only once its index record is written, so a follower must be
+    /// woken by either growing.
+    pub sizes: [u64; 4],
+}
+
+/// Reads a job's [`JobState`].
+pub fn job_state(store: &FileStore, id: &JobId) -> Result<JobState> {
+    let meta = store.live_metadata(id)?;
+    let complete = meta.status.is_finished().then(|| complete_data(&meta));
+    Ok(JobState {
+        complete,
+        sizes: log_sizes(store, id),
+    })
+}
+
+/// Current sizes of a job's two logs and two indexes (0 for a missing one).
+pub fn log_sizes(store: &FileStore, id: &JobId) -> [u64; 4] {
+    let len = |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let [out, err] = Stream::BOTH;
+    [
+        len(store.log_path(id, out)),
+        len(store.log_path(id, err)),
+        len(store.index_path(id, out)),
+        len(store.index_path(id, err)),
+    ]
+}
+
+/// The data of `event: complete` (SPEC §5).
+pub fn complete_data(m: &Metadata) -> serde_json::Value {
+    json!({
+        "exit_code": m.exit_code,
+        "duration_ms": m.duration_ms,
+        "status": m.status.as_str(),
+    })
+}
+
+/// Answers a request (its token already checked).
+pub fn handle(ctx: &Ctx, req: &Request) -> Response {
+    let api = req.segments.first().is_some_and(|s| s == "api");
+    let route = match route(&req.segments) {
+        Ok(r) => r,
+        Err(rej) => return Response::error(rej.status, &rej.reason, api),
+    };
+    let id = match &route {
+        Route::JobPage(id)
+        | Route::Job(id)
+        | Route::Events(id, _)
+        | Route::Raw(id, _)
+        | Route::ProgressiveText(id, _)
+        | Route::LogTail(id) => Some(id),
+        _ => None,
+    };
+    if let Some(id) = id {
+        if !ctx.visible(id) {
+            return Response::error(404, &format!("no job run {id}"), api);
+        }
+    }
+    let result = match route {
+        Route::Healthz => Ok(Response::new(
+            200,
+            "text/plain; charset=utf-8",
+            b"ok\n".to_vec(),
+        )),
+        Route::Index => index(ctx),
+        Route::JobPage(id) => Ok(Response::new(
+            200,
+            "text/html; charset=utf-8",
+            page::job_page(&id).into_bytes(),
+        )
+        .header("Content-Security-Policy", page::CSP)),
+        Route::List => list(ctx, req),
+        Route::Job(id) => ctx
+            .store
+            .live_metadata(&id)
+            .map(|m| Response::json(200, &serde_json::to_value(&m).unwrap_or_default())),
+        Route::Events(id, which) => events(ctx, req, &id, which),
+        Route::Raw(id, stream) => raw(ctx, req, &id, stream),
+        Route::LogTail(id) => poll(ctx, req, &id, None, true),
+        Route::ProgressiveText(id, stream) => poll(ctx, req, &id, Some(stream), false),
+        Route::NotFound => Ok(Response::error(404, "not found", api)),
+    };
+    result.unwrap_or_else(|e| match e.downcast::<Reject>() {
+        Ok(rej) => Response::error(rej.status, &rej.reason, api),
+        Err(e) => Response::error(500, &format!("{e:#}"), api),
+    })
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for Reject {}
+
+fn bad(reason: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Reject {
+        status: 400,
+        reason: reason.into(),
+    })
+}
+
+fn number(req: &Request, name: &str) -> Result<Option<u64>> {
+    req.param(name)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{name} must be a non-negative integer, not {v:?}")))
+        })
+        .transpose()
+}
+
+fn flag(req: &Request, name: &str) -> Result<bool> {
+    match req.param(name) {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("" | "true" | "1" | "yes") => Ok(true),
+        Some(v) => Err(bad(format!("{name} must be true or false, not {v:?}"))),
+    }
+}
+
+/// Metadata (live status) of the jobs in view, newest first.
+fn jobs(ctx: &Ctx) -> Result<Vec<Metadata>> {
+    let ids = match ctx.only {
+        Some(id) => vec![id.clone()],
+        None => ctx.store.list_job_ids()?,
+    };
+    // A job being created has no metadata for a moment; it is simply not listed.
+    let mut metas: Vec<Metadata> = ids
+        .iter()
+        .filter_map(|id| ctx.store.live_metadata(id).ok())
+        .collect();
+    metas.sort_by(|a, b| (&b.started_at, &b.job_run_id).cmp(&(&a.started_at, &a.job_run_id)));
+    Ok(metas)
+}
+
+fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
+    let status = match req.param("status") {
+        None | Some("") => None,
+        Some(s) => Some(
+            [
+                Status::Running,
+                Status::Succeeded,
+                Status::Failed,
+                Status::Killed,
+                Status::TimedOut,
+                Status::Abandoned,
+            ]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| bad(format!("unknown status {s:?}")))?,
+        ),
+    };
+    let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
+    let metas: Vec<Metadata> = jobs(ctx)?
+        .into_iter()
+        .filter(|m| status.map_or(true, |s| m.status == s))
+        .take(limit)
+        .collect();
+    Ok(Response::json(200, &serde_json::to_value(metas)?))
+}
+
+fn index(ctx: &Ctx) -> Result<Response> {
+    let mut metas = jobs(ctx)?;
+    metas.truncate(page::INDEX_JOBS);
+    Ok(Response::new(
+        200,
+        "text/html; charset=utf-8",
+        page::index_page(&metas).into_bytes(),
+    )
+    .header("Content-Security-Policy", page::CSP))
+}
+
+fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response> {
+    let follow = flag(req, "follow")?;
+    let format = match req.param("format") {
+        None | Some("" | "text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(f) => return Err(bad(format!("format must be text or json, not {f:?}"))),
+    };
+    let last_id = req.header("last-event-id").filter(|v| !v.trim().is_empty());
+    let from = match (last_id, number(req, "since")?, number(req, "lines")?) {
+        (Some(v), _, _) => parse_event_id(which, v).ok_or_else(|| {
+            bad(format!(
+                "Last-Event-ID {v:?} is not an event id of this stream"
+            ))
+        })?,
+        (None, Some(n), _) => StartAt::Line(n.max(1)),
+        (None, None, Some(n)) => StartAt::Tail(n),
+        (None, None, None) => StartAt::Line(1),
+    };
+    let state = job_state(ctx.store, id)?;
+    let mut f = Follower::open(ctx.store, id, which, from, follow, format, state.sizes)?;
+    if last_id.is_some() && state.complete.is_some() && f.at_end(true)? {
+        // A reconnect to an ended job with nothing left: 204 tells EventSource to
+        // stop reconnecting.
+        return Ok(Response {
+            status: 204,
+            headers: vec![("Cache-Control", "no-cache".into())],
+            body: Body::Nothing,
+        });
+    }
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "text/event-stream; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+            ("X-Accel-Buffering", "no".into()),
+        ],
+        body: Body::Events(Box::new(f)),
+    })
+}
+
+fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response> {
+    let path = ctx.store.log_path(id, stream);
+    let file = File::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", stream.name()))?;
+    let size = file.metadata()?.len();
+    let base = |status: u16| Response {
+        status,
+        headers: vec![
+            ("Content-Type", "text/plain; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+            ("Accept-Ranges", "bytes".into()),
+            (
+                "Content-Disposition",
+                format!("inline; filename=\"{id}.{}.log\"", stream.name()),
+            ),
+        ],
+        body: Body::Nothing,
+    };
+    Ok(match parse_range(req.header("range"), size) {
+        Range::Full => Response {
+            body: Body::File {
+                file,
+                start: 0,
+                len: size,
+            },
+            ..base(200)
+        },
+        Range::Part(a, b) => Response {
+            body: Body::File {
+                file,
+                start: a,
+                len: b - a,
+            },
+            ..base(206)
+        }
+        .header("Content-Range", format!("bytes {a}-{}/{size}", b - 1)),
+        Range::Unsatisfiable => Response {
+            body: Body::Bytes(Vec::new()),
+            ..base(416)
+        }
+        .header("Content-Range", format!("bytes */{size}")),
+    })
+}
+
+/// `log-tail` (JSON, `stream` from the query) and `progressiveText` (raw text,
+/// stream from the path): the bytes from `start`, at most [`MAX_POLL_BYTES`], cut
+/// on a UTF-8 character boundary, and the offset to ask for next.
+fn poll(
+    ctx: &Ctx,
+    req: &Request,
+    id: &JobId,
+    stream: Option<Stream>,
+    as_json: bool,
+) -> Result<Response> {
+    let stream = match stream {
+        Some(s) => s,
+        None => match req.param("stream") {
+            None | Some("" | "stdout") => Stream::Stdout,
+            Some("stderr") => Stream::Stderr,
+            Some(s) => return Err(bad(format!("stream must be stdout or stderr, not {s:?}"))),
+        },
+    };
+    let start = number(req, "start")?.unwrap_or(0);
+    // Whether the job has ended is read before the size, so "finished" never
+    // comes with bytes still unread.
+    let state = job_state(ctx.store, id)?;
+    let path = ctx.store.log_path(id, stream);
+    let file = File::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", stream.name()))?;
+    let size = file.metadata()?.len();
+    let (content, new_size) = read_piece(&file, start, size, state.complete.is_some())?;
+    let finished = state.complete.is_some() && new_size >= size;
+    if as_json {
+        return Ok(Response::json(
+            200,
+            &json!({
+                "is_finished": finished,
+                "new_size": new_size,
+                "content": String::from_utf8_lossy(&content),
+            }),
+        ));
+    }
+    Ok(Response::new(200, "text/plain; charset=utf-8", content)
+        .header("X-Text-Size", new_size.to_string())
+        .header("X-More-Data", (!finished).to_string()))
+}
+
+/// Reads at most [`MAX_POLL_BYTES`] from `start` (a start past the end is the
+/// end), leaving out a character cut by the bound or still being written, unless
+/// the log is complete. Returns the bytes and the offset just past them.
+pub fn read_piece(file: &File, start: u64, size: u64, complete: bool) -> Result<(Vec<u8>, u64)> {
+    let start = start.min(size);
+    let want = ((size - start) as usize).min(MAX_POLL_BYTES);
+    let mut buf = vec![0u8; want];
+    file.read_exact_at(&mut buf, start)?;
+    let at_end = start + want as u64 == size;
+    let keep = if at_end && complete {
+        want
+    } else {
+        utf8_prefix(&buf)
+    };
+    buf.truncate(keep);
+    Ok((buf, start + keep as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(path: &str) -> Vec<String> {
+        super::super::http::parse_target(path).unwrap().0
+    }
+
+    fn id(s: &str) -> JobId {
+        JobId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn paths_map_to_routes() {
+        let r = |p: &str| route(&segs(p)).unwrap();
+        assert_eq!(r("/"), Route::Index);
+        assert_eq!(r("/healthz"), Route::Healthz);
+        assert_eq!(r("/job_runs/a1"), Route::JobPage(id("a1")));
+        assert_eq!(r("/api/job_runs"), Route::List);
+        assert_eq!(r("/api/job_runs/"), Route::List);
+        assert_eq!(r("/api/job_runs/a1"), Route::Job(id("a1")));
+        assert_eq!(
+            r("/api/job_runs/a1/logs/combined"),
+            Route::Events(id("a1"), Which::Combined)
+        );
+        assert_eq!(
+            r("/api/job_runs/a1/logs/stderr/raw"),
+            Route::Raw(id("a1"), Stream::Stderr)
+        );
+        assert_eq!(
+            r("/api/job_runs/a1/logs/stdout/progressiveText"),
+            Route::ProgressiveText(id("a1"), Stream::Stdout)
+        );
+        assert_eq!(r("/api/job_runs/a1/log-tail"), Route::LogTail(id("a1")));
+        assert_eq!(r("/api/job_runs/a1/logs/combined/raw"), Route::NotFound);
+        assert_eq!(r("/api/job_runs/a1/logs/other"), Route::NotFound);
+        assert_eq!(r("/etc/passwd"), Route::NotFound);
+    }
+
+    #[test]
+    fn ids_are_validated_before_routing() {
+        for p in [
+            "/api/job_runs/.hidden",
+            "/job_runs/a%20b",
+            "/api/job_runs/%C3%A9/logs/stdout",
+        ] {
+            assert_eq!(route(&segs(p)).map_err(|e| e.status), Err(400), "{p}");
+        }
+        // An empty id segment (`//`) is no valid id either.
+        assert_eq!(
+            route(&segs("/api/job_runs//logs/stdout")).map_err(|e| e.status),
+            Err(400)
+        );
+    }
+
+    #[test]
+    fn polling_pieces_are_cut_on_character_boundaries() {
+        let dir = std::env::temp_dir().join(format!("logwrap-piece-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let mut body = vec![b'a'; MAX_POLL_BYTES - 1];
+        body.extend_from_slice("é€".as_bytes());
+        std::fs::write(&path, &body).unwrap();
+        let f = File::open(&path).unwrap();
+        let size = body.len() as u64;
+        let (first, next) = read_piece(&f, 0, size, false).unwrap();
+        assert_eq!(next, MAX_POLL_BYTES as u64 - 1);
+        let (second, end) = read_piece(&f, next, size, false).unwrap();
+        assert_eq!(end, size);
+        assert_eq!([first, second].concat(), body);
+        // Past the end: nothing, and the real end as the next offset.
+        assert_eq!(
+            read_piece(&f, size + 100, size, false).unwrap(),
+            (vec![], size)
+        );
+        // A character still being written waits, unless the log is complete.
+        let (part, at) = read_piece(&f, size - 3, size - 1, false).unwrap();
+        assert_eq!((part.len(), at), (0, size - 3));
+        let (part, _) = read_piece(&f, size - 3, size - 1, true).unwrap();
+        assert_eq!(part.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,433 @@
+//! Server-Sent Events framing for log lines, with no I/O (SPEC §5). One log line
+//! becomes exactly one `event: log`, and nothing a job prints can forge a field or
+//! an event: the text is made valid UTF-8 (invalid bytes become U+FFFD), carriage
+//! returns are resolved the way a terminal shows them (so no CR ever reaches the
+//! wire), and over-long lines are cut on a character boundary and marked.
+
+use crate::reader::LogLine;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Most bytes of one line put into an event; longer lines are cut and marked.
+/// 64 KiB holds any line a person reads, and bounds what one event costs a
+/// follower's buffer (SPEC §5 "over-long lines are capped").
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Reconnection delay suggested to EventSource clients, in ms: short, because a
+/// reconnect resumes exactly where it left off.
+pub const RETRY_MS: u32 = 1000;
+
+/// The opening of every event stream: a comment (so proxies and clients see bytes
+/// at once) and the reconnection delay.
+pub fn stream_start() -> String {
+    format!(": logwrap\nretry: {RETRY_MS}\n\n")
+}
+
+/// The heartbeat comment sent after a silence.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// How event data is encoded (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `data:` is the line as a terminal shows it.
+    Text,
+    /// `data:` is a JSON object with the exact text, line number, stream and time.
+    Json,
+}
+
+/// The `data` object of `?format=json` events.
+#[derive(Debug, Serialize)]
+struct JsonLine<'a> {
+    line: u64,
+    stream: &'a str,
+    /// The exact text of the line (invalid UTF-8 as U+FFFD), without its newline.
+    text: &'a str,
+    /// What a terminal shows for it, only when that differs (the line holds a
+    /// carriage return): see [`terminal_text`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+    /// Whether the line ended with a newline (false for an unfinished last line).
+    newline: bool,
+    /// When the wrapper read the line, RFC 3339 (null if unknown).
+    ts: Option<String>,
+    /// The same in microseconds since the epoch (null if unknown).
+    ts_us: Option<u64>,
+    /// Full length of the line in bytes, newline included.
+    len: u64,
+    /// True when `text` holds only the first [`MAX_LINE_BYTES`] bytes.
+    truncated: bool,
+}
+
+/// Appends one `event: log` for `line` to `out`. `id` is the event id (the line
+/// number, or the combined cursor); `name_stream` adds a `stream:` field (the
+/// combined endpoint), which EventSource ignores and other clients can read.
+pub fn log_event(out: &mut Vec<u8>, line: &LogLine, id: &str, name_stream: bool, format: Format) {
+    debug_assert!(!id.contains(['\n', '\r', '\0']));
+    let (exact, cut) = line_text(line);
+    let mut ev = String::with_capacity(exact.len() + 64);
+    ev.push_str("event: log\nid: ");
+    ev.push_str(id);
+    ev.push('\n');
+    if name_stream {
+        let _ = writeln!(ev, "stream: {}", line.stream.name());
+    }
+    ev.push_str("data: ");
+    match format {
+        Format::Text => {
+            ev.push_str(&terminal_text(&exact));
+            if cut > 0 {
+                let _ = write!(ev, "\u{2026} [{cut} more bytes not shown]");
+            }
+        }
+        Format::Json => {
+            let shown = terminal_text(&exact);
+            let data = JsonLine {
+                line: line.number,
+                stream: line.stream.name(),
+                text: &exact,
+                display: matches!(shown, Cow::Owned(_)).then_some(&*shown),
+                newline: line.complete,
+                ts: (line.ts_us > 0)
+                    .then(|| crate::timefmt::rfc3339_ms((line.ts_us / 1000) as i64)),
+                ts_us: (line.ts_us > 0).then_some(line.ts_us),
+                len: line.len,
+                truncated: cut > 0,
+            };
+            // Serialising plain strings and numbers cannot fail; an empty object
+            // would still be one well-formed event.
+            let json = serde_json::to_string(&data).unwrap_or_else(|_| "{}".into());
+            ev.push_str(&json);
+        }
+    }
+    ev.push_str("\n\n");
+    debug_assert_eq!(ev.matches('\n').count(), 4 + usize::from(name_stream));
+    out.extend_from_slice(ev.as_bytes());
+}
+
+/// The `event: complete` that ends a stream, with `data` as given (a JSON object).
+pub fn complete_event(out: &mut Vec<u8>, data: &serde_json::Value) {
+    out.extend_from_slice(format!("event: complete\ndata: {data}\n\n").as_bytes());
+}
+
+/// The exact text of a line without its line ending (invalid UTF-8 replaced),
+/// and how many bytes of it were cut off.
+pub fn line_text(line: &LogLine) -> (Cow<'_, str>, u64) {
+    let mut data: &[u8] = &line.data;
+    if line.complete && data.last() == Some(&b'\n') {
+        data = &data[..data.len() - 1];
+    }
+    let kept_max = data.len().min(MAX_LINE_BYTES);
+    let kept = if (line.len as usize) > kept_max + usize::from(line.complete) {
+        utf8_prefix(&data[..kept_max])
+    } else {
+        data.len()
+    };
+    let full = line.len - u64::from(line.complete);
+    let cut = full.saturating_sub(kept as u64);
+    (String::from_utf8_lossy(&data[..kept]), cut)
+}
+
+/// Length of the longest prefix of `b` that does not end inside a multi-byte
+/// UTF-8 character (a cut there would turn its first bytes into U+FFFD). Bytes
+/// that are invalid anyway are kept; only an incomplete but so far valid final
+/// sequence of up to 3 bytes is left out.
+pub fn utf8_prefix(b: &[u8]) -> usize {
+    let n = b.len();
+    for back in 1..=3.min(n) {
+        let c = b[n - back];
+        if c & 0xC0 == 0x80 {
+            continue; // continuation byte: keep looking for the lead byte
+        }
+        let need = match c {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return n,
+        };
+        return if back < need { n - back } else { n };
+    }
+    n
+}
+
+/// One cell of the line a terminal shows: its character and the SGR state in
+/// force when it was written (an index into the resolver's list of states).
+#[derive(Clone, Copy)]
+struct Cell {
+    ch: char,
+    sgr: usize,
+    erased: bool,
+}
+
+/// What a terminal shows for a line holding carriage returns: each CR moves the
+/// cursor back to column 0 and what follows overwrites what was there, colours
+/// (SGR) included, so `50%\r100%` shows `100%`, and `x\revent: complete` shows
+/// the harmless text `event: complete`. Erase-in-line (`ESC[K`), cursor moves
+/// along the line (`ESC[nC`, `ESC[nD`, `ESC[nG`) and backspace are applied too;
+/// other escape sequences are dropped. Lines without a CR are returned as they
+/// are. The result never holds CR or LF.
+pub fn terminal_text(s: &str) -> Cow<'_, str> {
+    if !s.contains(['\r', '\n']) {
+        return Cow::Borrowed(s);
+    }
+    let mut states: Vec<String> = vec![String::new()];
+    let mut cur = 0usize;
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut col = 0usize;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' | '\n' => col = 0,
+            '\u{8}' => col = col.saturating_sub(1),
+            '\u{1b}' => match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    let mut params = String::new();
+                    let mut fin = None;
+                    for p in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&p) {
+                            fin = Some(p);
+                            break;
+                        }
+                        params.push(p);
+                    }
+                    let n = |d: usize| params.parse::<usize>().unwrap_or(d).max(1);
+                    match fin {
+                        Some('m') => {
+                            let seq = format!("\u{1b}[{params}m");
+                            let reset = params.is_empty()
+                                || params == "0"
+                                || params.starts_with("0;")
+                                || params.starts_with(';');
+                            let next = if reset {
+                                if params.is_empty() || params == "0" {
+                                    String::new()
+                                } else {
+                                    seq
+                                }
+                            } else {
+                                format!("{}{seq}", states[cur])
+                            };
+                            cur = match states.iter().position(|s| *s == next) {
+                                Some(i) => i,
+                                None => {
+                                    states.push(next);
+                                    states.len() - 1
+                                }
+                            };
+                        }
+                        Some('K') => match params.as_str() {
+                            "" | "0" => cells.truncate(col),
+                            "1" => cells.iter_mut().take(col + 1).for_each(|c| c.erased = true),
+                            _ => cells.iter_mut().for_each(|c| c.erased = true),
+                        },
+                        Some('C') => col += n(1),
+                        Some('D') => col = col.saturating_sub(n(1)),
+                        Some('G') => col = n(1) - 1,
+                        _ => {}
+                    }
+                }
+                Some(']') => {
+                    // OSC (titles, hyperlinks): up to BEL or ESC \.
+                    chars.next();
+                    while let Some(p) = chars.next() {
+                        if p == '\u{7}' || (p == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
+            },
+            _ => {
+                let cell = Cell {
+                    ch: c,
+                    sgr: cur,
+                    erased: false,
+                };
+                while cells.len() < col {
+                    cells.push(Cell {
+                        ch: ' ',
+                        sgr: 0,
+                        erased: true,
+                    });
+                }
+                if col < cells.len() {
+                    cells[col] = cell;
+                } else {
+                    cells.push(cell);
+                }
+                col += 1;
+            }
+        }
+    }
+    while cells.last().is_some_and(|c| c.erased) {
+        cells.pop();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut shown = 0usize;
+    for c in &cells {
+        let sgr = if c.erased { 0 } else { c.sgr };
+        if sgr != shown {
+            if shown != 0 {
+                out.push_str("\u{1b}[0m");
+            }
+            out.push_str(&states[sgr]);
+            shown = sgr;
+        }
+        out.push(if c.erased { ' ' } else { c.ch });
+    }
+    // The colour in force after the line carries on to the next one, as on a
+    // terminal.
+    if cur != shown {
+        if shown != 0 {
+            out.push_str("\u{1b}[0m");
+        }
+        out.push_str(&states[cur]);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Stream;
+
+    fn line(data: &[u8], complete: bool) -> LogLine {
+        LogLine {
+            stream: Stream::Stdout,
+            number: 7,
+            offset: 0,
+            len: data.len() as u64,
+            ts_us: 1_700_000_000_123_456,
+            seq: 0,
+            data: data.to_vec(),
+            complete,
+        }
+    }
+
+    fn text_event(data: &[u8]) -> String {
+        let mut out = Vec::new();
+        log_event(&mut out, &line(data, true), "7", false, Format::Text);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn one_line_is_one_event_with_a_spaced_data_field() {
+        assert_eq!(text_event(b"hello\n"), "event: log\nid: 7\ndata: hello\n\n");
+        assert_eq!(text_event(b"\n"), "event: log\nid: 7\ndata: \n\n");
+    }
+
+    #[test]
+    fn carriage_returns_cannot_forge_fields() {
+        assert_eq!(
+            text_event(b"x\revent: complete\n"),
+            "event: log\nid: 7\ndata: event: complete\n\n"
+        );
+        assert_eq!(
+            text_event(b"\rid: 9\n"),
+            "event: log\nid: 7\ndata: id: 9\n\n"
+        );
+        assert_eq!(text_event(b"a\r\n"), "event: log\nid: 7\ndata: a\n\n");
+        assert_eq!(text_event(b"abc\r\r\n"), "event: log\nid: 7\ndata: abc\n\n");
+    }
+
+    #[test]
+    fn invalid_utf8_and_nul_are_safe() {
+        assert_eq!(
+            text_event(b"a\xffb\0c\n"),
+            "event: log\nid: 7\ndata: a\u{fffd}b\0c\n\n"
+        );
+    }
+
+    #[test]
+    fn the_terminal_view_overwrites_like_a_terminal() {
+        assert_eq!(terminal_text("50%\r100%"), "100%");
+        assert_eq!(terminal_text("abcdef\rxy"), "xycdef");
+        assert_eq!(terminal_text("abcdef\rxy\x1b[K"), "xy");
+        assert_eq!(terminal_text("abc\x08\x08X\r"), "aXc");
+        assert_eq!(terminal_text("plain"), "plain");
+        assert_eq!(terminal_text("a\x1b]0;title\x07b\rc"), "cb");
+    }
+
+    #[test]
+    fn the_terminal_view_keeps_colours_per_cell() {
+        // "red" in red, reset, then "ab" over it in the default colour.
+        assert_eq!(
+            terminal_text("\x1b[31mred\x1b[0m\rab"),
+            "ab\x1b[31md\x1b[0m"
+        );
+        // The colour in force at the end carries on.
+        assert_eq!(terminal_text("x\r\x1b[1;32mok"), "\x1b[1;32mok");
+        assert_eq!(terminal_text("\x1b[31mab\rc"), "\x1b[31mcb");
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary_and_marked() {
+        let mut data = vec![b'x'; MAX_LINE_BYTES - 1];
+        data.extend_from_slice("é".as_bytes()); // straddles the cap
+        data.extend_from_slice(b"tail\n");
+        let full_len = data.len() as u64;
+        let mut l = line(&data, true);
+        l.data.truncate(MAX_LINE_BYTES + 1);
+        l.len = full_len;
+        let (text, cut) = line_text(&l);
+        assert_eq!(text.len(), MAX_LINE_BYTES - 1);
+        assert_eq!(cut, 2 + 4);
+        let mut out = Vec::new();
+        log_event(&mut out, &l, "1", false, Format::Text);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.ends_with("x\u{2026} [6 more bytes not shown]\n\n"),
+            "{}",
+            &s[s.len() - 40..]
+        );
+    }
+
+    #[test]
+    fn utf8_prefix_leaves_out_only_an_unfinished_character() {
+        assert_eq!(utf8_prefix("aé".as_bytes()), 3);
+        assert_eq!(utf8_prefix(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_prefix(&"a€".as_bytes()[..3]), 1);
+        assert_eq!(utf8_prefix(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(utf8_prefix("a😀".as_bytes()), 5);
+        assert_eq!(utf8_prefix(b"a\xff"), 2);
+        assert_eq!(utf8_prefix(b""), 0);
+    }
+
+    #[test]
+    fn json_data_carries_the_exact_text() {
+        let mut out = Vec::new();
+        log_event(
+            &mut out,
+            &line(b"a\rb\x1b[1m\xff\n", true),
+            "3.4",
+            true,
+            Format::Json,
+        );
+        let s = String::from_utf8(out).unwrap();
+        let mut lines = s.lines();
+        assert_eq!(lines.next(), Some("event: log"));
+        assert_eq!(lines.next(), Some("id: 3.4"));
+        assert_eq!(lines.next(), Some("stream: stdout"));
+        let data: serde_json::Value =
+            serde_json::from_str(lines.next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data["text"], "a\rb\x1b[1m\u{fffd}");
+        assert_eq!(data["display"], "b\x1b[1m\u{fffd}");
+        assert_eq!(data["line"], 7);
+        assert_eq!(data["stream"], "stdout");
+        assert_eq!(data["newline"], true);
+        assert_eq!(data["ts_us"], 1_700_000_000_123_456u64);
+        assert_eq!(data["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(data["truncated"], false);
+    }
+
+    #[test]
+    fn complete_event_is_one_event() {
+        let mut out = Vec::new();
+        complete_event(&mut out, &serde_json::json!({"exit_code": 0}));
+        assert_eq!(out, b"event: complete\ndata: {\"exit_code\":0}\n\n");
+    }
+}

@@ -1,0 +1,956 @@
+//! The HTTP tail server (issue 4): Server-Sent Events per SPEC §5, checked with a
+//! strict SSE parser written from the WHATWG parsing rules and with curl; live
+//! delivery from `logwrap serve` (inotify) and from the wrapper's own `--listen`
+//! server; resuming; the `logs --server` client. Polling, raw logs, the job list
+//! and hardening are in `serve_http.rs`, the browser test in `serve_browser.rs`.
+
+use crate::util::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStderr, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for anything a test waits on over the network.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// A running `logwrap serve` on a free loopback port; killed on drop.
+pub struct Serve {
+    child: Child,
+    _stderr: BufReader<ChildStderr>,
+    pub port: u16,
+}
+
+impl Serve {
+    pub fn start(env: &TestEnv, extra: &[&str]) -> Serve {
+        Serve::start_with(env.cmd(), extra)
+    }
+
+    pub fn start_with(mut cmd: Command, extra: &[&str]) -> Serve {
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        // The server prints its address once it listens (or exits on failure,
+        // which ends the read with EOF).
+        stderr.read_line(&mut line).unwrap();
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        assert!(
+            line.starts_with("logwrap: serving http://127.0.0.1:"),
+            "{line}"
+        );
+        Serve {
+            child,
+            _stderr: stderr,
+            port,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", self.head, self.text()))
+    }
+}
+
+/// Sends `raw` bytes and reads the response until the server closes.
+pub fn raw_request(port: u16, raw: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(raw).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    parse_response(&all)
+}
+
+pub fn parse_response(all: &[u8]) -> Resp {
+    let end = memchr::memmem::find(all, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(all)));
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    Resp {
+        status,
+        head,
+        body: all[end + 4..].to_vec(),
+    }
+}
+
+/// `GET path` with extra headers, `Connection: close`.
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_request(port, req.as_bytes())
+}
+
+/// Runs curl with a time bound.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (CI installs it)")
+}
+
+/// One dispatched event, as a WHATWG-conforming EventSource sees it, plus the
+/// fields it ignores (so tests can read `stream:`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+    pub id: String,
+    pub extra: Vec<(String, String)>,
+}
+
+/// An event-stream parser following the WHATWG HTML "parsing an event stream"
+/// rules to the letter: lines end in CRLF, LF or CR; a leading BOM is dropped;
+/// `:` starts a comment; one space after the colon is removed; `data` lines are
+/// joined with LF; an `id` holding NUL is ignored; a blank line dispatches, and
+/// an event without data is not dispatched.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    started: bool,
+    skip_lf: bool,
+    event: String,
+    data: String,
+    last_id: String,
+    extra: Vec<(String, String)>,
+    pub comments: Vec<String>,
+    pub retry: Option<u64>,
+}
+
+impl SseParser {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(bytes);
+        let buf = std::mem::take(&mut self.buf);
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            if self.skip_lf {
+                match buf.get(at) {
+                    None => break,
+                    Some(b'\n') => at += 1,
+                    Some(_) => {}
+                }
+                self.skip_lf = false;
+            }
+            let Some(i) = buf[at..].iter().position(|&b| b == b'\r' || b == b'\n') else {
+                break;
+            };
+            self.skip_lf = buf[at + i] == b'\r';
+            let mut text = String::from_utf8_lossy(&buf[at..at + i]).into_owned();
+            at += i + 1;
+            if !self.started {
+                self.started = true;
+                if let Some(t) = text.strip_prefix('\u{feff}') {
+                    text = t.to_string();
+                }
+            }
+            self.line(&text, &mut out);
+        }
+        self.buf = buf[at..].to_vec();
+        out
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            let extra = std::mem::take(&mut self.extra);
+            if self.data.is_empty() {
+                self.event.clear();
+                return;
+            }
+            let mut data = std::mem::take(&mut self.data);
+            data.pop();
+            let event = std::mem::take(&mut self.event);
+            out.push(SseEvent {
+                event: if event.is_empty() {
+                    "message".into()
+                } else {
+                    event
+                },
+                data,
+                id: self.last_id.clone(),
+                extra,
+            });
+            return;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            self.comments.push(c.to_string());
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = value.to_string(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "id" if !value.contains('\0') => self.last_id = value.to_string(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry = value.parse().ok()
+            }
+            _ => self.extra.push((field.to_string(), value.to_string())),
+        }
+    }
+}
+
+/// An event-stream connection read incrementally.
+pub struct SseConn {
+    sock: TcpStream,
+    pub resp: Resp,
+    pub parser: SseParser,
+    queue: std::collections::VecDeque<SseEvent>,
+    pub closed: bool,
+}
+
+impl SseConn {
+    pub fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> SseConn {
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).unwrap();
+        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while memchr::memmem::find(&all, b"\r\n\r\n").is_none() {
+            let n = sock.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the response head: {all:?}");
+            all.extend_from_slice(&chunk[..n]);
+        }
+        let resp = parse_response(&all);
+        let mut c = SseConn {
+            sock,
+            parser: SseParser::default(),
+            queue: Default::default(),
+            closed: false,
+            resp: Resp {
+                body: Vec::new(),
+                ..resp
+            },
+        };
+        let body = parse_response(&all).body;
+        let evs = c.parser.feed(&body);
+        c.queue.extend(evs);
+        c
+    }
+
+    /// The next event; `None` once the server has closed the stream.
+    pub fn next(&mut self) -> Option<SseEvent> {
+        let deadline = Instant::now() + LIMIT;
+        let mut chunk = [0u8; 65536];
+        while self.queue.is_empty() && !self.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no event within {LIMIT:?}");
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) => {
+                    let evs = self.parser.feed(&chunk[..n]);
+                    self.queue.extend(evs);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+        self.queue.pop_front()
+    }
+
+    /// Reads until `cond` holds for the parser (comments, retry).
+    pub fn wait_parser(&mut self, what: &str, cond: impl Fn(&SseParser) -> bool) {
+        let deadline = Instant::now() + LIMIT;
+        let mut chunk = [0u8; 4096];
+        while !cond(&self.parser) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !self.closed,
+                "no {what} within {LIMIT:?}"
+            );
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) => {
+                    let evs = self.parser.feed(&chunk[..n]);
+                    self.queue.extend(evs);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+    }
+
+    /// Every event until the server closes the stream.
+    pub fn rest(&mut self) -> Vec<SseEvent> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+}
+
+/// The data of the log events.
+pub fn datas(evs: &[SseEvent]) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e.event == "log")
+        .map(|e| e.data.clone())
+        .collect()
+}
+
+/// A running job fed line by line through the wrapper's stdin: `text` goes to
+/// its stdout, `e:text` to its stderr; closing stdin ends it with status 0.
+pub struct LiveJob {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+pub const ECHO_JOB: &str = r#"while IFS= read -r l; do case "$l" in e:*) printf '%s\n' "${l#e:}" >&2;; *) printf '%s\n' "$l";; esac; done"#;
+
+impl LiveJob {
+    pub fn start(env: &TestEnv, id: &str, extra: &[&str]) -> LiveJob {
+        LiveJob::start_script(env, id, extra, ECHO_JOB)
+    }
+
+    /// A job running `sh -c script` with its stdin fed by [`LiveJob::say`].
+    pub fn start_script(env: &TestEnv, id: &str, extra: &[&str], script: &str) -> LiveJob {
+        let child = env
+            .cmd()
+            .args(["--job-run-id", id, "--no-pty", "-q"])
+            .args(extra)
+            .args(["--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        LiveJob::adopt(env, id, child)
+    }
+
+    pub fn adopt(env: &TestEnv, id: &str, mut child: Child) -> LiveJob {
+        let stdin = child.stdin.take();
+        let meta = env.job_dir(id).join("metadata.json");
+        wait_until(LIMIT, "the job to start", || meta.exists());
+        LiveJob { child, stdin }
+    }
+
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Ends the job (EOF on its stdin) and waits for the wrapper.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
+
+fn job_with(env: &TestEnv, id: &str, script: &str) {
+    let out = env.run_sh(id, &["--no-pty", "-q"], script);
+    assert!(out.status.success(), "{}", stderr_text(&out));
+}
+
+#[test]
+fn sse_sends_each_line_as_one_log_event_then_complete() {
+    let env = TestEnv::new();
+    env.run_sh(
+        "basic",
+        &["--no-pty", "-q"],
+        "printf 'one\\ntwo\\n'; echo err >&2; printf 'three'; exit 3",
+    );
+    let srv = Serve::start(&env, &[]);
+    let out = curl(&[
+        "-i",
+        "-N",
+        &format!(
+            "http://127.0.0.1:{}/api/job_runs/basic/logs/stdout",
+            srv.port
+        ),
+    ]);
+    let resp = parse_response(&out.stdout);
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(resp.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(resp.header("x-accel-buffering").as_deref(), Some("no"));
+    assert!(resp.body.starts_with(b":"), "a comment goes out at once");
+    let mut p = SseParser::default();
+    let evs = p.feed(&resp.body);
+    assert!(!p.comments.is_empty());
+    let logs: Vec<_> = evs.iter().filter(|e| e.event == "log").collect();
+    assert_eq!(
+        logs.iter()
+            .map(|e| (e.id.as_str(), e.data.as_str()))
+            .collect::<Vec<_>>(),
+        [("1", "one"), ("2", "two"), ("3", "three")]
+    );
+    let last = evs.last().unwrap();
+    assert_eq!(last.event, "complete");
+    let done: Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(done["exit_code"], 3);
+    assert_eq!(done["status"], "failed");
+    assert!(done["duration_ms"].is_u64());
+    assert_eq!(evs.len(), 4);
+    // The raw framing: `data: ` with its space, one blank line per event.
+    assert!(contains(&resp.body, "event: log\nid: 1\ndata: one\n\n"));
+
+    let err = SseConn::open(srv.port, "/api/job_runs/basic/logs/stderr", &[]).rest();
+    assert_eq!(datas(&err), ["err"]);
+}
+
+#[test]
+fn silent_streams_get_a_heartbeat_comment() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--heartbeat", "1s"]);
+    let mut job = LiveJob::start(&env, "quiet", &[]);
+    let t = Instant::now();
+    let mut c = SseConn::open(srv.port, "/api/job_runs/quiet/logs/stdout?follow=true", &[]);
+    c.wait_parser("the opening comment", |p| p.comments.len() == 1);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "a comment goes out at once"
+    );
+    assert_eq!(c.parser.retry, Some(1000));
+    c.wait_parser("a heartbeat", |p| p.comments.len() == 2);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.parser.comments[1], " heartbeat");
+    // Output restarts the silence clock; the heartbeats change nothing else.
+    job.say("x");
+    assert_eq!(c.next().unwrap().data, "x");
+    c.wait_parser("another heartbeat", |p| p.comments.len() == 3);
+    assert!(job.finish().success());
+    assert_eq!(c.next().unwrap().event, "complete");
+}
+
+#[test]
+fn sse_lines_cannot_forge_fields_or_events() {
+    let env = TestEnv::new();
+    // Each printf argument is one line of the log.
+    job_with(
+        &env,
+        "forge",
+        r#"printf '%b\n' 'x\revent: complete' '\rid: 9' 'a\0b' 'bad \377 byte' '' 'data: x' ': c' '50%\r100%' 'r\r' 'retry: 1'"#,
+    );
+    let srv = Serve::start(&env, &[]);
+    let evs = SseConn::open(srv.port, "/api/job_runs/forge/logs/stdout", &[]).rest();
+    let logs: Vec<_> = evs.iter().filter(|e| e.event == "log").collect();
+    assert_eq!(
+        logs.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        [
+            "event: complete",
+            "id: 9",
+            "a\0b",
+            "bad \u{fffd} byte",
+            "",
+            "data: x",
+            ": c",
+            "100%",
+            "r",
+            "retry: 1"
+        ],
+        "one event per line, showing what a terminal shows"
+    );
+    assert_eq!(
+        logs.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        (1..=10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(logs.iter().all(|e| e.extra.is_empty()), "{logs:?}");
+    assert_eq!(evs.iter().filter(|e| e.event == "complete").count(), 1);
+    assert_eq!(evs.last().unwrap().event, "complete");
+}
+
+#[test]
+fn sse_caps_over_long_lines_and_marks_them() {
+    let env = TestEnv::new();
+    job_with(
+        &env,
+        "long",
+        "head -c 200000 /dev/zero | tr '\\0' x; echo; echo after",
+    );
+    let srv = Serve::start(&env, &[]);
+    let evs = SseConn::open(srv.port, "/api/job_runs/long/logs/stdout", &[]).rest();
+    let d = datas(&evs);
+    assert_eq!(d.len(), 2);
+    assert!(d[0].starts_with(&"x".repeat(65536)));
+    assert!(d[0].len() < 65536 + 100, "{}", d[0].len());
+    assert!(
+        d[0].ends_with("[134464 more bytes not shown]"),
+        "{}",
+        &d[0][65530..]
+    );
+    assert_eq!(d[1], "after");
+    let json = SseConn::open(srv.port, "/api/job_runs/long/logs/stdout?format=json", &[]).rest();
+    let first: Value = serde_json::from_str(&json[0].data).unwrap();
+    assert_eq!(first["truncated"], true);
+    assert_eq!(first["len"], 200_001);
+    assert_eq!(first["text"].as_str().unwrap().len(), 65536);
+}
+
+#[test]
+fn sse_since_lines_and_last_event_id_pick_the_start() {
+    let env = TestEnv::new();
+    job_with(
+        &env,
+        "pick",
+        "for i in 1 2 3 4 5 6; do echo l$i; done; echo e1 >&2",
+    );
+    let srv = Serve::start(&env, &[]);
+    let p = srv.port;
+    let base = "/api/job_runs/pick/logs";
+    let ids = |path: &str, h: &[(&str, &str)]| -> Vec<String> {
+        SseConn::open(p, path, h)
+            .rest()
+            .iter()
+            .filter(|e| e.event == "log")
+            .map(|e| e.id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&format!("{base}/stdout?since=5"), &[]), ["5", "6"]);
+    assert_eq!(ids(&format!("{base}/stdout?lines=2"), &[]), ["5", "6"]);
+    assert_eq!(
+        ids(&format!("{base}/stdout?lines=0"), &[]),
+        Vec::<String>::new()
+    );
+    // Last-Event-ID wins over since and lines.
+    assert_eq!(
+        ids(
+            &format!("{base}/stdout?since=1&lines=6"),
+            &[("Last-Event-ID", "4")]
+        ),
+        ["5", "6"]
+    );
+    // A reconnect to an ended job with nothing left: 204.
+    let r = get(p, &format!("{base}/stdout"), &[("Last-Event-ID", "6")]);
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    // Without Last-Event-ID an ended job still says how it ended.
+    let evs = SseConn::open(p, &format!("{base}/stdout?since=99"), &[]).rest();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].event, "complete");
+    // Combined: the id is the cursor "stdout.stderr"; resuming takes both.
+    assert_eq!(
+        ids(&format!("{base}/combined?lines=2"), &[]),
+        ["6.0", "6.1"]
+    );
+    assert_eq!(
+        ids(&format!("{base}/combined"), &[("Last-Event-ID", "5.0")]),
+        ["6.0", "6.1"]
+    );
+    assert_eq!(
+        get(p, &format!("{base}/combined"), &[("Last-Event-ID", "6.1")]).status,
+        204
+    );
+    assert_eq!(
+        get(p, &format!("{base}/combined"), &[("Last-Event-ID", "junk")]).status,
+        400
+    );
+    assert_eq!(get(p, &format!("{base}/stdout?since=x"), &[]).status, 400);
+}
+
+#[test]
+fn sse_format_json_gives_exact_text_line_stream_and_time() {
+    let env = TestEnv::new();
+    job_with(
+        &env,
+        "json",
+        r#"printf '%b\n' 'a\rb \033[1mbold\033[0m'; printf 'tail'"#,
+    );
+    let srv = Serve::start(&env, &[]);
+    let evs = SseConn::open(srv.port, "/api/job_runs/json/logs/stdout?format=json", &[]).rest();
+    let lines: Vec<Value> = evs
+        .iter()
+        .filter(|e| e.event == "log")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(lines[0]["text"], "a\rb \u{1b}[1mbold\u{1b}[0m");
+    assert_eq!(lines[0]["line"], 1);
+    assert_eq!(lines[0]["stream"], "stdout");
+    assert_eq!(lines[0]["newline"], true);
+    assert!(lines[0]["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(lines[0]["ts_us"].as_u64().unwrap() > 1_600_000_000_000_000);
+    assert_eq!(lines[1]["text"], "tail");
+    assert_eq!(lines[1]["newline"], false);
+}
+
+#[test]
+fn combined_merges_both_streams_in_arrival_order_naming_each() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "merge", &[]);
+    let mut c = SseConn::open(
+        srv.port,
+        "/api/job_runs/merge/logs/combined?follow=true",
+        &[],
+    );
+    assert_eq!(c.resp.status, 200);
+    let mut seen = Vec::new();
+    for (i, line) in ["o1", "e:e1", "o2", "e:e2", "e:e3", "o3"]
+        .iter()
+        .enumerate()
+    {
+        job.say(line);
+        let ev = c.next().unwrap();
+        assert_eq!(ev.data, line.trim_start_matches("e:"), "event {i}");
+        let stream = ev
+            .extra
+            .iter()
+            .find(|(k, _)| k == "stream")
+            .unwrap()
+            .1
+            .clone();
+        seen.push((stream, ev.id));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("stdout", "1.0"),
+            ("stderr", "1.1"),
+            ("stdout", "2.1"),
+            ("stderr", "2.2"),
+            ("stderr", "2.3"),
+            ("stdout", "3.3")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert!(job.finish().success());
+    let end = c.next().unwrap();
+    assert_eq!(end.event, "complete");
+    assert!(c.next().is_none(), "the stream closes after complete");
+}
+
+#[test]
+fn followers_see_new_lines_live_in_jobs_started_after_the_server() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "live", &[]);
+    let mut c = SseConn::open(srv.port, "/api/job_runs/live/logs/stdout?follow=true", &[]);
+    let mut slowest = Duration::ZERO;
+    for i in 1..=20 {
+        let t = Instant::now();
+        job.say(&format!("line {i}"));
+        let ev = c.next().unwrap();
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            (ev.id.as_str(), ev.data.as_str()),
+            (i.to_string().as_str(), format!("line {i}").as_str())
+        );
+    }
+    // Milliseconds in practice (the bench measures it); generous for loaded CI.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest line took {slowest:?}"
+    );
+    assert!(job.finish().success());
+    let end = c.next().unwrap();
+    assert_eq!(end.event, "complete");
+    let v: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
+}
+
+#[test]
+fn a_job_whose_wrapper_died_completes_as_abandoned() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "dead", &[]);
+    let mut c = SseConn::open(srv.port, "/api/job_runs/dead/logs/stdout?follow=true", &[]);
+    job.say("before");
+    assert_eq!(c.next().unwrap().data, "before");
+    job.child.kill().unwrap(); // SIGKILL: no final metadata, only a released lock
+    job.child.wait().unwrap();
+    let end = c.next().unwrap();
+    assert_eq!(end.event, "complete");
+    let v: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(v["status"], "abandoned");
+    assert_eq!(v["exit_code"], Value::Null);
+    assert_eq!(
+        get(srv.port, "/api/job_runs/dead", &[]).json()["status"],
+        "abandoned"
+    );
+}
+
+#[test]
+fn reconnecting_after_a_drop_neither_repeats_nor_skips() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "again", &[]);
+    let path = "/api/job_runs/again/logs/combined?follow=true&format=json";
+    let mut c = SseConn::open(srv.port, path, &[]);
+    job.say("a1");
+    job.say("e:b1");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(c.next().unwrap());
+    }
+    let last = got.last().unwrap().id.clone();
+    drop(c); // the connection drops
+    for line in ["a2", "e:b2", "a3"] {
+        // One at a time, so their arrival order across the streams is fixed.
+        let before = env.stdout_log("again").len() + env.stderr_log("again").len();
+        job.say(line);
+        wait_until(LIMIT, "the line to be logged", || {
+            env.stdout_log("again").len() + env.stderr_log("again").len() > before
+        });
+    }
+    let mut c = SseConn::open(srv.port, path, &[("Last-Event-ID", last.as_str())]);
+    for _ in 0..3 {
+        got.push(c.next().unwrap());
+    }
+    let texts: Vec<String> = got
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(texts, ["a1", "b1", "a2", "b2", "a3"]);
+    assert!(job.finish().success());
+    assert_eq!(c.next().unwrap().event, "complete");
+}
+
+/// `logwrap --listen`: the wrapper with piped stdin (ECHO_JOB) and its URL.
+fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
+    let mut child = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            id,
+            "--no-pty",
+            "-q",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .args(["--", "sh", "-c", ECHO_JOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .strip_prefix("logwrap: serving ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .trim()
+        .to_string();
+    (LiveJob::adopt(env, id, child), url)
+}
+
+fn port_of(url: &str) -> u16 {
+    url.trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn wrapper_with_listen_serves_its_job_and_records_tail_url() {
+    let env = TestEnv::new();
+    job_with(&env, "other", "echo other");
+    let (mut job, url) = listening_job(&env, "own", &[]);
+    let port = port_of(&url);
+    assert!(port != 0, "port 0 picks a free port");
+    assert_eq!(url, format!("http://127.0.0.1:{port}/job_runs/own"));
+    assert_eq!(env.meta("own")["tail_url"], url.as_str());
+    let mut c = SseConn::open(port, "/api/job_runs/own/logs/stdout?follow=true", &[]);
+    for i in 1..=5 {
+        let t = Instant::now();
+        job.say(&format!("n{i}"));
+        assert_eq!(c.next().unwrap().data, format!("n{i}"));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+    // Only its own job is served.
+    assert_eq!(get(port, "/api/job_runs/other", &[]).status, 404);
+    assert_eq!(get(port, "/job_runs/own", &[]).status, 200);
+    let list = get(port, "/api/job_runs", &[]).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(job.finish().success());
+    let end = c.next().unwrap();
+    assert_eq!(end.event, "complete");
+    assert_eq!(
+        serde_json::from_str::<Value>(&end.data).unwrap()["exit_code"],
+        0
+    );
+    assert_eq!(env.meta("own")["tail_url"], url.as_str());
+}
+
+#[test]
+fn wrapper_with_listen_keeps_the_jobs_exit_status_and_a_token() {
+    let env = TestEnv::new();
+    let (mut job, url) = listening_job(&env, "tok", &["--token", "t0k"]);
+    let port = port_of(&url);
+    assert_eq!(get(port, "/api/job_runs/tok", &[]).status, 401);
+    assert_eq!(
+        get(
+            port,
+            "/api/job_runs/tok",
+            &[("Authorization", "Bearer t0k")]
+        )
+        .status,
+        200
+    );
+    assert!(!env.meta("tok")["tail_url"]
+        .as_str()
+        .unwrap()
+        .contains("t0k"));
+    job.say("x");
+    assert!(job.finish().success());
+    let out = env.run(&[
+        "--no-pty",
+        "-q",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr_text(&out).contains("logwrap: serving http://127.0.0.1:"));
+}
+
+#[test]
+fn wrapper_listen_on_a_busy_port_fails_before_the_job_runs() {
+    let env = TestEnv::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = env.run(&[
+        "--job-run-id",
+        "busy",
+        "--listen",
+        &addr,
+        "--",
+        "sh",
+        "-c",
+        "echo ran",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr_text(&out));
+    assert!(
+        stderr_text(&out).contains("cannot listen on"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert!(!env.job_dir("busy").exists());
+    let out = env.run(&["--listen", "not-an-address", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[test]
+fn logs_client_reads_the_same_lines_and_follows_with_resume() {
+    use logwrap::serve::client::{self, Query, Target};
+    let env = TestEnv::new();
+    job_with(&env, "cl", "printf 'é1\\n2\\n'; echo e >&2; printf 'end'");
+    let srv = Serve::start(&env, &["--token", "k"]);
+    let target =
+        Target::parse(&format!("http://127.0.0.1:{}", srv.port), Some("k".into())).unwrap();
+    let mut got = Vec::new();
+    let q = Query {
+        which: "stdout",
+        ..Query::default()
+    };
+    let end = client::stream(&target, "cl", &q, &mut |l| {
+        got.push(format!("{}{}", l.text, if l.newline { "\n" } else { "" }));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.concat().into_bytes(), env.stdout_log("cl"));
+    assert_eq!(end.unwrap().status, "succeeded");
+    assert_eq!(client::latest_job(&target).unwrap(), "cl");
+    let bad = Target::parse(&format!("http://127.0.0.1:{}", srv.port), None).unwrap();
+    let err = client::stream(&bad, "cl", &q, &mut |_| Ok(())).unwrap_err();
+    assert!(format!("{err:#}").contains("token"), "{err:#}");
+    let err = client::stream(&target, "nope", &q, &mut |_| Ok(())).unwrap_err();
+    assert!(format!("{err:#}").contains("no job run nope"), "{err:#}");
+
+    // Follow a live job through the client, on its own thread.
+    let mut job = LiveJob::start(&env, "clive", &[]);
+    let t2 = target.clone();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let q = Query {
+            which: "combined",
+            follow: true,
+            ..Query::default()
+        };
+        let end = client::stream(&t2, "clive", &q, &mut |l| {
+            lines.push((l.stream.clone(), l.text.clone()));
+            Ok(())
+        });
+        (lines, end.map(|e| e.map(|e| e.status)))
+    });
+    job.say("x");
+    job.say("e:y");
+    assert!(job.finish().success());
+    let (lines, end) = reader.join().unwrap();
+    assert_eq!(
+        lines,
+        [("stdout", "x"), ("stderr", "y")].map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(end.unwrap().as_deref(), Some("succeeded"));
+}

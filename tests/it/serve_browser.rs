@@ -1,0 +1,300 @@
+//! The job page in a real browser (issue 4): headless Chromium driven through
+//! chromedriver's WebDriver JSON API over a plain socket. The page loads, lines
+//! appear live, ANSI colours render, `#L<n>` links scroll to their line, the
+//! stream switch filters, scrolling up pauses auto-scroll, and `complete` shows
+//! the exit code. Screenshots go to the test's temp dir, never the repository.
+
+use crate::serve::*;
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Flags for Chromium in a container without a display or a sandbox, and with
+/// nothing that phones home.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,800",
+];
+
+fn find(names: &[&str]) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// A chromedriver process and one browser session; both ended on drop.
+struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+}
+
+impl Browser {
+    fn start(chromium: &str, chromedriver: &str, profile: &std::path::Path) -> Browser {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut b = Browser {
+            driver,
+            port,
+            session: String::new(),
+        };
+        wait_until(LIMIT, "chromedriver to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args}
+        }}});
+        let v = b.call("POST", "/session", Some(&caps));
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        b
+    }
+
+    /// One WebDriver call; returns its `value`.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        // chromedriver keeps the connection open: read the head, then exactly
+        // Content-Length bytes (it never answers chunked).
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let resp = loop {
+            if let Some(end) = memchr::memmem::find(&all, b"\r\n\r\n") {
+                let head = parse_response(&all[..end + 4]);
+                let len: usize = head
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no Content-Length: {}", head.head));
+                if all.len() >= end + 4 + len {
+                    break parse_response(&all[..end + 4 + len]);
+                }
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(
+                n > 0,
+                "chromedriver closed: {}",
+                String::from_utf8_lossy(&all)
+            );
+            all.extend_from_slice(&chunk[..n]);
+        };
+        let v: Value =
+            serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("{e}: {}", resp.text()));
+        assert_eq!(resp.status, 200, "{method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn session_call(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
+        self.call(method, &format!("/session/{}/{what}", self.session), body)
+    }
+
+    fn goto(&self, url: &str) {
+        self.session_call("POST", "url", Some(&json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    fn js(&self, script: &str) -> Value {
+        self.session_call(
+            "POST",
+            "execute/sync",
+            Some(&json!({"script": script, "args": []})),
+        )
+    }
+
+    fn wait_js(&self, what: &str, script: &str) {
+        wait_until(LIMIT, what, || self.js(script) == Value::Bool(true));
+    }
+
+    fn screenshot(&self, path: &std::path::Path) {
+        let b64 = self.session_call("GET", "screenshot", None);
+        std::fs::write(path, b64.as_str().unwrap_or_default()).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.call("DELETE", &format!("/session/{}", self.session), None)
+            }));
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A job that echoes its stdin lines; the line `quit` ends it with status 3.
+const QUIT3_JOB: &str = r#"while IFS= read -r l; do [ "$l" = quit ] && exit 3; case "$l" in e:*) printf '%s\n' "${l#e:}" >&2;; *) printf '%s\n' "$l";; esac; done"#;
+
+#[test]
+fn browser_follows_a_job_live_with_colours_links_and_the_exit_badge() {
+    let (Some(chromium), Some(driver)) = (
+        find(&["chromium", "chromium-browser", "google-chrome"]),
+        find(&["chromedriver"]),
+    ) else {
+        eprintln!(
+            "SKIPPED browser_follows_a_job_live...: chromium and chromedriver are not installed \
+             (apt-get install chromium chromium-driver; .ci/run installs them)"
+        );
+        return;
+    };
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let child = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "web",
+            "--no-pty",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            QUIT3_JOB,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut job = LiveJob::adopt(&env, "web", child);
+    for i in 1..=59 {
+        job.say(&format!("line {i}"));
+    }
+    job.say("\x1b[31mred\x1b[0m plain \x1b[1;32mbold green\x1b[0m");
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    let base = format!("http://127.0.0.1:{}", srv.port);
+
+    // The job list links to the job.
+    browser.goto(&format!("{base}/"));
+    browser.wait_js(
+        "the job list",
+        "return !!document.querySelector('a[href=\"job_runs/web\"]');",
+    );
+
+    browser.goto(&format!("{base}/job_runs/web"));
+    browser.wait_js(
+        "the first lines",
+        "return document.getElementById('rows').textContent.includes('bold green');",
+    );
+    // Colours: SGR 31 is red, 1;32 bold green.
+    let red = browser.js(
+        "const s=[...document.querySelectorAll('#rows span')].find(e=>e.textContent==='red');\
+         return s && getComputedStyle(s).color;",
+    );
+    assert_eq!(red, "rgb(205, 49, 49)");
+    let bold = browser.js(
+        "const s=[...document.querySelectorAll('#rows span')].find(e=>e.textContent==='bold green');\
+         return s && [getComputedStyle(s).color, getComputedStyle(s).fontWeight];",
+    );
+    assert_eq!(bold, json!(["rgb(13, 188, 121)", "700"]));
+    assert_eq!(
+        browser.js("return document.getElementById('badge').textContent;"),
+        "running"
+    );
+
+    // Lines appear live, 256-colour and truecolor included, and the view
+    // follows the bottom.
+    job.say("\x1b[38;5;208morange\x1b[0m \x1b[38;2;10;200;250mtrue\x1b[0m");
+    job.say("e:to stderr");
+    browser.wait_js(
+        "a live line",
+        "return document.getElementById('rows').textContent.includes('to stderr');",
+    );
+    let colours = browser.js(
+        "const f=t=>getComputedStyle([...document.querySelectorAll('#rows span')].find(e=>e.textContent===t)).color;\
+         return [f('orange'), f('true')];",
+    );
+    assert_eq!(colours, json!(["rgb(255, 135, 0)", "rgb(10, 200, 250)"]));
+    browser.wait_js(
+        "the view to stick to the bottom",
+        "const l=document.getElementById('log');return l.scrollTop+l.clientHeight>=l.scrollHeight-40;",
+    );
+
+    // Scrolling up pauses auto-scroll; new lines do not move the view.
+    browser.js("document.getElementById('log').scrollTop=0;");
+    browser.wait_js(
+        "the pause button",
+        "return getComputedStyle(document.getElementById('pause')).display!=='none';",
+    );
+    job.say("while paused");
+    browser.wait_js(
+        "the line count to grow",
+        "return document.getElementById('count').textContent.startsWith('63 ');",
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('log').scrollTop;"),
+        0
+    );
+    // The button resumes following.
+    browser.js("document.getElementById('pause').click();");
+    browser.wait_js(
+        "following again",
+        "const l=document.getElementById('log');return l.scrollTop>0&&getComputedStyle(document.getElementById('pause')).display==='none';",
+    );
+
+    // A line link scrolls to its line and marks it.
+    browser.js("location.hash='#L5';");
+    browser.wait_js(
+        "line 5 highlighted",
+        "const r=document.getElementById('L5');return !!r&&r.classList.contains('hl')&&r.textContent.endsWith('line 5');",
+    );
+
+    // The stream switch: stderr only.
+    browser.js("document.querySelector('input[value=stderr]').click();");
+    browser.wait_js(
+        "the stderr view",
+        "const t=document.getElementById('rows').textContent;return t.includes('to stderr')&&!t.includes('line 59');",
+    );
+    browser.js("document.querySelector('input[value=combined]').click();");
+
+    // The end: the badge shows the exit code and the page stops reconnecting.
+    job.say("quit");
+    assert_eq!(job.finish().code(), Some(3));
+    browser.wait_js(
+        "the exit badge",
+        "return document.body.dataset.complete==='failed'&&document.getElementById('badge').textContent.includes('exit 3');",
+    );
+    // Raw download links point at the raw logs.
+    let href = browser.js("return document.querySelector('a.raw').href;");
+    let href = href.as_str().unwrap();
+    assert_eq!(href, format!("{base}/api/job_runs/web/logs/stdout/raw"));
+    let raw = get(srv.port, href.trim_start_matches(&base), &[]);
+    assert_eq!(raw.body, env.stdout_log("web"));
+    browser.screenshot(&env.path("page.png.b64"));
+}

@@ -1,0 +1,547 @@
+//! The tail server's other endpoints and its hardening (issue 4): Jenkins/LAVA
+//! polling, raw logs with Range, the job list and metadata, health, the pages,
+//! and every limit of SPEC §5 hit by a real client (raw sockets and curl).
+
+use crate::serve::*;
+use crate::util::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn log_tail_pieces_rebuild_the_file_exactly() {
+    let env = TestEnv::new();
+    // 'é' (2 bytes) and '€' (3 bytes) straddle the 512 KiB bound of one piece.
+    let script = "head -c 524287 /dev/zero | tr '\\0' a; printf 'é€\\n'; printf 'tail ü\\n' >&2";
+    env.run_sh("poll", &["--no-pty", "-q"], script);
+    let srv = Serve::start(&env, &[]);
+    let mut start = 0u64;
+    let mut rebuilt = String::new();
+    let mut pieces = 0;
+    loop {
+        let r = get(
+            srv.port,
+            &format!("/api/job_runs/poll/log-tail?start={start}"),
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        let content = v["content"].as_str().unwrap();
+        assert!(content.len() <= 512 * 1024);
+        assert!(
+            !content.contains('\u{fffd}'),
+            "a piece was cut inside a character"
+        );
+        rebuilt.push_str(content);
+        pieces += 1;
+        start = v["new_size"].as_u64().unwrap();
+        if v["is_finished"] == true {
+            break;
+        }
+        assert!(pieces < 10);
+    }
+    assert_eq!(pieces, 2);
+    assert_eq!(rebuilt.into_bytes(), env.stdout_log("poll"));
+    let err = get(
+        srv.port,
+        "/api/job_runs/poll/log-tail?start=0&stream=stderr",
+        &[],
+    )
+    .json();
+    assert_eq!(err["content"], "tail ü\n");
+    // A start past the end: nothing, the real end to ask for next, no error page.
+    let past = get(srv.port, "/api/job_runs/poll/log-tail?start=99999999", &[]);
+    assert_eq!(past.status, 200);
+    let v = past.json();
+    assert_eq!(v["content"], "");
+    assert_eq!(v["new_size"], env.stdout_log("poll").len());
+    assert_eq!(v["is_finished"], true);
+    assert_eq!(
+        get(srv.port, "/api/job_runs/poll/log-tail?start=-1", &[]).status,
+        400
+    );
+}
+
+#[test]
+fn polling_a_running_job_says_it_is_not_finished() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "running", &[]);
+    job.say("first");
+    wait_until(LIMIT, "the line", || !env.stdout_log("running").is_empty());
+    let v = get(srv.port, "/api/job_runs/running/log-tail?start=0", &[]).json();
+    assert_eq!(
+        (v["content"].as_str(), v["is_finished"].as_bool()),
+        (Some("first\n"), Some(false))
+    );
+    let r = get(
+        srv.port,
+        "/api/job_runs/running/logs/stdout/progressiveText?start=0",
+        &[],
+    );
+    assert_eq!(r.header("x-more-data").as_deref(), Some("true"));
+    assert!(job.finish().success());
+    let v = get(srv.port, "/api/job_runs/running/log-tail?start=6", &[]).json();
+    assert_eq!(
+        (v["content"].as_str(), v["is_finished"].as_bool()),
+        (Some(""), Some(true))
+    );
+}
+
+#[test]
+fn progressive_text_follows_jenkins() {
+    let env = TestEnv::new();
+    env.run_sh(
+        "jk",
+        &["--no-pty", "-q"],
+        "printf 'hello\\nworld\\n'; echo oops >&2",
+    );
+    let srv = Serve::start(&env, &[]);
+    let r = get(
+        srv.port,
+        "/api/job_runs/jk/logs/stdout/progressiveText?start=6",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"world\n");
+    assert_eq!(r.header("x-text-size").as_deref(), Some("12"));
+    assert_eq!(r.header("x-more-data").as_deref(), Some("false"));
+    let r = get(
+        srv.port,
+        "/api/job_runs/jk/logs/stderr/progressiveText",
+        &[],
+    );
+    assert_eq!(r.body, b"oops\n");
+}
+
+#[test]
+fn raw_logs_support_range_and_head() {
+    let env = TestEnv::new();
+    env.run_sh(
+        "raw",
+        &["--no-pty", "-q"],
+        "printf '0123456789'; printf 'E' >&2",
+    );
+    let srv = Serve::start(&env, &[]);
+    let url = format!(
+        "http://127.0.0.1:{}/api/job_runs/raw/logs/stdout/raw",
+        srv.port
+    );
+    let full = curl(&["-i", &url]);
+    let r = parse_response(&full.stdout);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"0123456789"[..]));
+    assert_eq!(r.header("accept-ranges").as_deref(), Some("bytes"));
+    let part = parse_response(&curl(&["-i", "-H", "Range: bytes=4-", &url]).stdout);
+    assert_eq!((part.status, part.body.as_slice()), (206, &b"456789"[..]));
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some("bytes 4-9/10")
+    );
+    let mid = curl(&["-r", "2-3", &url]);
+    assert_eq!(mid.stdout, b"23");
+    let head = parse_response(&curl(&["-I", &url]).stdout);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length").as_deref(), Some("10"));
+    assert!(head.body.is_empty());
+    let beyond = get(
+        srv.port,
+        "/api/job_runs/raw/logs/stdout/raw",
+        &[("Range", "bytes=10-")],
+    );
+    assert_eq!(beyond.status, 416);
+    assert_eq!(
+        beyond.header("content-range").as_deref(),
+        Some("bytes */10")
+    );
+    assert_eq!(
+        get(srv.port, "/api/job_runs/raw/logs/stderr/raw", &[]).body,
+        b"E"
+    );
+    // A big log is streamed in pieces, byte for byte.
+    env.run_sh("big", &["--no-pty", "-q"], "seq 1 300000");
+    let big = curl(&[&format!(
+        "http://127.0.0.1:{}/api/job_runs/big/logs/stdout/raw",
+        srv.port
+    )]);
+    assert_eq!(big.stdout, env.stdout_log("big"));
+}
+
+#[test]
+fn job_list_is_newest_first_with_status_and_limit_and_metadata_is_live() {
+    let env = TestEnv::new();
+    env.run_sh("j1-ok", &["--no-pty", "-q"], "true");
+    env.run_sh("j2-fail", &["--no-pty", "-q"], "exit 4");
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "j3-run", &[]);
+    let ids = |q: &str| -> Vec<String> {
+        get(srv.port, &format!("/api/job_runs{q}"), &[])
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["job_run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(""), ["j3-run", "j2-fail", "j1-ok"]);
+    assert_eq!(ids("?limit=2"), ["j3-run", "j2-fail"]);
+    assert_eq!(ids("?status=failed"), ["j2-fail"]);
+    assert_eq!(ids("?status=running"), ["j3-run"]);
+    assert_eq!(get(srv.port, "/api/job_runs?status=bogus", &[]).status, 400);
+    let m = get(srv.port, "/api/job_runs/j2-fail", &[]).json();
+    assert_eq!(
+        (m["status"].as_str(), m["exit_code"].as_i64()),
+        (Some("failed"), Some(4))
+    );
+    assert_eq!(get(srv.port, "/api/job_runs/nope", &[]).status, 404);
+    job.child.kill().unwrap();
+    job.child.wait().unwrap();
+    assert_eq!(ids("?status=abandoned"), ["j3-run"]);
+    let h = get(srv.port, "/healthz", &[]);
+    assert_eq!((h.status, h.body.as_slice()), (200, &b"ok\n"[..]));
+}
+
+#[test]
+fn pages_are_self_contained_and_list_the_jobs() {
+    let env = TestEnv::new();
+    env.run_sh("page-job", &["--no-pty", "-q"], "echo hi");
+    let srv = Serve::start(&env, &[]);
+    let index = get(srv.port, "/", &[]);
+    assert_eq!(index.status, 200);
+    assert!(index
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        index.text().contains("job_runs/page-job"),
+        "{}",
+        index.text()
+    );
+    let page = get(srv.port, "/job_runs/page-job", &[]);
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("<script>") && html.contains("<style>"));
+    assert!(html.contains("EventSource"));
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "@import",
+        "src=\"//",
+        "href=\"//",
+    ] {
+        assert!(!html.contains(external), "the page loads {external}");
+    }
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'self'"));
+    assert_eq!(get(srv.port, "/job_runs/missing", &[]).status, 404);
+}
+
+#[test]
+fn only_get_and_head_are_allowed() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    for m in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"] {
+        let r = raw_request(
+            srv.port,
+            format!("{m} /healthz HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
+    }
+    let r = raw_request(
+        srv.port,
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((r.status, r.body.len()), (200, 0));
+}
+
+#[test]
+fn oversized_request_lines_and_headers_are_refused() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    assert_eq!(raw_request(srv.port, long.as_bytes()).status, 414);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
+    assert_eq!(raw_request(srv.port, big.as_bytes()).status, 431);
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    assert_eq!(raw_request(srv.port, req.as_bytes()).status, 431);
+    // Within the bounds is fine.
+    let ok: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{ok}\r\n");
+    assert_eq!(raw_request(srv.port, req.as_bytes()).status, 200);
+    let garbage = raw_request(srv.port, b"\x16\x03\x01 not http\r\n\r\n");
+    assert_eq!(garbage.status, 400);
+}
+
+#[test]
+fn request_bodies_are_refused_and_the_connection_closed() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    // The body that follows must not be read as a second request: the answer is
+    // one 400 and the connection closes.
+    let smuggle = b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 31\r\n\r\nGET /healthz HTTP/1.1\r\nX: y\r\n\r\n";
+    let r = raw_request(srv.port, smuggle);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(!r.text().contains("HTTP/1.1"), "{}", r.text());
+    let te = b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_request(srv.port, te).status, 400);
+}
+
+#[test]
+fn path_traversal_never_reaches_outside_the_root() {
+    let env = TestEnv::new();
+    env.run_sh("safe", &["--no-pty", "-q"], "echo inside");
+    std::fs::write(env.path("secret.log"), "TOP SECRET\n").unwrap();
+    std::fs::create_dir_all(env.root.join("job_runs/x/logs/stdout")).unwrap();
+    let srv = Serve::start(&env, &[]);
+    for path in [
+        "/api/job_runs/../../secret.log",
+        "/api/job_runs/..%2F..%2Fsecret.log/logs/stdout/raw",
+        "/api/job_runs/%2e%2e/logs/stdout/raw",
+        "/api/job_runs/%2E%2E%2F%2E%2E/logs/stdout/raw",
+        "/api/job_runs/..%5c../logs/stdout/raw",
+        "/api/job_runs/%2fetc%2fpasswd/logs/stdout/raw",
+        "/api/job_runs//etc/passwd",
+        "/job_runs/..",
+        "/api/job_runs/.%2e/log-tail",
+        "/api/job_runs/safe%00/logs/stdout/raw",
+        "http://127.0.0.1/api/job_runs/%2e%2e/logs/stdout/raw",
+        "/../../../../etc/passwd",
+        "/api/job_runs/safe/logs/..%2f..%2f..%2fsecret.log/raw",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.status);
+        assert!(
+            !r.text().contains("TOP SECRET") && !r.text().contains("root:"),
+            "{path}"
+        );
+    }
+    let raw = raw_request(
+        srv.port,
+        b"GET ../../secret.log HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(raw.status, 400);
+    assert_eq!(
+        get(srv.port, "/api/job_runs/safe/logs/stdout/raw", &[]).body,
+        b"inside\n"
+    );
+}
+
+#[test]
+fn slow_request_heads_get_408() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--header-timeout", "1s"]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .unwrap(); // never finished
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    assert_eq!(parse_response(&all).status, 408);
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--idle-timeout", "1s"]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    for _ in 0..2 {
+        // Two requests on one kept-alive connection.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let r = parse_response(&buf[..n]);
+        assert_eq!(
+            (r.status, r.header("connection").as_deref()),
+            (200, Some("keep-alive"))
+        );
+    }
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed without a response");
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn connections_over_the_cap_get_503() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--max-connections", "2"]);
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+            // Prove each is accepted and counted: one answered request each.
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut buf = [0u8; 512];
+            assert!(s.read(&mut buf).unwrap() > 0);
+            s
+        })
+        .collect();
+    let r = get(srv.port, "/healthz", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    drop(held);
+    wait_until(LIMIT, "a slot to free up", || {
+        get(srv.port, "/healthz", &[]).status == 200
+    });
+}
+
+#[test]
+fn the_token_is_required_on_every_endpoint() {
+    let env = TestEnv::new();
+    env.run_sh("tk", &["--no-pty", "-q"], "echo x");
+    let mut cmd = env.cmd();
+    cmd.env("DATABUILD_LOG_TOKEN", "s3cr3t");
+    let srv = Serve::start_with(cmd, &[]);
+    for path in [
+        "/",
+        "/healthz",
+        "/job_runs/tk",
+        "/api/job_runs",
+        "/api/job_runs/tk",
+        "/api/job_runs/tk/logs/stdout",
+        "/api/job_runs/tk/logs/stdout/raw",
+        "/api/job_runs/tk/log-tail",
+        "/api/job_runs/tk/logs/stdout/progressiveText",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+        assert_eq!(
+            get(srv.port, path, &[("Authorization", "Bearer s3cr3X")]).status,
+            401
+        );
+        assert_eq!(
+            get(srv.port, path, &[("Authorization", "Bearer s3cr3t")]).status,
+            200,
+            "{path}"
+        );
+        let q = if path.contains('?') { "&" } else { "?" };
+        assert_eq!(
+            get(srv.port, &format!("{path}{q}token=s3cr3t"), &[]).status,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            get(srv.port, &format!("{path}{q}token=s3cr3"), &[]).status,
+            401
+        );
+    }
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_follower_that_stops_reading_gets_back_pressure() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    // On "go", 30 MB of 1000-byte lines at full speed; then it waits for EOF.
+    let flood =
+        "read go; yes \"$(head -c 999 /dev/zero | tr '\\0' y)\" | head -n 30000; read end || true";
+    let mut job = LiveJob::start_script(&env, "flood", &[], flood);
+    // A follower that never reads, with a tiny receive buffer.
+    let mut stalled = socket_with_small_rcvbuf(srv.port);
+    stalled
+        .write_all(b"GET /api/job_runs/flood/logs/stdout?follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = SseConn::open(srv.port, "/api/job_runs/flood/logs/stdout?follow=true", &[]);
+    let before = rss_kib(srv.pid());
+    job.say("go");
+    // Without back-pressure the stalled follower would need all 30 MB buffered.
+    for _ in 0..30_000 {
+        let ev = reader.next().unwrap();
+        assert_eq!(ev.data.len(), 999);
+    }
+    let after = rss_kib(srv.pid());
+    assert!(
+        after < before + 8 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB with a stalled follower"
+    );
+    drop(stalled); // a vanished follower costs nothing and hurts nobody
+    assert!(job.finish().success());
+    assert_eq!(reader.next().unwrap().event, "complete");
+    assert_eq!(get(srv.port, "/healthz", &[]).status, 200);
+}
+
+/// A connected socket whose receive buffer is as small as the kernel allows.
+fn socket_with_small_rcvbuf(port: u16) -> TcpStream {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain socket calls on a descriptor we create and then own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(r, 0);
+        let s = TcpStream::from_raw_fd(fd);
+        assert!(s.as_raw_fd() >= 0);
+        s
+    }
+}
+
+#[test]
+fn many_followers_all_receive_every_line() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "fan", &[]);
+    const FOLLOWERS: usize = 100;
+    const LINES: usize = 200;
+    let mut conns: Vec<SseConn> = (0..FOLLOWERS)
+        .map(|_| SseConn::open(srv.port, "/api/job_runs/fan/logs/combined?follow=true", &[]))
+        .collect();
+    for i in 0..LINES {
+        job.say(&format!("{}{i}", if i % 2 == 0 { "" } else { "e:" }));
+    }
+    assert!(job.finish().success());
+    for (n, c) in conns.iter_mut().enumerate() {
+        let evs = c.rest();
+        let lines = datas(&evs);
+        assert_eq!(lines.len(), LINES, "follower {n}");
+        let mut sorted: Vec<usize> = lines.iter().map(|l| l.parse().unwrap()).collect();
+        sorted.sort();
+        assert_eq!(sorted, (0..LINES).collect::<Vec<_>>(), "follower {n}");
+        assert_eq!(evs.last().unwrap().event, "complete");
+    }
+    let v: Value = get(srv.port, "/api/job_runs/fan", &[]).json();
+    assert_eq!(v["status"], "succeeded");
+}
