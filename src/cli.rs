@@ -105,6 +105,20 @@ pub struct LogsArgs {
     #[arg(long, requires = "follow")]
     pub exit_status: bool,
 
+    /// Read through a logwrap HTTP server (`logwrap serve` or a wrapper's
+    /// --listen) at URL instead of the local files; text is UTF-8 there
+    #[arg(long, env = "DATABUILD_LOG_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token for --server
+    #[arg(
+        long,
+        env = "DATABUILD_LOG_TOKEN",
+        value_name = "T",
+        requires = "server"
+    )]
+    pub token: Option<String>,
+
     #[command(flatten)]
     pub root: RootArgs,
 }
@@ -189,12 +203,14 @@ pub struct GcArgs {
 
 /// `logwrap serve` (owned by src/serve/).
 #[derive(Debug, Args)]
-#[command(after_help = "Endpoints: GET / (job list page), /job_runs/ID (live page), \
+#[command(
+    after_help = "Endpoints: GET / (job list page), /job_runs/ID (live page), \
 /api/job_runs[?status=S&limit=N], /api/job_runs/ID, /api/job_runs/ID/logs/{stdout|stderr|combined} \
 (Server-Sent Events: ?follow=true&since=N&lines=N&format=json), \
 /api/job_runs/ID/logs/{stdout|stderr}/raw (Range), /api/job_runs/ID/log-tail?start=N[&stream=stderr], \
 /api/job_runs/ID/logs/{stdout|stderr}/progressiveText?start=N, /healthz.\n\n\
-Example: logwrap serve --listen 127.0.0.1:8080 & curl -N 'http://127.0.0.1:8080/api/job_runs/build-42/logs/combined?follow=true'")]
+Example: logwrap serve --listen 127.0.0.1:8080 & curl -N 'http://127.0.0.1:8080/api/job_runs/build-42/logs/combined?follow=true'"
+)]
 pub struct ServeArgs {
     /// Address to listen on, HOST:PORT (port 0 picks a free port). Binding beyond
     /// loopback exposes every job's logs to the network: pair it with --token
@@ -203,7 +219,12 @@ pub struct ServeArgs {
 
     /// Require this token on every request, as `Authorization: Bearer TOKEN` or
     /// `?token=TOKEN`
-    #[arg(long, env = "DATABUILD_LOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABUILD_LOG_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// Most simultaneous connections; more are answered 503
@@ -282,7 +303,12 @@ pub struct RunArgs {
     pub listen: Option<String>,
 
     /// With --listen: require this token, as `Authorization: Bearer TOKEN` or `?token=TOKEN`
-    #[arg(long, env = "DATABUILD_LOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABUILD_LOG_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// The command to run, after `--`

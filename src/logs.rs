@@ -9,6 +9,7 @@
 
 mod jobs;
 mod ls;
+mod remote;
 mod watch;
 
 pub use jobs::ABANDONED_EXIT;
@@ -76,6 +77,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn logs(args: LogsArgs) -> Result<i32> {
+    if let Some(url) = &args.server {
+        return remote::logs(&args, url);
+    }
     let store = jobs::reading_root(args.root.log_dir.clone())?;
     let id = match &args.id {
         Some(id) => id.clone(),

@@ -6,7 +6,7 @@
 //! Readers are polled: [`StreamReader::next_line`] returns `None` at the current
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
-use crate::output::index::{self, Records, MAX_CHUNK};
+use crate::output::index::{self, Records};
 use crate::store::{line_start, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -14,6 +14,12 @@ use std::os::unix::fs::FileExt;
 
 /// Bytes read from the log at a time while looking for line ends.
 const BLOCK: usize = 64 * 1024;
+
+/// Largest chunk an index record is trusted to describe. Finding a line reads its
+/// whole chunk, so this bounds that buffer against a damaged record; 1 MiB is
+/// well above what any wrapper reads at once (`index::MAX_CHUNK`, 256 KiB in
+/// earlier versions), so indexes of older job directories stay usable.
+const LARGEST_CHUNK: u64 = 1 << 20;
 
 /// One line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +224,7 @@ impl StreamReader {
                 return Ok(None);
             };
             let (start, end) = index::chunk_range(idx, chunk)?;
-            if start > end || end - start > MAX_CHUNK as u64 {
+            if start > end || end - start > LARGEST_CHUNK {
                 anyhow::bail!("index chunk {chunk} spans {start}..{end}");
             }
         }
@@ -452,7 +458,7 @@ impl StreamReader {
             return false;
         }
         let indexed = self.indexed_end;
-        indexed < end && len.saturating_sub(indexed) <= MAX_CHUNK as u64
+        indexed < end && len.saturating_sub(indexed) <= LARGEST_CHUNK
     }
 
     /// Makes `block` hold bytes at `at` (below `len`), reading only when the
@@ -706,6 +712,22 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(2), 100).unwrap();
         assert!(!r.indexed());
         assert_eq!(texts(&mut r, true), vec![(2, "y\n".into(), 0)]);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn an_index_of_chunks_larger_than_todays_reads_is_still_used() {
+        // Earlier wrappers read 256 KiB at a time.
+        let body: Vec<u8> = (1..=40_000)
+            .flat_map(|i| format!("{i:06}\n").into_bytes())
+            .collect();
+        assert!(body.len() > 256 * 1024);
+        let (store, id, _sink) = job("bigchunk", &[(Stream::Stdout, &body)]);
+        let mut r =
+            StreamReader::open(&store, &id, Stream::Stdout, Start::Line(39_999), 100).unwrap();
+        assert!(r.indexed());
+        let got: Vec<_> = texts(&mut r, true).into_iter().map(|t| t.1).collect();
+        assert_eq!(got, vec!["039999\n", "040000\n"]);
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 

@@ -307,6 +307,9 @@ struct StreamState {
     open: bool,
     /// Readiness seen but not yet drained to WouldBlock (mio is edge-triggered).
     readable: bool,
+    /// The poller reported the other end closed (HUP): no further readiness
+    /// edge will come, so reading goes on until EOF.
+    closing: bool,
     /// Appends to the log still work; after the first failure they stop.
     log_ok: bool,
     stats: StreamStats,
@@ -374,6 +377,7 @@ impl Loop<'_> {
             // If registration failed, reading still works by polling on a short
             // timeout; start as readable so nothing waits for an edge.
             readable: true,
+            closing: false,
             log_ok: true,
             stats: StreamStats::default(),
             ends_with_newline: true,
@@ -441,6 +445,9 @@ impl Loop<'_> {
                     t => {
                         if let Some(s) = self.streams.iter_mut().find(|s| s.token == t) {
                             s.readable = true;
+                            // The writer side is gone: that edge comes once, so
+                            // read on to EOF even after short reads.
+                            s.closing |= ev.is_read_closed() || ev.is_error();
                         }
                     }
                 }
@@ -487,7 +494,7 @@ impl Loop<'_> {
                     // poller on every later write, so the EAGAIN read that would
                     // confirm it is skipped (a pty hands out ~4 KiB a read, so
                     // this saves a syscall on nearly every chunk).
-                    if n < self.buf.len() {
+                    if n < self.buf.len() && !self.streams[i].closing {
                         self.streams[i].readable = false;
                     }
                     self.take_chunk(i, n, blocking_tee);

@@ -954,3 +954,69 @@ fn logs_client_reads_the_same_lines_and_follows_with_resume() {
     );
     assert_eq!(end.unwrap().as_deref(), Some("succeeded"));
 }
+
+#[test]
+fn logs_with_server_prints_what_local_reading_prints() {
+    let env = TestEnv::new();
+    job_with(
+        &env,
+        "remote",
+        "seq 1 50; echo oops >&2; echo 'é and more'; printf 'no newline'",
+    );
+    assert_eq!(
+        env.run_sh("failing", &["-q"], "exit 3").status.code(),
+        Some(3)
+    );
+    let srv = Serve::start(&env, &["--token", "sekrit"]);
+    let url = format!("http://127.0.0.1:{}", srv.port);
+    let cases: [&[&str]; 6] = [
+        &["remote"],
+        &["remote", "--stderr"],
+        &["remote", "--tail", "3"],
+        &["remote", "--since", "48"],
+        &["remote", "--all", "--prefix"],
+        &["--timestamps", "remote"],
+    ];
+    for args in cases {
+        let local = env.cmd().arg("logs").args(args).output().unwrap();
+        let remote = env
+            .cmd()
+            .env("DATABUILD_LOG_TOKEN", "sekrit")
+            .args(["logs", "--server", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            remote.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            stderr_text(&remote)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&remote.stdout),
+            String::from_utf8_lossy(&local.stdout),
+            "{args:?}"
+        );
+    }
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_SERVER", &url)
+        .args([
+            "logs",
+            "failing",
+            "--token",
+            "sekrit",
+            "--follow",
+            "--exit-status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr_text(&o));
+    let o = env
+        .cmd()
+        .args(["logs", "remote", "--server", &url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_text(&o).contains("token"), "{}", stderr_text(&o));
+}

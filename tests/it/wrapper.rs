@@ -743,6 +743,29 @@ fn no_line_is_lost_when_a_job_exits_at_once() {
     }
 }
 
+#[test]
+fn a_job_that_prints_and_exits_is_not_held_by_the_drain_timeout() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        for round in 0..10 {
+            let id = format!("quick{i}-{round}");
+            let t0 = Instant::now();
+            let o = env.run_sh(
+                &id,
+                &[&["--drain-timeout", "60s"][..], mode].concat(),
+                "echo hi; echo err >&2",
+            );
+            assert_eq!(code(&o), 0);
+            // Far below the 60 s drain timeout: the wrapper saw the output close.
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "waited for the drain timeout, mode {mode:?}"
+            );
+            assert_eq!(env.stdout_log(&id), b"hi\n");
+        }
+    }
+}
+
 // ---- Exit codes ------------------------------------------------------------------------
 
 #[test]
