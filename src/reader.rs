@@ -14,6 +14,18 @@ use std::os::unix::fs::FileExt;
 
 /// Bytes read from the log at a time while looking for line ends.
 const BLOCK: usize = 64 * 1024;
+/// Smallest read buffer a reader holds once it has read anything.
+const MIN_BLOCK: usize = 4 * 1024;
+
+/// The first `want` bytes of a read buffer, grown on demand: a follower that
+/// reads a few lines at a time (a thousand of them on one server) keeps a few
+/// KiB rather than a whole [`BLOCK`].
+fn grow(block: &mut Vec<u8>, want: usize) -> &mut [u8] {
+    if block.len() < want {
+        block.resize(want.next_power_of_two().clamp(MIN_BLOCK, BLOCK), 0);
+    }
+    &mut block[..want]
+}
 
 /// Largest chunk an index record is trusted to describe. Finding a line reads its
 /// whole chunk, so this bounds that buffer against a damaged record; 1 MiB is
@@ -116,7 +128,7 @@ impl StreamReader {
             damaged: false,
             index_final: false,
             max_keep,
-            block: vec![0; BLOCK],
+            block: Vec::new(),
             block_at: 0,
             block_len: 0,
         };
@@ -168,7 +180,13 @@ impl StreamReader {
         if self.damaged {
             return;
         }
-        if let Ok(i) = IndexFile::open(&self.idx_path) {
+        // Re-measuring the open index costs one fstat; reopening it (only when
+        // there was none yet) also an open and a header read.
+        let idx = match self.idx.take() {
+            Some(mut i) => i.refresh().map(|()| i).ok(),
+            None => IndexFile::open(&self.idx_path).ok(),
+        };
+        if let Some(i) = idx {
             // A refresh that finds the index implausible keeps scanning; an error
             // here only means the log could not be measured, which the next read
             // reports.
@@ -264,7 +282,7 @@ impl StreamReader {
         let mut n = 0;
         while from < to {
             let want = ((to - from) as usize).min(BLOCK);
-            let got = self.log.read_at(&mut self.block[..want], from)?;
+            let got = self.log.read_at(grow(&mut self.block, want), from)?;
             if got == 0 {
                 break;
             }
@@ -311,7 +329,7 @@ impl StreamReader {
                 // will be found once it is written.
                 let mut line_pos = pos;
                 'scan: while line < n && pos < len {
-                    let got = self.log.read_at(&mut self.block, pos)?;
+                    let got = self.log.read_at(grow(&mut self.block, BLOCK), pos)?;
                     if got == 0 {
                         break;
                     }
@@ -472,7 +490,7 @@ impl StreamReader {
             return Ok((from, self.block_len - from));
         }
         let want = ((len - at) as usize).min(BLOCK);
-        let got = self.log.read_at(&mut self.block[..want], at)?;
+        let got = self.log.read_at(grow(&mut self.block, want), at)?;
         self.block_at = at;
         self.block_len = got;
         Ok((0, got))

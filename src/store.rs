@@ -454,9 +454,17 @@ impl IndexFile {
         if header != HEADER {
             bail!("{} is not a logwrap index (bad header)", path.display());
         }
-        let len = file.metadata()?.len();
-        let count = (len - HEADER.len() as u64) / RECORD_LEN as u64;
-        Ok(IndexFile { file, count })
+        let mut idx = IndexFile { file, count: 0 };
+        idx.refresh()
+            .with_context(|| format!("measuring {}", path.display()))?;
+        Ok(idx)
+    }
+
+    /// Takes in records appended since the last look.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        let len = self.file.metadata()?.len();
+        self.count = len.saturating_sub(HEADER.len() as u64) / RECORD_LEN as u64;
+        Ok(())
     }
 }
 
