@@ -167,6 +167,12 @@ fn browser_follows_a_job_live_with_colours_links_and_the_exit_badge() {
         find(&["chromium", "chromium-browser", "google-chrome"]),
         find(&["chromedriver"]),
     ) else {
+        // CI installs both (.ci/run), so there a missing browser is a failure,
+        // not a reason to pass quietly.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true but chromium/chromedriver are missing: .ci/run should install them"
+        );
         eprintln!(
             "SKIPPED browser_follows_a_job_live...: chromium and chromedriver are not installed \
              (apt-get install chromium chromium-driver; .ci/run installs them)"
