@@ -21,6 +21,21 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order a job can reach them.
+    pub const ALL: [Status; 6] = [
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Killed,
+        Status::TimedOut,
+        Status::Abandoned,
+    ];
+
+    /// The status named `name` (as in JSON), if any.
+    pub fn parse(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -176,17 +191,15 @@ mod tests {
 
     #[test]
     fn status_names_match_the_spec() {
-        let names: Vec<_> = [
-            Status::Running,
-            Status::Succeeded,
-            Status::Failed,
-            Status::Killed,
-            Status::TimedOut,
-            Status::Abandoned,
-        ]
-        .iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect();
+        let names: Vec<_> = Status::ALL
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("done"), None);
         assert_eq!(
             serde_json::Value::Array(names),
             serde_json::json!([

@@ -574,20 +574,10 @@ impl CombinedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{JobSink, LogStore};
+    use crate::store::JobSink;
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
-        let root =
-            std::env::temp_dir().join(format!("logwrap-reader-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let store = FileStore::new(root);
-        store.ensure_writable().unwrap();
-        let id = JobId::parse("j").unwrap();
-        let mut sink = store.create_job(&id).unwrap();
-        for (i, (s, c)) in writes.iter().enumerate() {
-            sink.append(*s, c, 100 + i as u64).unwrap();
-        }
-        (store, id, sink)
+        crate::store::testing::job(&format!("reader-{tag}"), writes)
     }
 
     fn texts(r: &mut StreamReader, done: bool) -> Vec<(u64, String, u64)> {

@@ -503,6 +503,28 @@ pub fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Option<u64>>
     bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)")
 }
 
+/// A job written straight through the store, for unit tests of the readers.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh root named after `tag` holding job `j`, with `writes` appended in
+    /// order, the n-th read at 100+n µs. The sink is returned so the job stays
+    /// live (its lock held) for as long as the test keeps it.
+    pub fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
+        let root = std::env::temp_dir().join(format!("logwrap-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = FileStore::new(root);
+        store.ensure_writable().unwrap();
+        let id = JobId::parse("j").unwrap();
+        let mut sink = store.create_job(&id).unwrap();
+        for (i, (s, c)) in writes.iter().enumerate() {
+            sink.append(*s, c, 100 + i as u64).unwrap();
+        }
+        (store, id, sink)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

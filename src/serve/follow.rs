@@ -255,20 +255,10 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{JobSink, LogStore};
+    use crate::store::JobSink;
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
-        let root =
-            std::env::temp_dir().join(format!("logwrap-follow-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let store = FileStore::new(root);
-        store.ensure_writable().unwrap();
-        let id = JobId::parse("j").unwrap();
-        let mut sink = store.create_job(&id).unwrap();
-        for (i, (s, c)) in writes.iter().enumerate() {
-            sink.append(*s, c, 1 + i as u64).unwrap();
-        }
-        (store, id, sink)
+        crate::store::testing::job(&format!("follow-{tag}"), writes)
     }
 
     fn ids_and_data(out: &[u8]) -> Vec<(String, String)> {

@@ -296,19 +296,7 @@ fn jobs(ctx: &Ctx) -> Result<Vec<Metadata>> {
 fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
     let status = match req.param("status") {
         None | Some("") => None,
-        Some(s) => Some(
-            [
-                Status::Running,
-                Status::Succeeded,
-                Status::Failed,
-                Status::Killed,
-                Status::TimedOut,
-                Status::Abandoned,
-            ]
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| bad(format!("unknown status {s:?}")))?,
-        ),
+        Some(s) => Some(Status::parse(s).ok_or_else(|| bad(format!("unknown status {s:?}")))?),
     };
     let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
     let metas: Vec<Metadata> = jobs(ctx)?
