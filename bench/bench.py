@@ -13,8 +13,13 @@ Python >= 3.9, standard library only; Linux only (posix_spawn, wait4, /proc).
 
 How things are measured (see also bench/README.md):
   * wall time: perf_counter() around posix_spawn() .. wait4() of one process
-    (plus GNU time's fork, ~1 ms, alike for every tool); an untimed sync
-    between runs keeps one run's write-back out of the next one's time;
+    (plus GNU time's fork, ~1 ms, alike for every tool). Before each
+    timed run the previous run's files are deleted and an untimed sync
+    runs. In the throughput section every tool is spawned the same way
+    (GNU time -> bash -c, logwrap via `exec`) and each timed run comes
+    right after an untimed run of the same tool, so every timed run starts
+    from the same state whatever ran before it (see bench/README.md, "Fair
+    conditions");
   * peak RSS: the largest process in the measured tree. By default GNU
     time (/usr/bin/time -f %M) wraps each run: it forks the command from
     its own ~1 MiB process and reports wait4's ru_maxrss, which on Linux is
@@ -22,12 +27,15 @@ How things are measured (see also bench/README.md):
     wait4 is useless here: a child spawned from Python starts with
     Python's ~25 MiB high-water mark.) Without GNU time, /proc VmHWM of
     the tree is polled every 5 ms instead (--rss sample). Shell baselines
-    run as `bash -c PIPELINE`, so their figure is bash/cat/tee; logwrap is
-    spawned directly, so its figure is max(logwrap, job), and the jobs
-    (cat, head, tr, yes, sh) are ~1-4 MiB;
+    run as `bash -c PIPELINE`, so their figure is bash/cat/tee; logwrap
+    runs as `bash -c 'exec logwrap ...'` in the throughput section and
+    directly elsewhere, so its figure is max(logwrap, job) (and bash's ~3
+    MiB before the exec), and the jobs (cat, head, tr, yes, sh) are
+    ~1-4 MiB;
   * correctness: every logwrap run must exit 0 and leave a stdout.log of
-    exactly the input size; the first run of each mode per workload is also
-    compared byte for byte, so a broken run can never be reported as fast.
+    exactly the input size; the first run of each mode per workload (an
+    untimed warm-up) is also compared byte for byte, so a broken run can
+    never be reported as fast.
 
 New measurements (logs --tail timing, SSE latency, gc timing, ...) are added
 as one function decorated with @section; see the registry below.
@@ -81,6 +89,7 @@ class Row:
     tool: str
     nbytes: int
     runs: list[Run] = field(default_factory=list)
+    untimed_rss_kib: int = 0  # peak RSS of untimed warm-up runs; they count for the bound
 
     @property
     def good_runs(self) -> list[Run]:
@@ -106,7 +115,7 @@ class Row:
 
     def peak_rss_mib(self) -> float | None:
         # max, not median: the RSS target is a bound, one bad run breaks it.
-        peak = max((r.maxrss_kib for r in self.runs), default=0)
+        peak = max([r.maxrss_kib for r in self.runs] + [self.untimed_rss_kib])
         return peak / 1024 if peak else None
 
 
@@ -408,6 +417,9 @@ def logwrap_tool(ctx: Context, wl: Workload, *, pty: bool, full_compare: bool):
     if not pty:
         argv.append("--no-pty")
     argv += ["--", "cat", str(wl.path)]
+    # Spawned exactly like the shell baselines (`bash -c ...`); `exec` keeps
+    # the tree at logwrap + its job, so RSS and CPU are still logwrap's.
+    argv = sh("exec " + shlex.join(argv))
 
     def verify() -> str:
         jobdir = root / "job_runs" / job
@@ -476,11 +488,13 @@ def baseline_tools(ctx: Context, wl: Workload) -> dict[str, Callable[[bool], tup
 
 
 def run_tool(ctx: Context, label: str, argv: list[str], verify: Callable[[], str]) -> Run:
+    # Untimed, right before the spawn: no dirty pages from the previous run
+    # (whose files its verify() has already deleted), from workload
+    # generation or from a verify() that read a log, so no write-back lands
+    # in this run's time.
+    os.sync()
     run = measure(ctx, argv)
     problem = verify()  # always, so it also cleans up after a failed run
-    # Untimed: start the next run with no dirty pages left by this one, or
-    # its write-back lands on whichever tool happens to run next.
-    os.sync()
     if run.ok and problem:
         run.ok, run.problem = False, problem
     status = "ok" if run.ok else f"BROKEN: {run.problem}"
@@ -538,19 +552,35 @@ def throughput(ctx: Context) -> SectionResult:
     for wl in make_workloads(ctx):
         tools = baseline_tools(ctx, wl)
         rows = {name: Row(wl.name, name, wl.nbytes) for name in tools}
-        # Untimed warm-up so the first measured tool does not pay for cold
-        # page cache or a cold binary.
-        run_tool(ctx, "warm-up", *tools["raw pipe"](False))
-        names = list(tools)
+        # Tools compared with each other run next to each other (the pipe
+        # group, the PTY group), so they see the same machine: it is shared,
+        # and its memory can turn slow for minutes (see bench/README.md).
+        groups = [["raw pipe", "tee", "logwrap pipe"], ["script -qfc", "logwrap pty"]]
+        groups = [[n for n in g if n in tools] for g in groups]
         for rep in range(reps):
             log(f"[throughput] {wl.name}: round {rep + 1}/{reps}")
-            # Rotate the order every round so no tool always runs right
-            # after the same neighbour (write-back, cache and CPU frequency
-            # effects otherwise land on one tool).
-            k = rep % len(names)
-            for name in names[k:] + names[:k]:
-                argv, verify = tools[name](rep == 0)
-                rows[name].runs.append(run_tool(ctx, name, argv, verify))
+            # Each timed run starts from the same state, whatever ran before
+            # it: an untimed run of the *same* tool, its output deleted, then
+            # sync (in run_tool). So the memory a run fills is memory that
+            # tool has just used and freed, and the input and binaries are
+            # cached. Without it a run inherits the previous tool's
+            # leftovers, and on a VM that hands free memory back to its host
+            # the cost of refilling it depends on what ran before and how
+            # long ago. Round 1's warm-up is the run compared byte for
+            # byte, so no verify() reads a log between warm-up and timed run.
+            # Within a group the order rotates (each tool takes each place in
+            # turn); the groups swap every round.
+            for g in groups[:: 1 if rep % 2 == 0 else -1]:
+                k = rep % len(g)
+                for name in g[k:] + g[:k]:
+                    argv, verify = tools[name](rep == 0)
+                    warm = run_tool(ctx, f"{name} (untimed warm-up)", argv, verify)
+                    rows[name].untimed_rss_kib = max(rows[name].untimed_rss_kib, warm.maxrss_kib)
+                    if not warm.ok:
+                        rows[name].runs.append(warm)  # broken is broken, timed or not
+                        continue
+                    argv, verify = tools[name](False)
+                    rows[name].runs.append(run_tool(ctx, name, argv, verify))
         res.rows += rows.values()
         logwrap_rows += [rows["logwrap pipe"], rows["logwrap pty"]]
 
