@@ -574,7 +574,7 @@ impl CombinedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobSink;
+    use crate::store::{Chunk, JobSink};
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("reader-{tag}"), writes)
@@ -651,7 +651,8 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(5), 100).unwrap();
         assert_eq!(r.next_number(), 3, "waits at the unfinished line 3");
         assert_eq!(r.next_line(false).unwrap(), None);
-        sink.append(Stream::Stdout, b"x\n4\n5\n", 200).unwrap();
+        sink.append(Stream::Stdout, &Chunk::new(b"x\n4\n5\n", 200))
+            .unwrap();
         assert_eq!(
             texts(&mut r, false),
             vec![
@@ -753,7 +754,8 @@ mod tests {
             .enumerate()
             .all(|(i, t)| t.0 == i as u64 + 1 && t.1 == format!("{i}\n")));
         // Growth after a short cached block is still seen.
-        sink.append(Stream::Stdout, b"more\n", 7).unwrap();
+        sink.append(Stream::Stdout, &Chunk::new(b"more\n", 7))
+            .unwrap();
         assert_eq!(texts(&mut r, false), vec![(40_001, "more\n".into(), 7)]);
         std::fs::remove_dir_all(store.root()).unwrap();
     }

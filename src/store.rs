@@ -140,13 +140,48 @@ impl std::fmt::Display for CreateError {
 
 impl std::error::Error for CreateError {}
 
+/// One chunk read from the child: its bytes, when it was read, and how many
+/// newlines it holds (counted once, here, for every consumer of the chunk).
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    data: &'a [u8],
+    ts_us: u64,
+    newlines: u64,
+}
+
+impl<'a> Chunk<'a> {
+    /// A chunk of `data` read at `ts_us` (µs since the epoch).
+    pub fn new(data: &'a [u8], ts_us: u64) -> Chunk<'a> {
+        Chunk {
+            data,
+            ts_us,
+            newlines: memchr::memchr_iter(b'\n', data).count() as u64,
+        }
+    }
+
+    /// The bytes.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// When the chunk was read, µs since the epoch.
+    pub fn ts_us(&self) -> u64 {
+        self.ts_us
+    }
+
+    /// Number of `\n` bytes in the chunk.
+    pub fn newlines(&self) -> u64 {
+        self.newlines
+    }
+}
+
 /// Where the wrapper puts a job's output: append chunks, write metadata.
 pub trait JobSink {
     /// The job's directory, handed to the child as `DATABUILD_JOB_LOG_DIR`.
     fn dir(&self) -> &Path;
-    /// Appends one chunk read from the child at `ts_us` (µs since the epoch). The
-    /// data is in the store (readable by others) when this returns.
-    fn append(&mut self, stream: Stream, chunk: &[u8], ts_us: u64) -> io::Result<()>;
+    /// Appends one chunk read from the child. The data is in the store
+    /// (readable by others) when this returns.
+    fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()>;
     /// Replaces the metadata document atomically; `last` also makes it durable.
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
 }
@@ -413,14 +448,14 @@ impl JobSink for FileJobSink {
         &self.dir
     }
 
-    fn append(&mut self, stream: Stream, chunk: &[u8], ts_us: u64) -> io::Result<()> {
+    fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        s.log.write_all(chunk)?;
-        s.end += chunk.len() as u64;
-        s.lines_end += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        s.log.write_all(chunk.data())?;
+        s.end += chunk.data().len() as u64;
+        s.lines_end += chunk.newlines();
         let rec = Record {
             seq: self.seq,
-            ts_us,
+            ts_us: chunk.ts_us(),
             end: s.end,
             lines_end: s.lines_end,
         };
@@ -519,7 +554,7 @@ pub(crate) mod testing {
         let id = JobId::parse("j").unwrap();
         let mut sink = store.create_job(&id).unwrap();
         for (i, (s, c)) in writes.iter().enumerate() {
-            sink.append(*s, c, 100 + i as u64).unwrap();
+            sink.append(*s, &Chunk::new(c, 100 + i as u64)).unwrap();
         }
         (store, id, sink)
     }
@@ -575,7 +610,8 @@ mod tests {
         let mut sink = store.create_job(&id).unwrap();
         let chunks: [&[u8]; 4] = [b"one\ntw", b"o\n", b"", b"three\nfour\nfive"];
         for (i, c) in chunks.iter().enumerate() {
-            sink.append(Stream::Stdout, c, i as u64).unwrap();
+            sink.append(Stream::Stdout, &Chunk::new(c, i as u64))
+                .unwrap();
         }
         let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
         let idx = IndexFile::open(&store.index_path(&id, Stream::Stdout)).unwrap();

@@ -10,7 +10,7 @@ use crate::exit::{self, ChildEnd};
 use crate::metadata::{MarkerError, Metadata, MissingDep, Status, StreamStats};
 use crate::output::index::MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
-use crate::store::{CreateError, JobId, JobSink, LogStore, Stream};
+use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
 use crate::timefmt;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -507,9 +507,9 @@ impl Loop<'_> {
     fn take_chunk(&mut self, i: usize, n: usize, blocking_tee: bool) {
         let s = &mut self.streams[i];
         let chunk = &self.buf[..n];
-        let ts = timefmt::now_us();
+        let piece = Chunk::new(chunk, timefmt::now_us());
         if s.log_ok {
-            if let Err(e) = self.sink.append(s.stream, chunk, ts) {
+            if let Err(e) = self.sink.append(s.stream, &piece) {
                 s.log_ok = false;
                 self.meta.log_errors.push(format!(
                     "{}.log: write failed after {} bytes: {e}; the rest of {} went to the terminal copy only",
@@ -520,7 +520,7 @@ impl Loop<'_> {
             }
         }
         s.stats.bytes += n as u64;
-        s.stats.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        s.stats.lines += piece.newlines();
         s.ends_with_newline = chunk[n - 1] == b'\n';
         let before = self.markers.len();
         s.scanner.feed(chunk, &mut self.markers);

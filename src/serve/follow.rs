@@ -255,7 +255,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobSink;
+    use crate::store::{Chunk, JobSink};
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("follow-{tag}"), writes)
@@ -279,6 +279,20 @@ mod tests {
 
     const BIG: usize = 1 << 20;
 
+    /// A non-following text follower of both streams, starting at `start`.
+    fn combined_text(store: &FileStore, id: &JobId, start: StartAt) -> Follower {
+        Follower::open(
+            store,
+            id,
+            Which::Combined,
+            start,
+            false,
+            Format::Text,
+            [99, 99, 0, 0],
+        )
+        .unwrap()
+    }
+
     #[test]
     fn combined_ids_resume_both_streams_exactly() {
         let (store, id, _sink) = job(
@@ -290,16 +304,7 @@ mod tests {
                 (Stream::Stderr, b"e2\n"),
             ],
         );
-        let mut f = Follower::open(
-            &store,
-            &id,
-            Which::Combined,
-            StartAt::Line(1),
-            false,
-            Format::Text,
-            [99, 99, 0, 0],
-        )
-        .unwrap();
+        let mut f = combined_text(&store, &id, StartAt::Line(1));
         let mut out = Vec::new();
         assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
         let got = ids_and_data(&out);
@@ -310,16 +315,7 @@ mod tests {
         );
         // Resume after the second event: o2 and e2 follow, nothing repeated.
         let from = parse_event_id(Which::Combined, "1.1").unwrap();
-        let mut f = Follower::open(
-            &store,
-            &id,
-            Which::Combined,
-            from,
-            false,
-            Format::Text,
-            [99, 99, 0, 0],
-        )
-        .unwrap();
+        let mut f = combined_text(&store, &id, from);
         let mut out = Vec::new();
         f.pump(&mut out, BIG, None).unwrap();
         let data: Vec<_> = ids_and_data(&out).into_iter().map(|x| x.1).collect();
@@ -337,16 +333,7 @@ mod tests {
                 (Stream::Stdout, b"o3\n"),
             ],
         );
-        let mut f = Follower::open(
-            &store,
-            &id,
-            Which::Combined,
-            StartAt::Tail(2),
-            false,
-            Format::Text,
-            [99, 99, 0, 0],
-        )
-        .unwrap();
+        let mut f = combined_text(&store, &id, StartAt::Tail(2));
         let mut out = Vec::new();
         f.pump(&mut out, BIG, None).unwrap();
         assert_eq!(
@@ -404,7 +391,7 @@ mod tests {
             [4, 0, 0, 0],
         )
         .unwrap();
-        sink.append(Stream::Stdout, b"c\n", 9).unwrap();
+        sink.append(Stream::Stdout, &Chunk::new(b"c\n", 9)).unwrap();
         let mut out = Vec::new();
         assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
         assert_eq!(ids_and_data(&out).len(), 2);
