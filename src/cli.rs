@@ -136,7 +136,7 @@ pub struct LsArgs {
         long,
         value_name = "STATUS",
         value_delimiter = ',',
-        value_parser = ["running", "succeeded", "failed", "killed", "timed_out", "abandoned"]
+        value_parser = ["running", "succeeded", "failed", "killed", "timed_out", "abandoned", "damaged"]
     )]
     pub status: Vec<String>,
 

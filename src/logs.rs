@@ -19,7 +19,7 @@ use crate::cli::LogsArgs;
 use crate::exit;
 use crate::metadata::Metadata;
 use crate::reader::{CombinedReader, LogLine, Start, StreamReader};
-use crate::store::{FileStore, JobId, LogStore, Stream};
+use crate::store::{self, job_file_len, open_job_file, FileStore, JobId, LogStore, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -102,6 +102,9 @@ fn logs(args: LogsArgs) -> Result<i32> {
     }
     let finished = match store.live_metadata(&id) {
         Ok(m) => m.status.is_finished(),
+        // A planted metadata.json (a link, a FIFO, 16 MiB of zeros) makes the
+        // whole job suspect: say so rather than print what is beside it.
+        Err(e) if store::is_damaged(&e) => return Err(e),
         Err(_) => !store.writer_alive(&id),
     };
     let mut printer = Printer::open(&store, &id, &args)?;
@@ -212,7 +215,7 @@ impl Printer {
             |s: Stream, start: Start, keep: usize| StreamReader::open(store, id, s, start, keep);
         let file = |s: Stream| -> Result<File> {
             let path = store.log_path(id, s);
-            File::open(&path).with_context(|| format!("opening {}", path.display()))
+            open_job_file(&path).with_context(|| format!("opening {}", path.display()))
         };
         if !(args.all || args.timestamps || args.prefix) {
             let mut reader = open(stream, start, 0)?;
@@ -303,9 +306,7 @@ impl Printer {
             },
         };
         for r in readers {
-            let len = std::fs::metadata(store.log_path(id, r.stream()))
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let len = job_file_len(&store.log_path(id, r.stream())).unwrap_or(0);
             let name = r.stream().name();
             if len > 0 && !r.indexed() {
                 say(&format!(

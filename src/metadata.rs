@@ -151,9 +151,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     Ok(())
 }
 
-/// Reads and parses a metadata.json.
+/// Largest metadata.json a reader accepts. A real one holds the job's fields
+/// plus its markers, which the wrapper caps at 1 MiB in total, so 16 MiB leaves
+/// room for any document logwrap writes while a planted `/dev/zero`-sized one
+/// is refused as damaged instead of being read into memory (issue 8).
+pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+
+/// Reads and parses a metadata.json, never following a link, never blocking on
+/// a FIFO and never reading more than [`MAX_METADATA_BYTES`].
 pub fn read(path: &Path) -> Result<Metadata> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::store::read_job_file(path, MAX_METADATA_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 

@@ -7,7 +7,7 @@
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
 use crate::output::index::{self, Records};
-use crate::store::{line_start, FileStore, IndexFile, JobId, Stream};
+use crate::store::{line_start, open_job_file, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -110,7 +110,7 @@ impl StreamReader {
         max_keep: usize,
     ) -> Result<StreamReader> {
         let path = store.log_path(id, stream);
-        let log = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let log = open_job_file(&path).with_context(|| format!("opening {}", path.display()))?;
         let idx_path = store.index_path(id, stream);
         let idx = IndexFile::open(&idx_path).ok();
         let mut r = StreamReader {

@@ -10,8 +10,12 @@ use crate::metadata::{self, Metadata, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, openat, FcntlArg, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -114,6 +118,161 @@ fn random_u32() -> u32 {
         return nanos;
     }
     u32::from_le_bytes(b)
+}
+
+/// A job file a reader refuses: not a regular file (a link, a FIFO, a socket, a
+/// device, a directory), or too big to be what it claims (SPEC §5 "Job files are
+/// opened without following links and only when they are regular files"). A
+/// job owns its directory and can plant anything there; readers report the job
+/// as damaged rather than follow, block or allocate.
+#[derive(Debug)]
+pub struct Damaged {
+    /// The file refused.
+    pub path: PathBuf,
+    /// Why, for people: "is a symbolic link", ...
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} (the job's directory is damaged or tampered with; logwrap reads only regular files there)",
+            self.path.display(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+impl Damaged {
+    fn io(path: &Path, reason: impl Into<String>) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            Damaged {
+                path: path.to_path_buf(),
+                reason: reason.into(),
+            },
+        )
+    }
+}
+
+/// True when `e` comes from a job file refused as [`Damaged`].
+pub fn is_damaged(e: &anyhow::Error) -> bool {
+    damaged_reason(e).is_some()
+}
+
+/// The [`Damaged`] refusal behind `e`, if that is what it is.
+pub fn damaged_reason(e: &anyhow::Error) -> Option<&Damaged> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<Damaged>().or_else(|| {
+            c.downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<Damaged>())
+        })
+    })
+}
+
+/// True when `e` says a file or directory does not exist.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::NotFound)
+}
+
+/// Opens the job file `path` for reading, safely against whatever the job put
+/// there: neither the file nor its directory is followed if it is a symlink,
+/// the open never blocks (a FIFO with no writer would freeze the reader, and
+/// with it a whole server), and anything but a regular file is refused as
+/// [`Damaged`]. The descriptor is blocking again when returned.
+pub fn open_job_file(path: &Path) -> io::Result<File> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        ));
+    };
+    let dir_fd = open_dir_nofollow(dir)?;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match openat(&dir_fd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => return Err(Damaged::io(path, "is a symbolic link")),
+        Err(e) => return Err(io::Error::from(e)),
+    };
+    check_regular(&fd, path)?;
+    let fl = fcntl(&fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let fl = OFlag::from_bits_truncate(fl) - OFlag::O_NONBLOCK;
+    fcntl(&fd, FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// Opens a job's directory (for `openat` and for its lock) without following a
+/// symlink in its place.
+fn open_dir_nofollow(dir: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match open(dir, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP) => Err(Damaged::io(dir, "is a symbolic link, not a job directory")),
+        Err(Errno::ENOTDIR) => match fs::symlink_metadata(dir) {
+            Ok(md) if md.file_type().is_symlink() => {
+                Err(Damaged::io(dir, "is a symbolic link, not a job directory"))
+            }
+            _ => Err(Damaged::io(dir, "is not a directory")),
+        },
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Refuses anything but a regular file, naming what it is instead.
+fn check_regular(fd: &impl AsFd, path: &Path) -> io::Result<()> {
+    let st = fstat(fd).map_err(io::Error::from)?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    let what = match kind {
+        SFlag::S_IFREG => return Ok(()),
+        SFlag::S_IFIFO => "is a FIFO",
+        SFlag::S_IFSOCK => "is a socket",
+        SFlag::S_IFCHR | SFlag::S_IFBLK => "is a device",
+        SFlag::S_IFDIR => "is a directory",
+        _ => "is not a regular file",
+    };
+    Err(Damaged::io(path, what))
+}
+
+/// Reads the whole job file `path`, refusing one over `cap` bytes as
+/// [`Damaged`] rather than allocating for it (the size is checked before the
+/// read, and the read itself stops past `cap` for a file still growing).
+pub fn read_job_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let f = open_job_file(path)?;
+    let len = f.metadata()?.len();
+    let too_big = |n: u64| {
+        Damaged::io(
+            path,
+            format!("is {n} bytes, over the {cap} bytes it can be"),
+        )
+    };
+    if len > cap {
+        return Err(too_big(len));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(cap + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+/// Size of the job file `path` if it is a regular file (never following a
+/// link); `None` when missing or anything else.
+pub fn job_file_len(path: &Path) -> Option<u64> {
+    fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map(|m| m.len())
 }
 
 /// Why a job could not be created.
@@ -322,15 +481,34 @@ impl FileStore {
 
     /// True while a wrapper holds the job's lock, i.e. its writer is alive.
     pub fn writer_alive(&self, id: &JobId) -> bool {
-        let path = self.job_dir(id).join(LOCK_FILE);
-        let Ok(f) = File::open(&path) else {
-            return false;
-        };
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        // Taking the lock means nobody holds it; closing `f` releases it again.
-        r != 0
+        dir_writer_alive(&self.job_dir(id))
     }
+}
+
+/// True while a wrapper writes the job whose directory is `dir` (wherever it
+/// has been moved to). Liveness is a `flock` on the job directory itself, held
+/// by the wrapper for the job's whole life and released by the kernel when the
+/// wrapper dies, however it dies: nothing the job's processes can delete
+/// (issue 8: removing the `lock` file made a running job look abandoned and
+/// let gc delete it). The `lock` file inside is still locked too, and honoured,
+/// so jobs written by older wrappers read right.
+pub fn dir_writer_alive(dir: &Path) -> bool {
+    if let Ok(fd) = open_dir_nofollow(dir) {
+        if is_locked(&fd) {
+            return true;
+        }
+    }
+    match open_job_file(&dir.join(LOCK_FILE)) {
+        Ok(f) => is_locked(&f),
+        Err(_) => false,
+    }
+}
+
+/// True when someone holds an exclusive `flock` on `fd`'s file. Taking a shared
+/// lock means nobody does; closing the descriptor releases it again.
+fn is_locked(fd: &impl AsRawFd) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
 }
 
 fn log_name(stream: Stream) -> &'static str {
@@ -385,6 +563,9 @@ pub struct FileJobSink {
     streams: [StreamFiles; 2],
     seq: u64,
     _lock: File,
+    /// The job directory, `flock`ed for the sink's lifetime: see
+    /// [`dir_writer_alive`].
+    _dir_lock: OwnedFd,
 }
 
 impl FileJobSink {
@@ -407,10 +588,17 @@ impl FileJobSink {
                 anyhow::Error::new(e).context(format!("cannot create {}", what.display())),
             )
         };
+        let dir_lock = open_dir_nofollow(&dir).map_err(|e| io_err(e, &dir))?;
+        // Blocking: a reader checking liveness holds a shared lock for an
+        // instant, which must not make the job fail to start.
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir_lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(io::Error::last_os_error(), &dir));
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(|e| io_err(e, &lock_path))?;
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io_err(io::Error::last_os_error(), &lock_path));
         }
         let open_stream = |stream: Stream| -> std::result::Result<StreamFiles, CreateError> {
@@ -431,6 +619,7 @@ impl FileJobSink {
             dir,
             seq: 0,
             _lock: lock,
+            _dir_lock: dir_lock,
         })
     }
 }
@@ -482,7 +671,7 @@ impl IndexFile {
     /// Opens `path`, checking the header; the record count is taken now (a growing
     /// file can be reopened to see more).
     pub fn open(path: &Path) -> Result<IndexFile> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = open_job_file(path).with_context(|| format!("opening {}", path.display()))?;
         let mut header = [0u8; HEADER.len()];
         file.read_exact_at(&mut header, 0)
             .with_context(|| format!("reading {}", path.display()))?;

@@ -4,7 +4,7 @@
 
 use crate::config;
 use crate::metadata::{Metadata, Status};
-use crate::store::{FileStore, JobId, LogStore};
+use crate::store::{self, FileStore, JobId, LogStore};
 use crate::timefmt;
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
@@ -51,8 +51,14 @@ pub fn list(store: &FileStore) -> Result<Vec<Job>> {
         .map(|id| {
             let (meta, problem) = match store.live_metadata(&id) {
                 Ok(m) => (Some(m), None),
-                Err(_) if !store.metadata_path(&id).exists() => (None, None),
-                Err(e) => (None, Some(format!("{e:#}"))),
+                // Not even a link there: a job being created.
+                Err(_) if std::fs::symlink_metadata(store.metadata_path(&id)).is_err() => {
+                    (None, None)
+                }
+                Err(e) => match store::damaged_reason(&e) {
+                    Some(d) => (None, Some(format!("metadata.json {}", d.reason))),
+                    None => (None, Some(format!("{e:#}"))),
+                },
             };
             let started_ms = meta
                 .as_ref()

@@ -23,11 +23,17 @@ pub fn ls_cmd(args: LsArgs) -> Result<i32> {
     let store = jobs::reading_root(args.root.log_dir)?;
     let mut shown: Vec<Job> = Vec::new();
     for job in jobs::list(&store)? {
-        if let Some(problem) = &job.problem {
-            say(&format!("warning: skipping job {}: {problem}", job.id));
-        }
-        let Some(meta) = &job.meta else { continue };
-        if args.status.is_empty() || args.status.iter().any(|s| s == meta.status.as_str()) {
+        // A job whose metadata cannot be read is listed as `damaged` (issue 8),
+        // with the reason on stderr; one still being created is not listed.
+        let status = match (&job.meta, &job.problem) {
+            (Some(meta), _) => meta.status.as_str(),
+            (None, Some(problem)) => {
+                say(&format!("warning: job {} is damaged: {problem}", job.id));
+                DAMAGED
+            }
+            (None, None) => continue,
+        };
+        if args.status.is_empty() || args.status.iter().any(|s| s == status) {
             shown.push(job);
         }
         if args.limit.is_some_and(|n| shown.len() >= n) {
@@ -37,8 +43,8 @@ pub fn ls_cmd(args: LsArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {
-        let metas: Vec<&Metadata> = shown.iter().filter_map(|j| j.meta.as_ref()).collect();
-        serde_json::to_writer_pretty(&mut out, &metas).context("writing JSON")?;
+        let docs: Vec<serde_json::Value> = shown.iter().map(json_entry).collect();
+        serde_json::to_writer_pretty(&mut out, &docs).context("writing JSON")?;
         out.write_all(b"\n")?;
     } else {
         let tty = stdout.is_terminal();
@@ -49,12 +55,32 @@ pub fn ls_cmd(args: LsArgs) -> Result<i32> {
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
         let rows: Vec<Row> = shown
             .iter()
-            .filter_map(|j| Some(row(&store, &j.id, j.meta.as_ref()?, now_ms)))
+            .map(|j| match &j.meta {
+                Some(meta) => row(&store, &j.id, meta, now_ms),
+                None => damaged_row(&j.id, j.problem.as_deref().unwrap_or_default()),
+            })
             .collect();
         out.write_all(table(&rows, &style).as_bytes())?;
     }
     out.flush()?;
     Ok(0)
+}
+
+/// The status `ls` shows for a job whose metadata.json cannot be read (a link,
+/// a FIFO, over the size cap, not JSON).
+pub const DAMAGED: &str = "damaged";
+
+/// A job in `ls --json`: its metadata, or for a damaged job its id, `damaged`
+/// and why.
+fn json_entry(job: &Job) -> serde_json::Value {
+    match &job.meta {
+        Some(meta) => serde_json::to_value(meta).unwrap_or_default(),
+        None => serde_json::json!({
+            "job_run_id": job.id.as_str(),
+            "status": DAMAGED,
+            "error": job.problem,
+        }),
+    }
 }
 
 /// `logwrap show <id>`.
@@ -120,7 +146,8 @@ pub struct Style {
 /// One job's cells, as text.
 pub struct Row {
     pub id: String,
-    pub status: Status,
+    /// `None` for a damaged job.
+    pub status: Option<Status>,
     pub exit: String,
     pub started: String,
     pub duration: String,
@@ -131,22 +158,35 @@ pub struct Row {
 
 /// Current size of a stream's log (the metadata's counts lag while a job runs).
 fn log_size(store: &FileStore, id: &JobId, stream: Stream) -> Option<u64> {
-    std::fs::metadata(store.log_path(id, stream))
-        .ok()
-        .map(|m| m.len())
+    crate::store::job_file_len(&store.log_path(id, stream))
 }
 
 fn row(store: &FileStore, id: &JobId, meta: &Metadata, now_ms: i64) -> Row {
     let size = |s| log_size(store, id, s).map_or("-".into(), human_size);
     Row {
         id: id.to_string(),
-        status: meta.status,
+        status: Some(meta.status),
         exit: exit_text(meta),
         started: started_text(&meta.started_at),
         duration: duration_ms(meta, now_ms).map_or("-".into(), human_duration),
         stdout: size(Stream::Stdout),
         stderr: size(Stream::Stderr),
         command: shell_words(&meta.command),
+    }
+}
+
+/// The row of a damaged job: its id, `damaged`, and why in the command column.
+fn damaged_row(id: &JobId, problem: &str) -> Row {
+    let dash = || "-".to_string();
+    Row {
+        id: id.to_string(),
+        status: None,
+        exit: dash(),
+        started: dash(),
+        duration: dash(),
+        stdout: dash(),
+        stderr: dash(),
+        command: format!("({problem})"),
     }
 }
 
@@ -238,13 +278,15 @@ pub fn shorten(text: &str, width: usize) -> String {
     s
 }
 
-/// ANSI colour of a status: green done, red failed, yellow abandoned, cyan running.
-fn status_colour(s: Status) -> &'static str {
+/// ANSI colour of a status: green done, red failed, yellow abandoned, cyan
+/// running, magenta damaged.
+fn status_colour(s: Option<Status>) -> &'static str {
     match s {
-        Status::Succeeded => "32",
-        Status::Failed | Status::Killed | Status::TimedOut => "31",
-        Status::Abandoned => "33",
-        Status::Running => "36",
+        Some(Status::Succeeded) => "32",
+        Some(Status::Failed | Status::Killed | Status::TimedOut) => "31",
+        Some(Status::Abandoned) => "33",
+        Some(Status::Running) => "36",
+        None => "35",
     }
 }
 
@@ -269,7 +311,7 @@ pub fn table(rows: &[Row], style: &Style) -> String {
         .map(|r| {
             [
                 r.id.clone(),
-                r.status.as_str().to_string(),
+                r.status.map_or(DAMAGED, Status::as_str).to_string(),
                 r.exit.clone(),
                 r.started.clone(),
                 r.duration.clone(),
@@ -328,7 +370,11 @@ pub fn summary(
         ("job_run_id", meta.job_run_id.clone()),
         (
             "status",
-            paint(meta.status.as_str(), status_colour(meta.status), colour),
+            paint(
+                meta.status.as_str(),
+                status_colour(Some(meta.status)),
+                colour,
+            ),
         ),
         ("exit", exit_text(meta)),
         ("command", shell_words(&meta.command)),
@@ -447,7 +493,7 @@ mod tests {
     fn sample_row(id: &str, status: Status, command: &str) -> Row {
         Row {
             id: id.into(),
-            status,
+            status: Some(status),
             exit: "0".into(),
             started: "2026-01-01 00:00:00".into(),
             duration: "1.0s".into(),

@@ -8,7 +8,7 @@ use super::http::{parse_range, Range, Reject, Request};
 use super::page;
 use super::sse::{utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
-use crate::store::{FileStore, JobId, LogStore, Stream};
+use crate::store::{self, job_file_len, open_job_file, FileStore, JobId, LogStore, Stream};
 use anyhow::Result;
 use serde_json::json;
 use std::fs::File;
@@ -176,7 +176,7 @@ pub fn job_state(store: &FileStore, id: &JobId) -> Result<JobState> {
 
 /// Current sizes of a job's two logs and two indexes (0 for a missing one).
 pub fn log_sizes(store: &FileStore, id: &JobId) -> [u64; 4] {
-    let len = |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let len = |p: std::path::PathBuf| job_file_len(&p).unwrap_or(0);
     let [out, err] = Stream::BOTH;
     [
         len(store.log_path(id, out)),
@@ -208,10 +208,10 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         | Route::Events(id, _)
         | Route::Raw(id, _)
         | Route::ProgressiveText(id, _)
-        | Route::LogTail(id) => Some(id),
+        | Route::LogTail(id) => Some(id.clone()),
         _ => None,
     };
-    if let Some(id) = id {
+    if let Some(id) = &id {
         if !ctx.visible(id) {
             return Response::error(404, &format!("no job run {id}"), api);
         }
@@ -240,10 +240,32 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         Route::ProgressiveText(id, stream) => poll(ctx, req, &id, Some(stream), false),
         Route::NotFound => Ok(Response::error(404, "not found", api)),
     };
-    result.unwrap_or_else(|e| match e.downcast::<Reject>() {
-        Ok(rej) => Response::error(rej.status, &rej.reason, api),
-        Err(e) => Response::error(500, &format!("{e:#}"), api),
+    result.unwrap_or_else(|e| {
+        if let Some(d) = store::damaged_reason(&e) {
+            // 409: the request is fine, the job's files are not (issue 8). The
+            // file is named relative to the job, never by its path on the server.
+            let name = d.path.file_name().unwrap_or_default().to_string_lossy();
+            let msg = format!(
+                "job {}: {name} {}; logwrap reads only regular files in a job directory",
+                id.as_ref().map(JobId::as_str).unwrap_or("?"),
+                d.reason
+            );
+            return Response::error(409, &msg, api);
+        }
+        if store::is_not_found(&e) {
+            return Response::error(404, &format!("{e:#}"), api);
+        }
+        match e.downcast::<Reject>() {
+            Ok(rej) => Response::error(rej.status, &rej.reason, api),
+            Err(e) => Response::error(500, &format!("{e:#}"), api),
+        }
     })
+}
+
+/// The error for a log file that cannot be opened, keeping what it was
+/// (missing, refused) for the status code.
+fn job_file_error(e: std::io::Error, stream: Stream) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("opening {}", stream.name()))
 }
 
 impl std::fmt::Display for Reject {
@@ -360,7 +382,7 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
 
 fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response> {
     let path = ctx.store.log_path(id, stream);
-    let file = File::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", stream.name()))?;
+    let file = open_job_file(&path).map_err(|e| job_file_error(e, stream))?;
     let size = file.metadata()?.len();
     let base = |status: u16| Response {
         status,
@@ -424,7 +446,7 @@ fn poll(
     // comes with bytes still unread.
     let state = job_state(ctx.store, id)?;
     let path = ctx.store.log_path(id, stream);
-    let file = File::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", stream.name()))?;
+    let file = open_job_file(&path).map_err(|e| job_file_error(e, stream))?;
     let size = file.metadata()?.len();
     let (content, new_size) = read_piece(&file, start, size, state.complete.is_some())?;
     let finished = state.complete.is_some() && new_size >= size;

@@ -5,6 +5,7 @@
 mod util;
 
 mod gc;
+mod hostile;
 mod logs;
 mod serve;
 mod serve_browser;

@@ -770,7 +770,7 @@ fn reconnecting_after_a_drop_neither_repeats_nor_skips() {
 }
 
 /// `logwrap --listen`: the wrapper with piped stdin (ECHO_JOB) and its URL.
-fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
+pub fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
     let mut child = env
         .cmd()
         .args([
@@ -800,7 +800,7 @@ fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
     (LiveJob::adopt(env, id, child), url)
 }
 
-fn port_of(url: &str) -> u16 {
+pub fn port_of(url: &str) -> u16 {
     url.trim_start_matches("http://127.0.0.1:")
         .split('/')
         .next()

@@ -1,0 +1,245 @@
+//! A job owns its directory and can plant anything there (issue 8): links to
+//! secrets, FIFOs, devices, directories, huge files. Every reader — `logs`,
+//! `ls`, `show`, `gc`, `serve` and `--listen` — refuses them per job with a
+//! clear error and never follows, blocks or balloons; and liveness cannot be
+//! faked away by deleting the `lock` file.
+
+use crate::serve::{get, listening_job, port_of, Serve, LIMIT};
+use crate::util::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A file outside the root that a planted link points at; its text must never
+/// come out of any reader.
+const SECRET: &str = "TOP-SECRET-CONTENT";
+
+/// Runs `cmd` to the end, failing the test (not hanging it) if it blocks.
+fn run_bounded(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill on the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} blocked for {LIMIT:?}");
+        }
+    }
+}
+
+fn logwrap(env: &TestEnv, args: &[&str]) -> Output {
+    let mut c = env.cmd();
+    c.args(args);
+    run_bounded(c)
+}
+
+/// The kinds of file a job can plant in place of one of its files.
+#[derive(Debug, Clone, Copy)]
+enum Plant {
+    LinkToSecret,
+    LinkToDevZero,
+    Fifo,
+    Directory,
+}
+
+const PLANTS: [Plant; 4] = [
+    Plant::LinkToSecret,
+    Plant::LinkToDevZero,
+    Plant::Fifo,
+    Plant::Directory,
+];
+
+fn plant(env: &TestEnv, path: &Path, kind: Plant) {
+    let secret = env.path("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let _ = std::fs::remove_file(path);
+    match kind {
+        Plant::LinkToSecret => std::os::unix::fs::symlink(&secret, path).unwrap(),
+        Plant::LinkToDevZero => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
+        Plant::Fifo => {
+            nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        }
+        Plant::Directory => std::fs::create_dir(path).unwrap(),
+    }
+}
+
+fn finished_job(env: &TestEnv, id: &str) {
+    let o = env.run_sh(id, &["--no-pty", "-q"], "echo out; echo err >&2");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+}
+
+fn assert_refused(o: &Output, what: &str) {
+    let err = stderr_text(o);
+    assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+    assert!(
+        err.contains("logwrap reads only regular files"),
+        "{what}: {err}"
+    );
+    assert!(!contains(&o.stdout, SECRET), "{what} leaked the secret");
+}
+
+#[test]
+fn logs_refuses_planted_logs_and_metadata_and_never_blocks() {
+    let env = TestEnv::new();
+    for file in ["stdout.log", "metadata.json"] {
+        for kind in PLANTS {
+            let id = format!("j-{}-{kind:?}", file.replace('.', "-"));
+            finished_job(&env, &id);
+            plant(&env, &env.job_dir(&id).join(file), kind);
+            for args in [vec!["logs", &id], vec!["logs", "--all", &id]] {
+                let o = logwrap(&env, &args);
+                assert_refused(&o, &format!("{args:?} with {file} as {kind:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_planted_index_is_ignored_and_the_log_is_scanned() {
+    let env = TestEnv::new();
+    for kind in PLANTS {
+        let id = format!("idx-{kind:?}");
+        finished_job(&env, &id);
+        plant(&env, &env.job_dir(&id).join("stdout.idx"), kind);
+        let o = logwrap(&env, &["logs", "--tail", "1", &id]);
+        assert_eq!(o.status.code(), Some(0), "{kind:?}: {}", stderr_text(&o));
+        assert_eq!(o.stdout, b"out\n", "{kind:?}");
+        assert!(stderr_text(&o).contains("index"), "{kind:?}");
+    }
+}
+
+#[test]
+fn ls_shows_a_job_with_planted_metadata_as_damaged_and_show_refuses_it() {
+    let env = TestEnv::new();
+    finished_job(&env, "good");
+    for kind in PLANTS {
+        let id = format!("bad-{kind:?}");
+        finished_job(&env, &id);
+        plant(&env, &env.job_dir(&id).join("metadata.json"), kind);
+        let o = logwrap(&env, &["show", &id]);
+        assert_refused(&o, &format!("show with metadata as {kind:?}"));
+    }
+    let o = logwrap(&env, &["ls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!table.contains(SECRET));
+    for kind in PLANTS {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("bad-{kind:?} ")))
+            .unwrap_or_else(|| panic!("no row for {kind:?} in\n{table}"));
+        assert!(row.contains(" damaged "), "{row}");
+    }
+    assert!(table
+        .lines()
+        .any(|l| l.starts_with("good ") && l.contains("succeeded")));
+    let o = logwrap(&env, &["ls", "--json", "--status", "damaged"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), PLANTS.len(), "{v}");
+    assert!(
+        v[0]["error"].as_str().unwrap().contains("metadata.json"),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_oversized_metadata_file_is_damaged_not_read_into_memory() {
+    let env = TestEnv::new();
+    finished_job(&env, "huge");
+    // Sparse: 1 GiB of zeros on no disk at all.
+    let f = std::fs::File::create(env.job_dir("huge").join("metadata.json")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    for args in [&["show", "huge"][..], &["ls"], &["gc", "--dry-run"]] {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "maxrss=%M", BIN])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABUILD_LOG_DIR", &env.root)
+            .stdin(Stdio::null());
+        let o = run_bounded(c);
+        let err = stderr_text(&o);
+        let rss: u64 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("maxrss="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{args:?}: {err}"));
+        assert!(rss < 32 * 1024, "{args:?} peaked at {rss} KiB");
+        if args[0] == "show" {
+            assert!(err.contains("over the"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
+    let env = TestEnv::new();
+    finished_job(&env, "good");
+    finished_job(&env, "fifo");
+    finished_job(&env, "link");
+    plant(&env, &env.job_dir("fifo").join("stdout.log"), Plant::Fifo);
+    plant(
+        &env,
+        &env.job_dir("fifo").join("metadata.json"),
+        Plant::Fifo,
+    );
+    plant(
+        &env,
+        &env.job_dir("link").join("stdout.log"),
+        Plant::LinkToSecret,
+    );
+    let server = Serve::start(&env, &[]);
+    for id in ["fifo", "link"] {
+        for path in [
+            format!("/api/job_runs/{id}/logs/stdout/raw"),
+            format!("/api/job_runs/{id}/logs/stdout"),
+            format!("/api/job_runs/{id}/log-tail?start=0"),
+            format!("/api/job_runs/{id}/logs/stdout/progressiveText?start=0"),
+        ] {
+            let r = get(server.port, &path, &[]);
+            assert!(!contains(&r.body, SECRET), "{path} leaked the secret");
+            assert_eq!(r.status, 409, "{path}: {}", r.text());
+            let reason = r.json()["error"].as_str().unwrap().to_string();
+            assert!(
+                reason.contains("stdout.log") || reason.contains("metadata.json"),
+                "{reason}"
+            );
+        }
+    }
+    let r = get(server.port, "/api/job_runs/fifo", &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("FIFO"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(server.port, "/healthz", &[]).status, 200);
+    let r = get(server.port, "/api/job_runs/good/logs/stdout/raw", &[]);
+    assert_eq!((r.status, r.body), (200, b"out\n".to_vec()));
+}
+
+#[test]
+fn listen_refuses_a_log_the_job_replaced_with_a_link() {
+    let env = TestEnv::new();
+    let (job, url) = listening_job(&env, "self", &[]);
+    plant(
+        &env,
+        &env.job_dir("self").join("stdout.log"),
+        Plant::LinkToSecret,
+    );
+    let port = port_of(&url);
+    let r = get(port, "/api/job_runs/self/logs/stdout/raw", &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(!contains(&r.body, SECRET));
+    assert_eq!(get(port, "/healthz", &[]).status, 200);
+    job.finish();
+}
