@@ -8,7 +8,7 @@
 use crate::cli::GcArgs;
 use crate::config;
 use crate::exit;
-use crate::store::{FileStore, JobId, LogStore};
+use crate::store::{self, FileStore, JobId, LogStore};
 use crate::timefmt;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
@@ -947,9 +947,12 @@ fn remove_job(store: &FileStore, job: &JobEntry) -> Result<bool> {
     }
     let md = fs::symlink_metadata(&trash)
         .with_context(|| format!("cannot inspect {}", trash.display()))?;
-    if identity(&md) != job.dir {
+    // The job was judged finished a moment ago from its metadata; its writer's
+    // lock on the directory (which moved with it) is the last word, right
+    // before anything is deleted (issue 8).
+    if identity(&md) != job.dir || store::dir_writer_alive(&trash) {
         // Another collector took the job we judged and a new job reused its id
-        // since: give the new one back untouched.
+        // since, or its writer is alive after all: give it back untouched.
         rename_noreplace(&trash, &dir).with_context(|| {
             format!(
                 "a new job took id {} while it was being deleted and could not be put back; it is at {}",

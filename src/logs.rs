@@ -169,7 +169,10 @@ fn follow(
             match store.live_metadata(id) {
                 Ok(m) if m.status.is_finished() => ended = Some(m),
                 Ok(_) => {}
-                Err(_) if !store.job_dir(id).is_dir() => {
+                // metadata.json is only ever replaced, never removed, once the
+                // job has started: gone means the job is being deleted (`rm -rf`
+                // removes it before the directory).
+                Err(e) if store::is_not_found(&e) || !store.job_dir(id).is_dir() => {
                     printer.drain(true, out)?;
                     out.flush()?;
                     return Ok(FollowEnd::Deleted);

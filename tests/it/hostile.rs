@@ -243,3 +243,86 @@ fn listen_refuses_a_log_the_job_replaced_with_a_link() {
     assert_eq!(get(port, "/healthz", &[]).status, 200);
     job.finish();
 }
+
+// ---- liveness ------------------------------------------------------------------
+
+use crate::logs::{spawn_job, wait_child, Follower, Gate};
+
+fn status_of(env: &TestEnv, id: &str) -> String {
+    let o = logwrap(env, &["show", "--json", id]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr_text(&o)));
+    v["status"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deleting_the_lock_file_neither_abandons_nor_exposes_a_running_job() {
+    let env = TestEnv::new();
+    let gate = Gate::new(&env, "gate");
+    let script = format!(
+        "echo started; rm -f \"$DATABUILD_JOB_LOG_DIR/lock\"; echo unlocked; {}",
+        gate.wait()
+    );
+    let mut job = spawn_job(&env, "live", &script);
+    wait_until(LIMIT, "the job to delete its lock", || {
+        contains(&env.stdout_log("live"), "unlocked")
+    });
+    assert!(!env.job_dir("live").join("lock").exists());
+    assert_eq!(status_of(&env, "live"), "running");
+    let o = logwrap(&env, &["gc", "--ttl-days", "0", "--max-size", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    assert!(
+        env.job_dir("live").join("stdout.log").exists(),
+        "gc deleted a running job"
+    );
+    gate.open();
+    assert_eq!(wait_child(&mut job, "the job").code(), Some(0));
+    assert_eq!(status_of(&env, "live"), "succeeded");
+}
+
+#[test]
+fn gc_rechecks_the_writer_before_deleting_a_job_that_claims_to_be_done() {
+    let env = TestEnv::new();
+    let gate = Gate::new(&env, "gate");
+    // The job rewrites its own metadata to look finished long ago.
+    let script = format!(
+        "m=\"$DATABUILD_JOB_LOG_DIR/metadata.json\"; \
+         sed -e 's/\"status\": \"running\"/\"status\": \"succeeded\"/' \
+             -e 's/\"ended_at\": null/\"ended_at\": \"2000-01-01T00:00:00.000Z\"/' \
+             -e 's/\"started_at\": \"[^\"]*\"/\"started_at\": \"2000-01-01T00:00:00.000Z\"/' \
+             \"$m\" > \"$m.x\" && mv \"$m.x\" \"$m\"; echo faked; {}",
+        gate.wait()
+    );
+    let mut job = spawn_job(&env, "liar", &script);
+    wait_until(LIMIT, "the job to fake its metadata", || {
+        contains(&env.stdout_log("liar"), "faked")
+    });
+    assert_eq!(status_of(&env, "liar"), "succeeded", "the fake took");
+    let o = logwrap(&env, &["gc", "--ttl-days", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    assert!(
+        env.job_dir("liar").join("stdout.log").exists(),
+        "gc deleted a running job"
+    );
+    gate.open();
+    wait_child(&mut job, "the job");
+}
+
+#[test]
+fn removing_a_followed_job_ends_follow_with_exit_1_and_a_clear_message() {
+    let env = TestEnv::new();
+    let gate = Gate::new(&env, "gate");
+    let mut job = spawn_job(&env, "gone", &format!("echo before; {}", gate.wait()));
+    wait_until(LIMIT, "the job's output", || {
+        env.stdout_log("gone") == b"before\n"
+    });
+    let mut f = Follower::start(&env, &["-f", "gone"]);
+    f.wait_for("before\n");
+    std::fs::remove_dir_all(env.job_dir("gone")).unwrap();
+    let (status, out, err) = f.finish();
+    assert_eq!((status, out), (1, b"before\n".to_vec()), "{err}");
+    assert!(err.contains("deleted"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    gate.open();
+    wait_child(&mut job, "the job");
+}

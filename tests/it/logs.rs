@@ -40,7 +40,7 @@ fn job(env: &TestEnv, id: &str, script: &str) {
 }
 
 /// A job in the background (pipe mode, quiet).
-fn spawn_job(env: &TestEnv, id: &str, script: &str) -> Child {
+pub fn spawn_job(env: &TestEnv, id: &str, script: &str) -> Child {
     env.cmd()
         .args([
             "--job-run-id",
@@ -58,7 +58,7 @@ fn spawn_job(env: &TestEnv, id: &str, script: &str) -> Child {
         .unwrap()
 }
 
-fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
     let mut status = None;
     wait_until(LIMIT, what, || {
         status = child.try_wait().unwrap();
@@ -69,10 +69,10 @@ fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
 
 /// A named pipe the job waits at ([`Gate::wait`]), so the test decides when the
 /// job goes on, without sleeping.
-struct Gate(PathBuf);
+pub struct Gate(PathBuf);
 
 impl Gate {
-    fn new(env: &TestEnv, name: &str) -> Gate {
+    pub fn new(env: &TestEnv, name: &str) -> Gate {
         let path = env.path(name);
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         Gate(path)
@@ -82,12 +82,12 @@ impl Gate {
     /// empty is retried: our writer (or a copy a concurrent fork briefly holds)
     /// may still be open when the job comes back to the gate, which then opens at
     /// once and reads EOF once that writer closes.
-    fn wait(&self) -> String {
+    pub fn wait(&self) -> String {
         format!("until read x < {}; do :; done", self.0.to_str().unwrap())
     }
 
     /// Lets the job past one [`Gate::wait`], once it is waiting there.
-    fn open(&self) {
+    pub fn open(&self) {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = None;
         wait_until(LIMIT, "the job to wait at the gate", || {
@@ -104,14 +104,14 @@ impl Gate {
 
 /// A `logwrap logs -f ...` running in the background, its output collected as
 /// it arrives.
-struct Follower {
+pub struct Follower {
     child: Child,
     chunks: mpsc::Receiver<(Instant, Vec<u8>)>,
     out: Vec<u8>,
 }
 
 impl Follower {
-    fn start(env: &TestEnv, args: &[&str]) -> Follower {
+    pub fn start(env: &TestEnv, args: &[&str]) -> Follower {
         let mut child = env
             .cmd()
             .arg("logs")
@@ -139,7 +139,7 @@ impl Follower {
 
     /// Waits until the output contains `want`; returns when the chunk that
     /// completed it arrived.
-    fn wait_for(&mut self, want: &str) -> Instant {
+    pub fn wait_for(&mut self, want: &str) -> Instant {
         let deadline = Instant::now() + LIMIT;
         loop {
             if contains(&self.out, want) {
@@ -160,7 +160,7 @@ impl Follower {
 
     /// Waits for the follower to exit by itself; its status, all its stdout
     /// and its stderr.
-    fn finish(mut self) -> (i32, Vec<u8>, String) {
+    pub fn finish(mut self) -> (i32, Vec<u8>, String) {
         let status = wait_child(&mut self.child, "the follower to exit by itself");
         while let Ok((_, chunk)) = self.chunks.recv_timeout(LIMIT) {
             self.out.extend_from_slice(&chunk);
