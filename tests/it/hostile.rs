@@ -178,6 +178,18 @@ fn an_oversized_metadata_file_is_damaged_not_read_into_memory() {
             assert!(err.contains("over the"), "{err}");
         }
     }
+    let server = Serve::start(&env, &[]);
+    let r = get(server.port, "/api/job_runs/huge", &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("over the"), "{}", r.text());
+    assert_eq!(get(server.port, "/api/job_runs", &[]).status, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let hwm: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm < 32 * 1024, "serve peaked at {hwm} KiB");
 }
 
 #[test]
