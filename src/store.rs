@@ -408,7 +408,7 @@ impl FileJobSink {
             )
         };
         let lock_path = dir.join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(|e| io_err(e, &lock_path))?;
+        let lock = create_new_file(&lock_path, false).map_err(|e| io_err(e, &lock_path))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(io_err(io::Error::last_os_error(), &lock_path));
@@ -435,12 +435,25 @@ impl FileJobSink {
     }
 }
 
-fn append_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create_new(true)
-        .append(true)
+/// Creates a new file the wrapper will write: `O_EXCL` so an existing file (or a
+/// link planted in the job directory) is refused rather than reused, and
+/// `O_NOFOLLOW` so no symlink is followed even where `O_EXCL` alone would not
+/// say so. With `append`, every write goes to the end.
+fn create_new_file(path: &Path, append: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    if append {
+        opts.append(true);
+    } else {
+        opts.write(true);
+    }
+    opts.create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o644)
         .open(path)
+}
+
+fn append_file(path: &Path) -> io::Result<File> {
+    create_new_file(path, true)
 }
 
 impl JobSink for FileJobSink {
@@ -623,6 +636,21 @@ mod tests {
             starts,
             vec![Some(0), Some(4), Some(8), Some(14), Some(19), None]
         );
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn job_files_are_created_new_and_never_through_a_link() {
+        let store = temp_store("nofollow");
+        let victim = store.root().join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let planted = store.root().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        for append in [false, true] {
+            let err = create_new_file(&planted, append).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "append {append}");
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
         fs::remove_dir_all(store.root()).unwrap();
     }
 
