@@ -182,8 +182,17 @@ pub trait JobSink {
     /// Appends one chunk read from the child. The data is in the store
     /// (readable by others) when this returns.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()>;
-    /// Replaces the metadata document atomically; `last` also makes it durable.
+    /// Replaces the metadata document atomically; `last` also makes it durable
+    /// (and may use room the store set aside for it, see [`FileJobSink`]).
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
+    /// Removes the job again: it could not be started (its first metadata could
+    /// not be written), so the same id can be retried.
+    fn discard(self: Box<Self>) {}
+    /// A descriptor for reading back what was appended to `stream`, for a
+    /// terminal copy that fell behind the log; `None` if this store cannot.
+    fn log_reader(&self, _stream: Stream) -> Option<File> {
+        None
+    }
 }
 
 /// Where jobs live: create them, read their metadata with the live status.
@@ -208,6 +217,15 @@ pub struct FileStore {
 
 const JOBS_DIR: &str = "job_runs";
 const LOCK_FILE: &str = "lock";
+/// Room set aside for the final metadata.json (SPEC §1 "Log writes that fail"):
+/// a file of [`RESERVE_BYTES`] made at creation and unlinked just before the
+/// final write, so a full disk cannot cost the job its final status.
+const RESERVE_FILE: &str = ".reserve";
+/// Size of the reserve. The final metadata of a job is a few KiB; 256 KiB also
+/// covers a few thousand markers, while costing little per running job (it is
+/// released when the job ends). A job whose markers fill the whole marker cap
+/// needs more than this on a full disk; then the final write is reported.
+pub const RESERVE_BYTES: usize = 256 << 10;
 const METADATA_FILE: &str = "metadata.json";
 /// Housekeeping's stamp in the root (issue 5): its mtime is when the last
 /// collection finished, its flock is held while one runs.
@@ -380,16 +398,32 @@ struct StreamFiles {
 
 /// The file store's writer for one job. Holds the job's lock for its lifetime, so
 /// readers can tell a dead writer from a live one.
+///
+/// It also holds a reserve file (`.reserve`) while the job runs: on a full disk
+/// the logs stop growing, and unlinking the reserve before the final metadata
+/// write gives that write the room it needs.
 pub struct FileJobSink {
     dir: PathBuf,
     streams: [StreamFiles; 2],
     seq: u64,
+    /// The reserve file, until released.
+    reserve: Option<PathBuf>,
     _lock: File,
 }
 
 impl FileJobSink {
     fn create(store: &FileStore, id: &JobId) -> std::result::Result<FileJobSink, CreateError> {
         let dir = store.job_dir(id);
+        let sink = FileJobSink::create_in(dir.clone());
+        if matches!(sink, Err(CreateError::Io(_))) {
+            // The directory is ours (create_dir succeeded) and holds only what
+            // create_in made: remove it so the same id can be retried.
+            let _ = fs::remove_dir_all(&dir);
+        }
+        sink
+    }
+
+    fn create_in(dir: PathBuf) -> std::result::Result<FileJobSink, CreateError> {
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -426,12 +460,53 @@ impl FileJobSink {
                 lines_end: 0,
             })
         };
+        let streams = [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?];
+        let reserve_path = dir.join(RESERVE_FILE);
+        let reserve = make_reserve(&reserve_path).map_err(|e| io_err(e, &reserve_path))?;
         Ok(FileJobSink {
-            streams: [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?],
+            streams,
             dir,
             seq: 0,
+            reserve,
             _lock: lock,
         })
+    }
+
+    /// Unlinks the reserve, giving its room back for the final metadata.
+    fn release_reserve(&mut self) {
+        if let Some(path) = self.reserve.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Makes the reserve file at `path` (see [`RESERVE_BYTES`]). A full disk is an
+/// error: the job could not keep its final status. A file size limit below the
+/// reserve (RLIMIT_FSIZE) is not: the disk itself has room, so the job runs
+/// without a reserve (`None`).
+fn make_reserve(path: &Path) -> io::Result<Option<PathBuf>> {
+    let f = create_new_file(path, false)?;
+    // SAFETY: fallocate on a descriptor we own, with integer arguments only.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) };
+    let result = if r == 0 {
+        Ok(())
+    } else {
+        match io::Error::last_os_error() {
+            // A filesystem without fallocate: real zero blocks hold room too.
+            e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+                (0..RESERVE_BYTES / ZEROS.len()).try_for_each(|_| (&f).write_all(&ZEROS))
+            }
+            e => Err(e),
+        }
+    };
+    match result {
+        Ok(()) => Ok(Some(path.to_path_buf())),
+        Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+            fs::remove_file(path)?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -442,7 +517,9 @@ impl FileJobSink {
 fn create_new_file(path: &Path, append: bool) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     if append {
-        opts.append(true);
+        // Readable too, so a terminal copy that fell behind can read the log
+        // back (`JobSink::log_reader`); O_APPEND only concerns writes.
+        opts.read(true).append(true);
     } else {
         opts.write(true);
     }
@@ -477,11 +554,24 @@ impl JobSink for FileJobSink {
     }
 
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
+        if last {
+            self.release_reserve();
+        }
         // Only the final metadata is made durable (fsync). The logs are not:
         // every byte is in the page cache before the next read, which no crash of
         // the job or the wrapper can lose, and forcing a 1 GB log to disk would
         // cost the job more than the whole wrapping does (`tee` does not either).
         metadata::write_atomic(&self.dir.join(METADATA_FILE), &meta.to_json(), last)
+    }
+
+    fn discard(self: Box<Self>) {
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn log_reader(&self, stream: Stream) -> Option<File> {
+        self.streams[stream.index()].log.try_clone().ok()
     }
 }
 

@@ -108,6 +108,13 @@ const SERVER_TOKEN: Token = Token(16);
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
 /// log fails a write instead of killing the wrapper).
 pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupError> {
+    // Before the job's files exist: making the reserve under a file size limit
+    // must fail with EFBIG, not kill the wrapper.
+    // SAFETY: setting a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     // Bound before the job exists, so a busy port leaves nothing behind.
     let mut server = match &cfg.listen {
         Some(sc) => Some(
@@ -123,8 +130,11 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     let started = Instant::now();
     let mut meta = initial_metadata(cfg);
     meta.tail_url = server.as_ref().map(|s| s.job_url(&cfg.job_run_id));
-    sink.write_metadata(&meta, false)
-        .map_err(|e| SetupError(format!("{e:#}")))?;
+    if let Err(e) = sink.write_metadata(&meta, false) {
+        // Nothing ran yet: leave nothing behind, so the same id can be retried.
+        sink.discard();
+        return Err(SetupError(format!("{e:#}")));
+    }
 
     let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
     if let (Some(srv), Some(url)) = (&mut server, &meta.tail_url) {
@@ -139,11 +149,6 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| SetupError(format!("cannot watch signals: {e}")))?;
-    // SAFETY: setting a signal disposition; no handler code runs.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     if cfg.reap_orphans {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -200,6 +205,8 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         markers: Vec::new(),
         published_markers: 0,
         server,
+        log_write_failed: false,
+        metadata_write_failed: false,
     };
     let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
@@ -283,6 +290,7 @@ fn exec_failed(
     meta.error = Some(message.clone());
     stamp_end(&mut meta, started);
     if let Err(e) = sink.write_metadata(&meta, true) {
+        eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
     RunOutcome {
@@ -341,6 +349,10 @@ struct Loop<'a> {
     published_markers: usize,
     /// The tail server (`--listen`), driven by this loop.
     server: Option<crate::serve::Server>,
+    /// A log append has failed (and been reported on stderr).
+    log_write_failed: bool,
+    /// A metadata rewrite while running has failed (and been recorded).
+    metadata_write_failed: bool,
 }
 
 enum ReadResult {
@@ -511,12 +523,21 @@ impl Loop<'_> {
         if s.log_ok {
             if let Err(e) = self.sink.append(s.stream, &piece) {
                 s.log_ok = false;
-                self.meta.log_errors.push(format!(
+                let error = format!(
                     "{}.log: write failed after {} bytes: {e}; the rest of {} went to the terminal copy only",
                     s.stream.name(),
                     s.stats.bytes,
                     s.stream.name()
-                ));
+                );
+                if !self.log_write_failed {
+                    self.log_write_failed = true;
+                    // Once per job, so the person at the terminal knows the log
+                    // is short; later failures are only in metadata.json.
+                    eprintln!(
+                        "logwrap: {error} (the job goes on; see log_errors in metadata.json)"
+                    );
+                }
+                self.meta.log_errors.push(error);
             }
         }
         s.stats.bytes += n as u64;
@@ -594,7 +615,11 @@ impl Loop<'_> {
             self.published_markers = n;
             self.sync_stats();
             if let Err(e) = self.sink.write_metadata(&self.meta, false) {
-                self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+                // Recorded once: on a full disk every later rewrite fails too.
+                if !self.metadata_write_failed {
+                    self.metadata_write_failed = true;
+                    self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+                }
             }
         }
     }
@@ -752,6 +777,7 @@ impl Loop<'_> {
         }
         stamp_end(&mut self.meta, self.started);
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
+            eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
         }
         if let Some(srv) = self.server.take() {

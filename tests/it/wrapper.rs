@@ -981,6 +981,10 @@ fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
                 .any(|e| e.as_str().unwrap().contains("stdout.log")),
             "{errors:?}"
         );
+        let said = logwrap_lines(&o);
+        assert_eq!(said.len(), 1, "one message about the log: {said:?}");
+        assert!(said[0].contains("stdout.log"), "{said:?}");
+        assert!(!env.job_dir(&id).join(".metadata.json.tmp").exists());
     }
 }
 
@@ -1054,4 +1058,122 @@ fn window_size_comes_from_the_wrappers_terminal_and_follows_sigwinch() {
         b"33 77\n",
         "the stderr pty is resized too"
     );
+}
+
+/// A small tmpfs mounted for one test (unmounted on drop), to get a real ENOSPC.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount -o size=`) at `path`; `None`, with the
+    /// reason printed, where this sandbox may not mount.
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(SmallDisk {
+                path: path.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!("skipped: cannot mount a tmpfs: {}", stderr_text(&o));
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Lines of logwrap's own messages in an output's stderr.
+fn logwrap_lines(o: &std::process::Output) -> Vec<String> {
+    stderr_text(o)
+        .lines()
+        .filter(|l| l.starts_with("logwrap:"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_full_disk_keeps_the_final_status_and_leaves_no_temp_file() {
+    let env = TestEnv::new();
+    let Some(disk) = SmallDisk::mount(&env.path("small"), "2m") else {
+        return;
+    };
+    let root = disk.path.join("logs");
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("full{i}");
+        let o = env
+            .cmd()
+            .env("DATABUILD_LOG_DIR", &root)
+            .args(["--job-run-id", &id])
+            .args(*mode)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "head -c 3000000 /dev/zero | tr '\\0' x; exit 42",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 42, "mode {mode:?}: {}", stderr_text(&o));
+        assert_eq!(o.stdout.len(), 3_000_000, "the terminal copy is whole");
+        let dir = root.join("job_runs").join(&id);
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+        assert_eq!(meta["status"], "failed", "mode {mode:?}");
+        assert_eq!(meta["exit_code"], 42);
+        assert!(!meta["log_errors"].as_array().unwrap().is_empty(), "{meta}");
+        let said = logwrap_lines(&o);
+        assert_eq!(said.len(), 1, "one message about the log: {said:?}");
+        assert!(said[0].contains("stdout.log"), "{said:?}");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert!(
+            names.iter().all(|n| !n.starts_with('.')),
+            "no temp file or reserve left: {names:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // A disk already full when the job is created: 125, and nothing left behind,
+    // so the same id works once there is room again.
+    let filler = disk.path.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    drop(f);
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["--job-run-id", "again", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125, "{}", stderr_text(&o));
+    assert_eq!(logwrap_lines(&o).len(), 1, "{}", stderr_text(&o));
+    assert!(!root.join("job_runs/again").exists());
+    std::fs::remove_file(&filler).unwrap();
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["--job-run-id", "again", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
 }
