@@ -207,6 +207,7 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         server,
         log_write_failed: false,
         metadata_write_failed: false,
+        draining: false,
     };
     let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
@@ -326,6 +327,10 @@ struct StreamState {
     tee: Option<tee::Tee>,
     /// A chunk the terminal copy had no room for; reading waits until it is taken.
     pending: Option<Vec<u8>>,
+    /// Once the job has ended, the log is not held back for a slow terminal
+    /// copy: from this log offset on, the copy is read back from the log after
+    /// the final metadata is written (issue "final metadata never waits").
+    lag_from: Option<u64>,
 }
 
 struct Loop<'a> {
@@ -353,6 +358,9 @@ struct Loop<'a> {
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
     metadata_write_failed: bool,
+    /// In the final drain: a chunk that is not in the log waits for the
+    /// terminal copy (while its reader reads) instead of pausing reads.
+    draining: bool,
 }
 
 enum ReadResult {
@@ -396,6 +404,7 @@ impl Loop<'_> {
             scanner: MarkerScanner::default(),
             tee,
             pending: None,
+            lag_from: None,
         });
         if let Err(e) = registered {
             self.meta
@@ -468,7 +477,7 @@ impl Loop<'_> {
                 srv.tick();
             }
             for i in 0..self.streams.len() {
-                self.read_stream(i, READS_PER_TURN, false);
+                self.read_stream(i, READS_PER_TURN);
             }
             self.publish_markers();
         }
@@ -488,9 +497,8 @@ impl Loop<'_> {
         moved
     }
 
-    /// Reads up to `max_reads` chunks from stream `i`. In the final drain
-    /// (`blocking_tee`) the terminal copy is waited on instead of pausing reads.
-    fn read_stream(&mut self, i: usize, max_reads: usize, blocking_tee: bool) -> usize {
+    /// Reads up to `max_reads` chunks from stream `i`.
+    fn read_stream(&mut self, i: usize, max_reads: usize) -> usize {
         let mut total = 0;
         for _ in 0..max_reads {
             let s = &mut self.streams[i];
@@ -509,14 +517,14 @@ impl Loop<'_> {
                     if n < self.buf.len() && !self.streams[i].closing {
                         self.streams[i].readable = false;
                     }
-                    self.take_chunk(i, n, blocking_tee);
+                    self.take_chunk(i, n);
                 }
             }
         }
         total
     }
 
-    fn take_chunk(&mut self, i: usize, n: usize, blocking_tee: bool) {
+    fn take_chunk(&mut self, i: usize, n: usize) {
         let s = &mut self.streams[i];
         let chunk = &self.buf[..n];
         let piece = Chunk::new(chunk, timefmt::now_us());
@@ -547,12 +555,20 @@ impl Loop<'_> {
         s.scanner.feed(chunk, &mut self.markers);
         let stream = s.stream;
         if let Some(tee) = &s.tee {
-            if !tee.is_dead() && !tee.write_inline(chunk) {
+            if s.lag_from.is_none() && !tee.is_dead() && !tee.write_inline(chunk) {
                 let copy = tee.buffer_for(chunk);
-                if blocking_tee {
-                    tee.send_blocking(copy);
-                } else if let Err(copy) = tee.try_send(copy) {
-                    s.pending = Some(copy);
+                if let Err(copy) = tee.try_send(copy) {
+                    if self.child_end.is_some() && s.log_ok {
+                        // The job is over: back-pressure has no one left to
+                        // slow down, and would only hold up the final status.
+                        s.lag_from = Some(s.stats.bytes - n as u64);
+                    } else if self.draining {
+                        // Not in the log: the copy is all there is, so wait
+                        // for the reader while it reads.
+                        tee.send_patiently(copy, self.cfg.drain_timeout);
+                    } else {
+                        s.pending = Some(copy);
+                    }
                 }
             }
         }
@@ -699,6 +715,12 @@ impl Loop<'_> {
 
     fn child_ended(&mut self, end: ChildEnd) {
         self.child_end = Some(end);
+        for s in self.streams.iter_mut().filter(|s| s.log_ok) {
+            // Already in the log: read back from there later.
+            if let Some(buf) = s.pending.take() {
+                s.lag_from = Some(s.stats.bytes - buf.len() as u64);
+            }
+        }
         self.drain_at = Some(Instant::now() + self.cfg.drain_timeout);
     }
 
@@ -731,20 +753,21 @@ impl Loop<'_> {
         .map(|t| t.saturating_duration_since(now))
     }
 
-    /// After `--drain-timeout`: take what the kernel still holds, waiting for the
-    /// terminal copy if need be, then stop reading. A grandchild holding the
-    /// output open loses nothing it wrote before this point.
+    /// After `--drain-timeout`: take what the kernel still holds, then stop
+    /// reading. A grandchild holding the output open loses nothing it wrote
+    /// before this point; a terminal copy that cannot keep up is read back from
+    /// the log later.
     fn final_drain(&mut self) {
+        self.draining = true;
         for i in 0..self.streams.len() {
-            if let (Some(buf), Some(tee)) =
-                (self.streams[i].pending.take(), self.streams[i].tee.as_ref())
-            {
-                tee.send_blocking(buf);
+            let s = &mut self.streams[i];
+            if let (Some(buf), Some(tee)) = (s.pending.take(), s.tee.as_ref()) {
+                tee.send_patiently(buf, self.cfg.drain_timeout);
             }
-            self.streams[i].readable = true;
+            s.readable = true;
             let mut taken = 0;
             while self.streams[i].open && self.streams[i].readable && taken < FINAL_DRAIN_LIMIT {
-                let n = self.read_stream(i, 1, true);
+                let n = self.read_stream(i, 1);
                 if n == 0 {
                     break;
                 }
@@ -784,11 +807,27 @@ impl Loop<'_> {
             // Followers get the last lines and `complete` before the job is let go.
             srv.shutdown(&mut self.poll, crate::serve::SHUTDOWN_GRACE);
         }
+        // The terminal copy that fell behind the log is read back from it after
+        // the job is released; a reader that stops reading for a whole
+        // --drain-timeout is given up on.
+        let catch_up: Vec<_> = self
+            .streams
+            .iter()
+            .map(|s| {
+                let from = s.lag_from?;
+                let file = self.sink.log_reader(s.stream)?;
+                Some(tee::CatchUp {
+                    file,
+                    from,
+                    to: s.stats.bytes,
+                })
+            })
+            .collect();
         let meta = self.meta;
         drop(self.sink);
-        for s in self.streams {
+        for (s, catch_up) in self.streams.into_iter().zip(catch_up) {
             if let Some(tee) = s.tee {
-                tee.finish();
+                tee.finish(catch_up, self.cfg.drain_timeout);
             }
         }
         RunOutcome {

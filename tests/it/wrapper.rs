@@ -1177,3 +1177,45 @@ fn a_full_disk_keeps_the_final_status_and_leaves_no_temp_file() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr_text(&o));
 }
+
+#[test]
+fn the_final_status_does_not_wait_for_a_reader_that_does_not_read() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("stuck{i}");
+        // Nobody reads the wrapper's stdout; a long drain timeout keeps the
+        // wrapper waiting on that reader, so the metadata is seen final while
+        // it still runs.
+        let mut extra = vec!["--timeout", "1", "--drain-timeout", "60s"];
+        extra.extend_from_slice(mode);
+        let mut child = spawn_sh(&env, &id, &extra, "exec yes");
+        wait_until(Duration::from_secs(20), "the final metadata", || {
+            std::fs::read(env.job_dir(&id).join("metadata.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|m| m["status"] == "timed_out")
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the wrapper is still copying to its stdout, mode {mode:?}"
+        );
+        let o = env.run(&["show", &id]);
+        assert!(contains(&o.stdout, "timed_out"), "{}", stderr_text(&o));
+        // The reader goes away: the copy ends and so does the wrapper.
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(124));
+    }
+    // A reader that never reads is given up on after --drain-timeout.
+    let mut child = spawn_sh(
+        &env,
+        "given-up",
+        &["--timeout", "1", "--drain-timeout", "100ms"],
+        "exec yes",
+    );
+    wait_until(Duration::from_secs(20), "the wrapper to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert_eq!(child.wait().unwrap().code(), Some(124));
+    assert_eq!(env.meta("given-up")["status"], "timed_out");
+}
