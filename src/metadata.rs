@@ -105,6 +105,10 @@ pub struct Metadata {
     pub stderr: StreamStats,
     pub missing_deps: Vec<MissingDep>,
     pub marker_errors: Vec<MarkerError>,
+    /// Marker lines neither recorded in `missing_deps` nor in `marker_errors`,
+    /// because both were full (the wrapper's caps keep metadata.json small).
+    #[serde(default)]
+    pub marker_errors_dropped: u64,
     pub building_partitions: Vec<String>,
     pub log_errors: Vec<String>,
     pub tail_url: Option<String>,
@@ -213,6 +217,7 @@ mod tests {
             stderr: StreamStats::default(),
             missing_deps: vec![],
             marker_errors: vec![],
+            marker_errors_dropped: 0,
             building_partitions: vec![],
             log_errors: vec![],
             tail_url: None,

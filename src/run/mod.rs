@@ -33,10 +33,22 @@ pub const DEFAULT_COLS: u16 = 160;
 /// See [`DEFAULT_COLS`].
 pub const DEFAULT_ROWS: u16 = 50;
 
-/// Most `missing_deps` plus `marker_errors` entries kept for one job. A scheduler
-/// needs the first few; a job flooding markers must not grow metadata.json (and
-/// its rewrites) without bound.
-pub const MAX_MARKERS: usize = 10_000;
+/// Most bytes the `missing_deps` entries may take in metadata.json, all markers
+/// together (each is also capped at 1 MiB on its own). Real payloads list a few
+/// partitions; a job printing many large markers must not make the wrapper's
+/// memory, metadata.json and each of its rewrites grow without bound (40 markers
+/// of 1 MiB once made a 219 MiB document). Later valid markers become
+/// `marker_errors` saying they are over this cap.
+pub const MAX_MISSING_DEPS_BYTES: usize = 1 << 20;
+
+/// Most `marker_errors` entries kept; later ones are only counted in
+/// `marker_errors_dropped`. A scheduler needs the first few to see what is wrong.
+pub const MAX_MARKER_ERRORS: usize = 100;
+
+/// Shortest time between two rewrites of metadata.json for markers: a flood of
+/// markers costs a rewrite per interval, not one per marker, while a scheduler
+/// polling the file still sees a marker within this long.
+const MARKER_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Chunks read from one stream before the loop looks at the other stream and at
 /// signals again, so a firehose on stdout cannot starve stderr or a Ctrl-C.
@@ -204,6 +216,9 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         buf: vec![0u8; MAX_CHUNK],
         markers: Vec::new(),
         published_markers: 0,
+        last_publish: None,
+        publish_at: None,
+        missing_deps_bytes: 0,
         server,
         log_write_failed: false,
         metadata_write_failed: false,
@@ -252,6 +267,7 @@ fn initial_metadata(cfg: &RunConfig) -> Metadata {
         stderr: StreamStats::default(),
         missing_deps: Vec::new(),
         marker_errors: Vec::new(),
+        marker_errors_dropped: 0,
         building_partitions: cfg.partitions.clone(),
         log_errors: Vec::new(),
         tail_url: None,
@@ -299,6 +315,25 @@ fn exec_failed(
         error: Some(message),
         metadata: meta,
     }
+}
+
+/// Bytes `v` takes pretty-printed, as in metadata.json, counted without
+/// building the text.
+fn pretty_json_size(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail, and a JSON value always serialises.
+    let _ = serde_json::to_writer_pretty(&mut c, v);
+    c.0
 }
 
 fn stamp_end(meta: &mut Metadata, started: Instant) {
@@ -352,6 +387,12 @@ struct Loop<'a> {
     markers: Vec<MarkerEvent>,
     /// Marker entries already in the last metadata.json written.
     published_markers: usize,
+    /// When metadata.json was last rewritten for markers.
+    last_publish: Option<Instant>,
+    /// A deferred rewrite for markers is due then.
+    publish_at: Option<Instant>,
+    /// Bytes the `missing_deps` entries take (see [`MAX_MISSING_DEPS_BYTES`]).
+    missing_deps_bytes: usize,
     /// The tail server (`--listen`), driven by this loop.
     server: Option<crate::serve::Server>,
     /// A log append has failed (and been reported on stderr).
@@ -590,52 +631,67 @@ impl Loop<'_> {
         self.tag_markers(before, stream);
     }
 
-    /// Moves newly found markers of `stream` into the metadata.
+    /// Moves newly found markers of `stream` into the metadata, within the caps
+    /// ([`MAX_MISSING_DEPS_BYTES`], [`MAX_MARKER_ERRORS`]).
     fn tag_markers(&mut self, from: usize, stream: Stream) {
         for ev in self.markers.drain(from..) {
-            let kept = self.meta.missing_deps.len() + self.meta.marker_errors.len();
-            if kept > MAX_MARKERS {
-                continue;
-            }
             let name = stream.name().to_string();
-            if kept == MAX_MARKERS {
+            let error = match ev.result {
+                Ok(value) => {
+                    let dep = MissingDep {
+                        stream: name.clone(),
+                        line: ev.line,
+                        value,
+                    };
+                    let size = pretty_json_size(&dep);
+                    if self.missing_deps_bytes + size <= MAX_MISSING_DEPS_BYTES {
+                        self.missing_deps_bytes += size;
+                        self.meta.missing_deps.push(dep);
+                        continue;
+                    }
+                    format!(
+                        "marker is {size} bytes in metadata, over the total cap of \
+                         {MAX_MISSING_DEPS_BYTES} bytes for all markers of a job; not recorded"
+                    )
+                }
+                Err(error) => error,
+            };
+            if self.meta.marker_errors.len() < MAX_MARKER_ERRORS {
                 self.meta.marker_errors.push(MarkerError {
                     stream: name,
                     line: ev.line,
-                    error: format!(
-                        "more than {MAX_MARKERS} markers; this and later ones are not recorded"
-                    ),
-                });
-                continue;
-            }
-            match ev.result {
-                Ok(value) => self.meta.missing_deps.push(MissingDep {
-                    stream: name,
-                    line: ev.line,
-                    value,
-                }),
-                Err(error) => self.meta.marker_errors.push(MarkerError {
-                    stream: name,
-                    line: ev.line,
                     error,
-                }),
+                });
+            } else {
+                self.meta.marker_errors_dropped += 1;
             }
         }
     }
 
-    /// Rewrites metadata.json if markers arrived since the last write, so a
-    /// scheduler polling it sees them while the job runs.
+    /// Rewrites metadata.json if markers were recorded since the last write, so
+    /// a scheduler polling it sees them while the job runs; at most once per
+    /// [`MARKER_PUBLISH_INTERVAL`] (the loop wakes up for a deferred one).
     fn publish_markers(&mut self) {
         let n = self.meta.missing_deps.len() + self.meta.marker_errors.len();
-        if n != self.published_markers {
-            self.published_markers = n;
-            self.sync_stats();
-            if let Err(e) = self.sink.write_metadata(&self.meta, false) {
-                // Recorded once: on a full disk every later rewrite fails too.
-                if !self.metadata_write_failed {
-                    self.metadata_write_failed = true;
-                    self.meta.log_errors.push(format!("metadata.json: {e:#}"));
-                }
+        if n == self.published_markers {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(at) = self.last_publish.map(|t| t + MARKER_PUBLISH_INTERVAL) {
+            if now < at {
+                self.publish_at = Some(at);
+                return;
+            }
+        }
+        self.publish_at = None;
+        self.last_publish = Some(now);
+        self.published_markers = n;
+        self.sync_stats();
+        if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+            // Recorded once: on a full disk every later rewrite fails too.
+            if !self.metadata_write_failed {
+                self.metadata_write_failed = true;
+                self.meta.log_errors.push(format!("metadata.json: {e:#}"));
             }
         }
     }
@@ -746,6 +802,7 @@ impl Loop<'_> {
             self.timeout_at.filter(|_| alive),
             self.kill_at.filter(|_| alive),
             self.drain_at,
+            self.publish_at,
         ]
         .into_iter()
         .flatten()
@@ -781,7 +838,6 @@ impl Loop<'_> {
 
     /// Writes the final metadata, releases the job, waits for the terminal copy.
     fn finish(mut self) -> RunOutcome {
-        self.publish_markers();
         self.sync_stats();
         let end = self
             .child_end
@@ -835,5 +891,21 @@ impl Loop<'_> {
             error: None,
             metadata: meta,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_json_size_counts_what_metadata_json_holds() {
+        let dep = MissingDep {
+            stream: "stdout".into(),
+            line: 7,
+            value: serde_json::json!({"partitions": ["a/b", "c"], "n": [1, 2, {"x": null}]}),
+        };
+        let text = serde_json::to_vec_pretty(&dep).unwrap();
+        assert_eq!(pretty_json_size(&dep), text.len());
     }
 }

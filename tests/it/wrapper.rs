@@ -1219,3 +1219,52 @@ fn the_final_status_does_not_wait_for_a_reader_that_does_not_read() {
     assert_eq!(child.wait().unwrap().code(), Some(124));
     assert_eq!(env.meta("given-up")["status"], "timed_out");
 }
+
+#[test]
+fn markers_are_capped_in_total_with_bounded_memory_and_metadata() {
+    let env = TestEnv::new();
+    // 40 valid markers of ~1 MB each: each under the per-line limit, together
+    // far over the total cap.
+    let script = "x=$(head -c 1000000 /dev/zero | tr '\\0' x); \
+                  for i in $(seq 40); do printf 'DATABUILD_MISSING_DEPS_JSON:[\"%s\"]\\n' \"$x\"; done";
+    let (status, rss_kib) = run_measuring_rss(
+        &env,
+        &[
+            "--job-run-id",
+            "many",
+            "--quiet",
+            "--no-pty",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(status, 0);
+    let size = std::fs::metadata(env.job_dir("many").join("metadata.json"))
+        .unwrap()
+        .len();
+    assert!(size < 2 << 20, "metadata.json is {size} bytes");
+    let meta = env.meta("many");
+    assert_eq!(meta["missing_deps"].as_array().unwrap().len(), 1);
+    let errors = meta["marker_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 39);
+    assert!(
+        errors[0]["error"].as_str().unwrap().contains("total cap"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0]["line"], 2);
+    assert!(rss_kib < 16 * 1024, "peak RSS {rss_kib} KiB");
+
+    // Marker errors are capped too; the rest are counted.
+    let o = env.run_sh(
+        "bad",
+        &["--no-pty"],
+        "for i in $(seq 250); do echo 'DATABUILD_MISSING_DEPS_JSON:{bad'; done",
+    );
+    assert_eq!(code(&o), 0);
+    let meta = env.meta("bad");
+    assert_eq!(meta["marker_errors"].as_array().unwrap().len(), 100);
+    assert_eq!(meta["marker_errors_dropped"], 150);
+}
