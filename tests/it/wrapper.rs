@@ -826,6 +826,10 @@ fn wrapper_failures_are_125_with_one_clear_line() {
             "must not start with '.'",
         ),
         (vec!["--job-run-id", "a/b", "--", "true"], "is not allowed"),
+        (
+            vec!["--job-run-id", "", "--", "true"],
+            "1 to 128 characters long",
+        ),
         (vec!["--timeout", "soon", "--", "true"], "--timeout"),
         (
             vec!["--log-dir", not_writable.to_str().unwrap(), "--", "true"],
@@ -869,6 +873,41 @@ fn a_used_id_is_refused_and_the_env_id_is_used() {
         .unwrap();
     assert_eq!(code(&o), 0);
     assert_eq!(env.meta("from-env")["job_run_id"], "from-env");
+}
+
+#[test]
+fn an_empty_job_run_id_variable_means_unset() {
+    let env = TestEnv::new();
+    let o = env
+        .cmd()
+        .env("DATABUILD_JOB_RUN_ID", "")
+        .args(["--", "sh", "-c", "echo \"$DATABUILD_JOB_RUN_ID\""])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    let id = String::from_utf8(o.stdout).unwrap();
+    let id = id.trim();
+    assert!(id.starts_with("20"), "a generated id: {id:?}");
+    assert_eq!(env.meta(id)["status"], "succeeded");
+    // The flag wins over the variable.
+    let o = env
+        .cmd()
+        .env("DATABUILD_JOB_RUN_ID", "from-env")
+        .args(["--job-run-id", "from-flag", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert!(env.job_dir("from-flag").exists());
+    assert!(!env.job_dir("from-env").exists());
+}
+
+#[test]
+fn timeout_zero_means_no_timeout() {
+    let env = TestEnv::new();
+    let o = env.run_sh("t0", &["--timeout", "0"], "sleep 0.2; echo done");
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    assert_eq!(env.stdout_log("t0"), b"done\n");
+    assert_eq!(env.meta("t0")["status"], "succeeded");
 }
 
 #[test]
