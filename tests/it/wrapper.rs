@@ -1307,3 +1307,25 @@ fn markers_are_capped_in_total_with_bounded_memory_and_metadata() {
     assert_eq!(meta["marker_errors"].as_array().unwrap().len(), 100);
     assert_eq!(meta["marker_errors_dropped"], 150);
 }
+
+#[test]
+fn a_dev_tty_prompt_gets_end_of_file_when_stdin_is_not_a_terminal() {
+    let env = TestEnv::new();
+    // Twice, and after the TCSAFLUSH a password prompt does: every read ends.
+    let mut child = spawn_sh(
+        &env,
+        "prompt",
+        &[],
+        "read x </dev/tty; echo rc=$?; stty -echo </dev/tty; read y </dev/tty; echo rc=$?",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job is still waiting on /dev/tty");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(env.stdout_log("prompt"), b"rc=1\nrc=1\n");
+}
