@@ -127,6 +127,9 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    // The tail server raises the descriptor limit for itself; the job gets the
+    // limit logwrap was started with (`--listen` must not change the job).
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok();
     // Bound before the job exists, so a busy port leaves nothing behind.
     let mut server = match &cfg.listen {
         Some(sc) => Some(
@@ -180,7 +183,7 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     if cfg.pty && std::env::var_os("TERM").is_none() {
         env.push((OsString::from("TERM"), OsString::from("xterm-256color")));
     }
-    let spawned = match spawn::spawn(&cfg.command, &env, winsize) {
+    let spawned = match spawn::spawn(&cfg.command, &env, winsize, nofile) {
         Ok(s) => s,
         Err(e) => return Ok(exec_failed(cfg, sink, meta, started, &e)),
     };

@@ -26,10 +26,13 @@ const PIPE_SIZE: i32 = 1 << 20;
 
 /// Starts `argv` with `env` added to the inherited environment. With `pty`, the
 /// child's stdout and stderr are two separate pseudo-terminals of that size.
+/// `nofile` (soft, hard) is the descriptor limit the child gets back, if the
+/// wrapper changed its own.
 pub fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
     pty: Option<Winsize>,
+    nofile: Option<(u64, u64)>,
 ) -> io::Result<Spawned> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -50,8 +53,12 @@ pub fn spawn(
         }
     };
     let make_ctty = pty.is_some();
+    let nofile = nofile.map(|(soft, hard)| libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    });
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (setsid, ioctl, signal, sigprocmask).
+    // async-signal-safe functions (setsid, ioctl, signal, sigprocmask, setrlimit).
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -69,6 +76,10 @@ pub fn spawn(
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some(lim) = &nofile {
+                // Lowering the soft limit back is always allowed.
+                libc::setrlimit(libc::RLIMIT_NOFILE, lim);
+            }
             Ok(())
         });
     }

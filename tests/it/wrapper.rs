@@ -1329,3 +1329,34 @@ fn a_dev_tty_prompt_gets_end_of_file_when_stdin_is_not_a_terminal() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(env.stdout_log("prompt"), b"rc=1\nrc=1\n");
 }
+
+#[test]
+fn listen_does_not_change_the_jobs_descriptor_limit() {
+    let env = TestEnv::new();
+    let mut seen = Vec::new();
+    for (id, extra) in [
+        ("plain", vec![]),
+        ("served", vec!["--listen", "127.0.0.1:0"]),
+    ] {
+        let mut cmd = env.cmd();
+        cmd.args(["--job-run-id", id, "--no-pty"])
+            .args(&extra)
+            .args(["--", "sh", "-c", "ulimit -n"]);
+        // SAFETY: setrlimit between fork and exec is async-signal-safe. A soft
+        // limit under the hard one is what a server would raise.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1000,
+                    rlim_max: 2000,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+        seen.push(String::from_utf8(env.stdout_log(id)).unwrap());
+    }
+    assert_eq!(seen, vec!["1000\n", "1000\n"]);
+}
