@@ -299,7 +299,16 @@ fn exec_failed(
 ) -> RunOutcome {
     let code = exit::exec_failure_code(err);
     let program = cfg.command[0].to_string_lossy();
-    let message = if code == exit::NOT_FOUND {
+    let bad_interpreter = (code == exit::NOT_FOUND)
+        .then(|| missing_interpreter(&cfg.command[0]))
+        .flatten();
+    let message = if let Some((script, interp)) = bad_interpreter {
+        format!(
+            "cannot execute {}: bad interpreter: {interp} (named on its #! line) is not found; \
+             install it or fix the #! line",
+            script.display()
+        )
+    } else if code == exit::NOT_FOUND {
         format!("command not found: {program}; check the name and PATH")
     } else {
         format!("cannot execute {program}: {err}; check that it is an executable file")
@@ -337,6 +346,29 @@ fn pretty_json_size(v: &impl serde::Serialize) -> usize {
     // Writing to a counter cannot fail, and a JSON value always serialises.
     let _ = serde_json::to_writer_pretty(&mut c, v);
     c.0
+}
+
+/// When exec said "not found" for a program that exists, it was the script's
+/// `#!` interpreter that is missing: the script's path and that interpreter.
+fn missing_interpreter(program: &std::ffi::OsStr) -> Option<(std::path::PathBuf, String)> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let candidates: Vec<std::path::PathBuf> = if program.as_bytes().contains(&b'/') {
+        vec![program.into()]
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let script = candidates.into_iter().find(|p| p.is_file())?;
+    let mut head = Vec::with_capacity(exit::SHEBANG_MAX);
+    std::fs::File::open(&script)
+        .ok()?
+        .take(exit::SHEBANG_MAX as u64)
+        .read_to_end(&mut head)
+        .ok()?;
+    let interp = exit::shebang_interpreter(&head)?;
+    Some((script, String::from_utf8_lossy(interp).into_owned()))
 }
 
 fn stamp_end(meta: &mut Metadata, started: Instant) {

@@ -805,6 +805,45 @@ fn exec_failures_are_126_and_127_with_one_clear_line() {
 }
 
 #[test]
+fn a_script_with_a_missing_interpreter_names_it() {
+    let env = TestEnv::new();
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("myscript");
+    std::fs::write(&script, "#!/no/such/interpreter -e\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // By path, and found through PATH.
+    for (id, program, path) in [
+        (
+            "bypath",
+            script.to_str().unwrap(),
+            std::env::var("PATH").unwrap(),
+        ),
+        (
+            "bysearch",
+            "myscript",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        ),
+    ] {
+        let o = env
+            .cmd()
+            .env("PATH", path)
+            .args(["--job-run-id", id, "--", program])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 127);
+        let err = stderr_text(&o);
+        assert!(
+            err.contains("bad interpreter")
+                && err.contains("/no/such/interpreter")
+                && err.lines().count() == 1,
+            "{err}"
+        );
+        assert_eq!(env.meta(id)["wrapper_exit_code"], 127);
+    }
+}
+
+#[test]
 fn wrapper_failures_are_125_with_one_clear_line() {
     let env = TestEnv::new();
     let blocker = env.path("a-file");
