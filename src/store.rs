@@ -394,6 +394,31 @@ struct StreamFiles {
     idx: File,
     end: u64,
     lines_end: u64,
+    /// Where the last index record written ends. Bytes past it, up to `end`,
+    /// hold no newline: their record is written with the chunk that ends their
+    /// line (see [`FileJobSink::append`]).
+    recorded_end: u64,
+    /// Read time of the last chunk not yet in a record.
+    pending_ts: u64,
+}
+
+impl StreamFiles {
+    /// Writes the record for everything appended up to `end`, if not yet done.
+    fn record(&mut self, seq: &mut u64, ts_us: u64) -> io::Result<()> {
+        if self.end == self.recorded_end {
+            return Ok(());
+        }
+        let rec = Record {
+            seq: *seq,
+            ts_us,
+            end: self.end,
+            lines_end: self.lines_end,
+        };
+        *seq += 1;
+        self.idx.write_all(&rec.encode())?;
+        self.recorded_end = self.end;
+        Ok(())
+    }
 }
 
 /// The file store's writer for one job. Holds the job's lock for its lifetime, so
@@ -458,6 +483,8 @@ impl FileJobSink {
                 idx,
                 end: 0,
                 lines_end: 0,
+                recorded_end: 0,
+                pending_ts: 0,
             })
         };
         let streams = [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?];
@@ -470,6 +497,14 @@ impl FileJobSink {
             reserve,
             _lock: lock,
         })
+    }
+
+    /// Writes the records still owed for chunks without a newline.
+    fn record_pending(&mut self) {
+        for s in &mut self.streams {
+            let ts = s.pending_ts;
+            let _ = s.record(&mut self.seq, ts);
+        }
     }
 
     /// Unlinks the reserve, giving its room back for the final metadata.
@@ -538,23 +573,35 @@ impl JobSink for FileJobSink {
         &self.dir
     }
 
+    /// A chunk without a newline gets no record of its own: it joins the record
+    /// of the chunk that ends its line. A line's time and arrival order are
+    /// those of the chunk holding its newline, so they stay exact, while a job
+    /// writing a byte at a time costs one record per line, not per byte. A
+    /// record still never spans more than [`index::MAX_CHUNK`] bytes (readers
+    /// scan one record's range to find a line), and the bytes not yet recorded
+    /// are a tail readers scan.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
+        let len = chunk.data().len() as u64;
+        if s.end - s.recorded_end + len > index::MAX_CHUNK as u64 {
+            let ts = s.pending_ts;
+            s.record(&mut self.seq, ts)?;
+        }
         s.log.write_all(chunk.data())?;
-        s.end += chunk.data().len() as u64;
+        s.end += len;
         s.lines_end += chunk.newlines();
-        let rec = Record {
-            seq: self.seq,
-            ts_us: chunk.ts_us(),
-            end: s.end,
-            lines_end: s.lines_end,
-        };
-        self.seq += 1;
-        s.idx.write_all(&rec.encode())
+        s.pending_ts = chunk.ts_us();
+        if chunk.newlines() == 0 {
+            return Ok(());
+        }
+        s.record(&mut self.seq, chunk.ts_us())
     }
 
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
         if last {
+            // A final line without a newline gets its record now. A failure
+            // only leaves it to readers' scan of the unrecorded tail.
+            self.record_pending();
             self.release_reserve();
         }
         // Only the final metadata is made durable (fsync). The logs are not:
@@ -718,7 +765,8 @@ mod tests {
         }
         let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
         let idx = IndexFile::open(&store.index_path(&id, Stream::Stdout)).unwrap();
-        assert_eq!(idx.count(), 4);
+        // The empty chunk holds no newline: it joins the next chunk's record.
+        assert_eq!(idx.count(), 3);
         let starts: Vec<_> = (1..=6)
             .map(|n| line_start(&log, &idx, n).unwrap())
             .collect();
@@ -741,6 +789,55 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "append {append}");
         }
         assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_byte_at_a_time_costs_a_record_per_line_with_exact_line_times() {
+        let store = temp_store("bytes");
+        let id = JobId::parse("b").unwrap();
+        let mut sink = FileJobSink::create(&store, &id).unwrap();
+        let text = b"ab\ncd\n";
+        for (i, b) in text.iter().enumerate() {
+            sink.append(
+                Stream::Stdout,
+                &Chunk::new(std::slice::from_ref(b), i as u64),
+            )
+            .unwrap();
+        }
+        let path = store.index_path(&id, Stream::Stdout);
+        let records = |p: &Path| {
+            let idx = IndexFile::open(p).unwrap();
+            (0..idx.count())
+                .map(|i| idx.get(i).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let got: Vec<_> = records(&path)
+            .iter()
+            .map(|r| (r.ts_us, r.end, r.lines_end))
+            .collect();
+        // Each line is stamped with the read time of its newline, as before.
+        assert_eq!(got, vec![(2, 3, 1), (5, 6, 2)]);
+        let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
+        let idx = IndexFile::open(&path).unwrap();
+        assert_eq!(line_start(&log, &idx, 2).unwrap(), Some(3));
+        // A line longer than a chunk still gets records no wider than a chunk.
+        let extra = index::MAX_CHUNK + 10;
+        for i in 0..extra {
+            sink.append(Stream::Stdout, &Chunk::new(b"x", 100 + i as u64))
+                .unwrap();
+        }
+        sink.record_pending();
+        let recs = records(&path);
+        assert_eq!(recs.len(), 4);
+        let mut start = 0;
+        for r in &recs {
+            assert!(r.end - start <= index::MAX_CHUNK as u64, "{r:?}");
+            start = r.end;
+        }
+        assert_eq!(start, 6 + extra as u64);
+        assert_eq!(recs[3].ts_us, 100 + extra as u64 - 1);
+        drop(sink);
         fs::remove_dir_all(store.root()).unwrap();
     }
 

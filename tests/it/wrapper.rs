@@ -1399,3 +1399,32 @@ fn listen_does_not_change_the_jobs_descriptor_limit() {
     }
     assert_eq!(seen, vec!["1000\n", "1000\n"]);
 }
+
+#[test]
+fn a_job_writing_a_byte_at_a_time_keeps_its_index_small() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("bytes{i}");
+        let o = env.run_sh(
+            &id,
+            mode,
+            "i=0; while [ $i -lt 10000 ]; do printf x; i=$((i+1)); done; echo; printf tail",
+        );
+        assert_eq!(code(&o), 0);
+        let log = env.stdout_log(&id);
+        assert_eq!(log.len(), 10_005);
+        let idx = env.file(&id, "stdout.idx").len();
+        assert!(
+            idx <= log.len(),
+            "index {idx} bytes for a {} byte log, mode {mode:?}",
+            log.len()
+        );
+        // Lines are still found and stamped through the index.
+        let o = env.run(&["logs", &id, "--timestamps"]);
+        let text = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert!(lines.iter().all(|l| l.starts_with("20")), "{text:?}");
+        assert!(lines[0].ends_with(&"x".repeat(10_000)) && lines[1].ends_with(" tail"));
+    }
+}
