@@ -230,12 +230,26 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
     });
-    for (stream, fd, token, out_fd) in [
-        (Stream::Stdout, spawned.stdout, OUT_TOKEN, 1),
-        (Stream::Stderr, spawned.stderr, ERR_TOKEN, 2),
+    let [out_tee, err_tee] = if cfg.quiet {
+        [None, None]
+    } else if same_file(1, 2) {
+        // `2>&1`: two writers would tear each other's lines apart.
+        let (o, e) = tee::Tee::start_shared(1, wake_fn.clone(), lp.want_wake.clone());
+        [Some(o), Some(e)]
+    } else {
+        [1, 2].map(|fd| {
+            Some(tee::Tee::start(
+                fd,
+                fd as usize - 1,
+                wake_fn.clone(),
+                lp.want_wake.clone(),
+            ))
+        })
+    };
+    for (stream, fd, token, tee) in [
+        (Stream::Stdout, spawned.stdout, OUT_TOKEN, out_tee),
+        (Stream::Stderr, spawned.stderr, ERR_TOKEN, err_tee),
     ] {
-        let tee =
-            (!cfg.quiet).then(|| tee::Tee::start(out_fd, wake_fn.clone(), lp.want_wake.clone()));
         lp.add_stream(stream, fd, token, tee);
     }
     lp.run();
@@ -327,6 +341,18 @@ fn exec_failed(
         error: Some(message),
         metadata: meta,
     }
+}
+
+/// True when descriptors `a` and `b` are the same open file (same device and
+/// inode), as after `2>&1`.
+fn same_file(a: i32, b: i32) -> bool {
+    let stat = |fd| {
+        // SAFETY: an all-zero stat is valid, and fstat fills it in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor number; a closed one just fails.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Bytes `v` takes pretty-printed, as in metadata.json, counted without
@@ -916,10 +942,17 @@ impl Loop<'_> {
             .collect();
         let meta = self.meta;
         drop(self.sink);
+        let mut tees: Vec<tee::Tee> = Vec::new();
+        // All handles close before any is waited on: a shared copy's thread
+        // ends only when both have.
         for (s, catch_up) in self.streams.into_iter().zip(catch_up) {
-            if let Some(tee) = s.tee {
-                tee.finish(catch_up, self.cfg.drain_timeout);
+            if let Some(mut tee) = s.tee {
+                tee.close(catch_up);
+                tees.push(tee);
             }
+        }
+        for tee in tees {
+            tee.wait(self.cfg.drain_timeout);
         }
         RunOutcome {
             exit_code,

@@ -4,7 +4,9 @@
 //! handling or the log; a small bounded queue gives back-pressure instead of
 //! unbounded buffering, and EPIPE only ends the copy. A regular file or
 //! `/dev/null` never blocks, so there the copy is written inline, saving a
-//! thread hand-off per chunk. Once the job has ended, a copy that fell behind
+//! thread hand-off per chunk. When stdout and stderr are the same file (`2>&1`),
+//! one thread writes both, whole lines in arrival order. Once the job has ended,
+//! a copy that fell behind
 //! is finished from the log file itself, after the final metadata is written,
 //! and given up on if its reader stops reading.
 
@@ -33,6 +35,19 @@ pub struct CatchUp {
     pub to: u64,
 }
 
+/// Most bytes of an unfinished line held back per stream when both streams are
+/// copied to one file (see [`Tee::start_shared`]): a longer line is written in
+/// pieces rather than buffered without bound. A chunk's worth, so holding costs
+/// no more than one queued chunk.
+const MAX_HELD_LINE: usize = crate::output::index::MAX_CHUNK;
+
+/// Longest an unfinished line is held back when both streams share one file: a
+/// prompt or a progress bar without a newline still shows this soon.
+const HOLD_PARTIAL_LINE: Duration = Duration::from_millis(50);
+
+/// A chunk for the copy thread: which stream (0 stdout, 1 stderr) and its bytes.
+type Msg = (usize, Vec<u8>);
+
 /// What the copy thread shares with the event loop.
 struct Shared {
     /// Set once a write to the reader failed.
@@ -40,71 +55,151 @@ struct Shared {
     /// Bytes written so far, so a reader that still reads can be told from one
     /// that has stopped.
     written: AtomicU64,
-    /// Read back from the log once the queue is done.
-    catch_up: Mutex<Option<CatchUp>>,
+    /// Read back from the log once the queue is done, in order.
+    catch_up: Mutex<Vec<CatchUp>>,
 }
 
-/// One stream's copy: inline, or a thread and its queue.
+/// One stream's copy: inline, or a thread and its queue (one thread for both
+/// streams when they go to the same file).
 pub struct Tee {
     /// Set when the destination never blocks and writes are made inline.
     inline_fd: Option<RawFd>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    recycled: Receiver<Vec<u8>>,
+    /// This stream's number in the messages (0 stdout, 1 stderr).
+    tag: usize,
+    tx: Option<SyncSender<Msg>>,
+    /// Buffers the thread has finished with (shared by both streams' handles).
+    recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
-    /// Closed when the thread ends.
+    /// Closed when the thread ends; held by one handle of a shared copy.
     done: Option<Receiver<()>>,
 }
 
 impl Tee {
-    /// Starts a copy thread writing to `fd`. After each chunk written, if
-    /// `want_wake` is set, it clears it and calls `wake` (the event loop's waker).
-    pub fn start(fd: RawFd, wake: Arc<dyn Fn() + Send + Sync>, want_wake: Arc<AtomicBool>) -> Tee {
-        let shared = Arc::new(Shared {
-            dead: AtomicBool::new(false),
-            written: AtomicU64::new(0),
-            catch_up: Mutex::new(None),
-        });
+    /// Starts the copy of stream `tag` to `fd`: inline when `fd` never blocks,
+    /// else on a thread. After each chunk written, if `want_wake` is set, the
+    /// thread clears it and calls `wake` (the event loop's waker).
+    pub fn start(
+        fd: RawFd,
+        tag: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> Tee {
         if never_blocks(fd) {
             let (_, recycled) = sync_channel(0);
             return Tee {
                 inline_fd: Some(fd),
+                tag,
                 tx: None,
-                recycled,
+                recycled: Arc::new(Mutex::new(recycled)),
                 thread: None,
-                shared,
+                shared: Arc::new(Shared::default()),
                 done: None,
             };
         }
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
-        let (back_tx, recycled) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS + 1);
+        Tee::threaded(fd, false, wake, want_wake).0
+    }
+
+    /// Starts one copy for both streams when the wrapper's stdout and stderr are
+    /// the same file (`2>&1`): one thread writes both in arrival order, and
+    /// writes whole lines, holding a stream's unfinished line back (up to
+    /// [`MAX_HELD_LINE`], for at most [`HOLD_PARTIAL_LINE`]) so the other
+    /// stream's lines cannot cut into it. Returns the stdout and stderr handles.
+    pub fn start_shared(
+        fd: RawFd,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> (Tee, Tee) {
+        if is_dev_null(fd) {
+            // Nothing to keep whole: the cheap inline writes will do.
+            let out = Tee::start(fd, 0, wake.clone(), want_wake.clone());
+            return (out, Tee::start(fd, 1, wake, want_wake));
+        }
+        let (out, err) = Tee::threaded(fd, true, wake, want_wake);
+        (out, err.expect("a shared copy has two handles"))
+    }
+
+    fn threaded(
+        fd: RawFd,
+        by_line: bool,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> (Tee, Option<Tee>) {
+        // Both streams' chunks share one queue when shared: the bound per
+        // stream stays as documented for QUEUE_CHUNKS.
+        let depth = if by_line {
+            2 * QUEUE_CHUNKS
+        } else {
+            QUEUE_CHUNKS
+        };
+        let (tx, rx) = sync_channel::<Msg>(depth);
+        let (back_tx, recycled) = sync_channel::<Vec<u8>>(depth + 1);
         let (done_tx, done) = sync_channel::<()>(0);
+        let shared = Arc::new(Shared::default());
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("logwrap-tee-{fd}"))
             .spawn(move || {
                 let _done = done_tx;
-                for buf in rx {
-                    sh.copy(fd, &buf);
+                let mut lines = LineMerge::default();
+                loop {
+                    let msg = if lines.holding() {
+                        match rx.recv_timeout(HOLD_PARTIAL_LINE) {
+                            Ok(m) => Some(m),
+                            Err(RecvTimeoutError::Timeout) => {
+                                lines.flush(|b| sh.copy(fd, b));
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    } else {
+                        rx.recv().ok()
+                    };
+                    let Some((tag, buf)) = msg else {
+                        break;
+                    };
+                    if by_line {
+                        lines.push(tag, &buf, |b| sh.copy(fd, b));
+                    } else {
+                        sh.copy(fd, &buf);
+                    }
                     let _ = back_tx.try_send(buf);
                     if want_wake.swap(false, Ordering::SeqCst) {
                         wake();
                     }
                 }
-                let catch_up = sh.catch_up.lock().ok().and_then(|mut c| c.take());
-                if let Some(c) = catch_up {
-                    sh.copy_from_log(fd, &c);
+                lines.flush(|b| sh.copy(fd, b));
+                let catch_up = sh
+                    .catch_up
+                    .lock()
+                    .map(|mut c| std::mem::take(&mut *c))
+                    .unwrap_or_default();
+                for c in &catch_up {
+                    sh.copy_from_log(fd, c);
                 }
             })
             .ok();
-        Tee {
+        let tx = thread.as_ref().map(|_| tx);
+        let recycled = Arc::new(Mutex::new(recycled));
+        let second = by_line.then(|| Tee {
             inline_fd: None,
-            tx: thread.as_ref().map(|_| tx),
+            tag: 1,
+            tx: tx.clone(),
+            recycled: recycled.clone(),
+            thread: None,
+            shared: shared.clone(),
+            done: None,
+        });
+        let first = Tee {
+            inline_fd: None,
+            tag: 0,
+            tx,
             recycled,
             thread,
             shared,
             done: Some(done),
-        }
+        };
+        (first, second)
     }
 
     /// Copies `chunk` at once if the destination never blocks; false means the
@@ -119,7 +214,8 @@ impl Tee {
 
     /// A buffer holding a copy of `chunk`, reusing one the thread has finished with.
     pub fn buffer_for(&self, chunk: &[u8]) -> Vec<u8> {
-        let mut buf = self.recycled.try_recv().unwrap_or_default();
+        let reused = self.recycled.lock().ok().and_then(|r| r.try_recv().ok());
+        let mut buf = reused.unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(chunk);
         buf
@@ -130,8 +226,8 @@ impl Tee {
         if self.is_dead() {
             return Ok(());
         }
-        match self.tx.as_ref().map(|tx| tx.try_send(buf)) {
-            Some(Err(TrySendError::Full(buf))) => Err(buf),
+        match self.tx.as_ref().map(|tx| tx.try_send((self.tag, buf))) {
+            Some(Err(TrySendError::Full((_, buf)))) => Err(buf),
             _ => Ok(()),
         }
     }
@@ -143,13 +239,18 @@ impl Tee {
             return;
         };
         while !self.is_dead() {
-            match tx.try_send(buf) {
+            match tx.try_send((self.tag, buf)) {
                 Ok(()) => return,
-                Err(TrySendError::Full(b)) => buf = b,
+                Err(TrySendError::Full((_, b))) => buf = b,
                 Err(TrySendError::Disconnected(_)) => return,
             }
             // The thread hands back each buffer it has written: a free slot.
-            if self.recycled.recv_timeout(idle_limit).is_err() {
+            let freed = self
+                .recycled
+                .lock()
+                .map(|r| r.recv_timeout(idle_limit).is_ok())
+                .unwrap_or(false);
+            if !freed {
                 self.shared.dead.store(true, Ordering::Relaxed);
             }
         }
@@ -160,16 +261,20 @@ impl Tee {
         self.shared.dead.load(Ordering::Relaxed) || (self.tx.is_none() && self.inline_fd.is_none())
     }
 
-    /// Ends the copy: writes what is queued, then `catch_up` from the log, and
-    /// waits for that while the reader keeps reading. A reader that takes
-    /// nothing for `idle_limit` is given up on (its thread is left blocked in
-    /// its write and ends with the process), so a reader that never reads
-    /// cannot keep the wrapper alive.
-    pub fn finish(mut self, catch_up: Option<CatchUp>, idle_limit: Duration) {
+    /// No more chunks: the thread writes what is queued, then `catch_up` from
+    /// the log. Close every handle before [`Tee::wait`]ing on any.
+    pub fn close(&mut self, catch_up: Option<CatchUp>) {
         if let (Some(c), Ok(mut slot)) = (catch_up, self.shared.catch_up.lock()) {
-            *slot = Some(c);
+            slot.push(c);
         }
         self.tx = None;
+    }
+
+    /// Waits for the copy to finish while the reader keeps reading. A reader
+    /// that takes nothing for `idle_limit` is given up on (its thread is left
+    /// blocked in its write and ends with the process), so a reader that never
+    /// reads cannot keep the wrapper alive.
+    pub fn wait(mut self, idle_limit: Duration) {
         let Some(done) = self.done.take() else {
             return;
         };
@@ -184,6 +289,16 @@ impl Tee {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            dead: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            catch_up: Mutex::new(Vec::new()),
         }
     }
 }
@@ -214,16 +329,69 @@ impl Shared {
     }
 }
 
+/// Two streams merged into one output a whole line at a time: each stream's
+/// bytes after its last newline are held until the line ends (or grows past
+/// [`MAX_HELD_LINE`], or [`LineMerge::flush`] is called), so lines of the two
+/// streams never cut into each other. Pure: the writes go to `out`.
+#[derive(Default)]
+struct LineMerge {
+    held: [Vec<u8>; 2],
+}
+
+impl LineMerge {
+    /// True while an unfinished line is held.
+    fn holding(&self) -> bool {
+        self.held.iter().any(|h| !h.is_empty())
+    }
+
+    /// Takes a chunk of stream `tag`, writing every line it completes.
+    fn push(&mut self, tag: usize, chunk: &[u8], mut out: impl FnMut(&[u8])) {
+        let held = &mut self.held[tag];
+        let rest = match memchr::memrchr(b'\n', chunk) {
+            Some(i) => {
+                if !held.is_empty() {
+                    out(held);
+                    held.clear();
+                }
+                out(&chunk[..=i]);
+                &chunk[i + 1..]
+            }
+            None => chunk,
+        };
+        held.extend_from_slice(rest);
+        if held.len() > MAX_HELD_LINE {
+            out(held);
+            held.clear();
+        }
+    }
+
+    /// Writes every held unfinished line (stdout's first).
+    fn flush(&mut self, mut out: impl FnMut(&[u8])) {
+        for held in &mut self.held {
+            if !held.is_empty() {
+                out(held);
+                held.clear();
+            }
+        }
+    }
+}
+
 /// True for a regular file or `/dev/null`, which a write never waits on.
 fn never_blocks(fd: RawFd) -> bool {
+    fstat_kind(fd).is_some_and(|(kind, _)| kind == libc::S_IFREG) || is_dev_null(fd)
+}
+
+/// True for `/dev/null`.
+fn is_dev_null(fd: RawFd) -> bool {
+    fstat_kind(fd).is_some_and(|(kind, rdev)| kind == libc::S_IFCHR && rdev == libc::makedev(1, 3))
+}
+
+/// The file type bits and device number of `fd`, if it is open.
+fn fstat_kind(fd: RawFd) -> Option<(libc::mode_t, libc::dev_t)> {
     // SAFETY: an all-zero stat is valid, and fstat fills it in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on a descriptor number; a closed one just fails.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return false;
-    }
-    let kind = st.st_mode & libc::S_IFMT;
-    kind == libc::S_IFREG || (kind == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_mode & libc::S_IFMT, st.st_rdev))
 }
 
 /// Writes all of `buf` to `fd`, retrying on EINTR and waiting on EAGAIN (a
@@ -253,4 +421,41 @@ fn write_all(fd: RawFd, mut buf: &[u8], written: &AtomicU64) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(chunks: &[(usize, &[u8])]) -> Vec<Vec<u8>> {
+        let mut m = LineMerge::default();
+        let mut out = Vec::new();
+        for (tag, c) in chunks {
+            m.push(*tag, c, |b| out.push(b.to_vec()));
+        }
+        m.flush(|b| out.push(b.to_vec()));
+        out
+    }
+
+    #[test]
+    fn merged_streams_never_cut_into_each_others_lines() {
+        let out = merge(&[
+            (0, b"out-a"),
+            (1, b"err-1\nerr-"),
+            (0, b"a\nout-b"),
+            (1, b"2\n"),
+            (0, b"\n"),
+        ]);
+        let text: Vec<u8> = out.concat();
+        assert_eq!(text, b"err-1\nout-aa\nerr-2\nout-b\n".to_vec());
+    }
+
+    #[test]
+    fn an_unfinished_line_is_held_only_up_to_its_bound() {
+        let long = vec![b'x'; MAX_HELD_LINE + 1];
+        let out = merge(&[(0, &long), (1, b"err\n")]);
+        assert_eq!(out, vec![long.clone(), b"err\n".to_vec()]);
+        let out = merge(&[(0, b"prompt: ")]);
+        assert_eq!(out, vec![b"prompt: ".to_vec()]);
+    }
 }

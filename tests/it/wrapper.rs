@@ -1428,3 +1428,36 @@ fn a_job_writing_a_byte_at_a_time_keeps_its_index_small() {
         assert!(lines[0].ends_with(&"x".repeat(10_000)) && lines[1].ends_with(" tail"));
     }
 }
+
+#[test]
+fn stdout_and_stderr_to_one_pipe_keep_every_line_whole() {
+    let env = TestEnv::new();
+    // Long lines (longer than a pty hands out per read) alternating between the
+    // two streams, both of the wrapper's outputs into one pipe, as `2>&1 | cat`.
+    let script = "awk 'BEGIN { o = sprintf(\"%5000s\", \"\"); e = o; gsub(/ /, \"o\", o); \
+                  gsub(/ /, \"e\", e); for (i = 0; i < 200; i++) { print \"O\" o; \
+                  print \"E\" e > \"/dev/stderr\"; fflush() } }'";
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["--job-run-id", "merged", "--", "sh", "-c", script])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 400);
+    let whole_o = format!("O{}", "o".repeat(5000));
+    let whole_e = format!("E{}", "e".repeat(5000));
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            *l == whole_o || *l == whole_e,
+            "line {i} is cut: {}...",
+            &l[..l.len().min(80)]
+        );
+    }
+}
