@@ -1143,28 +1143,53 @@ struct SmallDisk {
     path: std::path::PathBuf,
 }
 
+/// Set in a copy of this test binary re-run inside a user and mount namespace.
+const IN_MOUNT_NS: &str = "LOGWRAP_TEST_IN_MOUNT_NS";
+
 impl SmallDisk {
-    /// Mounts a tmpfs of `size` (as `mount -o size=`) at `path`; `None`, with the
-    /// reason printed, where this sandbox may not mount.
-    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+    /// Mounts a tmpfs of `size` (as `mount -o size=`) at `path`. Where this
+    /// process may not mount (not root), the test named `test` is run again
+    /// inside `unshare -rm`, where it may, and `None` is returned (its result is
+    /// asserted here); `None` with the reason printed if neither works.
+    fn mount(path: &std::path::Path, size: &str, test: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(path).unwrap();
         let o = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
             .output();
-        match o {
-            Ok(o) if o.status.success() => Some(SmallDisk {
-                path: path.to_path_buf(),
-            }),
-            Ok(o) => {
-                eprintln!("skipped: cannot mount a tmpfs: {}", stderr_text(&o));
-                None
+        let why = match o {
+            Ok(o) if o.status.success() => {
+                return Some(SmallDisk {
+                    path: path.to_path_buf(),
+                })
             }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount: {e}");
-                None
-            }
+            Ok(o) => stderr_text(&o),
+            Err(e) => e.to_string(),
+        };
+        if std::env::var_os(IN_MOUNT_NS).is_some() {
+            panic!("cannot mount a tmpfs even in a mount namespace: {why}");
         }
+        let o = std::process::Command::new("unshare")
+            .arg("-rm")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads", "1", "--nocapture"])
+            .env(IN_MOUNT_NS, "1")
+            .output();
+        match o {
+            Ok(o) if o.status.success() => eprintln!("ran {test} in a mount namespace"),
+            // The test itself failed (a panic exits 101).
+            Ok(o) if o.status.code() == Some(101) => panic!(
+                "{test} failed in a mount namespace:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                stderr_text(&o)
+            ),
+            Ok(o) => eprintln!(
+                "skipped: cannot mount a tmpfs ({why}) nor use unshare -rm ({})",
+                stderr_text(&o)
+            ),
+            Err(e) => eprintln!("skipped: cannot mount a tmpfs ({why}) nor run unshare: {e}"),
+        }
+        None
     }
 }
 
@@ -1188,7 +1213,11 @@ fn logwrap_lines(o: &std::process::Output) -> Vec<String> {
 #[test]
 fn a_full_disk_keeps_the_final_status_and_leaves_no_temp_file() {
     let env = TestEnv::new();
-    let Some(disk) = SmallDisk::mount(&env.path("small"), "2m") else {
+    let Some(disk) = SmallDisk::mount(
+        &env.path("small"),
+        "2m",
+        "wrapper::a_full_disk_keeps_the_final_status_and_leaves_no_temp_file",
+    ) else {
         return;
     };
     let root = disk.path.join("logs");
