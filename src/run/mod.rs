@@ -355,8 +355,20 @@ fn same_file(a: i32, b: i32) -> bool {
     matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Bytes `v` takes pretty-printed, as in metadata.json, counted without
-/// building the text.
+/// Bytes `dep` takes in metadata.json: pretty-printed at the depth of a
+/// `missing_deps` entry (every line of a large value is indented there too).
+fn dep_size(dep: &MissingDep) -> usize {
+    /// `{"a": [dep]}` puts the entry at the same depth as in metadata.json.
+    #[derive(serde::Serialize)]
+    struct Nest<'a> {
+        a: [&'a MissingDep; 1],
+    }
+    /// What `{"a": [...]}` adds around the entry: `{\n  "a": [\n` and `\n  ]\n}`.
+    const AROUND: usize = 17;
+    pretty_json_size(&Nest { a: [dep] }) - AROUND
+}
+
+/// Bytes `v` takes pretty-printed, counted without building the text.
 fn pretty_json_size(v: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
@@ -704,7 +716,7 @@ impl Loop<'_> {
                         line: ev.line,
                         value,
                     };
-                    let size = pretty_json_size(&dep);
+                    let size = dep_size(&dep);
                     if self.missing_deps_bytes + size <= MAX_MISSING_DEPS_BYTES {
                         self.missing_deps_bytes += size;
                         self.meta.missing_deps.push(dep);
@@ -965,15 +977,38 @@ impl Loop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::JobId;
 
     #[test]
-    fn pretty_json_size_counts_what_metadata_json_holds() {
+    fn dep_size_is_what_the_entry_adds_to_metadata_json() {
+        let cfg = RunConfig {
+            job_run_id: JobId::parse("j").unwrap(),
+            command: vec!["true".into()],
+            pty: false,
+            quiet: true,
+            cols: None,
+            rows: None,
+            timeout: None,
+            kill_after: Duration::ZERO,
+            drain_timeout: Duration::ZERO,
+            partitions: Vec::new(),
+            reap_orphans: false,
+            housekeeping: None,
+            listen: None,
+        };
+        let mut meta = initial_metadata(&cfg);
         let dep = MissingDep {
             stream: "stdout".into(),
             line: 7,
             value: serde_json::json!({"partitions": ["a/b", "c"], "n": [1, 2, {"x": null}]}),
         };
-        let text = serde_json::to_vec_pretty(&dep).unwrap();
-        assert_eq!(pretty_json_size(&dep), text.len());
+        let one = {
+            meta.missing_deps.push(dep.clone());
+            meta.to_json().len()
+        };
+        meta.missing_deps.push(dep.clone());
+        let two = meta.to_json().len();
+        // The second entry adds itself and the ",\n" before it.
+        assert_eq!(two - one, dep_size(&dep) + 2);
     }
 }
