@@ -6,9 +6,8 @@
 //! `/dev/null` never blocks, so there the copy is written inline, saving a
 //! thread hand-off per chunk. When stdout and stderr are the same file (`2>&1`),
 //! one thread writes both, whole lines in arrival order. Once the job has ended,
-//! a copy that fell behind
-//! is finished from the log file itself, after the final metadata is written,
-//! and given up on if its reader stops reading.
+//! a copy that fell behind is finished from the log file itself, after the
+//! final metadata is written, and given up on if its reader stops reading.
 
 use std::fs::File;
 use std::os::fd::RawFd;
