@@ -256,8 +256,12 @@ pub struct RunArgs {
     #[arg(long, env = "DATABUILD_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
-    /// Job run id: 1-128 of [A-Za-z0-9._-], not starting with '.' [default: a new time-sortable id]
-    #[arg(long, env = "DATABUILD_JOB_RUN_ID", value_name = "ID")]
+    /// Job run id: 1-128 of [A-Za-z0-9._-], not starting with '.' [default:
+    /// $DATABUILD_JOB_RUN_ID if set and not empty, else a new time-sortable id]
+    // The variable is read in config.rs, not by clap: clap cannot tell an
+    // empty variable (unset, as shells treat it) from an empty `--job-run-id ''`
+    // (a mistake, refused).
+    #[arg(long, value_name = "ID")]
     pub job_run_id: Option<String>,
 
     /// A partition this job builds (repeatable); replaces the comma-separated

@@ -45,7 +45,13 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     if let Some(flag) = args.command[0].to_str().filter(|a| a.starts_with('-')) {
         bail!("unknown option '{flag}'; see logwrap --help (the command goes after --)");
     }
-    let job_run_id = match args.job_run_id.filter(|s| !s.is_empty()) {
+    // An empty DATABUILD_JOB_RUN_ID means unset (as `VAR= cmd` is commonly
+    // used to clear a variable); an empty --job-run-id is refused like any
+    // other invalid id.
+    let env_id = std::env::var("DATABUILD_JOB_RUN_ID")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let job_run_id = match args.job_run_id.or(env_id) {
         Some(id) => JobId::parse(&id).map_err(anyhow::Error::msg)?,
         None => JobId::generate(),
     };
@@ -56,9 +62,8 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .as_deref()
         .map(|t| duration("timeout", t))
         .transpose()?;
-    if timeout.is_some_and(|t| t.is_zero()) {
-        bail!("--timeout: must be more than zero");
-    }
+    // `--timeout 0` means no timeout, as with timeout(1).
+    let timeout = timeout.filter(|t| !t.is_zero());
     let partitions = if args.partitions.is_empty() {
         std::env::var("DATABUILD_BUILDING_PARTITIONS")
             .unwrap_or_default()

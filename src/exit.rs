@@ -44,6 +44,20 @@ pub fn exec_failure_code(err: &std::io::Error) -> i32 {
     }
 }
 
+/// Bytes of a script the kernel reads for its `#!` line (`BINPRM_BUF_SIZE`);
+/// an interpreter named past them is not one the kernel would use either.
+pub const SHEBANG_MAX: usize = 256;
+
+/// The interpreter a script's `#!` line names, from the script's first bytes:
+/// the first word after `#!`, as the kernel takes it. `None` if `head` does not
+/// start with `#!` or names nothing.
+pub fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
+    let rest = head.strip_prefix(b"#!")?;
+    let line = rest.split(|b| *b == b'\n').next()?;
+    line.split(|b| *b == b' ' || *b == b'\t')
+        .find(|w| !w.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +80,19 @@ mod tests {
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         assert_eq!(exec_failure_code(&nf), 127);
         assert_eq!(exec_failure_code(&denied), 126);
+    }
+
+    #[test]
+    fn shebang_names_its_interpreter() {
+        assert_eq!(
+            shebang_interpreter(b"#!/no/such/sh -e\necho"),
+            Some(&b"/no/such/sh"[..])
+        );
+        assert_eq!(
+            shebang_interpreter(b"#! \t/bin/env python3\n"),
+            Some(&b"/bin/env"[..])
+        );
+        assert_eq!(shebang_interpreter(b"#!\n"), None);
+        assert_eq!(shebang_interpreter(b"\x7fELF"), None);
     }
 }

@@ -105,6 +105,10 @@ pub struct Metadata {
     pub stderr: StreamStats,
     pub missing_deps: Vec<MissingDep>,
     pub marker_errors: Vec<MarkerError>,
+    /// Marker lines neither recorded in `missing_deps` nor in `marker_errors`,
+    /// because both were full (the wrapper's caps keep metadata.json small).
+    #[serde(default)]
+    pub marker_errors_dropped: u64,
     pub building_partitions: Vec<String>,
     pub log_errors: Vec<String>,
     pub tail_url: Option<String>,
@@ -133,22 +137,54 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
             .and_then(|n| n.to_str())
             .unwrap_or("metadata.json")
     ));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    if durable {
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-    }
+    let mut f = match create_temp(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Left by a writer that died mid-write (or planted): it is ours to
+            // replace, but never to open, since it may be a link.
+            std::fs::remove_file(&tmp)
+                .and_then(|()| create_temp(&tmp))
+                .with_context(|| format!("creating {}", tmp.display()))?
+        }
+        other => other.with_context(|| format!("creating {}", tmp.display()))?,
+    };
+    let written = f
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            if durable {
+                f.sync_all()
+                    .with_context(|| format!("syncing {}", tmp.display()))?;
+            }
+            Ok(())
+        });
     drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let renamed = written.and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    });
+    if let Err(e) = renamed {
+        // A full disk must not leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if durable {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("syncing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Creates the temp file with `O_EXCL | O_NOFOLLOW`: a symlink or file planted
+/// under its name is never written through.
+fn create_temp(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path)
 }
 
 /// Largest metadata.json a reader accepts. A real one holds the job's fields
@@ -189,6 +225,7 @@ mod tests {
             stderr: StreamStats::default(),
             missing_deps: vec![],
             marker_errors: vec![],
+            marker_errors_dropped: 0,
             building_partitions: vec![],
             log_errors: vec![],
             tail_url: None,
@@ -234,6 +271,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("metadata.json")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_temp_link_is_replaced_not_followed() {
+        let dir = std::env::temp_dir().join(format!("logwrap-meta-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".metadata.json.tmp")).unwrap();
+        let path = dir.join("metadata.json");
+        write_atomic(&path, &sample().to_json(), false).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(read(&path).unwrap(), sample());
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert!(std::fs::symlink_metadata(dir.join(".metadata.json.tmp")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -341,8 +341,17 @@ pub trait JobSink {
     /// Appends one chunk read from the child. The data is in the store
     /// (readable by others) when this returns.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()>;
-    /// Replaces the metadata document atomically; `last` also makes it durable.
+    /// Replaces the metadata document atomically; `last` also makes it durable
+    /// (and may use room the store set aside for it, see [`FileJobSink`]).
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
+    /// Removes the job again: it could not be started (its first metadata could
+    /// not be written), so the same id can be retried.
+    fn discard(self: Box<Self>) {}
+    /// A descriptor for reading back what was appended to `stream`, for a
+    /// terminal copy that fell behind the log; `None` if this store cannot.
+    fn log_reader(&self, _stream: Stream) -> Option<File> {
+        None
+    }
 }
 
 /// Where jobs live: create them, read their metadata with the live status.
@@ -367,6 +376,15 @@ pub struct FileStore {
 
 const JOBS_DIR: &str = "job_runs";
 const LOCK_FILE: &str = "lock";
+/// Room set aside for the final metadata.json (SPEC §1 "Log writes that fail"):
+/// a file of [`RESERVE_BYTES`] made at creation and unlinked just before the
+/// final write, so a full disk cannot cost the job its final status.
+const RESERVE_FILE: &str = ".reserve";
+/// Size of the reserve. The final metadata of a job is a few KiB; 256 KiB also
+/// covers a few thousand markers, while costing little per running job (it is
+/// released when the job ends). A job whose markers fill the whole marker cap
+/// needs more than this on a full disk; then the final write is reported.
+pub const RESERVE_BYTES: usize = 256 << 10;
 const METADATA_FILE: &str = "metadata.json";
 /// Housekeeping's stamp in the root (issue 5): its mtime is when the last
 /// collection finished, its flock is held while one runs.
@@ -554,14 +572,45 @@ struct StreamFiles {
     idx: File,
     end: u64,
     lines_end: u64,
+    /// Where the last index record written ends. Bytes past it, up to `end`,
+    /// hold no newline: their record is written with the chunk that ends their
+    /// line (see [`FileJobSink::append`]).
+    recorded_end: u64,
+    /// Read time of the last chunk not yet in a record.
+    pending_ts: u64,
+}
+
+impl StreamFiles {
+    /// Writes the record for everything appended up to `end`, if not yet done.
+    fn record(&mut self, seq: &mut u64, ts_us: u64) -> io::Result<()> {
+        if self.end == self.recorded_end {
+            return Ok(());
+        }
+        let rec = Record {
+            seq: *seq,
+            ts_us,
+            end: self.end,
+            lines_end: self.lines_end,
+        };
+        *seq += 1;
+        self.idx.write_all(&rec.encode())?;
+        self.recorded_end = self.end;
+        Ok(())
+    }
 }
 
 /// The file store's writer for one job. Holds the job's lock for its lifetime, so
 /// readers can tell a dead writer from a live one.
+///
+/// It also holds a reserve file (`.reserve`) while the job runs: on a full disk
+/// the logs stop growing, and unlinking the reserve before the final metadata
+/// write gives that write the room it needs.
 pub struct FileJobSink {
     dir: PathBuf,
     streams: [StreamFiles; 2],
     seq: u64,
+    /// The reserve file, until released.
+    reserve: Option<PathBuf>,
     _lock: File,
     /// The job directory, `flock`ed for the sink's lifetime: see
     /// [`dir_writer_alive`].
@@ -571,6 +620,16 @@ pub struct FileJobSink {
 impl FileJobSink {
     fn create(store: &FileStore, id: &JobId) -> std::result::Result<FileJobSink, CreateError> {
         let dir = store.job_dir(id);
+        let sink = FileJobSink::create_in(dir.clone());
+        if matches!(sink, Err(CreateError::Io(_))) {
+            // The directory is ours (create_dir succeeded) and holds only what
+            // create_in made: remove it so the same id can be retried.
+            let _ = fs::remove_dir_all(&dir);
+        }
+        sink
+    }
+
+    fn create_in(dir: PathBuf) -> std::result::Result<FileJobSink, CreateError> {
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -596,7 +655,7 @@ impl FileJobSink {
             return Err(io_err(io::Error::last_os_error(), &dir));
         }
         let lock_path = dir.join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(|e| io_err(e, &lock_path))?;
+        let lock = create_new_file(&lock_path, false).map_err(|e| io_err(e, &lock_path))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io_err(io::Error::last_os_error(), &lock_path));
@@ -612,24 +671,90 @@ impl FileJobSink {
                 idx,
                 end: 0,
                 lines_end: 0,
+                recorded_end: 0,
+                pending_ts: 0,
             })
         };
+        let streams = [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?];
+        let reserve_path = dir.join(RESERVE_FILE);
+        let reserve = make_reserve(&reserve_path).map_err(|e| io_err(e, &reserve_path))?;
         Ok(FileJobSink {
-            streams: [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?],
+            streams,
             dir,
             seq: 0,
+            reserve,
             _lock: lock,
             _dir_lock: dir_lock,
         })
     }
+
+    /// Writes the records still owed for chunks without a newline.
+    fn record_pending(&mut self) {
+        for s in &mut self.streams {
+            let ts = s.pending_ts;
+            let _ = s.record(&mut self.seq, ts);
+        }
+    }
+
+    /// Unlinks the reserve, giving its room back for the final metadata.
+    fn release_reserve(&mut self) {
+        if let Some(path) = self.reserve.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Makes the reserve file at `path` (see [`RESERVE_BYTES`]). A full disk is an
+/// error: the job could not keep its final status. A file size limit below the
+/// reserve (RLIMIT_FSIZE) is not: the disk itself has room, so the job runs
+/// without a reserve (`None`).
+fn make_reserve(path: &Path) -> io::Result<Option<PathBuf>> {
+    let f = create_new_file(path, false)?;
+    // SAFETY: fallocate on a descriptor we own, with integer arguments only.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) };
+    let result = if r == 0 {
+        Ok(())
+    } else {
+        match io::Error::last_os_error() {
+            // A filesystem without fallocate: real zero blocks hold room too.
+            e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+                (0..RESERVE_BYTES / ZEROS.len()).try_for_each(|_| (&f).write_all(&ZEROS))
+            }
+            e => Err(e),
+        }
+    };
+    match result {
+        Ok(()) => Ok(Some(path.to_path_buf())),
+        Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+            fs::remove_file(path)?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a new file the wrapper will write: `O_EXCL` so an existing file (or a
+/// link planted in the job directory) is refused rather than reused, and
+/// `O_NOFOLLOW` so no symlink is followed even where `O_EXCL` alone would not
+/// say so. With `append`, every write goes to the end.
+fn create_new_file(path: &Path, append: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    if append {
+        // Readable too, so a terminal copy that fell behind can read the log
+        // back (`JobSink::log_reader`); O_APPEND only concerns writes.
+        opts.read(true).append(true);
+    } else {
+        opts.write(true);
+    }
+    opts.create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path)
 }
 
 fn append_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .mode(0o644)
-        .open(path)
+    create_new_file(path, true)
 }
 
 impl JobSink for FileJobSink {
@@ -637,27 +762,52 @@ impl JobSink for FileJobSink {
         &self.dir
     }
 
+    /// A chunk without a newline gets no record of its own: it joins the record
+    /// of the chunk that ends its line. A line's time and arrival order are
+    /// those of the chunk holding its newline, so they stay exact, while a job
+    /// writing a byte at a time costs one record per line, not per byte. A
+    /// record still never spans more than [`index::MAX_CHUNK`] bytes (readers
+    /// scan one record's range to find a line), and the bytes not yet recorded
+    /// are a tail readers scan.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
+        let len = chunk.data().len() as u64;
+        if s.end - s.recorded_end + len > index::MAX_CHUNK as u64 {
+            let ts = s.pending_ts;
+            s.record(&mut self.seq, ts)?;
+        }
         s.log.write_all(chunk.data())?;
-        s.end += chunk.data().len() as u64;
+        s.end += len;
         s.lines_end += chunk.newlines();
-        let rec = Record {
-            seq: self.seq,
-            ts_us: chunk.ts_us(),
-            end: s.end,
-            lines_end: s.lines_end,
-        };
-        self.seq += 1;
-        s.idx.write_all(&rec.encode())
+        s.pending_ts = chunk.ts_us();
+        if chunk.newlines() == 0 {
+            return Ok(());
+        }
+        s.record(&mut self.seq, chunk.ts_us())
     }
 
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
+        if last {
+            // A final line without a newline gets its record now. A failure
+            // only leaves it to readers' scan of the unrecorded tail.
+            self.record_pending();
+            self.release_reserve();
+        }
         // Only the final metadata is made durable (fsync). The logs are not:
         // every byte is in the page cache before the next read, which no crash of
         // the job or the wrapper can lose, and forcing a 1 GB log to disk would
         // cost the job more than the whole wrapping does (`tee` does not either).
         metadata::write_atomic(&self.dir.join(METADATA_FILE), &meta.to_json(), last)
+    }
+
+    fn discard(self: Box<Self>) {
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn log_reader(&self, stream: Stream) -> Option<File> {
+        self.streams[stream.index()].log.try_clone().ok()
     }
 }
 
@@ -804,7 +954,8 @@ mod tests {
         }
         let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
         let idx = IndexFile::open(&store.index_path(&id, Stream::Stdout)).unwrap();
-        assert_eq!(idx.count(), 4);
+        // The empty chunk holds no newline: it joins the next chunk's record.
+        assert_eq!(idx.count(), 3);
         let starts: Vec<_> = (1..=6)
             .map(|n| line_start(&log, &idx, n).unwrap())
             .collect();
@@ -812,6 +963,70 @@ mod tests {
             starts,
             vec![Some(0), Some(4), Some(8), Some(14), Some(19), None]
         );
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn job_files_are_created_new_and_never_through_a_link() {
+        let store = temp_store("nofollow");
+        let victim = store.root().join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let planted = store.root().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        for append in [false, true] {
+            let err = create_new_file(&planted, append).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "append {append}");
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_byte_at_a_time_costs_a_record_per_line_with_exact_line_times() {
+        let store = temp_store("bytes");
+        let id = JobId::parse("b").unwrap();
+        let mut sink = FileJobSink::create(&store, &id).unwrap();
+        let text = b"ab\ncd\n";
+        for (i, b) in text.iter().enumerate() {
+            sink.append(
+                Stream::Stdout,
+                &Chunk::new(std::slice::from_ref(b), i as u64),
+            )
+            .unwrap();
+        }
+        let path = store.index_path(&id, Stream::Stdout);
+        let records = |p: &Path| {
+            let idx = IndexFile::open(p).unwrap();
+            (0..idx.count())
+                .map(|i| idx.get(i).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let got: Vec<_> = records(&path)
+            .iter()
+            .map(|r| (r.ts_us, r.end, r.lines_end))
+            .collect();
+        // Each line is stamped with the read time of its newline, as before.
+        assert_eq!(got, vec![(2, 3, 1), (5, 6, 2)]);
+        let log = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
+        let idx = IndexFile::open(&path).unwrap();
+        assert_eq!(line_start(&log, &idx, 2).unwrap(), Some(3));
+        // A line longer than a chunk still gets records no wider than a chunk.
+        let extra = index::MAX_CHUNK + 10;
+        for i in 0..extra {
+            sink.append(Stream::Stdout, &Chunk::new(b"x", 100 + i as u64))
+                .unwrap();
+        }
+        sink.record_pending();
+        let recs = records(&path);
+        assert_eq!(recs.len(), 4);
+        let mut start = 0;
+        for r in &recs {
+            assert!(r.end - start <= index::MAX_CHUNK as u64, "{r:?}");
+            start = r.end;
+        }
+        assert_eq!(start, 6 + extra as u64);
+        assert_eq!(recs[3].ts_us, 100 + extra as u64 - 1);
+        drop(sink);
         fs::remove_dir_all(store.root()).unwrap();
     }
 

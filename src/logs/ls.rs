@@ -254,6 +254,8 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// The argv as one would type it: words with spaces or shell characters quoted.
+/// A word with control characters is written `$'...'` with them escaped, so a
+/// command cannot drive the terminal (colours, cursor moves, a CR hiding text).
 pub fn shell_words(argv: &[String]) -> String {
     let quote = |w: &String| {
         let plain = !w.is_empty()
@@ -261,11 +263,36 @@ pub fn shell_words(argv: &[String]) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
         if plain {
             w.clone()
+        } else if w.chars().any(char::is_control) {
+            format!(
+                "$'{}'",
+                escape_controls(&w.replace('\\', r"\\").replace('\'', r"\'"))
+            )
         } else {
             format!("'{}'", w.replace('\'', r"'\''"))
         }
     };
     argv.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// `text` with each control character (C0, DEL, C1) written as an escape
+/// (`\e`, `\r`, `\n`, `\t`, `\xHH`), as bash's `$'...'` reads them, so text a
+/// job chose (its command, its cwd) prints as text and cannot drive the terminal.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\x1b' => out.push_str(r"\e"),
+            '\r' => out.push_str(r"\r"),
+            '\n' => out.push_str(r"\n"),
+            '\t' => out.push_str(r"\t"),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                out.push_str(&format!(r"\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `text` cut to `width` characters, the cut marked with `…`.
@@ -378,8 +405,8 @@ pub fn summary(
         ),
         ("exit", exit_text(meta)),
         ("command", shell_words(&meta.command)),
-        ("cwd", meta.cwd.clone()),
-        ("hostname", meta.hostname.clone()),
+        ("cwd", escape_controls(&meta.cwd)),
+        ("hostname", escape_controls(&meta.hostname)),
         ("pid", meta.pid.to_string()),
         (
             "child_pid",
@@ -412,13 +439,16 @@ pub fn summary(
         ));
     }
     if !meta.building_partitions.is_empty() {
-        lines.push(("partitions", meta.building_partitions.join(", ")));
+        lines.push((
+            "partitions",
+            escape_controls(&meta.building_partitions.join(", ")),
+        ));
     }
     if let Some(url) = &meta.tail_url {
         lines.push(("tail_url", url.clone()));
     }
     if let Some(e) = &meta.error {
-        lines.push(("error", e.clone()));
+        lines.push(("error", escape_controls(e)));
     }
     lines.push(("log_dir", dir.to_string()));
     lines.push(("logwrap", meta.logwrap_version.clone()));
@@ -480,6 +510,14 @@ mod tests {
         assert_eq!(human_size(512), "512B");
         assert_eq!(human_size(1536), "1.5K");
         assert_eq!(human_size(23 << 20), "23M");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_not_printed() {
+        let argv = ["printf".to_string(), "a\x1b[31mb'\\\r\n\u{9b}".to_string()];
+        assert_eq!(shell_words(&argv), r"printf $'a\e[31mb\'\\\r\n\x9b'");
+        assert_eq!(escape_controls("/tmp/x\x1b[2J\x07y"), r"/tmp/x\e[2J\x07y");
+        assert_eq!(escape_controls("plain é"), "plain é");
     }
 
     #[test]

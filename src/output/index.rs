@@ -4,9 +4,12 @@
 //!
 //! # Format (version 1)
 //!
-//! A 16-byte header, `b"LWIDX\x01\0\0"` then 8 reserved zero bytes, followed by one
-//! fixed-size 32-byte record per chunk the wrapper read from the child and appended
-//! to the log, in order. All integers are little-endian `u64`:
+//! A 16-byte header, `b"LWIDX\x01\0\0"` then 8 reserved zero bytes, followed by
+//! fixed-size 32-byte records, in order, each covering the chunks the wrapper read
+//! from the child and appended to the log since the previous record. A record is
+//! written for every chunk that holds a newline; chunks without one wait and join
+//! it (or are recorded once they reach [`MAX_CHUNK`] bytes, or when the job
+//! ends), so a job writing a byte at a time costs a record per line, not per byte. All integers are little-endian `u64`:
 //!
 //! | bytes  | field       | meaning                                                  |
 //! |--------|-------------|----------------------------------------------------------|
@@ -18,14 +21,16 @@
 //! A chunk starts where the previous record ends (the first at 0). A line's
 //! timestamp and arrival sequence are those of the chunk that holds its newline (the
 //! moment the line became complete); a final line without a newline takes those of
-//! the last chunk. One record per read (not per line) keeps the cost to one small
-//! write per chunk, so 5 M short lines cost a few thousand records, not 5 M. Finding
-//! line N is a binary search on `lines_end` then a scan of at most one chunk (a
-//! read is at most [`MAX_CHUNK`] bytes).
+//! the last chunk; since a record is written with each chunk holding a newline,
+//! these are exactly the read time and order of that chunk. At most one record per
+//! read (not per line) keeps the cost to one small write per chunk, so 5 M short
+//! lines cost a few thousand records, not 5 M. Finding line N is a binary search on
+//! `lines_end` then a scan of one record's range (at most [`MAX_CHUNK`] bytes).
 //!
 //! The record is written after its chunk's data, so the log may run ahead of the
-//! index (by at most one chunk, after a crash); readers treat bytes past the last
-//! record's `end` as one unindexed chunk and scan it.
+//! index (by at most [`MAX_CHUNK`] bytes without a newline, or one chunk, also
+//! after a crash); readers treat bytes past the last record's `end` as one
+//! unindexed chunk and scan it.
 
 /// Magic and version at the start of every index file.
 pub const HEADER: [u8; 16] = *b"LWIDX\x01\0\0\0\0\0\0\0\0\0\0";

@@ -33,10 +33,22 @@ pub const DEFAULT_COLS: u16 = 160;
 /// See [`DEFAULT_COLS`].
 pub const DEFAULT_ROWS: u16 = 50;
 
-/// Most `missing_deps` plus `marker_errors` entries kept for one job. A scheduler
-/// needs the first few; a job flooding markers must not grow metadata.json (and
-/// its rewrites) without bound.
-pub const MAX_MARKERS: usize = 10_000;
+/// Most bytes the `missing_deps` entries may take in metadata.json, all markers
+/// together (each is also capped at 1 MiB on its own). Real payloads list a few
+/// partitions; a job printing many large markers must not make the wrapper's
+/// memory, metadata.json and each of its rewrites grow without bound (40 markers
+/// of 1 MiB once made a 219 MiB document). Later valid markers become
+/// `marker_errors` saying they are over this cap.
+pub const MAX_MISSING_DEPS_BYTES: usize = 1 << 20;
+
+/// Most `marker_errors` entries kept; later ones are only counted in
+/// `marker_errors_dropped`. A scheduler needs the first few to see what is wrong.
+pub const MAX_MARKER_ERRORS: usize = 100;
+
+/// Shortest time between two rewrites of metadata.json for markers: a flood of
+/// markers costs a rewrite per interval, not one per marker, while a scheduler
+/// polling the file still sees a marker within this long.
+const MARKER_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Chunks read from one stream before the loop looks at the other stream and at
 /// signals again, so a firehose on stdout cannot starve stderr or a Ctrl-C.
@@ -108,6 +120,16 @@ const SERVER_TOKEN: Token = Token(16);
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
 /// log fails a write instead of killing the wrapper).
 pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupError> {
+    // Before the job's files exist: making the reserve under a file size limit
+    // must fail with EFBIG, not kill the wrapper.
+    // SAFETY: setting a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    // The tail server raises the descriptor limit for itself; the job gets the
+    // limit logwrap was started with (`--listen` must not change the job).
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok();
     // Bound before the job exists, so a busy port leaves nothing behind.
     let mut server = match &cfg.listen {
         Some(sc) => Some(
@@ -123,8 +145,11 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     let started = Instant::now();
     let mut meta = initial_metadata(cfg);
     meta.tail_url = server.as_ref().map(|s| s.job_url(&cfg.job_run_id));
-    sink.write_metadata(&meta, false)
-        .map_err(|e| SetupError(format!("{e:#}")))?;
+    if let Err(e) = sink.write_metadata(&meta, false) {
+        // Nothing ran yet: leave nothing behind, so the same id can be retried.
+        sink.discard();
+        return Err(SetupError(format!("{e:#}")));
+    }
 
     let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
     if let (Some(srv), Some(url)) = (&mut server, &meta.tail_url) {
@@ -139,11 +164,6 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| SetupError(format!("cannot watch signals: {e}")))?;
-    // SAFETY: setting a signal disposition; no handler code runs.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     if cfg.reap_orphans {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -163,7 +183,7 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     if cfg.pty && std::env::var_os("TERM").is_none() {
         env.push((OsString::from("TERM"), OsString::from("xterm-256color")));
     }
-    let spawned = match spawn::spawn(&cfg.command, &env, winsize) {
+    let spawned = match spawn::spawn(&cfg.command, &env, winsize, nofile) {
         Ok(s) => s,
         Err(e) => return Ok(exec_failed(cfg, sink, meta, started, &e)),
     };
@@ -199,17 +219,37 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         buf: vec![0u8; MAX_CHUNK],
         markers: Vec::new(),
         published_markers: 0,
+        last_publish: None,
+        publish_at: None,
+        missing_deps_bytes: 0,
         server,
+        log_write_failed: false,
+        metadata_write_failed: false,
+        draining: false,
     };
     let wake_fn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
     });
-    for (stream, fd, token, out_fd) in [
-        (Stream::Stdout, spawned.stdout, OUT_TOKEN, 1),
-        (Stream::Stderr, spawned.stderr, ERR_TOKEN, 2),
+    let [out_tee, err_tee] = if cfg.quiet {
+        [None, None]
+    } else if same_file(1, 2) {
+        // `2>&1`: two writers would tear each other's lines apart.
+        let (o, e) = tee::Tee::start_shared(1, wake_fn.clone(), lp.want_wake.clone());
+        [Some(o), Some(e)]
+    } else {
+        [1, 2].map(|fd| {
+            Some(tee::Tee::start(
+                fd,
+                fd as usize - 1,
+                wake_fn.clone(),
+                lp.want_wake.clone(),
+            ))
+        })
+    };
+    for (stream, fd, token, tee) in [
+        (Stream::Stdout, spawned.stdout, OUT_TOKEN, out_tee),
+        (Stream::Stderr, spawned.stderr, ERR_TOKEN, err_tee),
     ] {
-        let tee =
-            (!cfg.quiet).then(|| tee::Tee::start(out_fd, wake_fn.clone(), lp.want_wake.clone()));
         lp.add_stream(stream, fd, token, tee);
     }
     lp.run();
@@ -244,6 +284,7 @@ fn initial_metadata(cfg: &RunConfig) -> Metadata {
         stderr: StreamStats::default(),
         missing_deps: Vec::new(),
         marker_errors: Vec::new(),
+        marker_errors_dropped: 0,
         building_partitions: cfg.partitions.clone(),
         log_errors: Vec::new(),
         tail_url: None,
@@ -272,7 +313,16 @@ fn exec_failed(
 ) -> RunOutcome {
     let code = exit::exec_failure_code(err);
     let program = cfg.command[0].to_string_lossy();
-    let message = if code == exit::NOT_FOUND {
+    let bad_interpreter = (code == exit::NOT_FOUND)
+        .then(|| missing_interpreter(&cfg.command[0]))
+        .flatten();
+    let message = if let Some((script, interp)) = bad_interpreter {
+        format!(
+            "cannot execute {}: bad interpreter: {interp} (named on its #! line) is not found; \
+             install it or fix the #! line",
+            script.display()
+        )
+    } else if code == exit::NOT_FOUND {
         format!("command not found: {program}; check the name and PATH")
     } else {
         format!("cannot execute {program}: {err}; check that it is an executable file")
@@ -283,6 +333,7 @@ fn exec_failed(
     meta.error = Some(message.clone());
     stamp_end(&mut meta, started);
     if let Err(e) = sink.write_metadata(&meta, true) {
+        eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
     RunOutcome {
@@ -290,6 +341,72 @@ fn exec_failed(
         error: Some(message),
         metadata: meta,
     }
+}
+
+/// True when descriptors `a` and `b` are the same open file (same device and
+/// inode), as after `2>&1`.
+fn same_file(a: i32, b: i32) -> bool {
+    let stat = |fd| {
+        // SAFETY: an all-zero stat is valid, and fstat fills it in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor number; a closed one just fails.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Bytes `dep` takes in metadata.json: pretty-printed at the depth of a
+/// `missing_deps` entry (every line of a large value is indented there too).
+fn dep_size(dep: &MissingDep) -> usize {
+    /// `{"a": [dep]}` puts the entry at the same depth as in metadata.json.
+    #[derive(serde::Serialize)]
+    struct Nest<'a> {
+        a: [&'a MissingDep; 1],
+    }
+    /// What `{"a": [...]}` adds around the entry: `{\n  "a": [\n` and `\n  ]\n}`.
+    const AROUND: usize = 17;
+    pretty_json_size(&Nest { a: [dep] }) - AROUND
+}
+
+/// Bytes `v` takes pretty-printed, counted without building the text.
+fn pretty_json_size(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail, and a JSON value always serialises.
+    let _ = serde_json::to_writer_pretty(&mut c, v);
+    c.0
+}
+
+/// When exec said "not found" for a program that exists, it was the script's
+/// `#!` interpreter that is missing: the script's path and that interpreter.
+fn missing_interpreter(program: &std::ffi::OsStr) -> Option<(std::path::PathBuf, String)> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let candidates: Vec<std::path::PathBuf> = if program.as_bytes().contains(&b'/') {
+        vec![program.into()]
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let script = candidates.into_iter().find(|p| p.is_file())?;
+    let mut head = Vec::with_capacity(exit::SHEBANG_MAX);
+    std::fs::File::open(&script)
+        .ok()?
+        .take(exit::SHEBANG_MAX as u64)
+        .read_to_end(&mut head)
+        .ok()?;
+    let interp = exit::shebang_interpreter(&head)?;
+    Some((script, String::from_utf8_lossy(interp).into_owned()))
 }
 
 fn stamp_end(meta: &mut Metadata, started: Instant) {
@@ -318,6 +435,10 @@ struct StreamState {
     tee: Option<tee::Tee>,
     /// A chunk the terminal copy had no room for; reading waits until it is taken.
     pending: Option<Vec<u8>>,
+    /// Once the job has ended, the log is not held back for a slow terminal
+    /// copy: from this log offset on, the copy is read back from the log after
+    /// the final metadata is written (issue "final metadata never waits").
+    lag_from: Option<u64>,
 }
 
 struct Loop<'a> {
@@ -339,8 +460,21 @@ struct Loop<'a> {
     markers: Vec<MarkerEvent>,
     /// Marker entries already in the last metadata.json written.
     published_markers: usize,
+    /// When metadata.json was last rewritten for markers.
+    last_publish: Option<Instant>,
+    /// A deferred rewrite for markers is due then.
+    publish_at: Option<Instant>,
+    /// Bytes the `missing_deps` entries take (see [`MAX_MISSING_DEPS_BYTES`]).
+    missing_deps_bytes: usize,
     /// The tail server (`--listen`), driven by this loop.
     server: Option<crate::serve::Server>,
+    /// A log append has failed (and been reported on stderr).
+    log_write_failed: bool,
+    /// A metadata rewrite while running has failed (and been recorded).
+    metadata_write_failed: bool,
+    /// In the final drain: a chunk that is not in the log waits for the
+    /// terminal copy (while its reader reads) instead of pausing reads.
+    draining: bool,
 }
 
 enum ReadResult {
@@ -384,6 +518,7 @@ impl Loop<'_> {
             scanner: MarkerScanner::default(),
             tee,
             pending: None,
+            lag_from: None,
         });
         if let Err(e) = registered {
             self.meta
@@ -456,7 +591,7 @@ impl Loop<'_> {
                 srv.tick();
             }
             for i in 0..self.streams.len() {
-                self.read_stream(i, READS_PER_TURN, false);
+                self.read_stream(i, READS_PER_TURN);
             }
             self.publish_markers();
         }
@@ -476,9 +611,8 @@ impl Loop<'_> {
         moved
     }
 
-    /// Reads up to `max_reads` chunks from stream `i`. In the final drain
-    /// (`blocking_tee`) the terminal copy is waited on instead of pausing reads.
-    fn read_stream(&mut self, i: usize, max_reads: usize, blocking_tee: bool) -> usize {
+    /// Reads up to `max_reads` chunks from stream `i`.
+    fn read_stream(&mut self, i: usize, max_reads: usize) -> usize {
         let mut total = 0;
         for _ in 0..max_reads {
             let s = &mut self.streams[i];
@@ -497,26 +631,35 @@ impl Loop<'_> {
                     if n < self.buf.len() && !self.streams[i].closing {
                         self.streams[i].readable = false;
                     }
-                    self.take_chunk(i, n, blocking_tee);
+                    self.take_chunk(i, n);
                 }
             }
         }
         total
     }
 
-    fn take_chunk(&mut self, i: usize, n: usize, blocking_tee: bool) {
+    fn take_chunk(&mut self, i: usize, n: usize) {
         let s = &mut self.streams[i];
         let chunk = &self.buf[..n];
         let piece = Chunk::new(chunk, timefmt::now_us());
         if s.log_ok {
             if let Err(e) = self.sink.append(s.stream, &piece) {
                 s.log_ok = false;
-                self.meta.log_errors.push(format!(
+                let error = format!(
                     "{}.log: write failed after {} bytes: {e}; the rest of {} went to the terminal copy only",
                     s.stream.name(),
                     s.stats.bytes,
                     s.stream.name()
-                ));
+                );
+                if !self.log_write_failed {
+                    self.log_write_failed = true;
+                    // Once per job, so the person at the terminal knows the log
+                    // is short; later failures are only in metadata.json.
+                    eprintln!(
+                        "logwrap: {error} (the job goes on; see log_errors in metadata.json)"
+                    );
+                }
+                self.meta.log_errors.push(error);
             }
         }
         s.stats.bytes += n as u64;
@@ -526,12 +669,20 @@ impl Loop<'_> {
         s.scanner.feed(chunk, &mut self.markers);
         let stream = s.stream;
         if let Some(tee) = &s.tee {
-            if !tee.is_dead() && !tee.write_inline(chunk) {
+            if s.lag_from.is_none() && !tee.is_dead() && !tee.write_inline(chunk) {
                 let copy = tee.buffer_for(chunk);
-                if blocking_tee {
-                    tee.send_blocking(copy);
-                } else if let Err(copy) = tee.try_send(copy) {
-                    s.pending = Some(copy);
+                if let Err(copy) = tee.try_send(copy) {
+                    if self.child_end.is_some() && s.log_ok {
+                        // The job is over: back-pressure has no one left to
+                        // slow down, and would only hold up the final status.
+                        s.lag_from = Some(s.stats.bytes - n as u64);
+                    } else if self.draining {
+                        // Not in the log: the copy is all there is, so wait
+                        // for the reader while it reads.
+                        tee.send_patiently(copy, self.cfg.drain_timeout);
+                    } else {
+                        s.pending = Some(copy);
+                    }
                 }
             }
         }
@@ -553,47 +704,66 @@ impl Loop<'_> {
         self.tag_markers(before, stream);
     }
 
-    /// Moves newly found markers of `stream` into the metadata.
+    /// Moves newly found markers of `stream` into the metadata, within the caps
+    /// ([`MAX_MISSING_DEPS_BYTES`], [`MAX_MARKER_ERRORS`]).
     fn tag_markers(&mut self, from: usize, stream: Stream) {
         for ev in self.markers.drain(from..) {
-            let kept = self.meta.missing_deps.len() + self.meta.marker_errors.len();
-            if kept > MAX_MARKERS {
-                continue;
-            }
             let name = stream.name().to_string();
-            if kept == MAX_MARKERS {
+            let error = match ev.result {
+                Ok(value) => {
+                    let dep = MissingDep {
+                        stream: name.clone(),
+                        line: ev.line,
+                        value,
+                    };
+                    let size = dep_size(&dep);
+                    if self.missing_deps_bytes + size <= MAX_MISSING_DEPS_BYTES {
+                        self.missing_deps_bytes += size;
+                        self.meta.missing_deps.push(dep);
+                        continue;
+                    }
+                    format!(
+                        "marker is {size} bytes in metadata, over the total cap of \
+                         {MAX_MISSING_DEPS_BYTES} bytes for all markers of a job; not recorded"
+                    )
+                }
+                Err(error) => error,
+            };
+            if self.meta.marker_errors.len() < MAX_MARKER_ERRORS {
                 self.meta.marker_errors.push(MarkerError {
                     stream: name,
                     line: ev.line,
-                    error: format!(
-                        "more than {MAX_MARKERS} markers; this and later ones are not recorded"
-                    ),
-                });
-                continue;
-            }
-            match ev.result {
-                Ok(value) => self.meta.missing_deps.push(MissingDep {
-                    stream: name,
-                    line: ev.line,
-                    value,
-                }),
-                Err(error) => self.meta.marker_errors.push(MarkerError {
-                    stream: name,
-                    line: ev.line,
                     error,
-                }),
+                });
+            } else {
+                self.meta.marker_errors_dropped += 1;
             }
         }
     }
 
-    /// Rewrites metadata.json if markers arrived since the last write, so a
-    /// scheduler polling it sees them while the job runs.
+    /// Rewrites metadata.json if markers were recorded since the last write, so
+    /// a scheduler polling it sees them while the job runs; at most once per
+    /// [`MARKER_PUBLISH_INTERVAL`] (the loop wakes up for a deferred one).
     fn publish_markers(&mut self) {
         let n = self.meta.missing_deps.len() + self.meta.marker_errors.len();
-        if n != self.published_markers {
-            self.published_markers = n;
-            self.sync_stats();
-            if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+        if n == self.published_markers {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(at) = self.last_publish.map(|t| t + MARKER_PUBLISH_INTERVAL) {
+            if now < at {
+                self.publish_at = Some(at);
+                return;
+            }
+        }
+        self.publish_at = None;
+        self.last_publish = Some(now);
+        self.published_markers = n;
+        self.sync_stats();
+        if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+            // Recorded once: on a full disk every later rewrite fails too.
+            if !self.metadata_write_failed {
+                self.metadata_write_failed = true;
                 self.meta.log_errors.push(format!("metadata.json: {e:#}"));
             }
         }
@@ -674,6 +844,12 @@ impl Loop<'_> {
 
     fn child_ended(&mut self, end: ChildEnd) {
         self.child_end = Some(end);
+        for s in self.streams.iter_mut().filter(|s| s.log_ok) {
+            // Already in the log: read back from there later.
+            if let Some(buf) = s.pending.take() {
+                s.lag_from = Some(s.stats.bytes - buf.len() as u64);
+            }
+        }
         self.drain_at = Some(Instant::now() + self.cfg.drain_timeout);
     }
 
@@ -699,6 +875,7 @@ impl Loop<'_> {
             self.timeout_at.filter(|_| alive),
             self.kill_at.filter(|_| alive),
             self.drain_at,
+            self.publish_at,
         ]
         .into_iter()
         .flatten()
@@ -706,20 +883,21 @@ impl Loop<'_> {
         .map(|t| t.saturating_duration_since(now))
     }
 
-    /// After `--drain-timeout`: take what the kernel still holds, waiting for the
-    /// terminal copy if need be, then stop reading. A grandchild holding the
-    /// output open loses nothing it wrote before this point.
+    /// After `--drain-timeout`: take what the kernel still holds, then stop
+    /// reading. A grandchild holding the output open loses nothing it wrote
+    /// before this point; a terminal copy that cannot keep up is read back from
+    /// the log later.
     fn final_drain(&mut self) {
+        self.draining = true;
         for i in 0..self.streams.len() {
-            if let (Some(buf), Some(tee)) =
-                (self.streams[i].pending.take(), self.streams[i].tee.as_ref())
-            {
-                tee.send_blocking(buf);
+            let s = &mut self.streams[i];
+            if let (Some(buf), Some(tee)) = (s.pending.take(), s.tee.as_ref()) {
+                tee.send_patiently(buf, self.cfg.drain_timeout);
             }
-            self.streams[i].readable = true;
+            s.readable = true;
             let mut taken = 0;
             while self.streams[i].open && self.streams[i].readable && taken < FINAL_DRAIN_LIMIT {
-                let n = self.read_stream(i, 1, true);
+                let n = self.read_stream(i, 1);
                 if n == 0 {
                     break;
                 }
@@ -733,7 +911,6 @@ impl Loop<'_> {
 
     /// Writes the final metadata, releases the job, waits for the terminal copy.
     fn finish(mut self) -> RunOutcome {
-        self.publish_markers();
         self.sync_stats();
         let end = self
             .child_end
@@ -752,23 +929,86 @@ impl Loop<'_> {
         }
         stamp_end(&mut self.meta, self.started);
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
+            eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
         }
         if let Some(srv) = self.server.take() {
             // Followers get the last lines and `complete` before the job is let go.
             srv.shutdown(&mut self.poll, crate::serve::SHUTDOWN_GRACE);
         }
+        // The terminal copy that fell behind the log is read back from it after
+        // the job is released; a reader that stops reading for a whole
+        // --drain-timeout is given up on.
+        let catch_up: Vec<_> = self
+            .streams
+            .iter()
+            .map(|s| {
+                let from = s.lag_from?;
+                let file = self.sink.log_reader(s.stream)?;
+                Some(tee::CatchUp {
+                    file,
+                    from,
+                    to: s.stats.bytes,
+                })
+            })
+            .collect();
         let meta = self.meta;
         drop(self.sink);
-        for s in self.streams {
-            if let Some(tee) = s.tee {
-                tee.finish();
+        let mut tees: Vec<tee::Tee> = Vec::new();
+        // All handles close before any is waited on: a shared copy's thread
+        // ends only when both have.
+        for (s, catch_up) in self.streams.into_iter().zip(catch_up) {
+            if let Some(mut tee) = s.tee {
+                tee.close(catch_up);
+                tees.push(tee);
             }
+        }
+        for tee in tees {
+            tee.wait(self.cfg.drain_timeout);
         }
         RunOutcome {
             exit_code,
             error: None,
             metadata: meta,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobId;
+
+    #[test]
+    fn dep_size_is_what_the_entry_adds_to_metadata_json() {
+        let cfg = RunConfig {
+            job_run_id: JobId::parse("j").unwrap(),
+            command: vec!["true".into()],
+            pty: false,
+            quiet: true,
+            cols: None,
+            rows: None,
+            timeout: None,
+            kill_after: Duration::ZERO,
+            drain_timeout: Duration::ZERO,
+            partitions: Vec::new(),
+            reap_orphans: false,
+            housekeeping: None,
+            listen: None,
+        };
+        let mut meta = initial_metadata(&cfg);
+        let dep = MissingDep {
+            stream: "stdout".into(),
+            line: 7,
+            value: serde_json::json!({"partitions": ["a/b", "c"], "n": [1, 2, {"x": null}]}),
+        };
+        let one = {
+            meta.missing_deps.push(dep.clone());
+            meta.to_json().len()
+        };
+        meta.missing_deps.push(dep.clone());
+        let two = meta.to_json().len();
+        // The second entry adds itself and the ",\n" before it.
+        assert_eq!(two - one, dep_size(&dep) + 2);
     }
 }

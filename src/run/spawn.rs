@@ -3,7 +3,9 @@
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::pty::{openpty, Winsize};
-use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+use nix::sys::termios::{
+    tcgetattr, tcsetattr, LocalFlags, OutputFlags, SetArg, SpecialCharacterIndices,
+};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -24,10 +26,13 @@ const PIPE_SIZE: i32 = 1 << 20;
 
 /// Starts `argv` with `env` added to the inherited environment. With `pty`, the
 /// child's stdout and stderr are two separate pseudo-terminals of that size.
+/// `nofile` (soft, hard) is the descriptor limit the child gets back, if the
+/// wrapper changed its own.
 pub fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
     pty: Option<Winsize>,
+    nofile: Option<(u64, u64)>,
 ) -> io::Result<Spawned> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -35,8 +40,10 @@ pub fn spawn(
         .stdin(Stdio::inherit());
     let (out_read, err_read) = match pty {
         Some(ws) => {
-            let out = open_pty(&ws)?;
-            let err = open_pty(&ws)?;
+            // SAFETY: isatty on a descriptor number; no memory is involved.
+            let keyboard = unsafe { libc::isatty(0) } == 1;
+            let out = open_pty(&ws, !keyboard)?;
+            let err = open_pty(&ws, false)?;
             cmd.stdout(Stdio::from(out.1)).stderr(Stdio::from(err.1));
             (Some(out.0), Some(err.0))
         }
@@ -46,8 +53,12 @@ pub fn spawn(
         }
     };
     let make_ctty = pty.is_some();
+    let nofile = nofile.map(|(soft, hard)| libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    });
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (setsid, ioctl, signal, sigprocmask).
+    // async-signal-safe functions (setsid, ioctl, signal, sigprocmask, setrlimit).
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -65,6 +76,10 @@ pub fn spawn(
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some(lim) = &nofile {
+                // Lowering the soft limit back is always allowed.
+                libc::setrlimit(libc::RLIMIT_NOFILE, lim);
+            }
             Ok(())
         });
     }
@@ -97,7 +112,15 @@ pub fn spawn(
 /// Opens a pty with output post-processing off, so the log holds exactly the bytes
 /// the child wrote ("\n" stays "\n"). Returns (master, slave), both close-on-exec:
 /// openpty does not set it, and a stray slave in the child would hold the pty open.
-fn open_pty(ws: &Winsize) -> io::Result<(OwnedFd, OwnedFd)> {
+///
+/// With `eof_on_read` (for the controlling pty when logwrap's own stdin is not a
+/// terminal), reads from the pty return at once with nothing, i.e. end of file:
+/// no one will ever type into it, so a `/dev/tty` prompt (a password, `git`
+/// asking for a user name) fails fast, as it does without a terminal, instead
+/// of waiting forever. Non-canonical mode with MIN=0 TIME=0 does this for every
+/// read, and survives the `TCSAFLUSH` that password prompts do (a written ^D
+/// would not).
+fn open_pty(ws: &Winsize, eof_on_read: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let pty = openpty(Some(ws), None).map_err(io::Error::from)?;
     for fd in [&pty.master, &pty.slave] {
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
@@ -105,6 +128,11 @@ fn open_pty(ws: &Winsize) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut t = tcgetattr(pty.slave.as_fd()).map_err(io::Error::from)?;
     t.output_flags
         .remove(OutputFlags::OPOST | OutputFlags::ONLCR);
+    if eof_on_read {
+        t.local_flags.remove(LocalFlags::ICANON);
+        t.control_chars[SpecialCharacterIndices::VMIN as usize] = 0;
+        t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    }
     tcsetattr(pty.slave.as_fd(), SetArg::TCSANOW, &t).map_err(io::Error::from)?;
     Ok((pty.master, pty.slave))
 }

@@ -4,70 +4,201 @@
 //! handling or the log; a small bounded queue gives back-pressure instead of
 //! unbounded buffering, and EPIPE only ends the copy. A regular file or
 //! `/dev/null` never blocks, so there the copy is written inline, saving a
-//! thread hand-off per chunk.
+//! thread hand-off per chunk. When stdout and stderr are the same file (`2>&1`),
+//! one thread writes both, whole lines in arrival order. Once the job has ended,
+//! a copy that fell behind is finished from the log file itself, after the
+//! final metadata is written, and given up on if its reader stops reading.
 
+use std::fs::File;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Chunks queued per stream before the wrapper stops reading that stream. With
 /// chunks of at most 64 KiB this bounds the queue at 256 KiB a stream, well inside
 /// the 16 MiB RSS target, while riding out a reader's short pauses.
 const QUEUE_CHUNKS: usize = 4;
 
-/// One stream's copy: inline, or a thread and its queue.
+/// Bytes read back from the log per write when catching up: the size of one
+/// read from the child, so catching up costs no more memory than copying did.
+const CATCH_UP_PIECE: usize = crate::output::index::MAX_CHUNK;
+
+/// The part of a stream's log the terminal copy has not had: `[from, to)`.
+pub struct CatchUp {
+    pub file: File,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Most bytes of an unfinished line held back per stream when both streams are
+/// copied to one file (see [`Tee::start_shared`]): a longer line is written in
+/// pieces rather than buffered without bound. A chunk's worth, so holding costs
+/// no more than one queued chunk.
+const MAX_HELD_LINE: usize = crate::output::index::MAX_CHUNK;
+
+/// Longest an unfinished line is held back when both streams share one file: a
+/// prompt or a progress bar without a newline still shows this soon.
+const HOLD_PARTIAL_LINE: Duration = Duration::from_millis(50);
+
+/// A chunk for the copy thread: which stream (0 stdout, 1 stderr) and its bytes.
+type Msg = (usize, Vec<u8>);
+
+/// What the copy thread shares with the event loop.
+struct Shared {
+    /// Set once a write to the reader failed.
+    dead: AtomicBool,
+    /// Bytes written so far, so a reader that still reads can be told from one
+    /// that has stopped.
+    written: AtomicU64,
+    /// Read back from the log once the queue is done, in order.
+    catch_up: Mutex<Vec<CatchUp>>,
+}
+
+/// One stream's copy: inline, or a thread and its queue (one thread for both
+/// streams when they go to the same file).
 pub struct Tee {
     /// Set when the destination never blocks and writes are made inline.
     inline_fd: Option<RawFd>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    recycled: Receiver<Vec<u8>>,
+    /// This stream's number in the messages (0 stdout, 1 stderr).
+    tag: usize,
+    tx: Option<SyncSender<Msg>>,
+    /// Buffers the thread has finished with (shared by both streams' handles).
+    recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
-    dead: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// Closed when the thread ends; held by one handle of a shared copy.
+    done: Option<Receiver<()>>,
 }
 
 impl Tee {
-    /// Starts a copy thread writing to `fd`. After each chunk written, if
-    /// `want_wake` is set, it clears it and calls `wake` (the event loop's waker).
-    pub fn start(fd: RawFd, wake: Arc<dyn Fn() + Send + Sync>, want_wake: Arc<AtomicBool>) -> Tee {
+    /// Starts the copy of stream `tag` to `fd`: inline when `fd` never blocks,
+    /// else on a thread. After each chunk written, if `want_wake` is set, the
+    /// thread clears it and calls `wake` (the event loop's waker).
+    pub fn start(
+        fd: RawFd,
+        tag: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> Tee {
         if never_blocks(fd) {
             let (_, recycled) = sync_channel(0);
             return Tee {
                 inline_fd: Some(fd),
+                tag,
                 tx: None,
-                recycled,
+                recycled: Arc::new(Mutex::new(recycled)),
                 thread: None,
-                dead: Arc::new(AtomicBool::new(false)),
+                shared: Arc::new(Shared::default()),
+                done: None,
             };
         }
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
-        let (back_tx, recycled) = sync_channel::<Vec<u8>>(QUEUE_CHUNKS + 1);
-        let dead = Arc::new(AtomicBool::new(false));
-        let dead_in = dead.clone();
+        Tee::threaded(fd, false, wake, want_wake).0
+    }
+
+    /// Starts one copy for both streams when the wrapper's stdout and stderr are
+    /// the same file (`2>&1`): one thread writes both in arrival order, and
+    /// writes whole lines, holding a stream's unfinished line back (up to
+    /// [`MAX_HELD_LINE`], for at most [`HOLD_PARTIAL_LINE`]) so the other
+    /// stream's lines cannot cut into it. Returns the stdout and stderr handles.
+    pub fn start_shared(
+        fd: RawFd,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> (Tee, Tee) {
+        if is_dev_null(fd) {
+            // Nothing to keep whole: the cheap inline writes will do.
+            let out = Tee::start(fd, 0, wake.clone(), want_wake.clone());
+            return (out, Tee::start(fd, 1, wake, want_wake));
+        }
+        let (out, err) = Tee::threaded(fd, true, wake, want_wake);
+        (out, err.expect("a shared copy has two handles"))
+    }
+
+    fn threaded(
+        fd: RawFd,
+        by_line: bool,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        want_wake: Arc<AtomicBool>,
+    ) -> (Tee, Option<Tee>) {
+        // Both streams' chunks share one queue when shared: the bound per
+        // stream stays as documented for QUEUE_CHUNKS.
+        let depth = if by_line {
+            2 * QUEUE_CHUNKS
+        } else {
+            QUEUE_CHUNKS
+        };
+        let (tx, rx) = sync_channel::<Msg>(depth);
+        let (back_tx, recycled) = sync_channel::<Vec<u8>>(depth + 1);
+        let (done_tx, done) = sync_channel::<()>(0);
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("logwrap-tee-{fd}"))
             .spawn(move || {
-                for buf in rx {
-                    if !dead_in.load(Ordering::Relaxed) && write_all(fd, &buf).is_err() {
-                        // EPIPE or any other failure: the copy is best effort and
-                        // the log is the source of truth, so just stop copying.
-                        dead_in.store(true, Ordering::Relaxed);
+                let _done = done_tx;
+                let mut lines = LineMerge::default();
+                loop {
+                    let msg = if lines.holding() {
+                        match rx.recv_timeout(HOLD_PARTIAL_LINE) {
+                            Ok(m) => Some(m),
+                            Err(RecvTimeoutError::Timeout) => {
+                                lines.flush(|b| sh.copy(fd, b));
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    } else {
+                        rx.recv().ok()
+                    };
+                    let Some((tag, buf)) = msg else {
+                        break;
+                    };
+                    if by_line {
+                        lines.push(tag, &buf, |b| sh.copy(fd, b));
+                    } else {
+                        sh.copy(fd, &buf);
                     }
                     let _ = back_tx.try_send(buf);
                     if want_wake.swap(false, Ordering::SeqCst) {
                         wake();
                     }
                 }
+                lines.flush(|b| sh.copy(fd, b));
+                let catch_up = sh
+                    .catch_up
+                    .lock()
+                    .map(|mut c| std::mem::take(&mut *c))
+                    .unwrap_or_default();
+                for c in &catch_up {
+                    sh.copy_from_log(fd, c);
+                }
             })
             .ok();
-        Tee {
+        let tx = thread.as_ref().map(|_| tx);
+        let recycled = Arc::new(Mutex::new(recycled));
+        let second = by_line.then(|| Tee {
             inline_fd: None,
-            tx: thread.as_ref().map(|_| tx),
+            tag: 1,
+            tx: tx.clone(),
+            recycled: recycled.clone(),
+            thread: None,
+            shared: shared.clone(),
+            done: None,
+        });
+        let first = Tee {
+            inline_fd: None,
+            tag: 0,
+            tx,
             recycled,
             thread,
-            dead,
-        }
+            shared,
+            done: Some(done),
+        };
+        (first, second)
     }
 
     /// Copies `chunk` at once if the destination never blocks; false means the
@@ -76,15 +207,14 @@ impl Tee {
         let Some(fd) = self.inline_fd else {
             return false;
         };
-        if !self.is_dead() && write_all(fd, chunk).is_err() {
-            self.dead.store(true, Ordering::Relaxed);
-        }
+        self.shared.copy(fd, chunk);
         true
     }
 
     /// A buffer holding a copy of `chunk`, reusing one the thread has finished with.
     pub fn buffer_for(&self, chunk: &[u8]) -> Vec<u8> {
-        let mut buf = self.recycled.try_recv().unwrap_or_default();
+        let reused = self.recycled.lock().ok().and_then(|r| r.try_recv().ok());
+        let mut buf = reused.unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(chunk);
         buf
@@ -95,53 +225,183 @@ impl Tee {
         if self.is_dead() {
             return Ok(());
         }
-        match self.tx.as_ref().map(|tx| tx.try_send(buf)) {
-            Some(Err(TrySendError::Full(buf))) => Err(buf),
+        match self.tx.as_ref().map(|tx| tx.try_send((self.tag, buf))) {
+            Some(Err(TrySendError::Full((_, buf)))) => Err(buf),
             _ => Ok(()),
         }
     }
 
-    /// Queues `buf`, waiting for room (used only for the final drain).
-    pub fn send_blocking(&self, buf: Vec<u8>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(buf);
+    /// Queues `buf`, waiting for room while the reader takes something at least
+    /// every `idle_limit`; a reader that stops is given up on (the copy ends).
+    pub fn send_patiently(&self, mut buf: Vec<u8>, idle_limit: Duration) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        while !self.is_dead() {
+            match tx.try_send((self.tag, buf)) {
+                Ok(()) => return,
+                Err(TrySendError::Full((_, b))) => buf = b,
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+            // The thread hands back each buffer it has written: a free slot.
+            let freed = self
+                .recycled
+                .lock()
+                .map(|r| r.recv_timeout(idle_limit).is_ok())
+                .unwrap_or(false);
+            if !freed {
+                self.shared.dead.store(true, Ordering::Relaxed);
+            }
         }
     }
 
     /// True once a write to the reader failed (it went away).
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Relaxed) || (self.tx.is_none() && self.inline_fd.is_none())
+        self.shared.dead.load(Ordering::Relaxed) || (self.tx.is_none() && self.inline_fd.is_none())
     }
 
-    /// Waits until everything queued has been written (or the reader is gone).
-    pub fn finish(mut self) {
+    /// No more chunks: the thread writes what is queued, then `catch_up` from
+    /// the log. Close every handle before [`Tee::wait`]ing on any.
+    pub fn close(&mut self, catch_up: Option<CatchUp>) {
+        if let (Some(c), Ok(mut slot)) = (catch_up, self.shared.catch_up.lock()) {
+            slot.push(c);
+        }
         self.tx = None;
+    }
+
+    /// Waits for the copy to finish while the reader keeps reading. A reader
+    /// that takes nothing for `idle_limit` is given up on (its thread is left
+    /// blocked in its write and ends with the process), so a reader that never
+    /// reads cannot keep the wrapper alive.
+    pub fn wait(mut self, idle_limit: Duration) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        let mut seen = self.shared.written.load(Ordering::Relaxed);
+        // Any other answer means the thread has ended: join it (at once).
+        while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(idle_limit) {
+            let now = self.shared.written.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            dead: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            catch_up: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Shared {
+    /// Writes `buf` unless the reader is gone; a failure (EPIPE or any other)
+    /// only ends the copy: it is best effort and the log is the source of truth.
+    fn copy(&self, fd: RawFd, buf: &[u8]) {
+        if !self.dead.load(Ordering::Relaxed) && write_all(fd, buf, &self.written).is_err() {
+            self.dead.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `[from, to)` of the log to `fd`, a piece at a time.
+    fn copy_from_log(&self, fd: RawFd, c: &CatchUp) {
+        let mut buf = vec![0u8; CATCH_UP_PIECE];
+        let mut at = c.from;
+        while at < c.to && !self.dead.load(Ordering::Relaxed) {
+            let want = (c.to - at).min(buf.len() as u64) as usize;
+            match c.file.read_at(&mut buf[..want], at) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    self.copy(fd, &buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+    }
+}
+
+/// Two streams merged into one output a whole line at a time: each stream's
+/// bytes after its last newline are held until the line ends (or grows past
+/// [`MAX_HELD_LINE`], or [`LineMerge::flush`] is called), so lines of the two
+/// streams never cut into each other. Pure: the writes go to `out`.
+#[derive(Default)]
+struct LineMerge {
+    held: [Vec<u8>; 2],
+}
+
+impl LineMerge {
+    /// True while an unfinished line is held.
+    fn holding(&self) -> bool {
+        self.held.iter().any(|h| !h.is_empty())
+    }
+
+    /// Takes a chunk of stream `tag`, writing every line it completes.
+    fn push(&mut self, tag: usize, chunk: &[u8], mut out: impl FnMut(&[u8])) {
+        let held = &mut self.held[tag];
+        let rest = match memchr::memrchr(b'\n', chunk) {
+            Some(i) => {
+                if !held.is_empty() {
+                    out(held);
+                    held.clear();
+                }
+                out(&chunk[..=i]);
+                &chunk[i + 1..]
+            }
+            None => chunk,
+        };
+        held.extend_from_slice(rest);
+        if held.len() > MAX_HELD_LINE {
+            out(held);
+            held.clear();
+        }
+    }
+
+    /// Writes every held unfinished line (stdout's first).
+    fn flush(&mut self, mut out: impl FnMut(&[u8])) {
+        for held in &mut self.held {
+            if !held.is_empty() {
+                out(held);
+                held.clear();
+            }
+        }
+    }
+}
+
 /// True for a regular file or `/dev/null`, which a write never waits on.
 fn never_blocks(fd: RawFd) -> bool {
+    fstat_kind(fd).is_some_and(|(kind, _)| kind == libc::S_IFREG) || is_dev_null(fd)
+}
+
+/// True for `/dev/null`.
+fn is_dev_null(fd: RawFd) -> bool {
+    fstat_kind(fd).is_some_and(|(kind, rdev)| kind == libc::S_IFCHR && rdev == libc::makedev(1, 3))
+}
+
+/// The file type bits and device number of `fd`, if it is open.
+fn fstat_kind(fd: RawFd) -> Option<(libc::mode_t, libc::dev_t)> {
     // SAFETY: an all-zero stat is valid, and fstat fills it in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on a descriptor number; a closed one just fails.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return false;
-    }
-    let kind = st.st_mode & libc::S_IFMT;
-    kind == libc::S_IFREG || (kind == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_mode & libc::S_IFMT, st.st_rdev))
 }
 
 /// Writes all of `buf` to `fd`, retrying on EINTR and waiting on EAGAIN (a
-/// descriptor someone else made non-blocking).
-fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
+/// descriptor someone else made non-blocking); counts what is written.
+fn write_all(fd: RawFd, mut buf: &[u8], written: &AtomicU64) -> std::io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: writing from a valid slice to a descriptor the process owns.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if n >= 0 {
             buf = &buf[n as usize..];
+            written.fetch_add(n as u64, Ordering::Relaxed);
             continue;
         }
         let err = std::io::Error::last_os_error();
@@ -160,4 +420,41 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(chunks: &[(usize, &[u8])]) -> Vec<Vec<u8>> {
+        let mut m = LineMerge::default();
+        let mut out = Vec::new();
+        for (tag, c) in chunks {
+            m.push(*tag, c, |b| out.push(b.to_vec()));
+        }
+        m.flush(|b| out.push(b.to_vec()));
+        out
+    }
+
+    #[test]
+    fn merged_streams_never_cut_into_each_others_lines() {
+        let out = merge(&[
+            (0, b"out-a"),
+            (1, b"err-1\nerr-"),
+            (0, b"a\nout-b"),
+            (1, b"2\n"),
+            (0, b"\n"),
+        ]);
+        let text: Vec<u8> = out.concat();
+        assert_eq!(text, b"err-1\nout-aa\nerr-2\nout-b\n".to_vec());
+    }
+
+    #[test]
+    fn an_unfinished_line_is_held_only_up_to_its_bound() {
+        let long = vec![b'x'; MAX_HELD_LINE + 1];
+        let out = merge(&[(0, &long), (1, b"err\n")]);
+        assert_eq!(out, vec![long.clone(), b"err\n".to_vec()]);
+        let out = merge(&[(0, b"prompt: ")]);
+        assert_eq!(out, vec![b"prompt: ".to_vec()]);
+    }
 }

@@ -797,3 +797,26 @@ fn every_long_flag_in_help_is_in_the_man_page() {
         "flags missing from man/logwrap.1: {missing:?}"
     );
 }
+
+#[test]
+fn show_escapes_control_characters_of_the_command_and_cwd() {
+    let env = TestEnv::new();
+    let cwd = env.path("dir\x1b[2J\rx");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let o = env
+        .cmd()
+        .current_dir(&cwd)
+        .args(["--job-run-id", "ctl", "--", "echo", "a\x1b[31mred\r\nline"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    let o = env.run(&["show", "ctl"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        !text.contains('\x1b') && !text.contains('\r'),
+        "raw control characters: {text:?}"
+    );
+    assert!(text.contains(r"echo $'a\e[31mred\r\nline'"), "{text}");
+    assert!(text.contains(r"dir\e[2J\rx"), "{text}");
+}

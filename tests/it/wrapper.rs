@@ -805,6 +805,45 @@ fn exec_failures_are_126_and_127_with_one_clear_line() {
 }
 
 #[test]
+fn a_script_with_a_missing_interpreter_names_it() {
+    let env = TestEnv::new();
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("myscript");
+    std::fs::write(&script, "#!/no/such/interpreter -e\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // By path, and found through PATH.
+    for (id, program, path) in [
+        (
+            "bypath",
+            script.to_str().unwrap(),
+            std::env::var("PATH").unwrap(),
+        ),
+        (
+            "bysearch",
+            "myscript",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        ),
+    ] {
+        let o = env
+            .cmd()
+            .env("PATH", path)
+            .args(["--job-run-id", id, "--", program])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 127);
+        let err = stderr_text(&o);
+        assert!(
+            err.contains("bad interpreter")
+                && err.contains("/no/such/interpreter")
+                && err.lines().count() == 1,
+            "{err}"
+        );
+        assert_eq!(env.meta(id)["wrapper_exit_code"], 127);
+    }
+}
+
+#[test]
 fn wrapper_failures_are_125_with_one_clear_line() {
     let env = TestEnv::new();
     let blocker = env.path("a-file");
@@ -826,6 +865,10 @@ fn wrapper_failures_are_125_with_one_clear_line() {
             "must not start with '.'",
         ),
         (vec!["--job-run-id", "a/b", "--", "true"], "is not allowed"),
+        (
+            vec!["--job-run-id", "", "--", "true"],
+            "1 to 128 characters long",
+        ),
         (vec!["--timeout", "soon", "--", "true"], "--timeout"),
         (
             vec!["--log-dir", not_writable.to_str().unwrap(), "--", "true"],
@@ -869,6 +912,41 @@ fn a_used_id_is_refused_and_the_env_id_is_used() {
         .unwrap();
     assert_eq!(code(&o), 0);
     assert_eq!(env.meta("from-env")["job_run_id"], "from-env");
+}
+
+#[test]
+fn an_empty_job_run_id_variable_means_unset() {
+    let env = TestEnv::new();
+    let o = env
+        .cmd()
+        .env("DATABUILD_JOB_RUN_ID", "")
+        .args(["--", "sh", "-c", "echo \"$DATABUILD_JOB_RUN_ID\""])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    let id = String::from_utf8(o.stdout).unwrap();
+    let id = id.trim();
+    assert!(id.starts_with("20"), "a generated id: {id:?}");
+    assert_eq!(env.meta(id)["status"], "succeeded");
+    // The flag wins over the variable.
+    let o = env
+        .cmd()
+        .env("DATABUILD_JOB_RUN_ID", "from-env")
+        .args(["--job-run-id", "from-flag", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert!(env.job_dir("from-flag").exists());
+    assert!(!env.job_dir("from-env").exists());
+}
+
+#[test]
+fn timeout_zero_means_no_timeout() {
+    let env = TestEnv::new();
+    let o = env.run_sh("t0", &["--timeout", "0"], "sleep 0.2; echo done");
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+    assert_eq!(env.stdout_log("t0"), b"done\n");
+    assert_eq!(env.meta("t0")["status"], "succeeded");
 }
 
 #[test]
@@ -981,6 +1059,10 @@ fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
                 .any(|e| e.as_str().unwrap().contains("stdout.log")),
             "{errors:?}"
         );
+        let said = logwrap_lines(&o);
+        assert_eq!(said.len(), 1, "one message about the log: {said:?}");
+        assert!(said[0].contains("stdout.log"), "{said:?}");
+        assert!(!env.job_dir(&id).join(".metadata.json.tmp").exists());
     }
 }
 
@@ -1054,4 +1136,357 @@ fn window_size_comes_from_the_wrappers_terminal_and_follows_sigwinch() {
         b"33 77\n",
         "the stderr pty is resized too"
     );
+}
+
+/// A small tmpfs mounted for one test (unmounted on drop), to get a real ENOSPC.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+/// Set in a copy of this test binary re-run inside a user and mount namespace.
+const IN_MOUNT_NS: &str = "LOGWRAP_TEST_IN_MOUNT_NS";
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount -o size=`) at `path`. Where this
+    /// process may not mount (not root), the test named `test` is run again
+    /// inside `unshare -rm`, where it may, and `None` is returned (its result is
+    /// asserted here); `None` with the reason printed if neither works.
+    fn mount(path: &std::path::Path, size: &str, test: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output();
+        let why = match o {
+            Ok(o) if o.status.success() => {
+                return Some(SmallDisk {
+                    path: path.to_path_buf(),
+                })
+            }
+            Ok(o) => stderr_text(&o),
+            Err(e) => e.to_string(),
+        };
+        if std::env::var_os(IN_MOUNT_NS).is_some() {
+            panic!("cannot mount a tmpfs even in a mount namespace: {why}");
+        }
+        let o = std::process::Command::new("unshare")
+            .arg("-rm")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads", "1", "--nocapture"])
+            .env(IN_MOUNT_NS, "1")
+            .output();
+        match o {
+            Ok(o) if o.status.success() => eprintln!("ran {test} in a mount namespace"),
+            // The test itself failed (a panic exits 101).
+            Ok(o) if o.status.code() == Some(101) => panic!(
+                "{test} failed in a mount namespace:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                stderr_text(&o)
+            ),
+            Ok(o) => eprintln!(
+                "skipped: cannot mount a tmpfs ({why}) nor use unshare -rm ({})",
+                stderr_text(&o)
+            ),
+            Err(e) => eprintln!("skipped: cannot mount a tmpfs ({why}) nor run unshare: {e}"),
+        }
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Lines of logwrap's own messages in an output's stderr.
+fn logwrap_lines(o: &std::process::Output) -> Vec<String> {
+    stderr_text(o)
+        .lines()
+        .filter(|l| l.starts_with("logwrap:"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_full_disk_keeps_the_final_status_and_leaves_no_temp_file() {
+    let env = TestEnv::new();
+    let Some(disk) = SmallDisk::mount(
+        &env.path("small"),
+        "2m",
+        "wrapper::a_full_disk_keeps_the_final_status_and_leaves_no_temp_file",
+    ) else {
+        return;
+    };
+    let root = disk.path.join("logs");
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("full{i}");
+        let o = env
+            .cmd()
+            .env("DATABUILD_LOG_DIR", &root)
+            .args(["--job-run-id", &id])
+            .args(*mode)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "head -c 3000000 /dev/zero | tr '\\0' x; exit 42",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 42, "mode {mode:?}: {}", stderr_text(&o));
+        assert_eq!(o.stdout.len(), 3_000_000, "the terminal copy is whole");
+        let dir = root.join("job_runs").join(&id);
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+        assert_eq!(meta["status"], "failed", "mode {mode:?}");
+        assert_eq!(meta["exit_code"], 42);
+        assert!(!meta["log_errors"].as_array().unwrap().is_empty(), "{meta}");
+        let said = logwrap_lines(&o);
+        assert_eq!(said.len(), 1, "one message about the log: {said:?}");
+        assert!(said[0].contains("stdout.log"), "{said:?}");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert!(
+            names.iter().all(|n| !n.starts_with('.')),
+            "no temp file or reserve left: {names:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // A disk already full when the job is created: 125, and nothing left behind,
+    // so the same id works once there is room again.
+    let filler = disk.path.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    drop(f);
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["--job-run-id", "again", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125, "{}", stderr_text(&o));
+    assert_eq!(logwrap_lines(&o).len(), 1, "{}", stderr_text(&o));
+    assert!(!root.join("job_runs/again").exists());
+    std::fs::remove_file(&filler).unwrap();
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["--job-run-id", "again", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+}
+
+#[test]
+fn the_final_status_does_not_wait_for_a_reader_that_does_not_read() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("stuck{i}");
+        // Nobody reads the wrapper's stdout; a long drain timeout keeps the
+        // wrapper waiting on that reader, so the metadata is seen final while
+        // it still runs.
+        let mut extra = vec!["--timeout", "1", "--drain-timeout", "60s"];
+        extra.extend_from_slice(mode);
+        let mut child = spawn_sh(&env, &id, &extra, "exec yes");
+        wait_until(Duration::from_secs(20), "the final metadata", || {
+            std::fs::read(env.job_dir(&id).join("metadata.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|m| m["status"] == "timed_out")
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the wrapper is still copying to its stdout, mode {mode:?}"
+        );
+        let o = env.run(&["show", &id]);
+        assert!(contains(&o.stdout, "timed_out"), "{}", stderr_text(&o));
+        // The reader goes away: the copy ends and so does the wrapper.
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(124));
+    }
+    // A reader that never reads is given up on after --drain-timeout.
+    let mut child = spawn_sh(
+        &env,
+        "given-up",
+        &["--timeout", "1", "--drain-timeout", "100ms"],
+        "exec yes",
+    );
+    wait_until(Duration::from_secs(20), "the wrapper to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert_eq!(child.wait().unwrap().code(), Some(124));
+    assert_eq!(env.meta("given-up")["status"], "timed_out");
+}
+
+#[test]
+fn markers_are_capped_in_total_with_bounded_memory_and_metadata() {
+    let env = TestEnv::new();
+    // 40 valid markers of ~1 MB each: each under the per-line limit, together
+    // far over the total cap.
+    let script = "x=$(head -c 1000000 /dev/zero | tr '\\0' x); \
+                  for i in $(seq 40); do printf 'DATABUILD_MISSING_DEPS_JSON:[\"%s\"]\\n' \"$x\"; done";
+    let (status, rss_kib) = run_measuring_rss(
+        &env,
+        &[
+            "--job-run-id",
+            "many",
+            "--quiet",
+            "--no-pty",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(status, 0);
+    let size = std::fs::metadata(env.job_dir("many").join("metadata.json"))
+        .unwrap()
+        .len();
+    assert!(size < 2 << 20, "metadata.json is {size} bytes");
+    let meta = env.meta("many");
+    assert_eq!(meta["missing_deps"].as_array().unwrap().len(), 1);
+    let errors = meta["marker_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 39);
+    assert!(
+        errors[0]["error"].as_str().unwrap().contains("total cap"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0]["line"], 2);
+    assert!(rss_kib < 16 * 1024, "peak RSS {rss_kib} KiB");
+
+    // Marker errors are capped too; the rest are counted.
+    let o = env.run_sh(
+        "bad",
+        &["--no-pty"],
+        "for i in $(seq 250); do echo 'DATABUILD_MISSING_DEPS_JSON:{bad'; done",
+    );
+    assert_eq!(code(&o), 0);
+    let meta = env.meta("bad");
+    assert_eq!(meta["marker_errors"].as_array().unwrap().len(), 100);
+    assert_eq!(meta["marker_errors_dropped"], 150);
+}
+
+#[test]
+fn a_dev_tty_prompt_gets_end_of_file_when_stdin_is_not_a_terminal() {
+    let env = TestEnv::new();
+    // Twice, and after the TCSAFLUSH a password prompt does: every read ends.
+    let mut child = spawn_sh(
+        &env,
+        "prompt",
+        &[],
+        "read x </dev/tty; echo rc=$?; stty -echo </dev/tty; read y </dev/tty; echo rc=$?",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job is still waiting on /dev/tty");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(env.stdout_log("prompt"), b"rc=1\nrc=1\n");
+}
+
+#[test]
+fn listen_does_not_change_the_jobs_descriptor_limit() {
+    let env = TestEnv::new();
+    let mut seen = Vec::new();
+    for (id, extra) in [
+        ("plain", vec![]),
+        ("served", vec!["--listen", "127.0.0.1:0"]),
+    ] {
+        let mut cmd = env.cmd();
+        cmd.args(["--job-run-id", id, "--no-pty"])
+            .args(&extra)
+            .args(["--", "sh", "-c", "ulimit -n"]);
+        // SAFETY: setrlimit between fork and exec is async-signal-safe. A soft
+        // limit under the hard one is what a server would raise.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1000,
+                    rlim_max: 2000,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+        seen.push(String::from_utf8(env.stdout_log(id)).unwrap());
+    }
+    assert_eq!(seen, vec!["1000\n", "1000\n"]);
+}
+
+#[test]
+fn a_job_writing_a_byte_at_a_time_keeps_its_index_small() {
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("bytes{i}");
+        let o = env.run_sh(
+            &id,
+            mode,
+            "i=0; while [ $i -lt 10000 ]; do printf x; i=$((i+1)); done; echo; printf tail",
+        );
+        assert_eq!(code(&o), 0);
+        let log = env.stdout_log(&id);
+        assert_eq!(log.len(), 10_005);
+        let idx = env.file(&id, "stdout.idx").len();
+        assert!(
+            idx <= log.len(),
+            "index {idx} bytes for a {} byte log, mode {mode:?}",
+            log.len()
+        );
+        // Lines are still found and stamped through the index.
+        let o = env.run(&["logs", &id, "--timestamps"]);
+        let text = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert!(lines.iter().all(|l| l.starts_with("20")), "{text:?}");
+        assert!(lines[0].ends_with(&"x".repeat(10_000)) && lines[1].ends_with(" tail"));
+    }
+}
+
+#[test]
+fn stdout_and_stderr_to_one_pipe_keep_every_line_whole() {
+    let env = TestEnv::new();
+    // Long lines (longer than a pty hands out per read) alternating between the
+    // two streams, both of the wrapper's outputs into one pipe, as `2>&1 | cat`.
+    let script = "awk 'BEGIN { o = sprintf(\"%5000s\", \"\"); e = o; gsub(/ /, \"o\", o); \
+                  gsub(/ /, \"e\", e); for (i = 0; i < 200; i++) { print \"O\" o; \
+                  print \"E\" e > \"/dev/stderr\"; fflush() } }'";
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["--job-run-id", "merged", "--", "sh", "-c", script])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 400);
+    let whole_o = format!("O{}", "o".repeat(5000));
+    let whole_e = format!("E{}", "e".repeat(5000));
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            *l == whole_o || *l == whole_e,
+            "line {i} is cut: {}...",
+            &l[..l.len().min(80)]
+        );
+    }
 }
