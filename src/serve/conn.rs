@@ -173,14 +173,18 @@ impl Conn {
         Ok(())
     }
 
-    /// The output buffer, to append to (events, file pieces).
-    pub fn out(&mut self, now: Instant) -> &mut Vec<u8> {
-        if self.pending() == 0 {
-            // Waiting on an empty buffer is not the client's fault: the stall
-            // clock starts when there is something to send.
+    /// Lets `fill` append to the output buffer (events, heartbeats, a head).
+    /// Waiting on an empty buffer is not the client's fault, so the stall clock
+    /// starts when something is queued on it; a fill that adds nothing leaves
+    /// the clock alone, so a follower woken with nothing new still gets its
+    /// heartbeat after a silence (SPEC §5).
+    pub fn fill<R>(&mut self, now: Instant, fill: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let (was_empty, before) = (self.pending() == 0, self.out.len());
+        let r = fill(&mut self.out);
+        if was_empty && self.out.len() > before {
             self.last_progress = now;
         }
-        &mut self.out
+        r
     }
 
     /// Queues a response: the head now, the body as the client reads.
@@ -194,7 +198,7 @@ impl Conn {
         let headers: Vec<(&str, &str)> =
             resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = http::response_head(resp.status, &headers, length, keep_alive);
-        self.out(now).extend_from_slice(&head);
+        self.fill(now, |out| out.extend_from_slice(&head));
         self.close_after = !keep_alive;
         self.source = Source::Nothing;
         if !head_only {
@@ -272,6 +276,6 @@ impl Conn {
 
     /// Queues a heartbeat comment.
     pub fn heartbeat(&mut self, now: Instant) {
-        self.out(now).extend_from_slice(sse::HEARTBEAT);
+        self.fill(now, |out| out.extend_from_slice(sse::HEARTBEAT));
     }
 }

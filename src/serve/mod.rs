@@ -18,7 +18,7 @@ mod page;
 mod routes;
 pub mod sse;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, ServerArgs};
 use crate::store::{FileStore, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
@@ -106,6 +106,20 @@ impl ServeConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
         })
+    }
+}
+
+impl ServeConfig {
+    /// Settings from the server options shared by `serve` and `--listen`, with
+    /// the other bounds at their defaults.
+    pub fn from_args(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
+        let mut cfg = ServeConfig::new(listen, args.token.clone())?;
+        cfg.heartbeat = crate::timefmt::parse_duration(&args.heartbeat)
+            .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?;
+        if cfg.heartbeat.is_zero() {
+            bail!("--heartbeat: must be more than zero");
+        }
+        Ok(cfg)
     }
 }
 
@@ -497,7 +511,7 @@ impl Server {
                 };
                 let job = self.jobs.get(&f.job);
                 let complete = job.and_then(|j| j.state.complete.as_ref());
-                let pumped = f.pump(c.out(now), SSE_HIGH_WATER, complete);
+                let pumped = c.fill(now, |out| f.pump(out, SSE_HIGH_WATER, complete));
                 let sizes = job.map(|j| j.state.sizes);
                 match pumped {
                     Ok(Pumped::Full) => c.source = Source::Events(f),
@@ -745,14 +759,10 @@ pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
     let duration = |flag: &str, v: &str| {
         crate::timefmt::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
     };
-    let mut cfg = ServeConfig::new(&args.listen, args.token)?;
+    let mut cfg = ServeConfig::from_args(&args.listen, &args.access)?;
     cfg.max_connections = args.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
     cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
-    cfg.heartbeat = duration("heartbeat", &args.heartbeat)?;
-    if cfg.heartbeat.is_zero() {
-        bail!("--heartbeat: must be more than zero");
-    }
     let mut poll = Poll::new().context("creating the event loop")?;
     let mut server = Server::bind(cfg, store.clone(), None)?;
     server.register(poll.registry(), Token(0))?;

@@ -333,6 +333,11 @@ impl SseConn {
         }
     }
 
+    /// True when no event has been received and not yet taken.
+    pub fn queue_is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Every event until the server closes the stream.
     pub fn rest(&mut self) -> Vec<SseEvent> {
         std::iter::from_fn(|| self.next()).collect()
@@ -477,6 +482,30 @@ fn silent_streams_get_a_heartbeat_comment() {
     c.wait_parser("another heartbeat", |p| p.comments.len() == 3);
     assert!(job.finish().success());
     assert_eq!(c.next().unwrap().event, "complete");
+}
+
+/// Waits for the opening comment and then two heartbeats on an idle follower.
+/// The interval (2 s) is longer than the server's 1 s status re-check, which
+/// used to count as output and so kept the heartbeat from ever going out.
+fn assert_idle_follower_gets_heartbeats(port: u16, id: &str) {
+    let path = format!("/api/job_runs/{id}/logs/stdout?follow=true");
+    let mut c = SseConn::open(port, &path, &[]);
+    c.wait_parser("the opening comment", |p| !p.comments.is_empty());
+    c.wait_parser("two heartbeats", |p| p.comments.len() >= 3);
+    assert_eq!(c.parser.comments[1..3], [" heartbeat", " heartbeat"]);
+    assert!(c.queue_is_empty(), "heartbeats are comments, not events");
+}
+
+#[test]
+fn idle_followers_get_heartbeats_under_serve_and_with_listen() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--heartbeat", "2s"]);
+    let job = LiveJob::start(&env, "idle", &[]);
+    assert_idle_follower_gets_heartbeats(srv.port, "idle");
+    assert!(job.finish().success());
+    let (job, url) = listening_job(&env, "idle-listen", &["--heartbeat", "2s"]);
+    assert_idle_follower_gets_heartbeats(port_of(&url), "idle-listen");
+    assert!(job.finish().success());
 }
 
 #[test]
