@@ -800,7 +800,7 @@ def _sse_connect(port: int, path: str):
     import socket
 
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode())
     return s
 
 
@@ -1037,7 +1037,7 @@ def sse_lines(ctx: Context) -> SectionResult:
         def one() -> float:
             t = time.perf_counter()
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             parts = []
             while True:
                 chunk = s.recv(65536)

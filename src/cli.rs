@@ -254,6 +254,12 @@ pub struct ServerArgs {
     /// Send a heartbeat comment on an event stream silent for this long
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub heartbeat: String,
+
+    /// On a loopback address, also answer requests for this Host name
+    /// (repeatable); otherwise only localhost, 127.0.0.1 and [::1] are
+    /// answered, against DNS rebinding
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Options of the wrapper itself.

@@ -79,6 +79,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Silence after which an event stream gets a heartbeat comment.
     pub heartbeat: Duration,
+    /// Host names answered besides loopback ones when bound to loopback.
+    pub allow_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -91,6 +93,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("heartbeat", &self.heartbeat)
+            .field("allow_hosts", &self.allow_hosts)
             .finish()
     }
 }
@@ -105,6 +108,7 @@ impl ServeConfig {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
+            allow_hosts: Vec::new(),
         })
     }
 }
@@ -119,6 +123,14 @@ impl ServeConfig {
         if cfg.heartbeat.is_zero() {
             bail!("--heartbeat: must be more than zero");
         }
+        if let Some(bad) = args
+            .allow_hosts
+            .iter()
+            .find(|h| http::host_name(h).is_empty())
+        {
+            bail!("--allow-host {bad:?}: expected a host name such as build.example");
+        }
+        cfg.allow_hosts = args.allow_hosts.clone();
         Ok(cfg)
     }
 }
@@ -559,6 +571,9 @@ impl Server {
             let mut r = Response::error(503, "too many connections; retry shortly", false);
             r.headers.push(("Retry-After", "1".into()));
             r
+        } else if let Some(msg) = self.misdirected(req) {
+            c.close_after = true;
+            Response::error(421, &msg, false)
         } else if !self.authorized(req) {
             let api = req.segments.first().is_some_and(|s| s == "api");
             let mut r = Response::error(
@@ -583,6 +598,26 @@ impl Server {
         if let Some(id) = follows {
             self.follow(&id);
         }
+    }
+
+    /// Why a request must be refused for the name it asked for, if it must: on
+    /// a loopback address only loopback names (and `--allow-host` ones) are
+    /// answered, so a web page whose DNS name was re-pointed at 127.0.0.1 cannot
+    /// read the logs (SPEC §5, DNS rebinding). HTTP/1.0 without `Host` comes
+    /// from no browser and passes.
+    fn misdirected(&self, req: &http::Request) -> Option<String> {
+        let host = req.host.as_deref()?;
+        if !self.addr.ip().is_loopback() || http::loopback_host_allowed(host, &self.cfg.allow_hosts)
+        {
+            return None;
+        }
+        Some(format!(
+            "this server listens on loopback and answers only requests for localhost, \
+             127.0.0.1 or [::1], not Host {:?} (a guard against DNS rebinding); \
+             start it with --allow-host {} to accept that name",
+            host,
+            http::host_name(host)
+        ))
     }
 
     fn authorized(&self, req: &http::Request) -> bool {

@@ -123,7 +123,7 @@ pub fn parse_response(all: &[u8]) -> Resp {
 
 /// `GET path` with extra headers, `Connection: close`.
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -258,7 +258,8 @@ pub struct SseConn {
 impl SseConn {
     pub fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> SseConn {
         let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -800,6 +801,16 @@ fn reconnecting_after_a_drop_neither_repeats_nor_skips() {
 
 /// `logwrap --listen`: the wrapper with piped stdin (ECHO_JOB) and its URL.
 fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
+    listening_script(env, id, extra, ECHO_JOB)
+}
+
+/// `logwrap --listen` running `sh -c script` with piped stdin, and its URL.
+pub fn listening_script(
+    env: &TestEnv,
+    id: &str,
+    extra: &[&str],
+    script: &str,
+) -> (LiveJob, String) {
     let mut child = env
         .cmd()
         .args([
@@ -811,7 +822,7 @@ fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
             "127.0.0.1:0",
         ])
         .args(extra)
-        .args(["--", "sh", "-c", ECHO_JOB])
+        .args(["--", "sh", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -829,7 +840,7 @@ fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
     (LiveJob::adopt(env, id, child), url)
 }
 
-fn port_of(url: &str) -> u16 {
+pub fn port_of(url: &str) -> u16 {
     url.trim_start_matches("http://127.0.0.1:")
         .split('/')
         .next()

@@ -245,14 +245,14 @@ fn only_get_and_head_are_allowed() {
     for m in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"] {
         let r = raw_request(
             srv.port,
-            format!("{m} /healthz HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            format!("{m} /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
         );
         assert_eq!(r.status, 405, "{m}");
         assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
     }
     let r = raw_request(
         srv.port,
-        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!((r.status, r.body.len()), (200, 0));
 }
@@ -261,19 +261,22 @@ fn only_get_and_head_are_allowed() {
 fn oversized_request_lines_and_headers_are_refused() {
     let env = TestEnv::new();
     let srv = Serve::start(&env, &[]);
-    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(9000)
+    );
     assert_eq!(raw_request(srv.port, long.as_bytes()).status, 414);
     let big = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "b".repeat(9000)
     );
     assert_eq!(raw_request(srv.port, big.as_bytes()).status, 431);
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    let req = format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}\r\n");
     assert_eq!(raw_request(srv.port, req.as_bytes()).status, 431);
     // Within the bounds is fine.
     let ok: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{ok}\r\n");
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{ok}\r\n");
     assert_eq!(raw_request(srv.port, req.as_bytes()).status, 200);
     let garbage = raw_request(srv.port, b"\x16\x03\x01 not http\r\n\r\n");
     assert_eq!(garbage.status, 400);
@@ -285,12 +288,13 @@ fn request_bodies_are_refused_and_the_connection_closed() {
     let srv = Serve::start(&env, &[]);
     // The body that follows must not be read as a second request: the answer is
     // one 400 and the connection closes.
-    let smuggle = b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 31\r\n\r\nGET /healthz HTTP/1.1\r\nX: y\r\n\r\n";
+    let smuggle = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 31\r\n\r\nGET /healthz HTTP/1.1\r\nX: y\r\n\r\n";
     let r = raw_request(srv.port, smuggle);
     assert_eq!(r.status, 400);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     assert!(!r.text().contains("HTTP/1.1"), "{}", r.text());
-    let te = b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let te =
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(raw_request(srv.port, te).status, 400);
 }
 
@@ -325,7 +329,7 @@ fn path_traversal_never_reaches_outside_the_root() {
     }
     let raw = raw_request(
         srv.port,
-        b"GET ../../secret.log HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET ../../secret.log HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert_eq!(raw.status, 400);
     assert_eq!(
@@ -341,7 +345,7 @@ fn slow_request_heads_get_408() {
     let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let t = Instant::now();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap(); // never finished
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();
@@ -357,7 +361,7 @@ fn idle_keep_alive_connections_are_closed() {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     for _ in 0..2 {
         // Two requests on one kept-alive connection.
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
@@ -382,7 +386,7 @@ fn connections_over_the_cap_get_503() {
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
             // Prove each is accepted and counted: one answered request each.
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             s.set_read_timeout(Some(LIMIT)).unwrap();
             let mut buf = [0u8; 512];
@@ -463,7 +467,9 @@ fn a_follower_that_stops_reading_gets_back_pressure() {
     // A follower that never reads, with a tiny receive buffer.
     let mut stalled = socket_with_small_rcvbuf(srv.port);
     stalled
-        .write_all(b"GET /api/job_runs/flood/logs/stdout?follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(
+            b"GET /api/job_runs/flood/logs/stdout?follow=true HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
         .unwrap();
     let mut reader = SseConn::open(srv.port, "/api/job_runs/flood/logs/stdout?follow=true", &[]);
     let before = rss_kib(srv.pid());
@@ -544,4 +550,94 @@ fn many_followers_all_receive_every_line() {
     }
     let v: Value = get(srv.port, "/api/job_runs/fan", &[]).json();
     assert_eq!(v["status"], "succeeded");
+}
+
+/// A request for `path` naming `host` (no Host header at all when `None`).
+fn get_for_host(port: u16, path: &str, host: Option<&str>) -> Resp {
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    raw_request(
+        port,
+        format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn on_loopback_only_loopback_host_names_are_answered() {
+    let env = TestEnv::new();
+    env.run_sh("dns", &["--no-pty", "-q"], "echo secret-line");
+    let raw = "/api/job_runs/dns/logs/stdout/raw";
+    let srv = Serve::start(&env, &[]);
+    let port = srv.port;
+    for host in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "127.0.0.1".to_string(),
+        format!("127.0.0.1:{port}"),
+        "[::1]".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        let r = get_for_host(port, raw, Some(&host));
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "secret-line\n".into()),
+            "{host}"
+        );
+    }
+    // A rebound name: refused with a body saying why and what to do.
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+    ] {
+        let r = get_for_host(port, raw, Some(host));
+        assert_eq!(r.status, 421, "{host}");
+        assert!(!r.text().contains("secret-line"));
+        assert!(r.text().contains("--allow-host"), "{}", r.text());
+    }
+    // The absolute form names the host too.
+    let r = raw_request(
+        port,
+        format!(
+            "GET http://evil.example{raw} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 421);
+    // HTTP/1.1 without Host is malformed.
+    assert_eq!(get_for_host(port, raw, None).status, 400);
+    // curl names the address it connects to: allowed.
+    let out = curl(&[&format!("http://127.0.0.1:{port}{raw}")]);
+    assert_eq!(out.stdout, b"secret-line\n");
+
+    let allowing = Serve::start(
+        &env,
+        &["--allow-host", "logs.example", "--allow-host", "ci.example"],
+    );
+    for host in ["logs.example", "LOGS.example:80", "ci.example", "localhost"] {
+        assert_eq!(
+            get_for_host(allowing.port, raw, Some(host)).status,
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        get_for_host(allowing.port, raw, Some("evil.example")).status,
+        421
+    );
+}
+
+#[test]
+fn the_wrappers_listen_server_checks_host_names_too() {
+    let env = TestEnv::new();
+    let script = "echo listen-line; read x || true";
+    let (job, url) =
+        crate::serve::listening_script(&env, "dnsl", &["--allow-host", "ok.example"], script);
+    let port = crate::serve::port_of(&url);
+    let raw = "/api/job_runs/dnsl/logs/stdout/raw";
+    wait_until(LIMIT, "the line", || {
+        get_for_host(port, raw, Some("localhost")).body == b"listen-line\n"
+    });
+    assert_eq!(get_for_host(port, raw, Some("ok.example")).status, 200);
+    assert_eq!(get_for_host(port, raw, Some("evil.example")).status, 421);
+    assert!(job.finish().success());
 }
