@@ -251,6 +251,12 @@ pub struct ServerArgs {
     )]
     pub token: Option<String>,
 
+    /// Read the token from this file (its first line; a trailing newline is
+    /// dropped). Preferred over --token, which any local user can read in the
+    /// process list
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
     /// Send a heartbeat comment on an event stream silent for this long
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub heartbeat: String,

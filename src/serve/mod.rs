@@ -117,7 +117,16 @@ impl ServeConfig {
     /// Settings from the server options shared by `serve` and `--listen`, with
     /// the other bounds at their defaults.
     pub fn from_args(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
-        let mut cfg = ServeConfig::new(listen, args.token.clone())?;
+        let token = match (&args.token_file, &args.token) {
+            // Checked here rather than by clap so that the message also names
+            // the environment variable, which clap counts as --token.
+            (Some(_), Some(_)) => {
+                bail!("give the token one way: --token-file, or --token / {TOKEN_ENV}, not both")
+            }
+            (Some(path), None) => Some(read_token_file(path)?),
+            (None, t) => t.clone(),
+        };
+        let mut cfg = ServeConfig::new(listen, token)?;
         cfg.heartbeat = crate::timefmt::parse_duration(&args.heartbeat)
             .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?;
         if cfg.heartbeat.is_zero() {
@@ -133,6 +142,41 @@ impl ServeConfig {
         cfg.allow_hosts = args.allow_hosts.clone();
         Ok(cfg)
     }
+}
+
+/// Longest token file read: a bearer token is a few dozen bytes; anything this
+/// big is the wrong file, and is not read into memory whole.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// Environment variable that may hold the token; the wrapper never passes it on
+/// to the job (SPEC §5), or the job's `env` would print it into the log.
+pub const TOKEN_ENV: &str = "DATABUILD_LOG_TOKEN";
+
+/// Reads `--token-file`: the whole file (at most [`MAX_TOKEN_FILE`] bytes) with
+/// its trailing line end dropped, as `echo secret > file` writes it. An empty
+/// token would let anyone in, so it is refused.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("--token-file {shown}"))?;
+    let mut raw = Vec::new();
+    file.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("--token-file {shown}"))?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        bail!("--token-file {shown}: longer than {MAX_TOKEN_FILE} bytes; is it the right file?");
+    }
+    let text = String::from_utf8(raw)
+        .map_err(|_| anyhow::anyhow!("--token-file {shown}: the token is not UTF-8 text"))?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() {
+        bail!("--token-file {shown}: the file is empty; put the token in it");
+    }
+    if token.contains(['\n', '\r']) {
+        bail!("--token-file {shown}: the token must be one line");
+    }
+    Ok(token.to_string())
 }
 
 /// Parses a listen address: `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (both on
@@ -794,7 +838,14 @@ pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
     let duration = |flag: &str, v: &str| {
         crate::timefmt::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
     };
-    let mut cfg = ServeConfig::from_args(&args.listen, &args.access)?;
+    let mut cfg = match ServeConfig::from_args(&args.listen, &args.access) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // A bad option, like clap's own errors: usage, exit 2.
+            eprintln!("logwrap: {e:#}");
+            return Ok(crate::exit::USAGE);
+        }
+    };
     cfg.max_connections = args.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
     cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
@@ -832,6 +883,35 @@ mod tests {
         assert_eq!(parse_listen("[::1]:80").unwrap().to_string(), "[::1]:80");
         assert!(parse_listen("nonsense").is_err());
         assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn token_files_give_their_first_line_and_refuse_empty_or_huge_ones() {
+        let dir = std::env::temp_dir().join(format!("logwrap-tokfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, body: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        assert_eq!(read_token_file(&file("a", b"s3cret\n")).unwrap(), "s3cret");
+        assert_eq!(
+            read_token_file(&file("b", b"s3cret\r\n")).unwrap(),
+            "s3cret"
+        );
+        assert_eq!(read_token_file(&file("c", b"s3cret")).unwrap(), "s3cret");
+        for (name, body) in [
+            ("empty", &b""[..]),
+            ("newline", b"\n"),
+            ("two", b"a\nb\n"),
+            ("binary", b"\xff\xfe"),
+        ] {
+            assert!(read_token_file(&file(name, body)).is_err(), "{name}");
+        }
+        let huge = file("huge", &vec![b'x'; MAX_TOKEN_FILE as usize + 1]);
+        assert!(format!("{:#}", read_token_file(&huge).unwrap_err()).contains("longer"));
+        assert!(read_token_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

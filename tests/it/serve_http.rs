@@ -641,3 +641,94 @@ fn the_wrappers_listen_server_checks_host_names_too() {
     assert_eq!(get_for_host(port, raw, Some("evil.example")).status, 421);
     assert!(job.finish().success());
 }
+
+#[test]
+fn the_token_never_reaches_the_jobs_environment() {
+    let env = TestEnv::new();
+    let out = env
+        .cmd()
+        .env("DATABUILD_LOG_TOKEN", "env-s3cret")
+        .args(["--job-run-id", "envtok", "--no-pty", "-q"])
+        .args(["--listen", "127.0.0.1:0", "--", "env"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let log = env.stdout_log("envtok");
+    assert!(contains(&log, "DATABUILD_JOB_RUN_ID=envtok"), "env ran");
+    assert!(
+        !contains(&log, "env-s3cret"),
+        "the token leaked into the log"
+    );
+    assert!(!contains(&log, "DATABUILD_LOG_TOKEN"));
+}
+
+#[test]
+fn a_token_file_guards_serve_and_listen() {
+    let env = TestEnv::new();
+    env.run_sh("tf", &["--no-pty", "-q"], "echo x");
+    let file = env.path("token");
+    std::fs::write(&file, "f1le-t0ken\n").unwrap();
+    let file = file.to_str().unwrap();
+    let srv = Serve::start(&env, &["--token-file", file]);
+    let path = "/api/job_runs/tf";
+    assert_eq!(get(srv.port, path, &[]).status, 401);
+    let bearer = [("Authorization", "Bearer f1le-t0ken")];
+    assert_eq!(get(srv.port, path, &bearer).status, 200);
+    let wrong = [("Authorization", "Bearer f1le-t0ke")];
+    assert_eq!(get(srv.port, path, &wrong).status, 401);
+
+    let (job, url) =
+        crate::serve::listening_script(&env, "tfl", &["--token-file", file], "read x || true");
+    let port = crate::serve::port_of(&url);
+    assert_eq!(get(port, "/api/job_runs/tfl", &[]).status, 401);
+    assert_eq!(get(port, "/api/job_runs/tfl", &bearer).status, 200);
+    assert!(job.finish().success());
+}
+
+#[test]
+fn token_and_token_file_together_or_an_empty_token_file_are_refused() {
+    let env = TestEnv::new();
+    let good = env.path("good");
+    std::fs::write(&good, "t\n").unwrap();
+    let empty = env.path("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let (good, empty) = (good.to_str().unwrap(), empty.to_str().unwrap());
+    let serve = |extra: &[&str], token_env: Option<&str>| {
+        let mut cmd = env.cmd();
+        if let Some(t) = token_env {
+            cmd.env("DATABUILD_LOG_TOKEN", t);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let wrap = |extra: &[&str], token_env: Option<&str>| {
+        let mut cmd = env.cmd();
+        if let Some(t) = token_env {
+            cmd.env("DATABUILD_LOG_TOKEN", t);
+        }
+        cmd.args(["--no-pty", "-q", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .args(["--", "sh", "-c", "echo ran"])
+            .output()
+            .unwrap()
+    };
+    for (extra, token_env, says) in [
+        (
+            &["--token", "t", "--token-file", good][..],
+            None,
+            "not both",
+        ),
+        (&["--token-file", good][..], Some("t"), "not both"),
+        (&["--token-file", empty][..], None, "empty"),
+    ] {
+        let out = serve(extra, token_env);
+        assert_eq!(out.status.code(), Some(2), "serve {extra:?}");
+        assert!(stderr_text(&out).contains(says), "{}", stderr_text(&out));
+        let out = wrap(extra, token_env);
+        assert_eq!(out.status.code(), Some(125), "wrapper {extra:?}");
+        assert!(stderr_text(&out).contains(says), "{}", stderr_text(&out));
+        assert!(!contains(&out.stdout, "ran"), "refused before the job runs");
+    }
+}
