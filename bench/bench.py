@@ -1087,6 +1087,85 @@ def sse_lines(ctx: Context) -> SectionResult:
     return res
 
 
+HOSTILE_RSS_TARGET_MIB = 64  # issue "Hostile files...", point 7: rendering stays bounded
+# A job that waits for "go", then prints N lines of a CR and 16,000 `ESC[1m`
+# (64 KB each), the worst case for resolving carriage returns and SGR.
+HOSTILE_CHILD = r"""
+import sys
+n = int(sys.argv[1])
+sys.stdin.readline()
+line = b"\r" + b"\x1b[1m" * 16000 + b"end\n"
+out = sys.stdout.buffer
+for _ in range(n):
+    out.write(line)
+out.flush()
+"""
+
+
+@section("sse-hostile", help="SSE: 1,000 lines of CR + 16,000 SGR through serve to one follower; time and server RSS")
+def sse_hostile(ctx: Context) -> SectionResult:
+    """One follower of a `logwrap serve` job that prints 1,000 64 KB lines of a
+    carriage return and 16,000 `ESC[1m` (the line of the issue): each event
+    resolves the line as a terminal shows it, which must stay linear in the
+    line. Wall time from "go" to `complete`, and the server's peak RSS."""
+    import socket
+
+    res = SectionResult()
+    n = 200 if ctx.quick else 1000
+    root = ctx.work / "sse-root"
+    job = ctx.fresh_name("sse-hostile")
+    name = f"serve peak RSS, {n:,} CR+SGR lines to one follower"
+    serve = wrapper = None
+    try:
+        serve, port = _sse_start_serve(ctx, root)
+        wrapper = subprocess.Popen(
+            [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet", "--no-pty", "--",
+             sys.executable, "-c", HOSTILE_CHILD, str(n)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )
+        if not _sse_wait_file(root / "job_runs" / job / "metadata.json", 30):
+            raise RuntimeError("the job did not start")
+        s = _sse_connect(port, f"/api/job_runs/{job}/logs/stdout?follow=true")
+        s.settimeout(600)
+        buf = b""
+        while b": logwrap" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("the stream closed at once")
+            buf += chunk
+        log(f"[sse-hostile] the job prints {n} lines of CR + 16,000 SGR")
+        t0 = time.monotonic()
+        wrapper.stdin.write("go\n")
+        wrapper.stdin.close()
+        count = 0
+        carry = b""
+        while True:
+            chunk = s.recv(262144)
+            if not chunk:
+                break
+            data = carry + chunk
+            count += data.count(b"event: log\n")
+            if b"event: complete" in data:
+                break
+            carry = data[-16:]
+        wall = time.monotonic() - t0
+        s.close()
+        wrapper.wait(timeout=60)
+        peak = _sse_proc_kib(serve.pid, "VmHWM") / 1024
+        if count != n:
+            raise RuntimeError(f"received {count} of {n} lines")
+        res.notes.append(f"sse-hostile: {n} lines of 64 KB in {wall:.2f}s ({wall / n * 1000:.2f} ms per event); serve peak RSS {peak:.1f} MiB")
+        res.targets.append(Target(name, f"{peak:.1f} MiB peak, {wall:.2f}s", f"< {HOSTILE_RSS_TARGET_MIB} MiB",
+                                  peak < HOSTILE_RSS_TARGET_MIB))
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired, socket.timeout) as e:
+        res.targets.append(Target(name, f"n/a ({e})", f"< {HOSTILE_RSS_TARGET_MIB} MiB", None))
+    finally:
+        _sse_stop(wrapper)
+        _sse_stop(serve)
+        shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+    return res
+
+
 # --------------------------------------------------------------------------
 # gc (issue 5): collecting a 100,000-job root.
 # --------------------------------------------------------------------------

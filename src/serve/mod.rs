@@ -17,6 +17,7 @@ pub mod http;
 mod page;
 mod routes;
 pub mod sse;
+mod term;
 
 use crate::cli::{ServeArgs, ServerArgs};
 use crate::store::{FileStore, JobId, LogStore};

@@ -1060,3 +1060,32 @@ fn logs_with_server_prints_what_local_reading_prints() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr_text(&o).contains("token"), "{}", stderr_text(&o));
 }
+
+/// A field of /proc/PID/status in KiB (`VmHWM` is the peak resident size).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn lines_full_of_escape_sequences_cost_the_server_little_memory() {
+    let env = TestEnv::new();
+    // Three 64 KB lines: a CR, then 16,000 `ESC[1m` (each SGR used to copy the
+    // whole style so far: ~500 MiB per line).
+    let script = r#"awk 'BEGIN { s = "\r"; for (i = 0; i < 16000; i++) s = s "\033[1m"; for (j = 0; j < 3; j++) print s "end" }'"#;
+    job_with(&env, "sgr", script);
+    let srv = Serve::start(&env, &[]);
+    for format in ["text", "json"] {
+        let path = format!("/api/job_runs/sgr/logs/stdout?format={format}");
+        let evs = SseConn::open(srv.port, &path, &[]).rest();
+        let lines = datas(&evs);
+        assert_eq!(lines.len(), 3, "{format}");
+        assert!(lines.iter().all(|l| l.contains("end")), "{format}");
+    }
+    let peak = proc_status_kib(srv.pid(), "VmHWM");
+    assert!(peak < 64 * 1024, "serve peaked at {peak} KiB");
+}
