@@ -1087,6 +1087,118 @@ def sse_lines(ctx: Context) -> SectionResult:
     return res
 
 
+LISTEN_SLOWDOWN_TARGET = 1.2  # SPEC section 7: --listen with 200 followers slows the job by at most 1.2x
+LISTEN_FOLLOWERS = 200
+LISTEN_RATE = 2000  # lines/s of the paced job: a 2 s job of 4,000 lines
+
+
+def _listen_run(ctx: Context, root: Path, lines: int, followers: int) -> tuple[float, int]:
+    """One `--listen` job with `followers` combined followers reading in a
+    thread; returns the wall time from "go" to the wrapper's exit and the
+    fewest lines any follower received."""
+    import selectors
+    import socket
+
+    job = ctx.fresh_name("listen")
+    wrapper = None
+    socks: list = []
+    try:
+        wrapper = subprocess.Popen(
+            [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet", "--no-pty",
+             "--listen", "127.0.0.1:0", "--", sys.executable, "-c", SSE_PACED_CHILD, str(lines),
+             str(LISTEN_RATE)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        port = _sse_port_from(wrapper.stderr.readline())
+        counts = [0] * followers
+        sel = selectors.DefaultSelector()
+        for i in range(followers):
+            s = _sse_connect(port, f"/api/job_runs/{job}/logs/combined?follow=true")
+            buf = b""
+            while b": logwrap" not in buf:  # registered as a follower
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("a follower's stream closed at once")
+                buf += chunk
+            s.setblocking(False)
+            socks.append(s)
+            sel.register(s, selectors.EVENT_READ, i)
+        pattern = b"event: log\n"
+
+        def read_all() -> None:
+            carry = [b""] * followers
+            live = followers
+            while live:
+                for key, _ in sel.select(timeout=30):
+                    try:
+                        chunk = key.fileobj.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        live -= 1
+                        continue
+                    data = carry[key.data] + chunk
+                    counts[key.data] += data.count(pattern)
+                    carry[key.data] = data[-(len(pattern) - 1):]
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        t0 = time.monotonic()
+        wrapper.stdin.write("go\n")
+        wrapper.stdin.close()
+        wrapper.wait(timeout=600)
+        wall = time.monotonic() - t0
+        reader.join(timeout=60)
+        if wrapper.returncode != 0:
+            raise RuntimeError(f"the job exited {wrapper.returncode}")
+        return wall, min(counts) if counts else lines
+    finally:
+        for s in socks:
+            s.close()
+        _sse_stop(wrapper)
+        shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+
+
+@section("listen-followers", help="--listen: job wall time with 0 and 200 followers of the wrapper's own server")
+def listen_followers(ctx: Context) -> SectionResult:
+    """The same paced job (2,000 lines/s for 2 s, 1 s with --quick; one write
+    per line) under `--listen`, with no follower and with 200 followers of
+    its combined stream, in interleaved rounds; the job's wall time (from
+    "go" to the wrapper's exit) is compared. The server runs on its own
+    thread, so followers must not slow the job."""
+    res = SectionResult()
+    lines = LISTEN_RATE * (1 if ctx.quick else 2)
+    rounds = 2 if ctx.quick else 3
+    root = ctx.work / "sse-root"
+    name = f"--listen job with {LISTEN_FOLLOWERS} followers vs none (wall ratio)"
+    try:
+        _sse_raise_nofile()
+        walls: dict[int, list[float]] = {0: [], LISTEN_FOLLOWERS: []}
+        fewest = lines
+        for r in range(rounds):
+            order = [0, LISTEN_FOLLOWERS] if r % 2 == 0 else [LISTEN_FOLLOWERS, 0]
+            for f in order:
+                log(f"[listen-followers] round {r + 1}: {lines} lines, {f} followers")
+                wall, got = _listen_run(ctx, root, lines, f)
+                walls[f].append(wall)
+                if f:
+                    fewest = min(fewest, got)
+        base, loaded = statistics.median(walls[0]), statistics.median(walls[LISTEN_FOLLOWERS])
+        ratio = loaded / base
+        res.notes.append(
+            f"listen-followers: {lines} lines; median wall {base:.2f}s with no follower, {loaded:.2f}s with "
+            f"{LISTEN_FOLLOWERS}; every follower got at least {fewest} of {lines} lines"
+        )
+        res.targets.append(Target(name, f"{ratio:.2f}x ({base:.2f}s -> {loaded:.2f}s)",
+                                  f"<= {LISTEN_SLOWDOWN_TARGET}x", ratio <= LISTEN_SLOWDOWN_TARGET and fewest == lines))
+    except (OSError, RuntimeError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+        res.targets.append(Target(name, f"n/a ({e})", f"<= {LISTEN_SLOWDOWN_TARGET}x", None))
+    return res
+
+
 HOSTILE_RSS_TARGET_MIB = 64  # issue "Hostile files...", point 7: rendering stays bounded
 # A job that waits for "go", then prints N lines of a CR and 16,000 `ESC[1m`
 # (64 KB each), the worst case for resolving carriage returns and SGR.

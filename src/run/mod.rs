@@ -101,8 +101,6 @@ const OUT_TOKEN: Token = Token(0);
 const ERR_TOKEN: Token = Token(1);
 const SIGNAL_TOKEN: Token = Token(2);
 const WAKE_TOKEN: Token = Token(3);
-/// First token of the tail server's range (`--listen`); it uses the tokens above.
-const SERVER_TOKEN: Token = Token(16);
 
 /// Runs the job to its end. Installs process-wide signal handling (SIGINT, SIGTERM,
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
@@ -127,9 +125,15 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
         .map_err(|e| SetupError(format!("{e:#}")))?;
 
     let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
-    if let (Some(srv), Some(url)) = (&mut server, &meta.tail_url) {
-        srv.register(poll.registry(), SERVER_TOKEN)
-            .map_err(|e| SetupError(format!("{e:#}")))?;
+    // The server gets its own thread, so followers never slow the reading of
+    // the child (issue point 10).
+    let server = match server.take() {
+        Some(srv) => {
+            Some(crate::serve::ServerThread::spawn(srv).map_err(|e| SetupError(format!("{e:#}")))?)
+        }
+        None => None,
+    };
+    if let Some(url) = &meta.tail_url {
         eprintln!("logwrap: serving {url}");
     }
     let mut signals = Signals::new([
@@ -339,8 +343,8 @@ struct Loop<'a> {
     markers: Vec<MarkerEvent>,
     /// Marker entries already in the last metadata.json written.
     published_markers: usize,
-    /// The tail server (`--listen`), driven by this loop.
-    server: Option<crate::serve::Server>,
+    /// The tail server (`--listen`), on its own thread; told of new output.
+    server: Option<crate::serve::ServerThread>,
 }
 
 enum ReadResult {
@@ -414,8 +418,7 @@ impl Loop<'_> {
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                let server = self.server.as_ref().and_then(|s| s.timeout());
-                self.next_deadline(now).into_iter().chain(server).min()
+                self.next_deadline(now)
             };
             if self.streams.iter().any(|s| s.pending.is_some()) {
                 self.want_wake.store(true, Ordering::SeqCst);
@@ -437,11 +440,6 @@ impl Loop<'_> {
                 match ev.token() {
                     SIGNAL_TOKEN => self.handle_signals(),
                     WAKE_TOKEN => {}
-                    t if self.server.as_ref().is_some_and(|s| s.owns(t)) => {
-                        if let Some(srv) = &mut self.server {
-                            srv.handle_event(ev);
-                        }
-                    }
                     t => {
                         if let Some(s) = self.streams.iter_mut().find(|s| s.token == t) {
                             s.readable = true;
@@ -451,9 +449,6 @@ impl Loop<'_> {
                         }
                     }
                 }
-            }
-            if let Some(srv) = &mut self.server {
-                srv.tick();
             }
             for i in 0..self.streams.len() {
                 self.read_stream(i, READS_PER_TURN, false);
@@ -536,7 +531,7 @@ impl Loop<'_> {
             }
         }
         self.tag_markers(before, stream);
-        if let Some(srv) = &mut self.server {
+        if let Some(srv) = &self.server {
             srv.notify();
         }
     }
@@ -756,7 +751,7 @@ impl Loop<'_> {
         }
         if let Some(srv) = self.server.take() {
             // Followers get the last lines and `complete` before the job is let go.
-            srv.shutdown(&mut self.poll, crate::serve::SHUTDOWN_GRACE);
+            srv.shutdown(crate::serve::SHUTDOWN_GRACE);
         }
         let meta = self.meta;
         drop(self.sink);

@@ -4,11 +4,12 @@
 //! [`Server`] is a component driven by a mio event loop it does not own: it
 //! registers its listener, its inotify descriptor and its connections under its
 //! own token range, and the owner hands it events, calls [`Server::tick`] after
-//! each poll and waits no longer than [`Server::timeout`]. The wrapper also calls
-//! [`Server::notify`] after each chunk it appends, so followers get a line within
-//! the same loop turn; `logwrap serve` learns of new lines from inotify on the
-//! directories of the jobs being followed. One thread, no async runtime, every
-//! buffer bounded.
+//! each poll and waits no longer than [`Server::timeout`]. `logwrap serve` runs
+//! it on its main thread and learns of new lines from inotify on the
+//! directories of the jobs being followed. The wrapper runs it on a thread of
+//! its own ([`ServerThread`]), so followers never slow the reading of the
+//! child, and flags each chunk it appends, so followers get a line at once. No
+//! async runtime, every buffer bounded.
 
 pub mod client;
 mod conn;
@@ -34,6 +35,8 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the server listens unless told otherwise (SPEC §5): loopback only, so
@@ -806,6 +809,113 @@ impl Server {
             self.refresh(&id, status);
             self.wake(&id);
         }
+    }
+}
+
+/// Token of the wake-up of a [`ServerThread`]; the server's own tokens follow.
+const THREAD_WAKE: Token = Token(0);
+const THREAD_SERVER: Token = Token(1);
+
+/// What the owner of a [`ServerThread`] tells it.
+#[derive(Default)]
+struct Requests {
+    /// New output was appended: wake the followers.
+    notify: AtomicBool,
+    /// Finish: serve followers the rest for at most this long, then stop.
+    stop: Mutex<Option<Duration>>,
+}
+
+/// A [`Server`] on its own thread with its own event loop: the wrapper's
+/// `--listen`. Serving hundreds of followers then never takes a turn from the
+/// loop that reads the child (issue point 10: 200 followers made a 2 s job
+/// take 22 s when both shared one loop); the wrapper only flags new output.
+pub struct ServerThread {
+    requests: Arc<Requests>,
+    waker: Arc<mio::Waker>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Starts serving on a new thread. Fails (before any job runs) if the event
+    /// loop or the thread cannot be made.
+    pub fn spawn(mut server: Server) -> Result<ServerThread> {
+        let poll = Poll::new().context("creating the server's event loop")?;
+        let waker = Arc::new(
+            mio::Waker::new(poll.registry(), THREAD_WAKE).context("creating the server's waker")?,
+        );
+        server.register(poll.registry(), THREAD_SERVER)?;
+        let requests = Arc::new(Requests::default());
+        let reqs = requests.clone();
+        let thread = std::thread::Builder::new()
+            .name("logwrap-serve".into())
+            .spawn(move || serve_thread(server, poll, &reqs))
+            .context("starting the server thread")?;
+        Ok(ServerThread {
+            requests,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// New output was appended to the log: the server wakes its followers.
+    /// Cheap when called per chunk: one wake-up until the server has looked.
+    pub fn notify(&self) {
+        if !self.requests.notify.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// The job has ended and its final metadata is written: followers get the
+    /// last lines and `complete`, waiting at most `grace`, then the server stops.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if let Ok(mut stop) = self.requests.stop.lock() {
+            *stop = Some(grace);
+        }
+        let _ = self.waker.wake();
+        // The thread ends within `grace` of seeing the request; a panic in it
+        // has already been reported and must not fail the job.
+        let _ = thread.join();
+    }
+}
+
+impl Drop for ServerThread {
+    /// A job that never ran (exec failed) still stops its server.
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// The loop of a [`ServerThread`].
+fn serve_thread(mut server: Server, mut poll: Poll, requests: &Requests) {
+    let mut events = Events::with_capacity(256);
+    loop {
+        match poll.poll(&mut events, server.timeout()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The poll itself broke: nothing more can be served; the job goes on.
+            Err(_) => return,
+        }
+        for ev in events.iter() {
+            if server.owns(ev.token()) {
+                server.handle_event(ev);
+            }
+        }
+        if requests.notify.swap(false, Ordering::AcqRel) {
+            server.notify();
+        }
+        let stop = requests.stop.lock().ok().and_then(|s| *s);
+        if let Some(grace) = stop {
+            server.shutdown(&mut poll, grace);
+            return;
+        }
+        server.tick();
     }
 }
 

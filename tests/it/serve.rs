@@ -1089,3 +1089,37 @@ fn lines_full_of_escape_sequences_cost_the_server_little_memory() {
     let peak = proc_status_kib(srv.pid(), "VmHWM");
     assert!(peak < 64 * 1024, "serve peaked at {peak} KiB");
 }
+
+#[test]
+fn a_listen_job_with_many_followers_delivers_every_line_to_each_and_completes() {
+    let env = TestEnv::new();
+    const FOLLOWERS: usize = 100;
+    const LINES: usize = 3000;
+    // On "go", LINES numbered lines at full speed, alternating stdout and stderr.
+    let script = format!(
+        "read go; i=0; while [ $i -lt {LINES} ]; do echo $i; i=$((i+1)); echo $i >&2; i=$((i+1)); done"
+    );
+    let (mut job, url) = listening_script(&env, "fanl", &[], &script);
+    let port = port_of(&url);
+    let mut conns: Vec<SseConn> = (0..FOLLOWERS)
+        .map(|_| SseConn::open(port, "/api/job_runs/fanl/logs/combined?follow=true", &[]))
+        .collect();
+    for c in &mut conns {
+        c.wait_parser("the opening comment", |p| !p.comments.is_empty());
+    }
+    job.say("go");
+    for (n, c) in conns.iter_mut().enumerate() {
+        let evs = c.rest();
+        let mut got: Vec<usize> = datas(&evs).iter().map(|l| l.parse().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..LINES).collect::<Vec<_>>(), "follower {n}");
+        let end = evs.last().unwrap();
+        assert_eq!(end.event, "complete", "follower {n}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&end.data).unwrap()["exit_code"],
+            0
+        );
+    }
+    assert!(job.finish().success());
+    assert_eq!(env.meta("fanl")["stdout"]["lines"], LINES / 2);
+}
