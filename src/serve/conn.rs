@@ -80,6 +80,10 @@ pub struct Conn {
     pub write_ready: bool,
     /// Over the connection cap: answer the first request with 503.
     pub over_cap: bool,
+    /// The last turn ended on the turn budget with more to send.
+    pub more: bool,
+    /// Waiting in the server's list of connections to drive on the next tick.
+    pub deferred: bool,
 }
 
 /// How a read went.
@@ -106,6 +110,8 @@ impl Conn {
             read_ready: true,
             write_ready: true,
             over_cap,
+            more: false,
+            deferred: false,
         }
     }
 

@@ -67,6 +67,11 @@ const STATUS_RECHECK: Duration = Duration::from_secs(1);
 /// Without inotify (it can be unavailable or out of watches), followed jobs are
 /// polled this often instead.
 const FALLBACK_POLL: Duration = Duration::from_millis(100);
+/// Most bytes one connection is given per turn of the event loop: one
+/// follower's buffer (or file piece). A client that reads as fast as the
+/// server writes would otherwise keep the loop on it until its whole backlog
+/// is sent, while other clients, timers and a shutdown wait (issue point 10).
+const TURN_BUDGET: usize = SSE_HIGH_WATER;
 /// Tokens per server: the listener, inotify, then one per connection slot.
 const LISTENER: usize = 0;
 const WATCHER: usize = 1;
@@ -229,6 +234,9 @@ pub struct Server {
     next_recheck: Instant,
     /// An accept failed for want of descriptors: retry when one is closed.
     accept_blocked: bool,
+    /// Connections that used up their turn with more to send: driven again on
+    /// the next [`Server::tick`], in order, before the loop waits.
+    ready: Vec<usize>,
 }
 
 impl Server {
@@ -261,6 +269,7 @@ impl Server {
             watches: HashMap::new(),
             next_recheck: Instant::now() + STATUS_RECHECK,
             accept_blocked: false,
+            ready: Vec::new(),
         })
     }
 
@@ -362,6 +371,9 @@ impl Server {
 
     /// How long the owner's poll may wait before [`Server::tick`] is due.
     pub fn timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let conns = self.conns.iter().flatten().map(|c| c.timer(&self.cfg).0);
         let recheck = (!self.jobs.is_empty()).then_some(self.next_recheck);
@@ -374,6 +386,12 @@ impl Server {
     /// Runs the timers that are due: 408 for slow request heads, closing idle
     /// and stalled connections, heartbeats, and the periodic status re-check.
     pub fn tick(&mut self) {
+        for slot in std::mem::take(&mut self.ready) {
+            if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                c.deferred = false;
+                self.drive(slot);
+            }
+        }
         let now = Instant::now();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
@@ -435,7 +453,12 @@ impl Server {
             if !busy || now >= deadline {
                 return;
             }
-            match poll.poll(&mut events, Some(deadline - now)) {
+            let wait = if self.ready.is_empty() {
+                deadline - now
+            } else {
+                Duration::ZERO
+            };
+            match poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -523,6 +546,11 @@ impl Server {
             return;
         };
         let keep = self.step(&mut c);
+        if keep && c.more && !c.deferred {
+            c.deferred = true;
+            self.ready.push(slot);
+        }
+        c.more = false;
         self.conns[slot] = Some(c);
         if !keep {
             self.close(slot);
@@ -532,6 +560,7 @@ impl Server {
     /// The body of [`Server::drive`]; false when the connection must close.
     fn step(&mut self, c: &mut Conn) -> bool {
         let now = Instant::now();
+        let mut produced = 0usize;
         loop {
             if c.flush(now).is_err() {
                 return false;
@@ -539,6 +568,11 @@ impl Server {
             if c.pending() > 0 {
                 // The socket is full. A follower still notices a vanished client.
                 return c.read() == ReadStatus::Open || !matches!(c.source, Source::Events(_));
+            }
+            if produced >= TURN_BUDGET {
+                // Sent a turn's worth: the others go first (see TURN_BUDGET).
+                c.more = true;
+                return true;
             }
             if c.phase == Phase::Head {
                 let closed = c.read() == ReadStatus::Closed;
@@ -572,6 +606,7 @@ impl Server {
                 let job = self.jobs.get(&f.job);
                 let complete = job.and_then(|j| j.state.complete.as_ref());
                 let pumped = c.fill(now, |out| f.pump(out, SSE_HIGH_WATER, complete));
+                produced += c.pending();
                 let sizes = job.map(|j| j.state.sizes);
                 match pumped {
                     Ok(Pumped::Full) => c.source = Source::Events(f),
@@ -599,6 +634,7 @@ impl Server {
                     if !c.refill_file(now) {
                         return false;
                     }
+                    produced += c.pending();
                 }
                 Source::Events(_) => {}
                 Source::Nothing => {
