@@ -5,7 +5,7 @@
 
 use super::follow::Follower;
 use super::http::{self, MAX_HEAD};
-use super::routes::{Body, Response};
+use super::routes::{Body, Produce, Response};
 use super::sse;
 use super::ServeConfig;
 use mio::net::TcpStream;
@@ -37,6 +37,8 @@ pub enum Source {
         end: u64,
     },
     Events(Box<Follower>),
+    /// A body made as the client reads it.
+    Stream(Box<dyn Produce>),
 }
 
 /// Where a connection is.
@@ -198,7 +200,7 @@ impl Conn {
         let length = match &resp.body {
             Body::Bytes(b) => Some(b.len() as u64),
             Body::File { len, .. } => Some(*len),
-            Body::Events(_) | Body::Nothing => None,
+            Body::Events(_) | Body::Stream(_) | Body::Nothing => None,
         };
         let keep_alive = keep_alive && length.is_some() && !self.close_after;
         let headers: Vec<(&str, &str)> =
@@ -221,6 +223,7 @@ impl Conn {
                     self.out.extend_from_slice(sse::stream_start().as_bytes());
                     self.source = Source::Events(f);
                 }
+                Body::Stream(p) => self.source = Source::Stream(p),
                 Body::Nothing => {}
             }
         }

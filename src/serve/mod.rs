@@ -72,6 +72,10 @@ const FALLBACK_POLL: Duration = Duration::from_millis(100);
 /// server writes would otherwise keep the loop on it until its whole backlog
 /// is sent, while other clients, timers and a shutdown wait (issue point 10).
 const TURN_BUDGET: usize = SSE_HIGH_WATER;
+/// Bytes of a made-as-read body (job list, `log-tail`) produced per turn, and
+/// at most what waits in user space for a client that does not read: a
+/// thousand such clients hold 16 MiB (issue point 8: under 64 MiB).
+const STREAM_PIECE: usize = 16 * 1024;
 /// Tokens per server: the listener, inotify, then one per connection slot.
 const LISTENER: usize = 0;
 const WATCHER: usize = 1;
@@ -237,6 +241,8 @@ pub struct Server {
     /// Connections that used up their turn with more to send: driven again on
     /// the next [`Server::tick`], in order, before the loop waits.
     ready: Vec<usize>,
+    /// The newest-first order of the jobs, shared by the job lists being sent.
+    order: std::cell::RefCell<routes::JobOrder>,
 }
 
 impl Server {
@@ -270,6 +276,7 @@ impl Server {
             next_recheck: Instant::now() + STATUS_RECHECK,
             accept_blocked: false,
             ready: Vec::new(),
+            order: Default::default(),
         })
     }
 
@@ -629,6 +636,27 @@ impl Server {
                 }
                 continue;
             }
+            if matches!(c.source, Source::Stream(_)) {
+                let Source::Stream(mut body) = std::mem::replace(&mut c.source, Source::Nothing)
+                else {
+                    return false;
+                };
+                // One piece per turn: making it may have read many files.
+                match c.fill(now, |out| body.produce(out, STREAM_PIECE)) {
+                    Ok(true) => {
+                        c.source = Source::Stream(body);
+                        c.more = true;
+                    }
+                    Ok(false) => {}
+                    // The body cannot be finished: closing cuts it short, which
+                    // the client sees (no Content-Length was promised).
+                    Err(_) => return false,
+                }
+                if c.more {
+                    return c.flush(now).is_ok();
+                }
+                continue;
+            }
             match &mut c.source {
                 Source::File { .. } => {
                     if !c.refill_file(now) {
@@ -636,7 +664,7 @@ impl Server {
                     }
                     produced += c.pending();
                 }
-                Source::Events(_) => {}
+                Source::Events(_) | Source::Stream(_) => {}
                 Source::Nothing => {
                     if c.close_after {
                         return false;
@@ -671,6 +699,7 @@ impl Server {
             let ctx = Ctx {
                 store: &self.store,
                 only: self.only.as_ref(),
+                order: &self.order,
             };
             routes::handle(&ctx, req)
         };

@@ -732,3 +732,72 @@ fn token_and_token_file_together_or_an_empty_token_file_are_refused() {
         assert!(!contains(&out.stdout, "ran"), "refused before the job runs");
     }
 }
+
+/// Fills the root with `count` finished jobs by copying the metadata of one
+/// real job under new ids (running the wrapper 10,000 times would take long).
+fn many_finished_jobs(env: &TestEnv, count: usize) {
+    let parts: Vec<String> = (0..20)
+        .map(|i| format!("--partition=part/{i:04}"))
+        .collect();
+    let mut args: Vec<&str> = vec!["--no-pty", "-q"];
+    args.extend(parts.iter().map(String::as_str));
+    env.run_sh("seed", &args, "echo seed");
+    let seed = env.meta("seed");
+    for i in 0..count {
+        let id = format!("bulk-{i:05}");
+        let mut m = seed.clone();
+        m["job_run_id"] = Value::from(id.as_str());
+        let dir = env.job_dir(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metadata.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        for f in ["stdout.log", "stderr.log", "stdout.idx", "stderr.idx"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+    }
+}
+
+#[test]
+fn clients_that_never_read_the_job_list_cannot_pin_server_memory() {
+    let env = TestEnv::new();
+    const JOBS: usize = 9_999; // and the seed: 10,000, the most one list holds
+    const CLIENTS: usize = 200;
+    many_finished_jobs(&env, JOBS);
+    let srv = Serve::start(&env, &["--max-connections", "1000"]);
+    // One client that reads: the list is whole and newest first.
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list.as_array().unwrap().len(), JOBS + 1);
+    assert_eq!(
+        get(srv.port, "/api/job_runs?limit=3", &[])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let full_list_bytes = serde_json::to_vec(&list).unwrap().len();
+    // Clients that ask for it (and for a big log-tail) and never read.
+    let mut idle = Vec::new();
+    for i in 0..CLIENTS {
+        let mut s = socket_with_small_rcvbuf(srv.port);
+        let path = if i % 10 == 0 {
+            "/api/job_runs/seed/log-tail"
+        } else {
+            "/api/job_runs"
+        };
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .unwrap();
+        idle.push(s);
+    }
+    // Each has been answered (bytes are waiting for it) ...
+    for s in &idle {
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        assert_eq!(s.peek(&mut [0u8; 1]).unwrap(), 1);
+    }
+    // ... and the server is still answering others.
+    assert_eq!(get(srv.port, "/healthz", &[]).status, 200);
+    let peak = proc_status_kib(srv.pid(), "VmHWM");
+    assert!(
+        peak < 64 * 1024,
+        "server peaked at {peak} KiB with {CLIENTS} clients leaving a {full_list_bytes}-byte list unread"
+    );
+}
