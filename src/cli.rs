@@ -262,7 +262,7 @@ pub struct ServerArgs {
     pub heartbeat: String,
 
     /// On a loopback address, also answer requests for this Host name
-    /// (repeatable); otherwise only localhost, 127.0.0.1 and [::1] are
+    /// (repeatable); otherwise only localhost, 127.0.0.1 and `[::1]` are
     /// answered, against DNS rebinding
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,

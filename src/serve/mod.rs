@@ -165,7 +165,7 @@ const MAX_TOKEN_FILE: u64 = 4096;
 /// to the job (SPEC §5), or the job's `env` would print it into the log.
 pub const TOKEN_ENV: &str = "DATABUILD_LOG_TOKEN";
 
-/// Reads `--token-file`: the whole file (at most [`MAX_TOKEN_FILE`] bytes) with
+/// Reads `--token-file`: the whole file (at most 4 KiB, `MAX_TOKEN_FILE`) with
 /// its trailing line end dropped, as `echo secret > file` writes it. An empty
 /// token would let anyone in, so it is refused.
 pub fn read_token_file(path: &std::path::Path) -> Result<String> {
