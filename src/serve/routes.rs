@@ -420,18 +420,56 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
     })
 }
 
+/// `GET /`: the job list page, made a few rows at a time as the client reads.
+struct IndexPage {
+    store: FileStore,
+    /// The shared order; rows are made for the first `end` of it.
+    ids: Arc<[JobId]>,
+    end: usize,
+    next: usize,
+    rows: usize,
+}
+
+impl Produce for IndexPage {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        if self.next == 0 && self.rows == 0 {
+            out.extend_from_slice(page::index_head().as_bytes());
+        }
+        let mut reads = 0;
+        while out.len() < want && reads < LIST_READS_PER_TURN && self.next < self.end {
+            let id = &self.ids[self.next];
+            self.next += 1;
+            reads += 1;
+            if let Ok(m) = self.store.live_metadata(id) {
+                out.extend_from_slice(page::index_row(&m).as_bytes());
+                self.rows += 1;
+            }
+        }
+        if self.next < self.end {
+            return Ok(true);
+        }
+        out.extend_from_slice(page::index_tail(self.rows == 0).as_bytes());
+        Ok(false)
+    }
+}
+
 fn index(ctx: &Ctx) -> Result<Response> {
     let ids = ordered_ids(ctx)?;
-    let metas: Vec<Metadata> = ids
-        .iter()
-        .take(page::INDEX_JOBS)
-        .filter_map(|id| ctx.store.live_metadata(id).ok())
-        .collect();
-    Ok(Response::new(
-        200,
-        "text/html; charset=utf-8",
-        page::index_page(&metas).into_bytes(),
-    )
+    let body = IndexPage {
+        store: ctx.store.clone(),
+        end: ids.len().min(page::INDEX_JOBS),
+        ids,
+        next: 0,
+        rows: 0,
+    };
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "text/html; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::Stream(Box::new(body)),
+    }
     .header("Content-Security-Policy", page::CSP))
 }
 

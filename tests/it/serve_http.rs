@@ -775,14 +775,21 @@ fn clients_that_never_read_the_job_list_cannot_pin_server_memory() {
         3
     );
     let full_list_bytes = serde_json::to_vec(&list).unwrap().len();
+    let page = get(srv.port, "/", &[]).text();
+    assert_eq!(
+        page.matches("<tr><td>").count(),
+        500,
+        "the page shows the newest 500"
+    );
+    assert!(page.ends_with("</html>\n"));
     // Clients that ask for it (and for a big log-tail) and never read.
     let mut idle = Vec::new();
     for i in 0..CLIENTS {
         let mut s = socket_with_small_rcvbuf(srv.port);
-        let path = if i % 10 == 0 {
-            "/api/job_runs/seed/log-tail"
-        } else {
-            "/api/job_runs"
+        let path = match i % 10 {
+            0 => "/api/job_runs/seed/log-tail",
+            1 => "/",
+            _ => "/api/job_runs",
         };
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .unwrap();
