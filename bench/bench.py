@@ -800,7 +800,7 @@ def _sse_connect(port: int, path: str):
     import socket
 
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode())
     return s
 
 
@@ -1037,7 +1037,7 @@ def sse_lines(ctx: Context) -> SectionResult:
         def one() -> float:
             t = time.perf_counter()
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             parts = []
             while True:
                 chunk = s.recv(65536)
@@ -1082,6 +1082,226 @@ def sse_lines(ctx: Context) -> SectionResult:
     except (OSError, RuntimeError, ValueError) as e:
         res.targets.append(Target(name, f"n/a ({e})", f"< {SSE_LINES_TARGET_S * 1000:.0f} ms", None))
     finally:
+        _sse_stop(serve)
+        shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+    return res
+
+
+LISTEN_SLOWDOWN_TARGET = 1.2  # SPEC section 7: --listen with 200 followers slows the job by at most 1.2x
+LISTEN_FOLLOWERS = 200
+LISTEN_RATE = 5000  # lines/s of the paced job: a 2 s job of 10,000 lines
+# A job that waits for "go", writes N lines as fast as it can, one write each,
+# and prints on stderr how long that took: a wrapper loop busy serving
+# followers stops reading, the pipe fills and the job itself is held up.
+LISTEN_BURST_CHILD = r"""
+import os, sys, time
+n = int(sys.argv[1])
+sys.stdin.readline()
+t0 = time.monotonic()
+for i in range(n):
+    os.write(1, b"%d ------------------------------------------\n" % i)
+os.write(2, b"took %.6f\n" % (time.monotonic() - t0))
+"""
+
+
+def _listen_run(ctx: Context, root: Path, child: list[str], lines: int, followers: int) -> tuple[float, int, float | None]:
+    """One `--listen` job (`python -c child...`) with `followers` combined
+    followers reading in a thread; returns the wall time from "go" to the
+    wrapper's exit, the fewest lines any follower received, and the job's own
+    time if it printed `took S` on stderr."""
+    import selectors
+    import socket
+
+    job = ctx.fresh_name("listen")
+    wrapper = None
+    socks: list = []
+    try:
+        wrapper = subprocess.Popen(
+            [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet", "--no-pty",
+             "--listen", "127.0.0.1:0", "--", sys.executable, "-c", *child],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        port = _sse_port_from(wrapper.stderr.readline())
+        counts = [0] * followers
+        sel = selectors.DefaultSelector()
+        for i in range(followers):
+            s = _sse_connect(port, f"/api/job_runs/{job}/logs/combined?follow=true")
+            buf = b""
+            while b": logwrap" not in buf:  # registered as a follower
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("a follower's stream closed at once")
+                buf += chunk
+            s.setblocking(False)
+            socks.append(s)
+            sel.register(s, selectors.EVENT_READ, i)
+        pattern = b"event: log\n"
+
+        def read_all() -> None:
+            carry = [b""] * followers
+            live = followers
+            while live:
+                for key, _ in sel.select(timeout=30):
+                    try:
+                        chunk = key.fileobj.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        live -= 1
+                        continue
+                    data = carry[key.data] + chunk
+                    counts[key.data] += data.count(pattern)
+                    carry[key.data] = data[-(len(pattern) - 1):]
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        t0 = time.monotonic()
+        wrapper.stdin.write("go\n")
+        wrapper.stdin.close()
+        wrapper.wait(timeout=600)
+        wall = time.monotonic() - t0
+        reader.join(timeout=60)
+        if wrapper.returncode != 0:
+            raise RuntimeError(f"the job exited {wrapper.returncode}")
+        took = None
+        err = (root / "job_runs" / job / "stderr.log").read_text()
+        if err.startswith("took "):
+            took = float(err.split()[1])
+        return wall, min(counts) if counts else lines, took
+    finally:
+        for s in socks:
+            s.close()
+        _sse_stop(wrapper)
+        shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+
+
+@section("listen-followers", help="--listen: job time with 0 and 200 followers of the wrapper's own server")
+def listen_followers(ctx: Context) -> SectionResult:
+    """Two jobs under `--listen`, each with no follower and with 200 followers
+    of its combined stream, in interleaved rounds. A paced job (5,000 lines/s
+    for 2 s, 1 s with --quick): its wall time from "go" to the wrapper's exit,
+    which includes the wait of at most 1 s for followers to take the last
+    lines. A burst job (lines as fast as it can, one write each): its own run
+    time, which grows when the wrapper stops reading because it is busy
+    serving. The server runs on its own thread, so neither may grow."""
+    res = SectionResult()
+    rounds = 2 if ctx.quick else 3
+    root = ctx.work / "sse-root"
+    paced = LISTEN_RATE * (1 if ctx.quick else 2)
+    burst = 50_000 if ctx.quick else 200_000
+    jobs = [
+        ("paced", "wall", [SSE_PACED_CHILD, str(paced), str(LISTEN_RATE)], paced),
+        ("burst", "own time", [LISTEN_BURST_CHILD, str(burst)], burst),
+    ]
+    _sse_raise_nofile()
+    for label, what, child, lines in jobs:
+        name = f"--listen {label} job, {LISTEN_FOLLOWERS} followers vs none ({what} ratio)"
+        try:
+            times: dict[int, list[float]] = {0: [], LISTEN_FOLLOWERS: []}
+            walls: dict[int, list[float]] = {0: [], LISTEN_FOLLOWERS: []}
+            fewest = lines
+            for r in range(rounds):
+                order = [0, LISTEN_FOLLOWERS] if r % 2 == 0 else [LISTEN_FOLLOWERS, 0]
+                for f in order:
+                    log(f"[listen-followers] {label} round {r + 1}: {lines} lines, {f} followers")
+                    wall, got, took = _listen_run(ctx, root, child, lines, f)
+                    walls[f].append(wall)
+                    times[f].append(wall if label == "paced" else (took or wall))
+                    if f and label == "paced":
+                        fewest = min(fewest, got)
+            base = statistics.median(times[0])
+            loaded = statistics.median(times[LISTEN_FOLLOWERS])
+            ratio = loaded / base
+            res.notes.append(
+                f"listen-followers {label}: {lines} lines; median {what} {base:.3f}s with no follower, {loaded:.3f}s "
+                f"with {LISTEN_FOLLOWERS}; wrapper wall {statistics.median(walls[0]):.2f}s -> "
+                f"{statistics.median(walls[LISTEN_FOLLOWERS]):.2f}s"
+                + (f"; every follower got at least {fewest} of {lines} lines" if label == "paced" else "")
+            )
+            res.targets.append(Target(name, f"{ratio:.2f}x ({base:.3f}s -> {loaded:.3f}s)",
+                                      f"<= {LISTEN_SLOWDOWN_TARGET}x", ratio <= LISTEN_SLOWDOWN_TARGET and fewest == lines))
+        except (OSError, RuntimeError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+            res.targets.append(Target(name, f"n/a ({e})", f"<= {LISTEN_SLOWDOWN_TARGET}x", None))
+    return res
+
+
+HOSTILE_RSS_TARGET_MIB = 64  # issue "Hostile files...", point 7: rendering stays bounded
+# A job that waits for "go", then prints N lines of a CR and 16,000 `ESC[1m`
+# (64 KB each), the worst case for resolving carriage returns and SGR.
+HOSTILE_CHILD = r"""
+import sys
+n = int(sys.argv[1])
+sys.stdin.readline()
+line = b"\r" + b"\x1b[1m" * 16000 + b"end\n"
+out = sys.stdout.buffer
+for _ in range(n):
+    out.write(line)
+out.flush()
+"""
+
+
+@section("sse-hostile", help="SSE: 1,000 lines of CR + 16,000 SGR through serve to one follower; time and server RSS")
+def sse_hostile(ctx: Context) -> SectionResult:
+    """One follower of a `logwrap serve` job that prints 1,000 64 KB lines of a
+    carriage return and 16,000 `ESC[1m` (the line of the issue): each event
+    resolves the line as a terminal shows it, which must stay linear in the
+    line. Wall time from "go" to `complete`, and the server's peak RSS."""
+    import socket
+
+    res = SectionResult()
+    n = 200 if ctx.quick else 1000
+    root = ctx.work / "sse-root"
+    job = ctx.fresh_name("sse-hostile")
+    name = f"serve peak RSS, {n:,} CR+SGR lines to one follower"
+    serve = wrapper = None
+    try:
+        serve, port = _sse_start_serve(ctx, root)
+        wrapper = subprocess.Popen(
+            [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet", "--no-pty", "--",
+             sys.executable, "-c", HOSTILE_CHILD, str(n)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )
+        if not _sse_wait_file(root / "job_runs" / job / "metadata.json", 30):
+            raise RuntimeError("the job did not start")
+        s = _sse_connect(port, f"/api/job_runs/{job}/logs/stdout?follow=true")
+        s.settimeout(600)
+        buf = b""
+        while b": logwrap" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("the stream closed at once")
+            buf += chunk
+        log(f"[sse-hostile] the job prints {n} lines of CR + 16,000 SGR")
+        t0 = time.monotonic()
+        wrapper.stdin.write("go\n")
+        wrapper.stdin.close()
+        count = 0
+        carry = b""
+        while True:
+            chunk = s.recv(262144)
+            if not chunk:
+                break
+            data = carry + chunk
+            count += data.count(b"event: log\n")
+            if b"event: complete" in data:
+                break
+            carry = data[-16:]
+        wall = time.monotonic() - t0
+        s.close()
+        wrapper.wait(timeout=60)
+        peak = _sse_proc_kib(serve.pid, "VmHWM") / 1024
+        if count != n:
+            raise RuntimeError(f"received {count} of {n} lines")
+        res.notes.append(f"sse-hostile: {n} lines of 64 KB in {wall:.2f}s ({wall / n * 1000:.2f} ms per event); serve peak RSS {peak:.1f} MiB")
+        res.targets.append(Target(name, f"{peak:.1f} MiB peak, {wall:.2f}s", f"< {HOSTILE_RSS_TARGET_MIB} MiB",
+                                  peak < HOSTILE_RSS_TARGET_MIB))
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired, socket.timeout) as e:
+        res.targets.append(Target(name, f"n/a ({e})", f"< {HOSTILE_RSS_TARGET_MIB} MiB", None))
+    finally:
+        _sse_stop(wrapper)
         _sse_stop(serve)
         shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
     return res

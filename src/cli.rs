@@ -217,15 +217,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Require this token on every request, as `Authorization: Bearer TOKEN` or
-    /// `?token=TOKEN`
-    #[arg(
-        long,
-        env = "DATABUILD_LOG_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub access: ServerArgs,
 
     /// Most simultaneous connections; more are answered 503
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -240,12 +233,39 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub idle_timeout: String,
 
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// Options of the HTTP server shared by `logwrap serve` and the wrapper's
+/// `--listen` (owned by src/serve/).
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Require this token on every request, as `Authorization: Bearer TOKEN` or
+    /// `?token=TOKEN` (with the wrapper: only with --listen)
+    #[arg(
+        long,
+        env = "DATABUILD_LOG_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Read the token from this file (its first line; a trailing newline is
+    /// dropped). Preferred over --token, which any local user can read in the
+    /// process list
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
     /// Send a heartbeat comment on an event stream silent for this long
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub heartbeat: String,
 
-    #[command(flatten)]
-    pub root: RootArgs,
+    /// On a loopback address, also answer requests for this Host name
+    /// (repeatable); otherwise only localhost, 127.0.0.1 and `[::1]` are
+    /// answered, against DNS rebinding
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Options of the wrapper itself.
@@ -306,14 +326,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// With --listen: require this token, as `Authorization: Bearer TOKEN` or `?token=TOKEN`
-    #[arg(
-        long,
-        env = "DATABUILD_LOG_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub access: ServerArgs,
 
     /// The command to run, after `--`
     #[arg(

@@ -91,7 +91,7 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         listen: args
             .listen
             .as_deref()
-            .map(|a| crate::serve::ServeConfig::new(a, args.token.clone()))
+            .map(|a| crate::serve::ServeConfig::from_args(a, &args.access))
             .transpose()?,
     };
     let store = resolve_root(args.log_dir)?;

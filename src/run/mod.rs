@@ -113,8 +113,6 @@ const OUT_TOKEN: Token = Token(0);
 const ERR_TOKEN: Token = Token(1);
 const SIGNAL_TOKEN: Token = Token(2);
 const WAKE_TOKEN: Token = Token(3);
-/// First token of the tail server's range (`--listen`); it uses the tokens above.
-const SERVER_TOKEN: Token = Token(16);
 
 /// Runs the job to its end. Installs process-wide signal handling (SIGINT, SIGTERM,
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
@@ -152,9 +150,15 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     }
 
     let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
-    if let (Some(srv), Some(url)) = (&mut server, &meta.tail_url) {
-        srv.register(poll.registry(), SERVER_TOKEN)
-            .map_err(|e| SetupError(format!("{e:#}")))?;
+    // The server gets its own thread, so followers never slow the reading of
+    // the child (issue point 10).
+    let server = match server.take() {
+        Some(srv) => {
+            Some(crate::serve::ServerThread::spawn(srv).map_err(|e| SetupError(format!("{e:#}")))?)
+        }
+        None => None,
+    };
+    if let Some(url) = &meta.tail_url {
         eprintln!("logwrap: serving {url}");
     }
     let mut signals = Signals::new([
@@ -466,8 +470,8 @@ struct Loop<'a> {
     publish_at: Option<Instant>,
     /// Bytes the `missing_deps` entries take (see [`MAX_MISSING_DEPS_BYTES`]).
     missing_deps_bytes: usize,
-    /// The tail server (`--listen`), driven by this loop.
-    server: Option<crate::serve::Server>,
+    /// The tail server (`--listen`), on its own thread; told of new output.
+    server: Option<crate::serve::ServerThread>,
     /// A log append has failed (and been reported on stderr).
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
@@ -549,8 +553,7 @@ impl Loop<'_> {
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                let server = self.server.as_ref().and_then(|s| s.timeout());
-                self.next_deadline(now).into_iter().chain(server).min()
+                self.next_deadline(now)
             };
             if self.streams.iter().any(|s| s.pending.is_some()) {
                 self.want_wake.store(true, Ordering::SeqCst);
@@ -572,11 +575,6 @@ impl Loop<'_> {
                 match ev.token() {
                     SIGNAL_TOKEN => self.handle_signals(),
                     WAKE_TOKEN => {}
-                    t if self.server.as_ref().is_some_and(|s| s.owns(t)) => {
-                        if let Some(srv) = &mut self.server {
-                            srv.handle_event(ev);
-                        }
-                    }
                     t => {
                         if let Some(s) = self.streams.iter_mut().find(|s| s.token == t) {
                             s.readable = true;
@@ -586,9 +584,6 @@ impl Loop<'_> {
                         }
                     }
                 }
-            }
-            if let Some(srv) = &mut self.server {
-                srv.tick();
             }
             for i in 0..self.streams.len() {
                 self.read_stream(i, READS_PER_TURN);
@@ -687,7 +682,7 @@ impl Loop<'_> {
             }
         }
         self.tag_markers(before, stream);
-        if let Some(srv) = &mut self.server {
+        if let Some(srv) = &self.server {
             srv.notify();
         }
     }
@@ -934,7 +929,7 @@ impl Loop<'_> {
         }
         if let Some(srv) = self.server.take() {
             // Followers get the last lines and `complete` before the job is let go.
-            srv.shutdown(&mut self.poll, crate::serve::SHUTDOWN_GRACE);
+            srv.shutdown(crate::serve::SHUTDOWN_GRACE);
         }
         // The terminal copy that fell behind the log is read back from it after
         // the job is released; a reader that stops reading for a whole

@@ -37,6 +37,9 @@ pub fn spawn(
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // The log server's token is the wrapper's secret, not the job's: a job
+        // that prints its environment would put it in the log (SPEC §5).
+        .env_remove(crate::serve::TOKEN_ENV)
         .stdin(Stdio::inherit());
     let (out_read, err_read) = match pty {
         Some(ws) => {

@@ -5,7 +5,7 @@
 
 use super::follow::Follower;
 use super::http::{self, MAX_HEAD};
-use super::routes::{Body, Response};
+use super::routes::{Body, Produce, Response};
 use super::sse;
 use super::ServeConfig;
 use mio::net::TcpStream;
@@ -37,6 +37,8 @@ pub enum Source {
         end: u64,
     },
     Events(Box<Follower>),
+    /// A body made as the client reads it.
+    Stream(Box<dyn Produce>),
 }
 
 /// Where a connection is.
@@ -80,6 +82,10 @@ pub struct Conn {
     pub write_ready: bool,
     /// Over the connection cap: answer the first request with 503.
     pub over_cap: bool,
+    /// The last turn ended on the turn budget with more to send.
+    pub more: bool,
+    /// Waiting in the server's list of connections to drive on the next tick.
+    pub deferred: bool,
 }
 
 /// How a read went.
@@ -106,6 +112,8 @@ impl Conn {
             read_ready: true,
             write_ready: true,
             over_cap,
+            more: false,
+            deferred: false,
         }
     }
 
@@ -173,14 +181,18 @@ impl Conn {
         Ok(())
     }
 
-    /// The output buffer, to append to (events, file pieces).
-    pub fn out(&mut self, now: Instant) -> &mut Vec<u8> {
-        if self.pending() == 0 {
-            // Waiting on an empty buffer is not the client's fault: the stall
-            // clock starts when there is something to send.
+    /// Lets `fill` append to the output buffer (events, heartbeats, a head).
+    /// Waiting on an empty buffer is not the client's fault, so the stall clock
+    /// starts when something is queued on it; a fill that adds nothing leaves
+    /// the clock alone, so a follower woken with nothing new still gets its
+    /// heartbeat after a silence (SPEC §5).
+    pub fn fill<R>(&mut self, now: Instant, fill: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let (was_empty, before) = (self.pending() == 0, self.out.len());
+        let r = fill(&mut self.out);
+        if was_empty && self.out.len() > before {
             self.last_progress = now;
         }
-        &mut self.out
+        r
     }
 
     /// Queues a response: the head now, the body as the client reads.
@@ -188,13 +200,13 @@ impl Conn {
         let length = match &resp.body {
             Body::Bytes(b) => Some(b.len() as u64),
             Body::File { len, .. } => Some(*len),
-            Body::Events(_) | Body::Nothing => None,
+            Body::Events(_) | Body::Stream(_) | Body::Nothing => None,
         };
         let keep_alive = keep_alive && length.is_some() && !self.close_after;
         let headers: Vec<(&str, &str)> =
             resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = http::response_head(resp.status, &headers, length, keep_alive);
-        self.out(now).extend_from_slice(&head);
+        self.fill(now, |out| out.extend_from_slice(&head));
         self.close_after = !keep_alive;
         self.source = Source::Nothing;
         if !head_only {
@@ -211,6 +223,7 @@ impl Conn {
                     self.out.extend_from_slice(sse::stream_start().as_bytes());
                     self.source = Source::Events(f);
                 }
+                Body::Stream(p) => self.source = Source::Stream(p),
                 Body::Nothing => {}
             }
         }
@@ -272,6 +285,6 @@ impl Conn {
 
     /// Queues a heartbeat comment.
     pub fn heartbeat(&mut self, now: Instant) {
-        self.out(now).extend_from_slice(sse::HEARTBEAT);
+        self.fill(now, |out| out.extend_from_slice(sse::HEARTBEAT));
     }
 }

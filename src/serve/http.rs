@@ -34,6 +34,10 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
+    /// The authority the client asked for: the `Host` header, or the host of
+    /// an absolute-form target (which wins, RFC 9112 §3.2.2). `None` only for
+    /// HTTP/1.0 without `Host`.
+    pub host: Option<String>,
 }
 
 impl Request {
@@ -146,13 +150,61 @@ fn build(req: &httparse::Request) -> Result<Request, Reject> {
     };
     let target = req.path.unwrap_or("");
     let (segments, query) = parse_target(target)?;
+    let mut hosts = headers.iter().filter(|(n, _)| n == "host").map(|(_, v)| v);
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(reject(400, "more than one Host header")),
+        (None, None) if req.version == Some(1) => {
+            return Err(reject(400, "an HTTP/1.1 request needs a Host header"))
+        }
+        (h, None) => absolute_authority(target).or(h.map(String::as_str)),
+    };
     Ok(Request {
         method,
         segments,
         query,
+        host: host.map(String::from),
         headers,
         keep_alive,
     })
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`).
+fn absolute_authority(target: &str) -> Option<&str> {
+    let i = target.find("://")?;
+    if !target[..i].eq_ignore_ascii_case("http") {
+        return None;
+    }
+    let rest = &target[i + 3..];
+    Some(rest.split(['/', '?', '#']).next().unwrap_or(rest))
+}
+
+/// The name in a `Host` value, without its port and brackets, lowercase and
+/// without a trailing dot: `[::1]:8080` is `::1`, `LocalHost.:80` is `localhost`.
+pub fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let name = if let Some(rest) = v.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match v.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => v,
+        }
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a server bound to loopback answers a request for `host` (SPEC §5,
+/// DNS rebinding): a page on `evil.example` whose name was re-pointed at
+/// 127.0.0.1 reaches the server with `Host: evil.example`, so only names that
+/// mean this machine's loopback are accepted, plus those the user allowed
+/// (`--allow-host`, compared like [`host_name`]).
+pub fn loopback_host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    let loopback = match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name == "localhost",
+    };
+    loopback || allowed.iter().any(|a| host_name(a) == name)
 }
 
 /// Decoded path segments and query parameters of a request target.
@@ -259,6 +311,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -399,7 +452,7 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
-        assert!(!done("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!done("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!done("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(done("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
     }
@@ -414,7 +467,10 @@ mod tests {
     fn only_get_and_head_are_accepted() {
         assert_eq!(status(b"POST / HTTP/1.1\r\n\r\n"), Some(405));
         assert_eq!(status(b"DELETE / HTTP/1.1\r\n\r\n"), Some(405));
-        assert_eq!(done("HEAD / HTTP/1.1\r\n\r\n").method, Method::Head);
+        assert_eq!(
+            done("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n").method,
+            Method::Head
+        );
     }
 
     #[test]
@@ -446,15 +502,15 @@ mod tests {
     #[test]
     fn request_bodies_are_refused() {
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            status(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"),
             Some(400)
         );
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            status(b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Some(400)
         );
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            status(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
             Some(0)
         );
     }
@@ -487,6 +543,56 @@ mod tests {
     }
 
     #[test]
+    fn http_1_1_needs_exactly_one_host() {
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(done("GET / HTTP/1.0\r\n\r\n").host, None);
+        assert_eq!(
+            done("GET / HTTP/1.1\r\nHost: localhost:80\r\n\r\n").host,
+            Some("localhost:80".into())
+        );
+        // An absolute-form target names the host itself, whatever Host says.
+        assert_eq!(
+            done("GET http://evil.example:80/x HTTP/1.1\r\nHost: localhost\r\n\r\n").host,
+            Some("evil.example:80".into())
+        );
+    }
+
+    #[test]
+    fn only_loopback_names_and_allowed_hosts_pass_on_loopback() {
+        let none: &[String] = &[];
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:9",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(loopback_host_allowed(ok, none), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]:80",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!loopback_host_allowed(bad, none), "{bad}");
+        }
+        let allowed = vec!["Build.Example".to_string()];
+        assert!(loopback_host_allowed("build.example:8080", &allowed));
+        assert!(!loopback_host_allowed("other.example", &allowed));
+    }
+
+    #[test]
     fn ranges_follow_rfc_9110() {
         assert_eq!(parse_range(None, 10), Range::Full);
         assert_eq!(parse_range(Some("bytes=3-"), 10), Range::Part(3, 10));
@@ -508,9 +614,9 @@ mod tests {
         assert!(!token_matches(b"secret2", b"secret"));
         assert!(!token_matches(b"secre", b"secret"));
         assert!(!token_matches(b"", b"secret"));
-        let r = done("GET /?token=q HTTP/1.1\r\nAuthorization: Bearer  h \r\n\r\n");
+        let r = done("GET /?token=q HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer  h \r\n\r\n");
         assert_eq!(presented_token(&r), Some("h"));
-        let r = done("GET /?token=q%20 HTTP/1.1\r\n\r\n");
+        let r = done("GET /?token=q%20 HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(presented_token(&r), Some("q "));
     }
 

@@ -4,11 +4,12 @@
 //! [`Server`] is a component driven by a mio event loop it does not own: it
 //! registers its listener, its inotify descriptor and its connections under its
 //! own token range, and the owner hands it events, calls [`Server::tick`] after
-//! each poll and waits no longer than [`Server::timeout`]. The wrapper also calls
-//! [`Server::notify`] after each chunk it appends, so followers get a line within
-//! the same loop turn; `logwrap serve` learns of new lines from inotify on the
-//! directories of the jobs being followed. One thread, no async runtime, every
-//! buffer bounded.
+//! each poll and waits no longer than [`Server::timeout`]. `logwrap serve` runs
+//! it on its main thread and learns of new lines from inotify on the
+//! directories of the jobs being followed. The wrapper runs it on a thread of
+//! its own ([`ServerThread`]), so followers never slow the reading of the
+//! child, and flags each chunk it appends, so followers get a line at once. No
+//! async runtime, every buffer bounded.
 
 pub mod client;
 mod conn;
@@ -17,8 +18,9 @@ pub mod http;
 mod page;
 mod routes;
 pub mod sse;
+mod term;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, ServerArgs};
 use crate::store::{FileStore, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
@@ -33,6 +35,8 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the server listens unless told otherwise (SPEC §5): loopback only, so
@@ -63,6 +67,15 @@ const STATUS_RECHECK: Duration = Duration::from_secs(1);
 /// Without inotify (it can be unavailable or out of watches), followed jobs are
 /// polled this often instead.
 const FALLBACK_POLL: Duration = Duration::from_millis(100);
+/// Most bytes one connection is given per turn of the event loop: one
+/// follower's buffer (or file piece). A client that reads as fast as the
+/// server writes would otherwise keep the loop on it until its whole backlog
+/// is sent, while other clients, timers and a shutdown wait (issue point 10).
+const TURN_BUDGET: usize = SSE_HIGH_WATER;
+/// Bytes of a made-as-read body (job list, `log-tail`) produced per turn, and
+/// at most what waits in user space for a client that does not read: a
+/// thousand such clients hold 16 MiB (issue point 8: under 64 MiB).
+const STREAM_PIECE: usize = 16 * 1024;
 /// Tokens per server: the listener, inotify, then one per connection slot.
 const LISTENER: usize = 0;
 const WATCHER: usize = 1;
@@ -79,6 +92,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Silence after which an event stream gets a heartbeat comment.
     pub heartbeat: Duration,
+    /// Host names answered besides loopback ones when bound to loopback.
+    pub allow_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -91,6 +106,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("heartbeat", &self.heartbeat)
+            .field("allow_hosts", &self.allow_hosts)
             .finish()
     }
 }
@@ -105,8 +121,75 @@ impl ServeConfig {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
+            allow_hosts: Vec::new(),
         })
     }
+}
+
+impl ServeConfig {
+    /// Settings from the server options shared by `serve` and `--listen`, with
+    /// the other bounds at their defaults.
+    pub fn from_args(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
+        let token = match (&args.token_file, &args.token) {
+            // Checked here rather than by clap so that the message also names
+            // the environment variable, which clap counts as --token.
+            (Some(_), Some(_)) => {
+                bail!("give the token one way: --token-file, or --token / {TOKEN_ENV}, not both")
+            }
+            (Some(path), None) => Some(read_token_file(path)?),
+            (None, t) => t.clone(),
+        };
+        let mut cfg = ServeConfig::new(listen, token)?;
+        cfg.heartbeat = crate::timefmt::parse_duration(&args.heartbeat)
+            .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?;
+        if cfg.heartbeat.is_zero() {
+            bail!("--heartbeat: must be more than zero");
+        }
+        if let Some(bad) = args
+            .allow_hosts
+            .iter()
+            .find(|h| http::host_name(h).is_empty())
+        {
+            bail!("--allow-host {bad:?}: expected a host name such as build.example");
+        }
+        cfg.allow_hosts = args.allow_hosts.clone();
+        Ok(cfg)
+    }
+}
+
+/// Longest token file read: a bearer token is a few dozen bytes; anything this
+/// big is the wrong file, and is not read into memory whole.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// Environment variable that may hold the token; the wrapper never passes it on
+/// to the job (SPEC §5), or the job's `env` would print it into the log.
+pub const TOKEN_ENV: &str = "DATABUILD_LOG_TOKEN";
+
+/// Reads `--token-file`: the whole file (at most 4 KiB, `MAX_TOKEN_FILE`) with
+/// its trailing line end dropped, as `echo secret > file` writes it. An empty
+/// token would let anyone in, so it is refused.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("--token-file {shown}"))?;
+    let mut raw = Vec::new();
+    file.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("--token-file {shown}"))?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        bail!("--token-file {shown}: longer than {MAX_TOKEN_FILE} bytes; is it the right file?");
+    }
+    let text = String::from_utf8(raw)
+        .map_err(|_| anyhow::anyhow!("--token-file {shown}: the token is not UTF-8 text"))?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() {
+        bail!("--token-file {shown}: the file is empty; put the token in it");
+    }
+    if token.contains(['\n', '\r']) {
+        bail!("--token-file {shown}: the token must be one line");
+    }
+    Ok(token.to_string())
 }
 
 /// Parses a listen address: `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (both on
@@ -155,6 +238,11 @@ pub struct Server {
     next_recheck: Instant,
     /// An accept failed for want of descriptors: retry when one is closed.
     accept_blocked: bool,
+    /// Connections that used up their turn with more to send: driven again on
+    /// the next [`Server::tick`], in order, before the loop waits.
+    ready: Vec<usize>,
+    /// The newest-first order of the jobs, shared by the job lists being sent.
+    order: std::cell::RefCell<routes::JobOrder>,
 }
 
 impl Server {
@@ -187,6 +275,8 @@ impl Server {
             watches: HashMap::new(),
             next_recheck: Instant::now() + STATUS_RECHECK,
             accept_blocked: false,
+            ready: Vec::new(),
+            order: Default::default(),
         })
     }
 
@@ -288,6 +378,9 @@ impl Server {
 
     /// How long the owner's poll may wait before [`Server::tick`] is due.
     pub fn timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let conns = self.conns.iter().flatten().map(|c| c.timer(&self.cfg).0);
         let recheck = (!self.jobs.is_empty()).then_some(self.next_recheck);
@@ -300,6 +393,12 @@ impl Server {
     /// Runs the timers that are due: 408 for slow request heads, closing idle
     /// and stalled connections, heartbeats, and the periodic status re-check.
     pub fn tick(&mut self) {
+        for slot in std::mem::take(&mut self.ready) {
+            if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                c.deferred = false;
+                self.drive(slot);
+            }
+        }
         let now = Instant::now();
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
@@ -361,7 +460,12 @@ impl Server {
             if !busy || now >= deadline {
                 return;
             }
-            match poll.poll(&mut events, Some(deadline - now)) {
+            let wait = if self.ready.is_empty() {
+                deadline - now
+            } else {
+                Duration::ZERO
+            };
+            match poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -449,6 +553,11 @@ impl Server {
             return;
         };
         let keep = self.step(&mut c);
+        if keep && c.more && !c.deferred {
+            c.deferred = true;
+            self.ready.push(slot);
+        }
+        c.more = false;
         self.conns[slot] = Some(c);
         if !keep {
             self.close(slot);
@@ -458,6 +567,7 @@ impl Server {
     /// The body of [`Server::drive`]; false when the connection must close.
     fn step(&mut self, c: &mut Conn) -> bool {
         let now = Instant::now();
+        let mut produced = 0usize;
         loop {
             if c.flush(now).is_err() {
                 return false;
@@ -465,6 +575,11 @@ impl Server {
             if c.pending() > 0 {
                 // The socket is full. A follower still notices a vanished client.
                 return c.read() == ReadStatus::Open || !matches!(c.source, Source::Events(_));
+            }
+            if produced >= TURN_BUDGET {
+                // Sent a turn's worth: the others go first (see TURN_BUDGET).
+                c.more = true;
+                return true;
             }
             if c.phase == Phase::Head {
                 let closed = c.read() == ReadStatus::Closed;
@@ -497,7 +612,8 @@ impl Server {
                 };
                 let job = self.jobs.get(&f.job);
                 let complete = job.and_then(|j| j.state.complete.as_ref());
-                let pumped = f.pump(c.out(now), SSE_HIGH_WATER, complete);
+                let pumped = c.fill(now, |out| f.pump(out, SSE_HIGH_WATER, complete));
+                produced += c.pending();
                 let sizes = job.map(|j| j.state.sizes);
                 match pumped {
                     Ok(Pumped::Full) => c.source = Source::Events(f),
@@ -520,13 +636,35 @@ impl Server {
                 }
                 continue;
             }
+            if matches!(c.source, Source::Stream(_)) {
+                let Source::Stream(mut body) = std::mem::replace(&mut c.source, Source::Nothing)
+                else {
+                    return false;
+                };
+                // One piece per turn: making it may have read many files.
+                match c.fill(now, |out| body.produce(out, STREAM_PIECE)) {
+                    Ok(true) => {
+                        c.source = Source::Stream(body);
+                        c.more = true;
+                    }
+                    Ok(false) => {}
+                    // The body cannot be finished: closing cuts it short, which
+                    // the client sees (no Content-Length was promised).
+                    Err(_) => return false,
+                }
+                if c.more {
+                    return c.flush(now).is_ok();
+                }
+                continue;
+            }
             match &mut c.source {
                 Source::File { .. } => {
                     if !c.refill_file(now) {
                         return false;
                     }
+                    produced += c.pending();
                 }
-                Source::Events(_) => {}
+                Source::Events(_) | Source::Stream(_) => {}
                 Source::Nothing => {
                     if c.close_after {
                         return false;
@@ -545,6 +683,9 @@ impl Server {
             let mut r = Response::error(503, "too many connections; retry shortly", false);
             r.headers.push(("Retry-After", "1".into()));
             r
+        } else if let Some(msg) = self.misdirected(req) {
+            c.close_after = true;
+            Response::error(421, &msg, false)
         } else if !self.authorized(req) {
             let api = req.segments.first().is_some_and(|s| s == "api");
             let mut r = Response::error(
@@ -558,6 +699,7 @@ impl Server {
             let ctx = Ctx {
                 store: &self.store,
                 only: self.only.as_ref(),
+                order: &self.order,
             };
             routes::handle(&ctx, req)
         };
@@ -569,6 +711,26 @@ impl Server {
         if let Some(id) = follows {
             self.follow(&id);
         }
+    }
+
+    /// Why a request must be refused for the name it asked for, if it must: on
+    /// a loopback address only loopback names (and `--allow-host` ones) are
+    /// answered, so a web page whose DNS name was re-pointed at 127.0.0.1 cannot
+    /// read the logs (SPEC §5, DNS rebinding). HTTP/1.0 without `Host` comes
+    /// from no browser and passes.
+    fn misdirected(&self, req: &http::Request) -> Option<String> {
+        let host = req.host.as_deref()?;
+        if !self.addr.ip().is_loopback() || http::loopback_host_allowed(host, &self.cfg.allow_hosts)
+        {
+            return None;
+        }
+        Some(format!(
+            "this server listens on loopback and answers only requests for localhost, \
+             127.0.0.1 or [::1], not Host {:?} (a guard against DNS rebinding); \
+             start it with --allow-host {} to accept that name",
+            host,
+            http::host_name(host)
+        ))
     }
 
     fn authorized(&self, req: &http::Request) -> bool {
@@ -715,6 +877,113 @@ impl Server {
     }
 }
 
+/// Token of the wake-up of a [`ServerThread`]; the server's own tokens follow.
+const THREAD_WAKE: Token = Token(0);
+const THREAD_SERVER: Token = Token(1);
+
+/// What the owner of a [`ServerThread`] tells it.
+#[derive(Default)]
+struct Requests {
+    /// New output was appended: wake the followers.
+    notify: AtomicBool,
+    /// Finish: serve followers the rest for at most this long, then stop.
+    stop: Mutex<Option<Duration>>,
+}
+
+/// A [`Server`] on its own thread with its own event loop: the wrapper's
+/// `--listen`. Serving hundreds of followers then never takes a turn from the
+/// loop that reads the child (issue point 10: 200 followers made a 2 s job
+/// take 22 s when both shared one loop); the wrapper only flags new output.
+pub struct ServerThread {
+    requests: Arc<Requests>,
+    waker: Arc<mio::Waker>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Starts serving on a new thread. Fails (before any job runs) if the event
+    /// loop or the thread cannot be made.
+    pub fn spawn(mut server: Server) -> Result<ServerThread> {
+        let poll = Poll::new().context("creating the server's event loop")?;
+        let waker = Arc::new(
+            mio::Waker::new(poll.registry(), THREAD_WAKE).context("creating the server's waker")?,
+        );
+        server.register(poll.registry(), THREAD_SERVER)?;
+        let requests = Arc::new(Requests::default());
+        let reqs = requests.clone();
+        let thread = std::thread::Builder::new()
+            .name("logwrap-serve".into())
+            .spawn(move || serve_thread(server, poll, &reqs))
+            .context("starting the server thread")?;
+        Ok(ServerThread {
+            requests,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// New output was appended to the log: the server wakes its followers.
+    /// Cheap when called per chunk: one wake-up until the server has looked.
+    pub fn notify(&self) {
+        if !self.requests.notify.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// The job has ended and its final metadata is written: followers get the
+    /// last lines and `complete`, waiting at most `grace`, then the server stops.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if let Ok(mut stop) = self.requests.stop.lock() {
+            *stop = Some(grace);
+        }
+        let _ = self.waker.wake();
+        // The thread ends within `grace` of seeing the request; a panic in it
+        // has already been reported and must not fail the job.
+        let _ = thread.join();
+    }
+}
+
+impl Drop for ServerThread {
+    /// A job that never ran (exec failed) still stops its server.
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// The loop of a [`ServerThread`].
+fn serve_thread(mut server: Server, mut poll: Poll, requests: &Requests) {
+    let mut events = Events::with_capacity(256);
+    loop {
+        match poll.poll(&mut events, server.timeout()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The poll itself broke: nothing more can be served; the job goes on.
+            Err(_) => return,
+        }
+        for ev in events.iter() {
+            if server.owns(ev.token()) {
+                server.handle_event(ev);
+            }
+        }
+        if requests.notify.swap(false, Ordering::AcqRel) {
+            server.notify();
+        }
+        let stop = requests.stop.lock().ok().and_then(|s| *s);
+        if let Some(grace) = stop {
+            server.shutdown(&mut poll, grace);
+            return;
+        }
+        server.tick();
+    }
+}
+
 /// A server needs a descriptor per connection and up to four per follower (two
 /// logs, two indexes): raise the soft limit to the hard one, as servers do.
 fn raise_fd_limit() {
@@ -745,14 +1014,17 @@ pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
     let duration = |flag: &str, v: &str| {
         crate::timefmt::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
     };
-    let mut cfg = ServeConfig::new(&args.listen, args.token)?;
+    let mut cfg = match ServeConfig::from_args(&args.listen, &args.access) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // A bad option, like clap's own errors: usage, exit 2.
+            eprintln!("logwrap: {e:#}");
+            return Ok(crate::exit::USAGE);
+        }
+    };
     cfg.max_connections = args.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
     cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
-    cfg.heartbeat = duration("heartbeat", &args.heartbeat)?;
-    if cfg.heartbeat.is_zero() {
-        bail!("--heartbeat: must be more than zero");
-    }
     let mut poll = Poll::new().context("creating the event loop")?;
     let mut server = Server::bind(cfg, store.clone(), None)?;
     server.register(poll.registry(), Token(0))?;
@@ -787,6 +1059,35 @@ mod tests {
         assert_eq!(parse_listen("[::1]:80").unwrap().to_string(), "[::1]:80");
         assert!(parse_listen("nonsense").is_err());
         assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn token_files_give_their_first_line_and_refuse_empty_or_huge_ones() {
+        let dir = std::env::temp_dir().join(format!("logwrap-tokfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, body: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        assert_eq!(read_token_file(&file("a", b"s3cret\n")).unwrap(), "s3cret");
+        assert_eq!(
+            read_token_file(&file("b", b"s3cret\r\n")).unwrap(),
+            "s3cret"
+        );
+        assert_eq!(read_token_file(&file("c", b"s3cret")).unwrap(), "s3cret");
+        for (name, body) in [
+            ("empty", &b""[..]),
+            ("newline", b"\n"),
+            ("two", b"a\nb\n"),
+            ("binary", b"\xff\xfe"),
+        ] {
+            assert!(read_token_file(&file(name, body)).is_err(), "{name}");
+        }
+        let huge = file("huge", &vec![b'x'; MAX_TOKEN_FILE as usize + 1]);
+        assert!(format!("{:#}", read_token_file(&huge).unwrap_err()).contains("longer"));
+        assert!(read_token_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -234,30 +234,38 @@ es.addEventListener("error", () => {
 });
 "##;
 
-/// The job list.
-pub fn index_page(jobs: &[Metadata]) -> String {
-    let mut rows = String::new();
-    for m in jobs {
-        rows.push_str(&format!(
-            "<tr><td><a class=\"job\" href=\"job_runs/{id}\">{id}</a></td><td class=\"st\"><span class=\"badge {st}\">{st}</span></td><td>{ex}</td><td>{start}</td><td class=\"muted\">{cmd}</td></tr>\n",
-            id = html_escape(&m.job_run_id),
-            st = m.status.as_str(),
-            ex = m.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-            start = html_escape(&m.started_at),
-            cmd = html_escape(&m.command.join(" ")),
-        ));
-    }
-    let empty = if jobs.is_empty() {
-        "<p class=\"muted\" style=\"margin:12px\">No jobs yet.</p>"
-    } else {
-        ""
-    };
+/// The job list page, before its rows.
+pub fn index_head() -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>logwrap jobs</title>\
 <style>{STYLE}</style></head><body><header><h1>logwrap jobs</h1><span class=\"muted\">newest first</span></header>\
 <table><thead><tr><th>job</th><th>status</th><th>exit</th><th>started</th><th>command</th></tr></thead>\
-<tbody>{rows}</tbody></table>{empty}\
+<tbody>"
+    )
+}
+
+/// One row of the job list page.
+pub fn index_row(m: &Metadata) -> String {
+    format!(
+        "<tr><td><a class=\"job\" href=\"job_runs/{id}\">{id}</a></td><td class=\"st\"><span class=\"badge {st}\">{st}</span></td><td>{ex}</td><td>{start}</td><td class=\"muted\">{cmd}</td></tr>\n",
+        id = html_escape(&m.job_run_id),
+        st = m.status.as_str(),
+        ex = m.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+        start = html_escape(&m.started_at),
+        cmd = html_escape(&m.command.join(" ")),
+    )
+}
+
+/// The job list page after its rows; `empty` when there were none.
+pub fn index_tail(empty: bool) -> String {
+    let empty = if empty {
+        "<p class=\"muted\" style=\"margin:12px\">No jobs yet.</p>"
+    } else {
+        ""
+    };
+    format!(
+        "</tbody></table>{empty}\
 <script>\"use strict\";const t=new URLSearchParams(location.search).get(\"token\");\
 if(t)for(const a of document.querySelectorAll(\"a.job\"))a.href+=\"?token=\"+encodeURIComponent(t);</script>\
 </body></html>\n"

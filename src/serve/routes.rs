@@ -11,8 +11,11 @@ use crate::metadata::{Metadata, Status};
 use crate::store::{self, job_file_len, open_job_file, FileStore, JobId, LogStore, Stream};
 use anyhow::Result;
 use serde_json::json;
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Most bytes of log one polling response carries (`log-tail`, `progressiveText`):
 /// big enough that a client catches up with a fast job in few requests, small
@@ -22,6 +25,14 @@ pub const MAX_POLL_BYTES: usize = 512 * 1024;
 /// Most jobs `GET /api/job_runs` returns: each costs a metadata read, done inside
 /// the event loop, so the list must stay cheap however many jobs the root holds.
 pub const MAX_LIST: usize = 10_000;
+
+/// Most metadata files one job list reads per turn of the event loop, so a
+/// filter that matches few of many jobs shares the loop like everyone else.
+const LIST_READS_PER_TURN: usize = 64;
+
+/// How long the newest-first order of the jobs is reused without checking the
+/// root again: within it, a thousand clients listing at once cost one sort.
+const LIST_ORDER_TTL: Duration = Duration::from_secs(1);
 
 /// A route, with its job id already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +101,9 @@ pub enum Body {
     },
     /// An event stream, fed by the server as the log grows.
     Events(Box<Follower>),
+    /// A body made piece by piece as the client reads it, ended by closing
+    /// the connection: only what one turn makes is ever held for a client.
+    Stream(Box<dyn Produce>),
     /// No body and no Content-Length (204).
     Nothing,
 }
@@ -140,11 +154,32 @@ impl Response {
     }
 }
 
-/// What the handlers need: the store, and the one job served when the server
-/// runs inside a wrapper (`None` for `logwrap serve`: every job in the root).
+/// A response body made as the client reads it (issue point 8: a hundred
+/// clients that ask for the list of 10,000 jobs and never read must not pin a
+/// copy each).
+pub trait Produce: Send {
+    /// Appends the next piece of the body to `out`, about `want` bytes or
+    /// less; false once the body is complete.
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool>;
+}
+
+/// The jobs of the root, newest first, shared by every list being sent.
+#[derive(Default)]
+pub struct JobOrder {
+    ids: Option<Arc<[JobId]>>,
+    built: Option<Instant>,
+    /// Modification time of `job_runs/` when built: a job created or
+    /// removed since changes it.
+    dir_mtime: Option<SystemTime>,
+}
+
+/// What the handlers need: the store, the one job served when the server runs
+/// inside a wrapper (`None` for `logwrap serve`: every job in the root), and
+/// the shared order of the jobs.
 pub struct Ctx<'a> {
     pub store: &'a FileStore,
     pub only: Option<&'a JobId>,
+    pub order: &'a RefCell<JobOrder>,
 }
 
 impl Ctx<'_> {
@@ -300,19 +335,87 @@ fn flag(req: &Request, name: &str) -> Result<bool> {
     }
 }
 
-/// Metadata (live status) of the jobs in view, newest first.
-fn jobs(ctx: &Ctx) -> Result<Vec<Metadata>> {
-    let ids = match ctx.only {
-        Some(id) => vec![id.clone()],
-        None => ctx.store.list_job_ids()?,
+/// The ids of the jobs in view, newest first (by `started_at`, then id). The
+/// order is built once and shared (see [`LIST_ORDER_TTL`]); only ids are kept,
+/// each job's metadata is read when its turn to be sent comes.
+fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
+    if let Some(id) = ctx.only {
+        return Ok(Arc::from(vec![id.clone()]));
+    }
+    let mtime = std::fs::metadata(ctx.store.jobs_dir())
+        .and_then(|m| m.modified())
+        .ok();
+    let mut order = ctx.order.borrow_mut();
+    if let (Some(ids), Some(built)) = (&order.ids, order.built) {
+        if built.elapsed() < LIST_ORDER_TTL && order.dir_mtime == mtime {
+            return Ok(ids.clone());
+        }
+    }
+    let mut keyed: Vec<(String, JobId)> = Vec::new();
+    let mut complete = true;
+    for id in ctx.store.list_job_ids()? {
+        match ctx.store.read_metadata(&id) {
+            Ok(m) => keyed.push((m.started_at, id)),
+            // A job being created has no metadata for a moment; it is simply
+            // not listed, and this order is not kept for the next request.
+            Err(_) => complete = false,
+        }
+    }
+    keyed.sort_by(|a, b| b.cmp(a));
+    let ids: Arc<[JobId]> = keyed.into_iter().map(|(_, id)| id).collect();
+    *order = if complete {
+        JobOrder {
+            ids: Some(ids.clone()),
+            built: Some(Instant::now()),
+            dir_mtime: mtime,
+        }
+    } else {
+        JobOrder::default()
     };
-    // A job being created has no metadata for a moment; it is simply not listed.
-    let mut metas: Vec<Metadata> = ids
-        .iter()
-        .filter_map(|id| ctx.store.live_metadata(id).ok())
-        .collect();
-    metas.sort_by(|a, b| (&b.started_at, &b.job_run_id).cmp(&(&a.started_at, &a.job_run_id)));
-    Ok(metas)
+    Ok(ids)
+}
+
+/// `GET /api/job_runs`: a JSON array of metadata (live status), newest first,
+/// made a few jobs at a time as the client reads.
+struct JobList {
+    store: FileStore,
+    ids: Arc<[JobId]>,
+    next: usize,
+    status: Option<Status>,
+    left: usize,
+    sent: usize,
+}
+
+impl Produce for JobList {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        if self.next == 0 && self.sent == 0 {
+            out.push(b'[');
+        }
+        let mut reads = 0;
+        while out.len() < want && reads < LIST_READS_PER_TURN && self.left > 0 {
+            let Some(id) = self.ids.get(self.next) else {
+                break;
+            };
+            self.next += 1;
+            reads += 1;
+            // Removed since the order was made (gc): simply not listed.
+            let Ok(m) = self.store.live_metadata(id) else {
+                continue;
+            };
+            if self.status.is_some_and(|s| m.status != s) {
+                continue;
+            }
+            out.extend_from_slice(if self.sent == 0 { b"\n" } else { b",\n" });
+            serde_json::to_writer_pretty(&mut *out, &m)?;
+            self.sent += 1;
+            self.left -= 1;
+        }
+        if self.left == 0 || self.next >= self.ids.len() {
+            out.extend_from_slice(b"\n]\n");
+            return Ok(false);
+        }
+        Ok(true)
+    }
 }
 
 fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
@@ -321,22 +424,74 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
         Some(s) => Some(Status::parse(s).ok_or_else(|| bad(format!("unknown status {s:?}")))?),
     };
     let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
-    let metas: Vec<Metadata> = jobs(ctx)?
-        .into_iter()
-        .filter(|m| status.map_or(true, |s| m.status == s))
-        .take(limit)
-        .collect();
-    Ok(Response::json(200, &serde_json::to_value(metas)?))
+    let body = JobList {
+        store: ctx.store.clone(),
+        ids: ordered_ids(ctx)?,
+        next: 0,
+        status,
+        left: limit,
+        sent: 0,
+    };
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::Stream(Box::new(body)),
+    })
+}
+
+/// `GET /`: the job list page, made a few rows at a time as the client reads.
+struct IndexPage {
+    store: FileStore,
+    /// The shared order; rows are made for the first `end` of it.
+    ids: Arc<[JobId]>,
+    end: usize,
+    next: usize,
+    rows: usize,
+}
+
+impl Produce for IndexPage {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        if self.next == 0 && self.rows == 0 {
+            out.extend_from_slice(page::index_head().as_bytes());
+        }
+        let mut reads = 0;
+        while out.len() < want && reads < LIST_READS_PER_TURN && self.next < self.end {
+            let id = &self.ids[self.next];
+            self.next += 1;
+            reads += 1;
+            if let Ok(m) = self.store.live_metadata(id) {
+                out.extend_from_slice(page::index_row(&m).as_bytes());
+                self.rows += 1;
+            }
+        }
+        if self.next < self.end {
+            return Ok(true);
+        }
+        out.extend_from_slice(page::index_tail(self.rows == 0).as_bytes());
+        Ok(false)
+    }
 }
 
 fn index(ctx: &Ctx) -> Result<Response> {
-    let mut metas = jobs(ctx)?;
-    metas.truncate(page::INDEX_JOBS);
-    Ok(Response::new(
-        200,
-        "text/html; charset=utf-8",
-        page::index_page(&metas).into_bytes(),
-    )
+    let ids = ordered_ids(ctx)?;
+    let body = IndexPage {
+        store: ctx.store.clone(),
+        end: ids.len().min(page::INDEX_JOBS),
+        ids,
+        next: 0,
+        rows: 0,
+    };
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "text/html; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::Stream(Box::new(body)),
+    }
     .header("Content-Security-Policy", page::CSP))
 }
 
@@ -448,39 +603,111 @@ fn poll(
     let path = ctx.store.log_path(id, stream);
     let file = open_job_file(&path).map_err(|e| job_file_error(e, stream))?;
     let size = file.metadata()?.len();
-    let (content, new_size) = read_piece(&file, start, size, state.complete.is_some())?;
-    let finished = state.complete.is_some() && new_size >= size;
+    let (start, end) = piece_bounds(&file, start, size, state.complete.is_some())?;
+    let finished = state.complete.is_some() && end >= size;
     if as_json {
-        return Ok(Response::json(
-            200,
-            &json!({
-                "is_finished": finished,
-                "new_size": new_size,
-                "content": String::from_utf8_lossy(&content),
-            }),
-        ));
+        let head = format!("{{\"is_finished\":{finished},\"new_size\":{end},\"content\":\"");
+        let body = LogTail {
+            file,
+            pos: start,
+            end,
+            head: Some(head),
+            carry: Vec::new(),
+        };
+        return Ok(Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                ("Cache-Control", "no-cache".into()),
+            ],
+            body: Body::Stream(Box::new(body)),
+        });
     }
-    Ok(Response::new(200, "text/plain; charset=utf-8", content)
-        .header("X-Text-Size", new_size.to_string())
-        .header("X-More-Data", (!finished).to_string()))
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "text/plain; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::File {
+            file,
+            start,
+            len: end - start,
+        },
+    }
+    .header("X-Text-Size", end.to_string())
+    .header("X-More-Data", (!finished).to_string()))
 }
 
-/// Reads at most [`MAX_POLL_BYTES`] from `start` (a start past the end is the
-/// end), leaving out a character cut by the bound or still being written, unless
-/// the log is complete. Returns the bytes and the offset just past them.
-pub fn read_piece(file: &File, start: u64, size: u64, complete: bool) -> Result<(Vec<u8>, u64)> {
+/// The piece of a log one polling response carries: from `start` (a start past
+/// the end is the end), at most [`MAX_POLL_BYTES`], leaving out a character cut
+/// by the bound or still being written, unless the log is complete. Reads only
+/// the last few bytes of the piece. Returns its start and end offsets.
+pub fn piece_bounds(file: &File, start: u64, size: u64, complete: bool) -> Result<(u64, u64)> {
     let start = start.min(size);
-    let want = ((size - start) as usize).min(MAX_POLL_BYTES);
-    let mut buf = vec![0u8; want];
-    file.read_exact_at(&mut buf, start)?;
-    let at_end = start + want as u64 == size;
-    let keep = if at_end && complete {
-        want
-    } else {
-        utf8_prefix(&buf)
-    };
-    buf.truncate(keep);
-    Ok((buf, start + keep as u64))
+    let end = size.min(start.saturating_add(MAX_POLL_BYTES as u64));
+    if end == size && complete {
+        return Ok((start, end));
+    }
+    // A UTF-8 character is at most 4 bytes: its cut-off start is in the last 3.
+    let tail_len = (end - start).min(4);
+    let mut tail = [0u8; 4];
+    let tail = &mut tail[..tail_len as usize];
+    file.read_exact_at(tail, end - tail_len)?;
+    let cut = tail.len() - utf8_prefix(tail);
+    Ok((start, end - cut as u64))
+}
+
+/// Fewest log bytes read per piece of a `log-tail` body, so a nearly full
+/// buffer still moves on by more than a character.
+const MIN_TAIL_READ: usize = 1024;
+
+/// The `log-tail` JSON object, made as the client reads: the fields known up
+/// front, then the content escaped a file piece at a time.
+struct LogTail {
+    file: File,
+    pos: u64,
+    end: u64,
+    head: Option<String>,
+    /// The start of a character cut by the last piece, for the next one.
+    carry: Vec<u8>,
+}
+
+impl Produce for LogTail {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        if let Some(head) = self.head.take() {
+            out.extend_from_slice(head.as_bytes());
+        }
+        while out.len() < want && self.pos < self.end {
+            // Escaping at most sextuples a byte (`\u0000`), so a turn stays
+            // within a small multiple of what was asked for.
+            let room = want.saturating_sub(out.len()).max(MIN_TAIL_READ) as u64;
+            let n = (self.end - self.pos).min(room) as usize;
+            let mut buf = std::mem::take(&mut self.carry);
+            let at = buf.len();
+            buf.resize(at + n, 0);
+            self.file.read_exact_at(&mut buf[at..], self.pos)?;
+            self.pos += n as u64;
+            // Cut only between characters, so the pieces decode as the whole.
+            let keep = if self.pos == self.end {
+                buf.len()
+            } else {
+                utf8_prefix(&buf)
+            };
+            self.carry = buf[keep..].to_vec();
+            let text = String::from_utf8_lossy(&buf[..keep]);
+            let quoted = out.len();
+            serde_json::to_writer(&mut *out, &*text)?;
+            // The content is one string across pieces: drop each piece's quotes.
+            out.pop();
+            out.remove(quoted);
+        }
+        if self.pos < self.end {
+            return Ok(true);
+        }
+        out.extend_from_slice(b"\"}\n");
+        Ok(false)
+    }
 }
 
 #[cfg(test)]
@@ -548,21 +775,62 @@ mod tests {
         std::fs::write(&path, &body).unwrap();
         let f = File::open(&path).unwrap();
         let size = body.len() as u64;
-        let (first, next) = read_piece(&f, 0, size, false).unwrap();
-        assert_eq!(next, MAX_POLL_BYTES as u64 - 1);
-        let (second, end) = read_piece(&f, next, size, false).unwrap();
-        assert_eq!(end, size);
-        assert_eq!([first, second].concat(), body);
+        let (start, next) = piece_bounds(&f, 0, size, false).unwrap();
+        assert_eq!((start, next), (0, MAX_POLL_BYTES as u64 - 1));
+        assert_eq!(piece_bounds(&f, next, size, false).unwrap(), (next, size));
         // Past the end: nothing, and the real end as the next offset.
         assert_eq!(
-            read_piece(&f, size + 100, size, false).unwrap(),
-            (vec![], size)
+            piece_bounds(&f, size + 100, size, false).unwrap(),
+            (size, size)
         );
         // A character still being written waits, unless the log is complete.
-        let (part, at) = read_piece(&f, size - 3, size - 1, false).unwrap();
-        assert_eq!((part.len(), at), (0, size - 3));
-        let (part, _) = read_piece(&f, size - 3, size - 1, true).unwrap();
-        assert_eq!(part.len(), 2);
+        assert_eq!(
+            piece_bounds(&f, size - 3, size - 1, false).unwrap(),
+            (size - 3, size - 3)
+        );
+        assert_eq!(
+            piece_bounds(&f, size - 3, size - 1, true).unwrap(),
+            (size - 3, size - 1)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn log_tail_bodies_are_made_in_pieces_that_rebuild_the_text() {
+        let dir = std::env::temp_dir().join(format!("logwrap-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        // Multi-byte characters and invalid bytes across every piece boundary.
+        let unit = "ab\"é€😀\\\n".as_bytes();
+        let mut body: Vec<u8> = unit.iter().cycle().take(300_000).copied().collect();
+        body.extend_from_slice(b"\xff\xfeend");
+        std::fs::write(&path, &body).unwrap();
+        let size = body.len() as u64;
+        let mut tail = LogTail {
+            file: File::open(&path).unwrap(),
+            pos: 0,
+            end: size,
+            head: Some("{\"content\":\"".into()),
+            carry: Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut turns = 0;
+        loop {
+            let before = out.len();
+            let more = tail.produce(&mut out, before + 16 * 1024).unwrap();
+            // Each turn adds about what was asked: at most one file piece more.
+            assert!(out.len() - before <= 7 * 16 * 1024, "turn {turns}");
+            turns += 1;
+            if !more {
+                break;
+            }
+        }
+        assert!(turns > 3, "{turns}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["content"].as_str().unwrap(),
+            String::from_utf8_lossy(&body)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

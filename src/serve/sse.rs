@@ -7,6 +7,8 @@
 use crate::reader::LogLine;
 use serde::Serialize;
 use std::borrow::Cow;
+
+pub use super::term::terminal_text;
 use std::fmt::Write as _;
 
 /// Most bytes of one line put into an event; longer lines are cut and marked.
@@ -150,146 +152,6 @@ pub fn utf8_prefix(b: &[u8]) -> usize {
     n
 }
 
-/// One cell of the line a terminal shows: its character and the SGR state in
-/// force when it was written (an index into the resolver's list of states).
-#[derive(Clone, Copy)]
-struct Cell {
-    ch: char,
-    sgr: usize,
-    erased: bool,
-}
-
-/// What a terminal shows for a line holding carriage returns: each CR moves the
-/// cursor back to column 0 and what follows overwrites what was there, colours
-/// (SGR) included, so `50%\r100%` shows `100%`, and `x\revent: complete` shows
-/// the harmless text `event: complete`. Erase-in-line (`ESC[K`), cursor moves
-/// along the line (`ESC[nC`, `ESC[nD`, `ESC[nG`) and backspace are applied too;
-/// other escape sequences are dropped. Lines without a CR are returned as they
-/// are. The result never holds CR or LF.
-pub fn terminal_text(s: &str) -> Cow<'_, str> {
-    if !s.contains(['\r', '\n']) {
-        return Cow::Borrowed(s);
-    }
-    let mut states: Vec<String> = vec![String::new()];
-    let mut cur = 0usize;
-    let mut cells: Vec<Cell> = Vec::new();
-    let mut col = 0usize;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' | '\n' => col = 0,
-            '\u{8}' => col = col.saturating_sub(1),
-            '\u{1b}' => match chars.peek() {
-                Some('[') => {
-                    chars.next();
-                    let mut params = String::new();
-                    let mut fin = None;
-                    for p in chars.by_ref() {
-                        if ('\u{40}'..='\u{7e}').contains(&p) {
-                            fin = Some(p);
-                            break;
-                        }
-                        params.push(p);
-                    }
-                    let n = |d: usize| params.parse::<usize>().unwrap_or(d).max(1);
-                    match fin {
-                        Some('m') => {
-                            let seq = format!("\u{1b}[{params}m");
-                            let reset = params.is_empty()
-                                || params == "0"
-                                || params.starts_with("0;")
-                                || params.starts_with(';');
-                            let next = if reset {
-                                if params.is_empty() || params == "0" {
-                                    String::new()
-                                } else {
-                                    seq
-                                }
-                            } else {
-                                format!("{}{seq}", states[cur])
-                            };
-                            cur = match states.iter().position(|s| *s == next) {
-                                Some(i) => i,
-                                None => {
-                                    states.push(next);
-                                    states.len() - 1
-                                }
-                            };
-                        }
-                        Some('K') => match params.as_str() {
-                            "" | "0" => cells.truncate(col),
-                            "1" => cells.iter_mut().take(col + 1).for_each(|c| c.erased = true),
-                            _ => cells.iter_mut().for_each(|c| c.erased = true),
-                        },
-                        Some('C') => col += n(1),
-                        Some('D') => col = col.saturating_sub(n(1)),
-                        Some('G') => col = n(1) - 1,
-                        _ => {}
-                    }
-                }
-                Some(']') => {
-                    // OSC (titles, hyperlinks): up to BEL or ESC \.
-                    chars.next();
-                    while let Some(p) = chars.next() {
-                        if p == '\u{7}' || (p == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
-                            break;
-                        }
-                    }
-                }
-                Some(_) => {
-                    chars.next();
-                }
-                None => {}
-            },
-            _ => {
-                let cell = Cell {
-                    ch: c,
-                    sgr: cur,
-                    erased: false,
-                };
-                while cells.len() < col {
-                    cells.push(Cell {
-                        ch: ' ',
-                        sgr: 0,
-                        erased: true,
-                    });
-                }
-                if col < cells.len() {
-                    cells[col] = cell;
-                } else {
-                    cells.push(cell);
-                }
-                col += 1;
-            }
-        }
-    }
-    while cells.last().is_some_and(|c| c.erased) {
-        cells.pop();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut shown = 0usize;
-    for c in &cells {
-        let sgr = if c.erased { 0 } else { c.sgr };
-        if sgr != shown {
-            if shown != 0 {
-                out.push_str("\u{1b}[0m");
-            }
-            out.push_str(&states[sgr]);
-            shown = sgr;
-        }
-        out.push(if c.erased { ' ' } else { c.ch });
-    }
-    // The colour in force after the line carries on to the next one, as on a
-    // terminal.
-    if cur != shown {
-        if shown != 0 {
-            out.push_str("\u{1b}[0m");
-        }
-        out.push_str(&states[cur]);
-    }
-    Cow::Owned(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,28 +202,6 @@ mod tests {
             text_event(b"a\xffb\0c\n"),
             "event: log\nid: 7\ndata: a\u{fffd}b\0c\n\n"
         );
-    }
-
-    #[test]
-    fn the_terminal_view_overwrites_like_a_terminal() {
-        assert_eq!(terminal_text("50%\r100%"), "100%");
-        assert_eq!(terminal_text("abcdef\rxy"), "xycdef");
-        assert_eq!(terminal_text("abcdef\rxy\x1b[K"), "xy");
-        assert_eq!(terminal_text("abc\x08\x08X\r"), "aXc");
-        assert_eq!(terminal_text("plain"), "plain");
-        assert_eq!(terminal_text("a\x1b]0;title\x07b\rc"), "cb");
-    }
-
-    #[test]
-    fn the_terminal_view_keeps_colours_per_cell() {
-        // "red" in red, reset, then "ab" over it in the default colour.
-        assert_eq!(
-            terminal_text("\x1b[31mred\x1b[0m\rab"),
-            "ab\x1b[31md\x1b[0m"
-        );
-        // The colour in force at the end carries on.
-        assert_eq!(terminal_text("x\r\x1b[1;32mok"), "\x1b[1;32mok");
-        assert_eq!(terminal_text("\x1b[31mab\rc"), "\x1b[31mcb");
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn parse_response(all: &[u8]) -> Resp {
 
 /// `GET path` with extra headers, `Connection: close`.
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -258,7 +258,8 @@ pub struct SseConn {
 impl SseConn {
     pub fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> SseConn {
         let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -331,6 +332,11 @@ impl SseConn {
                 Err(e) => panic!("reading events: {e}"),
             }
         }
+    }
+
+    /// True when no event has been received and not yet taken.
+    pub fn queue_is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 
     /// Every event until the server closes the stream.
@@ -477,6 +483,30 @@ fn silent_streams_get_a_heartbeat_comment() {
     c.wait_parser("another heartbeat", |p| p.comments.len() == 3);
     assert!(job.finish().success());
     assert_eq!(c.next().unwrap().event, "complete");
+}
+
+/// Waits for the opening comment and then two heartbeats on an idle follower.
+/// The interval (2 s) is longer than the server's 1 s status re-check, which
+/// used to count as output and so kept the heartbeat from ever going out.
+fn assert_idle_follower_gets_heartbeats(port: u16, id: &str) {
+    let path = format!("/api/job_runs/{id}/logs/stdout?follow=true");
+    let mut c = SseConn::open(port, &path, &[]);
+    c.wait_parser("the opening comment", |p| !p.comments.is_empty());
+    c.wait_parser("two heartbeats", |p| p.comments.len() >= 3);
+    assert_eq!(c.parser.comments[1..3], [" heartbeat", " heartbeat"]);
+    assert!(c.queue_is_empty(), "heartbeats are comments, not events");
+}
+
+#[test]
+fn idle_followers_get_heartbeats_under_serve_and_with_listen() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--heartbeat", "2s"]);
+    let job = LiveJob::start(&env, "idle", &[]);
+    assert_idle_follower_gets_heartbeats(srv.port, "idle");
+    assert!(job.finish().success());
+    let (job, url) = listening_job(&env, "idle-listen", &["--heartbeat", "2s"]);
+    assert_idle_follower_gets_heartbeats(port_of(&url), "idle-listen");
+    assert!(job.finish().success());
 }
 
 #[test]
@@ -771,6 +801,16 @@ fn reconnecting_after_a_drop_neither_repeats_nor_skips() {
 
 /// `logwrap --listen`: the wrapper with piped stdin (ECHO_JOB) and its URL.
 pub fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, String) {
+    listening_script(env, id, extra, ECHO_JOB)
+}
+
+/// `logwrap --listen` running `sh -c script` with piped stdin, and its URL.
+pub fn listening_script(
+    env: &TestEnv,
+    id: &str,
+    extra: &[&str],
+    script: &str,
+) -> (LiveJob, String) {
     let mut child = env
         .cmd()
         .args([
@@ -782,7 +822,7 @@ pub fn listening_job(env: &TestEnv, id: &str, extra: &[&str]) -> (LiveJob, Strin
             "127.0.0.1:0",
         ])
         .args(extra)
-        .args(["--", "sh", "-c", ECHO_JOB])
+        .args(["--", "sh", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1019,4 +1059,67 @@ fn logs_with_server_prints_what_local_reading_prints() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr_text(&o).contains("token"), "{}", stderr_text(&o));
+}
+
+/// A field of /proc/PID/status in KiB (`VmHWM` is the peak resident size).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn lines_full_of_escape_sequences_cost_the_server_little_memory() {
+    let env = TestEnv::new();
+    // Three 64 KB lines: a CR, then 16,000 `ESC[1m` (each SGR used to copy the
+    // whole style so far: ~500 MiB per line).
+    let script = r#"awk 'BEGIN { s = "\r"; for (i = 0; i < 16000; i++) s = s "\033[1m"; for (j = 0; j < 3; j++) print s "end" }'"#;
+    job_with(&env, "sgr", script);
+    let srv = Serve::start(&env, &[]);
+    for format in ["text", "json"] {
+        let path = format!("/api/job_runs/sgr/logs/stdout?format={format}");
+        let evs = SseConn::open(srv.port, &path, &[]).rest();
+        let lines = datas(&evs);
+        assert_eq!(lines.len(), 3, "{format}");
+        assert!(lines.iter().all(|l| l.contains("end")), "{format}");
+    }
+    let peak = proc_status_kib(srv.pid(), "VmHWM");
+    assert!(peak < 64 * 1024, "serve peaked at {peak} KiB");
+}
+
+#[test]
+fn a_listen_job_with_many_followers_delivers_every_line_to_each_and_completes() {
+    let env = TestEnv::new();
+    const FOLLOWERS: usize = 100;
+    const LINES: usize = 3000;
+    // On "go", LINES numbered lines at full speed, alternating stdout and stderr.
+    let script = format!(
+        "read go; i=0; while [ $i -lt {LINES} ]; do echo $i; i=$((i+1)); echo $i >&2; i=$((i+1)); done"
+    );
+    let (mut job, url) = listening_script(&env, "fanl", &[], &script);
+    let port = port_of(&url);
+    let mut conns: Vec<SseConn> = (0..FOLLOWERS)
+        .map(|_| SseConn::open(port, "/api/job_runs/fanl/logs/combined?follow=true", &[]))
+        .collect();
+    for c in &mut conns {
+        c.wait_parser("the opening comment", |p| !p.comments.is_empty());
+    }
+    job.say("go");
+    for (n, c) in conns.iter_mut().enumerate() {
+        let evs = c.rest();
+        let mut got: Vec<usize> = datas(&evs).iter().map(|l| l.parse().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..LINES).collect::<Vec<_>>(), "follower {n}");
+        let end = evs.last().unwrap();
+        assert_eq!(end.event, "complete", "follower {n}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&end.data).unwrap()["exit_code"],
+            0
+        );
+    }
+    assert!(job.finish().success());
+    assert_eq!(env.meta("fanl")["stdout"]["lines"], LINES / 2);
 }

@@ -245,14 +245,14 @@ fn only_get_and_head_are_allowed() {
     for m in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"] {
         let r = raw_request(
             srv.port,
-            format!("{m} /healthz HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            format!("{m} /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
         );
         assert_eq!(r.status, 405, "{m}");
         assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
     }
     let r = raw_request(
         srv.port,
-        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!((r.status, r.body.len()), (200, 0));
 }
@@ -261,19 +261,22 @@ fn only_get_and_head_are_allowed() {
 fn oversized_request_lines_and_headers_are_refused() {
     let env = TestEnv::new();
     let srv = Serve::start(&env, &[]);
-    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(9000)
+    );
     assert_eq!(raw_request(srv.port, long.as_bytes()).status, 414);
     let big = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "b".repeat(9000)
     );
     assert_eq!(raw_request(srv.port, big.as_bytes()).status, 431);
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    let req = format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}\r\n");
     assert_eq!(raw_request(srv.port, req.as_bytes()).status, 431);
     // Within the bounds is fine.
     let ok: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{ok}\r\n");
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{ok}\r\n");
     assert_eq!(raw_request(srv.port, req.as_bytes()).status, 200);
     let garbage = raw_request(srv.port, b"\x16\x03\x01 not http\r\n\r\n");
     assert_eq!(garbage.status, 400);
@@ -285,12 +288,13 @@ fn request_bodies_are_refused_and_the_connection_closed() {
     let srv = Serve::start(&env, &[]);
     // The body that follows must not be read as a second request: the answer is
     // one 400 and the connection closes.
-    let smuggle = b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 31\r\n\r\nGET /healthz HTTP/1.1\r\nX: y\r\n\r\n";
+    let smuggle = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 31\r\n\r\nGET /healthz HTTP/1.1\r\nX: y\r\n\r\n";
     let r = raw_request(srv.port, smuggle);
     assert_eq!(r.status, 400);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     assert!(!r.text().contains("HTTP/1.1"), "{}", r.text());
-    let te = b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let te =
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(raw_request(srv.port, te).status, 400);
 }
 
@@ -325,7 +329,7 @@ fn path_traversal_never_reaches_outside_the_root() {
     }
     let raw = raw_request(
         srv.port,
-        b"GET ../../secret.log HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET ../../secret.log HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert_eq!(raw.status, 400);
     assert_eq!(
@@ -341,7 +345,7 @@ fn slow_request_heads_get_408() {
     let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let t = Instant::now();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap(); // never finished
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();
@@ -357,7 +361,7 @@ fn idle_keep_alive_connections_are_closed() {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     for _ in 0..2 {
         // Two requests on one kept-alive connection.
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
@@ -382,7 +386,7 @@ fn connections_over_the_cap_get_503() {
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
             // Prove each is accepted and counted: one answered request each.
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             s.set_read_timeout(Some(LIMIT)).unwrap();
             let mut buf = [0u8; 512];
@@ -463,7 +467,9 @@ fn a_follower_that_stops_reading_gets_back_pressure() {
     // A follower that never reads, with a tiny receive buffer.
     let mut stalled = socket_with_small_rcvbuf(srv.port);
     stalled
-        .write_all(b"GET /api/job_runs/flood/logs/stdout?follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(
+            b"GET /api/job_runs/flood/logs/stdout?follow=true HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
         .unwrap();
     let mut reader = SseConn::open(srv.port, "/api/job_runs/flood/logs/stdout?follow=true", &[]);
     let before = rss_kib(srv.pid());
@@ -544,4 +550,261 @@ fn many_followers_all_receive_every_line() {
     }
     let v: Value = get(srv.port, "/api/job_runs/fan", &[]).json();
     assert_eq!(v["status"], "succeeded");
+}
+
+/// A request for `path` naming `host` (no Host header at all when `None`).
+fn get_for_host(port: u16, path: &str, host: Option<&str>) -> Resp {
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    raw_request(
+        port,
+        format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn on_loopback_only_loopback_host_names_are_answered() {
+    let env = TestEnv::new();
+    env.run_sh("dns", &["--no-pty", "-q"], "echo secret-line");
+    let raw = "/api/job_runs/dns/logs/stdout/raw";
+    let srv = Serve::start(&env, &[]);
+    let port = srv.port;
+    for host in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "127.0.0.1".to_string(),
+        format!("127.0.0.1:{port}"),
+        "[::1]".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        let r = get_for_host(port, raw, Some(&host));
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "secret-line\n".into()),
+            "{host}"
+        );
+    }
+    // A rebound name: refused with a body saying why and what to do.
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+    ] {
+        let r = get_for_host(port, raw, Some(host));
+        assert_eq!(r.status, 421, "{host}");
+        assert!(!r.text().contains("secret-line"));
+        assert!(r.text().contains("--allow-host"), "{}", r.text());
+    }
+    // The absolute form names the host too.
+    let r = raw_request(
+        port,
+        format!(
+            "GET http://evil.example{raw} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 421);
+    // HTTP/1.1 without Host is malformed.
+    assert_eq!(get_for_host(port, raw, None).status, 400);
+    // curl names the address it connects to: allowed.
+    let out = curl(&[&format!("http://127.0.0.1:{port}{raw}")]);
+    assert_eq!(out.stdout, b"secret-line\n");
+
+    let allowing = Serve::start(
+        &env,
+        &["--allow-host", "logs.example", "--allow-host", "ci.example"],
+    );
+    for host in ["logs.example", "LOGS.example:80", "ci.example", "localhost"] {
+        assert_eq!(
+            get_for_host(allowing.port, raw, Some(host)).status,
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        get_for_host(allowing.port, raw, Some("evil.example")).status,
+        421
+    );
+}
+
+#[test]
+fn the_wrappers_listen_server_checks_host_names_too() {
+    let env = TestEnv::new();
+    let script = "echo listen-line; read x || true";
+    let (job, url) =
+        crate::serve::listening_script(&env, "dnsl", &["--allow-host", "ok.example"], script);
+    let port = crate::serve::port_of(&url);
+    let raw = "/api/job_runs/dnsl/logs/stdout/raw";
+    wait_until(LIMIT, "the line", || {
+        get_for_host(port, raw, Some("localhost")).body == b"listen-line\n"
+    });
+    assert_eq!(get_for_host(port, raw, Some("ok.example")).status, 200);
+    assert_eq!(get_for_host(port, raw, Some("evil.example")).status, 421);
+    assert!(job.finish().success());
+}
+
+#[test]
+fn the_token_never_reaches_the_jobs_environment() {
+    let env = TestEnv::new();
+    let out = env
+        .cmd()
+        .env("DATABUILD_LOG_TOKEN", "env-s3cret")
+        .args(["--job-run-id", "envtok", "--no-pty", "-q"])
+        .args(["--listen", "127.0.0.1:0", "--", "env"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let log = env.stdout_log("envtok");
+    assert!(contains(&log, "DATABUILD_JOB_RUN_ID=envtok"), "env ran");
+    assert!(
+        !contains(&log, "env-s3cret"),
+        "the token leaked into the log"
+    );
+    assert!(!contains(&log, "DATABUILD_LOG_TOKEN"));
+}
+
+#[test]
+fn a_token_file_guards_serve_and_listen() {
+    let env = TestEnv::new();
+    env.run_sh("tf", &["--no-pty", "-q"], "echo x");
+    let file = env.path("token");
+    std::fs::write(&file, "f1le-t0ken\n").unwrap();
+    let file = file.to_str().unwrap();
+    let srv = Serve::start(&env, &["--token-file", file]);
+    let path = "/api/job_runs/tf";
+    assert_eq!(get(srv.port, path, &[]).status, 401);
+    let bearer = [("Authorization", "Bearer f1le-t0ken")];
+    assert_eq!(get(srv.port, path, &bearer).status, 200);
+    let wrong = [("Authorization", "Bearer f1le-t0ke")];
+    assert_eq!(get(srv.port, path, &wrong).status, 401);
+
+    let (job, url) =
+        crate::serve::listening_script(&env, "tfl", &["--token-file", file], "read x || true");
+    let port = crate::serve::port_of(&url);
+    assert_eq!(get(port, "/api/job_runs/tfl", &[]).status, 401);
+    assert_eq!(get(port, "/api/job_runs/tfl", &bearer).status, 200);
+    assert!(job.finish().success());
+}
+
+#[test]
+fn token_and_token_file_together_or_an_empty_token_file_are_refused() {
+    let env = TestEnv::new();
+    let good = env.path("good");
+    std::fs::write(&good, "t\n").unwrap();
+    let empty = env.path("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let (good, empty) = (good.to_str().unwrap(), empty.to_str().unwrap());
+    let serve = |extra: &[&str], token_env: Option<&str>| {
+        let mut cmd = env.cmd();
+        if let Some(t) = token_env {
+            cmd.env("DATABUILD_LOG_TOKEN", t);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let wrap = |extra: &[&str], token_env: Option<&str>| {
+        let mut cmd = env.cmd();
+        if let Some(t) = token_env {
+            cmd.env("DATABUILD_LOG_TOKEN", t);
+        }
+        cmd.args(["--no-pty", "-q", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .args(["--", "sh", "-c", "echo ran"])
+            .output()
+            .unwrap()
+    };
+    for (extra, token_env, says) in [
+        (
+            &["--token", "t", "--token-file", good][..],
+            None,
+            "not both",
+        ),
+        (&["--token-file", good][..], Some("t"), "not both"),
+        (&["--token-file", empty][..], None, "empty"),
+    ] {
+        let out = serve(extra, token_env);
+        assert_eq!(out.status.code(), Some(2), "serve {extra:?}");
+        assert!(stderr_text(&out).contains(says), "{}", stderr_text(&out));
+        let out = wrap(extra, token_env);
+        assert_eq!(out.status.code(), Some(125), "wrapper {extra:?}");
+        assert!(stderr_text(&out).contains(says), "{}", stderr_text(&out));
+        assert!(!contains(&out.stdout, "ran"), "refused before the job runs");
+    }
+}
+
+/// Fills the root with `count` finished jobs by copying the metadata of one
+/// real job under new ids (running the wrapper 10,000 times would take long).
+fn many_finished_jobs(env: &TestEnv, count: usize) {
+    let parts: Vec<String> = (0..20)
+        .map(|i| format!("--partition=part/{i:04}"))
+        .collect();
+    let mut args: Vec<&str> = vec!["--no-pty", "-q"];
+    args.extend(parts.iter().map(String::as_str));
+    env.run_sh("seed", &args, "echo seed");
+    let seed = env.meta("seed");
+    for i in 0..count {
+        let id = format!("bulk-{i:05}");
+        let mut m = seed.clone();
+        m["job_run_id"] = Value::from(id.as_str());
+        let dir = env.job_dir(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metadata.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        for f in ["stdout.log", "stderr.log", "stdout.idx", "stderr.idx"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+    }
+}
+
+#[test]
+fn clients_that_never_read_the_job_list_cannot_pin_server_memory() {
+    let env = TestEnv::new();
+    const JOBS: usize = 9_999; // and the seed: 10,000, the most one list holds
+    const CLIENTS: usize = 200;
+    many_finished_jobs(&env, JOBS);
+    let srv = Serve::start(&env, &["--max-connections", "1000"]);
+    // One client that reads: the list is whole and newest first.
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list.as_array().unwrap().len(), JOBS + 1);
+    assert_eq!(
+        get(srv.port, "/api/job_runs?limit=3", &[])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let full_list_bytes = serde_json::to_vec(&list).unwrap().len();
+    let page = get(srv.port, "/", &[]).text();
+    assert_eq!(
+        page.matches("<tr><td>").count(),
+        500,
+        "the page shows the newest 500"
+    );
+    assert!(page.ends_with("</html>\n"));
+    // Clients that ask for it (and for a big log-tail) and never read.
+    let mut idle = Vec::new();
+    for i in 0..CLIENTS {
+        let mut s = socket_with_small_rcvbuf(srv.port);
+        let path = match i % 10 {
+            0 => "/api/job_runs/seed/log-tail",
+            1 => "/",
+            _ => "/api/job_runs",
+        };
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .unwrap();
+        idle.push(s);
+    }
+    // Each has been answered (bytes are waiting for it) ...
+    for s in &idle {
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        assert_eq!(s.peek(&mut [0u8; 1]).unwrap(), 1);
+    }
+    // ... and the server is still answering others.
+    assert_eq!(get(srv.port, "/healthz", &[]).status, 200);
+    let peak = proc_status_kib(srv.pid(), "VmHWM");
+    assert!(
+        peak < 64 * 1024,
+        "server peaked at {peak} KiB with {CLIENTS} clients leaving a {full_list_bytes}-byte list unread"
+    );
 }
