@@ -18,15 +18,12 @@ pub use ls::{ls_cmd, show_cmd};
 use crate::cli::LogsArgs;
 use crate::exit;
 use crate::metadata::Metadata;
-use crate::reader::{CombinedReader, LogLine, Start, StreamReader};
-use crate::store::{self, job_file_len, open_job_file, FileStore, JobId, LogStore, Stream};
+use crate::reader::{CombinedReader, LineSource, LogLine, Start};
+use crate::store::{self, JobId, LogStore, RawLog, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
-use watch::Watcher;
 
 /// Longest part of a line the line modes keep in memory; longer lines are copied
 /// from the file instead. 64 KiB holds nearly every real line (one read serves
@@ -49,6 +46,9 @@ const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Width of an RFC 3339 timestamp with milliseconds, for the placeholder of a
 /// line whose time is unknown (no index), so columns stay aligned.
 const TIMESTAMP_WIDTH: usize = 24;
+
+/// Bytes copied at a time from a store that is not files.
+const COPY_BLOCK: usize = 64 * 1024;
 
 /// Buffer in front of stdout: the line modes print many short pieces per line,
 /// and 64 KiB turns them into few writes.
@@ -80,24 +80,19 @@ fn logs(args: LogsArgs) -> Result<i32> {
     if let Some(url) = &args.server {
         return remote::logs(&args, url);
     }
-    let store = jobs::reading_root(args.root.log_dir.clone())?;
+    let files = jobs::reading_root(args.root.log_dir.clone())?;
+    let store: &dyn LogStore = &files;
     let id = match &args.id {
         Some(id) => id.clone(),
-        None => jobs::most_recent(&store)?,
+        None => jobs::most_recent(store)?,
     };
-    if !store.metadata_path(&id).exists() {
-        let appeared = args.follow
-            && watch::wait_for_job(
-                &store.metadata_path(&id),
-                &[store.root(), &store.jobs_dir(), &store.job_dir(&id)],
-                &format!("job {id}"),
-                WAIT_FOR_JOB,
-                LIVENESS_INTERVAL,
-            )?;
+    if store.metadata(&id).is_err_and(|e| store::is_not_found(&e)) {
+        let appeared =
+            args.follow && watch::wait_for_job(store, &id, WAIT_FOR_JOB, LIVENESS_INTERVAL)?;
         // Without --follow, a job whose wrapper is still setting it up is read
         // as it is (its logs exist before its metadata).
-        if !appeared && !store.log_path(&id, Stream::Stdout).exists() {
-            return Err(jobs::not_found(&store, &id));
+        if !appeared && store.open_raw(&id, Stream::Stdout).is_err() {
+            return Err(jobs::not_found(store, &id));
         }
     }
     let finished = match store.live_metadata(&id) {
@@ -107,12 +102,12 @@ fn logs(args: LogsArgs) -> Result<i32> {
         Err(e) if store::is_damaged(&e) => return Err(e),
         Err(_) => !store.writer_alive(&id),
     };
-    let mut printer = Printer::open(&store, &id, &args)?;
+    let mut printer = Printer::open(store, &id, &args)?;
     // A full copy of one stream needs no index; every other mode seeks with it
     // or takes timestamps and arrival order from it.
     let index_used =
         args.tail.is_some() || args.since.is_some_and(|n| n > 1) || args.all || args.timestamps;
-    printer.warn_about_index(&store, &id, finished, index_used);
+    printer.warn_about_index(&id, finished, index_used)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
     if !args.follow {
@@ -121,7 +116,7 @@ fn logs(args: LogsArgs) -> Result<i32> {
         out.flush()?;
         return Ok(0);
     }
-    match follow(&store, &id, &mut printer, &mut out)? {
+    match follow(store, &id, &mut printer, &mut out)? {
         FollowEnd::Ended(meta) => {
             if meta.status == crate::metadata::Status::Abandoned {
                 say(&format!(
@@ -151,15 +146,15 @@ enum FollowEnd {
     Deleted,
 }
 
-/// Prints new output whenever inotify reports a change, until the job ends.
+/// Prints new output whenever the store reports a change, until the job ends.
 fn follow(
-    store: &FileStore,
+    store: &dyn LogStore,
     id: &JobId,
     printer: &mut Printer,
     out: &mut BufWriter<io::StdoutLock<'_>>,
 ) -> Result<FollowEnd> {
-    let watcher = Watcher::new()?;
-    watcher.watch(&store.job_dir(id))?;
+    let mut watcher = store.watcher()?;
+    watcher.watch_job(id)?;
     let mut check_at = Instant::now();
     loop {
         // Look at the status before reading: once the job is seen ended, every
@@ -172,7 +167,7 @@ fn follow(
                 // metadata.json is only ever replaced, never removed, once the
                 // job has started: gone means the job is being deleted (`rm -rf`
                 // removes it before the directory).
-                Err(e) if store::is_not_found(&e) || !store.job_dir(id).is_dir() => {
+                Err(e) if store::is_not_found(&e) || !store.job_exists(id) => {
                     printer.drain(true, out)?;
                     out.flush()?;
                     return Ok(FollowEnd::Deleted);
@@ -189,8 +184,8 @@ fn follow(
         if printer.deleted()? {
             return Ok(FollowEnd::Deleted);
         }
-        let wake = watcher.wait(check_at.saturating_duration_since(Instant::now()))?;
-        if wake.check {
+        let changes = watcher.wait(check_at.saturating_duration_since(Instant::now()))?;
+        if changes.overflow || changes.jobs.iter().any(|(_, status)| *status) {
             check_at = Instant::now();
         }
     }
@@ -203,7 +198,7 @@ enum Printer {
 }
 
 impl Printer {
-    fn open(store: &FileStore, id: &JobId, args: &LogsArgs) -> Result<Printer> {
+    fn open(store: &dyn LogStore, id: &JobId, args: &LogsArgs) -> Result<Printer> {
         let stream = if args.stderr {
             Stream::Stderr
         } else {
@@ -214,12 +209,8 @@ impl Printer {
             (None, Some(n)) => Start::Line(n.max(1)),
             (None, None) => Start::Line(1),
         };
-        let open =
-            |s: Stream, start: Start, keep: usize| StreamReader::open(store, id, s, start, keep);
-        let file = |s: Stream| -> Result<File> {
-            let path = store.log_path(id, s);
-            open_job_file(&path).with_context(|| format!("opening {}", path.display()))
-        };
+        let open = |s: Stream, start: Start, keep: usize| store.open_lines(id, s, start, keep);
+        let file = |s: Stream| store.open_raw(id, s);
         if !(args.all || args.timestamps || args.prefix) {
             let mut reader = open(stream, start, 0)?;
             return Ok(Printer::Raw(RawPrinter {
@@ -254,7 +245,7 @@ impl Printer {
         let mut err = open(Stream::Stderr, each, LINE_KEEP)?;
         let skip = match (skip, start) {
             (Some(n), _) => {
-                let avail = |r: &mut StreamReader| -> Result<u64> {
+                let avail = |r: &mut Box<dyn LineSource>| -> Result<u64> {
                     Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
                 };
                 (avail(&mut out)? + avail(&mut err)?).saturating_sub(n)
@@ -281,14 +272,18 @@ impl Printer {
         }
     }
 
+    /// The raw logs being read (one per stream at most).
+    fn files(&self) -> Vec<&dyn RawLog> {
+        match self {
+            Printer::Raw(p) => vec![p.file.as_ref()],
+            Printer::Lines(p) => p.files.iter().flatten().map(|f| f.as_ref()).collect(),
+        }
+    }
+
     /// True once a log being read has been deleted.
     fn deleted(&self) -> Result<bool> {
-        let files: Vec<&File> = match self {
-            Printer::Raw(p) => vec![&p.file],
-            Printer::Lines(p) => p.files.iter().flatten().collect(),
-        };
-        for f in files {
-            if f.metadata().context("checking the log")?.nlink() == 0 {
+        for f in self.files() {
+            if f.removed().context("checking the log")? {
                 return Ok(true);
             }
         }
@@ -297,19 +292,22 @@ impl Printer {
 
     /// One line on stderr per stream whose index cannot help, where it would
     /// (`index_used`): the reading still works, by scanning.
-    fn warn_about_index(&self, store: &FileStore, id: &JobId, finished: bool, index_used: bool) {
+    fn warn_about_index(&self, id: &JobId, finished: bool, index_used: bool) -> Result<()> {
         if !index_used {
-            return;
+            return Ok(());
         }
-        let readers: Vec<&StreamReader> = match self {
-            Printer::Raw(p) => vec![&p.reader],
+        let readers: Vec<&dyn LineSource> = match self {
+            Printer::Raw(p) => vec![p.reader.as_ref()],
             Printer::Lines(p) => match &p.source {
-                Source::One(r) => vec![r],
-                Source::Both(c) => c.readers().iter().collect(),
+                Source::One(r) => vec![r.as_ref()],
+                Source::Both(c) => c.readers().iter().map(|r| r.as_ref()).collect(),
             },
         };
         for r in readers {
-            let len = job_file_len(&store.log_path(id, r.stream())).unwrap_or(0);
+            let len = match self.file(r.stream()) {
+                Some(f) => f.len().context("reading the log's size")?,
+                None => 0,
+            };
             let name = r.stream().name();
             if len > 0 && !r.indexed() {
                 say(&format!(
@@ -322,13 +320,22 @@ impl Printer {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The raw log of `stream`, if it is being read.
+    fn file(&self, stream: Stream) -> Option<&dyn RawLog> {
+        match self {
+            Printer::Raw(p) => (p.reader.stream() == stream).then_some(p.file.as_ref()),
+            Printer::Lines(p) => p.files[usize::from(stream == Stream::Stderr)].as_deref(),
+        }
     }
 }
 
 /// The number of the first line to print. A reader asked for a line past the
 /// end waits at the last, unfinished line (so its numbering stays right), which
 /// is not wanted: `--tail 0` prints nothing of what is there.
-fn first_wanted(reader: &mut StreamReader, start: Start) -> Result<u64> {
+fn first_wanted(reader: &mut Box<dyn LineSource>, start: Start) -> Result<u64> {
     Ok(match start {
         Start::Line(n) => n,
         Start::Tail(n) => (reader.total_lines()? + 1).saturating_sub(n).max(1),
@@ -340,10 +347,10 @@ fn first_wanted(reader: &mut StreamReader, start: Start) -> Result<u64> {
 struct RawPrinter {
     /// Finds where the first wanted line starts (and, for `--since` past the
     /// current end, waits for it).
-    reader: StreamReader,
+    reader: Box<dyn LineSource>,
     /// First line to print.
     want: u64,
-    file: File,
+    file: Box<dyn RawLog>,
     /// Next byte to copy, once the first wanted line is reached.
     pos: Option<u64>,
 }
@@ -361,12 +368,8 @@ impl RawPrinter {
                 self.reader.position()
             }
         };
-        let len = self
-            .file
-            .metadata()
-            .context("reading the log's size")?
-            .len();
-        copy_range(&self.file, pos, len.saturating_sub(pos), out)?;
+        let len = self.file.len().context("reading the log's size")?;
+        copy_range(self.file.as_ref(), pos, len.saturating_sub(pos), out)?;
         self.pos = Some(len.max(pos));
         Ok(())
     }
@@ -374,7 +377,7 @@ impl RawPrinter {
 
 /// Where the line modes take lines from.
 enum Source {
-    One(StreamReader),
+    One(Box<dyn LineSource>),
     Both(Box<CombinedReader>),
 }
 
@@ -388,7 +391,7 @@ struct LineStyle {
 struct LinePrinter {
     source: Source,
     /// The logs by stream, to copy lines longer than [`LINE_KEEP`].
-    files: [Option<File>; 2],
+    files: [Option<Box<dyn RawLog>>; 2],
     /// Lines still to skip (merged `--tail`/`--since`).
     skip: u64,
     /// First line number to print (one stream, `--since` past the end).
@@ -433,7 +436,7 @@ impl LinePrinter {
             out.write_all(&line.data)?;
         } else {
             let file = self.files[usize::from(line.stream == Stream::Stderr)]
-                .as_ref()
+                .as_deref()
                 .context("no log file open for this stream")?;
             copy_range(file, line.offset, line.len, out)?;
         }
@@ -455,10 +458,10 @@ fn timestamp(ts_us: u64) -> String {
     }
 }
 
-/// Copies `len` bytes of `file` from `offset` to `out`, in bounded blocks (or by
-/// the kernel, when it can).
+/// Copies `len` bytes of `log` from `offset` to `out`: by the kernel when the
+/// store is files, else in bounded blocks.
 fn copy_range(
-    file: &File,
+    log: &dyn RawLog,
     offset: u64,
     len: u64,
     out: &mut BufWriter<io::StdoutLock<'_>>,
@@ -466,11 +469,28 @@ fn copy_range(
     if len == 0 {
         return Ok(());
     }
-    let mut f = file;
-    f.seek(SeekFrom::Start(offset))
-        .context("seeking in the log")?;
-    out.flush()?;
-    let copied = io::copy(&mut f.take(len), out.get_mut())?;
+    let copied = match log.as_file() {
+        Some(mut f) => {
+            f.seek(SeekFrom::Start(offset))
+                .context("seeking in the log")?;
+            out.flush()?;
+            io::copy(&mut f.take(len), out.get_mut())?
+        }
+        None => {
+            let mut buf = vec![0u8; COPY_BLOCK.min(len as usize)];
+            let mut done = 0;
+            while done < len {
+                let want = buf.len().min((len - done) as usize);
+                let got = log.read_at(&mut buf[..want], offset + done)?;
+                if got == 0 {
+                    break;
+                }
+                out.write_all(&buf[..got])?;
+                done += got as u64;
+            }
+            done
+        }
+    };
     if copied < len {
         anyhow::bail!("the log shrank while being read (truncated by hand?)");
     }

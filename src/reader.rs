@@ -65,7 +65,56 @@ pub enum Start {
     Tail(u64),
 }
 
-/// Reads one stream's lines in order.
+/// One stream of a job, line by line, as a store serves it
+/// ([`LogStore::open_lines`](crate::store::LogStore::open_lines)).
+pub trait LineSource: Send {
+    /// The stream read.
+    fn stream(&self) -> Stream;
+    /// The next line, or `None` at the current end. A final line without a
+    /// newline is returned only when `writer_done` (it may still grow otherwise).
+    fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>>;
+    /// Number of the line [`LineSource::next_line`] returns next.
+    fn next_number(&self) -> u64;
+    /// Byte offset of the next line.
+    fn position(&self) -> u64;
+    /// Lines in the stream now, counting a final line without a newline.
+    fn total_lines(&mut self) -> Result<u64>;
+    /// False when the store's line index could not be used (lookups scan).
+    fn indexed(&self) -> bool {
+        true
+    }
+    /// Bytes of the stream the index covers; less than the stream's size once
+    /// its writer is done means the index was cut short.
+    fn indexed_bytes(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+impl LineSource for StreamReader {
+    fn stream(&self) -> Stream {
+        self.stream
+    }
+    fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
+        StreamReader::next_line(self, writer_done)
+    }
+    fn next_number(&self) -> u64 {
+        self.line
+    }
+    fn position(&self) -> u64 {
+        self.pos
+    }
+    fn total_lines(&mut self) -> Result<u64> {
+        StreamReader::total_lines(self)
+    }
+    fn indexed(&self) -> bool {
+        self.idx.is_some()
+    }
+    fn indexed_bytes(&self) -> u64 {
+        self.indexed_end
+    }
+}
+
+/// The file store's [`LineSource`]: reads one stream's lines in order.
 pub struct StreamReader {
     stream: Stream,
     log: File,
@@ -148,32 +197,6 @@ impl StreamReader {
             r.seek_line(line)?;
         }
         Ok(r)
-    }
-
-    /// True when the index was usable; false means line lookups scan the log.
-    pub fn indexed(&self) -> bool {
-        self.idx.is_some()
-    }
-
-    /// Bytes of the log the index covers (0 without a usable index). Less than
-    /// the log's size once its writer is done means the index was cut short.
-    pub fn indexed_bytes(&self) -> u64 {
-        self.indexed_end
-    }
-
-    /// Number of the line [`StreamReader::next_line`] returns next.
-    pub fn next_number(&self) -> u64 {
-        self.line
-    }
-
-    /// The stream this reader reads.
-    pub fn stream(&self) -> Stream {
-        self.stream
-    }
-
-    /// Byte offset of the next line.
-    pub fn position(&self) -> u64 {
-        self.pos
     }
 
     fn refresh_index(&mut self) {
@@ -519,7 +542,7 @@ impl StreamReader {
 /// Both streams of a job merged in arrival order (by the sequence of the chunk
 /// that completed each line).
 pub struct CombinedReader {
-    readers: [StreamReader; 2],
+    readers: [Box<dyn LineSource>; 2],
     peeked: [Option<LogLine>; 2],
     /// A stream found at its end after its writer was done: it has no more
     /// lines, so it is not asked again for every line of the other.
@@ -528,7 +551,7 @@ pub struct CombinedReader {
 
 impl CombinedReader {
     /// Merges two readers, normally stdout and stderr of one job.
-    pub fn new(stdout: StreamReader, stderr: StreamReader) -> CombinedReader {
+    pub fn new(stdout: Box<dyn LineSource>, stderr: Box<dyn LineSource>) -> CombinedReader {
         CombinedReader {
             readers: [stdout, stderr],
             peeked: [None, None],
@@ -537,7 +560,7 @@ impl CombinedReader {
     }
 
     /// The stdout and stderr readers being merged.
-    pub fn readers(&self) -> &[StreamReader; 2] {
+    pub fn readers(&self) -> &[Box<dyn LineSource>; 2] {
         &self.readers
     }
 
@@ -574,7 +597,7 @@ impl CombinedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Chunk, JobSink};
+    use crate::store::{Chunk, JobSink, LogStore};
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("reader-{tag}"), writes)
@@ -798,7 +821,7 @@ mod tests {
                 (Stream::Stderr, b"e2\n"),
             ],
         );
-        let open = |s| StreamReader::open(&store, &id, s, Start::Line(1), 100).unwrap();
+        let open = |s| store.open_lines(&id, s, Start::Line(1), 100).unwrap();
         let mut c = CombinedReader::new(open(Stream::Stdout), open(Stream::Stderr));
         let order: Vec<_> = std::iter::from_fn(|| c.next_line(true).unwrap())
             .map(|l| String::from_utf8(l.data).unwrap())

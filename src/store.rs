@@ -8,6 +8,7 @@
 
 use crate::metadata::{self, Metadata, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
+use crate::reader::{LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -19,6 +20,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+mod watch;
 
 /// Longest job run id (SPEC §2): long enough for a scheduler's composite ids,
 /// short enough to stay far below `NAME_MAX`.
@@ -147,6 +150,13 @@ impl std::fmt::Display for Damaged {
 impl std::error::Error for Damaged {}
 
 impl Damaged {
+    /// The file's name and why, without the full path: for job listings and
+    /// HTTP answers.
+    pub fn short(&self) -> String {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        format!("{name} {}", self.reason)
+    }
+
     fn io(path: &Path, reason: impl Into<String>) -> io::Error {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -354,17 +364,196 @@ pub trait JobSink {
     }
 }
 
-/// Where jobs live: create them, read their metadata with the live status.
-pub trait LogStore {
+/// Where jobs live (SPEC §8): the wrapper creates them; readers (`logs`, `ls`,
+/// `show`, the server, gc) list them, read their lines and bytes, wait for
+/// changes and remove finished ones, all through this trait, so a store other
+/// than files serves the same commands and API unchanged.
+pub trait LogStore: Send + Sync {
     /// Creates a new job; fails with [`CreateError::IdInUse`] if the id exists.
     fn create_job(&self, id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError>;
+    /// The job's metadata as its writer last wrote it.
+    fn metadata(&self, id: &JobId) -> Result<Metadata>;
+    /// True while the job's writer is alive.
+    fn writer_alive(&self, id: &JobId) -> bool;
     /// The job's metadata with `running` turned into `abandoned` when its writer
     /// has died.
-    fn live_metadata(&self, id: &JobId) -> Result<Metadata>;
-    /// The file store behind this store, if it is one: the HTTP server
-    /// (`--listen`) reads the job's files directly.
-    fn file_store(&self) -> Option<&FileStore> {
+    fn live_metadata(&self, id: &JobId) -> Result<Metadata> {
+        let mut meta = self.metadata(id)?;
+        if meta.status == Status::Running && !self.writer_alive(id) {
+            // The writer may have finished between our read and the liveness
+            // check: its final document is written before it lets go.
+            meta = self.metadata(id)?;
+            if meta.status == Status::Running {
+                meta.status = Status::Abandoned;
+            }
+        }
+        Ok(meta)
+    }
+    /// True if a job with this id exists (possibly still being created).
+    fn job_exists(&self, id: &JobId) -> bool;
+    /// Ids of every job, in id order.
+    fn job_ids(&self) -> Result<Vec<JobId>>;
+    /// Every job with its live metadata (or why it has none), newest first: by
+    /// start time, then by id.
+    fn list_jobs(&self) -> Result<Vec<JobListing>> {
+        let mut jobs: Vec<JobListing> = self
+            .job_ids()?
+            .into_iter()
+            .map(|id| {
+                let meta = match self.live_metadata(&id) {
+                    Ok(m) => Ok(m),
+                    Err(e) if is_not_found(&e) => Err(Unlisted::Creating),
+                    Err(e) => Err(Unlisted::Damaged(match damaged_reason(&e) {
+                        Some(d) => d.short(),
+                        None => format!("{e:#}"),
+                    })),
+                };
+                let started_ms = meta
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| timefmt::parse_rfc3339_ms(&m.started_at))
+                    .or_else(|| self.created_ms(&id))
+                    .unwrap_or(0);
+                JobListing {
+                    id,
+                    meta,
+                    started_ms,
+                }
+            })
+            .collect();
+        jobs.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
+        Ok(jobs)
+    }
+    /// When the job was created (ms since the epoch), for a job without
+    /// metadata yet.
+    fn created_ms(&self, id: &JobId) -> Option<i64>;
+    /// A value that changes whenever a job is created or removed (`None` if the
+    /// store cannot tell): lets a reader keep a list until it does.
+    fn list_version(&self) -> Option<u64>;
+    /// Reads `stream` of job `id` line by line from `start`; lines longer than
+    /// `max_keep` bytes are cut in [`LogLine::data`](crate::reader::LogLine)
+    /// (their length stays exact).
+    fn open_lines(
+        &self,
+        id: &JobId,
+        stream: Stream,
+        start: Start,
+        max_keep: usize,
+    ) -> Result<Box<dyn LineSource>>;
+    /// The raw bytes of `stream` of job `id`.
+    fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>>;
+    /// How far the job's output has come: changes whenever anything is
+    /// appended (a reader compares it to know whether to look again).
+    fn progress(&self, id: &JobId) -> Progress;
+    /// A watcher for changes to jobs of this store.
+    fn watcher(&self) -> Result<Box<dyn ChangeWatcher>>;
+    /// Where the jobs are, for messages: a directory, a URL.
+    fn location(&self) -> String;
+}
+
+/// A job as [`LogStore::list_jobs`] lists it.
+#[derive(Debug, Clone)]
+pub struct JobListing {
+    pub id: JobId,
+    /// Live metadata, or why there is none.
+    pub meta: std::result::Result<Metadata, Unlisted>,
+    /// Start time (ms since the epoch): `started_at`, or when the job was
+    /// created while it has no metadata.
+    pub started_ms: i64,
+}
+
+/// Why a listed job has no metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlisted {
+    /// The wrapper is still creating it.
+    Creating,
+    /// Its metadata is unreadable or refused; why.
+    Damaged(String),
+}
+
+/// Sizes of what a job has written so far (stdout, stderr, and the store's
+/// bookkeeping for each): equal values mean nothing new to read.
+pub type Progress = [u64; 4];
+
+/// The raw bytes of one stream of a job, read at offsets.
+pub trait RawLog: Send {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// True when nothing has been written yet.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// True once the log was removed while being read.
+    fn removed(&self) -> io::Result<bool>;
+    /// The log as a file, when it is one: lets a reader hand copies to the
+    /// kernel.
+    fn as_file(&self) -> Option<&File> {
         None
+    }
+}
+
+impl RawLog for File {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn removed(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.metadata()?.nlink() == 0)
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+/// What changed since a [`ChangeWatcher`] was last asked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Watched jobs with something new, and for each whether more than output
+    /// changed (metadata rewritten, writer gone, job removed): look at its
+    /// status again.
+    pub jobs: Vec<(JobId, bool)>,
+    /// Jobs were created or removed (with [`ChangeWatcher::watch_list`]).
+    pub list: bool,
+    /// Events were lost: look at everything watched again.
+    pub overflow: bool,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && !self.list && !self.overflow
+    }
+}
+
+/// Tells a reader when a job's output or status changes, so it never polls
+/// files: wait on it ([`ChangeWatcher::wait`]), or register its descriptor in a
+/// poller and take the changes when it is readable.
+pub trait ChangeWatcher: Send {
+    /// Watches job `id`; an error if it does not exist (yet).
+    fn watch_job(&mut self, id: &JobId) -> Result<()>;
+    /// Stops watching job `id`.
+    fn unwatch_job(&mut self, id: &JobId);
+    /// Also reports jobs being created or removed ([`Changes::list`]).
+    fn watch_list(&mut self) -> Result<()>;
+    /// A descriptor that is readable while changes wait to be taken.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// Takes the changes waiting, without blocking.
+    fn take_changes(&mut self) -> Result<Changes>;
+    /// Waits up to `timeout` for a change, then takes what is waiting.
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<Changes> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for changes"),
+        }
+        self.take_changes()
     }
 }
 
@@ -496,11 +685,6 @@ impl FileStore {
         ids.sort();
         Ok(ids)
     }
-
-    /// True while a wrapper holds the job's lock, i.e. its writer is alive.
-    pub fn writer_alive(&self, id: &JobId) -> bool {
-        dir_writer_alive(&self.job_dir(id))
-    }
 }
 
 /// True while a wrapper writes the job whose directory is `dir` (wherever it
@@ -548,21 +732,70 @@ impl LogStore for FileStore {
         Ok(Box::new(FileJobSink::create(self, id)?))
     }
 
-    fn file_store(&self) -> Option<&FileStore> {
-        Some(self)
+    fn metadata(&self, id: &JobId) -> Result<Metadata> {
+        self.read_metadata(id)
     }
 
-    fn live_metadata(&self, id: &JobId) -> Result<Metadata> {
-        let mut meta = self.read_metadata(id)?;
-        if meta.status == Status::Running && !self.writer_alive(id) {
-            // The writer may have finished between our read and the lock check:
-            // its final document is written before the lock is released.
-            meta = self.read_metadata(id)?;
-            if meta.status == Status::Running {
-                meta.status = Status::Abandoned;
-            }
-        }
-        Ok(meta)
+    fn writer_alive(&self, id: &JobId) -> bool {
+        dir_writer_alive(&self.job_dir(id))
+    }
+
+    fn job_exists(&self, id: &JobId) -> bool {
+        fs::symlink_metadata(self.job_dir(id)).is_ok_and(|m| m.is_dir())
+    }
+
+    fn job_ids(&self) -> Result<Vec<JobId>> {
+        self.list_job_ids()
+    }
+
+    fn created_ms(&self, id: &JobId) -> Option<i64> {
+        let modified = fs::symlink_metadata(self.job_dir(id)).and_then(|m| m.modified());
+        modified.ok().map(timefmt::unix_ms)
+    }
+
+    fn list_version(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(self.jobs_dir()).ok()?;
+        Some((md.mtime() as u64).wrapping_mul(1_000_000_000) ^ md.mtime_nsec() as u64 ^ md.ino())
+    }
+
+    fn open_lines(
+        &self,
+        id: &JobId,
+        stream: Stream,
+        start: Start,
+        max_keep: usize,
+    ) -> Result<Box<dyn LineSource>> {
+        Ok(Box::new(StreamReader::open(
+            self, id, stream, start, max_keep,
+        )?))
+    }
+
+    fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>> {
+        let path = self.log_path(id, stream);
+        let file = open_job_file(&path).map_err(|e| {
+            anyhow::Error::new(e).context(format!("opening {} of job {id}", stream.name()))
+        })?;
+        Ok(Box::new(file))
+    }
+
+    fn progress(&self, id: &JobId) -> Progress {
+        let len = |p: PathBuf| job_file_len(&p).unwrap_or(0);
+        let [out, err] = Stream::BOTH;
+        [
+            len(self.log_path(id, out)),
+            len(self.log_path(id, err)),
+            len(self.index_path(id, out)),
+            len(self.index_path(id, err)),
+        ]
+    }
+
+    fn watcher(&self) -> Result<Box<dyn ChangeWatcher>> {
+        Ok(Box::new(watch::FileWatcher::new(self.clone())?))
+    }
+
+    fn location(&self) -> String {
+        self.jobs_dir().display().to_string()
     }
 }
 

@@ -2,11 +2,11 @@
 //! job's metadata with its live status. Formatting is plain functions; colour
 //! only on a terminal, and never with `NO_COLOR` set.
 
-use super::jobs::{self, Job};
+use super::jobs;
 use super::say;
 use crate::cli::{LsArgs, ShowArgs};
 use crate::metadata::{Metadata, Status};
-use crate::store::{FileStore, JobId, LogStore, Stream};
+use crate::store::{JobId, JobListing, LogStore, Stream, Unlisted};
 use crate::timefmt;
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
@@ -20,18 +20,19 @@ const DEFAULT_WIDTH: usize = 80;
 
 /// `logwrap ls`.
 pub fn ls_cmd(args: LsArgs) -> Result<i32> {
-    let store = jobs::reading_root(args.root.log_dir)?;
-    let mut shown: Vec<Job> = Vec::new();
-    for job in jobs::list(&store)? {
+    let files = jobs::reading_root(args.root.log_dir)?;
+    let store: &dyn LogStore = &files;
+    let mut shown: Vec<JobListing> = Vec::new();
+    for job in store.list_jobs()? {
         // A job whose metadata cannot be read is listed as `damaged` (issue 8),
         // with the reason on stderr; one still being created is not listed.
-        let status = match (&job.meta, &job.problem) {
-            (Some(meta), _) => meta.status.as_str(),
-            (None, Some(problem)) => {
+        let status = match &job.meta {
+            Ok(meta) => meta.status.as_str(),
+            Err(Unlisted::Damaged(problem)) => {
                 say(&format!("warning: job {} is damaged: {problem}", job.id));
                 DAMAGED
             }
-            (None, None) => continue,
+            Err(Unlisted::Creating) => continue,
         };
         if args.status.is_empty() || args.status.iter().any(|s| s == status) {
             shown.push(job);
@@ -56,8 +57,9 @@ pub fn ls_cmd(args: LsArgs) -> Result<i32> {
         let rows: Vec<Row> = shown
             .iter()
             .map(|j| match &j.meta {
-                Some(meta) => row(&store, &j.id, meta, now_ms),
-                None => damaged_row(&j.id, j.problem.as_deref().unwrap_or_default()),
+                Ok(meta) => row(store, &j.id, meta, now_ms),
+                Err(Unlisted::Damaged(problem)) => damaged_row(&j.id, problem),
+                Err(Unlisted::Creating) => damaged_row(&j.id, "being created"),
             })
             .collect();
         out.write_all(table(&rows, &style).as_bytes())?;
@@ -72,22 +74,26 @@ pub const DAMAGED: &str = "damaged";
 
 /// A job in `ls --json`: its metadata, or for a damaged job its id, `damaged`
 /// and why.
-fn json_entry(job: &Job) -> serde_json::Value {
+fn json_entry(job: &JobListing) -> serde_json::Value {
     match &job.meta {
-        Some(meta) => serde_json::to_value(meta).unwrap_or_default(),
-        None => serde_json::json!({
+        Ok(meta) => serde_json::to_value(meta).unwrap_or_default(),
+        Err(problem) => serde_json::json!({
             "job_run_id": job.id.as_str(),
             "status": DAMAGED,
-            "error": job.problem,
+            "error": match problem {
+                Unlisted::Damaged(why) => why.as_str(),
+                Unlisted::Creating => "being created",
+            },
         }),
     }
 }
 
 /// `logwrap show <id>`.
 pub fn show_cmd(args: ShowArgs) -> Result<i32> {
-    let store = jobs::reading_root(args.root.log_dir)?;
-    if !store.job_dir(&args.id).is_dir() {
-        return Err(jobs::not_found(&store, &args.id));
+    let files = jobs::reading_root(args.root.log_dir)?;
+    let store: &dyn LogStore = &files;
+    if !store.job_exists(&args.id) {
+        return Err(jobs::not_found(store, &args.id));
     }
     let meta = store.live_metadata(&args.id)?;
     let stdout = std::io::stdout();
@@ -100,11 +106,9 @@ pub fn show_cmd(args: ShowArgs) -> Result<i32> {
             std::env::var_os("NO_COLOR").as_deref(),
         );
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
-        let sizes = [Stream::Stdout, Stream::Stderr].map(|s| log_size(&store, &args.id, s));
-        let dir = store.job_dir(&args.id);
-        out.write_all(
-            summary(&meta, sizes, &dir.display().to_string(), now_ms, colour).as_bytes(),
-        )?;
+        let sizes = [Stream::Stdout, Stream::Stderr].map(|s| log_size(store, &args.id, s));
+        let dir = format!("{}/{}", store.location(), args.id);
+        out.write_all(summary(&meta, sizes, &dir, now_ms, colour).as_bytes())?;
     }
     out.flush()?;
     Ok(0)
@@ -157,11 +161,11 @@ pub struct Row {
 }
 
 /// Current size of a stream's log (the metadata's counts lag while a job runs).
-fn log_size(store: &FileStore, id: &JobId, stream: Stream) -> Option<u64> {
-    crate::store::job_file_len(&store.log_path(id, stream))
+fn log_size(store: &dyn LogStore, id: &JobId, stream: Stream) -> Option<u64> {
+    store.open_raw(id, stream).ok()?.len().ok()
 }
 
-fn row(store: &FileStore, id: &JobId, meta: &Metadata, now_ms: i64) -> Row {
+fn row(store: &dyn LogStore, id: &JobId, meta: &Metadata, now_ms: i64) -> Row {
     let size = |s| log_size(store, id, s).map_or("-".into(), human_size);
     Row {
         id: id.to_string(),

@@ -117,7 +117,10 @@ const WAKE_TOKEN: Token = Token(3);
 /// Runs the job to its end. Installs process-wide signal handling (SIGINT, SIGTERM,
 /// SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 are forwarded; SIGXFSZ is ignored so a full
 /// log fails a write instead of killing the wrapper).
-pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupError> {
+pub fn run<S: LogStore + Clone + 'static>(
+    cfg: &RunConfig,
+    store: &S,
+) -> Result<RunOutcome, SetupError> {
     // Before the job's files exist: making the reserve under a file size limit
     // must fail with EFBIG, not kill the wrapper.
     // SAFETY: setting a signal disposition; no handler code runs.
@@ -131,7 +134,7 @@ pub fn run(cfg: &RunConfig, store: &dyn LogStore) -> Result<RunOutcome, SetupErr
     // Bound before the job exists, so a busy port leaves nothing behind.
     let mut server = match &cfg.listen {
         Some(sc) => Some(
-            crate::serve::Server::for_job(sc.clone(), store, &cfg.job_run_id)
+            crate::serve::Server::for_job(sc.clone(), Arc::new(store.clone()), &cfg.job_run_id)
                 .map_err(|e| SetupError(format!("{e:#}")))?,
         ),
         None => None,

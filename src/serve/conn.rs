@@ -9,9 +9,7 @@ use super::routes::{Body, Produce, Response};
 use super::sse;
 use super::ServeConfig;
 use mio::net::TcpStream;
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 /// Bytes of a file body read per refill: a few socket buffers' worth, so a
@@ -32,7 +30,7 @@ pub enum Source {
     /// Nothing more: the response is complete once the buffer is sent.
     Nothing,
     File {
-        file: File,
+        file: Box<dyn crate::store::RawLog>,
         pos: u64,
         end: u64,
     },

@@ -12,8 +12,8 @@
 //! repeats nor skips a line of either stream.
 
 use super::sse::{self, Format, MAX_LINE_BYTES};
-use crate::reader::{CombinedReader, LogLine, Start, StreamReader};
-use crate::store::{FileStore, JobId, Stream};
+use crate::reader::{CombinedReader, LineSource, LogLine, Start};
+use crate::store::{JobId, LogStore, Stream};
 use anyhow::Result;
 
 /// Which lines an event stream carries.
@@ -59,7 +59,7 @@ pub fn parse_event_id(which: Which, id: &str) -> Option<StartAt> {
 }
 
 enum Lines {
-    One(StreamReader),
+    One(Box<dyn LineSource>),
     Combined(Box<CombinedReader>),
 }
 
@@ -119,7 +119,7 @@ const KEEP: usize = MAX_LINE_BYTES + 1;
 impl Follower {
     /// Opens the readers for a new follower of job `id`.
     pub fn open(
-        store: &FileStore,
+        store: &dyn LogStore,
         id: &JobId,
         which: Which,
         from: StartAt,
@@ -127,7 +127,7 @@ impl Follower {
         format: Format,
         sizes: [u64; 4],
     ) -> Result<Follower> {
-        let open = |s: Stream, start: Start| StreamReader::open(store, id, s, start, KEEP);
+        let open = |s: Stream, start: Start| store.open_lines(id, s, start, KEEP);
         let mut skip = 0;
         let mut last = [0, 0];
         let lines = match which {
@@ -159,7 +159,7 @@ impl Follower {
                 if let StartAt::Tail(n) = from {
                     // Each stream's window holds its last n lines; of the merged
                     // lines only the last n are wanted.
-                    let window = |r: &mut StreamReader| -> Result<u64> {
+                    let window = |r: &mut Box<dyn LineSource>| -> Result<u64> {
                         Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
                     };
                     skip = (window(&mut out)? + window(&mut err)?).saturating_sub(n);
@@ -255,7 +255,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Chunk, JobSink};
+    use crate::store::{Chunk, FileStore, JobSink};
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("follow-{tag}"), writes)

@@ -21,7 +21,7 @@ pub mod sse;
 mod term;
 
 use crate::cli::{ServeArgs, ServerArgs};
-use crate::store::{FileStore, JobId, LogStore};
+use crate::store::{ChangeWatcher, FileStore, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
 use follow::Pumped;
@@ -29,11 +29,10 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use routes::{Body, Ctx, JobState, Response};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -213,11 +212,10 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr> {
         })
 }
 
-/// A followed job: its last known state and the inotify watch on its directory.
+/// A followed job: its last known state and how many follow it.
 struct Watched {
     state: JobState,
     followers: usize,
-    wd: Option<WatchDescriptor>,
 }
 
 /// The tail server. See the module docs.
@@ -227,14 +225,14 @@ pub struct Server {
     registry: Option<Registry>,
     base: usize,
     cfg: ServeConfig,
-    store: FileStore,
+    store: Arc<dyn LogStore>,
     only: Option<JobId>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     open: usize,
     jobs: HashMap<JobId, Watched>,
-    inotify: Option<Inotify>,
-    watches: HashMap<WatchDescriptor, JobId>,
+    /// The store's change notification, when other processes write the jobs.
+    watcher: Option<Box<dyn ChangeWatcher>>,
     next_recheck: Instant,
     /// An accept failed for want of descriptors: retry when one is closed.
     accept_blocked: bool,
@@ -248,16 +246,17 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket. `only` limits the server to one job (the
     /// wrapper's); `None` serves every job under the store's root.
-    pub fn bind(cfg: ServeConfig, store: FileStore, only: Option<JobId>) -> Result<Server> {
+    pub fn bind(cfg: ServeConfig, store: Arc<dyn LogStore>, only: Option<JobId>) -> Result<Server> {
         raise_fd_limit();
         let std = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         std.set_nonblocking(true)?;
         let addr = std.local_addr()?;
-        // inotify is only needed when other processes write the jobs.
-        let inotify = match only {
+        // Change notification is only needed when other processes write the
+        // jobs; without it (inotify out of watches) followers poll.
+        let watcher = match only {
             Some(_) => None,
-            None => Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok(),
+            None => store.watcher().ok(),
         };
         Ok(Server {
             listener: TcpListener::from_std(std),
@@ -271,8 +270,7 @@ impl Server {
             free: Vec::new(),
             open: 0,
             jobs: HashMap::new(),
-            inotify,
-            watches: HashMap::new(),
+            watcher,
             next_recheck: Instant::now() + STATUS_RECHECK,
             accept_blocked: false,
             ready: Vec::new(),
@@ -280,12 +278,9 @@ impl Server {
         })
     }
 
-    /// The server for a wrapper's own job; the store must be the file store.
-    pub fn for_job(cfg: ServeConfig, store: &dyn LogStore, id: &JobId) -> Result<Server> {
-        let Some(files) = store.file_store() else {
-            bail!("--listen needs the file store: this store cannot be served over HTTP");
-        };
-        Server::bind(cfg, files.clone(), Some(id.clone()))
+    /// The server for a wrapper's own job.
+    pub fn for_job(cfg: ServeConfig, store: Arc<dyn LogStore>, id: &JobId) -> Result<Server> {
+        Server::bind(cfg, store, Some(id.clone()))
     }
 
     /// The address actually bound (with the port chosen for port 0).
@@ -324,15 +319,15 @@ impl Server {
                 Interest::READABLE,
             )
             .context("watching the listening socket")?;
-        if let Some(ino) = &self.inotify {
-            let fd = ino.as_fd().as_raw_fd();
+        if let Some(w) = &self.watcher {
+            let fd = w.fd().as_raw_fd();
             registry
                 .register(
                     &mut SourceFd(&fd),
                     Token(base.0 + WATCHER),
                     Interest::READABLE,
                 )
-                .context("watching inotify")?;
+                .context("watching for changes")?;
         }
         self.registry = Some(registry.try_clone().context("cloning the mio registry")?);
         Ok(())
@@ -347,7 +342,7 @@ impl Server {
     pub fn handle_event(&mut self, ev: &Event) {
         match ev.token().0 - self.base {
             LISTENER => self.accept(),
-            WATCHER => self.read_inotify(),
+            WATCHER => self.read_changes(),
             n => {
                 let slot = n - FIRST_CONN;
                 if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
@@ -424,7 +419,7 @@ impl Server {
             }
         }
         if now >= self.next_recheck {
-            let poll_sizes = self.inotify.is_none();
+            let poll_sizes = self.watcher.is_none();
             self.next_recheck = now
                 + if poll_sizes && self.only.is_none() {
                     FALLBACK_POLL
@@ -747,21 +742,11 @@ impl Server {
             w.followers += 1;
             return;
         }
-        let wd = self.inotify.as_ref().and_then(|ino| {
-            ino.add_watch(
-                &self.store.job_dir(id),
-                AddWatchFlags::IN_MODIFY
-                    | AddWatchFlags::IN_MOVED_TO
-                    | AddWatchFlags::IN_CLOSE_WRITE
-                    | AddWatchFlags::IN_DELETE_SELF
-                    | AddWatchFlags::IN_ONLYDIR,
-            )
-            .ok()
-        });
-        if let Some(wd) = wd {
-            self.watches.insert(wd, id.clone());
+        if let Some(w) = &mut self.watcher {
+            // A job that cannot be watched is still seen by the periodic re-check.
+            let _ = w.watch_job(id);
         }
-        let state = routes::job_state(&self.store, id).unwrap_or(JobState {
+        let state = routes::job_state(self.store.as_ref(), id).unwrap_or(JobState {
             complete: None,
             sizes: [0; 4],
         });
@@ -770,7 +755,6 @@ impl Server {
             Watched {
                 state,
                 followers: 1,
-                wd,
             },
         );
     }
@@ -783,11 +767,9 @@ impl Server {
         if w.followers > 0 {
             return;
         }
-        if let Some(w) = self.jobs.remove(id) {
-            if let (Some(wd), Some(ino)) = (w.wd, &self.inotify) {
-                self.watches.remove(&wd);
-                let _ = ino.rm_watch(wd);
-            }
+        self.jobs.remove(id);
+        if let Some(w) = &mut self.watcher {
+            w.unwatch_job(id);
         }
     }
 
@@ -797,12 +779,12 @@ impl Server {
             return;
         };
         if status {
-            if let Ok(state) = routes::job_state(&self.store, id) {
+            if let Ok(state) = routes::job_state(self.store.as_ref(), id) {
                 w.state = state;
                 return;
             }
         }
-        w.state.sizes = routes::log_sizes(&self.store, id);
+        w.state.sizes = self.store.progress(id);
     }
 
     /// Lets every follower of `id` that has something new to read take it.
@@ -831,41 +813,15 @@ impl Server {
         }
     }
 
-    fn read_inotify(&mut self) {
-        let Some(ino) = &self.inotify else {
+    fn read_changes(&mut self) {
+        let Some(w) = &mut self.watcher else {
             return;
         };
-        let mut dirty: HashMap<JobId, bool> = HashMap::new();
-        let mut all = false;
-        loop {
-            match ino.read_events() {
-                Ok(evs) if !evs.is_empty() => {
-                    for ev in evs {
-                        if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                            all = true;
-                            continue;
-                        }
-                        let Some(id) = self.watches.get(&ev.wd) else {
-                            continue;
-                        };
-                        // Metadata is replaced by rename; the lock is closed when
-                        // the writer exits (also when it dies): the status may have
-                        // changed. Anything else is the logs growing.
-                        let status = ev.mask.intersects(
-                            AddWatchFlags::IN_MOVED_TO
-                                | AddWatchFlags::IN_CLOSE_WRITE
-                                | AddWatchFlags::IN_DELETE_SELF
-                                | AddWatchFlags::IN_IGNORED,
-                        );
-                        *dirty.entry(id.clone()).or_default() |= status;
-                    }
-                }
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
-        if all {
+        let Ok(changes) = w.take_changes() else {
+            return;
+        };
+        let mut dirty: HashMap<JobId, bool> = changes.jobs.into_iter().collect();
+        if changes.overflow {
             for id in self.jobs.keys() {
                 dirty.insert(id.clone(), true);
             }
@@ -1026,7 +982,7 @@ pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
     cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
     cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
     let mut poll = Poll::new().context("creating the event loop")?;
-    let mut server = Server::bind(cfg, store.clone(), None)?;
+    let mut server = Server::bind(cfg, Arc::new(store.clone()), None)?;
     server.register(poll.registry(), Token(0))?;
     eprintln!(
         "logwrap: serving {}/ (jobs under {})",

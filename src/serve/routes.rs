@@ -8,14 +8,12 @@ use super::http::{parse_range, Range, Reject, Request};
 use super::page;
 use super::sse::{utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
-use crate::store::{self, job_file_len, open_job_file, FileStore, JobId, LogStore, Stream};
+use crate::store::{self, JobId, LogStore, RawLog, Stream};
 use anyhow::Result;
 use serde_json::json;
 use std::cell::RefCell;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Most bytes of log one polling response carries (`log-tail`, `progressiveText`):
 /// big enough that a client catches up with a fast job in few requests, small
@@ -95,7 +93,7 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// `len` bytes of `file` from `start`, sent in pieces as the client reads.
     File {
-        file: File,
+        file: Box<dyn RawLog>,
         start: u64,
         len: u64,
     },
@@ -170,55 +168,44 @@ pub struct JobOrder {
     built: Option<Instant>,
     /// Modification time of `job_runs/` when built: a job created or
     /// removed since changes it.
-    dir_mtime: Option<SystemTime>,
+    version: Option<u64>,
 }
 
 /// What the handlers need: the store, the one job served when the server runs
 /// inside a wrapper (`None` for `logwrap serve`: every job in the root), and
 /// the shared order of the jobs.
 pub struct Ctx<'a> {
-    pub store: &'a FileStore,
+    pub store: &'a Arc<dyn LogStore>,
     pub only: Option<&'a JobId>,
     pub order: &'a RefCell<JobOrder>,
 }
 
 impl Ctx<'_> {
     fn visible(&self, id: &JobId) -> bool {
-        self.only.map_or(true, |o| o == id) && self.store.job_dir(id).is_dir()
+        self.only.map_or(true, |o| o == id) && self.store.job_exists(id)
     }
 }
 
 /// A job's state as followers need it, read in this order so nothing written
-/// before the end can be missed: first whether it has ended, then the log sizes.
+/// before the end can be missed: first whether it has ended, then how far its
+/// output has come.
 pub struct JobState {
     /// The data of `event: complete` once the job has ended (or was abandoned).
     pub complete: Option<serde_json::Value>,
-    /// Sizes of stdout.log, stderr.log, stdout.idx and stderr.idx: readers hand
-    /// out a line only once its index record is written, so a follower must be
-    /// woken by either growing.
+    /// The store's [`Progress`](crate::store::Progress) of the job: readers
+    /// hand out a line only once the store has all of it, so a follower is
+    /// woken when this changes.
     pub sizes: [u64; 4],
 }
 
 /// Reads a job's [`JobState`].
-pub fn job_state(store: &FileStore, id: &JobId) -> Result<JobState> {
+pub fn job_state(store: &dyn LogStore, id: &JobId) -> Result<JobState> {
     let meta = store.live_metadata(id)?;
     let complete = meta.status.is_finished().then(|| complete_data(&meta));
     Ok(JobState {
         complete,
-        sizes: log_sizes(store, id),
+        sizes: store.progress(id),
     })
-}
-
-/// Current sizes of a job's two logs and two indexes (0 for a missing one).
-pub fn log_sizes(store: &FileStore, id: &JobId) -> [u64; 4] {
-    let len = |p: std::path::PathBuf| job_file_len(&p).unwrap_or(0);
-    let [out, err] = Stream::BOTH;
-    [
-        len(store.log_path(id, out)),
-        len(store.log_path(id, err)),
-        len(store.index_path(id, out)),
-        len(store.index_path(id, err)),
-    ]
 }
 
 /// The data of `event: complete` (SPEC §5).
@@ -297,10 +284,18 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
     })
 }
 
-/// The error for a log file that cannot be opened, keeping what it was
-/// (missing, refused) for the status code.
-fn job_file_error(e: std::io::Error, stream: Stream) -> anyhow::Error {
-    anyhow::Error::new(e).context(format!("opening {}", stream.name()))
+/// Fills `buf` from `log` at `offset`; an error if the log is shorter.
+fn read_exact_at(log: &dyn RawLog, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match log.read_at(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Reject {
@@ -342,19 +337,17 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
     if let Some(id) = ctx.only {
         return Ok(Arc::from(vec![id.clone()]));
     }
-    let mtime = std::fs::metadata(ctx.store.jobs_dir())
-        .and_then(|m| m.modified())
-        .ok();
+    let version = ctx.store.list_version();
     let mut order = ctx.order.borrow_mut();
     if let (Some(ids), Some(built)) = (&order.ids, order.built) {
-        if built.elapsed() < LIST_ORDER_TTL && order.dir_mtime == mtime {
+        if built.elapsed() < LIST_ORDER_TTL && version.is_some() && order.version == version {
             return Ok(ids.clone());
         }
     }
     let mut keyed: Vec<(String, JobId)> = Vec::new();
     let mut complete = true;
-    for id in ctx.store.list_job_ids()? {
-        match ctx.store.read_metadata(&id) {
+    for id in ctx.store.job_ids()? {
+        match ctx.store.metadata(&id) {
             Ok(m) => keyed.push((m.started_at, id)),
             // A job being created has no metadata for a moment; it is simply
             // not listed, and this order is not kept for the next request.
@@ -367,7 +360,7 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
         JobOrder {
             ids: Some(ids.clone()),
             built: Some(Instant::now()),
-            dir_mtime: mtime,
+            version,
         }
     } else {
         JobOrder::default()
@@ -378,7 +371,7 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
 /// `GET /api/job_runs`: a JSON array of metadata (live status), newest first,
 /// made a few jobs at a time as the client reads.
 struct JobList {
-    store: FileStore,
+    store: Arc<dyn LogStore>,
     ids: Arc<[JobId]>,
     next: usize,
     status: Option<Status>,
@@ -425,7 +418,7 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
     };
     let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
     let body = JobList {
-        store: ctx.store.clone(),
+        store: Arc::clone(ctx.store),
         ids: ordered_ids(ctx)?,
         next: 0,
         status,
@@ -444,7 +437,7 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
 
 /// `GET /`: the job list page, made a few rows at a time as the client reads.
 struct IndexPage {
-    store: FileStore,
+    store: Arc<dyn LogStore>,
     /// The shared order; rows are made for the first `end` of it.
     ids: Arc<[JobId]>,
     end: usize,
@@ -478,7 +471,7 @@ impl Produce for IndexPage {
 fn index(ctx: &Ctx) -> Result<Response> {
     let ids = ordered_ids(ctx)?;
     let body = IndexPage {
-        store: ctx.store.clone(),
+        store: Arc::clone(ctx.store),
         end: ids.len().min(page::INDEX_JOBS),
         ids,
         next: 0,
@@ -513,8 +506,16 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
         (None, None, Some(n)) => StartAt::Tail(n),
         (None, None, None) => StartAt::Line(1),
     };
-    let state = job_state(ctx.store, id)?;
-    let mut f = Follower::open(ctx.store, id, which, from, follow, format, state.sizes)?;
+    let state = job_state(ctx.store.as_ref(), id)?;
+    let mut f = Follower::open(
+        ctx.store.as_ref(),
+        id,
+        which,
+        from,
+        follow,
+        format,
+        state.sizes,
+    )?;
     if last_id.is_some() && state.complete.is_some() && f.at_end(true)? {
         // A reconnect to an ended job with nothing left: 204 tells EventSource to
         // stop reconnecting.
@@ -536,9 +537,8 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
 }
 
 fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response> {
-    let path = ctx.store.log_path(id, stream);
-    let file = open_job_file(&path).map_err(|e| job_file_error(e, stream))?;
-    let size = file.metadata()?.len();
+    let file = ctx.store.open_raw(id, stream)?;
+    let size = file.len()?;
     let base = |status: u16| Response {
         status,
         headers: vec![
@@ -599,11 +599,10 @@ fn poll(
     let start = number(req, "start")?.unwrap_or(0);
     // Whether the job has ended is read before the size, so "finished" never
     // comes with bytes still unread.
-    let state = job_state(ctx.store, id)?;
-    let path = ctx.store.log_path(id, stream);
-    let file = open_job_file(&path).map_err(|e| job_file_error(e, stream))?;
-    let size = file.metadata()?.len();
-    let (start, end) = piece_bounds(&file, start, size, state.complete.is_some())?;
+    let state = job_state(ctx.store.as_ref(), id)?;
+    let file = ctx.store.open_raw(id, stream)?;
+    let size = file.len()?;
+    let (start, end) = piece_bounds(file.as_ref(), start, size, state.complete.is_some())?;
     let finished = state.complete.is_some() && end >= size;
     if as_json {
         let head = format!("{{\"is_finished\":{finished},\"new_size\":{end},\"content\":\"");
@@ -643,7 +642,12 @@ fn poll(
 /// the end is the end), at most [`MAX_POLL_BYTES`], leaving out a character cut
 /// by the bound or still being written, unless the log is complete. Reads only
 /// the last few bytes of the piece. Returns its start and end offsets.
-pub fn piece_bounds(file: &File, start: u64, size: u64, complete: bool) -> Result<(u64, u64)> {
+pub fn piece_bounds(
+    file: &dyn RawLog,
+    start: u64,
+    size: u64,
+    complete: bool,
+) -> Result<(u64, u64)> {
     let start = start.min(size);
     let end = size.min(start.saturating_add(MAX_POLL_BYTES as u64));
     if end == size && complete {
@@ -653,7 +657,7 @@ pub fn piece_bounds(file: &File, start: u64, size: u64, complete: bool) -> Resul
     let tail_len = (end - start).min(4);
     let mut tail = [0u8; 4];
     let tail = &mut tail[..tail_len as usize];
-    file.read_exact_at(tail, end - tail_len)?;
+    read_exact_at(file, tail, end - tail_len)?;
     let cut = tail.len() - utf8_prefix(tail);
     Ok((start, end - cut as u64))
 }
@@ -665,7 +669,7 @@ const MIN_TAIL_READ: usize = 1024;
 /// The `log-tail` JSON object, made as the client reads: the fields known up
 /// front, then the content escaped a file piece at a time.
 struct LogTail {
-    file: File,
+    file: Box<dyn RawLog>,
     pos: u64,
     end: u64,
     head: Option<String>,
@@ -686,7 +690,7 @@ impl Produce for LogTail {
             let mut buf = std::mem::take(&mut self.carry);
             let at = buf.len();
             buf.resize(at + n, 0);
-            self.file.read_exact_at(&mut buf[at..], self.pos)?;
+            read_exact_at(self.file.as_ref(), &mut buf[at..], self.pos)?;
             self.pos += n as u64;
             // Cut only between characters, so the pieces decode as the whole.
             let keep = if self.pos == self.end {
@@ -773,7 +777,7 @@ mod tests {
         let mut body = vec![b'a'; MAX_POLL_BYTES - 1];
         body.extend_from_slice("é€".as_bytes());
         std::fs::write(&path, &body).unwrap();
-        let f = File::open(&path).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
         let size = body.len() as u64;
         let (start, next) = piece_bounds(&f, 0, size, false).unwrap();
         assert_eq!((start, next), (0, MAX_POLL_BYTES as u64 - 1));
@@ -807,7 +811,7 @@ mod tests {
         std::fs::write(&path, &body).unwrap();
         let size = body.len() as u64;
         let mut tail = LogTail {
-            file: File::open(&path).unwrap(),
+            file: Box::new(std::fs::File::open(&path).unwrap()),
             pos: 0,
             end: size,
             head: Some("{\"content\":\"".into()),

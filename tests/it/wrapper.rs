@@ -346,7 +346,8 @@ fn each_line_is_in_the_file_while_the_job_still_runs() {
 
 #[test]
 fn index_finds_lines_and_arrival_order_across_streams() {
-    use logwrap::reader::{CombinedReader, Start, StreamReader};
+    use logwrap::reader::{CombinedReader, Start};
+    use logwrap::store::LogStore;
     use logwrap::store::{FileStore, JobId, Stream};
     let env = TestEnv::new();
     // Each write waits until the previous one is in the log, so the arrival
@@ -363,7 +364,7 @@ fn index_finds_lines_and_arrival_order_across_streams() {
     assert_eq!(code(&o), 0, "{}", stderr_text(&o));
     let store = FileStore::new(&env.root);
     let id = JobId::parse("idx").unwrap();
-    let open = |s, start| StreamReader::open(&store, &id, s, start, 1 << 20).unwrap();
+    let open = |s, start| store.open_lines(&id, s, start, 1 << 20).unwrap();
     let mut combined = CombinedReader::new(
         open(Stream::Stdout, Start::Line(1)),
         open(Stream::Stderr, Start::Line(1)),
