@@ -8,6 +8,7 @@
 
 use crate::metadata::{self, Metadata, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
+use crate::output::lines::LineSplitter;
 use crate::reader::{LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
@@ -354,6 +355,12 @@ pub trait JobSink {
     /// Replaces the metadata document atomically; `last` also makes it durable
     /// (and may use room the store set aside for it, see [`FileJobSink`]).
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
+    /// The job's output is complete: writes what the store still owes for it
+    /// (bookkeeping of an unfinished last line, ...). Called before the final
+    /// metadata, so its error can be recorded there.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Removes the job again: it could not be started (its first metadata could
     /// not be written), so the same id can be retried.
     fn discard(self: Box<Self>) {}
@@ -803,9 +810,9 @@ impl LogStore for FileStore {
 struct StreamFiles {
     log: File,
     idx: File,
-    end: u64,
-    lines_end: u64,
-    /// Where the last index record written ends. Bytes past it, up to `end`,
+    /// Bytes and lines appended so far.
+    lines: LineSplitter,
+    /// Where the last index record written ends. Bytes past it, up to the end,
     /// hold no newline: their record is written with the chunk that ends their
     /// line (see [`FileJobSink::append`]).
     recorded_end: u64,
@@ -816,18 +823,19 @@ struct StreamFiles {
 impl StreamFiles {
     /// Writes the record for everything appended up to `end`, if not yet done.
     fn record(&mut self, seq: &mut u64, ts_us: u64) -> io::Result<()> {
-        if self.end == self.recorded_end {
+        let end = self.lines.offset();
+        if end == self.recorded_end {
             return Ok(());
         }
         let rec = Record {
             seq: *seq,
             ts_us,
-            end: self.end,
-            lines_end: self.lines_end,
+            end,
+            lines_end: self.lines.complete_lines(),
         };
         *seq += 1;
         self.idx.write_all(&rec.encode())?;
-        self.recorded_end = self.end;
+        self.recorded_end = end;
         Ok(())
     }
 }
@@ -902,8 +910,7 @@ impl FileJobSink {
             Ok(StreamFiles {
                 log,
                 idx,
-                end: 0,
-                lines_end: 0,
+                lines: LineSplitter::new(),
                 recorded_end: 0,
                 pending_ts: 0,
             })
@@ -922,11 +929,15 @@ impl FileJobSink {
     }
 
     /// Writes the records still owed for chunks without a newline.
-    fn record_pending(&mut self) {
+    fn record_pending(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
         for s in &mut self.streams {
             let ts = s.pending_ts;
-            let _ = s.record(&mut self.seq, ts);
+            if let Err(e) = s.record(&mut self.seq, ts) {
+                result = Err(e);
+            }
         }
+        result
     }
 
     /// Unlinks the reserve, giving its room back for the final metadata.
@@ -1005,13 +1016,12 @@ impl JobSink for FileJobSink {
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
         let len = chunk.data().len() as u64;
-        if s.end - s.recorded_end + len > index::MAX_CHUNK as u64 {
+        if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
             let ts = s.pending_ts;
             s.record(&mut self.seq, ts)?;
         }
         s.log.write_all(chunk.data())?;
-        s.end += len;
-        s.lines_end += chunk.newlines();
+        s.lines.advance(chunk.data(), chunk.newlines());
         s.pending_ts = chunk.ts_us();
         if chunk.newlines() == 0 {
             return Ok(());
@@ -1019,12 +1029,18 @@ impl JobSink for FileJobSink {
         s.record(&mut self.seq, chunk.ts_us())
     }
 
+    fn finish(&mut self) -> io::Result<()> {
+        // A final line without a newline gets its record now; then the reserve
+        // gives its room to the final metadata.
+        let recorded = self.record_pending();
+        self.release_reserve();
+        recorded
+    }
+
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()> {
         if last {
-            // A final line without a newline gets its record now. A failure
-            // only leaves it to readers' scan of the unrecorded tail.
-            self.record_pending();
-            self.release_reserve();
+            // Also when the caller did not finish first.
+            let _ = self.finish();
         }
         // Only the final metadata is made durable (fsync). The logs are not:
         // every byte is in the page cache before the next read, which no crash of

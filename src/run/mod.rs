@@ -926,6 +926,11 @@ impl Loop<'_> {
             ChildEnd::Signaled(sig) => self.meta.signal = Some(sig.as_str().to_string()),
         }
         stamp_end(&mut self.meta, self.started);
+        if let Err(e) = self.sink.finish() {
+            self.meta
+                .log_errors
+                .push(format!("finishing the logs: {e}"));
+        }
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
             eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
