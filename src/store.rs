@@ -1265,7 +1265,7 @@ mod tests {
             sink.append(Stream::Stdout, &Chunk::new(b"x", 100 + i as u64))
                 .unwrap();
         }
-        sink.record_pending();
+        sink.record_pending().unwrap();
         let recs = records(&path);
         assert_eq!(recs.len(), 4);
         let mut start = 0;
