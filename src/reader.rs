@@ -372,7 +372,11 @@ impl StreamReader {
         self.line = line;
         self.scanned = pos;
         self.rec = match &self.idx {
-            Some(i) => crate::output::index::chunk_with_newline(i, line)?.unwrap_or(i.count()),
+            // No record holds the line's newline (yet): an unfinished last line
+            // may still sit inside the last record, where a chunk without a
+            // newline joined it; `stamp` walks on from there.
+            Some(i) => crate::output::index::chunk_with_newline(i, line)?
+                .unwrap_or(i.count().saturating_sub(1)),
             None => 0,
         };
         Ok(())

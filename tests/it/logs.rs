@@ -820,3 +820,15 @@ fn show_escapes_control_characters_of_the_command_and_cwd() {
     assert!(text.contains(r"echo $'a\e[31mred\r\nline'"), "{text}");
     assert!(text.contains(r"dir\e[2J\rx"), "{text}");
 }
+
+#[test]
+fn an_unfinished_last_line_read_from_its_number_keeps_its_timestamp() {
+    let env = TestEnv::new();
+    job(&env, "partial", "printf 'a\\nb\\nc'");
+    let out = String::from_utf8(ok(
+        &env,
+        &["logs", "--since", "3", "--timestamps", "partial"],
+    ))
+    .unwrap();
+    assert!(out.starts_with("20") && out.ends_with(" c\n"), "{out:?}");
+}
