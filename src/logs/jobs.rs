@@ -2,12 +2,10 @@
 //! first with its live metadata, the most recent job, the ids closest to one that
 //! does not exist, and the exit status a finished job stands for.
 
-use crate::config;
 use crate::metadata::{Metadata, Status};
 use crate::store::{self, FileStore, JobId, LogStore};
 use crate::timefmt;
 use anyhow::{anyhow, Result};
-use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Exit status of `logs -f --exit-status` for an abandoned job: what a shell sees
@@ -18,16 +16,6 @@ pub const ABANDONED_EXIT: i32 = 128 + 9;
 /// How many close ids an unknown-id error suggests: enough to spot a typo, few
 /// enough to stay on one line.
 const SUGGESTIONS: usize = 3;
-
-/// The store to read. An explicit root is used as given, since reading needs no
-/// write access; the default is picked exactly as the wrapper picks it, so
-/// `logwrap logs` finds what `logwrap -- cmd` wrote.
-pub fn reading_root(explicit: Option<PathBuf>) -> Result<FileStore> {
-    match explicit.filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => Ok(FileStore::new(std::path::absolute(&dir).unwrap_or(dir))),
-        None => config::resolve_root(None),
-    }
-}
 
 /// One job as the listing sees it.
 pub struct Job {

@@ -4,7 +4,6 @@
 
 use super::jobs::{self, Job};
 use super::say;
-use crate::cli::{LsArgs, ShowArgs};
 use crate::metadata::{Metadata, Status};
 use crate::store::{FileStore, JobId, LogStore, Stream};
 use crate::timefmt;
@@ -18,9 +17,27 @@ const MIN_COMMAND_WIDTH: usize = 12;
 /// Width assumed for a terminal that does not report one.
 const DEFAULT_WIDTH: usize = 80;
 
+/// What `logwrap ls` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct LsOptions {
+    /// A JSON array of full metadata instead of a table.
+    pub json: bool,
+    /// Only jobs with one of these statuses (all when empty).
+    pub status: Vec<String>,
+    /// At most this many of the newest jobs.
+    pub limit: Option<usize>,
+}
+
+/// What `logwrap show` was asked for.
+#[derive(Debug, Clone)]
+pub struct ShowOptions {
+    pub id: JobId,
+    /// The metadata.json document instead of a summary.
+    pub json: bool,
+}
+
 /// `logwrap ls`.
-pub fn ls_cmd(args: LsArgs) -> Result<i32> {
-    let store = jobs::reading_root(args.root.log_dir)?;
+pub fn ls_cmd(store: FileStore, args: LsOptions) -> Result<i32> {
     let mut shown: Vec<Job> = Vec::new();
     for job in jobs::list(&store)? {
         // A job whose metadata cannot be read is listed as `damaged` (issue 8),
@@ -84,8 +101,7 @@ fn json_entry(job: &Job) -> serde_json::Value {
 }
 
 /// `logwrap show <id>`.
-pub fn show_cmd(args: ShowArgs) -> Result<i32> {
-    let store = jobs::reading_root(args.root.log_dir)?;
+pub fn show_cmd(store: FileStore, args: ShowOptions) -> Result<i32> {
     if !store.job_dir(&args.id).is_dir() {
         return Err(jobs::not_found(&store, &args.id));
     }
