@@ -245,3 +245,54 @@ fn every_reading_command_and_serve_agree_on_the_default_root() {
         .unwrap_or_else(|| panic!("{banner}"));
     assert_eq!(served.trim_end_matches(')'), show, "{banner}");
 }
+
+/// The indented command lines of the README's Quick start section.
+fn quick_start_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Quick start\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Quick start section");
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_quick_start_has_two_commands_and_its_job_part_runs_twice() {
+    let commands = quick_start_commands();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert_eq!(commands[1], "make test");
+    // The build is what the test suite already did; what follows it must work
+    // for a newcomer with only ~/.local/bin/logwrap, and work again.
+    let install = "make install PREFIX=\"$HOME/.local\" && ";
+    let job = commands[0]
+        .strip_prefix(install)
+        .unwrap_or_else(|| panic!("first command does not start with {install:?}"));
+    let env = TestEnv::new();
+    let bin = env.path(".local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::util::BIN, bin.join("logwrap")).unwrap();
+    for round in 1..=2 {
+        let o = std::process::Command::new("sh")
+            .args(["-c", job])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &env.dir)
+            .env("TMPDIR", &env.dir)
+            .current_dir(&env.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("the job exited 3"), "round {round}: {out}");
+        assert!(out.contains("stderr: a warning"), "round {round}: {out}");
+        let demo = env.path("logwrap-demo/job_runs");
+        assert_eq!(std::fs::read_dir(&demo).unwrap().count(), round);
+    }
+}
