@@ -7,6 +7,7 @@ use super::say;
 use crate::metadata::{Metadata, Status};
 use crate::store::{FileStore, JobId, LogStore, Stream};
 use crate::timefmt;
+use anstyle::{AnsiColor, Style as Paint};
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
@@ -66,7 +67,7 @@ pub fn ls_cmd(store: FileStore, args: LsOptions) -> Result<i32> {
     } else {
         let tty = stdout.is_terminal();
         let style = Style {
-            colour: use_colour(tty, std::env::var_os("NO_COLOR").as_deref()),
+            colour: use_colour(),
             width: tty.then(terminal_width),
         };
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
@@ -111,10 +112,7 @@ pub fn show_cmd(store: FileStore, args: ShowOptions) -> Result<i32> {
     if args.json {
         out.write_all(&meta.to_json())?;
     } else {
-        let colour = use_colour(
-            stdout.is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        );
+        let colour = use_colour();
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
         let sizes = [Stream::Stdout, Stream::Stderr].map(|s| log_size(&store, &args.id, s));
         let dir = store.job_dir(&args.id);
@@ -126,24 +124,19 @@ pub fn show_cmd(store: FileStore, args: ShowOptions) -> Result<i32> {
     Ok(0)
 }
 
-/// Colour only on a terminal, and not when `NO_COLOR` is set to anything
-/// non-empty (<https://no-color.org>).
-pub fn use_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    tty && no_color.map_or(true, |v| v.is_empty())
+/// Colour on stdout as anstream decides it, the same way clap's own output
+/// does: only on a terminal that can show it, never with `NO_COLOR` set to
+/// anything non-empty (<https://no-color.org>), always with `CLICOLOR_FORCE`.
+fn use_colour() -> bool {
+    anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
 }
 
 /// The terminal's width, from the terminal itself or `COLUMNS`.
 fn terminal_width() -> usize {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize we pass; fd 1 is only read.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
-        return usize::from(ws.ws_col);
+    if let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size_of(std::io::stdout()) {
+        if w > 0 {
+            return usize::from(w);
+        }
     }
     std::env::var("COLUMNS")
         .ok()
@@ -321,21 +314,22 @@ pub fn shorten(text: &str, width: usize) -> String {
     s
 }
 
-/// ANSI colour of a status: green done, red failed, yellow abandoned, cyan
+/// Colour of a status: green done, red failed, yellow abandoned, cyan
 /// running, magenta damaged.
-fn status_colour(s: Option<Status>) -> &'static str {
-    match s {
-        Some(Status::Succeeded) => "32",
-        Some(Status::Failed | Status::Killed | Status::TimedOut) => "31",
-        Some(Status::Abandoned) => "33",
-        Some(Status::Running) => "36",
-        None => "35",
-    }
+fn status_colour(s: Option<Status>) -> Paint {
+    let colour = match s {
+        Some(Status::Succeeded) => AnsiColor::Green,
+        Some(Status::Failed | Status::Killed | Status::TimedOut) => AnsiColor::Red,
+        Some(Status::Abandoned) => AnsiColor::Yellow,
+        Some(Status::Running) => AnsiColor::Cyan,
+        None => AnsiColor::Magenta,
+    };
+    Paint::new().fg_color(Some(colour.into()))
 }
 
-fn paint(text: &str, code: &str, colour: bool) -> String {
+fn paint(text: &str, paint: Paint, colour: bool) -> String {
     if colour {
-        format!("\x1b[{code}m{text}\x1b[0m")
+        format!("{paint}{text}{paint:#}")
     } else {
         text.to_string()
     }
@@ -385,7 +379,7 @@ pub fn table(rows: &[Row], style: &Style) -> String {
     let head: Vec<String> = (0..7).map(|i| pad(HEAD[i], i)).collect();
     out += &paint(
         &format!("{}  {}", head.join("  "), HEAD[7]),
-        "1",
+        Paint::new().bold(),
         style.colour,
     );
     out.push('\n');
@@ -502,18 +496,6 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn colour_needs_a_terminal_and_no_no_color() {
-        use std::ffi::OsStr;
-        assert!(use_colour(true, None));
-        assert!(
-            use_colour(true, Some(OsStr::new(""))),
-            "empty NO_COLOR is unset"
-        );
-        assert!(!use_colour(true, Some(OsStr::new("1"))));
-        assert!(!use_colour(false, None));
-    }
 
     #[test]
     fn durations_and_sizes_read_like_ls() {
