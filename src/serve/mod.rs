@@ -1003,8 +1003,7 @@ mod tests {
 
     #[test]
     fn token_files_give_their_first_line_and_refuse_empty_or_huge_ones() {
-        let dir = std::env::temp_dir().join(format!("logwrap-tokfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("tokfile");
         let file = |name: &str, body: &[u8]| {
             let p = dir.join(name);
             std::fs::write(&p, body).unwrap();
@@ -1027,7 +1026,6 @@ mod tests {
         let huge = file("huge", &vec![b'x'; MAX_TOKEN_FILE as usize + 1]);
         assert!(format!("{:#}", read_token_file(&huge).unwrap_err()).contains("longer"));
         assert!(read_token_file(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

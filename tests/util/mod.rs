@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test module uses its own subset
 
+pub mod job;
+pub mod serve;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
