@@ -337,3 +337,271 @@ pub struct RunArgs {
     )]
     pub command: Vec<OsString>,
 }
+
+// ---------------------------------------------------------------------------
+// Before clap: the newcomer's mistakes (issue 9 point 5)
+// ---------------------------------------------------------------------------
+
+/// Farthest a mistyped subcommand may be from a real one (transpositions count
+/// once): `lgos`, `lss`, `serv` are caught, while real command names a few
+/// letters off (`less`, `top`) are on PATH and run as before.
+const MAX_TYPO_DISTANCE: usize = 2;
+
+/// The subcommand names, from clap's own table.
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect()
+}
+
+/// Whether `argv` (as returned by [`lower`]) runs a subcommand rather than
+/// the wrapper: its first argument is a subcommand name.
+pub fn names_subcommand(argv: &[OsString]) -> bool {
+    argv.get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| subcommands().iter().any(|s| s == a))
+}
+
+/// The raw arguments made ready for clap ("lowargs"), or a hint for a
+/// mistake that would otherwise run a junk job:
+/// - `logwrap --log-dir D ls`: the wrapper's `--log-dir` moves after the
+///   subcommand, which takes it too;
+/// - any other wrapper option before a subcommand name is refused, saying how
+///   to write either meaning;
+/// - a first word that is not a subcommand but is a near miss of one, and is
+///   not a command on PATH (`is_command`), gets "did you mean".
+///
+/// Everything after a `--` is the job's and is never looked at.
+pub fn lower(
+    argv: Vec<OsString>,
+    is_command: impl Fn(&str) -> bool,
+) -> Result<Vec<OsString>, String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let names = subcommands();
+    let mut i = 1;
+    // Indices of the wrapper options (and their values) before the first word.
+    let mut options: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    let word = loop {
+        let Some(arg) = argv.get(i).and_then(|a| a.to_str()) else {
+            return Ok(argv);
+        };
+        if arg == "--" || !arg.starts_with('-') || arg == "-" {
+            if arg == "--" {
+                return Ok(argv);
+            }
+            break arg.to_string();
+        }
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((f, _)) => (f, true),
+            None => (arg, false),
+        };
+        let known = cmd.get_arguments().find(|a| {
+            flag.strip_prefix("--")
+                .is_some_and(|l| a.get_long() == Some(l))
+                || (flag.len() == 2
+                    && !flag.starts_with("--")
+                    && a.get_short() == flag.chars().nth(1))
+        });
+        // An unknown option is clap's to report.
+        let Some(known) = known else {
+            return Ok(argv);
+        };
+        let takes_value = known.get_action().takes_values() && !inline_value;
+        let end = if takes_value { i + 2 } else { i + 1 };
+        options.push((known.get_id().to_string(), i..end.min(argv.len())));
+        i = end;
+    };
+    if names.contains(&word) {
+        if options.is_empty() {
+            return Ok(argv);
+        }
+        if let Some((_, range)) = options.iter().find(|(id, _)| id != "log_dir") {
+            let shown: Vec<String> = argv[range.clone()]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let shown = shown.join(" ");
+            return Err(format!(
+                "`{shown}` is an option of the wrapper, not of `logwrap {word}`; put \
+                 subcommand options after the subcommand (`logwrap {word} ...`), or to run \
+                 a command named {word} as a job, write `logwrap {shown} -- {word} ...`"
+            ));
+        }
+        // Only --log-dir: every subcommand takes it, so it moves after the name.
+        let mut lowered = vec![argv[0].clone(), argv[i].clone()];
+        lowered.extend_from_slice(&argv[1..i]);
+        lowered.extend_from_slice(&argv[i + 1..]);
+        return Ok(lowered);
+    }
+    if !word.contains('/') && !is_command(&word) {
+        let near = names
+            .iter()
+            .map(|n| (strsim::osa_distance(&word, n), n))
+            // A word that shares nothing with a short name (`xy` for `ls`) is
+            // no typo of it.
+            .filter(|(d, n)| *d <= MAX_TYPO_DISTANCE && *d < n.len())
+            .min();
+        if let Some((_, name)) = near {
+            return Err(format!(
+                "no subcommand `{word}`: did you mean `{name}`? (to run a command named \
+                 {word}, write `logwrap -- {word}`)"
+            ));
+        }
+    }
+    Ok(argv)
+}
+
+/// Whether `name` is an executable file in a directory of `PATH`, as the
+/// wrapper's exec would find it.
+pub fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// The first line of the help of the argument clap shows as `shown` (`<ID>`)
+/// in the subcommand `argv` names, so a missing argument is explained.
+fn argument_help(argv: &[OsString], shown: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let name = shown.trim_start_matches('<').trim_end_matches('>');
+    let sub = argv.get(1)?.to_str()?;
+    let cmd = Cli::command();
+    let arg = cmd.find_subcommand(sub)?.get_positionals().find(|a| {
+        a.get_value_names()
+            .is_some_and(|v| v.iter().any(|n| n == name))
+    })?;
+    let help = arg.get_help()?.to_string();
+    Some(help.lines().next()?.trim().to_string())
+}
+
+/// One line for a clap error, like every other logwrap error: what is wrong,
+/// what to write instead, where to look. `argv` is what clap was given.
+pub fn error_message(e: &clap::Error, argv: &[OsString]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        Some(ContextValue::StyledStr(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let usage =
+        context(ContextKind::Usage).map(|u| u.trim_start_matches("Usage:").trim().to_string());
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let mut msg = match (e.kind(), context(ContextKind::InvalidArg)) {
+        (ErrorKind::MissingRequiredArgument, Some(missing)) => {
+            match argument_help(argv, &missing) {
+                Some(help) => format!("missing {missing} ({help})"),
+                None => format!("missing {missing}"),
+            }
+        }
+        _ => first.to_string(),
+    };
+    if let Some(usage) = usage {
+        msg += &format!("; usage: {usage}");
+    }
+    // `logwrap ls -l`: a command that is also a subcommand, run without `--`.
+    let sub = argv.get(1).and_then(|a| a.to_str());
+    if let (ErrorKind::UnknownArgument, Some(sub)) = (e.kind(), sub) {
+        if names_subcommand(argv) && on_path(sub) {
+            let job: Vec<String> = argv[1..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let job = job.join(" ");
+            msg += &format!("; to run `{job}` as a job, write `logwrap -- {job}`");
+        }
+    }
+    msg + "; see logwrap --help"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lowered(args: &[&str]) -> Result<Vec<String>, String> {
+        let argv = std::iter::once("logwrap")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        // Only `ls` and `sh` are "on PATH" here, whatever the machine has.
+        let on_path = |name: &str| matches!(name, "ls" | "sh");
+        lower(argv, on_path).map(|v| {
+            v[1..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn log_dir_before_a_subcommand_moves_after_it() {
+        assert_eq!(
+            lowered(&["--log-dir", "D", "ls", "--json"]).unwrap(),
+            ["ls", "--log-dir", "D", "--json"]
+        );
+        assert_eq!(
+            lowered(&["--log-dir=D", "show", "x"]).unwrap(),
+            ["show", "--log-dir=D", "x"]
+        );
+    }
+
+    #[test]
+    fn other_wrapper_options_before_a_subcommand_are_refused_with_both_meanings() {
+        let hint = lowered(&["--quiet", "ls"]).unwrap_err();
+        assert!(hint.contains("logwrap --quiet -- ls"), "{hint}");
+        assert!(hint.contains("logwrap ls ..."), "{hint}");
+        let hint = lowered(&["--log-dir", "D", "--job-run-id", "x", "gc"]).unwrap_err();
+        assert!(hint.contains("--job-run-id x"), "{hint}");
+    }
+
+    #[test]
+    fn near_misses_of_subcommands_get_did_you_mean() {
+        let hint = lowered(&["lgos"]).unwrap_err();
+        assert!(hint.contains("did you mean `logs`?"), "{hint}");
+        assert!(hint.contains("write `logwrap -- lgos`"), "{hint}");
+        assert!(lowered(&["--quiet", "serv"])
+            .unwrap_err()
+            .contains("`serve`"));
+        assert!(lowered(&["shwo", "x"]).unwrap_err().contains("`show`"));
+    }
+
+    #[test]
+    fn commands_are_left_alone() {
+        for args in [
+            &["sh", "-c", "true"][..],
+            &["--", "lgos"],
+            &["--quiet", "--", "ls"],
+            &["make", "all"],
+            &["./lgos"],
+            // Shares no letter with `ls` or `gc`: not a typo of either.
+            &["xy"],
+            &["ls", "--json"],
+            &["--bogus", "ls"],
+        ] {
+            let want: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            assert_eq!(lowered(args).unwrap(), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn missing_arguments_are_named_and_explained() {
+        let argv: Vec<OsString> = ["logwrap", "show"].map(OsString::from).to_vec();
+        let e = <Cli as clap::Parser>::try_parse_from(&argv).unwrap_err();
+        let msg = error_message(&e, &argv);
+        assert!(msg.contains("missing <ID> (Job run id)"), "{msg}");
+        assert!(!msg.contains("provided:;"), "{msg}");
+    }
+}

@@ -1,38 +1,252 @@
-//! Validated settings: raw flags and environment variables become a
-//! [`RunConfig`] and a store root here, and every mistake a user can make gets
-//! one clear message.
+//! Validated settings (ripgrep's "hiargs"): each subcommand's clap struct from
+//! `cli.rs` becomes one checked [`Action`] here, with its store root resolved,
+//! and every mistake a user can make gets one clear message. Library modules
+//! (run, logs, gc, serve) never see clap types; this module and `cli.rs` sit
+//! above all of them and nothing below imports either.
 
-use crate::cli::RunArgs;
+use crate::cli::{
+    Cli, Command, GcArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
+};
+use crate::exit::UsageError;
+use crate::gc::GcOptions;
+use crate::logs::{LogsOptions, LsOptions, ShowOptions};
 use crate::run::RunConfig;
+use crate::serve::ServeConfig;
 use crate::store::{FileStore, JobId};
 use crate::timefmt::parse_duration;
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The root used when neither `--log-dir` nor `DATABUILD_LOG_DIR` is given.
 pub const DEFAULT_ROOT: &str = "/var/log/databuild";
 
-/// Picks and checks the store root (SPEC §2): an explicit root must be writable;
-/// the default falls back to `${XDG_STATE_HOME:-$HOME/.local/state}/databuild`.
-pub fn resolve_root(explicit: Option<PathBuf>) -> Result<FileStore> {
-    if let Some(dir) = explicit.filter(|d| !d.as_os_str().is_empty()) {
-        let dir = std::path::absolute(&dir).unwrap_or(dir);
-        let store = FileStore::new(dir);
-        store.ensure_writable()?;
-        return Ok(store);
+/// What one invocation is to do, checked and ready: the only thing `main`
+/// dispatches on.
+#[derive(Debug)]
+pub enum Action {
+    /// Wrap a job.
+    Run(RunConfig, FileStore),
+    Logs(FileStore, LogsOptions),
+    Ls(FileStore, LsOptions),
+    Show(FileStore, ShowOptions),
+    Gc(FileStore, GcOptions),
+    Serve(FileStore, ServeConfig),
+}
+
+/// Turns the parsed command line into an [`Action`]. A mistake in a value clap
+/// cannot check (a duration, an address, a token file) is a [`UsageError`].
+pub fn action(cli: Cli) -> Result<Action> {
+    Ok(match cli.command {
+        None => {
+            let (cfg, store) = run_config(cli.run)?;
+            Action::Run(cfg, store)
+        }
+        Some(Command::Logs(a)) => logs_action(a)?,
+        Some(Command::Ls(a)) => ls_action(a)?,
+        Some(Command::Show(a)) => show_action(a)?,
+        Some(Command::Gc(a)) => gc_action(a)?,
+        Some(Command::Serve(a)) => serve_action(a)?,
+    })
+}
+
+fn logs_action(a: LogsArgs) -> Result<Action> {
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Logs(
+        store,
+        LogsOptions {
+            id: a.id,
+            follow: a.follow,
+            tail: a.tail,
+            since: a.since,
+            stderr: a.stderr,
+            all: a.all,
+            prefix: a.prefix,
+            timestamps: a.timestamps,
+            exit_status: a.exit_status,
+            server: a.server,
+            token: a.token,
+        },
+    ))
+}
+
+fn ls_action(a: LsArgs) -> Result<Action> {
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Ls(
+        store,
+        LsOptions {
+            json: a.json,
+            status: a.status,
+            limit: a.limit,
+        },
+    ))
+}
+
+fn show_action(a: ShowArgs) -> Result<Action> {
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Show(
+        store,
+        ShowOptions {
+            id: a.id,
+            json: a.json,
+        },
+    ))
+}
+
+fn gc_action(a: GcArgs) -> Result<Action> {
+    // gc deletes, but a root that does not exist has nothing to delete: it is
+    // resolved like any reader's, so `logwrap gc` never creates a root either.
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Gc(
+        store,
+        GcOptions {
+            dry_run: a.dry_run,
+            ttl_days: a.ttl_days,
+            max_size: a.max_size,
+        },
+    ))
+}
+
+fn serve_action(a: ServeArgs) -> Result<Action> {
+    let mut cfg = server_config(&a.listen, &a.access).map_err(usage)?;
+    cfg.max_connections = a.max_connections.max(1);
+    cfg.header_timeout = duration("header-timeout", &a.header_timeout).map_err(usage)?;
+    cfg.idle_timeout = duration("idle-timeout", &a.idle_timeout).map_err(usage)?;
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Serve(store, cfg))
+}
+
+/// Marks `e` as a mistake on the command line (exit 2 for a subcommand).
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(UsageError(format!("{e:#}")))
+}
+
+/// A duration flag's value, with the flag named in the error.
+fn duration(flag: &str, v: &str) -> Result<std::time::Duration> {
+    parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// Settings of the HTTP server from the options shared by `serve` and the
+/// wrapper's `--listen`, with the other bounds at their defaults.
+pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
+    let token = match (&args.token_file, &args.token) {
+        // Checked here rather than by clap so that the message also names the
+        // environment variable, which clap counts as --token.
+        (Some(_), Some(_)) => bail!(
+            "give the token one way: --token-file, or --token / {}, not both",
+            crate::serve::TOKEN_ENV
+        ),
+        (Some(path), None) => Some(crate::serve::read_token_file(path)?),
+        (None, t) => t.clone(),
+    };
+    let mut cfg = ServeConfig::new(listen, token)?;
+    cfg.heartbeat = duration("heartbeat", &args.heartbeat)?;
+    if cfg.heartbeat.is_zero() {
+        bail!("--heartbeat: must be more than zero");
     }
-    let default = FileStore::new(DEFAULT_ROOT);
-    if default.ensure_writable().is_ok() {
-        return Ok(default);
+    if let Some(bad) = args
+        .allow_hosts
+        .iter()
+        .find(|h| crate::serve::http::host_name(h).is_empty())
+    {
+        bail!("--allow-host {bad:?}: expected a host name such as build.example");
     }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .context("cannot write /var/log/databuild and neither XDG_STATE_HOME nor HOME is set; pass --log-dir")?;
-    let store = FileStore::new(state.join("databuild"));
-    store.ensure_writable()?;
-    Ok(store)
+    cfg.allow_hosts = args.allow_hosts.clone();
+    Ok(cfg)
+}
+
+/// Whether the caller is about to write under the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootMode {
+    /// Reading (`logs`, `ls`, `show`, `serve`, `gc`): nothing is created, and
+    /// the root is the one a wrapper started now would write to.
+    Read,
+    /// The wrapper: the root is created if needed and must be writable.
+    Write,
+}
+
+/// The store root (SPEC §2) for `explicit` (`--log-dir` / `DATABUILD_LOG_DIR`)
+/// or the default, the one resolver every command goes through so that they
+/// all agree. Read mode never fails: a root that is not there simply has no
+/// jobs, and messages name it.
+pub fn resolve_root(explicit: Option<PathBuf>, mode: RootMode) -> Result<FileStore> {
+    Defaults::from_env().resolve(explicit, mode)
+}
+
+/// Where the root is when none is given: the system default and the per-user
+/// fallback `${XDG_STATE_HOME:-$HOME/.local/state}/databuild`. A value, so
+/// tests can point both at temp dirs.
+#[derive(Debug, Clone)]
+struct Defaults {
+    system: PathBuf,
+    user: Option<PathBuf>,
+}
+
+impl Defaults {
+    fn from_env() -> Defaults {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+        Defaults {
+            system: PathBuf::from(DEFAULT_ROOT),
+            user: state.map(|s| s.join("databuild")),
+        }
+    }
+
+    fn resolve(&self, explicit: Option<PathBuf>, mode: RootMode) -> Result<FileStore> {
+        if let Some(dir) = explicit.filter(|d| !d.as_os_str().is_empty()) {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let store = FileStore::new(dir);
+            if mode == RootMode::Write {
+                store.ensure_writable()?;
+            }
+            return Ok(store);
+        }
+        let system = FileStore::new(&self.system);
+        match mode {
+            // The same choice as Write below, predicted without creating:
+            // the system root if it could be written, else the user's.
+            RootMode::Read => Ok(match &self.user {
+                Some(user) if !could_write(&system.jobs_dir()) => FileStore::new(user),
+                _ => system,
+            }),
+            RootMode::Write => {
+                if system.ensure_writable().is_ok() {
+                    return Ok(system);
+                }
+                let user = self.user.as_ref().context(
+                    "cannot write /var/log/databuild and neither XDG_STATE_HOME nor HOME is set; pass --log-dir",
+                )?;
+                let store = FileStore::new(user);
+                store.ensure_writable()?;
+                Ok(store)
+            }
+        }
+    }
+}
+
+/// Whether `dir` is, or could be created as, a directory this process can
+/// write: the check of [`FileStore::ensure_writable`] without creating
+/// anything. The nearest existing ancestor decides for what is missing.
+fn could_write(dir: &Path) -> bool {
+    let writable = |d: &Path| {
+        nix::unistd::access(
+            d,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
+    };
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) => return m.is_dir() && writable(at),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) => at = parent,
+                None => return false,
+            },
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Turns the wrapper's flags into a [`RunConfig`] and its store.
@@ -55,8 +269,6 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         Some(id) => JobId::parse(&id).map_err(anyhow::Error::msg)?,
         None => JobId::generate(),
     };
-    let duration =
-        |flag: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"));
     let timeout = args
         .timeout
         .as_deref()
@@ -91,12 +303,89 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         listen: args
             .listen
             .as_deref()
-            .map(|a| crate::serve::ServeConfig::from_args(a, &args.access))
+            .map(|a| server_config(a, &args.access))
             .transpose()?,
     };
-    let store = resolve_root(args.log_dir)?;
+    let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Invalid retention variables turn housekeeping off rather than failing the
     // job; `logwrap gc` reports them.
     cfg.housekeeping = crate::gc::Housekeeping::from_env(store.root()).ok();
     Ok((cfg, store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TempDir;
+
+    #[test]
+    fn read_mode_on_a_missing_root_creates_nothing() {
+        let tmp = TempDir::new("root-read");
+        let defaults = Defaults {
+            system: tmp.join("var/log/databuild"),
+            user: Some(tmp.join("state/databuild")),
+        };
+        let explicit = tmp.join("explicit");
+        let store = defaults
+            .resolve(Some(explicit.clone()), RootMode::Read)
+            .unwrap();
+        assert_eq!(store.root(), explicit);
+        let store = defaults.resolve(None, RootMode::Read).unwrap();
+        assert_eq!(
+            store.root(),
+            defaults.system,
+            "the system root could be created"
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "read mode created {left:?}");
+    }
+
+    #[test]
+    fn read_mode_predicts_the_root_write_mode_creates() {
+        let tmp = TempDir::new("root-agree");
+        // A file where the system root's parent should be: nobody can create
+        // it, not even root, so both modes must fall back to the user's.
+        std::fs::write(tmp.join("var"), b"").unwrap();
+        let fallback = Defaults {
+            system: tmp.join("var/log/databuild"),
+            user: Some(tmp.join("state/databuild")),
+        };
+        let writable = Defaults {
+            system: tmp.join("sys/databuild"),
+            user: Some(tmp.join("state2/databuild")),
+        };
+        for defaults in [fallback, writable] {
+            let read = defaults.resolve(None, RootMode::Read).unwrap();
+            let write = defaults.resolve(None, RootMode::Write).unwrap();
+            assert_eq!(read.root(), write.root());
+            assert!(write.jobs_dir().is_dir(), "write mode creates the root");
+        }
+    }
+
+    #[test]
+    fn write_mode_without_any_usable_root_says_to_pass_log_dir() {
+        let tmp = TempDir::new("root-none");
+        std::fs::write(tmp.join("var"), b"").unwrap();
+        let defaults = Defaults {
+            system: tmp.join("var/log/databuild"),
+            user: None,
+        };
+        let err = defaults.resolve(None, RootMode::Write).unwrap_err();
+        assert!(format!("{err:#}").contains("--log-dir"), "{err:#}");
+        // Reading still names a root (it has no jobs) rather than failing.
+        let read = defaults.resolve(None, RootMode::Read).unwrap();
+        assert_eq!(read.root(), defaults.system);
+    }
+
+    #[test]
+    fn bad_server_values_are_usage_errors() {
+        let cli = <Cli as clap::Parser>::try_parse_from(["logwrap", "serve", "--heartbeat", "abc"])
+            .unwrap();
+        let err = action(cli).unwrap_err();
+        assert!(crate::exit::is_usage(&err), "{err:#}");
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["logwrap", "serve", "--listen", "nonsense"])
+                .unwrap();
+        assert!(crate::exit::is_usage(&action(cli).unwrap_err()));
+    }
 }

@@ -1,5 +1,6 @@
-//! Exit codes: how a child's wait status becomes logwrap's own status, and the
-//! codes logwrap uses for its own failures (SPEC §1 "Exit status").
+//! Exit codes: how a child's wait status becomes logwrap's own status, the
+//! codes logwrap uses for its own failures (SPEC §1 "Exit status"), and
+//! [`ExitCode`], the one place `main` turns an outcome into a process status.
 
 use nix::sys::signal::Signal;
 
@@ -15,6 +16,85 @@ pub const NOT_FOUND: i32 = 127;
 pub const NOT_FOUND_READ: i32 = 1;
 /// Reading commands: the command line itself was wrong.
 pub const USAGE: i32 = 2;
+
+/// What the process exits with, by meaning rather than by number (as fd's
+/// `exit_codes.rs`): `main` maps every outcome through this type once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// 0: the command did what was asked.
+    Success,
+    /// 1: a reading command could not find or read what was asked for.
+    Failure,
+    /// 2: the command line was wrong (any subcommand, or a newcomer's mistake).
+    Usage,
+    /// 125: the wrapper failed before the job could run.
+    WrapperFailed,
+    /// A status passed through: the job's own code, 124, 126, 127 or 128+N
+    /// from the wrapper, or a job's status from `logs --exit-status`.
+    Status(i32),
+}
+
+impl ExitCode {
+    /// The number the process exits with. A status outside 0..=255 cannot be an
+    /// exit status; it becomes 255 rather than wrapping, so a failure never
+    /// turns into 0.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitCode::Success => 0,
+            ExitCode::Failure => NOT_FOUND_READ as u8,
+            ExitCode::Usage => USAGE as u8,
+            ExitCode::WrapperFailed => WRAPPER_FAILED as u8,
+            ExitCode::Status(n) => u8::try_from(n).unwrap_or(u8::MAX),
+        }
+    }
+
+    /// True for [`ExitCode::Success`] and a passed-through 0.
+    pub fn is_success(self) -> bool {
+        self.code() == 0
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> std::process::ExitCode {
+        std::process::ExitCode::from(code.code())
+    }
+}
+
+/// A mistake on the command line found after clap parsed it (a bad duration,
+/// a listen address, a newcomer's slip): `main` exits [`ExitCode::Usage`] for
+/// a subcommand and [`ExitCode::WrapperFailed`] for the wrapper (SPEC §1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Whether `e` is a [`UsageError`], anywhere in its chain.
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<UsageError>())
+}
+
+/// Whether `e` comes from writing to a reader that went away (`logwrap ls |
+/// head -1`): not a failure of logwrap, so `main` exits quietly with 0, as
+/// ripgrep does. serde_json hides the I/O error behind its own type, so that is
+/// looked into too.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let kind = c
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// How the main child ended, as recorded from `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +141,45 @@ pub fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_exit_code_has_its_documented_number() {
+        assert_eq!(ExitCode::Success.code(), 0);
+        assert_eq!(ExitCode::Failure.code(), 1);
+        assert_eq!(ExitCode::Usage.code(), 2);
+        assert_eq!(ExitCode::WrapperFailed.code(), 125);
+        assert_eq!(ExitCode::Status(TIMED_OUT).code(), 124);
+        assert_eq!(ExitCode::Status(NOT_EXECUTABLE).code(), 126);
+        assert_eq!(ExitCode::Status(NOT_FOUND).code(), 127);
+        assert_eq!(ExitCode::Status(137).code(), 137);
+    }
+
+    #[test]
+    fn out_of_range_statuses_become_255_never_success() {
+        assert_eq!(ExitCode::Status(256).code(), 255);
+        assert_eq!(ExitCode::Status(-1).code(), 255);
+        assert!(!ExitCode::Status(256).is_success());
+        assert!(ExitCode::Status(0).is_success());
+    }
+
+    #[test]
+    fn usage_errors_are_found_under_context() {
+        let e = anyhow::Error::new(UsageError("--heartbeat: bad".into())).context("serve");
+        assert!(is_usage(&e));
+        assert!(!is_usage(&anyhow::anyhow!("no job x")));
+    }
+
+    #[test]
+    fn broken_pipes_are_recognised_plain_and_inside_serde_json() {
+        let io = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::new(io()).context("writing")));
+        let json = serde_json::Error::io(io());
+        assert!(is_broken_pipe(
+            &anyhow::Error::new(json).context("writing JSON")
+        ));
+        let other = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!is_broken_pipe(&anyhow::Error::new(other)));
+    }
 
     #[test]
     fn exited_code_is_passed_through() {

@@ -5,8 +5,6 @@
 //! wrappers, readers and collectors never see half a job, and serves both
 //! `logwrap gc` and the wrapper's hourly background housekeeping.
 
-use crate::cli::GcArgs;
-use crate::config;
 use crate::exit;
 use crate::store::{self, FileStore, JobId, LogStore};
 use crate::timefmt;
@@ -367,10 +365,22 @@ fn due(last: SystemTime, now: SystemTime) -> bool {
 // `logwrap gc`
 // ---------------------------------------------------------------------------
 
+/// What `logwrap gc` was asked for; `None` takes the setting from the
+/// environment (SPEC §6), checked by `gc_cmd`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcOptions {
+    /// Report what would go and delete nothing.
+    pub dry_run: bool,
+    /// Override of `DATABUILD_LOG_TTL_DAYS`.
+    pub ttl_days: Option<Duration>,
+    /// Override of `DATABUILD_LOG_MAX_SIZE_GB`, in bytes.
+    pub max_size: Option<u64>,
+}
+
 /// `logwrap gc`: collects the root now and prints what went (or, with
 /// `--dry-run`, what would go). Exit status 0, 2 for a bad setting, 1 if some
 /// job could not be deleted.
-pub fn gc_cmd(args: GcArgs) -> Result<i32> {
+pub fn gc_cmd(store: FileStore, args: GcOptions) -> Result<i32> {
     let policy = match Policy::with_overrides(args.ttl_days, args.max_size) {
         Ok(p) => p,
         Err(e) => {
@@ -378,7 +388,6 @@ pub fn gc_cmd(args: GcArgs) -> Result<i32> {
             return Ok(exit::USAGE);
         }
     };
-    let store = config::resolve_root(args.root.log_dir)?;
     let mode = if args.dry_run {
         Mode::DryRun
     } else {

@@ -42,4 +42,6 @@ pub mod reader;
 pub mod run;
 pub mod serve;
 pub mod store;
+#[cfg(test)]
+mod testdir;
 pub mod timefmt;

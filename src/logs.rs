@@ -13,9 +13,8 @@ mod remote;
 mod watch;
 
 pub use jobs::ABANDONED_EXIT;
-pub use ls::{ls_cmd, show_cmd};
+pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
 
-use crate::cli::LogsArgs;
 use crate::exit;
 use crate::metadata::Metadata;
 use crate::reader::{CombinedReader, LineSource, LogLine, Start};
@@ -54,12 +53,38 @@ const COPY_BLOCK: usize = 64 * 1024;
 /// and 64 KiB turns them into few writes.
 const OUT_BUFFER: usize = 64 * 1024;
 
-/// `logwrap logs`.
-pub fn logs_cmd(args: LogsArgs) -> Result<i32> {
-    match logs(args) {
-        Err(e) if is_broken_pipe(&e) => Ok(0),
-        other => other,
-    }
+/// What `logwrap logs` was asked for, validated (built by `config.rs` from the
+/// command line; an embedder builds it directly).
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    /// The job; `None` means the most recent one.
+    pub id: Option<JobId>,
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+    /// Start at line N, counting from 1.
+    pub since: Option<u64>,
+    /// The job's stderr instead of its stdout.
+    pub stderr: bool,
+    /// stdout and stderr merged in arrival order.
+    pub all: bool,
+    /// Prefix each line with its stream.
+    pub prefix: bool,
+    /// Prefix each line with the time it was read.
+    pub timestamps: bool,
+    /// With `follow`: return the job's own exit status.
+    pub exit_status: bool,
+    /// Read through this logwrap HTTP server instead of `store`.
+    pub server: Option<String>,
+    /// Bearer token for `server`.
+    pub token: Option<String>,
+}
+
+/// `logwrap logs`: prints from `store` (or from `args.server`); returns the exit
+/// code. A reader that goes away is an error here, which `main` treats as the
+/// end of the output.
+pub fn logs_cmd(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
+    logs(store, args)
 }
 
 /// Prints `logwrap: <msg>` on stderr in one write, so a reader of stderr (or
@@ -68,20 +93,10 @@ pub(crate) fn say(msg: &str) {
     let _ = io::stderr().write_all(format!("logwrap: {msg}\n").as_bytes());
 }
 
-/// The reader of our output went away (`logwrap logs | head`): not an error.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
-}
-
-fn logs(args: LogsArgs) -> Result<i32> {
+fn logs(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
     if let Some(url) = &args.server {
         return remote::logs(&args, url);
     }
-    let files = jobs::reading_root(args.root.log_dir.clone())?;
-    let store: &dyn LogStore = &files;
     let id = match &args.id {
         Some(id) => id.clone(),
         None => jobs::most_recent(store)?,
@@ -198,7 +213,7 @@ enum Printer {
 }
 
 impl Printer {
-    fn open(store: &dyn LogStore, id: &JobId, args: &LogsArgs) -> Result<Printer> {
+    fn open(store: &dyn LogStore, id: &JobId, args: &LogsOptions) -> Result<Printer> {
         let stream = if args.stderr {
             Stream::Stderr
         } else {

@@ -1,77 +1,83 @@
-//! The `logwrap` binary: parse, dispatch, print any error once, exit with the
-//! right code. All the work is in the library.
+//! The `logwrap` binary: lower the raw arguments, parse, validate, dispatch,
+//! print any error once, and map the outcome to an exit code in one place.
+//! All the work is in the library.
 
 use clap::Parser;
-use logwrap::cli::{Cli, Command};
-use logwrap::{config, exit, gc, logs, run, serve};
-use std::process::ExitCode;
+use logwrap::cli::{self, Cli};
+use logwrap::config::{self, Action};
+use logwrap::exit::{self, ExitCode};
+use logwrap::{gc, logs, run, serve};
 
-fn main() -> ExitCode {
-    // Usage errors of the reading commands exit 2 (like most CLIs); the wrapper's
-    // exit 125, so a scheduler can tell them from the job's own codes.
-    let reading = std::env::args()
-        .nth(1)
-        .is_some_and(|a| matches!(a.as_str(), "logs" | "ls" | "show" | "gc" | "serve"));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line, like every other logwrap error: clap's first line without
-            // its "error: " prefix, plus where to look.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "logwrap: {}; see logwrap --help",
-                first.trim_start_matches("error: ")
-            );
-            let code = if reading {
-                exit::USAGE
-            } else {
-                exit::WRAPPER_FAILED
-            };
-            return ExitCode::from(code as u8);
-        }
-    };
-    let code = match cli.command {
-        Some(command) => {
-            let result = match command {
-                Command::Logs(a) => logs::logs_cmd(a),
-                Command::Ls(a) => logs::ls_cmd(a),
-                Command::Show(a) => logs::show_cmd(a),
-                Command::Gc(a) => gc::gc_cmd(a),
-                Command::Serve(a) => serve::serve_cmd(a),
-            };
-            result.unwrap_or_else(|e| {
-                eprintln!("logwrap: {e:#}");
-                exit::NOT_FOUND_READ
-            })
-        }
-        None => run_job(cli.run),
-    };
-    ExitCode::from(code.clamp(0, 255) as u8)
+fn main() -> std::process::ExitCode {
+    real_main().into()
 }
 
-fn run_job(args: logwrap::cli::RunArgs) -> i32 {
-    match config::run_config(args) {
+fn real_main() -> ExitCode {
+    let argv = match cli::lower(std::env::args_os().collect(), cli::on_path) {
+        Ok(argv) => argv,
+        Err(hint) => {
+            eprintln!("logwrap: {hint}");
+            return ExitCode::Usage;
+        }
+    };
+    // Usage errors of the subcommands exit 2 (like most CLIs); the wrapper's
+    // 125, so a scheduler can tell them from the job's own codes (SPEC §1).
+    let wrapper = !cli::names_subcommand(&argv);
+    let mistake = if wrapper {
+        ExitCode::WrapperFailed
+    } else {
+        ExitCode::Usage
+    };
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version; a closed stdout is not worth a message.
+            let _ = e.print();
+            return ExitCode::Success;
+        }
+        Err(e) => {
+            eprintln!("logwrap: {}", cli::error_message(&e, &argv));
+            return mistake;
+        }
+    };
+    let result = config::action(cli).and_then(|action| match action {
+        Action::Run(cfg, store) => Ok(run_job(&cfg, &store)),
+        Action::Logs(store, o) => logs::logs_cmd(&store, o).map(ExitCode::Status),
+        Action::Ls(store, o) => logs::ls_cmd(&store, o).map(ExitCode::Status),
+        Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
+        Action::Gc(store, o) => gc::gc_cmd(store, o).map(ExitCode::Status),
+        Action::Serve(store, cfg) => serve::serve_cmd(store, cfg).map(ExitCode::Status),
+    });
+    match result {
+        Ok(code) => code,
+        // The reader of our output went away (`logwrap ls --json | head -1`):
+        // the output simply ends there, as with any Unix filter.
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::Success,
         Err(e) => {
             eprintln!("logwrap: {e:#}");
-            exit::WRAPPER_FAILED
+            if wrapper {
+                ExitCode::WrapperFailed
+            } else if exit::is_usage(&e) {
+                ExitCode::Usage
+            } else {
+                ExitCode::Failure
+            }
         }
-        Ok((cfg, store)) => match run::run(&cfg, &store) {
-            Err(e) => {
-                eprintln!("logwrap: {e}");
-                exit::WRAPPER_FAILED
+    }
+}
+
+/// Runs the job; its own status, or 125 with one message if logwrap failed.
+fn run_job(cfg: &run::RunConfig, store: &logwrap::store::FileStore) -> ExitCode {
+    match run::run(cfg, store) {
+        Err(e) => {
+            eprintln!("logwrap: {e}");
+            ExitCode::WrapperFailed
+        }
+        Ok(outcome) => {
+            if let Some(msg) = &outcome.error {
+                eprintln!("logwrap: {msg}");
             }
-            Ok(outcome) => {
-                if let Some(msg) = &outcome.error {
-                    eprintln!("logwrap: {msg}");
-                }
-                outcome.exit_code
-            }
-        },
+            ExitCode::Status(outcome.exit_code)
+        }
     }
 }

@@ -260,25 +260,22 @@ mod tests {
 
     #[test]
     fn atomic_write_round_trips_and_leaves_no_temp_file() {
-        let dir = std::env::temp_dir().join(format!("logwrap-meta-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testdir::TempDir::new("meta");
+        let dir = tmp.path();
         let path = dir.join("metadata.json");
         let m = sample();
         write_atomic(&path, &m.to_json(), true).unwrap();
         assert_eq!(read(&path).unwrap(), m);
-        let names: Vec<_> = std::fs::read_dir(&dir)
+        let names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("metadata.json")]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_planted_temp_link_is_replaced_not_followed() {
-        let dir = std::env::temp_dir().join(format!("logwrap-meta-link-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("meta-link");
         let victim = dir.join("victim");
         std::fs::write(&victim, b"keep me").unwrap();
         std::os::unix::fs::symlink(&victim, dir.join(".metadata.json.tmp")).unwrap();
@@ -288,6 +285,5 @@ mod tests {
         assert_eq!(read(&path).unwrap(), sample());
         assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
         assert!(std::fs::symlink_metadata(dir.join(".metadata.json.tmp")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

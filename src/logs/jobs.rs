@@ -2,11 +2,9 @@
 //! first with its live metadata, the most recent job, the ids closest to one that
 //! does not exist, and the exit status a finished job stands for.
 
-use crate::config;
 use crate::metadata::{Metadata, Status};
-use crate::store::{FileStore, JobId, LogStore};
+use crate::store::{JobId, LogStore};
 use anyhow::{anyhow, Result};
-use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Exit status of `logs -f --exit-status` for an abandoned job: what a shell sees
@@ -18,18 +16,8 @@ pub const ABANDONED_EXIT: i32 = 128 + 9;
 /// enough to stay on one line.
 const SUGGESTIONS: usize = 3;
 
-/// The store to read. An explicit root is used as given, since reading needs no
-/// write access; the default is picked exactly as the wrapper picks it, so
-/// `logwrap logs` finds what `logwrap -- cmd` wrote.
-pub fn reading_root(explicit: Option<PathBuf>) -> Result<FileStore> {
-    match explicit.filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => Ok(FileStore::new(std::path::absolute(&dir).unwrap_or(dir))),
-        None => config::resolve_root(None),
-    }
-}
-
-/// The most recent job (see [`list`] for the order), or an error saying there is
-/// none.
+/// The most recent job (see [`LogStore::list_jobs`] for the order), or an error
+/// saying there is none.
 pub fn most_recent(store: &dyn LogStore) -> Result<JobId> {
     store
         .list_jobs()?
@@ -64,31 +52,13 @@ pub fn closest<'a>(want: &str, ids: &[&'a str], n: usize) -> Vec<&'a str> {
     let mut scored: Vec<(usize, &str)> = ids
         .iter()
         .filter_map(|id| {
-            let d = edit_distance(want, id);
+            let d = strsim::levenshtein(want, id);
             let contains = !want.is_empty() && id.contains(want);
             (d <= limit || contains).then_some((if contains { d.min(limit) } else { d }, *id))
         })
         .collect();
     scored.sort();
     scored.into_iter().take(n).map(|(_, id)| id).collect()
-}
-
-/// Levenshtein distance over characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diag + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            diag = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 /// The status the job's wrapper exited with (SPEC §1), as `logs -f --exit-status`
@@ -110,14 +80,6 @@ pub fn exit_status(meta: &Metadata) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn edit_distance_counts_single_character_edits() {
-        assert_eq!(edit_distance("build-42", "build-42"), 0);
-        assert_eq!(edit_distance("buidl-42", "build-42"), 2);
-        assert_eq!(edit_distance("build-4", "build-42"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-    }
 
     #[test]
     fn closest_ids_are_near_misses_nearest_first() {

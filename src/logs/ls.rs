@@ -4,10 +4,10 @@
 
 use super::jobs;
 use super::say;
-use crate::cli::{LsArgs, ShowArgs};
 use crate::metadata::{Metadata, Status};
 use crate::store::{JobId, JobListing, LogStore, Stream, Unlisted};
 use crate::timefmt;
+use anstyle::{AnsiColor, Style as Paint};
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
@@ -18,10 +18,27 @@ const MIN_COMMAND_WIDTH: usize = 12;
 /// Width assumed for a terminal that does not report one.
 const DEFAULT_WIDTH: usize = 80;
 
+/// What `logwrap ls` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct LsOptions {
+    /// A JSON array of full metadata instead of a table.
+    pub json: bool,
+    /// Only jobs with one of these statuses (all when empty).
+    pub status: Vec<String>,
+    /// At most this many of the newest jobs.
+    pub limit: Option<usize>,
+}
+
+/// What `logwrap show` was asked for.
+#[derive(Debug, Clone)]
+pub struct ShowOptions {
+    pub id: JobId,
+    /// The metadata.json document instead of a summary.
+    pub json: bool,
+}
+
 /// `logwrap ls`.
-pub fn ls_cmd(args: LsArgs) -> Result<i32> {
-    let files = jobs::reading_root(args.root.log_dir)?;
-    let store: &dyn LogStore = &files;
+pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
     let mut shown: Vec<JobListing> = Vec::new();
     for job in store.list_jobs()? {
         // A job whose metadata cannot be read is listed as `damaged` (issue 8),
@@ -50,7 +67,7 @@ pub fn ls_cmd(args: LsArgs) -> Result<i32> {
     } else {
         let tty = stdout.is_terminal();
         let style = Style {
-            colour: use_colour(tty, std::env::var_os("NO_COLOR").as_deref()),
+            colour: use_colour(),
             width: tty.then(terminal_width),
         };
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
@@ -89,9 +106,7 @@ fn json_entry(job: &JobListing) -> serde_json::Value {
 }
 
 /// `logwrap show <id>`.
-pub fn show_cmd(args: ShowArgs) -> Result<i32> {
-    let files = jobs::reading_root(args.root.log_dir)?;
-    let store: &dyn LogStore = &files;
+pub fn show_cmd(store: &dyn LogStore, args: ShowOptions) -> Result<i32> {
     if !store.job_exists(&args.id) {
         return Err(jobs::not_found(store, &args.id));
     }
@@ -101,10 +116,7 @@ pub fn show_cmd(args: ShowArgs) -> Result<i32> {
     if args.json {
         out.write_all(&meta.to_json())?;
     } else {
-        let colour = use_colour(
-            stdout.is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        );
+        let colour = use_colour();
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
         let sizes = [Stream::Stdout, Stream::Stderr].map(|s| log_size(store, &args.id, s));
         let dir = format!("{}/{}", store.location(), args.id);
@@ -114,24 +126,19 @@ pub fn show_cmd(args: ShowArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Colour only on a terminal, and not when `NO_COLOR` is set to anything
-/// non-empty (<https://no-color.org>).
-pub fn use_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    tty && no_color.map_or(true, |v| v.is_empty())
+/// Colour on stdout as anstream decides it, the same way clap's own output
+/// does: only on a terminal that can show it, never with `NO_COLOR` set to
+/// anything non-empty (<https://no-color.org>), always with `CLICOLOR_FORCE`.
+fn use_colour() -> bool {
+    anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
 }
 
 /// The terminal's width, from the terminal itself or `COLUMNS`.
 fn terminal_width() -> usize {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize we pass; fd 1 is only read.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
-        return usize::from(ws.ws_col);
+    if let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size_of(std::io::stdout()) {
+        if w > 0 {
+            return usize::from(w);
+        }
     }
     std::env::var("COLUMNS")
         .ok()
@@ -309,21 +316,22 @@ pub fn shorten(text: &str, width: usize) -> String {
     s
 }
 
-/// ANSI colour of a status: green done, red failed, yellow abandoned, cyan
+/// Colour of a status: green done, red failed, yellow abandoned, cyan
 /// running, magenta damaged.
-fn status_colour(s: Option<Status>) -> &'static str {
-    match s {
-        Some(Status::Succeeded) => "32",
-        Some(Status::Failed | Status::Killed | Status::TimedOut) => "31",
-        Some(Status::Abandoned) => "33",
-        Some(Status::Running) => "36",
-        None => "35",
-    }
+fn status_colour(s: Option<Status>) -> Paint {
+    let colour = match s {
+        Some(Status::Succeeded) => AnsiColor::Green,
+        Some(Status::Failed | Status::Killed | Status::TimedOut) => AnsiColor::Red,
+        Some(Status::Abandoned) => AnsiColor::Yellow,
+        Some(Status::Running) => AnsiColor::Cyan,
+        None => AnsiColor::Magenta,
+    };
+    Paint::new().fg_color(Some(colour.into()))
 }
 
-fn paint(text: &str, code: &str, colour: bool) -> String {
+fn paint(text: &str, paint: Paint, colour: bool) -> String {
     if colour {
-        format!("\x1b[{code}m{text}\x1b[0m")
+        format!("{paint}{text}{paint:#}")
     } else {
         text.to_string()
     }
@@ -373,7 +381,7 @@ pub fn table(rows: &[Row], style: &Style) -> String {
     let head: Vec<String> = (0..7).map(|i| pad(HEAD[i], i)).collect();
     out += &paint(
         &format!("{}  {}", head.join("  "), HEAD[7]),
-        "1",
+        Paint::new().bold(),
         style.colour,
     );
     out.push('\n');
@@ -490,18 +498,6 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn colour_needs_a_terminal_and_no_no_color() {
-        use std::ffi::OsStr;
-        assert!(use_colour(true, None));
-        assert!(
-            use_colour(true, Some(OsStr::new(""))),
-            "empty NO_COLOR is unset"
-        );
-        assert!(!use_colour(true, Some(OsStr::new("1"))));
-        assert!(!use_colour(false, None));
-    }
 
     #[test]
     fn durations_and_sizes_read_like_ls() {

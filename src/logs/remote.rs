@@ -3,14 +3,14 @@
 //! if the connection drops while following.
 
 use super::jobs;
-use crate::cli::LogsArgs;
+use super::LogsOptions;
 use crate::metadata::Metadata;
 use crate::serve::client::{self, Line, Query, Target};
 use anyhow::{Context, Result};
 use std::io::{self, BufWriter, Write};
 
 /// Prints job output read from the server at `url`; returns the exit code.
-pub fn logs(args: &LogsArgs, url: &str) -> Result<i32> {
+pub fn logs(args: &LogsOptions, url: &str) -> Result<i32> {
     let target = Target::parse(url, args.token.clone())?;
     let id = match &args.id {
         Some(id) => id.to_string(),

@@ -172,8 +172,11 @@ pub fn run<S: LogStore + Clone + 'static>(
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| SetupError(format!("cannot watch signals: {e}")))?;
     if cfg.reap_orphans {
-        // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        // Without it orphans are reaped by init instead: the job still runs,
+        // so a failure (an old kernel, a seccomp filter) is only reported.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn(&format!("cannot become a child subreaper: {e}"));
+        }
     }
 
     let winsize = cfg.pty.then(|| initial_winsize(cfg));
@@ -239,15 +242,15 @@ pub fn run<S: LogStore + Clone + 'static>(
     });
     let [out_tee, err_tee] = if cfg.quiet {
         [None, None]
-    } else if same_file(1, 2) {
+    } else if same_file(tee::STDOUT, tee::STDERR) {
         // `2>&1`: two writers would tear each other's lines apart.
-        let (o, e) = tee::Tee::start_shared(1, wake_fn.clone(), lp.want_wake.clone());
+        let (o, e) = tee::Tee::start_shared(tee::STDOUT, wake_fn.clone(), lp.want_wake.clone());
         [Some(o), Some(e)]
     } else {
-        [1, 2].map(|fd| {
+        [(tee::STDOUT, 0), (tee::STDERR, 1)].map(|(fd, tag)| {
             Some(tee::Tee::start(
                 fd,
-                fd as usize - 1,
+                tag,
                 wake_fn.clone(),
                 lp.want_wake.clone(),
             ))
@@ -350,14 +353,32 @@ fn exec_failed(
     }
 }
 
+/// What to warn about after sending `sig` to `group`: nothing when it was
+/// sent or the group is already gone (ESRCH, the usual race with the job's
+/// exit), else the error (tini's policy).
+fn signal_problem(sent: nix::Result<()>, sig: Signal, group: Pid) -> Option<String> {
+    match sent {
+        Ok(()) | Err(Errno::ESRCH) => None,
+        Err(e) => Some(format!(
+            "cannot send {sig} to the job's process group {group}: {e}"
+        )),
+    }
+}
+
+/// Reports a problem that does not stop the job, in one write (so it is not
+/// torn by the job's own stderr copy), as `logwrap: warning: ...`.
+fn warn(msg: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("logwrap: warning: {msg}\n").as_bytes());
+}
+
 /// True when descriptors `a` and `b` are the same open file (same device and
 /// inode), as after `2>&1`.
-fn same_file(a: i32, b: i32) -> bool {
+fn same_file(a: tee::Fd, b: tee::Fd) -> bool {
     let stat = |fd| {
-        // SAFETY: an all-zero stat is valid, and fstat fills it in.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat on a descriptor number; a closed one just fails.
-        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+        nix::sys::stat::fstat(fd)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
     };
     matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
 }
@@ -800,9 +821,13 @@ impl Loop<'_> {
     }
 
     /// Sends `sig` to the child's process group (it leads its own session). ESRCH
-    /// (the group is gone) is expected near the end and not an error.
+    /// (the group is gone) is expected near the end and not an error; anything
+    /// else (EPERM: the group changed hands) is reported, as tini does.
     fn signal_group(&self, sig: Signal) {
-        let _ = kill(Pid::from_raw(-self.child.as_raw()), sig);
+        let sent = kill(Pid::from_raw(-self.child.as_raw()), sig);
+        if let Some(problem) = signal_problem(sent, sig, self.child) {
+            warn(&problem);
+        }
     }
 
     fn resize(&mut self) {
@@ -980,6 +1005,19 @@ impl Loop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_signal_errors_other_than_esrch_are_reported() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(signal_problem(Ok(()), Signal::SIGTERM, pid), None);
+        assert_eq!(
+            signal_problem(Err(Errno::ESRCH), Signal::SIGKILL, pid),
+            None
+        );
+        let warning = signal_problem(Err(Errno::EPERM), Signal::SIGTERM, pid).unwrap();
+        assert!(warning.contains("SIGTERM"), "{warning}");
+        assert!(warning.contains("42"), "{warning}");
+    }
     use crate::store::JobId;
 
     #[test]

@@ -43,8 +43,7 @@ pub fn spawn(
         .stdin(Stdio::inherit());
     let (out_read, err_read) = match pty {
         Some(ws) => {
-            // SAFETY: isatty on a descriptor number; no memory is involved.
-            let keyboard = unsafe { libc::isatty(0) } == 1;
+            let keyboard = std::io::IsTerminal::is_terminal(&std::io::stdin());
             let out = open_pty(&ws, !keyboard)?;
             let err = open_pty(&ws, false)?;
             cmd.stdout(Stdio::from(out.1)).stderr(Stdio::from(err.1));
@@ -97,8 +96,8 @@ pub fn spawn(
             let o: OwnedFd = child.stdout.take().expect("piped stdout").into();
             let e: OwnedFd = child.stderr.take().expect("piped stderr").into();
             for fd in [&o, &e] {
-                // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only means a smaller pipe.
-                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+                // Failure only means a smaller pipe.
+                let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
             }
             (o, e)
         }

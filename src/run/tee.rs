@@ -9,8 +9,10 @@
 //! a copy that fell behind is finished from the log file itself, after the
 //! final metadata is written, and given up on if its reader stops reading.
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::fs::File;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -58,11 +60,22 @@ struct Shared {
     catch_up: Mutex<Vec<CatchUp>>,
 }
 
+/// A descriptor the copy writes to: the wrapper's own stdout or stderr.
+pub type Fd = BorrowedFd<'static>;
+
+/// The wrapper's stdout.
+// SAFETY: fds 1 and 2 belong to the process for its whole life; logwrap never
+// closes them, so a borrow of them never outlives the descriptor.
+pub const STDOUT: Fd = unsafe { BorrowedFd::borrow_raw(1) };
+/// The wrapper's stderr.
+// SAFETY: as for STDOUT.
+pub const STDERR: Fd = unsafe { BorrowedFd::borrow_raw(2) };
+
 /// One stream's copy: inline, or a thread and its queue (one thread for both
 /// streams when they go to the same file).
 pub struct Tee {
     /// Set when the destination never blocks and writes are made inline.
-    inline_fd: Option<RawFd>,
+    inline_fd: Option<Fd>,
     /// This stream's number in the messages (0 stdout, 1 stderr).
     tag: usize,
     tx: Option<SyncSender<Msg>>,
@@ -79,7 +92,7 @@ impl Tee {
     /// else on a thread. After each chunk written, if `want_wake` is set, the
     /// thread clears it and calls `wake` (the event loop's waker).
     pub fn start(
-        fd: RawFd,
+        fd: Fd,
         tag: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
         want_wake: Arc<AtomicBool>,
@@ -105,7 +118,7 @@ impl Tee {
     /// [`MAX_HELD_LINE`], for at most [`HOLD_PARTIAL_LINE`]) so the other
     /// stream's lines cannot cut into it. Returns the stdout and stderr handles.
     pub fn start_shared(
-        fd: RawFd,
+        fd: Fd,
         wake: Arc<dyn Fn() + Send + Sync>,
         want_wake: Arc<AtomicBool>,
     ) -> (Tee, Tee) {
@@ -119,7 +132,7 @@ impl Tee {
     }
 
     fn threaded(
-        fd: RawFd,
+        fd: Fd,
         by_line: bool,
         wake: Arc<dyn Fn() + Send + Sync>,
         want_wake: Arc<AtomicBool>,
@@ -137,7 +150,7 @@ impl Tee {
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("logwrap-tee-{fd}"))
+            .name(format!("logwrap-tee-{}", fd.as_raw_fd()))
             .spawn(move || {
                 let _done = done_tx;
                 let mut lines = LineMerge::default();
@@ -305,14 +318,14 @@ impl Default for Shared {
 impl Shared {
     /// Writes `buf` unless the reader is gone; a failure (EPIPE or any other)
     /// only ends the copy: it is best effort and the log is the source of truth.
-    fn copy(&self, fd: RawFd, buf: &[u8]) {
+    fn copy(&self, fd: Fd, buf: &[u8]) {
         if !self.dead.load(Ordering::Relaxed) && write_all(fd, buf, &self.written).is_err() {
             self.dead.store(true, Ordering::Relaxed);
         }
     }
 
     /// Copies `[from, to)` of the log to `fd`, a piece at a time.
-    fn copy_from_log(&self, fd: RawFd, c: &CatchUp) {
+    fn copy_from_log(&self, fd: Fd, c: &CatchUp) {
         let mut buf = vec![0u8; CATCH_UP_PIECE];
         let mut at = c.from;
         while at < c.to && !self.dead.load(Ordering::Relaxed) {
@@ -376,47 +389,40 @@ impl LineMerge {
 }
 
 /// True for a regular file or `/dev/null`, which a write never waits on.
-fn never_blocks(fd: RawFd) -> bool {
+fn never_blocks(fd: Fd) -> bool {
     fstat_kind(fd).is_some_and(|(kind, _)| kind == libc::S_IFREG) || is_dev_null(fd)
 }
 
 /// True for `/dev/null`.
-fn is_dev_null(fd: RawFd) -> bool {
-    fstat_kind(fd).is_some_and(|(kind, rdev)| kind == libc::S_IFCHR && rdev == libc::makedev(1, 3))
+fn is_dev_null(fd: Fd) -> bool {
+    fstat_kind(fd)
+        .is_some_and(|(kind, rdev)| kind == libc::S_IFCHR && rdev == nix::sys::stat::makedev(1, 3))
 }
 
 /// The file type bits and device number of `fd`, if it is open.
-fn fstat_kind(fd: RawFd) -> Option<(libc::mode_t, libc::dev_t)> {
-    // SAFETY: an all-zero stat is valid, and fstat fills it in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on a descriptor number; a closed one just fails.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_mode & libc::S_IFMT, st.st_rdev))
+fn fstat_kind(fd: Fd) -> Option<(libc::mode_t, libc::dev_t)> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    Some((st.st_mode & libc::S_IFMT, st.st_rdev))
 }
 
 /// Writes all of `buf` to `fd`, retrying on EINTR and waiting on EAGAIN (a
 /// descriptor someone else made non-blocking); counts what is written.
-fn write_all(fd: RawFd, mut buf: &[u8], written: &AtomicU64) -> std::io::Result<()> {
+fn write_all(fd: Fd, mut buf: &[u8], written: &AtomicU64) -> std::io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: writing from a valid slice to a descriptor the process owns.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf = &buf[n as usize..];
-            written.fetch_add(n as u64, Ordering::Relaxed);
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: poll on one pollfd we own.
-                unsafe { libc::poll(&mut pfd, 1, -1) };
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => {
+                buf = &buf[n..];
+                written.fetch_add(n as u64, Ordering::Relaxed);
             }
-            _ => return Err(err),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                // Whatever poll says, the write is simply tried again.
+                let _ = nix::poll::poll(
+                    &mut [PollFd::new(fd, PollFlags::POLLOUT)],
+                    PollTimeout::NONE,
+                );
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -20,7 +20,6 @@ mod routes;
 pub mod sse;
 mod term;
 
-use crate::cli::{ServeArgs, ServerArgs};
 use crate::store::{ChangeWatcher, FileStore, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
@@ -33,7 +32,6 @@ use routes::{Body, Ctx, JobState, Response};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,37 +120,6 @@ impl ServeConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             allow_hosts: Vec::new(),
         })
-    }
-}
-
-impl ServeConfig {
-    /// Settings from the server options shared by `serve` and `--listen`, with
-    /// the other bounds at their defaults.
-    pub fn from_args(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
-        let token = match (&args.token_file, &args.token) {
-            // Checked here rather than by clap so that the message also names
-            // the environment variable, which clap counts as --token.
-            (Some(_), Some(_)) => {
-                bail!("give the token one way: --token-file, or --token / {TOKEN_ENV}, not both")
-            }
-            (Some(path), None) => Some(read_token_file(path)?),
-            (None, t) => t.clone(),
-        };
-        let mut cfg = ServeConfig::new(listen, token)?;
-        cfg.heartbeat = crate::timefmt::parse_duration(&args.heartbeat)
-            .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?;
-        if cfg.heartbeat.is_zero() {
-            bail!("--heartbeat: must be more than zero");
-        }
-        if let Some(bad) = args
-            .allow_hosts
-            .iter()
-            .find(|h| http::host_name(h).is_empty())
-        {
-            bail!("--allow-host {bad:?}: expected a host name such as build.example");
-        }
-        cfg.allow_hosts = args.allow_hosts.clone();
-        Ok(cfg)
     }
 }
 
@@ -951,36 +918,9 @@ fn raise_fd_limit() {
     }
 }
 
-/// The root `serve` reads: like the wrapper's, but it only has to be readable.
-fn reading_root(explicit: Option<PathBuf>) -> Result<FileStore> {
-    if let Some(dir) = explicit.filter(|d| !d.as_os_str().is_empty()) {
-        let dir = std::path::absolute(&dir).unwrap_or(dir);
-        return Ok(FileStore::new(dir));
-    }
-    let default = FileStore::new(crate::config::DEFAULT_ROOT);
-    if default.jobs_dir().is_dir() {
-        return Ok(default);
-    }
-    crate::config::resolve_root(None)
-}
-
-/// `logwrap serve`: serves every job under the root until killed.
-pub fn serve_cmd(args: ServeArgs) -> Result<i32> {
-    let store = reading_root(args.root.log_dir)?;
-    let duration = |flag: &str, v: &str| {
-        crate::timefmt::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
-    };
-    let mut cfg = match ServeConfig::from_args(&args.listen, &args.access) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            // A bad option, like clap's own errors: usage, exit 2.
-            eprintln!("logwrap: {e:#}");
-            return Ok(crate::exit::USAGE);
-        }
-    };
-    cfg.max_connections = args.max_connections.max(1);
-    cfg.header_timeout = duration("header-timeout", &args.header_timeout)?;
-    cfg.idle_timeout = duration("idle-timeout", &args.idle_timeout)?;
+/// `logwrap serve`: serves every job under the root until killed. `cfg` comes
+/// validated from `config.rs` (or from an embedder).
+pub fn serve_cmd(store: FileStore, cfg: ServeConfig) -> Result<i32> {
     let mut poll = Poll::new().context("creating the event loop")?;
     let mut server = Server::bind(cfg, Arc::new(store.clone()), None)?;
     server.register(poll.registry(), Token(0))?;
@@ -1019,8 +959,7 @@ mod tests {
 
     #[test]
     fn token_files_give_their_first_line_and_refuse_empty_or_huge_ones() {
-        let dir = std::env::temp_dir().join(format!("logwrap-tokfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("tokfile");
         let file = |name: &str, body: &[u8]| {
             let p = dir.join(name);
             std::fs::write(&p, body).unwrap();
@@ -1043,7 +982,6 @@ mod tests {
         let huge = file("huge", &vec![b'x'; MAX_TOKEN_FILE as usize + 1]);
         assert!(format!("{:#}", read_token_file(&huge).unwrap_err()).contains("longer"));
         assert!(read_token_file(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

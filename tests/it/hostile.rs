@@ -4,7 +4,7 @@
 //! clear error and never follows, blocks or balloons; and liveness cannot be
 //! faked away by deleting the `lock` file.
 
-use crate::serve::{get, listening_job, port_of, Serve, LIMIT};
+use crate::util::serve::{get, listening_job, port_of, Serve, LIMIT};
 use crate::util::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -258,7 +258,7 @@ fn listen_refuses_a_log_the_job_replaced_with_a_link() {
 
 // ---- liveness ------------------------------------------------------------------
 
-use crate::logs::{spawn_job, wait_child, Follower, Gate};
+use crate::util::job::{spawn_job, wait_child, Follower, Gate};
 
 fn status_of(env: &TestEnv, id: &str) -> String {
     let o = logwrap(env, &["show", "--json", id]);

@@ -4,6 +4,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod cli;
 mod gc;
 mod hostile;
 mod logs;

@@ -4,7 +4,7 @@
 //! stream switch filters, scrolling up pauses auto-scroll, and `complete` shows
 //! the exit code. Screenshots go to the test's temp dir, never the repository.
 
-use crate::serve::*;
+use crate::util::serve::*;
 use crate::util::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};

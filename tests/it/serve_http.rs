@@ -2,7 +2,7 @@
 //! polling, raw logs with Range, the job list and metadata, health, the pages,
 //! and every limit of SPEC §5 hit by a real client (raw sockets and curl).
 
-use crate::serve::*;
+use crate::util::serve::*;
 use crate::util::*;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -635,8 +635,8 @@ fn the_wrappers_listen_server_checks_host_names_too() {
     let env = TestEnv::new();
     let script = "echo listen-line; read x || true";
     let (job, url) =
-        crate::serve::listening_script(&env, "dnsl", &["--allow-host", "ok.example"], script);
-    let port = crate::serve::port_of(&url);
+        crate::util::serve::listening_script(&env, "dnsl", &["--allow-host", "ok.example"], script);
+    let port = crate::util::serve::port_of(&url);
     let raw = "/api/job_runs/dnsl/logs/stdout/raw";
     wait_until(LIMIT, "the line", || {
         get_for_host(port, raw, Some("localhost")).body == b"listen-line\n"
@@ -681,9 +681,13 @@ fn a_token_file_guards_serve_and_listen() {
     let wrong = [("Authorization", "Bearer f1le-t0ke")];
     assert_eq!(get(srv.port, path, &wrong).status, 401);
 
-    let (job, url) =
-        crate::serve::listening_script(&env, "tfl", &["--token-file", file], "read x || true");
-    let port = crate::serve::port_of(&url);
+    let (job, url) = crate::util::serve::listening_script(
+        &env,
+        "tfl",
+        &["--token-file", file],
+        "read x || true",
+    );
+    let port = crate::util::serve::port_of(&url);
     assert_eq!(get(port, "/api/job_runs/tfl", &[]).status, 401);
     assert_eq!(get(port, "/api/job_runs/tfl", &bearer).status, 200);
     assert!(job.finish().success());

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test module uses its own subset
 
+pub mod job;
+pub mod serve;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,4 +114,26 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
 /// stderr of an output as text.
 pub fn stderr_text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the command exited 0, showing its stderr if not (fd's `assert_ok`).
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}; stderr: {}",
+        o.status,
+        stderr_text(o)
+    );
+}
+
+/// Asserts the command exited with `code`, showing its stderr if not.
+#[track_caller]
+pub fn assert_fails_with(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit {code}; stderr: {}",
+        stderr_text(o)
+    );
 }

@@ -1,0 +1,153 @@
+//! Helpers for tests of jobs in the background: spawning one, waiting for it
+//! with a deadline, a named-pipe gate the job waits at, and a `logs -f`
+//! follower whose output is collected as it arrives.
+
+use super::*;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Upper bound for anything these helpers wait on.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A job in the background (pipe mode, quiet).
+pub fn spawn_job(env: &TestEnv, id: &str, script: &str) -> Child {
+    env.cmd()
+        .args([
+            "--job-run-id",
+            id,
+            "--no-pty",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+    let mut status = None;
+    wait_until(LIMIT, what, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+/// A named pipe the job waits at ([`Gate::wait`]), so the test decides when the
+/// job goes on, without sleeping.
+pub struct Gate(PathBuf);
+
+impl Gate {
+    pub fn new(env: &TestEnv, name: &str) -> Gate {
+        let path = env.path(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        Gate(path)
+    }
+
+    /// Shell code that waits until the test opens the gate. A read that ends
+    /// empty is retried: our writer (or a copy a concurrent fork briefly holds)
+    /// may still be open when the job comes back to the gate, which then opens at
+    /// once and reads EOF once that writer closes.
+    pub fn wait(&self) -> String {
+        format!("until read x < {}; do :; done", self.0.to_str().unwrap())
+    }
+
+    /// Lets the job past one [`Gate::wait`], once it is waiting there.
+    pub fn open(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = None;
+        wait_until(LIMIT, "the job to wait at the gate", || {
+            f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.0)
+                .ok();
+            f.is_some()
+        });
+        f.unwrap().write_all(b"go\n").unwrap();
+    }
+}
+
+/// A `logwrap logs -f ...` running in the background, its output collected as
+/// it arrives.
+pub struct Follower {
+    pub child: Child,
+    chunks: mpsc::Receiver<(Instant, Vec<u8>)>,
+    out: Vec<u8>,
+}
+
+impl Follower {
+    pub fn start(env: &TestEnv, args: &[&str]) -> Follower {
+        let mut child = env
+            .cmd()
+            .arg("logs")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower {
+            child,
+            chunks,
+            out: Vec::new(),
+        }
+    }
+
+    /// Waits until the output contains `want`; returns when the chunk that
+    /// completed it arrived.
+    pub fn wait_for(&mut self, want: &str) -> Instant {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if contains(&self.out, want) {
+                return Instant::now();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok((at, chunk)) => {
+                    self.out.extend_from_slice(&chunk);
+                    if contains(&self.out, want) {
+                        return at;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {want:?} from the follower; got {:?}",
+                    String::from_utf8_lossy(&self.out)
+                ),
+            }
+        }
+    }
+
+    /// Waits for the follower to exit by itself; its status, all its stdout
+    /// and its stderr.
+    pub fn finish(mut self) -> (i32, Vec<u8>, String) {
+        let status = wait_child(&mut self.child, "the follower to exit by itself");
+        while let Ok((_, chunk)) = self.chunks.recv_timeout(LIMIT) {
+            self.out.extend_from_slice(&chunk);
+        }
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), self.out, err)
+    }
+}
