@@ -42,9 +42,12 @@ pub struct CatchUp {
 /// no more than one queued chunk.
 const MAX_HELD_LINE: usize = crate::output::index::MAX_CHUNK;
 
-/// Longest an unfinished line is held back when both streams share one file: a
-/// prompt or a progress bar without a newline still shows this soon.
-const HOLD_PARTIAL_LINE: Duration = Duration::from_millis(50);
+/// Longest an unfinished line is held back when both streams share one file
+/// while nothing else arrives: a prompt or a progress bar without a newline
+/// still shows this soon, and a long line the child wrote at once, split only
+/// by the pty's reads, is not cut by a loaded machine pausing the wrapper
+/// between two of them (50 ms was seen to be too short on a busy 2-core host).
+const HOLD_PARTIAL_LINE: Duration = Duration::from_millis(200);
 
 /// A chunk for the copy thread: which stream (0 stdout, 1 stderr) and its bytes.
 type Msg = (usize, Vec<u8>);
