@@ -113,7 +113,7 @@ pub fn show_cmd(args: ShowArgs) -> Result<i32> {
 /// Colour only on a terminal, and not when `NO_COLOR` is set to anything
 /// non-empty (<https://no-color.org>).
 pub fn use_colour(tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    tty && no_color.map_or(true, |v| v.is_empty())
+    tty && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The terminal's width, from the terminal itself or `COLUMNS`.

@@ -184,7 +184,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn visible(&self, id: &JobId) -> bool {
-        self.only.map_or(true, |o| o == id) && self.store.job_dir(id).is_dir()
+        self.only.is_none_or(|o| o == id) && self.store.job_dir(id).is_dir()
     }
 }
 

@@ -7,6 +7,7 @@ mod util;
 mod gc;
 mod hostile;
 mod logs;
+mod remote;
 mod serve;
 mod serve_browser;
 mod serve_http;
