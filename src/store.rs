@@ -1319,3 +1319,381 @@ mod tests {
         assert!(store.list_job_ids().unwrap().is_empty());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Removing finished jobs (gc): the trash protocol
+// ---------------------------------------------------------------------------
+//
+// Only this section knows how a job directory is taken out of the root: renamed
+// to a unique dot-name in `job_runs/` (atomic, so readers see the whole job or
+// nothing and two collectors can never both take it), checked to be the very
+// directory that was judged and to have no live writer, then removed; and how
+// the trash of a collector that died mid-deletion is recognised and cleared.
+
+/// Deepest directory nesting measured inside a job directory (a job may write its
+/// own files into `DATABUILD_JOB_LOG_DIR`); bounds the recursion, and nothing a
+/// job sensibly writes comes near it.
+const MAX_WALK_DEPTH: usize = 32;
+
+/// Makes every trash name this process uses unique, even with several
+/// collectors in one process (a scheduler embedding the library).
+static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Identity of a job directory as it was judged: removal checks it, so a newer
+/// job that reused the id in the meantime is never taken instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirIdentity {
+    pub ino: u64,
+    pub mtime_ns: i64,
+}
+
+impl DirIdentity {
+    fn of(md: &fs::Metadata) -> DirIdentity {
+        use std::os::unix::fs::MetadataExt;
+        DirIdentity {
+            ino: md.ino(),
+            mtime_ns: md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec(),
+        }
+    }
+}
+
+/// What a collector needs to know of a job directory besides its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobUsage {
+    /// Bytes it takes on disk, as `du` counts them (symlinks count as themselves).
+    pub size: u64,
+    /// Its identity, to hand back to [`FileStore::remove_job`].
+    pub dir: DirIdentity,
+    /// Its mtime in ms since the epoch: the age of a job without metadata.
+    pub mtime_ms: i64,
+}
+
+/// What became of [`FileStore::remove_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The job and everything in it are gone.
+    Deleted,
+    /// Nothing was deleted: the job was already gone, a new job had reused its
+    /// id, or its writer turned out to be alive.
+    Untouched,
+}
+
+/// Trash a collector left in `job_runs/` when it died mid-deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    path: PathBuf,
+}
+
+impl Leftover {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl FileStore {
+    /// Size, identity and age of job `id`'s directory, never following a
+    /// symlink. `NotFound` when it is gone; any other error says, in words
+    /// fit for a warning, why it is not a job gc may measure.
+    pub fn job_usage(&self, id: &JobId) -> io::Result<JobUsage> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.job_dir(id);
+        let md = fs::symlink_metadata(&dir)?;
+        if md.file_type().is_symlink() {
+            return Err(io::Error::other(
+                "it is a symlink (gc never follows symlinks)",
+            ));
+        }
+        if !md.is_dir() {
+            return Err(io::Error::other("it is not a directory"));
+        }
+        let inside = match dir_usage(&dir, 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot measure it: {e}"))),
+        };
+        Ok(JobUsage {
+            size: inside.saturating_add(disk_usage(&md)),
+            dir: DirIdentity::of(&md),
+            mtime_ms: md.mtime().saturating_mul(1000) + md.mtime_nsec() / 1_000_000,
+        })
+    }
+
+    /// Deletes job `id`, judged finished, if its directory is still the one
+    /// `expected` names and no writer holds it: moved aside first, then checked,
+    /// then removed. A job found changed or alive is put back untouched.
+    pub fn remove_job(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
+        let dir = self.job_dir(id);
+        let seq = TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let trash = self.trash_path(id, std::process::id(), seq);
+        match rename_noreplace(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::Untouched),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot move {} aside", dir.display()))
+            }
+        }
+        let md = fs::symlink_metadata(&trash)
+            .with_context(|| format!("cannot inspect {}", trash.display()))?;
+        // The job was judged finished a moment ago from its metadata; its writer's
+        // lock on the directory (which moved with it) is the last word, right
+        // before anything is deleted (issue 8).
+        if DirIdentity::of(&md) != expected || dir_writer_alive(&trash) {
+            // Another collector took the job we judged and a new job reused its id
+            // since, or its writer is alive after all: give it back untouched.
+            rename_noreplace(&trash, &dir).with_context(|| {
+                format!(
+                    "a new job took id {id} while it was being deleted and could not be put back; it is at {}",
+                    trash.display()
+                )
+            })?;
+            return Ok(Removed::Untouched);
+        }
+        // std's remove_dir_all never follows symlinks (it unlinks them) and
+        // tolerates entries vanishing under it.
+        match fs::remove_dir_all(&trash) {
+            Ok(()) => Ok(Removed::Deleted),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Removed::Deleted),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", trash.display())),
+        }
+    }
+
+    /// For the name of an entry in `job_runs/`: the trash it is, if a collector
+    /// that is no longer alive left it there. `Ok(None)` for anything else,
+    /// including trash whose collector is alive (it finishes its own work); an
+    /// error, in words fit for a warning, for trash that is not a directory.
+    pub fn leftover(&self, name: &str) -> io::Result<Option<Leftover>> {
+        let Some(pid) = FileStore::trash_owner(name) else {
+            return Ok(None);
+        };
+        if pid_alive(pid) {
+            return Ok(None);
+        }
+        let path = self.jobs_dir().join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() => Ok(Some(Leftover { path })),
+            Ok(_) => Err(io::Error::other("it is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a leftover; `Ok(false)` if another collector already had.
+    pub fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool> {
+        match fs::remove_dir_all(&leftover.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// rename(2) that fails instead of replacing `to` (an empty directory would
+/// otherwise be silently replaced). Falls back to a plain rename on filesystems
+/// without RENAME_NOREPLACE; the names used are unique anyway.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL | Errno::ENOSYS) => fs::rename(from, to),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// True unless `pid` certainly does not exist (EPERM means it does).
+fn pid_alive(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
+            Err(Errno::ESRCH)
+        ),
+        _ => false,
+    }
+}
+
+/// Space a file takes on disk, as `du` counts it.
+fn disk_usage(md: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    md.blocks().saturating_mul(512)
+}
+
+/// Disk usage of everything inside `dir`, never following symlinks. Entries that
+/// vanish meanwhile are not an error; `dir` itself vanishing is (NotFound).
+fn dir_usage(dir: &Path, depth: usize) -> io::Result<u64> {
+    if depth > MAX_WALK_DEPTH {
+        return Err(io::Error::other(format!(
+            "nested more than {MAX_WALK_DEPTH} directories deep"
+        )));
+    }
+    let mut total = 0u64;
+    for entry in fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // DirEntry::metadata is an lstat: a symlink counts as itself.
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        total = total.saturating_add(disk_usage(&md));
+        if md.is_dir() {
+            match dir_usage(&entry.path(), depth + 1) {
+                Ok(n) => total = total.saturating_add(n),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A fresh root under the system temp dir, removed when dropped, so a failing
+/// test leaves nothing behind.
+#[cfg(test)]
+pub(crate) struct TempRoot(pub FileStore);
+
+/// Makes every [`TempRoot`] of one test process unique.
+#[cfg(test)]
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(test)]
+impl TempRoot {
+    pub(crate) fn new(tag: &str) -> TempRoot {
+        let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("logwrap-{tag}-{}-{seq}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = FileStore::new(root);
+        store.ensure_writable().expect("temp root");
+        TempRoot(store)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.0.root());
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use super::*;
+
+    fn id(s: &str) -> JobId {
+        JobId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn trash_names_round_trip_to_their_collector_pid() {
+        let store = FileStore::new("/r");
+        let id = id("build-42-x");
+        let trash = store.trash_path(&id, 4242, 7);
+        let name = trash.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with('.'), "{name}");
+        assert_eq!(trash.parent(), Some(store.jobs_dir().as_path()));
+        assert_eq!(FileStore::trash_owner(name), Some(4242));
+        for not_trash in [
+            ".deleting-",
+            ".deleting-x",
+            ".metadata.json.tmp",
+            "job-1-2-3",
+        ] {
+            assert_eq!(FileStore::trash_owner(not_trash), None, "{not_trash}");
+        }
+    }
+
+    #[test]
+    fn a_finished_job_is_removed_whole_and_leaves_no_trash() {
+        let t = TempRoot::new("remove");
+        let store = &t.0;
+        let job = id("done");
+        let mut sink = store.create_job(&job).unwrap();
+        sink.append(Stream::Stdout, &Chunk::new(&[b'x'; 10_000], 1))
+            .unwrap();
+        drop(sink);
+        fs::create_dir_all(store.job_dir(&job).join("own/deeper")).unwrap();
+        let usage = store.job_usage(&job).unwrap();
+        assert!(usage.size >= 10_000, "{usage:?}");
+        assert_eq!(store.remove_job(&job, usage.dir).unwrap(), Removed::Deleted);
+        assert!(!store.job_dir(&job).exists());
+        assert_eq!(fs::read_dir(store.jobs_dir()).unwrap().count(), 0);
+        assert_eq!(
+            store.remove_job(&job, usage.dir).unwrap(),
+            Removed::Untouched,
+            "already gone"
+        );
+    }
+
+    #[test]
+    fn a_live_or_replaced_job_is_put_back_untouched() {
+        let t = TempRoot::new("putback");
+        let store = &t.0;
+        let live = id("live");
+        let sink = store.create_job(&live).unwrap();
+        let usage = store.job_usage(&live).unwrap();
+        assert_eq!(
+            store.remove_job(&live, usage.dir).unwrap(),
+            Removed::Untouched
+        );
+        assert!(store.job_dir(&live).is_dir());
+        assert!(store.writer_alive(&live), "the lock moved back with it");
+        drop(sink);
+
+        let reused = id("reused");
+        drop(store.create_job(&reused).unwrap());
+        let judged = store.job_usage(&reused).unwrap();
+        fs::remove_dir_all(store.job_dir(&reused)).unwrap();
+        drop(store.create_job(&reused).unwrap());
+        assert_eq!(
+            store.remove_job(&reused, judged.dir).unwrap(),
+            Removed::Untouched
+        );
+        assert!(store.job_dir(&reused).is_dir());
+        assert_eq!(
+            fs::read_dir(store.jobs_dir()).unwrap().count(),
+            2,
+            "no trash left"
+        );
+    }
+
+    #[test]
+    fn job_usage_refuses_symlinks_and_files() {
+        let t = TempRoot::new("usage");
+        let store = &t.0;
+        fs::create_dir_all(store.jobs_dir()).unwrap();
+        std::os::unix::fs::symlink("/", store.jobs_dir().join("link")).unwrap();
+        fs::write(store.jobs_dir().join("file"), b"x").unwrap();
+        let err = store.job_usage(&id("link")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        let err = store.job_usage(&id("file")).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = store.job_usage(&id("none")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn only_trash_of_a_dead_collector_is_a_leftover() {
+        let t = TempRoot::new("leftover");
+        let store = &t.0;
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let stale = store.trash_path(&id("old"), dead_pid, 0);
+        fs::create_dir_all(stale.join("sub")).unwrap();
+        let busy = store.trash_path(&id("busy"), std::process::id(), 0);
+        fs::create_dir_all(&busy).unwrap();
+        let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+
+        let found = store.leftover(&name(&stale)).unwrap().unwrap();
+        assert_eq!(found.path(), stale);
+        assert_eq!(store.leftover(&name(&busy)).unwrap(), None);
+        assert_eq!(store.leftover(".metadata.json.tmp").unwrap(), None);
+        assert!(store.clear_leftover(&found).unwrap());
+        assert!(!stale.exists());
+        assert!(!store.clear_leftover(&found).unwrap());
+        assert!(busy.exists());
+    }
+}

@@ -1,7 +1,8 @@
 //! A client of the tail server, for `logwrap logs --server URL` (SPEC §4): reads
 //! a job's lines over Server-Sent Events (`format=json`, so the text is exact),
 //! and on a dropped connection reconnects with `Last-Event-ID`, as a browser
-//! does, so no line is repeated or skipped. Plain HTTP over std sockets.
+//! does, so no line is repeated or skipped. HTTP is `ureq`'s, so any framing a
+//! proxy in between chooses (chunked, close-delimited, keep-alive) just works.
 //!
 //! ```no_run
 //! use logwrap::serve::client::{self, Query, Target};
@@ -16,10 +17,10 @@
 //! ```
 
 use super::http::percent_encode;
+use crate::metadata::MAX_METADATA_BYTES;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
 /// Time to connect to the server.
@@ -33,9 +34,17 @@ const MAX_RETRIES: u32 = 10;
 /// is a rate limit on reconnecting, like EventSource's, not a wait for a
 /// condition.
 const DEFAULT_RETRY: Duration = Duration::from_millis(1000);
-/// Longest response head or event line accepted from the server: an event holds
-/// at most a 64 KiB line, JSON-escaped.
+/// Longest event line accepted from the server: an event holds at most a 64 KiB
+/// line, JSON-escaped.
 const MAX_LINE: usize = 1 << 20;
+/// Longest response head accepted: the server's are a few hundred bytes; a
+/// proxy in front may add some headers, never this many.
+const MAX_HEAD: usize = 64 << 10;
+/// Largest JSON document read (metadata, the job list's first row): the server
+/// never sends metadata larger than it reads from disk.
+const MAX_JSON: u64 = MAX_METADATA_BYTES + (1 << 20);
+/// Most of an error page kept for the message.
+const MAX_ERROR_BODY: u64 = 4096;
 
 /// Where the server is: `http://host[:port][/prefix]`, and the token to send.
 #[derive(Debug, Clone)]
@@ -43,7 +52,10 @@ pub struct Target {
     host: String,
     port: u16,
     prefix: String,
+    /// `http://host:port` as the request URIs start (IPv6 in brackets).
+    origin: String,
     token: Option<String>,
+    agent: ureq::Agent,
 }
 
 impl Target {
@@ -63,76 +75,66 @@ impl Target {
             },
             _ => (authority, 80),
         };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             bail!("--server {url:?}: no host");
         }
+        let origin = if host.contains(':') {
+            format!("http://[{host}]:{port}")
+        } else {
+            format!("http://{host}:{port}")
+        };
+        let config = ureq::Agent::config_builder()
+            // Statuses are answers to read (401 wants a token, 404 no such job),
+            // not transport errors.
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(READ_TIMEOUT))
+            .max_response_header_size(MAX_HEAD)
+            // The server is named explicitly; proxy variables meant for the
+            // package managers of the machine must not reroute it.
+            .proxy(None)
+            .user_agent(concat!("logwrap/", env!("CARGO_PKG_VERSION")))
+            .build();
         Ok(Target {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: host.to_string(),
             port,
             prefix: path.to_string(),
+            origin,
             token: token.filter(|t| !t.is_empty()),
+            agent: config.into(),
         })
     }
 
-    fn connect(&self) -> Result<TcpStream> {
-        let addrs = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {}", self.host))?;
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(READ_TIMEOUT))?;
-                    return Ok(s);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        match last {
-            Some(e) => Err(e).with_context(|| format!("connecting to {}:{}", self.host, self.port)),
-            None => bail!("{} has no address", self.host),
-        }
-    }
-
-    /// Sends a GET and reads the response head; the body is left in the reader.
-    fn get(&self, path: &str, extra: &[(&str, String)]) -> Result<(u16, BufReader<TcpStream>)> {
-        let mut sock = self.connect()?;
-        let mut req = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n",
-            self.prefix, self.host, self.port
-        );
+    /// Sends a GET; the response's body is left to read.
+    fn get(
+        &self,
+        path: &str,
+        extra: &[(&str, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut req = self
+            .agent
+            .get(format!("{}{}{path}", self.origin, self.prefix));
         if let Some(t) = &self.token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            req = req.header("Authorization", format!("Bearer {t}"));
         }
         for (k, v) in extra {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(*k, v);
         }
-        req.push_str("\r\n");
-        sock.write_all(req.as_bytes())
-            .with_context(|| format!("sending to {}:{}", self.host, self.port))?;
-        let mut r = BufReader::new(sock);
-        let status_line = read_line(&mut r)?.context("the server closed the connection")?;
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad response from the server: {status_line:?}"))?;
-        while let Some(h) = read_line(&mut r)? {
-            if h.is_empty() {
-                break;
-            }
-        }
-        Ok((status, r))
+        req.call()
+            .with_context(|| format!("connecting to {}:{}", self.host, self.port))
     }
 
     /// GETs a JSON document.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let (status, mut r) = self.get(path, &[])?;
-        let mut body = Vec::new();
-        r.read_to_end(&mut body)?;
+        let resp = self.get(path, &[])?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_JSON)
+            .read_to_vec()
+            .with_context(|| format!("reading the server's answer to {path}"))?;
         let v: serde_json::Value = serde_json::from_slice(&body)
             .with_context(|| format!("the server's answer to {path} is not JSON"))?;
         if status != 200 {
@@ -237,7 +239,7 @@ pub fn stream(
             .map(|i| ("Last-Event-ID", i.clone()))
             .collect();
         let got = target.get(&path, &extra);
-        let (status, mut r) = match got {
+        let resp = match got {
             Ok(x) => x,
             Err(_) if q.follow && last_id.is_some() && failures < MAX_RETRIES => {
                 failures += 1;
@@ -246,6 +248,8 @@ pub fn stream(
             }
             Err(e) => return Err(e),
         };
+        let status = resp.status().as_u16();
+        let mut r = BufReader::new(resp.into_body().into_reader());
         match status {
             200 => {}
             204 => return Ok(None),
@@ -253,7 +257,7 @@ pub fn stream(
             401 => bail!("the server wants a token: pass --token or set DATABUILD_LOG_TOKEN"),
             s => {
                 let mut body = String::new();
-                let _ = r.take(4096).read_to_string(&mut body);
+                let _ = r.take(MAX_ERROR_BODY).read_to_string(&mut body);
                 bail!("the server answered {s}: {}", body.trim());
             }
         }
@@ -347,6 +351,9 @@ mod tests {
         assert_eq!(t.token, None);
         let t = Target::parse("http://[::1]:9000", None).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
+        assert_eq!(t.origin, "http://[::1]:9000", "IPv6 goes back in brackets");
+        let t = Target::parse("http://localhost/", None).unwrap();
+        assert_eq!(t.origin, "http://localhost:80");
         assert!(Target::parse("https://x", None).is_err());
         assert!(Target::parse("http://x:port", None).is_err());
         assert!(Target::parse("http://", None).is_err());

@@ -182,7 +182,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn visible(&self, id: &JobId) -> bool {
-        self.only.map_or(true, |o| o == id) && self.store.job_exists(id)
+        self.only.is_none_or(|o| o == id) && self.store.job_exists(id)
     }
 }
 
