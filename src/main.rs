@@ -45,7 +45,7 @@ fn real_main() -> ExitCode {
         Action::Logs(store, o) => logs::logs_cmd(&store, o).map(ExitCode::Status),
         Action::Ls(store, o) => logs::ls_cmd(&store, o).map(ExitCode::Status),
         Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
-        Action::Gc(store, o) => gc::gc_cmd(store, o).map(ExitCode::Status),
+        Action::Gc(store, o) => gc::gc_cmd(&store, o).map(ExitCode::Status),
         Action::Serve(store, cfg) => serve::serve_cmd(store, cfg).map(ExitCode::Status),
     });
     match result {

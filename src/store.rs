@@ -456,6 +456,34 @@ pub trait LogStore: Send + Sync {
     fn watcher(&self) -> Result<Box<dyn ChangeWatcher>>;
     /// Where the jobs are, for messages: a directory, a URL.
     fn location(&self) -> String;
+
+    // Retention (gc): walk, measure, remove.
+
+    /// Hands every entry where jobs live to `f` as it is found: jobs, the
+    /// leftovers of an interrupted removal, and strays (with why they are not
+    /// jobs). Streams, so memory does not grow with the number of jobs.
+    fn scan(&self, f: &mut dyn FnMut(ScanEntry)) -> Result<()>;
+    /// Space, identity and age of job `id`. `NotFound` when it is gone; any
+    /// other error says, in words fit for a warning, why it cannot be measured.
+    fn job_usage(&self, id: &JobId) -> io::Result<JobUsage>;
+    /// Removes finished job `id` if it is still the one measured (`expected`,
+    /// from [`LogStore::job_usage`]) and its writer is not alive: never a
+    /// running job, never a newer job that reused the id.
+    fn remove_job(&self, id: &JobId, expected: DirIdentity) -> Result<Removed>;
+    /// Clears a leftover found by [`LogStore::scan`]; `Ok(false)` if someone
+    /// else already had.
+    fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool>;
+}
+
+/// An entry where a store keeps jobs, as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanEntry {
+    /// A job.
+    Job(JobId),
+    /// What an interrupted removal left behind, to be cleared.
+    Leftover(Leftover),
+    /// Something that is not a job: its name and why it is skipped.
+    Stray { name: String, why: String },
 }
 
 /// A job as [`LogStore::list_jobs`] lists it.
@@ -803,6 +831,81 @@ impl LogStore for FileStore {
 
     fn location(&self) -> String {
         self.jobs_dir().display().to_string()
+    }
+
+    /// Reads `job_runs/` (a missing one holds no jobs; a symlink or a file in
+    /// its place is an error, never followed).
+    fn scan(&self, f: &mut dyn FnMut(ScanEntry)) -> Result<()> {
+        let jobs_dir = self.jobs_dir();
+        match fs::symlink_metadata(&jobs_dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", jobs_dir.display())),
+            Ok(md) if md.file_type().is_symlink() => bail!(
+                "{} is a symlink; gc never follows symlinks: point --log-dir at the real root",
+                jobs_dir.display()
+            ),
+            Ok(md) if !md.is_dir() => bail!("{} is not a directory", jobs_dir.display()),
+            Ok(_) => {}
+        }
+        let entries = fs::read_dir(&jobs_dir)
+            .with_context(|| format!("cannot list {}", jobs_dir.display()))?;
+        let not_an_id = "its name is not a job id".to_string();
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    f(ScanEntry::Stray {
+                        name: String::new(),
+                        why: format!("cannot read an entry: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                f(ScanEntry::Stray {
+                    name: file_name.to_string_lossy().into_owned(),
+                    why: not_an_id.clone(),
+                });
+                continue;
+            };
+            if name.starts_with('.') {
+                // Ids never start with '.': temp files and collectors' trash.
+                match self.leftover(name) {
+                    Ok(Some(leftover)) => f(ScanEntry::Leftover(leftover)),
+                    Ok(None) => {}
+                    Err(e) => f(ScanEntry::Stray {
+                        name: name.to_string(),
+                        why: e.to_string(),
+                    }),
+                }
+                continue;
+            }
+            match JobId::parse(name) {
+                Ok(id) => f(ScanEntry::Job(id)),
+                Err(_) => f(ScanEntry::Stray {
+                    name: name.to_string(),
+                    why: not_an_id.clone(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn job_usage(&self, id: &JobId) -> io::Result<JobUsage> {
+        self.dir_usage_of(id)
+    }
+
+    fn remove_job(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
+        self.remove_dir_of(id, expected)
+    }
+
+    fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool> {
+        match fs::remove_dir_all(&leftover.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -1395,7 +1498,7 @@ impl FileStore {
     /// Size, identity and age of job `id`'s directory, never following a
     /// symlink. `NotFound` when it is gone; any other error says, in words
     /// fit for a warning, why it is not a job gc may measure.
-    pub fn job_usage(&self, id: &JobId) -> io::Result<JobUsage> {
+    fn dir_usage_of(&self, id: &JobId) -> io::Result<JobUsage> {
         use std::os::unix::fs::MetadataExt;
         let dir = self.job_dir(id);
         let md = fs::symlink_metadata(&dir)?;
@@ -1422,7 +1525,7 @@ impl FileStore {
     /// Deletes job `id`, judged finished, if its directory is still the one
     /// `expected` names and no writer holds it: moved aside first, then checked,
     /// then removed. A job found changed or alive is put back untouched.
-    pub fn remove_job(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
+    fn remove_dir_of(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
         let dir = self.job_dir(id);
         let seq = TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let trash = self.trash_path(id, std::process::id(), seq);
@@ -1462,7 +1565,7 @@ impl FileStore {
     /// that is no longer alive left it there. `Ok(None)` for anything else,
     /// including trash whose collector is alive (it finishes its own work); an
     /// error, in words fit for a warning, for trash that is not a directory.
-    pub fn leftover(&self, name: &str) -> io::Result<Option<Leftover>> {
+    fn leftover(&self, name: &str) -> io::Result<Option<Leftover>> {
         let Some(pid) = FileStore::trash_owner(name) else {
             return Ok(None);
         };
@@ -1474,15 +1577,6 @@ impl FileStore {
             Ok(md) if md.is_dir() => Ok(Some(Leftover { path })),
             Ok(_) => Err(io::Error::other("it is not a directory")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Removes a leftover; `Ok(false)` if another collector already had.
-    pub fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool> {
-        match fs::remove_dir_all(&leftover.path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -5,12 +5,10 @@
 
 use super::select::{self, JobEntry, Reason};
 use super::{human, human_exact, lock, Policy};
-use crate::store::{FileStore, JobId, Leftover, LogStore, Removed};
+use crate::store::{JobId, Leftover, LogStore, Removed, ScanEntry};
 use crate::timefmt;
-use anyhow::{bail, Context, Result};
-use std::fs;
+use anyhow::Result;
 use std::io::{self, Write};
-use std::path::Path;
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -76,11 +74,7 @@ pub struct Options {
 /// rest is over the cap does a second pass pick the oldest finished jobs, keeping
 /// just those. Memory is thus bounded by the number of cap deletions, however
 /// many jobs the root holds.
-pub fn collect(store: &FileStore, policy: &Policy, opts: Options) -> Result<Report> {
-    let jobs_dir = store.jobs_dir();
-    if !check_jobs_dir(&jobs_dir)? {
-        return Ok(Report::default());
-    }
+pub fn collect(store: &dyn LogStore, policy: &Policy, opts: Options) -> Result<Report> {
     let c = Collector {
         store,
         policy: *policy,
@@ -93,7 +87,7 @@ pub fn collect(store: &FileStore, policy: &Policy, opts: Options) -> Result<Repo
         &mut |offer| {
             // Only the first pass warns about odd entries and clears leftovers,
             // so nothing is said twice.
-            let r = c.pass(&jobs_dir, first, offer);
+            let r = c.pass(first, offer);
             first = false;
             r
         },
@@ -118,21 +112,6 @@ pub fn collect(store: &FileStore, policy: &Policy, opts: Options) -> Result<Repo
     Ok(report)
 }
 
-/// `Ok(false)` when there is no `job_runs/` (nothing to collect); an error when
-/// it is a symlink or not a directory.
-fn check_jobs_dir(jobs_dir: &Path) -> Result<bool> {
-    match fs::symlink_metadata(jobs_dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", jobs_dir.display())),
-        Ok(md) if md.file_type().is_symlink() => bail!(
-            "{} is a symlink; gc never follows symlinks: point --log-dir at the real root",
-            jobs_dir.display()
-        ),
-        Ok(md) if !md.is_dir() => bail!("{} is not a directory", jobs_dir.display()),
-        Ok(_) => Ok(true),
-    }
-}
-
 /// What became of one deletion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Done {
@@ -149,7 +128,7 @@ struct State {
 }
 
 struct Collector<'a> {
-    store: &'a FileStore,
+    store: &'a dyn LogStore,
     policy: Policy,
     now_ms: i64,
     opts: Options,
@@ -161,27 +140,22 @@ impl Collector<'_> {
         lock(&self.state)
     }
 
-    /// Reads `job_runs/` once, handing each job to `f`, on `opts.workers`
+    /// Walks the store's jobs once, handing each job to `f`, on `opts.workers`
     /// threads. Only the first pass warns about odd entries and clears
     /// leftovers.
-    fn pass(&self, jobs_dir: &Path, first: bool, f: &(dyn Fn(JobEntry) + Sync)) -> Result<()> {
-        let entries = fs::read_dir(jobs_dir)
-            .with_context(|| format!("cannot list {}", jobs_dir.display()))?;
-        let handle = |entry: io::Result<fs::DirEntry>| match entry {
-            Ok(entry) => {
-                if let Some(job) = self.judge(&entry, first) {
+    fn pass(&self, first: bool, f: &(dyn Fn(JobEntry) + Sync)) -> Result<()> {
+        let handle = |entry: ScanEntry| match entry {
+            ScanEntry::Job(id) => {
+                if let Some(job) = self.judge(id, first) {
                     f(job);
                 }
             }
-            Err(e) if first => self.warn(format_args!(
-                "cannot read an entry of {}: {e}",
-                jobs_dir.display()
-            )),
-            Err(_) => {}
+            ScanEntry::Leftover(leftover) if first => self.leftover(&leftover),
+            ScanEntry::Stray { name, why } if first => self.skip(&name, &why),
+            _ => {}
         };
         if self.opts.workers <= 1 {
-            entries.for_each(handle);
-            return Ok(());
+            return self.store.scan(&mut |e| handle(e));
         }
         let (tx, rx) = mpsc::sync_channel(self.opts.workers * QUEUE_PER_WORKER);
         let rx = Mutex::new(rx);
@@ -201,55 +175,26 @@ impl Collector<'_> {
             if spawned == 0 {
                 // No thread to be had (a process limit): do it all here.
                 drop(tx);
-                entries.for_each(handle);
-                return;
+                return self.store.scan(&mut |e| handle(e));
             }
-            for entry in entries {
-                if tx.send(entry).is_err() {
-                    break;
-                }
-            }
+            let scanned = self.store.scan(&mut |e| {
+                let _ = tx.send(e);
+            });
             // Hanging up lets the workers drain the queue and stop.
             drop(tx);
-        });
-        Ok(())
+            scanned
+        })
     }
 
-    /// Turns one entry of `job_runs/` into a job, or skips it (with a warning in
-    /// the first pass) without ever following a symlink.
-    fn judge(&self, entry: &fs::DirEntry, first: bool) -> Option<JobEntry> {
-        let path = entry.path();
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            if first {
-                self.skip(&path, "its name is not a job id");
-            }
-            return None;
-        };
-        if name.starts_with('.') {
-            // Ids never start with '.': temp files and collectors' trash.
-            if first {
-                match self.store.leftover(name) {
-                    Ok(Some(leftover)) => self.leftover(&leftover),
-                    Ok(None) => {}
-                    Err(e) => self.skip(&path, &e.to_string()),
-                }
-            }
-            return None;
-        }
-        let Ok(id) = JobId::parse(name) else {
-            if first {
-                self.skip(&path, "its name is not a job id");
-            }
-            return None;
-        };
+    /// Judges one job: finished or not, when it ended, its size.
+    fn judge(&self, id: JobId, first: bool) -> Option<JobEntry> {
         let usage = match self.store.job_usage(&id) {
             Ok(u) => u,
-            // Deleted since the directory was read: another collector's work.
+            // Deleted since the walk saw it: another collector's work.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
                 if first {
-                    self.skip(&path, &e.to_string());
+                    self.skip(id.as_str(), &e.to_string());
                 }
                 return None;
             }
@@ -267,7 +212,7 @@ impl Collector<'_> {
             Err(e) if is_permission_denied(&e) => {
                 // Not ours to judge (another user's job): never guess at it.
                 if first {
-                    self.skip(&path, &format!("{e:#}"));
+                    self.skip(id.as_str(), &format!("{e:#}"));
                 }
                 return None;
             }
@@ -360,9 +305,11 @@ impl Collector<'_> {
         report.freed_bytes = report.freed_bytes.saturating_add(size);
     }
 
-    fn skip(&self, path: &Path, why: &str) {
+    /// Skips the entry `name` where the store keeps jobs, saying why.
+    fn skip(&self, name: &str, why: &str) {
         self.state().report.skipped += 1;
-        self.warn(format_args!("skipping {}: {why}", path.display()));
+        let location = self.store.location();
+        self.warn(format_args!("skipping {location}/{name}: {why}"));
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
@@ -390,8 +337,9 @@ fn days(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Chunk, Stream, TempRoot};
+    use crate::store::{Chunk, FileStore, Stream, TempRoot};
     use std::collections::BTreeSet;
+    use std::fs;
     use std::time::Duration;
 
     const DAY_MS: i64 = 86_400_000;
@@ -441,8 +389,7 @@ mod tests {
             state: Mutex::new(State::default()),
         };
         let seen = Mutex::new(Vec::new());
-        c.pass(&store.jobs_dir(), false, &|job| lock(&seen).push(job))
-            .unwrap();
+        c.pass(false, &|job| lock(&seen).push(job)).unwrap();
         seen.into_inner().unwrap()
     }
 

@@ -20,7 +20,7 @@ pub use policy::{
 pub use select::{excess, is_expired, select, JobEntry, OldestCovering, Reason, Selection};
 
 use crate::exit;
-use crate::store::FileStore;
+use crate::store::LogStore;
 use anyhow::Result;
 use std::io::{self, Write};
 use std::sync::{Mutex, MutexGuard};
@@ -52,7 +52,7 @@ pub struct GcOptions {
 /// `logwrap gc`: collects the root now and prints what went (or, with
 /// `--dry-run`, what would go). Exit status 0, 2 for a bad setting, 1 if some
 /// job could not be deleted.
-pub fn gc_cmd(store: FileStore, args: GcOptions) -> Result<i32> {
+pub fn gc_cmd(store: &dyn LogStore, args: GcOptions) -> Result<i32> {
     let policy = match Policy::with_overrides(args.ttl_days, args.max_size) {
         Ok(p) => p,
         Err(e) => {
@@ -69,7 +69,7 @@ pub fn gc_cmd(store: FileStore, args: GcOptions) -> Result<i32> {
         .map_or(2, |n| n.get())
         .clamp(2, MAX_WORKERS);
     let r = collect(
-        &store,
+        store,
         &policy,
         Options {
             mode,
