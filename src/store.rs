@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 mod mem;
 mod watch;
 
+#[cfg(test)]
+pub(crate) use mem::both;
 pub use mem::MemStore;
 
 /// Longest job run id (SPEC §2): long enough for a scheduler's composite ids,

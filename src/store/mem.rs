@@ -560,6 +560,114 @@ impl Drop for MemWatcher {
     }
 }
 
+/// The same job written through each store, for tests that must pass against
+/// both (issue 9: the readers and the server see only the trait).
+#[cfg(test)]
+pub(crate) mod both {
+    use super::*;
+    use crate::store::FileStore;
+
+    /// A job `j` written through one store, with `writes` appended in order, the
+    /// n-th read at 100+n µs. The sink is kept so the job stays live; a file
+    /// store's root is removed on drop, also when the test fails.
+    pub struct TestJob {
+        /// `"file"` or `"memory"`, for assertion messages.
+        pub name: &'static str,
+        pub store: Arc<dyn LogStore>,
+        pub id: JobId,
+        pub sink: Option<Box<dyn JobSink>>,
+        root: Option<PathBuf>,
+    }
+
+    impl TestJob {
+        /// The job's sink, to append more.
+        pub fn sink(&mut self) -> &mut dyn JobSink {
+            self.sink.as_deref_mut().expect("the sink is still held")
+        }
+    }
+
+    impl Drop for TestJob {
+        fn drop(&mut self) {
+            self.sink = None;
+            if let Some(root) = &self.root {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+    }
+
+    /// The job of `writes` in a file store (a fresh root named after `tag`) and
+    /// in a memory store.
+    pub fn jobs(tag: &str, writes: &[(Stream, &[u8])]) -> Vec<TestJob> {
+        let (file, id, sink) = crate::store::testing::job(&format!("both-{tag}"), writes);
+        let root = file.root().to_path_buf();
+        let file = TestJob {
+            name: "file",
+            store: Arc::new(file) as Arc<dyn LogStore>,
+            id,
+            sink: Some(sink),
+            root: Some(root),
+        };
+        let mem = MemStore::new();
+        let id = JobId::parse("j").expect("a valid id");
+        let mut sink = mem.create_job(&id).expect("a new id");
+        for (i, (s, c)) in writes.iter().enumerate() {
+            sink.append(*s, &Chunk::new(c, 100 + i as u64))
+                .expect("memory appends cannot fail");
+        }
+        let mem = TestJob {
+            name: "memory",
+            store: Arc::new(mem),
+            id,
+            sink: Some(sink),
+            root: None,
+        };
+        vec![file, mem]
+    }
+
+    /// A metadata document for job `id` started at `started_at` (RFC 3339).
+    pub fn metadata(id: &str, status: crate::metadata::Status, started_at: &str) -> Metadata {
+        let finished = status.is_finished() && status != crate::metadata::Status::Abandoned;
+        serde_json::from_value(serde_json::json!({
+            "job_run_id": id, "command": ["true"], "cwd": "/", "hostname": "h",
+            "pid": 1, "child_pid": null, "pty": false,
+            "started_at": started_at,
+            "ended_at": if finished { Some(started_at) } else { None },
+            "duration_ms": if finished { Some(7) } else { None },
+            "status": status.as_str(),
+            "exit_code": if finished { Some(0) } else { None },
+            "signal": null, "stdout": {"bytes": 0, "lines": 0},
+            "stderr": {"bytes": 0, "lines": 0}, "missing_deps": [],
+            "marker_errors": [], "building_partitions": [], "log_errors": [],
+            "tail_url": null, "logwrap_version": "0"
+        }))
+        .expect("a valid metadata document")
+    }
+
+    /// An empty root in a file store and an empty memory store, for tests
+    /// that create their own jobs.
+    pub fn stores(tag: &str) -> Vec<(&'static str, Arc<dyn LogStore>, TempRoot)> {
+        let root = std::env::temp_dir().join(format!("logwrap-both-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let file = FileStore::new(&root);
+        file.ensure_writable().expect("a writable temp dir");
+        vec![
+            ("file", Arc::new(file), TempRoot(Some(root))),
+            ("memory", Arc::new(MemStore::new()), TempRoot(None)),
+        ]
+    }
+
+    /// A test root removed on drop.
+    pub struct TempRoot(Option<PathBuf>);
+
+    impl Drop for TempRoot {
+        fn drop(&mut self) {
+            if let Some(root) = &self.0 {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,17 +679,7 @@ mod tests {
     }
 
     fn meta(id: &str, status: Status) -> Metadata {
-        serde_json::from_value(serde_json::json!({
-            "job_run_id": id, "command": ["true"], "cwd": "/", "hostname": "h",
-            "pid": 1, "child_pid": null, "pty": false,
-            "started_at": "2026-01-01T00:00:00.000Z", "ended_at": null,
-            "duration_ms": null, "status": status.as_str(), "exit_code": null,
-            "signal": null, "stdout": {"bytes": 0, "lines": 0},
-            "stderr": {"bytes": 0, "lines": 0}, "missing_deps": [],
-            "marker_errors": [], "building_partitions": [], "log_errors": [],
-            "tail_url": null, "logwrap_version": "0"
-        }))
-        .unwrap()
+        super::both::metadata(id, status, "2026-01-01T00:00:00.000Z")
     }
 
     /// True when the watcher's descriptor is readable now.
