@@ -35,6 +35,20 @@ const WAKE_DRAIN: usize = 256;
 /// An in-memory store of jobs (see the module doc). Clones share the same jobs,
 /// so a test can keep one clone to write through and hand another to a reader
 /// or a server.
+///
+/// ```
+/// use logwrap::reader::Start;
+/// use logwrap::store::{Chunk, JobId, LogStore, MemStore, Stream};
+///
+/// let store = MemStore::new();
+/// let id = JobId::parse("demo").unwrap();
+/// let mut sink = store.create_job(&id)?;
+/// sink.append(Stream::Stdout, &Chunk::new(b"one\ntwo\nthree\n", 1))?;
+/// let mut lines = store.open_lines(&id, Stream::Stdout, Start::Tail(2), 1024)?;
+/// let first = lines.next_line(false)?.expect("two lines to read");
+/// assert_eq!((first.number, first.data.as_slice()), (2, &b"two\n"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct MemStore {
     shared: Arc<Mutex<State>>,
@@ -718,6 +732,33 @@ mod tests {
         w.unwatch_job(&j);
         assert!(store.remove(&j));
         assert!(w.take_changes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn watchers_of_every_store_report_new_jobs_output_and_status() {
+        let wait = |w: &mut Box<dyn ChangeWatcher>| w.wait(Duration::from_secs(5)).unwrap();
+        for (name, store, _root) in super::both::stores("mem-watch") {
+            let j = id("w");
+            let mut w = store.watcher().unwrap();
+            assert!(w.watch_job(&j).is_err(), "{name}: no such job yet");
+            w.watch_list().unwrap();
+            let mut sink = store.create_job(&j).unwrap();
+            assert!(wait(&mut w).list, "{name}");
+            w.watch_job(&j).unwrap();
+            sink.append(Stream::Stdout, &Chunk::new(b"x\n", 1)).unwrap();
+            let c = wait(&mut w);
+            assert_eq!(
+                (c.jobs, c.list),
+                (vec![(j.clone(), false)], false),
+                "{name}"
+            );
+            sink.write_metadata(&meta("w", Status::Running), false)
+                .unwrap();
+            assert_eq!(wait(&mut w).jobs, vec![(j.clone(), true)], "{name}");
+            drop(sink);
+            assert_eq!(wait(&mut w).jobs, vec![(j.clone(), true)], "{name}");
+            assert!(!readable(w.as_ref()), "{name}: all changes taken");
+        }
     }
 
     #[test]
