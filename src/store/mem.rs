@@ -3,8 +3,9 @@
 //! second implementation of the storage seam (issue 9): the unit tests of the
 //! readers and the server run against both stores, and an embedder can use it
 //! to test code that reads jobs without touching the disk. It is not for the
-//! command line: nothing outlives the process, and a job's
-//! [`JobSink::dir`] is not a real directory.
+//! command line: nothing outlives the process, every byte of every job stays
+//! in memory until the job is removed (no bound: jobs are expected to be
+//! small), and a job's [`JobSink::dir`] is not a real directory.
 
 use super::{
     ChangeWatcher, Changes, Chunk, CreateError, JobId, JobSink, LogStore, Progress, RawLog, Stream,
@@ -329,6 +330,8 @@ impl LogStore for MemStore {
         Ok(Box::new(MemRaw { job, stream }))
     }
 
+    /// Bytes of stdout and stderr, then their complete lines (where the file
+    /// store gives its index sizes): any append changes it.
     fn progress(&self, id: &JobId) -> Progress {
         let Ok(job) = self.job(id) else {
             return [0; 4];
