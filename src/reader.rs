@@ -601,50 +601,191 @@ impl CombinedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Chunk, JobSink, LogStore};
+    use crate::store::both::{self, TestJob};
+    use crate::store::{Chunk, JobSink};
 
     fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("reader-{tag}"), writes)
     }
 
-    fn texts(r: &mut StreamReader, done: bool) -> Vec<(u64, String, u64)> {
+    fn texts(r: &mut dyn LineSource, done: bool) -> Vec<(u64, String, u64)> {
         std::iter::from_fn(|| r.next_line(done).unwrap())
             .map(|l| (l.number, String::from_utf8(l.data).unwrap(), l.ts_us))
             .collect()
     }
 
+    /// Stdout of the test job, through the store's trait.
+    fn open(t: &TestJob, start: Start, max_keep: usize) -> Box<dyn LineSource> {
+        t.store
+            .open_lines(&t.id, Stream::Stdout, start, max_keep)
+            .unwrap()
+    }
+
+    // The tests from here to the file-only ones run against every store: the
+    // readers and the server see only the trait (issue 9).
+
     #[test]
     fn reads_lines_with_their_chunk_timestamps() {
-        let (store, id, _sink) = job(
+        for t in both::jobs(
             "ts",
             &[(Stream::Stdout, b"a\nb"), (Stream::Stdout, b"b\nc")],
-        );
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 100).unwrap();
-        assert_eq!(
-            texts(&mut r, false),
-            vec![(1, "a\n".into(), 100), (2, "bb\n".into(), 101)]
-        );
-        assert_eq!(texts(&mut r, true), vec![(3, "c".into(), 101)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
+        ) {
+            let mut r = open(&t, Start::Line(1), 100);
+            assert_eq!(
+                texts(r.as_mut(), false),
+                vec![(1, "a\n".into(), 100), (2, "bb\n".into(), 101)],
+                "{}",
+                t.name
+            );
+            assert_eq!(r.total_lines().unwrap(), 3, "{}", t.name);
+            // The unfinished last line comes only once the writer is done.
+            assert_eq!(
+                texts(r.as_mut(), true),
+                vec![(3, "c".into(), 101)],
+                "{}",
+                t.name
+            );
+            assert_eq!(r.position(), 6, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn an_unfinished_line_is_complete_false_and_numbers_go_on() {
+        for t in both::jobs("partial", &[(Stream::Stderr, b"x\nlast")]) {
+            let mut r = t
+                .store
+                .open_lines(&t.id, Stream::Stderr, Start::Tail(1), 100)
+                .unwrap();
+            assert_eq!(r.stream(), Stream::Stderr);
+            assert_eq!(r.next_number(), 2, "{}", t.name);
+            let l = r.next_line(true).unwrap().unwrap();
+            assert_eq!(
+                (l.stream, l.number, l.offset, l.len, l.complete),
+                (Stream::Stderr, 2, 2, 4, false),
+                "{}",
+                t.name
+            );
+            assert_eq!(l.data, b"last");
+            assert_eq!(r.next_line(true).unwrap(), None, "{}", t.name);
+        }
     }
 
     #[test]
     fn tail_and_since_start_at_the_right_line() {
-        let (store, id, _sink) = job("tail", &[(Stream::Stdout, b"1\n2\n3\n4\n5")]);
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(2), 100).unwrap();
-        assert_eq!(
-            texts(&mut r, true).iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![4, 5]
-        );
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(3), 100).unwrap();
-        assert_eq!(
-            texts(&mut r, true).iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(99), 100).unwrap();
-        assert_eq!(texts(&mut r, true).len(), 5);
-        std::fs::remove_dir_all(store.root()).unwrap();
+        for t in both::jobs("tail", &[(Stream::Stdout, b"1\n2\n3\n4\n5")]) {
+            let numbers = |start| {
+                let mut r = open(&t, start, 100);
+                texts(r.as_mut(), true)
+                    .iter()
+                    .map(|t| t.0)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(numbers(Start::Tail(2)), vec![4, 5], "{}", t.name);
+            assert_eq!(numbers(Start::Line(3)), vec![3, 4, 5], "{}", t.name);
+            assert_eq!(numbers(Start::Tail(99)).len(), 5, "{}", t.name);
+            assert_eq!(numbers(Start::Line(0)).len(), 5, "{}", t.name);
+        }
     }
+
+    #[test]
+    fn long_lines_are_cut_but_measured() {
+        for t in both::jobs(
+            "long",
+            &[
+                (Stream::Stdout, &[b'x'; 200_000]),
+                (Stream::Stdout, b"\nok\n"),
+            ],
+        ) {
+            let mut r = open(&t, Start::Line(1), 10);
+            let first = r.next_line(false).unwrap().unwrap();
+            assert_eq!((first.len, first.data.len()), (200_001, 10), "{}", t.name);
+            assert_eq!(r.next_line(false).unwrap().unwrap().data, b"ok\n");
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_end_keeps_its_number_as_the_log_grows() {
+        for mut t in both::jobs("past", &[(Stream::Stdout, b"1\n2\n3")]) {
+            let mut r = open(&t, Start::Line(5), 100);
+            assert_eq!(
+                r.next_number(),
+                3,
+                "{}: waits at the unfinished line 3",
+                t.name
+            );
+            assert_eq!(r.next_line(false).unwrap(), None);
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"x\n4\n5\n", 200))
+                .unwrap();
+            assert_eq!(
+                texts(r.as_mut(), false),
+                vec![
+                    (3, "3x\n".into(), 200),
+                    (4, "4\n".into(), 200),
+                    (5, "5\n".into(), 200)
+                ],
+                "{}",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn many_short_lines_across_blocks_are_all_read_once() {
+        let body: Vec<u8> = (0..40_000)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        for mut t in both::jobs("blocks", &[(Stream::Stdout, &body)]) {
+            let mut r = open(&t, Start::Line(1), 100);
+            let got = texts(r.as_mut(), false);
+            assert_eq!(got.len(), 40_000, "{}", t.name);
+            assert!(got
+                .iter()
+                .enumerate()
+                .all(|(i, t)| t.0 == i as u64 + 1 && t.1 == format!("{i}\n")));
+            // Growth after a short cached block is still seen.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"more\n", 7))
+                .unwrap();
+            assert_eq!(
+                texts(r.as_mut(), false),
+                vec![(40_001, "more\n".into(), 7)],
+                "{}",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn combined_follows_arrival_order() {
+        for t in both::jobs(
+            "merge",
+            &[
+                (Stream::Stdout, b"o1\no"),
+                (Stream::Stderr, b"e1\n"),
+                (Stream::Stdout, b"2\n"),
+                (Stream::Stderr, b"e2\n"),
+                (Stream::Stdout, b"tail"),
+            ],
+        ) {
+            let open = |s| t.store.open_lines(&t.id, s, Start::Line(1), 100).unwrap();
+            let mut c = CombinedReader::new(open(Stream::Stdout), open(Stream::Stderr));
+            let order = |c: &mut CombinedReader, done| {
+                std::iter::from_fn(|| c.next_line(done).unwrap())
+                    .map(|l| String::from_utf8(l.data).unwrap())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                order(&mut c, false),
+                vec!["o1\n", "e1\n", "o2\n", "e2\n"],
+                "{}",
+                t.name
+            );
+            assert_eq!(order(&mut c, true), vec!["tail"], "{}", t.name);
+        }
+    }
+
+    // File-only from here: damaged, missing or lagging index files.
 
     #[test]
     fn missing_index_falls_back_to_scanning() {
@@ -653,41 +794,6 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(1), 100).unwrap();
         assert!(!r.indexed());
         assert_eq!(texts(&mut r, true), vec![(3, "z\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
-    }
-
-    #[test]
-    fn long_lines_are_cut_but_measured() {
-        let (store, id, _sink) = job(
-            "long",
-            &[
-                (Stream::Stdout, &[b'x'; 200_000]),
-                (Stream::Stdout, b"\nok\n"),
-            ],
-        );
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 10).unwrap();
-        let first = r.next_line(false).unwrap().unwrap();
-        assert_eq!((first.len, first.data.len()), (200_001, 10));
-        assert_eq!(r.next_line(false).unwrap().unwrap().data, b"ok\n");
-        std::fs::remove_dir_all(store.root()).unwrap();
-    }
-
-    #[test]
-    fn a_line_past_the_end_keeps_its_number_as_the_log_grows() {
-        let (store, id, mut sink) = job("past", &[(Stream::Stdout, b"1\n2\n3")]);
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(5), 100).unwrap();
-        assert_eq!(r.next_number(), 3, "waits at the unfinished line 3");
-        assert_eq!(r.next_line(false).unwrap(), None);
-        sink.append(Stream::Stdout, &Chunk::new(b"x\n4\n5\n", 200))
-            .unwrap();
-        assert_eq!(
-            texts(&mut r, false),
-            vec![
-                (3, "3x\n".into(), 200),
-                (4, "4\n".into(), 200),
-                (5, "5\n".into(), 200)
-            ]
-        );
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 
@@ -768,26 +874,6 @@ mod tests {
     }
 
     #[test]
-    fn many_short_lines_across_blocks_are_all_read_once() {
-        let body: Vec<u8> = (0..40_000)
-            .flat_map(|i| format!("{i}\n").into_bytes())
-            .collect();
-        let (store, id, mut sink) = job("blocks", &[(Stream::Stdout, &body)]);
-        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 100).unwrap();
-        let got = texts(&mut r, false);
-        assert_eq!(got.len(), 40_000);
-        assert!(got
-            .iter()
-            .enumerate()
-            .all(|(i, t)| t.0 == i as u64 + 1 && t.1 == format!("{i}\n")));
-        // Growth after a short cached block is still seen.
-        sink.append(Stream::Stdout, &Chunk::new(b"more\n", 7))
-            .unwrap();
-        assert_eq!(texts(&mut r, false), vec![(40_001, "more\n".into(), 7)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
-    }
-
-    #[test]
     fn a_line_whose_record_is_not_written_yet_waits_for_it() {
         let (store, id, _sink) = job("record", &[(Stream::Stdout, b"a\n")]);
         let append = |path: std::path::PathBuf, bytes: &[u8]| {
@@ -811,26 +897,6 @@ mod tests {
         append(store.log_path(&id, Stream::Stdout), b"c\n");
         assert_eq!(texts(&mut r, false), vec![]);
         assert_eq!(texts(&mut r, true), vec![(3, "c\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
-    }
-
-    #[test]
-    fn combined_follows_arrival_order() {
-        let (store, id, _sink) = job(
-            "merge",
-            &[
-                (Stream::Stdout, b"o1\no"),
-                (Stream::Stderr, b"e1\n"),
-                (Stream::Stdout, b"2\n"),
-                (Stream::Stderr, b"e2\n"),
-            ],
-        );
-        let open = |s| store.open_lines(&id, s, Start::Line(1), 100).unwrap();
-        let mut c = CombinedReader::new(open(Stream::Stdout), open(Stream::Stderr));
-        let order: Vec<_> = std::iter::from_fn(|| c.next_line(true).unwrap())
-            .map(|l| String::from_utf8(l.data).unwrap())
-            .collect();
-        assert_eq!(order, vec!["o1\n", "e1\n", "o2\n", "e2\n"]);
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 }

@@ -22,7 +22,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+mod mem;
 mod watch;
+
+#[cfg(test)]
+pub(crate) use mem::both;
+pub use mem::MemStore;
 
 /// Longest job run id (SPEC §2): long enough for a scheduler's composite ids,
 /// short enough to stay far below `NAME_MAX`.

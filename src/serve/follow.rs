@@ -255,10 +255,13 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Chunk, FileStore, JobSink};
+    use crate::store::both::{self, TestJob};
+    use crate::store::Chunk;
 
-    fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
-        crate::store::testing::job(&format!("follow-{tag}"), writes)
+    /// The job of `writes` in every store: each test runs against all of them
+    /// (issue 9).
+    fn jobs(tag: &str, writes: &[(Stream, &[u8])]) -> Vec<TestJob> {
+        both::jobs(&format!("follow-{tag}"), writes)
     }
 
     fn ids_and_data(out: &[u8]) -> Vec<(String, String)> {
@@ -280,10 +283,10 @@ mod tests {
     const BIG: usize = 1 << 20;
 
     /// A non-following text follower of both streams, starting at `start`.
-    fn combined_text(store: &FileStore, id: &JobId, start: StartAt) -> Follower {
+    fn combined_text(t: &TestJob, start: StartAt) -> Follower {
         Follower::open(
-            store,
-            id,
+            t.store.as_ref(),
+            &t.id,
             Which::Combined,
             start,
             false,
@@ -295,7 +298,7 @@ mod tests {
 
     #[test]
     fn combined_ids_resume_both_streams_exactly() {
-        let (store, id, _sink) = job(
+        for t in jobs(
             "resume",
             &[
                 (Stream::Stdout, b"o1\n"),
@@ -303,44 +306,46 @@ mod tests {
                 (Stream::Stdout, b"o2\n"),
                 (Stream::Stderr, b"e2\n"),
             ],
-        );
-        let mut f = combined_text(&store, &id, StartAt::Line(1));
-        let mut out = Vec::new();
-        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
-        let got = ids_and_data(&out);
-        assert_eq!(
-            got,
-            [("1.0", "o1"), ("1.1", "e1"), ("2.1", "o2"), ("2.2", "e2")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        );
-        // Resume after the second event: o2 and e2 follow, nothing repeated.
-        let from = parse_event_id(Which::Combined, "1.1").unwrap();
-        let mut f = combined_text(&store, &id, from);
-        let mut out = Vec::new();
-        f.pump(&mut out, BIG, None).unwrap();
-        let data: Vec<_> = ids_and_data(&out).into_iter().map(|x| x.1).collect();
-        assert_eq!(data, ["o2", "e2"]);
-        std::fs::remove_dir_all(store.root()).unwrap();
+        ) {
+            let mut f = combined_text(&t, StartAt::Line(1));
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+            let got = ids_and_data(&out);
+            assert_eq!(
+                got,
+                [("1.0", "o1"), ("1.1", "e1"), ("2.1", "o2"), ("2.2", "e2")]
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            );
+            // Resume after the second event: o2 and e2 follow, nothing repeated.
+            let from = parse_event_id(Which::Combined, "1.1").unwrap();
+            let mut f = combined_text(&t, from);
+            let mut out = Vec::new();
+            f.pump(&mut out, BIG, None).unwrap();
+            let data: Vec<_> = ids_and_data(&out).into_iter().map(|x| x.1).collect();
+            assert_eq!(data, ["o2", "e2"], "{}", t.name);
+        }
     }
 
     #[test]
     fn combined_tail_gives_the_last_merged_lines() {
-        let (store, id, _sink) = job(
+        for t in jobs(
             "tail",
             &[
                 (Stream::Stdout, b"o1\no2\n"),
                 (Stream::Stderr, b"e1\n"),
                 (Stream::Stdout, b"o3\n"),
             ],
-        );
-        let mut f = combined_text(&store, &id, StartAt::Tail(2));
-        let mut out = Vec::new();
-        f.pump(&mut out, BIG, None).unwrap();
-        assert_eq!(
-            ids_and_data(&out),
-            [("2.1", "e1"), ("3.1", "o3")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
-        std::fs::remove_dir_all(store.root()).unwrap();
+        ) {
+            let mut f = combined_text(&t, StartAt::Tail(2));
+            let mut out = Vec::new();
+            f.pump(&mut out, BIG, None).unwrap();
+            assert_eq!(
+                ids_and_data(&out),
+                [("2.1", "e1"), ("3.1", "o3")].map(|(a, b)| (a.to_string(), b.to_string())),
+                "{}",
+                t.name
+            );
+        }
     }
 
     #[test]
@@ -348,54 +353,91 @@ mod tests {
         let body: Vec<u8> = (1..=100)
             .flat_map(|i| format!("{i}\n").into_bytes())
             .collect();
-        let (store, id, _sink) = job("bound", &[(Stream::Stdout, &body)]);
-        let which = Which::One(Stream::Stdout);
-        let mut f = Follower::open(
-            &store,
-            &id,
-            which,
-            StartAt::Line(1),
-            true,
-            Format::Text,
-            [0, 0, 0, 0],
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        assert_eq!(f.pump(&mut out, 100, None).unwrap(), Pumped::Full);
-        assert!(out.len() < 100 + 64);
-        let first = ids_and_data(&out).len();
-        out.clear();
-        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
-        assert_eq!(ids_and_data(&out).len() + first, 100);
-        let end = serde_json::json!({"status": "succeeded"});
-        out.clear();
-        assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
-        assert_eq!(
-            out,
-            b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"
-        );
-        std::fs::remove_dir_all(store.root()).unwrap();
+        for t in jobs("bound", &[(Stream::Stdout, &body)]) {
+            let which = Which::One(Stream::Stdout);
+            let mut f = Follower::open(
+                t.store.as_ref(),
+                &t.id,
+                which,
+                StartAt::Line(1),
+                true,
+                Format::Text,
+                [0, 0, 0, 0],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, 100, None).unwrap(), Pumped::Full);
+            assert!(out.len() < 100 + 64);
+            let first = ids_and_data(&out).len();
+            out.clear();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            assert_eq!(ids_and_data(&out).len() + first, 100);
+            let end = serde_json::json!({"status": "succeeded"});
+            out.clear();
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(
+                out,
+                b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"
+            );
+        }
     }
 
     #[test]
     fn a_one_shot_request_stops_at_the_size_it_saw() {
-        let (store, id, mut sink) = job("oneshot", &[(Stream::Stdout, b"a\nb\n")]);
-        let which = Which::One(Stream::Stdout);
-        let mut f = Follower::open(
-            &store,
-            &id,
-            which,
-            StartAt::Line(1),
-            false,
-            Format::Text,
-            [4, 0, 0, 0],
-        )
-        .unwrap();
-        sink.append(Stream::Stdout, &Chunk::new(b"c\n", 9)).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
-        assert_eq!(ids_and_data(&out).len(), 2);
-        std::fs::remove_dir_all(store.root()).unwrap();
+        for mut t in jobs("oneshot", &[(Stream::Stdout, b"a\nb\n")]) {
+            let which = Which::One(Stream::Stdout);
+            let mut f = Follower::open(
+                t.store.as_ref(),
+                &t.id,
+                which,
+                StartAt::Line(1),
+                false,
+                Format::Text,
+                [4, 0, 0, 0],
+            )
+            .unwrap();
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"c\n", 9))
+                .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+            assert_eq!(ids_and_data(&out).len(), 2, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_following_combined_stream_takes_new_lines_then_ends() {
+        for mut t in jobs("live", &[(Stream::Stdout, b"o1\n")]) {
+            let mut f = Follower::open(
+                t.store.as_ref(),
+                &t.id,
+                Which::Combined,
+                StartAt::Line(1),
+                true,
+                Format::Text,
+                [0; 4],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            assert!(f.at_end(false).unwrap(), "{}", t.name);
+            t.sink()
+                .append(Stream::Stderr, &Chunk::new(b"e1\npart", 5))
+                .unwrap();
+            assert!(!f.at_end(false).unwrap(), "{}", t.name);
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            // The job ended: its unfinished line comes before `complete`.
+            let end = serde_json::json!({"status": "failed"});
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(
+                ids_and_data(&out),
+                [("1.0", "o1"), ("1.1", "e1"), ("1.2", "part")]
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+                "{}",
+                t.name
+            );
+            assert!(out.ends_with(b"event: complete\ndata: {\"status\":\"failed\"}\n\n"));
+        }
     }
 
     #[test]

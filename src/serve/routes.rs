@@ -716,7 +716,10 @@ impl Produce for LogTail {
 
 #[cfg(test)]
 mod tests {
+    use super::super::http::Method;
     use super::*;
+    use crate::store::both::{self, TestJob};
+    use crate::store::Chunk;
 
     fn segs(path: &str) -> Vec<String> {
         super::super::http::parse_target(path).unwrap().0
@@ -767,6 +770,313 @@ mod tests {
             route(&segs("/api/job_runs//logs/stdout")).map_err(|e| e.status),
             Err(400)
         );
+    }
+
+    // Handlers driven against a job written through each store: the server
+    // sees only the trait, so both must answer alike (issue 9).
+
+    fn get(path: &str, headers: &[(&str, &str)]) -> Request {
+        let (segments, query) = super::super::http::parse_target(path).unwrap();
+        Request {
+            method: Method::Get,
+            segments,
+            query,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            keep_alive: false,
+            host: Some("localhost".into()),
+        }
+    }
+
+    /// Answers `GET path` from `store`, serving only `only` when given.
+    fn answer(
+        store: &Arc<dyn LogStore>,
+        only: Option<&JobId>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let order = RefCell::new(JobOrder::default());
+        let ctx = Ctx {
+            store,
+            only,
+            order: &order,
+        };
+        handle(&ctx, &get(path, headers))
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The whole body, made the way the server makes it.
+    fn body(r: Response) -> Vec<u8> {
+        match r.body {
+            Body::Bytes(b) => b,
+            Body::File { file, start, len } => {
+                let mut buf = vec![0; len as usize];
+                read_exact_at(file.as_ref(), &mut buf, start).unwrap();
+                buf
+            }
+            Body::Stream(mut p) => {
+                let mut out = Vec::new();
+                loop {
+                    let want = out.len() + 4096;
+                    if !p.produce(&mut out, want).unwrap() {
+                        break;
+                    }
+                }
+                out
+            }
+            Body::Events(mut f) => {
+                let mut out = Vec::new();
+                f.pump(&mut out, 1 << 20, None).unwrap();
+                out
+            }
+            Body::Nothing => Vec::new(),
+        }
+    }
+
+    fn json_of(r: Response) -> serde_json::Value {
+        assert_eq!(header(&r, "Content-Type"), Some("application/json"));
+        serde_json::from_slice(&body(r)).unwrap()
+    }
+
+    /// `(id, data)` of each `event: log` in an event stream.
+    fn events_of(out: &[u8]) -> Vec<(String, String)> {
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter(|e| e.starts_with("event: log"))
+            .map(|e| {
+                let field = |f: &str| e.lines().find_map(|l| l.strip_prefix(f)).unwrap_or("");
+                (field("id: ").to_string(), field("data: ").to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_job_list_and_metadata_are_the_same_from_every_store() {
+        for (name, store, _root) in both::stores("routes-list") {
+            let write = |id: &str, status: Status, day: &str| {
+                let mut sink = store.create_job(&JobId::parse(id).unwrap()).unwrap();
+                let started = format!("2026-01-{day}T00:00:00.000Z");
+                sink.write_metadata(&both::metadata(id, status, &started), true)
+                    .unwrap();
+                sink
+            };
+            drop(write("old", Status::Succeeded, "01"));
+            let _live = write("new", Status::Running, "02");
+            // Running, but its writer is gone.
+            drop(write("dead", Status::Running, "03"));
+            // Being created: no metadata yet, not listed.
+            let _creating = store.create_job(&id("creating")).unwrap();
+
+            let list = |path: &str, only: Option<&JobId>| {
+                let v = json_of(answer(&store, only, path, &[]));
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| format!("{} {}", m["job_run_id"], m["status"]))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                list("/api/job_runs", None),
+                [
+                    "\"dead\" \"abandoned\"",
+                    "\"new\" \"running\"",
+                    "\"old\" \"succeeded\""
+                ],
+                "{name}"
+            );
+            assert_eq!(
+                list("/api/job_runs?status=running", None),
+                ["\"new\" \"running\""],
+                "{name}"
+            );
+            assert_eq!(list("/api/job_runs?limit=1", None).len(), 1, "{name}");
+            assert_eq!(
+                list("/api/job_runs", Some(&id("new"))),
+                ["\"new\" \"running\""],
+                "{name}"
+            );
+
+            let m = json_of(answer(&store, None, "/api/job_runs/dead", &[]));
+            assert_eq!(m["status"], "abandoned", "{name}");
+            let missing = answer(&store, None, "/api/job_runs/nope", &[]);
+            assert_eq!(missing.status, 404, "{name}");
+            // A wrapper's own server shows only its job.
+            let other = answer(&store, Some(&id("new")), "/api/job_runs/old", &[]);
+            assert_eq!(other.status, 404, "{name}");
+
+            let page = String::from_utf8(body(answer(&store, None, "/", &[]))).unwrap();
+            let rows: Vec<_> = ["dead", "new", "old"]
+                .iter()
+                .map(|j| page.find(&format!("href=\"job_runs/{j}\"")).unwrap())
+                .collect();
+            assert!(rows.windows(2).all(|w| w[0] < w[1]), "{name}: newest first");
+        }
+    }
+
+    /// The job of `writes` in every store, with running metadata.
+    fn running_jobs(tag: &str, writes: &[(Stream, &[u8])]) -> Vec<TestJob> {
+        let mut jobs = both::jobs(&format!("routes-{tag}"), writes);
+        for t in &mut jobs {
+            let meta = both::metadata("j", Status::Running, "2026-01-01T00:00:00.000Z");
+            t.sink().write_metadata(&meta, false).unwrap();
+        }
+        jobs
+    }
+
+    fn finish(t: &mut TestJob) {
+        let meta = both::metadata("j", Status::Succeeded, "2026-01-01T00:00:00.000Z");
+        t.sink().write_metadata(&meta, true).unwrap();
+    }
+
+    #[test]
+    fn raw_logs_answer_ranges_from_every_store() {
+        let writes: [(Stream, &[u8]); 3] = [
+            (Stream::Stdout, b"hello\n"),
+            (Stream::Stderr, b"oops\n"),
+            (Stream::Stdout, b"world\n"),
+        ];
+        for t in running_jobs("raw", &writes) {
+            let raw = |range: Option<&str>, stream: &str| {
+                let headers: Vec<(&str, &str)> = range.map(|r| ("range", r)).into_iter().collect();
+                let path = format!("/api/job_runs/j/logs/{stream}/raw");
+                answer(&t.store, None, &path, &headers)
+            };
+            let full = raw(None, "stdout");
+            assert_eq!(full.status, 200, "{}", t.name);
+            assert_eq!(header(&full, "Accept-Ranges"), Some("bytes"));
+            assert_eq!(body(full), b"hello\nworld\n", "{}", t.name);
+            assert_eq!(body(raw(None, "stderr")), b"oops\n", "{}", t.name);
+
+            let part = raw(Some("bytes=6-10"), "stdout");
+            assert_eq!(part.status, 206, "{}", t.name);
+            assert_eq!(header(&part, "Content-Range"), Some("bytes 6-10/12"));
+            assert_eq!(body(part), b"world", "{}", t.name);
+
+            let suffix = raw(Some("bytes=-3"), "stdout");
+            assert_eq!(body(suffix), b"ld\n", "{}", t.name);
+
+            let past = raw(Some("bytes=50-"), "stdout");
+            assert_eq!(past.status, 416, "{}", t.name);
+            assert_eq!(header(&past, "Content-Range"), Some("bytes */12"));
+        }
+    }
+
+    #[test]
+    fn polling_gives_pieces_from_an_offset_and_says_when_finished() {
+        for mut t in running_jobs(
+            "poll",
+            &[(Stream::Stdout, b"abc\ndef\n"), (Stream::Stderr, b"e\n")],
+        ) {
+            let v = json_of(answer(
+                &t.store,
+                None,
+                "/api/job_runs/j/log-tail?start=4",
+                &[],
+            ));
+            assert_eq!(
+                v,
+                serde_json::json!({"is_finished": false, "new_size": 8, "content": "def\n"}),
+                "{}",
+                t.name
+            );
+            let v = json_of(answer(
+                &t.store,
+                None,
+                "/api/job_runs/j/log-tail?stream=stderr",
+                &[],
+            ));
+            assert_eq!(v["content"], "e\n", "{}", t.name);
+
+            let text = answer(
+                &t.store,
+                None,
+                "/api/job_runs/j/logs/stdout/progressiveText?start=2",
+                &[],
+            );
+            assert_eq!(header(&text, "X-Text-Size"), Some("8"), "{}", t.name);
+            assert_eq!(header(&text, "X-More-Data"), Some("true"), "{}", t.name);
+            assert_eq!(body(text), b"c\ndef\n", "{}", t.name);
+
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"end", 300))
+                .unwrap();
+            finish(&mut t);
+            let v = json_of(answer(
+                &t.store,
+                None,
+                "/api/job_runs/j/log-tail?start=8",
+                &[],
+            ));
+            assert_eq!(
+                v,
+                serde_json::json!({"is_finished": true, "new_size": 11, "content": "end"}),
+                "{}",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn event_streams_start_where_asked_from_every_store() {
+        let writes: [(Stream, &[u8]); 4] = [
+            (Stream::Stdout, b"o1\n"),
+            (Stream::Stderr, b"e1\n"),
+            (Stream::Stdout, b"o2\no3\n"),
+            (Stream::Stderr, b"e2\n"),
+        ];
+        for mut t in running_jobs("sse", &writes) {
+            let sse = |t: &TestJob, path: &str, headers: &[(&str, &str)]| {
+                answer(
+                    &t.store,
+                    None,
+                    &format!("/api/job_runs/j/logs/{path}"),
+                    headers,
+                )
+            };
+            let all = sse(&t, "combined", &[]);
+            assert_eq!(all.status, 200, "{}", t.name);
+            assert_eq!(
+                header(&all, "Content-Type"),
+                Some("text/event-stream; charset=utf-8")
+            );
+            let got: Vec<_> = events_of(&body(all))
+                .into_iter()
+                .map(|(id, data)| format!("{id} {data}"))
+                .collect();
+            assert_eq!(
+                got,
+                ["1.0 o1", "1.1 e1", "2.1 o2", "3.1 o3", "3.2 e2"],
+                "{}",
+                t.name
+            );
+
+            let tail = events_of(&body(sse(&t, "stdout?lines=1", &[])));
+            assert_eq!(tail, [("3".to_string(), "o3".to_string())], "{}", t.name);
+            let resumed = events_of(&body(sse(&t, "combined", &[("last-event-id", "2.1")])));
+            let data: Vec<_> = resumed.iter().map(|e| e.1.as_str()).collect();
+            assert_eq!(data, ["o3", "e2"], "{}", t.name);
+
+            // Each line keeps the read time of the chunk that completed it.
+            let json = String::from_utf8(body(sse(&t, "stderr?format=json&since=2", &[]))).unwrap();
+            assert!(json.contains("\"ts_us\":103"), "{}: {json}", t.name);
+
+            // A reconnect to an ended job with nothing left is told to stop.
+            finish(&mut t);
+            let over = sse(&t, "stdout", &[("last-event-id", "3")]);
+            assert_eq!(over.status, 204, "{}", t.name);
+            let more = sse(&t, "stdout", &[("last-event-id", "2")]);
+            assert_eq!(more.status, 200, "{}", t.name);
+            assert_eq!(sse(&t, "stdout?lines=x", &[]).status, 400, "{}", t.name);
+        }
     }
 
     #[test]
