@@ -1,8 +1,8 @@
 //! The command line as clap sees it: flags, environment variables and help text.
 //! Nothing past `config.rs` sees these types.
 
-use crate::store::JobId;
 use clap::{Args, Parser, Subcommand};
+use logwrap::store::JobId;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -189,7 +189,7 @@ pub struct GcArgs {
     #[arg(
         long,
         value_name = "DAYS",
-        value_parser = crate::gc::parse_ttl_days,
+        value_parser = logwrap::gc::parse_ttl_days,
         allow_negative_numbers = true
     )]
     pub ttl_days: Option<std::time::Duration>,
@@ -197,7 +197,7 @@ pub struct GcArgs {
     /// Then delete the oldest finished jobs until all jobs together take at most
     /// SIZE: bytes, or K, M, G, T (powers of 1024), e.g. 500M, 10G, 0.5G
     /// [default: $DATABUILD_LOG_MAX_SIZE_GB GiB, else 10G]
-    #[arg(long, value_name = "SIZE", value_parser = crate::gc::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = logwrap::gc::parse_size)]
     pub max_size: Option<u64>,
 }
 

@@ -7,14 +7,14 @@
 use crate::cli::{
     Cli, Command, GcArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
 };
-use crate::exit::UsageError;
-use crate::gc::GcOptions;
-use crate::logs::{LogsOptions, LsOptions, ShowOptions};
-use crate::run::RunConfig;
-use crate::serve::ServeConfig;
-use crate::store::{FileStore, JobId};
-use crate::timefmt::parse_duration;
 use anyhow::{bail, Context, Result};
+use logwrap::exit::UsageError;
+use logwrap::gc::GcOptions;
+use logwrap::logs::{LogsOptions, LsOptions, ShowOptions};
+use logwrap::run::RunConfig;
+use logwrap::serve::ServeConfig;
+use logwrap::store::{FileStore, JobId};
+use logwrap::timefmt::parse_duration;
 use std::path::{Path, PathBuf};
 
 /// The root used when neither `--log-dir` nor `DATABUILD_LOG_DIR` is given.
@@ -133,9 +133,9 @@ pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
         // environment variable, which clap counts as --token.
         (Some(_), Some(_)) => bail!(
             "give the token one way: --token-file, or --token / {}, not both",
-            crate::serve::TOKEN_ENV
+            logwrap::serve::TOKEN_ENV
         ),
-        (Some(path), None) => Some(crate::serve::read_token_file(path)?),
+        (Some(path), None) => Some(logwrap::serve::read_token_file(path)?),
         (None, t) => t.clone(),
     };
     let mut cfg = ServeConfig::new(listen, token)?;
@@ -146,7 +146,7 @@ pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
     if let Some(bad) = args
         .allow_hosts
         .iter()
-        .find(|h| crate::serve::http::host_name(h).is_empty())
+        .find(|h| logwrap::serve::http::host_name(h).is_empty())
     {
         bail!("--allow-host {bad:?}: expected a host name such as build.example");
     }
@@ -309,7 +309,7 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Invalid retention variables turn housekeeping off rather than failing the
     // job; `logwrap gc` reports them.
-    cfg.housekeeping = crate::gc::Housekeeping::from_env(store.root()).ok();
+    cfg.housekeeping = logwrap::gc::Housekeeping::from_env(store.root()).ok();
     Ok((cfg, store))
 }
 
@@ -382,10 +382,10 @@ mod tests {
         let cli = <Cli as clap::Parser>::try_parse_from(["logwrap", "serve", "--heartbeat", "abc"])
             .unwrap();
         let err = action(cli).unwrap_err();
-        assert!(crate::exit::is_usage(&err), "{err:#}");
+        assert!(logwrap::exit::is_usage(&err), "{err:#}");
         let cli =
             <Cli as clap::Parser>::try_parse_from(["logwrap", "serve", "--listen", "nonsense"])
                 .unwrap();
-        assert!(crate::exit::is_usage(&action(cli).unwrap_err()));
+        assert!(logwrap::exit::is_usage(&action(cli).unwrap_err()));
     }
 }

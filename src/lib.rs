@@ -31,8 +31,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod cli;
-pub mod config;
 pub mod exit;
 pub mod gc;
 pub mod logs;

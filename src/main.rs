@@ -2,9 +2,14 @@
 //! print any error once, and map the outcome to an exit code in one place.
 //! All the work is in the library.
 
+mod cli;
+mod config;
+#[cfg(test)]
+mod testdir;
+
 use clap::Parser;
-use logwrap::cli::{self, Cli};
-use logwrap::config::{self, Action};
+use cli::Cli;
+use config::Action;
 use logwrap::exit::{self, ExitCode};
 use logwrap::{gc, logs, run, serve};
 

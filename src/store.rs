@@ -27,6 +27,8 @@ mod watch;
 
 #[cfg(test)]
 pub(crate) use mem::both;
+#[cfg(test)]
+pub(crate) use mem::both::metadata as mem_metadata;
 pub use mem::MemStore;
 
 /// Longest job run id (SPEC §2): long enough for a scheduler's composite ids,

@@ -481,3 +481,51 @@ mod tests {
         )
     }
 }
+
+/// The collector works on any store through the trait: an in-memory one here.
+#[cfg(test)]
+mod any_store {
+    use super::*;
+    use crate::metadata::Status;
+    use crate::store::{mem_metadata, MemStore};
+    use std::time::Duration;
+
+    #[test]
+    fn collect_removes_expired_finished_jobs_of_a_memory_store_and_keeps_running_ones() {
+        let store = MemStore::new();
+        let job = |id: &str, status: Status, ended: Option<&str>| {
+            let id = JobId::parse(id).unwrap();
+            let mut sink = store.create_job(&id).unwrap();
+            let mut meta = mem_metadata(id.as_str(), status, "2000-01-01T00:00:00.000Z");
+            meta.ended_at = ended.map(str::to_string);
+            sink.write_metadata(&meta, ended.is_some()).unwrap();
+            sink
+        };
+        drop(job(
+            "old",
+            Status::Succeeded,
+            Some("2000-01-01T00:01:00.000Z"),
+        ));
+        let _running = job("live", Status::Running, None);
+        // A job that claims to be done while its writer lives is kept too.
+        let _liar = job("liar", Status::Succeeded, Some("2000-01-01T00:01:00.000Z"));
+        let policy = Policy {
+            ttl: Duration::from_secs(86_400),
+            max_size: u64::MAX,
+        };
+        let opts = Options {
+            mode: Mode::Delete,
+            verbose: false,
+            workers: 2,
+        };
+        let report = collect(&store, &policy, opts).unwrap();
+        assert_eq!(report.deleted, 1, "{report:?}");
+        let ids: Vec<String> = store
+            .job_ids()
+            .unwrap()
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, ["liar", "live"]);
+    }
+}

@@ -8,7 +8,8 @@
 //! small), and a job's [`JobSink::dir`] is not a real directory.
 
 use super::{
-    ChangeWatcher, Changes, Chunk, CreateError, JobId, JobSink, LogStore, Progress, RawLog, Stream,
+    ChangeWatcher, Changes, Chunk, CreateError, DirIdentity, JobId, JobSink, JobUsage, Leftover,
+    LogStore, Progress, RawLog, Removed, ScanEntry, Stream,
 };
 use crate::metadata::Metadata;
 use crate::output::lines::LineSplitter;
@@ -191,12 +192,12 @@ impl MemStore {
     /// Removes job `id` (finished or not); false if there was none. Readers
     /// already open keep what they read and see [`RawLog::removed`].
     pub fn remove(&self, id: &JobId) -> bool {
-        self.remove_job(id, None)
+        self.remove_if(id, None)
     }
 
     /// Removes job `id`, only if it is `this` one when given (a sink discarding
     /// its job must not remove a newer job of the same id).
-    fn remove_job(&self, id: &JobId, this: Option<&Arc<Mutex<Job>>>) -> bool {
+    fn remove_if(&self, id: &JobId, this: Option<&Arc<Mutex<Job>>>) -> bool {
         let mut state = lock(&self.shared);
         match (state.jobs.get(id), this) {
             (None, _) => return false,
@@ -372,6 +373,50 @@ impl LogStore for MemStore {
     fn location(&self) -> String {
         "memory".to_string()
     }
+
+    fn scan(&self, f: &mut dyn FnMut(ScanEntry)) -> Result<()> {
+        for id in self.job_ids()? {
+            f(ScanEntry::Job(id));
+        }
+        Ok(())
+    }
+
+    /// The bytes both streams hold; the identity is the job's own allocation
+    /// (a job created again under the same id is another one).
+    fn job_usage(&self, id: &JobId) -> io::Result<JobUsage> {
+        let job = self
+            .job(id)
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("{e:#}")))?;
+        let j = lock(&job);
+        Ok(JobUsage {
+            size: j.streams.iter().map(|s| s.bytes.len() as u64).sum(),
+            dir: DirIdentity {
+                ino: Arc::as_ptr(&job) as usize as u64,
+                mtime_ns: j.created_ms.saturating_mul(1_000_000),
+            },
+            mtime_ms: j.created_ms,
+        })
+    }
+
+    fn remove_job(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
+        let Ok(job) = self.job(id) else {
+            return Ok(Removed::Untouched);
+        };
+        let same = self.job_usage(id).is_ok_and(|u| u.dir == expected);
+        if !same || lock(&job).alive {
+            return Ok(Removed::Untouched);
+        }
+        Ok(if self.remove_if(id, Some(&job)) {
+            Removed::Deleted
+        } else {
+            Removed::Untouched
+        })
+    }
+
+    /// Nothing is ever left over here: removal is one step.
+    fn clear_leftover(&self, _leftover: &Leftover) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The writer of one [`MemStore`] job; the job's writer is alive until it is
@@ -416,7 +461,7 @@ impl JobSink for MemSink {
     }
 
     fn discard(self: Box<Self>) {
-        self.store.remove_job(&self.id, Some(&self.job));
+        self.store.remove_if(&self.id, Some(&self.job));
     }
 }
 
