@@ -146,7 +146,7 @@ pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
     if let Some(bad) = args
         .allow_hosts
         .iter()
-        .find(|h| logwrap::serve::http::host_name(h).is_empty())
+        .find(|h| logwrap::serve::host_name(h).is_empty())
     {
         bail!("--allow-host {bad:?}: expected a host name such as build.example");
     }
@@ -287,25 +287,21 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     } else {
         args.partitions
     };
-    let mut cfg = RunConfig {
-        job_run_id,
-        command: args.command,
-        pty: !args.no_pty,
-        quiet: args.quiet,
-        cols: args.cols,
-        rows: args.rows,
-        timeout,
-        kill_after: duration("kill-after", &args.kill_after)?,
-        drain_timeout: duration("drain-timeout", &args.drain_timeout)?,
-        partitions,
-        reap_orphans: true,
-        housekeeping: None,
-        listen: args
-            .listen
-            .as_deref()
-            .map(|a| server_config(a, &args.access))
-            .transpose()?,
-    };
+    let listen = args
+        .listen
+        .as_deref()
+        .map(|a| server_config(a, &args.access))
+        .transpose()?;
+    let mut cfg = RunConfig::new(job_run_id, args.command)
+        .pty(!args.no_pty)
+        .quiet(args.quiet)
+        .window(args.cols, args.rows)
+        .timeout(timeout)
+        .kill_after(duration("kill-after", &args.kill_after)?)
+        .drain_timeout(duration("drain-timeout", &args.drain_timeout)?)
+        .partitions(partitions)
+        .reap_orphans(true)
+        .listen(listen);
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Invalid retention variables turn housekeeping off rather than failing the
     // job; `logwrap gc` reports them.

@@ -5,17 +5,17 @@
 use nix::sys::signal::Signal;
 
 /// `--timeout` fired (the same code as coreutils `timeout`).
-pub const TIMED_OUT: i32 = 124;
+pub(crate) const TIMED_OUT: i32 = 124;
 /// logwrap itself failed before the job could run (bad option, log dir, id in use).
-pub const WRAPPER_FAILED: i32 = 125;
+pub(crate) const WRAPPER_FAILED: i32 = 125;
 /// The command exists but could not be executed.
-pub const NOT_EXECUTABLE: i32 = 126;
+pub(crate) const NOT_EXECUTABLE: i32 = 126;
 /// The command was not found.
-pub const NOT_FOUND: i32 = 127;
+pub(crate) const NOT_FOUND: i32 = 127;
 /// Reading commands: the job, file or page asked for does not exist.
-pub const NOT_FOUND_READ: i32 = 1;
+pub(crate) const NOT_FOUND_READ: i32 = 1;
 /// Reading commands: the command line itself was wrong.
-pub const USAGE: i32 = 2;
+pub(crate) const USAGE: i32 = 2;
 
 /// What the process exits with, by meaning rather than by number (as fd's
 /// `exit_codes.rs`): `main` maps every outcome through this type once.
@@ -98,7 +98,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// How the main child ended, as recorded from `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildEnd {
+pub(crate) enum ChildEnd {
     /// Exited normally with this code.
     Exited(i32),
     /// Killed by this signal.
@@ -117,7 +117,7 @@ impl ChildEnd {
 }
 
 /// Maps an `exec` failure to 126 or 127, the way shells do.
-pub fn exec_failure_code(err: &std::io::Error) -> i32 {
+pub(crate) fn exec_failure_code(err: &std::io::Error) -> i32 {
     match err.kind() {
         std::io::ErrorKind::NotFound => NOT_FOUND,
         _ => NOT_EXECUTABLE,
@@ -126,12 +126,12 @@ pub fn exec_failure_code(err: &std::io::Error) -> i32 {
 
 /// Bytes of a script the kernel reads for its `#!` line (`BINPRM_BUF_SIZE`);
 /// an interpreter named past them is not one the kernel would use either.
-pub const SHEBANG_MAX: usize = 256;
+pub(crate) const SHEBANG_MAX: usize = 256;
 
 /// The interpreter a script's `#!` line names, from the script's first bytes:
 /// the first word after `#!`, as the kernel takes it. `None` if `head` does not
 /// start with `#!` or names nothing.
-pub fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
+pub(crate) fn shebang_interpreter(head: &[u8]) -> Option<&[u8]> {
     let rest = head.strip_prefix(b"#!")?;
     let line = rest.split(|b| *b == b'\n').next()?;
     line.split(|b| *b == b' ' || *b == b'\t')

@@ -51,7 +51,9 @@ fn real_main() -> ExitCode {
         Action::Ls(store, o) => logs::ls_cmd(&store, o).map(ExitCode::Status),
         Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
         Action::Gc(store, o) => gc::gc_cmd(&store, o).map(ExitCode::Status),
-        Action::Serve(store, cfg) => serve::serve_cmd(store, cfg).map(ExitCode::Status),
+        Action::Serve(store, cfg) => {
+            serve::serve_cmd(std::sync::Arc::new(store), cfg).map(ExitCode::Status)
+        }
     });
     match result {
         Ok(code) => code,

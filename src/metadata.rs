@@ -129,7 +129,7 @@ impl Metadata {
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, then rename. With
 /// `durable`, the file and its directory are fsynced (used for the final write).
-pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().context("metadata path has no parent")?;
     let tmp = dir.join(format!(
         ".{}.tmp",

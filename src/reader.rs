@@ -3,7 +3,7 @@
 //! streams in arrival order. The readers never hold more than one block plus the
 //! kept part of one line in memory, however long the line or the log.
 //!
-//! Readers are polled: [`StreamReader::next_line`] returns `None` at the current
+//! Readers are polled: `StreamReader::next_line` returns `None` at the current
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
 use crate::output::index::{self, Records};
@@ -115,7 +115,7 @@ impl LineSource for StreamReader {
 }
 
 /// The file store's [`LineSource`]: reads one stream's lines in order.
-pub struct StreamReader {
+pub(crate) struct StreamReader {
     stream: Stream,
     log: File,
     idx: Option<IndexFile>,
@@ -151,7 +151,7 @@ impl StreamReader {
     /// Opens `stream` of job `id`. Lines longer than `max_keep` bytes are cut in
     /// [`LogLine::data`] (their `len` stays exact). A missing or damaged index is
     /// not an error: reads fall back to scanning (see [`StreamReader::indexed`]).
-    pub fn open(
+    pub(crate) fn open(
         store: &FileStore,
         id: &JobId,
         stream: Stream,
@@ -277,7 +277,7 @@ impl StreamReader {
     }
 
     /// Lines in the log now, counting a final line without a newline.
-    pub fn total_lines(&mut self) -> Result<u64> {
+    pub(crate) fn total_lines(&mut self) -> Result<u64> {
         self.refresh_index();
         let len = self.log_len()?;
         let (mut lines, indexed_end) = match &self.idx {
@@ -410,7 +410,7 @@ impl StreamReader {
 
     /// The next line, or `None` at the current end. A final line without a
     /// newline is returned only when `writer_done` (it may still grow otherwise).
-    pub fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
+    pub(crate) fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
         let mut len = self.known_len;
         let mut fresh = false;
         if self.scanned >= len {

@@ -8,7 +8,6 @@
 
 use crate::metadata::{self, Metadata, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
-use crate::output::lines::LineSplitter;
 use crate::reader::{LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
@@ -25,6 +24,7 @@ use std::path::{Path, PathBuf};
 mod mem;
 mod watch;
 
+pub use crate::output::lines::{LineSplitter, Piece, Pieces};
 #[cfg(test)]
 pub(crate) use mem::both;
 #[cfg(test)]
@@ -204,7 +204,7 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
 /// the open never blocks (a FIFO with no writer would freeze the reader, and
 /// with it a whole server), and anything but a regular file is refused as
 /// [`Damaged`]. The descriptor is blocking again when returned.
-pub fn open_job_file(path: &Path) -> io::Result<File> {
+pub(crate) fn open_job_file(path: &Path) -> io::Result<File> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -264,7 +264,7 @@ fn check_regular(fd: &impl AsFd, path: &Path) -> io::Result<()> {
 /// Reads the whole job file `path`, refusing one over `cap` bytes as
 /// [`Damaged`] rather than allocating for it (the size is checked before the
 /// read, and the read itself stops past `cap` for a file still growing).
-pub fn read_job_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_job_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let f = open_job_file(path)?;
     let len = f.metadata()?.len();
     let too_big = |n: u64| {
@@ -286,7 +286,7 @@ pub fn read_job_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 
 /// Size of the job file `path` if it is a regular file (never following a
 /// link); `None` when missing or anything else.
-pub fn job_file_len(path: &Path) -> Option<u64> {
+pub(crate) fn job_file_len(path: &Path) -> Option<u64> {
     fs::symlink_metadata(path)
         .ok()
         .filter(|m| m.file_type().is_file())
@@ -360,7 +360,7 @@ pub trait JobSink {
     /// (readable by others) when this returns.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()>;
     /// Replaces the metadata document atomically; `last` also makes it durable
-    /// (and may use room the store set aside for it, see [`FileJobSink`]).
+    /// (and may use room the store set aside for it, see `FileJobSink`).
     fn write_metadata(&mut self, meta: &Metadata, last: bool) -> Result<()>;
     /// The job's output is complete: writes what the store still owes for it
     /// (bookkeeping of an unfinished last line, ...). Called before the final
@@ -615,7 +615,7 @@ const RESERVE_FILE: &str = ".reserve";
 /// covers a few thousand markers, while costing little per running job (it is
 /// released when the job ends). A job whose markers fill the whole marker cap
 /// needs more than this on a full disk; then the final write is reported.
-pub const RESERVE_BYTES: usize = 256 << 10;
+pub(crate) const RESERVE_BYTES: usize = 256 << 10;
 const METADATA_FILE: &str = "metadata.json";
 /// Housekeeping's stamp in the root (issue 5): its mtime is when the last
 /// collection finished, its flock is held while one runs.
@@ -641,22 +641,22 @@ impl FileStore {
     }
 
     /// The directory of job `id`.
-    pub fn job_dir(&self, id: &JobId) -> PathBuf {
+    pub(crate) fn job_dir(&self, id: &JobId) -> PathBuf {
         self.jobs_dir().join(id.as_str())
     }
 
     /// Path of a stream's log file.
-    pub fn log_path(&self, id: &JobId, stream: Stream) -> PathBuf {
+    pub(crate) fn log_path(&self, id: &JobId, stream: Stream) -> PathBuf {
         self.job_dir(id).join(log_name(stream))
     }
 
     /// Path of a stream's index file.
-    pub fn index_path(&self, id: &JobId, stream: Stream) -> PathBuf {
+    pub(crate) fn index_path(&self, id: &JobId, stream: Stream) -> PathBuf {
         self.job_dir(id).join(index_name(stream))
     }
 
     /// Path of the job's metadata.json.
-    pub fn metadata_path(&self, id: &JobId) -> PathBuf {
+    pub(crate) fn metadata_path(&self, id: &JobId) -> PathBuf {
         self.job_dir(id).join(METADATA_FILE)
     }
 
@@ -675,25 +675,25 @@ impl FileStore {
     }
 
     /// The metadata as written, without the live-status check.
-    pub fn read_metadata(&self, id: &JobId) -> Result<Metadata> {
+    pub(crate) fn read_metadata(&self, id: &JobId) -> Result<Metadata> {
         metadata::read(&self.metadata_path(id))
     }
 
     /// `<root>/.gc-stamp`: when housekeeping last finished a collection.
-    pub fn gc_stamp_path(&self) -> PathBuf {
+    pub(crate) fn gc_stamp_path(&self) -> PathBuf {
         self.root.join(GC_STAMP_FILE)
     }
 
     /// Where a collector running as `pid` moves job `id` before deleting it:
     /// `<root>/job_runs/.deleting-<id>-<pid>-<seq>`, unique per collector call.
-    pub fn trash_path(&self, id: &JobId, pid: u32, seq: u64) -> PathBuf {
+    pub(crate) fn trash_path(&self, id: &JobId, pid: u32, seq: u64) -> PathBuf {
         self.jobs_dir()
             .join(format!("{TRASH_PREFIX}{}-{pid}-{seq}", id.as_str()))
     }
 
     /// For an entry name in `job_runs`: the pid of the collector that was
     /// deleting it, if it is such a leftover (see [`FileStore::trash_path`]).
-    pub fn trash_owner(name: &str) -> Option<u32> {
+    pub(crate) fn trash_owner(name: &str) -> Option<u32> {
         let rest = name.strip_prefix(TRASH_PREFIX)?;
         let mut parts = rest.rsplitn(3, '-');
         let _seq = parts.next()?;
@@ -705,7 +705,7 @@ impl FileStore {
     /// Ids of the job directories under the root, sorted. Entries that are not
     /// valid ids (temp and trash names, strays) or not directories are skipped;
     /// a root without `job_runs` has no jobs.
-    pub fn list_job_ids(&self) -> Result<Vec<JobId>> {
+    pub(crate) fn list_job_ids(&self) -> Result<Vec<JobId>> {
         let dir = self.jobs_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -736,7 +736,7 @@ impl FileStore {
 /// (issue 8: removing the `lock` file made a running job look abandoned and
 /// let gc delete it). The `lock` file inside is still locked too, and honoured,
 /// so jobs written by older wrappers read right.
-pub fn dir_writer_alive(dir: &Path) -> bool {
+pub(crate) fn dir_writer_alive(dir: &Path) -> bool {
     if let Ok(fd) = open_dir_nofollow(dir) {
         if is_locked(&fd) {
             return true;
@@ -956,7 +956,7 @@ impl StreamFiles {
 /// It also holds a reserve file (`.reserve`) while the job runs: on a full disk
 /// the logs stop growing, and unlinking the reserve before the final metadata
 /// write gives that write the room it needs.
-pub struct FileJobSink {
+pub(crate) struct FileJobSink {
     dir: PathBuf,
     streams: [StreamFiles; 2],
     seq: u64,
@@ -1171,7 +1171,7 @@ impl JobSink for FileJobSink {
 }
 
 /// A stream's index file opened for reading: random access to its records.
-pub struct IndexFile {
+pub(crate) struct IndexFile {
     file: File,
     count: u64,
 }
@@ -1179,7 +1179,7 @@ pub struct IndexFile {
 impl IndexFile {
     /// Opens `path`, checking the header; the record count is taken now (a growing
     /// file can be reopened to see more).
-    pub fn open(path: &Path) -> Result<IndexFile> {
+    pub(crate) fn open(path: &Path) -> Result<IndexFile> {
         let file = open_job_file(path).with_context(|| format!("opening {}", path.display()))?;
         let mut header = [0u8; HEADER.len()];
         file.read_exact_at(&mut header, 0)
@@ -1194,7 +1194,7 @@ impl IndexFile {
     }
 
     /// Takes in records appended since the last look.
-    pub fn refresh(&mut self) -> io::Result<()> {
+    pub(crate) fn refresh(&mut self) -> io::Result<()> {
         let len = self.file.metadata()?.len();
         self.count = len.saturating_sub(HEADER.len() as u64) / RECORD_LEN as u64;
         Ok(())
@@ -1215,7 +1215,7 @@ impl Records for IndexFile {
 
 /// Byte offset where line `n` (from 1) starts in a stream's log, using its index;
 /// `None` when the log has fewer than `n - 1` complete lines.
-pub fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Option<u64>> {
+pub(crate) fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Option<u64>> {
     if n <= 1 {
         return Ok(Some(0));
     }

@@ -67,7 +67,7 @@ pub struct Options {
     pub workers: usize,
 }
 
-/// Collects the store once under `policy`: [`select::apply`] over scans of
+/// Collects the store once under `policy`: `select::apply` over scans of
 /// `job_runs/`, each choice carried out as it is made.
 ///
 /// Expired jobs are deleted while the directory is being read; only when the

@@ -1,13 +1,14 @@
-//! Retention (SPEC §6, issue 5), in four parts: the [`policy`] (TTL and size
-//! cap, from flags and environment), the pure selection that applies it
-//! ([`mod@select`]), the collector that runs that very selection over the store's
-//! jobs and has the store remove what it chose ([`mod@collect`]), and the
-//! wrapper's hourly [`housekeeping`]. This file holds `logwrap gc` itself.
+//! Retention (SPEC §6, issue 5), in four parts: the policy (TTL and size cap,
+//! from flags and environment, [`Policy`]), the pure selection that applies it
+//! ([`select()`]), the collector that runs that very selection over the store's
+//! jobs and has the store remove what it chose ([`collect()`]), and the
+//! wrapper's hourly housekeeping ([`maybe_collect`]). This file holds `logwrap
+//! gc` itself.
 
-pub mod collect;
-pub mod housekeeping;
-pub mod policy;
-pub mod select;
+mod collect;
+mod housekeeping;
+mod policy;
+mod select;
 
 pub use crate::store::DirIdentity;
 pub use collect::{collect, Mode, Options, Report};
@@ -17,7 +18,7 @@ pub use housekeeping::{
 pub use policy::{
     parse_size, parse_size_gb, parse_ttl_days, Policy, DEFAULT_MAX_SIZE_GB, DEFAULT_TTL_DAYS,
 };
-pub use select::{excess, is_expired, select, JobEntry, OldestCovering, Reason, Selection};
+pub use select::{select, JobEntry, Reason, Selection};
 
 use crate::exit;
 use crate::store::LogStore;

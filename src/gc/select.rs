@@ -185,7 +185,7 @@ pub struct Selection {
 /// The retention policy (SPEC §6) over a list of jobs: every finished job past
 /// the TTL, then the oldest finished jobs until the rest fit under the cap.
 /// Running jobs are never chosen, whatever their age or size. This is
-/// [`apply`], the rules the collector runs, with every deletion succeeding.
+/// `apply`, the rules the collector runs, with every deletion succeeding.
 pub fn select(jobs: Vec<JobEntry>, now_ms: i64, policy: &Policy) -> Selection {
     let chosen = Mutex::new(Vec::new());
     let tally = apply::<std::convert::Infallible>(

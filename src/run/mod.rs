@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Window size used when neither the options nor the wrapper's terminal give one
 /// (SPEC §1): wide enough that build tools do not wrap their progress lines.
-pub const DEFAULT_COLS: u16 = 160;
+pub(crate) const DEFAULT_COLS: u16 = 160;
 /// See [`DEFAULT_COLS`].
-pub const DEFAULT_ROWS: u16 = 50;
+pub(crate) const DEFAULT_ROWS: u16 = 50;
 
 /// Most bytes the `missing_deps` entries may take in metadata.json, all markers
 /// together (each is also capped at 1 MiB on its own). Real payloads list a few
@@ -39,11 +39,11 @@ pub const DEFAULT_ROWS: u16 = 50;
 /// memory, metadata.json and each of its rewrites grow without bound (40 markers
 /// of 1 MiB once made a 219 MiB document). Later valid markers become
 /// `marker_errors` saying they are over this cap.
-pub const MAX_MISSING_DEPS_BYTES: usize = 1 << 20;
+pub(crate) const MAX_MISSING_DEPS_BYTES: usize = 1 << 20;
 
 /// Most `marker_errors` entries kept; later ones are only counted in
 /// `marker_errors_dropped`. A scheduler needs the first few to see what is wrong.
-pub const MAX_MARKER_ERRORS: usize = 100;
+pub(crate) const MAX_MARKER_ERRORS: usize = 100;
 
 /// Shortest time between two rewrites of metadata.json for markers: a flood of
 /// markers costs a rewrite per interval, not one per marker, while a scheduler
@@ -58,8 +58,11 @@ const READS_PER_TURN: usize = 8;
 /// the kernel still buffers is far less; a grandchild still writing is not waited on.
 const FINAL_DRAIN_LIMIT: usize = 16 << 20;
 
-/// Everything the wrapper needs, already validated.
+/// Everything the wrapper needs, already validated. Made with
+/// [`RunConfig::new`] (the binary's defaults) and adjusted with the setters;
+/// new settings may be added, so it cannot be built field by field.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunConfig {
     pub job_run_id: JobId,
     /// The command and its arguments (at least one element).
@@ -84,6 +87,94 @@ pub struct RunConfig {
     pub housekeeping: Option<crate::gc::Housekeeping>,
     /// Serve this job over HTTP while it runs (`--listen`, SPEC §5).
     pub listen: Option<crate::serve::ServeConfig>,
+}
+
+impl RunConfig {
+    /// Job `id` running `command` (program and arguments, at least the program)
+    /// with the same defaults as the `logwrap` binary: PTY mode, output copied
+    /// to this process's stdout and stderr, no timeout, 10 s `kill_after`, 2 s
+    /// `drain_timeout`. Unlike the binary it does not reap children that are not
+    /// its own, runs no housekeeping and serves nothing.
+    pub fn new(id: JobId, command: Vec<OsString>) -> RunConfig {
+        RunConfig {
+            job_run_id: id,
+            command,
+            pty: true,
+            quiet: false,
+            cols: None,
+            rows: None,
+            timeout: None,
+            kill_after: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+            partitions: Vec::new(),
+            reap_orphans: false,
+            housekeeping: None,
+            listen: None,
+        }
+    }
+
+    /// Two ptys (true, the default) or plain pipes (false).
+    pub fn pty(mut self, pty: bool) -> RunConfig {
+        self.pty = pty;
+        self
+    }
+
+    /// Do not copy the child's output to this process's stdout and stderr.
+    pub fn quiet(mut self, quiet: bool) -> RunConfig {
+        self.quiet = quiet;
+        self
+    }
+
+    /// The pty's window size, instead of this process's terminal's (or 160x50).
+    pub fn window(mut self, cols: Option<u16>, rows: Option<u16>) -> RunConfig {
+        self.cols = cols;
+        self.rows = rows;
+        self
+    }
+
+    /// End the job (TERM, then KILL after `kill_after`) when it runs longer.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> RunConfig {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long after a terminating signal the whole group gets SIGKILL.
+    pub fn kill_after(mut self, kill_after: Duration) -> RunConfig {
+        self.kill_after = kill_after;
+        self
+    }
+
+    /// How long to keep draining output a grandchild still holds open after
+    /// the job has exited.
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> RunConfig {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// The partitions the job builds (`building_partitions` in metadata).
+    pub fn partitions(mut self, partitions: Vec<String>) -> RunConfig {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Become a child subreaper and reap every child (right for a wrapper
+    /// process; leave off in a program that has children of its own).
+    pub fn reap_orphans(mut self, reap: bool) -> RunConfig {
+        self.reap_orphans = reap;
+        self
+    }
+
+    /// Run retention housekeeping in the background while the job runs.
+    pub fn housekeeping(mut self, hk: Option<crate::gc::Housekeeping>) -> RunConfig {
+        self.housekeeping = hk;
+        self
+    }
+
+    /// Serve the job over HTTP while it runs (`--listen`).
+    pub fn listen(mut self, listen: Option<crate::serve::ServeConfig>) -> RunConfig {
+        self.listen = listen;
+        self
+    }
 }
 
 /// How a run ended.

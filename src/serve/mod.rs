@@ -1,26 +1,27 @@
 //! The HTTP tail server (SPEC §5, issue 4): `logwrap serve` for every job under
 //! the root, and the same server inside the wrapper (`logwrap --listen ADDR`).
 //!
-//! [`Server`] is a component driven by a mio event loop it does not own: it
+//! `Server` is a component driven by a mio event loop it does not own: it
 //! registers its listener, its inotify descriptor and its connections under its
-//! own token range, and the owner hands it events, calls [`Server::tick`] after
-//! each poll and waits no longer than [`Server::timeout`]. `logwrap serve` runs
+//! own token range, and the owner hands it events, calls `Server::tick` after
+//! each poll and waits no longer than `Server::timeout`. `logwrap serve` runs
 //! it on its main thread and learns of new lines from inotify on the
 //! directories of the jobs being followed. The wrapper runs it on a thread of
-//! its own ([`ServerThread`]), so followers never slow the reading of the
+//! its own (`ServerThread`), so followers never slow the reading of the
 //! child, and flags each chunk it appends, so followers get a line at once. No
 //! async runtime, every buffer bounded.
 
 pub mod client;
 mod conn;
 mod follow;
-pub mod http;
+pub(crate) mod http;
+pub use http::host_name;
 mod page;
 mod routes;
-pub mod sse;
+pub(crate) mod sse;
 mod term;
 
-use crate::store::{ChangeWatcher, FileStore, JobId, LogStore};
+use crate::store::{ChangeWatcher, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
 use follow::Pumped;
@@ -53,7 +54,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a finishing wrapper keeps serving so its followers get the last
 /// lines and `complete`: a follower that keeps up needs milliseconds; one that
 /// does not cannot hold the job's exit back by more than this.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Connections accepted beyond the cap only to be answered 503 (then closed), so
 /// a client learns why; past these, new connections are closed at once.
@@ -109,7 +110,7 @@ impl std::fmt::Debug for ServeConfig {
 }
 
 impl ServeConfig {
-    /// Settings with the defaults, listening on `listen` (see [`parse_listen`]).
+    /// Settings with the defaults, listening on `listen` (see `parse_listen`).
     pub fn new(listen: &str, token: Option<String>) -> Result<ServeConfig> {
         Ok(ServeConfig {
             listen: parse_listen(listen)?,
@@ -160,7 +161,7 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String> {
 
 /// Parses a listen address: `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (both on
 /// 127.0.0.1). Port 0 picks a free port.
-pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr> {
     let s = s.trim();
     let full = if s.parse::<u16>().is_ok() {
         format!("127.0.0.1:{s}")
@@ -186,7 +187,7 @@ struct Watched {
 }
 
 /// The tail server. See the module docs.
-pub struct Server {
+pub(crate) struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     registry: Option<Registry>,
@@ -213,7 +214,11 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket. `only` limits the server to one job (the
     /// wrapper's); `None` serves every job under the store's root.
-    pub fn bind(cfg: ServeConfig, store: Arc<dyn LogStore>, only: Option<JobId>) -> Result<Server> {
+    pub(crate) fn bind(
+        cfg: ServeConfig,
+        store: Arc<dyn LogStore>,
+        only: Option<JobId>,
+    ) -> Result<Server> {
         raise_fd_limit();
         let std = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -246,17 +251,16 @@ impl Server {
     }
 
     /// The server for a wrapper's own job.
-    pub fn for_job(cfg: ServeConfig, store: Arc<dyn LogStore>, id: &JobId) -> Result<Server> {
+    pub(crate) fn for_job(
+        cfg: ServeConfig,
+        store: Arc<dyn LogStore>,
+        id: &JobId,
+    ) -> Result<Server> {
         Server::bind(cfg, store, Some(id.clone()))
     }
 
-    /// The address actually bound (with the port chosen for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://host:port`, naming this machine when bound to all addresses.
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         let host = if self.addr.ip().is_unspecified() {
             nix::unistd::gethostname()
                 .ok()
@@ -271,13 +275,13 @@ impl Server {
     }
 
     /// The page that follows job `id`.
-    pub fn job_url(&self, id: &JobId) -> String {
+    pub(crate) fn job_url(&self, id: &JobId) -> String {
         format!("{}/job_runs/{id}", self.base_url())
     }
 
     /// Registers the server's sources with `registry`, using tokens from `base`
     /// upwards (the listener, inotify, then one per connection).
-    pub fn register(&mut self, registry: &Registry, base: Token) -> Result<()> {
+    pub(crate) fn register(&mut self, registry: &Registry, base: Token) -> Result<()> {
         self.base = base.0;
         registry
             .register(
@@ -301,12 +305,12 @@ impl Server {
     }
 
     /// True if `token` is one of the server's.
-    pub fn owns(&self, token: Token) -> bool {
+    pub(crate) fn owns(&self, token: Token) -> bool {
         token.0 >= self.base && token.0 < self.base + FIRST_CONN + self.conns.len()
     }
 
     /// Handles one event for one of the server's tokens.
-    pub fn handle_event(&mut self, ev: &Event) {
+    pub(crate) fn handle_event(&mut self, ev: &Event) {
         match ev.token().0 - self.base {
             LISTENER => self.accept(),
             WATCHER => self.read_changes(),
@@ -327,7 +331,7 @@ impl Server {
 
     /// New output was appended to the log (the wrapper calls this after each
     /// chunk): followers that have caught up are sent the new lines now.
-    pub fn notify(&mut self) {
+    pub(crate) fn notify(&mut self) {
         if self.jobs.is_empty() {
             return;
         }
@@ -339,7 +343,7 @@ impl Server {
     }
 
     /// How long the owner's poll may wait before [`Server::tick`] is due.
-    pub fn timeout(&self) -> Option<Duration> {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -354,7 +358,7 @@ impl Server {
 
     /// Runs the timers that are due: 408 for slow request heads, closing idle
     /// and stalled connections, heartbeats, and the periodic status re-check.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         for slot in std::mem::take(&mut self.ready) {
             if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
                 c.deferred = false;
@@ -406,7 +410,7 @@ impl Server {
     /// The job has ended (the wrapper calls this after writing its final
     /// metadata): sends followers the rest and `complete`, waiting at most
     /// `grace` for them to take it, then closes every connection.
-    pub fn shutdown(mut self, poll: &mut Poll, grace: Duration) {
+    pub(crate) fn shutdown(mut self, poll: &mut Poll, grace: Duration) {
         let deadline = Instant::now() + grace;
         let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
         for id in ids {
@@ -817,7 +821,7 @@ struct Requests {
 /// `--listen`. Serving hundreds of followers then never takes a turn from the
 /// loop that reads the child (issue point 10: 200 followers made a 2 s job
 /// take 22 s when both shared one loop); the wrapper only flags new output.
-pub struct ServerThread {
+pub(crate) struct ServerThread {
     requests: Arc<Requests>,
     waker: Arc<mio::Waker>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -826,7 +830,7 @@ pub struct ServerThread {
 impl ServerThread {
     /// Starts serving on a new thread. Fails (before any job runs) if the event
     /// loop or the thread cannot be made.
-    pub fn spawn(mut server: Server) -> Result<ServerThread> {
+    pub(crate) fn spawn(mut server: Server) -> Result<ServerThread> {
         let poll = Poll::new().context("creating the server's event loop")?;
         let waker = Arc::new(
             mio::Waker::new(poll.registry(), THREAD_WAKE).context("creating the server's waker")?,
@@ -847,7 +851,7 @@ impl ServerThread {
 
     /// New output was appended to the log: the server wakes its followers.
     /// Cheap when called per chunk: one wake-up until the server has looked.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         if !self.requests.notify.swap(true, Ordering::AcqRel) {
             let _ = self.waker.wake();
         }
@@ -855,7 +859,7 @@ impl ServerThread {
 
     /// The job has ended and its final metadata is written: followers get the
     /// last lines and `complete`, waiting at most `grace`, then the server stops.
-    pub fn shutdown(mut self, grace: Duration) {
+    pub(crate) fn shutdown(mut self, grace: Duration) {
         self.stop(grace);
     }
 
@@ -920,14 +924,14 @@ fn raise_fd_limit() {
 
 /// `logwrap serve`: serves every job under the root until killed. `cfg` comes
 /// validated from `config.rs` (or from an embedder).
-pub fn serve_cmd(store: FileStore, cfg: ServeConfig) -> Result<i32> {
+pub fn serve_cmd(store: Arc<dyn LogStore>, cfg: ServeConfig) -> Result<i32> {
     let mut poll = Poll::new().context("creating the event loop")?;
-    let mut server = Server::bind(cfg, Arc::new(store.clone()), None)?;
+    let mut server = Server::bind(cfg, Arc::clone(&store), None)?;
     server.register(poll.registry(), Token(0))?;
     eprintln!(
         "logwrap: serving {}/ (jobs under {})",
         server.base_url(),
-        store.root().display()
+        store.location()
     );
     let mut events = Events::with_capacity(256);
     loop {

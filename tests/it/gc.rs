@@ -166,7 +166,7 @@ fn a_running_job_is_never_deleted_and_an_abandoned_one_is() {
     let meta_path = env.job_dir("running").join("metadata.json");
     let mut meta = logwrap::metadata::read(&meta_path).unwrap();
     meta.started_at = rfc3339_ms(long_ago);
-    logwrap::metadata::write_atomic(&meta_path, &meta.to_json(), false).unwrap();
+    std::fs::write(&meta_path, meta.to_json()).unwrap();
     // "running" on disk but its wrapper is gone: abandoned, so finished.
     fake_job(&env, "abandoned", "running", long_ago, None, 10);
 
