@@ -12,13 +12,12 @@ use crate::reader::{LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, openat, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, open, openat, FcntlArg, Flock, FlockArg, Flockable, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod mem;
@@ -738,21 +737,20 @@ impl FileStore {
 /// so jobs written by older wrappers read right.
 pub(crate) fn dir_writer_alive(dir: &Path) -> bool {
     if let Ok(fd) = open_dir_nofollow(dir) {
-        if is_locked(&fd) {
+        if is_locked(fd) {
             return true;
         }
     }
     match open_job_file(&dir.join(LOCK_FILE)) {
-        Ok(f) => is_locked(&f),
+        Ok(f) => is_locked(f),
         Err(_) => false,
     }
 }
 
 /// True when someone holds an exclusive `flock` on `fd`'s file. Taking a shared
-/// lock means nobody does; closing the descriptor releases it again.
-fn is_locked(fd: &impl AsRawFd) -> bool {
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+/// lock means nobody does; dropping it (and the descriptor) releases it again.
+fn is_locked<T: Flockable>(fd: T) -> bool {
+    Flock::lock(fd, FlockArg::LockSharedNonblock).is_err()
 }
 
 fn log_name(stream: Stream) -> &'static str {
@@ -962,10 +960,10 @@ pub(crate) struct FileJobSink {
     seq: u64,
     /// The reserve file, until released.
     reserve: Option<PathBuf>,
-    _lock: File,
+    _lock: Flock<File>,
     /// The job directory, `flock`ed for the sink's lifetime: see
     /// [`dir_writer_alive`].
-    _dir_lock: OwnedFd,
+    _dir_lock: Flock<OwnedFd>,
 }
 
 impl FileJobSink {
@@ -998,19 +996,15 @@ impl FileJobSink {
                 anyhow::Error::new(e).context(format!("cannot create {}", what.display())),
             )
         };
-        let dir_lock = open_dir_nofollow(&dir).map_err(|e| io_err(e, &dir))?;
+        let dir_fd = open_dir_nofollow(&dir).map_err(|e| io_err(e, &dir))?;
         // Blocking: a reader checking liveness holds a shared lock for an
         // instant, which must not make the job fail to start.
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(dir_lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(io::Error::last_os_error(), &dir));
-        }
+        let dir_lock = Flock::lock(dir_fd, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err(e.into(), &dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = create_new_file(&lock_path, false).map_err(|e| io_err(e, &lock_path))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(io::Error::last_os_error(), &lock_path));
-        }
+        let lock_file = create_new_file(&lock_path, false).map_err(|e| io_err(e, &lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err(e.into(), &lock_path))?;
         let open_stream = |stream: Stream| -> std::result::Result<StreamFiles, CreateError> {
             let log_path = dir.join(log_name(stream));
             let log = append_file(&log_path).map_err(|e| io_err(e, &log_path))?;
@@ -1064,19 +1058,22 @@ impl FileJobSink {
 /// without a reserve (`None`).
 fn make_reserve(path: &Path) -> io::Result<Option<PathBuf>> {
     let f = create_new_file(path, false)?;
-    // SAFETY: fallocate on a descriptor we own, with integer arguments only.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) };
-    let result = if r == 0 {
-        Ok(())
-    } else {
-        match io::Error::last_os_error() {
+    let r = nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        RESERVE_BYTES as i64,
+    );
+    let result = match r {
+        Ok(()) => Ok(()),
+        Err(e) => match io::Error::from(e) {
             // A filesystem without fallocate: real zero blocks hold room too.
             e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
                 (0..RESERVE_BYTES / ZEROS.len()).try_for_each(|_| (&f).write_all(&ZEROS))
             }
             e => Err(e),
-        }
+        },
     };
     match result {
         Ok(()) => Ok(Some(path.to_path_buf())),

@@ -6,10 +6,11 @@ use super::collect::{collect, Mode, Options, Report};
 use super::Policy;
 use crate::store::FileStore;
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::time::TimeSpec;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -80,14 +81,15 @@ pub fn maybe_collect(hk: &Housekeeping) -> Result<Option<Report>> {
     if !is_file {
         bail!("{} is not a regular file", path.display());
     }
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(stamp.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::WouldBlock {
-            return Ok(None); // another process is collecting right now
+    let stamp = match Flock::lock(stamp, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        // Another process is collecting right now.
+        Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => {
+            return Err(io::Error::from(e))
+                .with_context(|| format!("cannot lock {}", path.display()))
         }
-        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-    }
+    };
     // Read the time only under the lock: a collection may just have finished.
     let last = stamp
         .metadata()
@@ -105,7 +107,7 @@ pub fn maybe_collect(hk: &Housekeeping) -> Result<Option<Report>> {
     let report = collect(&store, &hk.policy, opts)?;
     // UTIME_NOW needs only write access, so wrappers run by different users of
     // one root can all refresh a stamp one of them created.
-    nix::sys::stat::futimens(&stamp, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
+    nix::sys::stat::futimens(&*stamp, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
         .with_context(|| format!("cannot update {}", path.display()))?;
     Ok(Some(report))
 }
