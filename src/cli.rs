@@ -128,8 +128,13 @@ pub struct LogsArgs {
 #[command(after_help = READING_EXIT_CODES)]
 pub struct LsArgs {
     /// Print a JSON array of the jobs' full metadata (live status) instead of a table
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ids")]
     pub json: bool,
+
+    /// Print only the job ids, one per line, newest first (for scripts and
+    /// shell completion)
+    #[arg(long)]
+    pub ids: bool,
 
     /// Only jobs with this status (repeatable, or comma-separated)
     #[arg(

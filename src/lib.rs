@@ -25,9 +25,10 @@
 //!     reap_orphans: false,
 //!     housekeeping: None,
 //!     listen: None,
+//!     parent: None,
 //! };
 //! let outcome = run(&cfg, &store)?;
-//! println!("{} ended {:?}", cfg.job_run_id, outcome.metadata.status);
+//! println!("{} ended {:?}", outcome.metadata.job_run_id, outcome.metadata.status);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -37,6 +38,7 @@ pub mod exit;
 pub mod gc;
 pub mod logs;
 pub mod metadata;
+pub mod nest;
 pub mod output;
 pub mod reader;
 pub mod run;

@@ -8,6 +8,7 @@ mod cli;
 mod gc;
 mod hostile;
 mod logs;
+mod nest;
 mod remote;
 mod serve;
 mod serve_browser;
