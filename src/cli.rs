@@ -40,6 +40,21 @@ pub enum Command {
     Gc(GcArgs),
     /// Serve every job under the root over HTTP
     Serve(ServeArgs),
+    /// Print a shell completion script (job ids too, for logs and show)
+    Completions(CompletionsArgs),
+}
+
+/// `logwrap completions` (owned by src/completions.rs).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  logwrap completions bash > ~/.local/share/bash-completion/completions/logwrap\n  \
+logwrap completions zsh > ~/.zfunc/_logwrap   # a directory in $fpath\n  \
+logwrap completions fish > ~/.config/fish/completions/logwrap.fish"
+)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_name = "SHELL", value_parser = clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"]))]
+    pub shell: String,
 }
 
 /// Where the reading commands look for jobs.

@@ -32,6 +32,8 @@ pub enum Action {
     Show(FileStore, ShowOptions),
     Gc(FileStore, GcOptions),
     Serve(FileStore, ServeConfig),
+    /// Print a completion script for this shell.
+    Completions(String),
 }
 
 /// Turns the parsed command line into an [`Action`]. A mistake in a value clap
@@ -47,6 +49,7 @@ pub fn action(cli: Cli) -> Result<Action> {
         Some(Command::Show(a)) => show_action(a)?,
         Some(Command::Gc(a)) => gc_action(a)?,
         Some(Command::Serve(a)) => serve_action(a)?,
+        Some(Command::Completions(a)) => Action::Completions(a.shell),
     })
 }
 

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod cli;
+pub mod completions;
 pub mod config;
 pub mod exit;
 pub mod gc;

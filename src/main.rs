@@ -2,11 +2,12 @@
 //! print any error once, and map the outcome to an exit code in one place.
 //! All the work is in the library.
 
+use anyhow::Context;
 use clap::Parser;
 use logwrap::cli::{self, Cli};
 use logwrap::config::{self, Action};
 use logwrap::exit::{self, ExitCode};
-use logwrap::{gc, logs, run, serve};
+use logwrap::{completions, gc, logs, run, serve};
 
 fn main() -> std::process::ExitCode {
     real_main().into()
@@ -47,6 +48,13 @@ fn real_main() -> ExitCode {
         Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
         Action::Gc(store, o) => gc::gc_cmd(store, o).map(ExitCode::Status),
         Action::Serve(store, cfg) => serve::serve_cmd(store, cfg).map(ExitCode::Status),
+        Action::Completions(shell) => completions::script(&shell).and_then(|s| {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(s.as_bytes())
+                .context("writing the completion script")?;
+            Ok(ExitCode::Success)
+        }),
     });
     match result {
         Ok(code) => code,

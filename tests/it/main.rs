@@ -5,6 +5,7 @@
 mod util;
 
 mod cli;
+mod completions;
 mod gc;
 mod hostile;
 mod logs;
