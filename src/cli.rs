@@ -40,6 +40,21 @@ pub enum Command {
     Gc(GcArgs),
     /// Serve every job under the root over HTTP
     Serve(ServeArgs),
+    /// Print a shell completion script (job ids too, for logs and show)
+    Completions(CompletionsArgs),
+}
+
+/// `logwrap completions` (owned by src/completions.rs).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  logwrap completions bash > ~/.local/share/bash-completion/completions/logwrap\n  \
+logwrap completions zsh > ~/.zfunc/_logwrap   # a directory in $fpath\n  \
+logwrap completions fish > ~/.config/fish/completions/logwrap.fish"
+)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_name = "SHELL", value_parser = clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"]))]
+    pub shell: String,
 }
 
 /// Where the reading commands look for jobs.
@@ -128,8 +143,13 @@ pub struct LogsArgs {
 #[command(after_help = READING_EXIT_CODES)]
 pub struct LsArgs {
     /// Print a JSON array of the jobs' full metadata (live status) instead of a table
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ids")]
     pub json: bool,
+
+    /// Print only the job ids, one per line, newest first (for scripts and
+    /// shell completion)
+    #[arg(long)]
+    pub ids: bool,
 
     /// Only jobs with this status (repeatable, or comma-separated)
     #[arg(

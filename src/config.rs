@@ -24,13 +24,16 @@ pub const DEFAULT_ROOT: &str = "/var/log/databuild";
 /// dispatches on.
 #[derive(Debug)]
 pub enum Action {
-    /// Wrap a job.
-    Run(RunConfig, FileStore),
+    /// Wrap a job. Boxed: the wrapper's settings are far larger than any
+    /// reading command's.
+    Run(Box<RunConfig>, FileStore),
     Logs(FileStore, LogsOptions),
     Ls(FileStore, LsOptions),
     Show(FileStore, ShowOptions),
     Gc(FileStore, GcOptions),
     Serve(FileStore, ServeConfig),
+    /// Print a completion script for this shell.
+    Completions(String),
 }
 
 /// Turns the parsed command line into an [`Action`]. A mistake in a value clap
@@ -39,13 +42,14 @@ pub fn action(cli: Cli) -> Result<Action> {
     Ok(match cli.command {
         None => {
             let (cfg, store) = run_config(cli.run)?;
-            Action::Run(cfg, store)
+            Action::Run(Box::new(cfg), store)
         }
         Some(Command::Logs(a)) => logs_action(a)?,
         Some(Command::Ls(a)) => ls_action(a)?,
         Some(Command::Show(a)) => show_action(a)?,
         Some(Command::Gc(a)) => gc_action(a)?,
         Some(Command::Serve(a)) => serve_action(a)?,
+        Some(Command::Completions(a)) => Action::Completions(a.shell),
     })
 }
 
@@ -77,6 +81,7 @@ fn ls_action(a: LsArgs) -> Result<Action> {
             json: a.json,
             status: a.status,
             limit: a.limit,
+            ids: a.ids,
         },
     ))
 }
@@ -265,6 +270,7 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     let env_id = std::env::var("DATABUILD_JOB_RUN_ID")
         .ok()
         .filter(|s| !s.is_empty());
+    let from_env = args.job_run_id.is_none() && env_id.is_some();
     let job_run_id = match args.job_run_id.or(env_id) {
         Some(id) => JobId::parse(&id).map_err(anyhow::Error::msg)?,
         None => JobId::generate(),
@@ -302,11 +308,40 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .partitions(partitions)
         .reap_orphans(true)
         .listen(listen);
+
     let store = resolve_root(args.log_dir, RootMode::Write)?;
+    // Only an inherited id can name the job we run inside: one given with
+    // --job-run-id keeps its meaning (a used one is refused).
+    if from_env {
+        let log_dir = std::env::var_os("DATABUILD_JOB_LOG_DIR").map(PathBuf::from);
+        cfg.parent = enclosing_job(&store, &cfg.job_run_id, log_dir.as_deref());
+    }
     // Invalid retention variables turn housekeeping off rather than failing the
     // job; `logwrap gc` reports them.
     cfg.housekeeping = logwrap::gc::Housekeeping::from_env(store.root()).ok();
     Ok((cfg, store))
+}
+
+/// The job this wrapper runs inside (issue 13), if the inherited
+/// `DATABUILD_JOB_RUN_ID` (`inherited`) and `DATABUILD_JOB_LOG_DIR`
+/// (`log_dir`) say so: the directory is named after the id, it is that job's
+/// directory in the root we write (not merely a job of the same name
+/// elsewhere), and the job's writer is alive. Anything else (a scheduler's id
+/// for a job not created yet, a job that has ended) keeps the id's plain
+/// meaning.
+fn enclosing_job(store: &FileStore, inherited: &JobId, log_dir: Option<&Path>) -> Option<JobId> {
+    use logwrap::store::LogStore;
+    use std::os::unix::fs::MetadataExt;
+    let log_dir = log_dir?;
+    if log_dir.file_name()? != inherited.as_str() {
+        return None;
+    }
+    let (a, b) = (
+        std::fs::metadata(log_dir).ok()?,
+        std::fs::metadata(store.job_dir(inherited)).ok()?,
+    );
+    let same_dir = a.is_dir() && (a.dev(), a.ino()) == (b.dev(), b.ino());
+    (same_dir && store.writer_alive(inherited)).then(|| inherited.clone())
 }
 
 #[cfg(test)]
@@ -371,6 +406,32 @@ mod tests {
         // Reading still names a root (it has no jobs) rather than failing.
         let read = defaults.resolve(None, RootMode::Read).unwrap();
         assert_eq!(read.root(), defaults.system);
+    }
+
+    #[test]
+    fn only_the_live_job_whose_directory_is_inherited_encloses_us() {
+        use logwrap::store::LogStore;
+        let tmp = TempDir::new("enclosing");
+        let store = FileStore::new(tmp.join("root"));
+        store.ensure_writable().unwrap();
+        let other = FileStore::new(tmp.join("other"));
+        other.ensure_writable().unwrap();
+        let id = JobId::parse("outer").unwrap();
+        let dir = store.job_dir(&id);
+        // Not created yet: a scheduler's id keeps its meaning.
+        assert_eq!(enclosing_job(&store, &id, Some(&dir)), None);
+        let sink = store.create_job(&id).unwrap();
+        assert_eq!(enclosing_job(&store, &id, Some(&dir)), Some(id.clone()));
+        assert_eq!(enclosing_job(&store, &id, None), None);
+        // The same id in another root, or a directory named otherwise.
+        let elsewhere = other.job_dir(&id);
+        let _other_sink = other.create_job(&id).unwrap();
+        assert_eq!(enclosing_job(&store, &id, Some(&elsewhere)), None);
+        let renamed = JobId::parse("renamed").unwrap();
+        assert_eq!(enclosing_job(&store, &renamed, Some(&dir)), None);
+        // Its writer has ended: the id is simply in use.
+        drop(sink);
+        assert_eq!(enclosing_job(&store, &id, Some(&dir)), None);
     }
 
     #[test]

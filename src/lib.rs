@@ -63,6 +63,7 @@ pub mod exit;
 pub mod gc;
 pub mod logs;
 pub mod metadata;
+pub mod nest;
 pub(crate) mod output;
 pub mod reader;
 pub mod run;

@@ -3,10 +3,12 @@
 //! All the work is in the library.
 
 mod cli;
+mod completions;
 mod config;
 #[cfg(test)]
 mod testdir;
 
+use anyhow::Context;
 use clap::Parser;
 use cli::Cli;
 use config::Action;
@@ -54,6 +56,13 @@ fn real_main() -> ExitCode {
         Action::Serve(store, cfg) => {
             serve::serve_cmd(std::sync::Arc::new(store), cfg).map(ExitCode::Status)
         }
+        Action::Completions(shell) => completions::script(&shell).and_then(|s| {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(s.as_bytes())
+                .context("writing the completion script")?;
+            Ok(ExitCode::Success)
+        }),
     });
     match result {
         Ok(code) => code,

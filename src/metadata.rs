@@ -82,6 +82,12 @@ pub struct MarkerError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub job_run_id: String,
+    /// The job this one ran inside (a logwrap started by another logwrapped
+    /// job in the same root, issue 13), or null for a top-level job. Always
+    /// written, so a reader need not tell "absent" from "none"; documents
+    /// written before the field existed read as null.
+    #[serde(default)]
+    pub parent_job_run_id: Option<String>,
     pub command: Vec<String>,
     pub cwd: String,
     pub hostname: String,
@@ -208,6 +214,7 @@ mod tests {
     pub(crate) fn sample() -> Metadata {
         Metadata {
             job_run_id: "j1".into(),
+            parent_job_run_id: None,
             command: vec!["true".into()],
             cwd: "/".into(),
             hostname: "h".into(),
@@ -256,6 +263,21 @@ mod tests {
                 "abandoned"
             ])
         );
+    }
+
+    #[test]
+    fn parent_job_run_id_is_always_written_and_optional_to_read() {
+        let top = serde_json::to_value(sample()).unwrap();
+        assert_eq!(top["parent_job_run_id"], serde_json::Value::Null);
+        let mut child = sample();
+        child.parent_job_run_id = Some("p".into());
+        let doc = serde_json::to_value(&child).unwrap();
+        assert_eq!(doc["parent_job_run_id"], "p");
+        // A document from before the field existed still reads.
+        let mut old = top.clone();
+        old.as_object_mut().unwrap().remove("parent_job_run_id");
+        let read: Metadata = serde_json::from_value(old).unwrap();
+        assert_eq!(read, sample());
     }
 
     #[test]

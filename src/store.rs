@@ -640,7 +640,7 @@ impl FileStore {
     }
 
     /// The directory of job `id`.
-    pub(crate) fn job_dir(&self, id: &JobId) -> PathBuf {
+    pub fn job_dir(&self, id: &JobId) -> PathBuf {
         self.jobs_dir().join(id.as_str())
     }
 

@@ -15,6 +15,10 @@ use std::io::{IsTerminal, Write};
 /// command shorter than this says nothing.
 const MIN_COMMAND_WIDTH: usize = 12;
 
+/// Spaces each level of nesting indents a child's id in the `ls` table: enough
+/// to see the tree, few enough that deep builds still fit.
+const NEST_INDENT: usize = 2;
+
 /// Width assumed for a terminal that does not report one.
 const DEFAULT_WIDTH: usize = 80;
 
@@ -27,6 +31,8 @@ pub struct LsOptions {
     pub status: Vec<String>,
     /// At most this many of the newest jobs.
     pub limit: Option<usize>,
+    /// Only the ids, one per line (for scripts and shell completion).
+    pub ids: bool,
 }
 
 /// What `logwrap show` was asked for.
@@ -60,7 +66,11 @@ pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.json {
+    if args.ids {
+        for job in &shown {
+            writeln!(out, "{}", job.id)?;
+        }
+    } else if args.json {
         let docs: Vec<serde_json::Value> = shown.iter().map(json_entry).collect();
         serde_json::to_writer_pretty(&mut out, &docs).context("writing JSON")?;
         out.write_all(b"\n")?;
@@ -71,12 +81,22 @@ pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
             width: tty.then(terminal_width),
         };
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
-        let rows: Vec<Row> = shown
+        let parents: Vec<Option<&str>> = shown
             .iter()
-            .map(|j| match &j.meta {
-                Ok(meta) => row(store, &j.id, meta, now_ms),
-                Err(Unlisted::Damaged(problem)) => damaged_row(&j.id, problem),
-                Err(Unlisted::Creating) => damaged_row(&j.id, "being created"),
+            .map(|j| j.meta.as_ref().ok()?.parent_job_run_id.as_deref())
+            .collect();
+        let ids: Vec<&str> = shown.iter().map(|j| j.id.as_str()).collect();
+        let rows: Vec<Row> = tree_order(&ids, &parents)
+            .into_iter()
+            .map(|(i, depth)| {
+                let j = &shown[i];
+                let mut row = match &j.meta {
+                    Ok(meta) => row(store, &j.id, meta, now_ms),
+                    Err(Unlisted::Damaged(problem)) => damaged_row(&j.id, problem),
+                    Err(Unlisted::Creating) => damaged_row(&j.id, "being created"),
+                };
+                row.id = format!("{}{}", " ".repeat(depth * NEST_INDENT), row.id);
+                row
             })
             .collect();
         out.write_all(table(&rows, &style).as_bytes())?;
@@ -105,6 +125,43 @@ fn json_entry(job: &JobListing) -> serde_json::Value {
     }
 }
 
+/// The order of the `ls` table (issue 13): each job of `ids` (newest first)
+/// followed by the jobs that ran inside it (`parents[i]` names job `i`'s
+/// parent), each with its depth. A job whose parent is not listed (filtered
+/// out, removed) stands at the top level where it is.
+pub fn tree_order(ids: &[&str], parents: &[Option<&str>]) -> Vec<(usize, usize)> {
+    let mut children: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    let listed: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    let mut roots = Vec::new();
+    for (i, parent) in parents.iter().enumerate() {
+        match parent {
+            Some(p) if listed.contains(p) && *p != ids[i] => children.entry(p).or_default().push(i),
+            _ => roots.push(i),
+        }
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    let mut seen = vec![false; ids.len()];
+    // Depth-first without recursion: planted metadata could nest deeply.
+    let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&i| (i, 0)).collect();
+    loop {
+        while let Some((i, depth)) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            out.push((i, depth));
+            if let Some(kids) = children.get(ids[i]) {
+                stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+            }
+        }
+        // Jobs only reachable through a cycle of planted parents: shown all
+        // the same, at the top level.
+        match seen.iter().position(|s| !s) {
+            Some(i) => stack.push((i, 0)),
+            None => return out,
+        }
+    }
+}
+
 /// `logwrap show <id>`.
 pub fn show_cmd(store: &dyn LogStore, args: ShowOptions) -> Result<i32> {
     if !store.job_exists(&args.id) {
@@ -120,7 +177,11 @@ pub fn show_cmd(store: &dyn LogStore, args: ShowOptions) -> Result<i32> {
         let now_ms = timefmt::unix_ms(std::time::SystemTime::now());
         let sizes = [Stream::Stdout, Stream::Stderr].map(|s| log_size(store, &args.id, s));
         let dir = format!("{}/{}", store.location(), args.id);
-        out.write_all(summary(&meta, sizes, &dir, now_ms, colour).as_bytes())?;
+        let children: Vec<String> = crate::nest::children(store, &args.id)?
+            .iter()
+            .map(JobId::to_string)
+            .collect();
+        out.write_all(summary(&meta, sizes, &dir, &children, now_ms, colour).as_bytes())?;
     }
     out.flush()?;
     Ok(0)
@@ -402,11 +463,15 @@ pub fn summary(
     meta: &Metadata,
     sizes: [Option<u64>; 2],
     dir: &str,
+    children: &[String],
     now_ms: i64,
     colour: bool,
 ) -> String {
-    let mut lines: Vec<(&str, String)> = vec![
-        ("job_run_id", meta.job_run_id.clone()),
+    let mut lines: Vec<(&str, String)> = vec![("job_run_id", meta.job_run_id.clone())];
+    if let Some(parent) = &meta.parent_job_run_id {
+        lines.push(("parent", escape_controls(parent)));
+    }
+    lines.extend([
         (
             "status",
             paint(
@@ -434,7 +499,7 @@ pub fn summary(
             "duration",
             duration_ms(meta, now_ms).map_or("-".into(), human_duration),
         ),
-    ];
+    ]);
     for (name, stats, size) in [
         ("stdout", &meta.stdout, sizes[0]),
         ("stderr", &meta.stderr, sizes[1]),
@@ -492,6 +557,7 @@ pub fn summary(
             .collect(),
     );
     list("log_errors", meta.log_errors.clone());
+    list("children", children.to_vec());
     out
 }
 
@@ -539,6 +605,32 @@ mod tests {
             stderr: "0".into(),
             command: command.into(),
         }
+    }
+
+    #[test]
+    fn children_follow_their_parent_indented_by_depth() {
+        // Newest first, as listed: two children of `a`, one grandchild.
+        let ids = ["b", "a.2", "a.1.1", "a.1", "a", "x.1"];
+        let parents = [None, Some("a"), Some("a.1"), Some("a"), None, Some("x")];
+        let order: Vec<(&str, usize)> = tree_order(&ids, &parents)
+            .into_iter()
+            .map(|(i, d)| (ids[i], d))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("b", 0),
+                ("a", 0),
+                ("a.2", 1),
+                ("a.1", 1),
+                ("a.1.1", 2),
+                // Its parent is not listed: top level, where it was.
+                ("x.1", 0),
+            ]
+        );
+        // Planted parents forming a cycle still show every job once.
+        let order = tree_order(&["p", "q"], &[Some("q"), Some("p")]);
+        assert_eq!(order.len(), 2);
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub struct RunConfig {
     pub housekeeping: Option<crate::gc::Housekeeping>,
     /// Serve this job over HTTP while it runs (`--listen`, SPEC §5).
     pub listen: Option<crate::serve::ServeConfig>,
+    /// Run as a child of this job (issue 13), which the caller found alive in
+    /// the same store: the job's id becomes `<parent>.<n>` (see
+    /// [`crate::nest`]) and `job_run_id` is not used; the parent is recorded
+    /// as `parent_job_run_id`.
+    pub parent: Option<JobId>,
 }
 
 impl RunConfig {
@@ -110,6 +115,7 @@ impl RunConfig {
             reap_orphans: false,
             housekeeping: None,
             listen: None,
+            parent: None,
         }
     }
 
@@ -170,6 +176,13 @@ impl RunConfig {
         self
     }
 
+    /// Run as a child of job `parent` (a nested job, see [`crate::nest`]): the
+    /// id is claimed as `<parent>.<n>` and `job_run_id` is not used.
+    pub fn parent(mut self, parent: Option<JobId>) -> RunConfig {
+        self.parent = parent;
+        self
+    }
+
     /// Serve the job over HTTP while it runs (`--listen`).
     pub fn listen(mut self, listen: Option<crate::serve::ServeConfig>) -> RunConfig {
         self.listen = listen;
@@ -187,6 +200,13 @@ pub struct RunOutcome {
     /// The final metadata document.
     pub metadata: Metadata,
 }
+
+/// Most ids a nested wrapper tries before giving up: each failed try means
+/// another wrapper claimed that child id first, so this is how many siblings
+/// may start in the same instant — far more than a build runs at once, while
+/// a store that refuses every id (a bug, a planted directory per id) still
+/// ends in a message rather than a loop.
+const MAX_CHILD_ID_CLAIMS: u64 = 1000;
 
 /// Failure before the job could run (exit 125).
 #[derive(Debug)]
@@ -222,21 +242,21 @@ pub fn run<S: LogStore + Clone + 'static>(
     // The tail server raises the descriptor limit for itself; the job gets the
     // limit logwrap was started with (`--listen` must not change the job).
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok();
-    // Bound before the job exists, so a busy port leaves nothing behind.
+    let (id, mut sink) = create_job(cfg, store)?;
+    // A busy port must leave nothing behind: the job is removed again.
     let mut server = match &cfg.listen {
-        Some(sc) => Some(
-            crate::serve::Server::for_job(sc.clone(), Arc::new(store.clone()), &cfg.job_run_id)
-                .map_err(|e| SetupError(format!("{e:#}")))?,
-        ),
+        Some(sc) => match crate::serve::Server::for_job(sc.clone(), Arc::new(store.clone()), &id) {
+            Ok(srv) => Some(srv),
+            Err(e) => {
+                sink.discard();
+                return Err(SetupError(format!("{e:#}")));
+            }
+        },
         None => None,
     };
-    let mut sink = store.create_job(&cfg.job_run_id).map_err(|e| match e {
-        CreateError::IdInUse(_) => SetupError(e.to_string()),
-        CreateError::Io(_) => SetupError(format!("{e}; check that the log directory is writable")),
-    })?;
     let started = Instant::now();
-    let mut meta = initial_metadata(cfg);
-    meta.tail_url = server.as_ref().map(|s| s.job_url(&cfg.job_run_id));
+    let mut meta = initial_metadata(cfg, &id);
+    meta.tail_url = server.as_ref().map(|s| s.job_url(&id));
     if let Err(e) = sink.write_metadata(&meta, false) {
         // Nothing ran yet: leave nothing behind, so the same id can be retried.
         sink.discard();
@@ -274,7 +294,7 @@ pub fn run<S: LogStore + Clone + 'static>(
     let mut env = vec![
         (
             OsString::from("DATABUILD_JOB_RUN_ID"),
-            OsString::from(cfg.job_run_id.as_str()),
+            OsString::from(id.as_str()),
         ),
         (
             OsString::from("DATABUILD_JOB_LOG_DIR"),
@@ -357,9 +377,43 @@ pub fn run<S: LogStore + Clone + 'static>(
     Ok(lp.finish())
 }
 
-fn initial_metadata(cfg: &RunConfig) -> Metadata {
+/// Creates the job: under `cfg.job_run_id`, or for a nested job under the
+/// first child id of its parent that no other wrapper claimed first (creating
+/// the job is the atomic claim).
+fn create_job<S: LogStore>(
+    cfg: &RunConfig,
+    store: &S,
+) -> Result<(JobId, Box<dyn JobSink>), SetupError> {
+    let failed = |e: CreateError| match e {
+        CreateError::IdInUse(_) => SetupError(e.to_string()),
+        CreateError::Io(_) => SetupError(format!("{e}; check that the log directory is writable")),
+    };
+    let Some(parent) = &cfg.parent else {
+        let sink = store.create_job(&cfg.job_run_id).map_err(failed)?;
+        return Ok((cfg.job_run_id.clone(), sink));
+    };
+    let ids = store
+        .job_ids()
+        .map_err(|e| SetupError(format!("listing jobs to number a child of {parent}: {e:#}")))?;
+    let first = crate::nest::next_child_number(parent, &ids);
+    for n in (first..).take(MAX_CHILD_ID_CLAIMS as usize) {
+        let id = crate::nest::child_id(parent, n).map_err(SetupError)?;
+        match store.create_job(&id) {
+            Ok(sink) => return Ok((id, sink)),
+            Err(CreateError::IdInUse(_)) => continue,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Err(SetupError(format!(
+        "cannot run as a child of job {parent}: {MAX_CHILD_ID_CLAIMS} child ids from \
+         {parent}.{first} on were all taken; pass --job-run-id to choose an id"
+    )))
+}
+
+fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
     Metadata {
-        job_run_id: cfg.job_run_id.to_string(),
+        job_run_id: id.to_string(),
+        parent_job_run_id: cfg.parent.as_ref().map(JobId::to_string),
         command: cfg
             .command
             .iter()
@@ -1127,8 +1181,9 @@ mod tests {
             reap_orphans: false,
             housekeeping: None,
             listen: None,
+            parent: None,
         };
-        let mut meta = initial_metadata(&cfg);
+        let mut meta = initial_metadata(&cfg, &cfg.job_run_id);
         let dep = MissingDep {
             stream: "stdout".into(),
             line: 7,

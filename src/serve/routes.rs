@@ -252,10 +252,7 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         )
         .header("Content-Security-Policy", page::CSP)),
         Route::List => list(ctx, req),
-        Route::Job(id) => ctx
-            .store
-            .live_metadata(&id)
-            .map(|m| Response::json(200, &serde_json::to_value(&m).unwrap_or_default())),
+        Route::Job(id) => job(ctx, &id),
         Route::Events(id, which) => events(ctx, req, &id, which),
         Route::Raw(id, stream) => raw(ctx, req, &id, stream),
         Route::LogTail(id) => poll(ctx, req, &id, None, true),
@@ -409,6 +406,21 @@ impl Produce for JobList {
         }
         Ok(true)
     }
+}
+
+/// `GET /api/job_runs/{id}`: the job's live metadata, plus `children`, the ids
+/// of the jobs that ran inside it, in the order they started (issue 13).
+fn job(ctx: &Ctx, id: &JobId) -> Result<Response> {
+    let meta = ctx.store.live_metadata(id)?;
+    let children: Vec<String> = crate::nest::children(ctx.store.as_ref(), id)?
+        .iter()
+        .map(JobId::to_string)
+        .collect();
+    let mut doc = serde_json::to_value(&meta).unwrap_or_default();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("children".into(), json!(children));
+    }
+    Ok(Response::json(200, &doc))
 }
 
 fn list(ctx: &Ctx, req: &Request) -> Result<Response> {

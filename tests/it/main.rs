@@ -5,9 +5,11 @@
 mod util;
 
 mod cli;
+mod completions;
 mod gc;
 mod hostile;
 mod logs;
+mod nest;
 mod remote;
 mod serve;
 mod serve_browser;
