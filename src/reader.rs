@@ -602,9 +602,9 @@ impl CombinedReader {
 mod tests {
     use super::*;
     use crate::store::both::{self, TestJob};
-    use crate::store::{Chunk, JobSink};
+    use crate::store::{Chunk, JobSink, TempRoot};
 
-    fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
+    fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (TempRoot, JobId, Box<dyn JobSink>) {
         crate::store::testing::job(&format!("reader-{tag}"), writes)
     }
 
@@ -794,7 +794,6 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(1), 100).unwrap();
         assert!(!r.indexed());
         assert_eq!(texts(&mut r, true), vec![(3, "z\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -812,7 +811,6 @@ mod tests {
             .map(|t| (t.0, t.1))
             .collect();
         assert_eq!(got, vec![(3, "c\n".into()), (4, "d\n".into())]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -832,7 +830,6 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Tail(1), 100).unwrap();
         assert!(!r.indexed());
         assert_eq!(texts(&mut r, true), vec![(2, "2\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -854,7 +851,6 @@ mod tests {
         let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(2), 100).unwrap();
         assert!(!r.indexed());
         assert_eq!(texts(&mut r, true), vec![(2, "y\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -870,7 +866,6 @@ mod tests {
         assert!(r.indexed());
         let got: Vec<_> = texts(&mut r, true).into_iter().map(|t| t.1).collect();
         assert_eq!(got, vec!["039999\n", "040000\n"]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -897,6 +892,5 @@ mod tests {
         append(store.log_path(&id, Stream::Stdout), b"c\n");
         assert_eq!(texts(&mut r, false), vec![]);
         assert_eq!(texts(&mut r, true), vec![(3, "c\n".into(), 0)]);
-        std::fs::remove_dir_all(store.root()).unwrap();
     }
 }

@@ -1241,11 +1241,8 @@ pub(crate) mod testing {
     /// A fresh root named after `tag` holding job `j`, with `writes` appended in
     /// order, the n-th read at 100+n µs. The sink is returned so the job stays
     /// live (its lock held) for as long as the test keeps it.
-    pub fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (FileStore, JobId, Box<dyn JobSink>) {
-        let root = std::env::temp_dir().join(format!("logwrap-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let store = FileStore::new(root);
-        store.ensure_writable().unwrap();
+    pub fn job(tag: &str, writes: &[(Stream, &[u8])]) -> (TempRoot, JobId, Box<dyn JobSink>) {
+        let store = TempRoot::new(tag);
         let id = JobId::parse("j").unwrap();
         let mut sink = store.create_job(&id).unwrap();
         for (i, (s, c)) in writes.iter().enumerate() {
@@ -1290,12 +1287,8 @@ mod tests {
         assert_eq!(a.as_str().find('T'), Some(8), "{a}");
     }
 
-    fn temp_store(tag: &str) -> FileStore {
-        let root = std::env::temp_dir().join(format!("logwrap-store-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let store = FileStore::new(root);
-        store.ensure_writable().unwrap();
-        store
+    fn temp_store(tag: &str) -> TempRoot {
+        TempRoot::new(&format!("store-{tag}"))
     }
 
     #[test]
@@ -1319,7 +1312,6 @@ mod tests {
             starts,
             vec![Some(0), Some(4), Some(8), Some(14), Some(19), None]
         );
-        fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -1334,7 +1326,6 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "append {append}");
         }
         assert_eq!(fs::read(&victim).unwrap(), b"keep me");
-        fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -1383,7 +1374,6 @@ mod tests {
         assert_eq!(start, 6 + extra as u64);
         assert_eq!(recs[3].ts_us, 100 + extra as u64 - 1);
         drop(sink);
-        fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -1395,7 +1385,6 @@ mod tests {
             store.create_job(&id),
             Err(CreateError::IdInUse(_))
         ));
-        fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -1406,7 +1395,6 @@ mod tests {
         assert!(store.writer_alive(&id));
         drop(sink);
         assert!(!store.writer_alive(&id));
-        fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]
@@ -1423,7 +1411,10 @@ mod tests {
             vec!["a", "b"]
         );
         fs::remove_dir_all(store.root()).unwrap();
-        assert!(store.list_job_ids().unwrap().is_empty());
+        assert!(
+            store.list_job_ids().unwrap().is_empty(),
+            "a root without job_runs has no jobs"
+        );
     }
 }
 
@@ -1651,7 +1642,7 @@ fn dir_usage(dir: &Path, depth: usize) -> io::Result<u64> {
 /// A fresh root under the system temp dir, removed when dropped, so a failing
 /// test leaves nothing behind.
 #[cfg(test)]
-pub(crate) struct TempRoot(pub FileStore);
+pub(crate) struct TempRoot(pub FileStore, bool);
 
 /// Makes every [`TempRoot`] of one test process unique.
 #[cfg(test)]
@@ -1665,14 +1656,31 @@ impl TempRoot {
         let _ = fs::remove_dir_all(&root);
         let store = FileStore::new(root);
         store.ensure_writable().expect("temp root");
-        TempRoot(store)
+        TempRoot(store, true)
+    }
+
+    /// The store, no longer removed on drop: for a caller that cleans up
+    /// itself.
+    pub(crate) fn keep(mut self) -> FileStore {
+        self.1 = false;
+        self.0.clone()
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TempRoot {
+    type Target = FileStore;
+    fn deref(&self) -> &FileStore {
+        &self.0
     }
 }
 
 #[cfg(test)]
 impl Drop for TempRoot {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(self.0.root());
+        if self.1 {
+            let _ = fs::remove_dir_all(self.0.root());
+        }
     }
 }
 

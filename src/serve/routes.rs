@@ -1093,8 +1093,7 @@ mod tests {
 
     #[test]
     fn polling_pieces_are_cut_on_character_boundaries() {
-        let dir = std::env::temp_dir().join(format!("logwrap-piece-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("piece");
         let path = dir.join("log");
         let mut body = vec![b'a'; MAX_POLL_BYTES - 1];
         body.extend_from_slice("é€".as_bytes());
@@ -1118,13 +1117,11 @@ mod tests {
             piece_bounds(&f, size - 3, size - 1, true).unwrap(),
             (size - 3, size - 1)
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn log_tail_bodies_are_made_in_pieces_that_rebuild_the_text() {
-        let dir = std::env::temp_dir().join(format!("logwrap-tail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("tail");
         let path = dir.join("log");
         // Multi-byte characters and invalid bytes across every piece boundary.
         let unit = "ab\"é€😀\\\n".as_bytes();
@@ -1157,6 +1154,5 @@ mod tests {
             v["content"].as_str().unwrap(),
             String::from_utf8_lossy(&body)
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

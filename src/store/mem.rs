@@ -661,6 +661,7 @@ pub(crate) mod both {
     /// in a memory store.
     pub fn jobs(tag: &str, writes: &[(Stream, &[u8])]) -> Vec<TestJob> {
         let (file, id, sink) = crate::store::testing::job(&format!("both-{tag}"), writes);
+        let file = file.keep();
         let root = file.root().to_path_buf();
         let file = TestJob {
             name: "file",
