@@ -294,6 +294,8 @@ pub struct Redactor {
     skipped: Vec<String>,
     skipped_dropped: u64,
     marker_secrets: usize,
+    /// Decides where the automaton needs to look at all.
+    filter: QgramFilter,
     /// Reused search text (context byte + held bytes + input).
     scratch: Vec<u8>,
     matches: Vec<(usize, usize, usize)>,
@@ -315,6 +317,7 @@ impl Redactor {
             skipped: Vec::new(),
             skipped_dropped: 0,
             marker_secrets: 0,
+            filter: QgramFilter::default(),
             scratch: Vec::new(),
             matches: Vec::new(),
         };
@@ -370,6 +373,7 @@ impl Redactor {
             self.by_first[usize::from(p[0])].push(i as u32);
         }
         self.max_len = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
+        self.filter = QgramFilter::new(&self.patterns);
     }
 
     /// True when no value is hidden yet (only markers could add one).
@@ -397,9 +401,28 @@ impl Redactor {
     }
 
     /// Redacts `input`, the next bytes of stream `s` (0 or 1), into `out`;
-    /// a possible partial match at the end is held back.
-    pub fn feed(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>) {
+    /// a possible partial match at the end is held back. Returns true, with
+    /// nothing written to `out`, when `input` goes out exactly as it is (the
+    /// common case, which then costs no copy).
+    pub fn feed(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>) -> bool {
+        let st = &self.streams[s];
+        let plain = st.marker.is_none()
+            && st.held.is_empty()
+            && !(st.line_start && input.first() == Some(&MARKER[0]));
+        if plain {
+            self.matches.clear();
+            find_matches(&self.matcher, &self.filter, input, &mut self.matches);
+            if self.matches.is_empty()
+                && hold_start(&self.patterns, &self.by_first, self.max_len, input, 0) == input.len()
+            {
+                if let Some(&last) = input.last() {
+                    self.streams[s].line_start = last == b'\n';
+                }
+                return true;
+            }
+        }
         self.process(s, input, out, Mode::Feed);
+        false
     }
 
     /// Gives out what stream `s` holds back: complete matches still redacted,
@@ -455,8 +478,8 @@ impl Redactor {
                 }
             }
             match self.scan(s, data, out, mode) {
-                Some(after) => {
-                    owned = Some(self.scratch[after..].to_vec());
+                Some(rest) => {
+                    owned = Some(rest);
                     off = 0;
                 }
                 None => return,
@@ -514,53 +537,47 @@ impl Redactor {
         }
     }
 
-    /// Redacts the held bytes plus `input` into `out`. Returns the scratch
-    /// offset just past a marker's prefix if one was found (its value follows).
-    fn scan(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>, mode: Mode) -> Option<usize> {
+    /// Redacts the held bytes plus `input` into `out`. Returns what follows
+    /// a marker's prefix if one was found (its value, then more output).
+    fn scan(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>, mode: Mode) -> Option<Vec<u8>> {
         let st = &mut self.streams[s];
-        if self.patterns.len() == 1 && !st.line_start && st.held.is_empty() && mode == Mode::Feed {
-            // Fast path: no secret, and a marker cannot start before a newline.
-            if memchr::memchr(b'\n', input).is_none() {
-                out.extend_from_slice(input);
-                return None;
-            }
+        if st.held.is_empty() && input.is_empty() {
+            return None;
         }
+        // The search text is `input` itself unless held bytes go before it,
+        // or a `\n` of context is needed for a marker at its very start.
+        let first = st.held.first().or(input.first());
+        let context = st.line_start && first == Some(&MARKER[0]);
+        let base = usize::from(context);
+        let buf: &[u8] = if context || !st.held.is_empty() {
+            self.scratch.clear();
+            if context {
+                self.scratch.push(b'\n');
+            }
+            self.scratch.append(&mut st.held);
+            self.scratch.extend_from_slice(input);
+            &self.scratch
+        } else {
+            input
+        };
         let given_before = out.len();
-        self.scratch.clear();
-        let base = usize::from(st.line_start);
-        if st.line_start {
-            self.scratch.push(b'\n');
-        }
-        self.scratch.append(&mut st.held);
-        self.scratch.extend_from_slice(input);
-        let buf = &self.scratch;
         self.matches.clear();
-        for m in self.matcher.find_iter(buf.as_slice()) {
-            let p = m.pattern().as_usize();
-            self.matches.push((m.start(), m.end(), p));
-            if p == 0 {
-                break;
-            }
-        }
+        find_matches(&self.matcher, &self.filter, buf, &mut self.matches);
         // The last match may be the start of a longer needle still arriving.
         let mut hold_from = buf.len();
         if mode == Mode::Feed {
             if let Some(&(start, _, p)) = self.matches.last() {
-                if p != 0 && is_partial(&self.patterns, &self.by_first, &buf[start..]) {
+                if p != 0
+                    && buf.len() - start < self.max_len
+                    && is_partial(&self.patterns, &self.by_first, &buf[start..])
+                {
                     self.matches.pop();
                     hold_from = start;
                 }
             }
             if hold_from == buf.len() {
                 let floor = self.matches.last().map_or(0, |m| m.1);
-                let from = floor.max(buf.len().saturating_sub(self.max_len.saturating_sub(1)));
-                if let Some(h) = (from..buf.len())
-                    .find(|&i| is_partial(&self.patterns, &self.by_first, &buf[i..]))
-                {
-                    // A newline that may start a marker is given out (lines
-                    // stay live); the context records it.
-                    hold_from = if buf[h] == b'\n' { h + 1 } else { h };
-                }
+                hold_from = hold_start(&self.patterns, &self.by_first, self.max_len, buf, floor);
             }
         }
         let mut pos = base;
@@ -586,7 +603,7 @@ impl Redactor {
         if let Some(end) = marker_end {
             st.line_start = false;
             st.marker = Some(Vec::new());
-            return Some(end);
+            return Some(buf[end..].to_vec());
         }
         let hold_from = hold_from.max(pos);
         out.extend_from_slice(&buf[pos..hold_from]);
@@ -595,6 +612,134 @@ impl Redactor {
             st.line_start = out.last() == Some(&b'\n');
         }
         None
+    }
+}
+
+/// Bits in the q-gram filter's table: 128 KiB, so the q-grams of hundreds of
+/// needles (50 values with their encodings) set a percent or two of it and a
+/// random sample of ordinary output rarely hits.
+const FILTER_BITS: usize = 1 << 20;
+
+/// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
+const Q: usize = 4;
+
+/// A sampling filter in front of the automaton (the idea of Wu-Manber and
+/// q-gram filters): every pattern is at least `min_len` long, so any
+/// occurrence covers a whole q-gram starting at a multiple of
+/// `step = min_len - Q + 1`. Only those sampled q-grams are looked up in a
+/// bit table of every q-gram of every pattern; around a hit, a window wide
+/// enough to hold any occurrence covering it goes to the automaton. Ordinary
+/// output is thus looked at once every `step` bytes, not byte by byte.
+#[derive(Debug, Clone, Default)]
+struct QgramFilter {
+    bits: Vec<u64>,
+    step: usize,
+    max_len: usize,
+}
+
+impl QgramFilter {
+    fn new(patterns: &[Vec<u8>]) -> QgramFilter {
+        let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
+        let mut bits = vec![0u64; FILTER_BITS / 64];
+        for p in patterns {
+            for w in p.windows(Q) {
+                let h = qgram_hash(w);
+                bits[h / 64] |= 1 << (h % 64);
+            }
+        }
+        QgramFilter {
+            bits,
+            step: (min_len + 1).saturating_sub(Q).max(1),
+            max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+        }
+    }
+
+    fn hit(&self, w: &[u8]) -> bool {
+        let h = qgram_hash(w);
+        self.bits[h / 64] & (1 << (h % 64)) != 0
+    }
+}
+
+fn qgram_hash(w: &[u8]) -> usize {
+    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    (v.wrapping_mul(0x9e37_79b1) >> (32 - FILTER_BITS.trailing_zeros())) as usize
+}
+
+/// The leftmost-longest matches in `buf` (stopping after the first marker),
+/// as `(start, end, pattern)`: the same as searching all of `buf`, since
+/// every occurrence lies inside the window of one of its sampled q-grams and
+/// merged windows never cut one.
+fn find_matches(
+    matcher: &AhoCorasick,
+    filter: &QgramFilter,
+    buf: &[u8],
+    matches: &mut Vec<(usize, usize, usize)>,
+) {
+    if buf.len() < Q {
+        collect(matcher, buf, 0..buf.len(), matches);
+        return;
+    }
+    let reach = filter.max_len;
+    let mut window: Option<(usize, usize)> = None;
+    let mut p = 0;
+    while p + Q <= buf.len() {
+        if filter.hit(&buf[p..p + Q]) {
+            let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
+            window = match window {
+                Some((s, e)) if ws <= e => Some((s, we.max(e))),
+                Some((s, e)) => {
+                    if collect(matcher, buf, s..e, matches) {
+                        return;
+                    }
+                    Some((ws, we))
+                }
+                None => Some((ws, we)),
+            };
+        }
+        p += filter.step;
+    }
+    if let Some((s, e)) = window {
+        collect(matcher, buf, s..e, matches);
+    }
+}
+
+/// Adds the matches within `span` of `buf`; true once a marker was found.
+fn collect(
+    matcher: &AhoCorasick,
+    buf: &[u8],
+    span: std::ops::Range<usize>,
+    matches: &mut Vec<(usize, usize, usize)>,
+) -> bool {
+    let input = aho_corasick::Input::new(buf).span(span);
+    for m in matcher.find_iter(input) {
+        if matches.last().is_some_and(|l| m.start() < l.1) {
+            continue;
+        }
+        let p = m.pattern().as_usize();
+        matches.push((m.start(), m.end(), p));
+        if p == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Where the bytes to hold back start in `buf` (its length if none): the
+/// longest suffix from `floor` on that more bytes could make a match. A
+/// newline that may start a marker is given out (lines stay live); the
+/// stream's context records it.
+fn hold_start(
+    patterns: &[Vec<u8>],
+    by_first: &[Vec<u32>],
+    max_len: usize,
+    buf: &[u8],
+    floor: usize,
+) -> usize {
+    let from = floor.max(buf.len().saturating_sub(max_len.saturating_sub(1)));
+    match (from..buf.len()).find(|&i| is_partial(patterns, by_first, &buf[i..])) {
+        Some(h) if buf[h] == b'\n' => h + 1,
+        Some(h) => h,
+        None => buf.len(),
     }
 }
 
@@ -633,11 +778,19 @@ mod tests {
         Redactor::new(&secrets)
     }
 
+    /// Feeds `input` to stream `s`, as the wrapper does: what passes
+    /// unchanged is copied to `out` too.
+    fn feed(r: &mut Redactor, s: usize, input: &[u8], out: &mut Vec<u8>) {
+        if r.feed(s, input, out) {
+            out.extend_from_slice(input);
+        }
+    }
+
     /// Feeds `pieces` to stream 0 and finishes it.
     fn run(r: &mut Redactor, pieces: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for p in pieces {
-            r.feed(0, p, &mut out);
+            feed(r, 0, p, &mut out);
         }
         r.finish(0, &mut out);
         out
@@ -763,7 +916,7 @@ mod tests {
     fn only_a_possible_partial_match_is_held_and_released_unchanged() {
         let mut r = redactor(&[SECRET]);
         let mut out = Vec::new();
-        r.feed(0, b"line one\ns3cr", &mut out);
+        feed(&mut r, 0, b"line one\ns3cr", &mut out);
         assert_eq!(out, b"line one\n");
         assert!(r.holds(0));
         r.release(0, &mut out);
@@ -772,7 +925,7 @@ mod tests {
         // A newline is never held: a marker may start after it, but the line
         // itself is complete.
         let mut out = Vec::new();
-        r.feed(0, b"done\n", &mut out);
+        feed(&mut r, 0, b"done\n", &mut out);
         assert_eq!(out, b"done\n");
         assert!(!r.holds(0));
     }
@@ -825,7 +978,7 @@ mod tests {
                 "split {i}"
             );
             let mut err = Vec::new();
-            r.feed(1, b"err hunter2-xyz\n", &mut err);
+            feed(&mut r, 1, b"err hunter2-xyz\n", &mut err);
             assert_eq!(err, b"err [REDACTED]\n");
         }
         // At the very start of a stream, and without a newline at the end.
@@ -835,7 +988,7 @@ mod tests {
             b"DATABUILD_REDACT: [REDACTED]"
         );
         let mut out = Vec::new();
-        r.feed(1, b"abcdefgh\n", &mut out);
+        feed(&mut r, 1, b"abcdefgh\n", &mut out);
         assert_eq!(out, b"[REDACTED]\n");
     }
 
@@ -957,6 +1110,38 @@ mod tests {
     }
 
     #[test]
+    fn the_qgram_filter_finds_exactly_what_a_full_search_finds() {
+        let deadline = Instant::now() + fuzz_budget() / 2;
+        let mut rng = Rng(7);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            // Needles of mixed lengths over a tiny alphabet: many overlaps.
+            let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
+            for _ in 0..1 + rng.below(6) {
+                let len = MIN_SECRET_LEN + rng.below(20);
+                patterns.push((0..len).map(|_| b"abc"[rng.below(3)]).collect());
+            }
+            let matcher = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .unwrap();
+            let filter = QgramFilter::new(&patterns);
+            let text: Vec<u8> = (0..rng.below(3000))
+                .map(|_| b"abcd"[rng.below(4)])
+                .collect();
+            let mut found = Vec::new();
+            find_matches(&matcher, &filter, &text, &mut found);
+            let full: Vec<_> = matcher
+                .find_iter(&text)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
     fn without_secrets_output_is_byte_exact_however_it_is_chunked() {
         let deadline = Instant::now() + fuzz_budget() / 2;
         let mut rng = Rng(42);
@@ -975,7 +1160,7 @@ mod tests {
             let mut at = 0;
             while at < text.len() {
                 let n = (1 + rng.below(300)).min(text.len() - at);
-                r.feed(0, &text[at..at + n], &mut out);
+                feed(&mut r, 0, &text[at..at + n], &mut out);
                 if rng.below(4) == 0 {
                     r.release(0, &mut out);
                 }

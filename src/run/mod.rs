@@ -860,10 +860,17 @@ impl Loop<'_> {
         let mut out = std::mem::take(&mut self.redacted);
         out.clear();
         let index = self.streams[i].stream.index();
-        r.feed(index, &self.buf[..n], &mut out);
+        let unchanged = r.feed(index, &self.buf[..n], &mut out);
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
+        if unchanged {
+            self.redacted = out;
+            let buf = std::mem::take(&mut self.buf);
+            self.deliver(i, &buf[..n]);
+            self.buf = buf;
+            return;
+        }
         self.deliver_pieces(i, &out);
         self.redacted = out;
     }
