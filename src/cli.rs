@@ -349,6 +349,26 @@ pub struct RunArgs {
     #[command(flatten)]
     pub access: ServerArgs,
 
+    /// Also hide the values of environment variables whose names match GLOB
+    /// (`*` and `?`, any case; repeatable), besides the defaults *_TOKEN,
+    /// *_SECRET, *_SECRET_*, *_PASSWORD, *_PASSWD, *_PRIVATE_KEY, *_ACCESS_KEY,
+    /// *_API_KEY, *_CREDENTIALS
+    #[arg(long = "redact-env", value_name = "GLOB")]
+    pub redact_env: Vec<String>,
+
+    /// Do not use the default name globs (only --redact-env ones)
+    #[arg(long)]
+    pub no_default_redact: bool,
+
+    /// Also hide each non-empty line of PATH (repeatable)
+    #[arg(long = "redact-file", value_name = "PATH")]
+    pub redact_files: Vec<PathBuf>,
+
+    /// `off` turns redaction off entirely: no values, no DATABUILD_REDACT:
+    /// markers, output always byte for byte what the job wrote
+    #[arg(long, value_name = "MODE", value_parser = ["on", "off"], default_value = "on")]
+    pub redact: String,
+
     /// The command to run, after `--`
     #[arg(
         value_name = "CMD",

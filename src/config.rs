@@ -307,7 +307,13 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .drain_timeout(duration("drain-timeout", &args.drain_timeout)?)
         .partitions(partitions)
         .reap_orphans(true)
-        .listen(listen);
+        .listen(listen)
+        .redact(redaction(
+            &args.redact,
+            &args.redact_env,
+            args.no_default_redact,
+            &args.redact_files,
+        )?);
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with
@@ -320,6 +326,42 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
     // job; `logwrap gc` reports them.
     cfg.housekeeping = logwrap::gc::Housekeeping::from_env(store.root()).ok();
     Ok((cfg, store))
+}
+
+/// The values the wrapper hides (issue 12): the environment variables whose
+/// names match the globs and the lines of the `--redact-file`s; `None` with
+/// `--redact off`. A file that cannot be read stops the job before it runs: a
+/// secret that was meant to be hidden must not be printed.
+fn redaction(
+    mode: &str,
+    globs: &[String],
+    no_default: bool,
+    files: &[PathBuf],
+) -> Result<Option<logwrap::redact::Secrets>> {
+    if mode == "off" {
+        return Ok(None);
+    }
+    let mut all: Vec<String> = if no_default {
+        Vec::new()
+    } else {
+        logwrap::redact::DEFAULT_ENV_GLOBS
+            .iter()
+            .map(|g| g.to_string())
+            .collect()
+    };
+    all.extend(globs.iter().cloned());
+    let mut secrets = logwrap::redact::Secrets::new();
+    secrets.add_env(&all, std::env::vars_os());
+    for path in files {
+        let text = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read --redact-file {}; fix the path or drop the option",
+                path.display()
+            )
+        })?;
+        secrets.add_lines(&format!("--redact-file {}", path.display()), &text);
+    }
+    Ok(Some(secrets))
 }
 
 /// The job this wrapper runs inside (issue 13), if the inherited

@@ -66,6 +66,7 @@ pub mod metadata;
 pub mod nest;
 pub(crate) mod output;
 pub mod reader;
+pub mod redact;
 pub mod run;
 pub mod serve;
 pub mod store;

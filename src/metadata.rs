@@ -121,6 +121,14 @@ pub struct Metadata {
     /// Why the job could not start (command not found, ...), or null.
     #[serde(default)]
     pub error: Option<String>,
+    /// Secrets replaced by `[REDACTED]` so far, in the logs and in this
+    /// document (issue 12); 0 with redaction off or nothing to hide.
+    #[serde(default)]
+    pub redactions: u64,
+    /// Values that were not redacted, by name and reason (too short, too
+    /// long), never by value.
+    #[serde(default)]
+    pub redact_skipped: Vec<String>,
     pub logwrap_version: String,
 }
 
@@ -237,6 +245,8 @@ mod tests {
             log_errors: vec![],
             tail_url: None,
             error: None,
+            redactions: 0,
+            redact_skipped: Vec::new(),
             logwrap_version: "0".into(),
         }
     }

@@ -58,6 +58,12 @@ const READS_PER_TURN: usize = 8;
 /// the kernel still buffers is far less; a grandchild still writing is not waited on.
 const FINAL_DRAIN_LIMIT: usize = 16 << 20;
 
+/// Silence after which bytes the redactor holds back (a possible start of a
+/// secret) are given out unchanged: long enough that a secret written in two
+/// pieces back to back is still caught, short enough that a prompt without a
+/// newline shows up without a visible delay (issue 12).
+const REDACT_RELEASE_AFTER: Duration = Duration::from_millis(100);
+
 /// Everything the wrapper needs, already validated. Made with
 /// [`RunConfig::new`] (the binary's defaults) and adjusted with the setters;
 /// new settings may be added, so it cannot be built field by field.
@@ -92,6 +98,9 @@ pub struct RunConfig {
     /// [`crate::nest`]) and `job_run_id` is not used; the parent is recorded
     /// as `parent_job_run_id`.
     pub parent: Option<JobId>,
+    /// Secrets to hide in every sink (issue 12), and `DATABUILD_REDACT:`
+    /// markers honoured; `None` turns redaction off.
+    pub redact: Option<crate::redact::Secrets>,
 }
 
 impl RunConfig {
@@ -99,7 +108,8 @@ impl RunConfig {
     /// with the same defaults as the `logwrap` binary: PTY mode, output copied
     /// to this process's stdout and stderr, no timeout, 10 s `kill_after`, 2 s
     /// `drain_timeout`. Unlike the binary it does not reap children that are not
-    /// its own, runs no housekeeping and serves nothing.
+    /// its own, runs no housekeeping, serves nothing, and hides no environment
+    /// values (only those `DATABUILD_REDACT:` marker lines name).
     pub fn new(id: JobId, command: Vec<OsString>) -> RunConfig {
         RunConfig {
             job_run_id: id,
@@ -116,6 +126,7 @@ impl RunConfig {
             housekeeping: None,
             listen: None,
             parent: None,
+            redact: Some(crate::redact::Secrets::new()),
         }
     }
 
@@ -180,6 +191,14 @@ impl RunConfig {
     /// id is claimed as `<parent>.<n>` and `job_run_id` is not used.
     pub fn parent(mut self, parent: Option<JobId>) -> RunConfig {
         self.parent = parent;
+        self
+    }
+
+    /// The secrets to hide (`None`: redaction off, output byte for byte).
+    /// The default hides nothing until a `DATABUILD_REDACT:` marker names a
+    /// value; the binary adds secret-looking environment variables.
+    pub fn redact(mut self, secrets: Option<crate::redact::Secrets>) -> RunConfig {
+        self.redact = secrets;
         self
     }
 
@@ -256,6 +275,19 @@ pub fn run<S: LogStore + Clone + 'static>(
     };
     let started = Instant::now();
     let mut meta = initial_metadata(cfg, &id);
+    let mut redactor = cfg.redact.as_ref().map(crate::redact::Redactor::new);
+    if let Some(r) = &mut redactor {
+        // The command line and cwd are sinks too (issue 12).
+        for arg in &mut meta.command {
+            *arg = r.redact_str(arg);
+        }
+        meta.cwd = r.redact_str(&meta.cwd);
+        for p in &mut meta.building_partitions {
+            *p = r.redact_str(p);
+        }
+        meta.redactions = r.redactions();
+        meta.redact_skipped = r.skipped();
+    }
     meta.tail_url = server.as_ref().map(|s| s.job_url(&id));
     if let Err(e) = sink.write_metadata(&meta, false) {
         // Nothing ran yet: leave nothing behind, so the same id can be retried.
@@ -344,6 +376,8 @@ pub fn run<S: LogStore + Clone + 'static>(
         publish_at: None,
         missing_deps_bytes: 0,
         server,
+        redactor,
+        redacted: Vec::new(),
         log_write_failed: false,
         metadata_write_failed: false,
         draining: false,
@@ -444,6 +478,8 @@ fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
         log_errors: Vec::new(),
         tail_url: None,
         error: None,
+        redactions: 0,
+        redact_skipped: Vec::new(),
         logwrap_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
@@ -612,6 +648,9 @@ struct StreamState {
     /// copy: from this log offset on, the copy is read back from the log after
     /// the final metadata is written (issue "final metadata never waits").
     lag_from: Option<u64>,
+    /// The redactor holds bytes of this stream back; they go out unchanged
+    /// at this time unless more output resolves them first.
+    release_at: Option<Instant>,
 }
 
 struct Loop<'a> {
@@ -641,6 +680,11 @@ struct Loop<'a> {
     missing_deps_bytes: usize,
     /// The tail server (`--listen`), on its own thread; told of new output.
     server: Option<crate::serve::ServerThread>,
+    /// Stands in front of every sink (store, markers, terminal copy) when
+    /// redaction is on.
+    redactor: Option<crate::redact::Redactor>,
+    /// The redactor's output for the chunk at hand (reused).
+    redacted: Vec<u8>,
     /// A log append has failed (and been reported on stderr).
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
@@ -692,6 +736,7 @@ impl Loop<'_> {
             tee,
             pending: None,
             lag_from: None,
+            release_at: None,
         });
         if let Err(e) = registered {
             self.meta
@@ -715,6 +760,7 @@ impl Loop<'_> {
                 }
             }
             self.check_deadlines(now);
+            self.release_held(now);
             let busy = self
                 .streams
                 .iter()
@@ -802,9 +848,80 @@ impl Loop<'_> {
         total
     }
 
+    /// Takes `n` bytes just read from stream `i`: through the redactor (which
+    /// may hold back the start of a possible secret) to every sink.
     fn take_chunk(&mut self, i: usize, n: usize) {
+        let Some(r) = &mut self.redactor else {
+            let buf = std::mem::take(&mut self.buf);
+            self.deliver(i, &buf[..n]);
+            self.buf = buf;
+            return;
+        };
+        let mut out = std::mem::take(&mut self.redacted);
+        out.clear();
+        let index = self.streams[i].stream.index();
+        let unchanged = r.feed(index, &self.buf[..n], &mut out);
+        self.streams[i].release_at = r
+            .holds(index)
+            .then(|| Instant::now() + REDACT_RELEASE_AFTER);
+        if unchanged {
+            self.redacted = out;
+            let buf = std::mem::take(&mut self.buf);
+            self.deliver(i, &buf[..n]);
+            self.buf = buf;
+            return;
+        }
+        self.deliver_pieces(i, &out);
+        self.redacted = out;
+    }
+
+    /// Gives out what the redactor holds for streams silent for
+    /// [`REDACT_RELEASE_AFTER`] (unless their terminal copy is still full).
+    fn release_held(&mut self, now: Instant) {
+        for i in 0..self.streams.len() {
+            let s = &self.streams[i];
+            if s.pending.is_some() || s.release_at.is_none_or(|t| now < t) {
+                continue;
+            }
+            self.streams[i].release_at = None;
+            self.flush_redactor(i, false);
+        }
+    }
+
+    /// Gives out everything the redactor holds for stream `i`; at the end of
+    /// the stream (`end`) an open `DATABUILD_REDACT:` line ends too.
+    fn flush_redactor(&mut self, i: usize, end: bool) {
+        let Some(r) = &mut self.redactor else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.redacted);
+        out.clear();
+        let index = self.streams[i].stream.index();
+        if end {
+            r.finish(index, &mut out);
+        } else {
+            r.release(index, &mut out);
+        }
+        self.deliver_pieces(i, &out);
+        self.redacted = out;
+    }
+
+    /// Hands `data` to the sinks in pieces of at most [`MAX_CHUNK`] (the
+    /// index never records more at once; redaction may make a chunk longer).
+    fn deliver_pieces(&mut self, i: usize, data: &[u8]) {
+        for piece in data.chunks(MAX_CHUNK) {
+            self.deliver(i, piece);
+        }
+    }
+
+    /// Hands `chunk` (non-empty or ignored) of stream `i` to the store, the
+    /// marker scanner and the terminal copy.
+    fn deliver(&mut self, i: usize, chunk: &[u8]) {
+        let n = chunk.len();
+        if n == 0 {
+            return;
+        }
         let s = &mut self.streams[i];
-        let chunk = &self.buf[..n];
         let piece = Chunk::new(chunk, timefmt::now_us());
         if s.log_ok {
             if let Err(e) = self.sink.append(s.stream, &piece) {
@@ -832,7 +949,13 @@ impl Loop<'_> {
         let before = self.markers.len();
         s.scanner.feed(chunk, &mut self.markers);
         let stream = s.stream;
-        if let Some(tee) = &s.tee {
+        if let (Some(pending), Some(tee)) = (&mut s.pending, &s.tee) {
+            // A second piece of one read (redaction made it longer than a
+            // chunk): it queues behind the first, in order.
+            if s.lag_from.is_none() && !tee.is_dead() {
+                pending.extend_from_slice(chunk);
+            }
+        } else if let Some(tee) = &s.tee {
             if s.lag_from.is_none() && !tee.is_dead() && !tee.write_inline(chunk) {
                 let copy = tee.buffer_for(chunk);
                 if let Err(copy) = tee.try_send(copy) {
@@ -857,6 +980,9 @@ impl Loop<'_> {
     }
 
     fn close_stream(&mut self, i: usize) {
+        // What the redactor held is the stream's last output.
+        self.streams[i].release_at = None;
+        self.flush_redactor(i, true);
         let s = &mut self.streams[i];
         s.open = false;
         s.readable = false;
@@ -934,6 +1060,10 @@ impl Loop<'_> {
     }
 
     fn sync_stats(&mut self) {
+        if let Some(r) = &self.redactor {
+            self.meta.redactions = r.redactions();
+            self.meta.redact_skipped = r.skipped();
+        }
         for s in &self.streams {
             let mut stats = s.stats;
             // A final line without a newline is still a line.
@@ -1044,6 +1174,12 @@ impl Loop<'_> {
             self.kill_at.filter(|_| alive),
             self.drain_at,
             self.publish_at,
+            // A stream waiting for its terminal copy releases once that moves.
+            self.streams
+                .iter()
+                .filter(|s| s.pending.is_none())
+                .filter_map(|s| s.release_at)
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -1182,6 +1318,7 @@ mod tests {
             housekeeping: None,
             listen: None,
             parent: None,
+            redact: None,
         };
         let mut meta = initial_metadata(&cfg, &cfg.job_run_id);
         let dep = MissingDep {

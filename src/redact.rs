@@ -1,0 +1,1192 @@
+//! Secret redaction (issue 12, SPEC §10): which values to hide ([`Secrets`],
+//! from environment name globs, a file and `DATABUILD_REDACT:` marker lines),
+//! the needles each value yields (the value, its lines, base64 at the three
+//! alignments, URL-encoded, JSON-escaped), and the streaming [`Redactor`] that
+//! turns every match into `[REDACTED]` before any sink sees a byte.
+//!
+//! The redactor holds back only the bytes that could still become a match (a
+//! suffix of what it was given that is a proper prefix of a needle); the
+//! caller releases them unchanged after a short silence ([`Redactor::release`])
+//! so redaction adds no visible latency, and at the end of a stream
+//! ([`Redactor::finish`]). With no needles it passes every byte through as is.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::collections::HashSet;
+
+/// What a match becomes in every sink.
+pub const REPLACEMENT: &[u8] = b"[REDACTED]";
+
+/// Values shorter than this are not redacted, only named in metadata
+/// (`redact_skipped`): masking `test` or `1234` everywhere would ruin the log
+/// and, by showing where the masks fall, reveal the value anyway.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// Each line of a multi-line value that is at least this long is a needle of
+/// its own (a PEM key printed line by line, a value wrapped by a tool); shorter
+/// lines (`-----`, blank) would match far too much.
+pub const MIN_LINE_LEN: usize = 8;
+
+/// Longest value taken as a secret. Needles are what the redactor may hold
+/// back, so this bounds the held bytes and the time spent per chunk looking
+/// for a partial match; 64 KiB is far above keys, tokens and credential files.
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// Longest value a `DATABUILD_REDACT:` marker line may carry. The rest of the
+/// line is swallowed up to this many bytes; a longer line is let through after
+/// it (a job printing the prefix and then megabytes without a newline must not
+/// lose all its output), and the value is named in `redact_skipped`.
+pub const MAX_MARKER_VALUE: usize = 8 * 1024;
+
+/// Most values `DATABUILD_REDACT:` markers may add to one job: each rebuilds
+/// the matcher, and a runaway job must not make that quadratic. A build has a
+/// handful of runtime secrets.
+pub const MAX_MARKER_SECRETS: usize = 1000;
+
+/// Most entries kept in `redact_skipped`; later ones are counted in the last
+/// entry. metadata.json stays small whatever the environment holds.
+pub const MAX_SKIPPED_NAMES: usize = 100;
+
+/// The marker a job prints to add a value at run time; like the
+/// `DATABUILD_MISSING_DEPS_JSON:` marker it counts only at the start of a line.
+pub const MARKER: &[u8] = b"DATABUILD_REDACT: ";
+
+/// The name globs whose environment variables are secrets unless
+/// `--no-default-redact` clears them.
+pub const DEFAULT_ENV_GLOBS: &[&str] = &[
+    "*_TOKEN",
+    "*_SECRET",
+    "*_SECRET_*",
+    "*_PASSWORD",
+    "*_PASSWD",
+    "*_PRIVATE_KEY",
+    "*_ACCESS_KEY",
+    "*_API_KEY",
+    "*_CREDENTIALS",
+];
+
+/// True if `name` matches `glob`, where `*` is any run of characters and `?`
+/// any one; ASCII letters match regardless of case (`github_token` is as
+/// secret as `GITHUB_TOKEN`).
+pub fn glob_match(glob: &str, name: &str) -> bool {
+    let (g, n) = (glob.as_bytes(), name.as_bytes());
+    let (mut gi, mut ni) = (0, 0);
+    // Where the last `*` was and the name position it is trying to cover.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if gi < g.len() && (g[gi] == b'?' || g[gi].eq_ignore_ascii_case(&n[ni])) {
+            gi += 1;
+            ni += 1;
+        } else if gi < g.len() && g[gi] == b'*' {
+            star = Some((gi, ni));
+            gi += 1;
+        } else if let Some((sg, sn)) = star {
+            gi = sg + 1;
+            ni = sn + 1;
+            star = Some((sg, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|&c| c == b'*')
+}
+
+/// The values to hide, each with a name that may be shown (never the value).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    values: Vec<(String, Vec<u8>)>,
+}
+
+impl Secrets {
+    /// No values: only `DATABUILD_REDACT:` markers will add some.
+    pub fn new() -> Secrets {
+        Secrets::default()
+    }
+
+    /// Adds `value` under `name` (e.g. `env GITHUB_TOKEN`).
+    pub fn add(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.values.push((name.into(), value.into()));
+    }
+
+    /// Adds every variable of `vars` whose name matches one of `globs`.
+    pub fn add_env<I, K, V>(&mut self, globs: &[String], vars: I)
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        use std::os::unix::ffi::OsStrExt;
+        for (k, v) in vars {
+            let name = k.as_ref().to_string_lossy();
+            if globs.iter().any(|g| glob_match(g, &name)) {
+                self.add(format!("env {name}"), v.as_ref().as_bytes());
+            }
+        }
+    }
+
+    /// Adds each non-empty line of `text` (the contents of a `--redact-file`
+    /// named `source`) as a value.
+    pub fn add_lines(&mut self, source: &str, text: &[u8]) {
+        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+            if !trim(line).is_empty() {
+                self.add(format!("{source} line {}", i + 1), line);
+            }
+        }
+    }
+
+    /// How many values were added.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when no value was added.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// `value` without surrounding ASCII whitespace: a trailing newline in a file
+/// or a variable is never part of the secret, and no needle then starts with
+/// `\n` (which the marker pattern relies on, see [`Redactor`]).
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
+        return &[];
+    };
+    let end = value
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .unwrap_or(start);
+    &value[start..=end]
+}
+
+const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// The base64 characters that depend only on `value` when it starts `align`
+/// bytes (0, 1 or 2) into a 3-byte group of a longer encoded text: character
+/// `i` covers bits `6i..6i+6`, and it is fixed by the value alone when all of
+/// those bits lie inside it.
+fn base64_stable(value: &[u8], align: usize, alphabet: &[u8; 64]) -> Vec<u8> {
+    let bit_start = 8 * align;
+    let bit_end = 8 * (align + value.len());
+    let first = bit_start.div_ceil(6);
+    let last = bit_end / 6; // exclusive
+    let bit = |b: usize| -> u8 {
+        let byte = value[b / 8 - align];
+        (byte >> (7 - b % 8)) & 1
+    };
+    (first..last)
+        .map(|i| {
+            let v = (0..6).fold(0u8, |acc, k| (acc << 1) | bit(6 * i + k));
+            alphabet[v as usize]
+        })
+        .collect()
+}
+
+/// `value` percent-encoded as URLs and forms carry it: every byte outside the
+/// unreserved set as `%XX`, with upper-case hex (`upper`) or lower-case.
+fn url_encoded(value: &[u8], upper: bool) -> Vec<u8> {
+    let hex: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
+    let mut out = Vec::with_capacity(value.len() * 3);
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
+/// `value` as it appears inside a JSON string (quotes, backslashes, newlines
+/// and other control characters escaped), as serde_json and most encoders write it.
+fn json_escaped(value: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(value);
+    let quoted = serde_json::to_string(&text).unwrap_or_default();
+    match quoted.len() {
+        n if n >= 2 => quoted.as_bytes()[1..n - 1].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every needle `value` (already trimmed, long enough) yields: the value, each
+/// long enough line of it, and its encodings; each at least
+/// [`MIN_SECRET_LEN`] bytes (an encoding of a short piece would match noise).
+pub fn needles(value: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![value.to_vec()];
+    if value.contains(&b'\n') {
+        for line in value.split(|&b| b == b'\n') {
+            let line = trim(line);
+            if line.len() >= MIN_LINE_LEN {
+                out.push(line.to_vec());
+            }
+        }
+    }
+    for align in 0..3 {
+        for alphabet in [B64_STD, B64_URL] {
+            out.push(base64_stable(value, align, alphabet));
+        }
+    }
+    out.push(url_encoded(value, true));
+    out.push(url_encoded(value, false));
+    out.push(json_escaped(value));
+    let mut seen = HashSet::new();
+    out.retain(|n| n.len() >= MIN_SECRET_LEN && seen.insert(n.clone()));
+    out
+}
+
+/// Per-stream state of the [`Redactor`].
+#[derive(Debug)]
+struct StreamState {
+    /// Bytes that may be the start of a match, not yet given out.
+    held: Vec<u8>,
+    /// The last byte given out was a newline (or none was): a marker may start here.
+    line_start: bool,
+    /// Inside a `DATABUILD_REDACT:` line: the value so far (swallowed).
+    marker: Option<Vec<u8>>,
+}
+
+impl Default for StreamState {
+    fn default() -> StreamState {
+        StreamState {
+            held: Vec::new(),
+            line_start: true,
+            marker: None,
+        }
+    }
+}
+
+/// How much of a stream's input may still be held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// More input follows: hold a possible partial match.
+    Feed,
+    /// Silence: give out a held partial match unchanged.
+    Release,
+    /// The stream ended: as `Release`, and an open marker line ends too.
+    Finish,
+}
+
+/// The streaming redactor for a job's streams (indexed 0 and 1), sharing one
+/// set of needles so a `DATABUILD_REDACT:` value printed on stderr is hidden
+/// on stdout too.
+///
+/// Matching: the needles plus `"\n" + MARKER` in one leftmost-longest
+/// Aho-Corasick automaton. When the last byte given out was a newline, the
+/// search text starts with a `\n` of context that is not given out again, so a
+/// marker at the start of a line (or of the stream) is found; no other needle
+/// can start with `\n` since values are trimmed.
+#[derive(Debug)]
+pub struct Redactor {
+    /// Index 0 is the marker pattern.
+    patterns: Vec<Vec<u8>>,
+    seen: HashSet<Vec<u8>>,
+    matcher: AhoCorasick,
+    /// For each byte, the patterns starting with it (for partial-match checks).
+    by_first: Vec<Vec<u32>>,
+    max_len: usize,
+    streams: [StreamState; 2],
+    redactions: u64,
+    skipped: Vec<String>,
+    skipped_dropped: u64,
+    marker_secrets: usize,
+    /// Decides where the automaton needs to look at all.
+    filter: QgramFilter,
+    /// Reused search text (context byte + held bytes + input).
+    scratch: Vec<u8>,
+    matches: Vec<(usize, usize, usize)>,
+}
+
+impl Redactor {
+    /// A redactor for `secrets`; values too short (or too long) are only named.
+    pub fn new(secrets: &Secrets) -> Redactor {
+        let mut marker = vec![b'\n'];
+        marker.extend_from_slice(MARKER);
+        let mut r = Redactor {
+            patterns: vec![marker],
+            seen: HashSet::new(),
+            matcher: AhoCorasick::new([b"\n"]).expect("a one-byte pattern always builds"),
+            by_first: vec![Vec::new(); 256],
+            max_len: 0,
+            streams: Default::default(),
+            redactions: 0,
+            skipped: Vec::new(),
+            skipped_dropped: 0,
+            marker_secrets: 0,
+            filter: QgramFilter::default(),
+            scratch: Vec::new(),
+            matches: Vec::new(),
+        };
+        for (name, value) in &secrets.values {
+            r.add_value(name, value);
+        }
+        r.rebuild();
+        r
+    }
+
+    /// Adds the needles of `value`, or names it in `redact_skipped`.
+    fn add_value(&mut self, name: &str, value: &[u8]) {
+        let value = trim(value);
+        if value.is_empty() {
+            return;
+        }
+        if value.len() < MIN_SECRET_LEN {
+            self.skip(format!(
+                "{name}: shorter than {MIN_SECRET_LEN} bytes, not redacted"
+            ));
+            return;
+        }
+        if value.len() > MAX_SECRET_LEN {
+            self.skip(format!(
+                "{name}: longer than {MAX_SECRET_LEN} bytes, not redacted"
+            ));
+            return;
+        }
+        for n in needles(value) {
+            if self.seen.insert(n.clone()) {
+                self.patterns.push(n);
+            }
+        }
+    }
+
+    fn skip(&mut self, note: String) {
+        if self.skipped.len() < MAX_SKIPPED_NAMES {
+            self.skipped.push(note);
+        } else {
+            self.skipped_dropped += 1;
+        }
+    }
+
+    fn rebuild(&mut self) {
+        // Patterns are at most a few MiB in all (bounded by MAX_SECRET_LEN per
+        // value), which the automaton builder always accepts.
+        self.matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&self.patterns)
+            .expect("bounded byte patterns always build");
+        self.by_first = vec![Vec::new(); 256];
+        for (i, p) in self.patterns.iter().enumerate() {
+            self.by_first[usize::from(p[0])].push(i as u32);
+        }
+        self.max_len = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
+        self.filter = QgramFilter::new(&self.patterns);
+    }
+
+    /// True when no value is hidden yet (only markers could add one).
+    pub fn has_secrets(&self) -> bool {
+        self.patterns.len() > 1
+    }
+
+    /// Matches replaced so far.
+    pub fn redactions(&self) -> u64 {
+        self.redactions
+    }
+
+    /// Values not redacted, by name and reason (never the value).
+    pub fn skipped(&self) -> Vec<String> {
+        let mut out = self.skipped.clone();
+        if self.skipped_dropped > 0 {
+            out.push(format!("... and {} more", self.skipped_dropped));
+        }
+        out
+    }
+
+    /// True if stream `s` holds bytes back (a possible partial match).
+    pub fn holds(&self, s: usize) -> bool {
+        !self.streams[s].held.is_empty()
+    }
+
+    /// Redacts `input`, the next bytes of stream `s` (0 or 1), into `out`;
+    /// a possible partial match at the end is held back. Returns true, with
+    /// nothing written to `out`, when `input` goes out exactly as it is (the
+    /// common case, which then costs no copy).
+    pub fn feed(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>) -> bool {
+        let st = &self.streams[s];
+        let plain = st.marker.is_none()
+            && st.held.is_empty()
+            && !(st.line_start && input.first() == Some(&MARKER[0]));
+        if plain {
+            self.matches.clear();
+            find_matches(&self.matcher, &self.filter, input, &mut self.matches);
+            if self.matches.is_empty()
+                && hold_start(&self.patterns, &self.by_first, self.max_len, input, 0) == input.len()
+            {
+                if let Some(&last) = input.last() {
+                    self.streams[s].line_start = last == b'\n';
+                }
+                return true;
+            }
+        }
+        self.process(s, input, out, Mode::Feed);
+        false
+    }
+
+    /// Gives out what stream `s` holds back: complete matches still redacted,
+    /// a partial match unchanged (called after a short silence).
+    pub fn release(&mut self, s: usize, out: &mut Vec<u8>) {
+        self.process(s, &[], out, Mode::Release);
+    }
+
+    /// The end of stream `s`: gives out everything held, and a marker line
+    /// without a newline still adds its value.
+    pub fn finish(&mut self, s: usize, out: &mut Vec<u8>) {
+        self.process(s, &[], out, Mode::Finish);
+    }
+
+    /// `text` with every complete match replaced (metadata strings: the
+    /// command line, the cwd). Markers mean nothing here.
+    pub fn redact_str(&mut self, text: &str) -> String {
+        if !self.has_secrets() {
+            return text.to_string();
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut pos = 0;
+        for m in self.matcher.find_iter(text.as_bytes()) {
+            if m.pattern().as_usize() == 0 {
+                continue;
+            }
+            out.extend_from_slice(&text.as_bytes()[pos..m.start()]);
+            push_replacement(&text.as_bytes()[m.start()..m.end()], &mut out);
+            self.redactions += 1;
+            pos = m.end();
+        }
+        out.extend_from_slice(&text.as_bytes()[pos..]);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn process(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>, mode: Mode) {
+        // After a marker's prefix, the rest of the search text is read again
+        // as the marker's value and what follows it.
+        let mut owned: Option<Vec<u8>> = None;
+        let mut off = 0;
+        loop {
+            let data = match &owned {
+                Some(v) => &v[off..],
+                None => &input[off..],
+            };
+            if self.streams[s].marker.is_some() {
+                match self.swallow_marker(s, data, mode) {
+                    Some(n) => {
+                        off += n;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            match self.scan(s, data, out, mode) {
+                Some(rest) => {
+                    owned = Some(rest);
+                    off = 0;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Inside a marker line: takes the value from `input`; returns where the
+    /// value ended (the newline, or the cap) or `None` if all of it was taken.
+    fn swallow_marker(&mut self, s: usize, input: &[u8], mode: Mode) -> Option<usize> {
+        let st = &mut self.streams[s];
+        let value = st.marker.as_mut().expect("called inside a marker");
+        let nl = memchr::memchr(b'\n', input);
+        let line_end = nl.unwrap_or(input.len());
+        let room = MAX_MARKER_VALUE - value.len();
+        if line_end > room {
+            value.extend_from_slice(&input[..room]);
+            self.end_marker(s, true);
+            return Some(room);
+        }
+        value.extend_from_slice(&input[..line_end]);
+        if nl.is_some() || mode == Mode::Finish {
+            self.end_marker(s, false);
+            return nl.map(|_| line_end);
+        }
+        None
+    }
+
+    /// A marker line ended: its value becomes needles for both streams.
+    fn end_marker(&mut self, s: usize, too_long: bool) {
+        let Some(value) = self.streams[s].marker.take() else {
+            return;
+        };
+        let name = format!(
+            "a DATABUILD_REDACT: marker on {}",
+            if s == 0 { "stdout" } else { "stderr" }
+        );
+        if too_long {
+            self.skip(format!(
+                "{name}: value longer than {MAX_MARKER_VALUE} bytes, not redacted beyond its line"
+            ));
+            return;
+        }
+        if self.marker_secrets >= MAX_MARKER_SECRETS {
+            self.skip(format!(
+                "{name}: over {MAX_MARKER_SECRETS} marker values, not redacted"
+            ));
+            return;
+        }
+        self.marker_secrets += 1;
+        let before = self.patterns.len();
+        self.add_value(&name, &value);
+        if self.patterns.len() != before {
+            self.rebuild();
+        }
+    }
+
+    /// Redacts the held bytes plus `input` into `out`. Returns what follows
+    /// a marker's prefix if one was found (its value, then more output).
+    fn scan(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>, mode: Mode) -> Option<Vec<u8>> {
+        let st = &mut self.streams[s];
+        if st.held.is_empty() && input.is_empty() {
+            return None;
+        }
+        // The search text is `input` itself unless held bytes go before it,
+        // or a `\n` of context is needed for a marker at its very start.
+        let first = st.held.first().or(input.first());
+        let context = st.line_start && first == Some(&MARKER[0]);
+        let base = usize::from(context);
+        let buf: &[u8] = if context || !st.held.is_empty() {
+            self.scratch.clear();
+            if context {
+                self.scratch.push(b'\n');
+            }
+            self.scratch.append(&mut st.held);
+            self.scratch.extend_from_slice(input);
+            &self.scratch
+        } else {
+            input
+        };
+        let given_before = out.len();
+        self.matches.clear();
+        find_matches(&self.matcher, &self.filter, buf, &mut self.matches);
+        // The last match may be the start of a longer needle still arriving.
+        let mut hold_from = buf.len();
+        if mode == Mode::Feed {
+            if let Some(&(start, _, p)) = self.matches.last() {
+                if p != 0
+                    && buf.len() - start < self.max_len
+                    && is_partial(&self.patterns, &self.by_first, &buf[start..])
+                {
+                    self.matches.pop();
+                    hold_from = start;
+                }
+            }
+            if hold_from == buf.len() {
+                let floor = self.matches.last().map_or(0, |m| m.1);
+                hold_from = hold_start(&self.patterns, &self.by_first, self.max_len, buf, floor);
+            }
+        }
+        let mut pos = base;
+        let mut marker_end = None;
+        for &(start, end, p) in &self.matches {
+            if p == 0 {
+                // `\n` + MARKER: the newline is given out, the marker's
+                // prefix kept, its value swallowed.
+                out.extend_from_slice(&buf[pos..(start + 1).max(base)]);
+                out.extend_from_slice(MARKER);
+                out.extend_from_slice(REPLACEMENT);
+                self.redactions += 1;
+                marker_end = Some(end);
+                pos = end;
+                break;
+            }
+            out.extend_from_slice(&buf[pos..start]);
+            push_replacement(&buf[start..end], out);
+            self.redactions += 1;
+            pos = end;
+        }
+        let st = &mut self.streams[s];
+        if let Some(end) = marker_end {
+            st.line_start = false;
+            st.marker = Some(Vec::new());
+            return Some(buf[end..].to_vec());
+        }
+        let hold_from = hold_from.max(pos);
+        out.extend_from_slice(&buf[pos..hold_from]);
+        st.held.extend_from_slice(&buf[hold_from..]);
+        if out.len() > given_before {
+            st.line_start = out.last() == Some(&b'\n');
+        }
+        None
+    }
+}
+
+/// Bits in each of the q-gram filter's two tables: 32 KiB each, so both stay
+/// in the L1/L2 cache while every sample is looked up (a 512 KiB table made
+/// each lookup a cache miss, which cost more than the automaton). The
+/// q-grams of hundreds of needles (50 values with their encodings, ~15,000
+/// q-grams) set ~6% of each; a sample passes both tables by chance about
+/// once in 300, and only then does the automaton search a window.
+const FILTER_BITS: usize = 1 << 18;
+
+/// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
+const Q: usize = 4;
+
+/// Multipliers of the two independent hashes of a q-gram.
+const HASH_A: u32 = 0x9e37_79b1;
+const HASH_B: u32 = 0x85eb_ca77;
+
+/// A sampling filter in front of the automaton (the idea of Wu-Manber and
+/// q-gram filters): every pattern is at least `min_len` long, so any
+/// occurrence covers a whole q-gram starting at a multiple of
+/// `step = min_len - Q + 1`. Only those sampled q-grams are looked up in two
+/// bit tables of every q-gram of every pattern (two hashes); around a hit, a
+/// window wide enough to hold any occurrence covering it goes to the
+/// automaton. Ordinary output is thus looked at once every `step` bytes, not
+/// byte by byte.
+#[derive(Debug, Clone, Default)]
+struct QgramFilter {
+    a: Vec<u64>,
+    b: Vec<u64>,
+    step: usize,
+    max_len: usize,
+}
+
+impl QgramFilter {
+    fn new(patterns: &[Vec<u8>]) -> QgramFilter {
+        let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
+        let mut a = vec![0u64; FILTER_BITS / 64];
+        let mut b = vec![0u64; FILTER_BITS / 64];
+        for p in patterns {
+            for w in p.windows(Q) {
+                let (ha, hb) = (qgram_hash(w, HASH_A), qgram_hash(w, HASH_B));
+                a[ha / 64] |= 1 << (ha % 64);
+                b[hb / 64] |= 1 << (hb % 64);
+            }
+        }
+        QgramFilter {
+            a,
+            b,
+            step: (min_len + 1).saturating_sub(Q).max(1),
+            max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+        }
+    }
+
+    fn hit(&self, w: &[u8]) -> bool {
+        let ha = qgram_hash(w, HASH_A);
+        if self.a[ha / 64] & (1 << (ha % 64)) == 0 {
+            return false;
+        }
+        let hb = qgram_hash(w, HASH_B);
+        self.b[hb / 64] & (1 << (hb % 64)) != 0
+    }
+}
+
+fn qgram_hash(w: &[u8], mul: u32) -> usize {
+    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    (v.wrapping_mul(mul) >> (32 - FILTER_BITS.trailing_zeros())) as usize
+}
+
+/// The leftmost-longest matches in `buf` (stopping after the first marker),
+/// as `(start, end, pattern)`: the same as searching all of `buf`, since
+/// every occurrence lies inside the window of one of its sampled q-grams and
+/// merged windows never cut one.
+fn find_matches(
+    matcher: &AhoCorasick,
+    filter: &QgramFilter,
+    buf: &[u8],
+    matches: &mut Vec<(usize, usize, usize)>,
+) {
+    if buf.len() < Q {
+        collect(matcher, buf, 0..buf.len(), matches);
+        return;
+    }
+    let reach = filter.max_len;
+    let mut window: Option<(usize, usize)> = None;
+    let mut p = 0;
+    while p + Q <= buf.len() {
+        if filter.hit(&buf[p..p + Q]) {
+            let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
+            window = match window {
+                Some((s, e)) if ws <= e => Some((s, we.max(e))),
+                Some((s, e)) => {
+                    if collect(matcher, buf, s..e, matches) {
+                        return;
+                    }
+                    Some((ws, we))
+                }
+                None => Some((ws, we)),
+            };
+        }
+        p += filter.step;
+    }
+    if let Some((s, e)) = window {
+        collect(matcher, buf, s..e, matches);
+    }
+}
+
+/// Adds the matches within `span` of `buf`; true once a marker was found.
+fn collect(
+    matcher: &AhoCorasick,
+    buf: &[u8],
+    span: std::ops::Range<usize>,
+    matches: &mut Vec<(usize, usize, usize)>,
+) -> bool {
+    let input = aho_corasick::Input::new(buf).span(span);
+    for m in matcher.find_iter(input) {
+        if matches.last().is_some_and(|l| m.start() < l.1) {
+            continue;
+        }
+        let p = m.pattern().as_usize();
+        matches.push((m.start(), m.end(), p));
+        if p == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Where the bytes to hold back start in `buf` (its length if none): the
+/// longest suffix from `floor` on that more bytes could make a match. A
+/// newline that may start a marker is given out (lines stay live); the
+/// stream's context records it.
+fn hold_start(
+    patterns: &[Vec<u8>],
+    by_first: &[Vec<u32>],
+    max_len: usize,
+    buf: &[u8],
+    floor: usize,
+) -> usize {
+    let from = floor.max(buf.len().saturating_sub(max_len.saturating_sub(1)));
+    match (from..buf.len()).find(|&i| is_partial(patterns, by_first, &buf[i..])) {
+        Some(h) if buf[h] == b'\n' => h + 1,
+        Some(h) => h,
+        None => buf.len(),
+    }
+}
+
+/// True if `tail` is a proper prefix of some pattern (more bytes could make it a match).
+fn is_partial(patterns: &[Vec<u8>], by_first: &[Vec<u32>], tail: &[u8]) -> bool {
+    by_first[usize::from(tail[0])].iter().any(|&i| {
+        let p = &patterns[i as usize];
+        p.len() > tail.len() && p.starts_with(tail)
+    })
+}
+
+/// What a matched `secret` becomes: `[REDACTED]`, once per line it spans, so
+/// the log keeps the job's line count (and its line numbers).
+fn push_replacement(secret: &[u8], out: &mut Vec<u8>) {
+    for (i, _) in secret.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(REPLACEMENT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A secret with characters every encoding treats specially.
+    const SECRET: &[u8] = b"s3cr/t+V@lue \"q\"\\x&y=z";
+
+    fn redactor(values: &[&[u8]]) -> Redactor {
+        let mut secrets = Secrets::new();
+        for (i, v) in values.iter().enumerate() {
+            secrets.add(format!("v{i}"), *v);
+        }
+        Redactor::new(&secrets)
+    }
+
+    /// Feeds `input` to stream `s`, as the wrapper does: what passes
+    /// unchanged is copied to `out` too.
+    fn feed(r: &mut Redactor, s: usize, input: &[u8], out: &mut Vec<u8>) {
+        if r.feed(s, input, out) {
+            out.extend_from_slice(input);
+        }
+    }
+
+    /// Feeds `pieces` to stream 0 and finishes it.
+    fn run(r: &mut Redactor, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pieces {
+            feed(r, 0, p, &mut out);
+        }
+        r.finish(0, &mut out);
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Plain base64 (standard alphabet, padded), the reference for the needles.
+    fn base64(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for group in data.chunks(3) {
+            let mut b = [0u8; 3];
+            b[..group.len()].copy_from_slice(group);
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for k in 0..4 {
+                if k <= group.len() {
+                    out.push(B64_STD[((n >> (18 - 6 * k)) & 63) as usize]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        out
+    }
+
+    /// The ways a job may print SECRET that must all be caught.
+    fn encodings_of(secret: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = vec![secret.to_vec()];
+        for pad in 0..3 {
+            let mut plain = b"user:".to_vec();
+            plain.extend(std::iter::repeat_n(b'p', pad));
+            plain.extend_from_slice(secret);
+            plain.extend_from_slice(b"@host");
+            out.push(base64(&plain));
+        }
+        out.push(url_encoded(secret, true));
+        out.push(url_encoded(secret, false));
+        out.push(
+            serde_json::to_string(&String::from_utf8_lossy(secret))
+                .unwrap()
+                .into_bytes(),
+        );
+        out
+    }
+
+    #[test]
+    fn globs_match_names_like_a_shell_ignoring_case() {
+        assert!(glob_match("*_TOKEN", "GITHUB_TOKEN"));
+        assert!(glob_match("*_TOKEN", "github_token"));
+        assert!(!glob_match("*_TOKEN", "TOKEN"));
+        assert!(!glob_match("*_TOKEN", "GITHUB_TOKENS"));
+        assert!(glob_match("*_SECRET_*", "AWS_SECRET_ACCESS_KEY"));
+        assert!(glob_match("A?C", "abc"));
+        assert!(!glob_match("A?C", "ac"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("**X*", "aXb"));
+        assert!(!glob_match("", "x"));
+    }
+
+    #[test]
+    fn env_values_are_taken_only_when_a_glob_matches_their_name() {
+        let mut s = Secrets::new();
+        let globs: Vec<String> = DEFAULT_ENV_GLOBS.iter().map(|g| g.to_string()).collect();
+        s.add_env(
+            &globs,
+            [("GITHUB_TOKEN", "ghp_abcdef123"), ("PATH", "/usr/bin:/bin")],
+        );
+        assert_eq!(s.len(), 1);
+        let mut r = Redactor::new(&s);
+        let out = run(&mut r, &[b"PATH=/usr/bin:/bin ghp_abcdef123\n"]);
+        assert_eq!(out, b"PATH=/usr/bin:/bin [REDACTED]\n");
+    }
+
+    #[test]
+    fn every_needle_is_caught_at_every_split_position() {
+        for enc in encodings_of(SECRET) {
+            let mut text = b"log: ".to_vec();
+            text.extend_from_slice(&enc);
+            text.extend_from_slice(b" done\n");
+            for i in 0..=text.len() {
+                let mut r = redactor(&[SECRET]);
+                let out = run(&mut r, &[&text[..i], &text[i..]]);
+                let shown = String::from_utf8_lossy(&out);
+                assert!(!contains(&out, SECRET), "split {i}: {shown}");
+                assert!(contains(&out, REPLACEMENT), "split {i}: {shown}");
+                assert!(
+                    out.starts_with(b"log: ") && out.ends_with(b" done\n"),
+                    "{shown}"
+                );
+                assert!(r.redactions() >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn base64_needles_leave_at_most_the_edge_characters() {
+        for pad in 0..3 {
+            let mut plain = vec![b'x'; pad];
+            plain.extend_from_slice(SECRET);
+            let mut r = redactor(&[SECRET]);
+            let out = run(&mut r, &[&base64(&plain)]);
+            // What is left: the characters shared with the padding or the end.
+            let left = out.len() - REPLACEMENT.len();
+            assert!(
+                left <= 4,
+                "alignment {pad}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_at_the_very_end_of_output_is_caught() {
+        let mut r = redactor(&[SECRET]);
+        let mut text = b"tail ".to_vec();
+        text.extend_from_slice(SECRET);
+        assert_eq!(run(&mut r, &[&text]), b"tail [REDACTED]");
+    }
+
+    #[test]
+    fn only_a_possible_partial_match_is_held_and_released_unchanged() {
+        let mut r = redactor(&[SECRET]);
+        let mut out = Vec::new();
+        feed(&mut r, 0, b"line one\ns3cr", &mut out);
+        assert_eq!(out, b"line one\n");
+        assert!(r.holds(0));
+        r.release(0, &mut out);
+        assert_eq!(out, b"line one\ns3cr");
+        assert!(!r.holds(0));
+        // A newline is never held: a marker may start after it, but the line
+        // itself is complete.
+        let mut out = Vec::new();
+        feed(&mut r, 0, b"done\n", &mut out);
+        assert_eq!(out, b"done\n");
+        assert!(!r.holds(0));
+    }
+
+    #[test]
+    fn a_shorter_needle_inside_a_longer_one_does_not_cut_the_longer() {
+        let mut r = redactor(&[b"abcdef", b"abcdefghij"]);
+        let out = run(&mut r, &[b"x abcdef", b"ghij y\n"]);
+        assert_eq!(out, b"x [REDACTED] y\n");
+        let mut r = redactor(&[b"abcdef", b"abcdefghij"]);
+        assert_eq!(run(&mut r, &[b"x abcdef"]), b"x [REDACTED]");
+    }
+
+    #[test]
+    fn short_values_are_named_not_redacted() {
+        let mut s = Secrets::new();
+        s.add("env DB_PASSWORD", "test");
+        let mut r = Redactor::new(&s);
+        assert_eq!(run(&mut r, &[b"test it\n"]), b"test it\n");
+        let skipped = r.skipped();
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("env DB_PASSWORD"), "{skipped:?}");
+        assert!(!skipped[0].contains("test"), "{skipped:?}");
+    }
+
+    #[test]
+    fn multi_line_values_are_caught_whole_and_line_by_line() {
+        let key: &[u8] =
+            b"-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\nEEEEFFFFGGGG\n-----END KEY-----\n";
+        let mut r = redactor(&[key]);
+        let mut text = b"key:\n".to_vec();
+        text.extend_from_slice(key);
+        text.extend_from_slice(b"again EEEEFFFFGGGG\n");
+        let out = run(&mut r, &[&text]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "key:\n[REDACTED]\n[REDACTED]\n[REDACTED]\n[REDACTED]\nagain [REDACTED]\n"
+        );
+    }
+
+    #[test]
+    fn marker_lines_add_a_value_for_both_streams_and_are_hidden() {
+        let text: &[u8] = b"start\nDATABUILD_REDACT: hunter2-xyz\nsay hunter2-xyz\n";
+        for i in 0..=text.len() {
+            let mut r = redactor(&[]);
+            let out = run(&mut r, &[&text[..i], &text[i..]]);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "start\nDATABUILD_REDACT: [REDACTED]\nsay [REDACTED]\n",
+                "split {i}"
+            );
+            let mut err = Vec::new();
+            feed(&mut r, 1, b"err hunter2-xyz\n", &mut err);
+            assert_eq!(err, b"err [REDACTED]\n");
+        }
+        // At the very start of a stream, and without a newline at the end.
+        let mut r = redactor(&[]);
+        assert_eq!(
+            run(&mut r, &[b"DATABUILD_REDACT: abcdefgh"]),
+            b"DATABUILD_REDACT: [REDACTED]"
+        );
+        let mut out = Vec::new();
+        feed(&mut r, 1, b"abcdefgh\n", &mut out);
+        assert_eq!(out, b"[REDACTED]\n");
+    }
+
+    #[test]
+    fn a_marker_not_at_the_start_of_a_line_is_ordinary_text() {
+        let mut r = redactor(&[]);
+        let text: &[u8] = b"echo DATABUILD_REDACT: abcdefgh\nabcdefgh\n";
+        assert_eq!(run(&mut r, &[text]), text);
+    }
+
+    #[test]
+    fn a_short_marker_value_is_named_and_an_overlong_line_flows_on() {
+        let mut r = redactor(&[]);
+        assert_eq!(
+            run(&mut r, &[b"DATABUILD_REDACT: abc\nabc\n"]),
+            b"DATABUILD_REDACT: [REDACTED]\nabc\n"
+        );
+        assert!(
+            r.skipped()[0].contains("marker on stdout"),
+            "{:?}",
+            r.skipped()
+        );
+        let mut r = redactor(&[]);
+        let mut text = b"DATABUILD_REDACT: ".to_vec();
+        text.extend(std::iter::repeat_n(b'v', MAX_MARKER_VALUE + 5));
+        text.extend_from_slice(b"\nnext\n");
+        let out = run(&mut r, &[&text]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "DATABUILD_REDACT: [REDACTED]vvvvv\nnext\n"
+        );
+    }
+
+    #[test]
+    fn metadata_strings_are_redacted() {
+        let mut r = redactor(&[SECRET]);
+        let cmd = format!("--token={}", String::from_utf8_lossy(SECRET));
+        assert_eq!(r.redact_str(&cmd), "--token=[REDACTED]");
+    }
+
+    /// xorshift64*: a reproducible stream of numbers for the property tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// How long each property test runs: bounded for CI, longer on demand
+    /// (`LOGWRAP_FUZZ_SECS`).
+    fn fuzz_budget() -> Duration {
+        let secs = std::env::var("LOGWRAP_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2);
+        Duration::from_secs(secs)
+    }
+
+    /// Random text over a small alphabet (so near misses of the needles are
+    /// common) with planted values, their encodings and markers.
+    fn random_text(rng: &mut Rng, planted: &[Vec<u8>]) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"abcs3r/t+\n \"\\DATABUILD_REDACT: ";
+        let mut text = Vec::new();
+        let parts = 1 + rng.below(30);
+        for _ in 0..parts {
+            match rng.below(4) {
+                0 => text.extend_from_slice(&planted[rng.below(planted.len())]),
+                _ => {
+                    for _ in 0..rng.below(40) {
+                        text.push(ALPHABET[rng.below(ALPHABET.len())]);
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn random_chunking_never_leaks_and_matches_one_shot_redaction() {
+        let secrets: [&[u8]; 3] = [SECRET, b"abcabcab", b"tokentoken-123"];
+        let mut planted: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encodings_of(s)).collect();
+        planted.push(b"\nDATABUILD_REDACT: marker-value-9\nmarker-value-9".to_vec());
+        let deadline = Instant::now() + fuzz_budget();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            let text = random_text(&mut rng, &planted);
+            let whole = run(&mut redactor(&secrets), &[&text]);
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let n = 1 + rng.below(12).min(text.len() - at - 1);
+                pieces.push(&text[at..at + n]);
+                at += n;
+            }
+            let chunked = run(&mut redactor(&secrets), &pieces);
+            assert_eq!(
+                String::from_utf8_lossy(&chunked),
+                String::from_utf8_lossy(&whole),
+                "case {cases}: {:?} in {pieces:?}",
+                String::from_utf8_lossy(&text)
+            );
+            for s in secrets.iter().chain([&b"marker-value-9"[..]].iter()) {
+                assert!(
+                    !contains(&chunked, s),
+                    "case {cases}: leaked in {:?}",
+                    String::from_utf8_lossy(&chunked)
+                );
+            }
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn the_qgram_filter_finds_exactly_what_a_full_search_finds() {
+        let deadline = Instant::now() + fuzz_budget() / 2;
+        let mut rng = Rng(7);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            // Needles of mixed lengths over a tiny alphabet: many overlaps.
+            let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
+            for _ in 0..1 + rng.below(6) {
+                let len = MIN_SECRET_LEN + rng.below(20);
+                patterns.push((0..len).map(|_| b"abc"[rng.below(3)]).collect());
+            }
+            let matcher = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .unwrap();
+            let filter = QgramFilter::new(&patterns);
+            let text: Vec<u8> = (0..rng.below(3000))
+                .map(|_| b"abcd"[rng.below(4)])
+                .collect();
+            let mut found = Vec::new();
+            find_matches(&matcher, &filter, &text, &mut found);
+            let full: Vec<_> = matcher
+                .find_iter(&text)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn without_secrets_output_is_byte_exact_however_it_is_chunked() {
+        let deadline = Instant::now() + fuzz_budget() / 2;
+        let mut rng = Rng(42);
+        while Instant::now() < deadline {
+            let len = rng.below(2000);
+            // Any bytes, newlines and marker look-alikes not at a line start.
+            let text: Vec<u8> = (0..len)
+                .map(|_| match rng.below(8) {
+                    0 => b'\n',
+                    1 => b'D',
+                    _ => rng.next() as u8,
+                })
+                .collect();
+            let mut r = redactor(&[]);
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let n = (1 + rng.below(300)).min(text.len() - at);
+                feed(&mut r, 0, &text[at..at + n], &mut out);
+                if rng.below(4) == 0 {
+                    r.release(0, &mut out);
+                }
+                at += n;
+            }
+            r.finish(0, &mut out);
+            if !contains(&text, b"\nDATABUILD_REDACT: ") && !text.starts_with(MARKER) {
+                assert_eq!(out, text);
+                assert_eq!(r.redactions(), 0);
+            }
+        }
+    }
+}
