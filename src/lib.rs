@@ -67,6 +67,7 @@ pub mod nest;
 pub(crate) mod output;
 pub mod reader;
 pub mod run;
+pub mod search;
 pub mod serve;
 pub mod store;
 #[cfg(test)]

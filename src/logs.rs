@@ -7,11 +7,13 @@
 //! read, or is deleted while followed; 2 for an invalid id or option (clap);
 //! with `logs -f --exit-status`, the job's own status (137 when abandoned).
 
+mod grep;
 mod jobs;
 mod ls;
 mod remote;
 mod watch;
 
+pub use grep::{grep_cmd, GrepOptions};
 pub use jobs::ABANDONED_EXIT;
 pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
 

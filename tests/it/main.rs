@@ -11,6 +11,7 @@ mod hostile;
 mod logs;
 mod nest;
 mod remote;
+mod search;
 mod serve;
 mod serve_browser;
 mod serve_http;
