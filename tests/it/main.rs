@@ -12,6 +12,7 @@ mod logs;
 mod nest;
 mod remote;
 mod search;
+mod sections;
 mod serve;
 mod serve_browser;
 mod serve_http;
