@@ -10,6 +10,7 @@ mod gc;
 mod hostile;
 mod logs;
 mod nest;
+mod reading;
 mod remote;
 mod search;
 mod sections;

@@ -1,0 +1,53 @@
+//! Reading fixes found by using logwrap as a user would (issue 11, point 7):
+//! a start past the current end waits for that line, over HTTP as locally.
+
+use crate::util::job::Follower;
+use crate::util::serve::*;
+use crate::util::*;
+
+#[test]
+fn since_and_last_event_id_past_the_end_wait_for_that_line() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start(&env, "ahead", &[]);
+    job.say("l1");
+    job.say("l2");
+    job.say("e:x1");
+    wait_until(LIMIT, "two lines", || {
+        env.stdout_log("ahead") == b"l1\nl2\n" && env.stderr_log("ahead") == b"x1\n"
+    });
+    let base = "/api/job_runs/ahead/logs";
+    let mut since = SseConn::open(srv.port, &format!("{base}/stdout?follow=true&since=5"), &[]);
+    let mut resumed = SseConn::open(
+        srv.port,
+        &format!("{base}/stdout?follow=true"),
+        &[("Last-Event-ID", "4")],
+    );
+    let mut combined = SseConn::open(
+        srv.port,
+        &format!("{base}/combined?follow=true"),
+        &[("Last-Event-ID", "4.2")],
+    );
+    let url = format!("http://127.0.0.1:{}", srv.port);
+    let mut remote = Follower::start(&env, &["--server", &url, "-f", "--since", "5", "ahead"]);
+    for l in ["l3", "l4", "l5", "l6", "e:x2", "e:x3"] {
+        job.say(l);
+    }
+    let first = |c: &mut SseConn| loop {
+        let e = c.next().expect("an event");
+        if e.event == "log" {
+            break (e.id, e.data);
+        }
+    };
+    assert_eq!(first(&mut since), ("5".to_string(), "l5".to_string()));
+    assert_eq!(first(&mut resumed), ("5".to_string(), "l5".to_string()));
+    // Combined resumes each stream after its own number.
+    assert_eq!(first(&mut combined), ("5.2".to_string(), "l5".to_string()));
+    assert_eq!(first(&mut combined), ("6.2".to_string(), "l6".to_string()));
+    assert_eq!(first(&mut combined), ("6.3".to_string(), "x3".to_string()));
+    remote.wait_for("l6\n");
+    assert_eq!(job.finish().code(), Some(0));
+    let (code, out, err) = remote.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), "l5\nl6\n");
+}
