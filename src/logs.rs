@@ -95,6 +95,26 @@ pub(crate) fn say(msg: &str) {
     let _ = io::stderr().write_all(format!("logwrap: {msg}\n").as_bytes());
 }
 
+/// For a person at a terminal who asked for a job's stdout and got nothing
+/// because everything went to stderr (issue 11, point 7): a one-line hint to
+/// use `--stderr` or `--all`. Never when stdout is not a terminal, where the
+/// empty output is the answer a script asked for.
+fn stderr_only_hint(store: &dyn LogStore, id: &JobId, args: &LogsOptions) -> Option<String> {
+    use std::io::IsTerminal;
+    if args.stderr || args.all || !io::stdout().is_terminal() {
+        return None;
+    }
+    let size = |s: Stream| store.open_raw(id, s).ok()?.len().ok();
+    if size(Stream::Stdout)? != 0 {
+        return None;
+    }
+    let err = size(Stream::Stderr).filter(|n| *n > 0)?;
+    Some(format!(
+        "job {id} wrote nothing to stdout but {err} bytes to stderr; \
+         add --stderr (or --all for both) to see them"
+    ))
+}
+
 fn logs(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
     if let Some(url) = &args.server {
         return remote::logs(&args, url);
@@ -131,6 +151,9 @@ fn logs(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
         // A snapshot: a running job's unfinished last line is shown as it is.
         printer.drain(true, &mut out)?;
         out.flush()?;
+        if let Some(hint) = stderr_only_hint(store, &id, &args) {
+            say(&hint);
+        }
         return Ok(0);
     }
     match follow(store, &id, &mut printer, &mut out)? {

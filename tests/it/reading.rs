@@ -51,3 +51,33 @@ fn since_and_last_event_id_past_the_end_wait_for_that_line() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(String::from_utf8_lossy(&out), "l5\nl6\n");
 }
+
+#[test]
+fn logs_of_a_job_that_wrote_only_stderr_hints_at_stderr_on_a_terminal() {
+    let env = TestEnv::new();
+    assert_ok(&env.run_sh("quiet", &["--no-pty", "-q"], "echo oops >&2"));
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let o = env
+        .cmd()
+        .args(["logs", "quiet"])
+        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(
+        stderr_text(&o),
+        "logwrap: job quiet wrote nothing to stdout but 5 bytes to stderr; \
+         add --stderr (or --all for both) to see them\n"
+    );
+    // Not for a script reading a pipe, nor when stderr was asked for.
+    let piped = env.run(&["logs", "quiet"]);
+    assert_ok(&piped);
+    assert!(piped.stdout.is_empty() && piped.stderr.is_empty());
+    let o = env
+        .cmd()
+        .args(["logs", "--stderr", "quiet"])
+        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    assert!(o.stderr.is_empty(), "{}", stderr_text(&o));
+}
