@@ -461,6 +461,16 @@ impl LinePrinter {
     }
 
     fn print(&mut self, line: &LogLine, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        // A line redrawn with bare carriage returns (a progress bar) shows only
+        // what follows the last one: the frames go first, the stamp and prefix
+        // then start the text a terminal ends up showing (issue 11, point 7).
+        let whole = line.data.len() as u64 == line.len;
+        let frames = if whole && (self.style.timestamps || self.style.prefix) {
+            last_bare_cr(&line.data).map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        out.write_all(&line.data[..frames])?;
         if self.style.timestamps {
             if self.stamp.0 != line.ts_us {
                 self.stamp = (line.ts_us, timestamp(line.ts_us));
@@ -472,8 +482,8 @@ impl LinePrinter {
             out.write_all(line.stream.name().as_bytes())?;
             out.write_all(b": ")?;
         }
-        if line.data.len() as u64 == line.len {
-            out.write_all(&line.data)?;
+        if whole {
+            out.write_all(&line.data[frames..])?;
         } else {
             let file = self.files[usize::from(line.stream == Stream::Stderr)]
                 .as_deref()
@@ -487,6 +497,14 @@ impl LinePrinter {
         }
         Ok(())
     }
+}
+
+/// Position of the last carriage return in `data` that is not part of the
+/// line's `\r\n` ending.
+fn last_bare_cr(data: &[u8]) -> Option<usize> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    memchr::memrchr(b'\r', body)
 }
 
 /// A line's time, or a placeholder as wide when the index does not know it.
@@ -546,5 +564,14 @@ mod tests {
         assert_eq!(timestamp(0).len(), TIMESTAMP_WIDTH);
         assert_eq!(timestamp(1_709_210_096_789_000), "2024-02-29T12:34:56.789Z");
         assert_eq!(timestamp(1_000).len(), TIMESTAMP_WIDTH);
+    }
+
+    #[test]
+    fn the_last_bare_carriage_return_is_found_past_a_crlf_ending() {
+        assert_eq!(last_bare_cr(b"10%\r100%\n"), Some(3));
+        assert_eq!(last_bare_cr(b"a\rb\rc"), Some(3));
+        assert_eq!(last_bare_cr(b"dos line\r\n"), None);
+        assert_eq!(last_bare_cr(b"x\ry\r\n"), Some(1));
+        assert_eq!(last_bare_cr(b"plain\n"), None);
     }
 }

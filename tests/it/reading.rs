@@ -81,3 +81,31 @@ fn logs_of_a_job_that_wrote_only_stderr_hints_at_stderr_on_a_terminal() {
         .unwrap();
     assert!(o.stderr.is_empty(), "{}", stderr_text(&o));
 }
+
+#[test]
+fn timestamps_and_prefixes_go_on_the_text_a_progress_line_ends_with() {
+    let env = TestEnv::new();
+    assert_ok(&env.run_sh(
+        "bar",
+        &["--no-pty", "-q"],
+        "printf '10%%\\r50%%\\r100%% done\\n'; printf 'dos\\r\\n'",
+    ));
+    let o = env.run(&["logs", "--prefix", "bar"]);
+    assert_ok(&o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "10%\r50%\rstdout: 100% done\nstdout: dos\r\n"
+    );
+    let o = env.run(&["logs", "--timestamps", "--all", "bar"]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let first = text.lines().next().unwrap();
+    let (frames, shown) = first.rsplit_once('\r').unwrap();
+    assert_eq!(frames, "10%\r50%");
+    // RFC 3339 with ms, a space, then the text the terminal shows.
+    assert_eq!(
+        shown.len(),
+        "2026-01-01T00:00:00.000Z 100% done".len(),
+        "{shown:?}"
+    );
+    assert!(shown.ends_with("Z 100% done"), "{shown:?}");
+}
