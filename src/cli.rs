@@ -36,6 +36,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Print a job's metadata with its live status
     Show(ShowArgs),
+    /// Search the whole log of jobs: ID:LINE:TEXT per matching line
+    Grep(GrepArgs),
     /// Delete old finished jobs (TTL and size cap)
     Gc(GcArgs),
     /// Serve every job under the root over HTTP
@@ -179,6 +181,68 @@ pub struct ShowArgs {
     /// Print the metadata.json document (with the live status) instead of a summary
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// `logwrap grep` (owned by src/logs/grep.rs).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Prints ID:LINE:TEXT for each matching stdout line and ID:stderr:LINE:TEXT for \
+stderr, the text as a terminal shows it (progress redrawn with \\r resolved, colours removed); \
+matches are coloured on a terminal. Lines are searched in their first MiB.\n\nExit status: 0 if \
+a line matched; 1 if none did, or on an error; 2 for an invalid pattern, id or option.\n\n\
+Examples:\n  logwrap grep 'connection refused' build-42\n  logwrap grep -E 'error\\[E[0-9]+\\]' --all \
+--status failed --since-days 2"
+)]
+pub struct GrepArgs {
+    /// What to look for: literal text, or a regular expression with --regex
+    #[arg(value_name = "PATTERN")]
+    pub pattern: String,
+
+    /// Jobs to search [default: the most recent job]
+    #[arg(value_name = "ID", value_parser = parse_job_id, conflicts_with = "all")]
+    pub ids: Vec<JobId>,
+
+    /// Search every job, newest first (see --status, --since-days)
+    #[arg(long)]
+    pub all: bool,
+
+    /// Treat PATTERN as a regular expression (Rust regex syntax)
+    #[arg(short = 'E', long)]
+    pub regex: bool,
+
+    /// Match case exactly [default: smart: insensitive unless PATTERN has an
+    /// upper-case letter]
+    #[arg(short = 's', long, conflicts_with = "ignore_case")]
+    pub case_sensitive: bool,
+
+    /// Ignore case
+    #[arg(short = 'i', long)]
+    pub ignore_case: bool,
+
+    /// Search only this stream [default: both, stdout first]
+    #[arg(long, value_name = "STREAM", value_parser = ["stdout", "stderr"])]
+    pub stream: Option<String>,
+
+    /// With --all: only jobs with this status (repeatable, or comma-separated)
+    #[arg(
+        long,
+        value_name = "STATUS",
+        value_delimiter = ',',
+        requires = "all",
+        value_parser = ["running", "succeeded", "failed", "killed", "timed_out", "abandoned"]
+    )]
+    pub status: Vec<String>,
+
+    /// With --all: only jobs started within the last N days (fractions allowed)
+    #[arg(long, value_name = "N", requires = "all")]
+    pub since_days: Option<f64>,
+
+    /// Print only the number of matching lines of each job, as ID:COUNT
+    #[arg(short = 'c', long)]
+    pub count: bool,
 
     #[command(flatten)]
     pub root: RootArgs,

@@ -5,15 +5,17 @@
 //! above all of them and nothing below imports either.
 
 use crate::cli::{
-    Cli, Command, GcArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
+    Cli, Command, GcArgs, GrepArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
 };
 use anyhow::{bail, Context, Result};
 use logwrap::exit::UsageError;
 use logwrap::gc::GcOptions;
-use logwrap::logs::{LogsOptions, LsOptions, ShowOptions};
+use logwrap::logs::{GrepOptions, LogsOptions, LsOptions, ShowOptions};
+use logwrap::metadata::Status;
 use logwrap::run::RunConfig;
+use logwrap::search::{Case, Pattern};
 use logwrap::serve::ServeConfig;
-use logwrap::store::{FileStore, JobId};
+use logwrap::store::{FileStore, JobId, Stream};
 use logwrap::timefmt::parse_duration;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,7 @@ pub enum Action {
     Logs(FileStore, LogsOptions),
     Ls(FileStore, LsOptions),
     Show(FileStore, ShowOptions),
+    Grep(FileStore, GrepOptions),
     Gc(FileStore, GcOptions),
     Serve(FileStore, ServeConfig),
     /// Print a completion script for this shell.
@@ -47,6 +50,7 @@ pub fn action(cli: Cli) -> Result<Action> {
         Some(Command::Logs(a)) => logs_action(a)?,
         Some(Command::Ls(a)) => ls_action(a)?,
         Some(Command::Show(a)) => show_action(a)?,
+        Some(Command::Grep(a)) => grep_action(a)?,
         Some(Command::Gc(a)) => gc_action(a)?,
         Some(Command::Serve(a)) => serve_action(a)?,
         Some(Command::Completions(a)) => Action::Completions(a.shell),
@@ -93,6 +97,42 @@ fn show_action(a: ShowArgs) -> Result<Action> {
         ShowOptions {
             id: a.id,
             json: a.json,
+        },
+    ))
+}
+
+fn grep_action(a: GrepArgs) -> Result<Action> {
+    let case = if a.ignore_case {
+        Case::Insensitive
+    } else if a.case_sensitive {
+        Case::Sensitive
+    } else {
+        Case::Smart
+    };
+    let pattern = Pattern::new(&a.pattern, a.regex, case).map_err(usage)?;
+    if a.since_days.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
+        return Err(usage(anyhow::anyhow!(
+            "--since-days must be a non-negative number of days"
+        )));
+    }
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    Ok(Action::Grep(
+        store,
+        GrepOptions {
+            pattern,
+            ids: a.ids,
+            all: a.all,
+            // clap allowed only known names.
+            status: a.status.iter().filter_map(|s| Status::parse(s)).collect(),
+            since_days: a.since_days,
+            stream: a.stream.as_deref().map(|s| {
+                if s == "stderr" {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                }
+            }),
+            count: a.count,
         },
     ))
 }

@@ -68,6 +68,7 @@ pub(crate) mod output;
 pub mod reader;
 pub mod redact;
 pub mod run;
+pub mod search;
 pub mod serve;
 pub mod store;
 #[cfg(test)]

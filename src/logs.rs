@@ -7,11 +7,13 @@
 //! read, or is deleted while followed; 2 for an invalid id or option (clap);
 //! with `logs -f --exit-status`, the job's own status (137 when abandoned).
 
+mod grep;
 mod jobs;
 mod ls;
 mod remote;
 mod watch;
 
+pub use grep::{grep_cmd, GrepOptions};
 pub use jobs::ABANDONED_EXIT;
 pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
 
@@ -93,6 +95,26 @@ pub(crate) fn say(msg: &str) {
     let _ = io::stderr().write_all(format!("logwrap: {msg}\n").as_bytes());
 }
 
+/// For a person at a terminal who asked for a job's stdout and got nothing
+/// because everything went to stderr (issue 11, point 7): a one-line hint to
+/// use `--stderr` or `--all`. Never when stdout is not a terminal, where the
+/// empty output is the answer a script asked for.
+fn stderr_only_hint(store: &dyn LogStore, id: &JobId, args: &LogsOptions) -> Option<String> {
+    use std::io::IsTerminal;
+    if args.stderr || args.all || !io::stdout().is_terminal() {
+        return None;
+    }
+    let size = |s: Stream| store.open_raw(id, s).ok()?.len().ok();
+    if size(Stream::Stdout)? != 0 {
+        return None;
+    }
+    let err = size(Stream::Stderr).filter(|n| *n > 0)?;
+    Some(format!(
+        "job {id} wrote nothing to stdout but {err} bytes to stderr; \
+         add --stderr (or --all for both) to see them"
+    ))
+}
+
 fn logs(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
     if let Some(url) = &args.server {
         return remote::logs(&args, url);
@@ -129,6 +151,9 @@ fn logs(store: &dyn LogStore, args: LogsOptions) -> Result<i32> {
         // A snapshot: a running job's unfinished last line is shown as it is.
         printer.drain(true, &mut out)?;
         out.flush()?;
+        if let Some(hint) = stderr_only_hint(store, &id, &args) {
+            say(&hint);
+        }
         return Ok(0);
     }
     match follow(store, &id, &mut printer, &mut out)? {
@@ -436,6 +461,16 @@ impl LinePrinter {
     }
 
     fn print(&mut self, line: &LogLine, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        // A line redrawn with bare carriage returns (a progress bar) shows only
+        // what follows the last one: the frames go first, the stamp and prefix
+        // then start the text a terminal ends up showing (issue 11, point 7).
+        let whole = line.data.len() as u64 == line.len;
+        let frames = if whole && (self.style.timestamps || self.style.prefix) {
+            last_bare_cr(&line.data).map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        out.write_all(&line.data[..frames])?;
         if self.style.timestamps {
             if self.stamp.0 != line.ts_us {
                 self.stamp = (line.ts_us, timestamp(line.ts_us));
@@ -447,8 +482,8 @@ impl LinePrinter {
             out.write_all(line.stream.name().as_bytes())?;
             out.write_all(b": ")?;
         }
-        if line.data.len() as u64 == line.len {
-            out.write_all(&line.data)?;
+        if whole {
+            out.write_all(&line.data[frames..])?;
         } else {
             let file = self.files[usize::from(line.stream == Stream::Stderr)]
                 .as_deref()
@@ -462,6 +497,14 @@ impl LinePrinter {
         }
         Ok(())
     }
+}
+
+/// Position of the last carriage return in `data` that is not part of the
+/// line's `\r\n` ending.
+fn last_bare_cr(data: &[u8]) -> Option<usize> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    memchr::memrchr(b'\r', body)
 }
 
 /// A line's time, or a placeholder as wide when the index does not know it.
@@ -521,5 +564,14 @@ mod tests {
         assert_eq!(timestamp(0).len(), TIMESTAMP_WIDTH);
         assert_eq!(timestamp(1_709_210_096_789_000), "2024-02-29T12:34:56.789Z");
         assert_eq!(timestamp(1_000).len(), TIMESTAMP_WIDTH);
+    }
+
+    #[test]
+    fn the_last_bare_carriage_return_is_found_past_a_crlf_ending() {
+        assert_eq!(last_bare_cr(b"10%\r100%\n"), Some(3));
+        assert_eq!(last_bare_cr(b"a\rb\rc"), Some(3));
+        assert_eq!(last_bare_cr(b"dos line\r\n"), None);
+        assert_eq!(last_bare_cr(b"x\ry\r\n"), Some(1));
+        assert_eq!(last_bare_cr(b"plain\n"), None);
     }
 }

@@ -52,6 +52,7 @@ fn real_main() -> ExitCode {
         Action::Logs(store, o) => logs::logs_cmd(&store, o).map(ExitCode::Status),
         Action::Ls(store, o) => logs::ls_cmd(&store, o).map(ExitCode::Status),
         Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
+        Action::Grep(store, o) => logs::grep_cmd(&store, o).map(ExitCode::Status),
         Action::Gc(store, o) => gc::gc_cmd(&store, o).map(ExitCode::Status),
         Action::Serve(store, cfg) => {
             serve::serve_cmd(std::sync::Arc::new(store), cfg).map(ExitCode::Status)

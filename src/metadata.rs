@@ -78,6 +78,23 @@ pub struct MarkerError {
     pub error: String,
 }
 
+/// A GitHub Actions style annotation line (`::error file=F,line=L::msg`,
+/// `::warning`, `::notice`) the job printed (issue 11, point 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// `error`, `warning` or `notice`.
+    pub level: String,
+    pub message: String,
+    /// The source file and line the annotation is about, if it names them.
+    pub file: Option<String>,
+    pub line: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Where it is in the log: the stream and the line number there.
+    pub stream: String,
+    pub log_line: u64,
+}
+
 /// The whole metadata.json document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -115,6 +132,13 @@ pub struct Metadata {
     /// because both were full (the wrapper's caps keep metadata.json small).
     #[serde(default)]
     pub marker_errors_dropped: u64,
+    /// Annotation lines, in order, at most the wrapper's cap (documents written
+    /// before the field existed read as none).
+    #[serde(default)]
+    pub annotations: Vec<Annotation>,
+    /// Annotation lines past that cap, only counted.
+    #[serde(default)]
+    pub annotations_dropped: u64,
     pub building_partitions: Vec<String>,
     pub log_errors: Vec<String>,
     pub tail_url: Option<String>,
@@ -241,6 +265,8 @@ mod tests {
             missing_deps: vec![],
             marker_errors: vec![],
             marker_errors_dropped: 0,
+            annotations: vec![],
+            annotations_dropped: 0,
             building_partitions: vec![],
             log_errors: vec![],
             tail_url: None,

@@ -190,7 +190,7 @@ pub fn show_cmd(store: &dyn LogStore, args: ShowOptions) -> Result<i32> {
 /// Colour on stdout as anstream decides it, the same way clap's own output
 /// does: only on a terminal that can show it, never with `NO_COLOR` set to
 /// anything non-empty (<https://no-color.org>), always with `CLICOLOR_FORCE`.
-fn use_colour() -> bool {
+pub(super) fn use_colour() -> bool {
     anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
 }
 

@@ -1,7 +1,8 @@
-//! Pure pieces of the output path: the line splitter, the marker scanner and the
-//! line index format.
+//! Pure pieces of the output path: the line splitter, the marker and annotation
+//! scanners and the line index format.
 //! Nothing here does I/O; the wrapper and the readers feed them bytes.
 
+pub mod annotations;
 pub mod index;
 pub mod lines;
 pub mod marker;

@@ -8,6 +8,7 @@ mod tee;
 
 use crate::exit::{self, ChildEnd};
 use crate::metadata::{MarkerError, Metadata, MissingDep, Status, StreamStats};
+use crate::output::annotations::{self, AnnotationScanner};
 use crate::output::index::MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
 use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
@@ -44,6 +45,12 @@ pub(crate) const MAX_MISSING_DEPS_BYTES: usize = 1 << 20;
 /// Most `marker_errors` entries kept; later ones are only counted in
 /// `marker_errors_dropped`. A scheduler needs the first few to see what is wrong.
 pub(crate) const MAX_MARKER_ERRORS: usize = 100;
+
+/// Most `annotations` kept in metadata.json (each line at most
+/// [`MAX_ANNOTATION_LINE`](crate::output::annotations::MAX_ANNOTATION_LINE));
+/// later ones are only counted in `annotations_dropped`. A page lists them at
+/// the top: past a few hundred nobody reads them, and metadata stays small.
+pub(crate) const MAX_ANNOTATIONS: usize = 200;
 
 /// Shortest time between two rewrites of metadata.json for markers: a flood of
 /// markers costs a rewrite per interval, not one per marker, while a scheduler
@@ -371,6 +378,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         streams: Vec::new(),
         buf: vec![0u8; MAX_CHUNK],
         markers: Vec::new(),
+        annotations: Vec::new(),
         published_markers: 0,
         last_publish: None,
         publish_at: None,
@@ -474,6 +482,8 @@ fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
         missing_deps: Vec::new(),
         marker_errors: Vec::new(),
         marker_errors_dropped: 0,
+        annotations: Vec::new(),
+        annotations_dropped: 0,
         building_partitions: cfg.partitions.clone(),
         log_errors: Vec::new(),
         tail_url: None,
@@ -641,6 +651,7 @@ struct StreamState {
     stats: StreamStats,
     ends_with_newline: bool,
     scanner: MarkerScanner,
+    notes: AnnotationScanner,
     tee: Option<tee::Tee>,
     /// A chunk the terminal copy had no room for; reading waits until it is taken.
     pending: Option<Vec<u8>>,
@@ -670,6 +681,8 @@ struct Loop<'a> {
     streams: Vec<StreamState>,
     buf: Vec<u8>,
     markers: Vec<MarkerEvent>,
+    /// Annotation lines found but not yet put in the metadata.
+    annotations: Vec<annotations::Annotation>,
     /// Marker entries already in the last metadata.json written.
     published_markers: usize,
     /// When metadata.json was last rewritten for markers.
@@ -733,6 +746,7 @@ impl Loop<'_> {
             stats: StreamStats::default(),
             ends_with_newline: true,
             scanner: MarkerScanner::default(),
+            notes: AnnotationScanner::default(),
             tee,
             pending: None,
             lag_from: None,
@@ -948,6 +962,7 @@ impl Loop<'_> {
         s.ends_with_newline = chunk[n - 1] == b'\n';
         let before = self.markers.len();
         s.scanner.feed(chunk, &mut self.markers);
+        s.notes.feed(chunk, &mut self.annotations);
         let stream = s.stream;
         if let (Some(pending), Some(tee)) = (&mut s.pending, &s.tee) {
             // A second piece of one read (redaction made it longer than a
@@ -974,6 +989,7 @@ impl Loop<'_> {
             }
         }
         self.tag_markers(before, stream);
+        self.tag_annotations(stream);
         if let Some(srv) = &self.server {
             srv.notify();
         }
@@ -990,8 +1006,30 @@ impl Loop<'_> {
         let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         let before = self.markers.len();
         s.scanner.finish(&mut self.markers);
+        s.notes.finish(&mut self.annotations);
         let stream = s.stream;
         self.tag_markers(before, stream);
+        self.tag_annotations(stream);
+    }
+
+    /// Moves newly found annotations of `stream` into the metadata, within
+    /// [`MAX_ANNOTATIONS`].
+    fn tag_annotations(&mut self, stream: Stream) {
+        for a in self.annotations.drain(..) {
+            if self.meta.annotations.len() >= MAX_ANNOTATIONS {
+                self.meta.annotations_dropped += 1;
+                continue;
+            }
+            self.meta.annotations.push(crate::metadata::Annotation {
+                level: a.level.to_string(),
+                message: a.message,
+                file: a.file,
+                line: a.line,
+                title: a.title,
+                stream: stream.name().to_string(),
+                log_line: a.log_line,
+            });
+        }
     }
 
     /// Moves newly found markers of `stream` into the metadata, within the caps
@@ -1035,7 +1073,9 @@ impl Loop<'_> {
     /// a scheduler polling it sees them while the job runs; at most once per
     /// [`MARKER_PUBLISH_INTERVAL`] (the loop wakes up for a deferred one).
     fn publish_markers(&mut self) {
-        let n = self.meta.missing_deps.len() + self.meta.marker_errors.len();
+        let n = self.meta.missing_deps.len()
+            + self.meta.marker_errors.len()
+            + self.meta.annotations.len();
         if n == self.published_markers {
             return;
         }

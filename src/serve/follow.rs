@@ -96,6 +96,10 @@ pub struct Follower {
     pending: Option<LogLine>,
     /// Merged lines still to drop before the first event (combined `lines=N`).
     skip: u64,
+    /// First line number wanted per stream: `since=N` or `Last-Event-ID` past
+    /// the current end waits for that line rather than starting from now, as
+    /// `logs -f --since` does locally (issue 11, point 7).
+    want: [u64; 2],
     /// Without `follow`: the log sizes when the request came; lines starting
     /// beyond them are left for another request, so a fast writer cannot keep a
     /// one-shot request going.
@@ -130,6 +134,11 @@ impl Follower {
         let open = |s: Stream, start: Start| store.open_lines(id, s, start, KEEP);
         let mut skip = 0;
         let mut last = [0, 0];
+        let want = match from {
+            StartAt::Line(n) => [n, n],
+            StartAt::Tail(_) => [0, 0],
+            StartAt::After(o, e) => [o.saturating_add(1), e.saturating_add(1)],
+        };
         let lines = match which {
             Which::One(s) => {
                 let start = match from {
@@ -173,9 +182,15 @@ impl Follower {
             lines,
             format,
             follow,
-            last,
             pending: None,
             skip,
+            // Lines before a wanted line past the end are never sent: the
+            // stream is as if they had been.
+            last: [
+                last[0].max(want[0].saturating_sub(1)),
+                last[1].max(want[1].saturating_sub(1)),
+            ],
+            want,
             stop_at: (!follow).then_some([sizes[0], sizes[1]]),
             seen: [u64::MAX; 4],
         })
@@ -199,11 +214,19 @@ impl Follower {
     }
 
     fn read(&mut self, done: bool) -> Result<Option<LogLine>> {
-        let line = self.lines.next(done)?;
-        Ok(line.filter(|l| match self.stop_at {
-            Some(stop) => l.offset < stop[idx(l.stream)],
-            None => true,
-        }))
+        loop {
+            let Some(line) = self.lines.next(done)? else {
+                return Ok(None);
+            };
+            if let Some(stop) = self.stop_at {
+                if line.offset >= stop[idx(line.stream)] {
+                    return Ok(None);
+                }
+            }
+            if line.number >= self.want[idx(line.stream)] {
+                return Ok(Some(line));
+            }
+        }
     }
 
     /// Appends events to `out` until it holds `high_water` bytes or the log has no

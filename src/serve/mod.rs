@@ -19,7 +19,7 @@ pub use http::host_name;
 mod page;
 mod routes;
 pub(crate) mod sse;
-mod term;
+pub(crate) mod term;
 
 use crate::store::{ChangeWatcher, JobId, LogStore};
 use anyhow::{bail, Context, Result};

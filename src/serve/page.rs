@@ -77,6 +77,16 @@ body.job{display:flex;flex-direction:column;height:100vh}
 .b{font-weight:bold}.d{opacity:.6}.i{font-style:italic}.u{text-decoration:underline}.s{text-decoration:line-through}
 table{border-collapse:collapse;margin:12px}td,th{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left}
 td.st{font-weight:600}
+.r.m{background:#2a2410}.r.m.hl{background:#5a4600}
+.r.h{cursor:pointer;color:#e6edf3;font-weight:600}
+.fold{display:inline-block;width:2ch;color:var(--dim)}
+.dur{color:var(--dim);font-weight:400;margin-left:1ch}
+#find{display:flex;gap:4px;align-items:center}
+#find input{width:16em;background:var(--line);color:var(--fg);border:1px solid #30363d;border-radius:4px;padding:2px 6px}
+#find button{background:var(--line);color:var(--fg);border:1px solid #30363d;border-radius:4px;cursor:pointer}
+#ann:empty{display:none}
+#ann{margin:0;padding:4px 12px 4px 28px;font-size:12px;max-height:20vh;overflow:auto;border-bottom:1px solid var(--line)}
+#ann li.error{color:#ff7b72}#ann li.warning{color:#e3b341}#ann li.notice{color:var(--acc)}
 "#;
 
 const SCRIPT: &str = r##"
@@ -152,13 +162,76 @@ function html(st, text) {
   return out + span(st, text.slice(at).replace(/[\x00-\x08\x0b-\x1f]/g, ""));
 }
 const anchor = (l) => (l.e ? "E" : "L") + l.n;
+// Sections (issue 11): GitLab section_start/section_end, GitHub ::group::/
+// ::endgroup::, Buildkite ---/+++/~~~ headers, recognised on the exact text.
+const sections = [];
+let openSecs = [], foldCache = null;
+function mark(raw) {
+  let m;
+  const s = raw.replace(/^\x1b\[0?K/, "");
+  if ((m = /^section_start:(\d+):([^\[\r\s]+)(?:\[([^\]]*)\])?\r?(?:\x1b\[0?K)?(.*)$/.exec(s)))
+    return { k: "start", id: m[2], title: m[4].replace(ESC, "") || m[2], fold: /collapsed=true/.test(m[3] || ""), ts: +m[1] * 1e6 };
+  if ((m = /^section_end:(\d+):([^\r\s]+)/.exec(s))) return { k: "end", id: m[2], ts: +m[1] * 1e6 };
+  if ((m = /^::group::(.*)$/.exec(raw))) return { k: "start", id: "::group", title: m[1], fold: true };
+  if (/^::endgroup::/.test(raw)) return { k: "end", id: "::group" };
+  if ((m = /^(---|\+\+\+|~~~) (.+)$/.exec(raw))) return { k: "bk", id: "bk", title: m[2], fold: m[1] !== "+++" };
+  return null;
+}
+function closeSec(sec, ts) {
+  sec.end = ts || sec.end || 0;
+  if (!sec.user) sec.folded = sec.fold;
+  foldCache = null;
+}
+function section(l, raw, ts) {
+  const mk = mark(raw);
+  if (mk && mk.k === "bk") {
+    // A Buildkite header ends the one before it.
+    while (openSecs.length) closeSec(openSecs.pop(), ts);
+  }
+  if (mk && mk.k === "end") {
+    const at = openSecs.map((x) => x.id).lastIndexOf(mk.id);
+    l.sec = openSecs[openSecs.length - 1] || null;
+    if (at >= 0) while (openSecs.length > at) closeSec(openSecs.pop(), mk.ts || ts);
+    return;
+  }
+  l.sec = openSecs[openSecs.length - 1] || null;
+  if (!mk) return;
+  const sec = { i: sections.length, id: mk.id, title: mk.title, fold: mk.fold, folded: false, user: false,
+    parent: l.sec, start: mk.ts || ts, end: null };
+  sections.push(sec);
+  openSecs.push(sec);
+  l.sec = sec; l.hdr = true;
+}
+function hidden(l) {
+  for (let s = l.hdr ? l.sec.parent : l.sec; s; s = s.parent) if (s.folded) return true;
+  return false;
+}
+// The lines of the view, without those in folded sections.
+function shown() {
+  const lines = views[view];
+  if (!sections.some((s) => s.folded)) return lines;
+  if (!foldCache || foldCache.view !== view || foldCache.len !== lines.length)
+    foldCache = { view: view, len: lines.length, lines: lines.filter((l) => !hidden(l)) };
+  return foldCache.lines;
+}
+function dur(sec) {
+  if (!sec.start) return "";
+  if (sec.end === null) return "running";
+  const s = (sec.end - sec.start) / 1e6;
+  return s < 60 ? s.toFixed(1) + "s" : Math.floor(s / 60) + "m " + Math.round(s % 60) + "s";
+}
+let hits = new Set();
 function row(l) {
   const a = anchor(l);
-  return '<div class="r' + (l.e ? " e" : "") + (target === a ? " hl" : "") + '" id="' + a + '"><a class="n" href="#' + a + '">' + l.n + "</a>" + html(l.s, l.t) + "</div>";
+  const cls = "r" + (l.e ? " e" : "") + (target === a ? " hl" : "") + (hits.has(a) ? " m" : "") + (l.hdr ? " h" : "");
+  const body = l.hdr
+    ? '<span class="fold">' + (l.sec.folded ? "\u25b8" : "\u25be") + "</span>" + esc(l.sec.title) + '<span class="dur">' + dur(l.sec) + "</span>"
+    : html(l.s, l.t);
+  return '<div class="' + cls + '" id="' + a + '"' + (l.hdr ? ' data-s="' + l.sec.i + '"' : "") + '><a class="n" href="#' + a + '">' + l.n + "</a>" + body + "</div>";
 }
 function render() {
   dirty = false;
-  const lines = views[view];
+  const lines = shown();
   spacer.style.height = (lines.length * LH) + "px";
   if (stick) logEl.scrollTop = logEl.scrollHeight;
   const first = Math.max(0, Math.floor(logEl.scrollTop / LH) - 20);
@@ -176,6 +249,7 @@ function add(d) {
   const t = d.display !== undefined ? d.display : d.text;
   const l = { n: d.line, e: e, t: t, s: ends[e] };
   ends[e] = endState(ends[e], t);
+  section(l, d.text, d.ts_us || 0);
   views.combined.push(l);
   views[e ? "stderr" : "stdout"].push(l);
   if (views.combined.length > KEEP) {
@@ -192,8 +266,11 @@ function goTo(hash) {
   const m = /^#([LE])(\d+)$/.exec(hash || "");
   if (!m) return false;
   const e = m[1] === "E" ? 1 : 0, n = parseInt(m[2], 10);
-  const lines = views[view], i = lines.findIndex((l) => l.e === e && l.n === n);
-  if (i < 0) return false;
+  const l = views[view].find((x) => x.e === e && x.n === n);
+  if (!l) return false;
+  // A line in a folded section: open the sections around it.
+  for (let s = l.hdr ? l.sec.parent : l.sec; s; s = s.parent) if (s.folded) { s.folded = false; s.user = true; foldCache = null; }
+  const i = shown().indexOf(l);
   target = m[1] + n; stick = false;
   logEl.scrollTop = Math.max(0, i * LH - logEl.clientHeight / 3);
   render();
@@ -204,6 +281,56 @@ logEl.addEventListener("scroll", () => {
   if (bottom !== stick) { stick = bottom; }
   schedule();
 });
+rows.addEventListener("click", (ev) => {
+  const r = ev.target.closest(".r.h");
+  if (!r || ev.target.closest("a")) return;
+  const sec = sections[+r.dataset.s];
+  sec.folded = !sec.folded; sec.user = true; foldCache = null;
+  schedule();
+});
+// Search (issue 11): the whole log through the server, not just what is loaded.
+let found = [], at = -1, findSeq = 0, lastQ = "";
+function showHit() {
+  const f = found[at];
+  $("hits").textContent = found.total ? (at + 1) + "/" + found.total + (found.total > found.length ? " (first " + found.length + ")" : "") : "no matches";
+  if (!f) return;
+  const a = (f.stream === "stderr" ? "E" : "L") + f.line;
+  if (!goTo("#" + a)) $("note").textContent = "Match on " + f.stream + " line " + f.line + " is before the lines loaded in this page; open the raw log for it.";
+  else $("note").textContent = "";
+}
+function find(q) {
+  const seq = ++findSeq;
+  if (!q) { found = []; hits = new Set(); $("hits").textContent = ""; schedule(); return; }
+  const stream = view === "combined" ? "both" : view;
+  fetch(api + "/search?limit=1000&stream=" + stream + "&q=" + encodeURIComponent(q) + (tq ? "&" + tq : ""))
+    .then((r) => r.json()).then((v) => {
+      if (seq !== findSeq) return;
+      found = v.matches || []; found.total = v.total || 0; at = found.length ? 0 : -1;
+      hits = new Set(found.map((f) => (f.stream === "stderr" ? "E" : "L") + f.line));
+      showHit(); schedule();
+    }).catch(() => { $("hits").textContent = "search failed"; });
+}
+function step(by) { if (!found.length) return; at = (at + by + found.length) % found.length; showHit(); }
+$("q").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter") { ev.preventDefault(); if ($("q").value !== lastQ) { lastQ = $("q").value; find(lastQ); } else step(ev.shiftKey ? -1 : 1); }
+  if (ev.key === "Escape") $("q").blur();
+});
+$("next").addEventListener("click", () => step(1));
+$("prev").addEventListener("click", () => step(-1));
+document.addEventListener("keydown", (ev) => {
+  const typing = document.activeElement && document.activeElement.tagName === "INPUT" && document.activeElement.type === "search";
+  if ((ev.key === "/" && !typing) || ((ev.ctrlKey || ev.metaKey) && ev.key === "f")) { ev.preventDefault(); $("q").focus(); $("q").select(); }
+});
+// Annotations from the metadata, with links to their lines.
+function annotations(m) {
+  const list = $("ann");
+  list.innerHTML = (m.annotations || []).map((a) => {
+    const h = (a.stream === "stderr" ? "E" : "L") + a.log_line;
+    const where = a.file ? " " + esc(a.file) + (a.line ? ":" + a.line : "") : "";
+    return '<li class="' + esc(a.level) + '"><a href="#' + h + '">' + esc(a.level) + where + "</a> " + esc(a.title ? a.title + ": " : "") + esc(a.message) + "</li>";
+  }).join("");
+}
+function meta() { return fetch(api + (tq ? "?" + tq : "")).then((r) => r.json()); }
 $("pause").addEventListener("click", () => { stick = true; target = null; schedule(); });
 window.addEventListener("hashchange", () => goTo(location.hash));
 for (const r of document.querySelectorAll("input[name=view]")) {
@@ -211,8 +338,9 @@ for (const r of document.querySelectorAll("input[name=view]")) {
 }
 for (const a of document.querySelectorAll("a.raw")) a.href += tq ? "?" + tq : "";
 function badge(status, text) { const b = $("badge"); b.className = "badge " + status; b.textContent = text; }
-fetch(api + (tq ? "?" + tq : "")).then((r) => r.json()).then((m) => {
+meta().then((m) => {
   $("cmd").textContent = (m.command || []).join(" ");
+  annotations(m);
   if (m.status === "running") badge("running", "running");
 }).catch(() => {});
 const es = new EventSource(api + "/logs/combined?follow=true&format=json&lines=" + (parseInt(new URLSearchParams(location.search).get("lines"), 10) || TAIL) + (tq ? "&" + tq : ""));
@@ -226,6 +354,12 @@ es.addEventListener("complete", (ev) => {
   es.close();
   const how = d.exit_code !== null && d.exit_code !== undefined ? "exit " + d.exit_code : d.status;
   badge(d.status, d.status + (how !== d.status ? " (" + how + ")" : ""));
+  // Sections still open end with the job; where it failed stays open.
+  const last = openSecs[openSecs.length - 1];
+  while (openSecs.length) closeSec(openSecs.pop(), 0);
+  if (d.status !== "succeeded") for (let s = last; s; s = s.parent) { s.folded = false; s.user = true; }
+  foldCache = null; schedule();
+  meta().then(annotations).catch(() => {});
   document.body.dataset.complete = d.status;
   if (pending) goTo(pending);
 });
@@ -291,7 +425,10 @@ pub fn job_page(id: &JobId) -> String {
 <label><input type=\"radio\" name=\"view\" value=\"stderr\"> stderr</label></span>\
 <a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stdout/raw\" download=\"{id_html}.stdout.log\">stdout.log</a>\
 <a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stderr/raw\" download=\"{id_html}.stderr.log\">stderr.log</a>\
-<span id=\"count\" class=\"muted\"></span></header><div id=\"note\"></div>\
+<span id=\"find\"><input id=\"q\" type=\"search\" placeholder=\"search the whole log (/)\" autocomplete=\"off\">\
+<button id=\"prev\" type=\"button\" title=\"previous match\">\u{2191}</button><button id=\"next\" type=\"button\" title=\"next match\">\u{2193}</button>\
+<span id=\"hits\" class=\"muted\"></span></span>\
+<span id=\"count\" class=\"muted\"></span></header><ul id=\"ann\"></ul><div id=\"note\"></div>\
 <div id=\"log\"><div id=\"spacer\"><div id=\"rows\"></div></div></div>\
 <button id=\"pause\" type=\"button\">paused \u{2014} follow \u{2193}</button>\
 <script>const JOB = {id_js};\n{script}</script></body></html>\n"

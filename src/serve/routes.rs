@@ -8,6 +8,7 @@ use super::http::{parse_range, Range, Reject, Request};
 use super::page;
 use super::sse::{utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
+use crate::search;
 use crate::store::{self, JobId, LogStore, RawLog, Stream};
 use anyhow::Result;
 use serde_json::json;
@@ -44,6 +45,7 @@ pub enum Route {
     Raw(JobId, Stream),
     ProgressiveText(JobId, Stream),
     LogTail(JobId),
+    Search(JobId),
     NotFound,
 }
 
@@ -72,6 +74,7 @@ pub fn route(segments: &[String]) -> Result<Route, Reject> {
         ["api", "job_runs"] => Route::List,
         ["api", "job_runs", _] => Route::Job(id(2)?),
         ["api", "job_runs", _, "log-tail"] => Route::LogTail(id(2)?),
+        ["api", "job_runs", _, "search"] => Route::Search(id(2)?),
         ["api", "job_runs", _, "logs", w] => match Which::parse(w) {
             Some(which) => Route::Events(id(2)?, which),
             None => Route::NotFound,
@@ -230,7 +233,8 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         | Route::Events(id, _)
         | Route::Raw(id, _)
         | Route::ProgressiveText(id, _)
-        | Route::LogTail(id) => Some(id.clone()),
+        | Route::LogTail(id)
+        | Route::Search(id) => Some(id.clone()),
         _ => None,
     };
     if let Some(id) = &id {
@@ -257,6 +261,7 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         Route::Raw(id, stream) => raw(ctx, req, &id, stream),
         Route::LogTail(id) => poll(ctx, req, &id, None, true),
         Route::ProgressiveText(id, stream) => poll(ctx, req, &id, Some(stream), false),
+        Route::Search(id) => search(ctx, req, &id),
         Route::NotFound => Ok(Response::error(404, "not found", api)),
     };
     result.unwrap_or_else(|e| {
@@ -726,6 +731,154 @@ impl Produce for LogTail {
     }
 }
 
+/// Matches one search response lists when the client names no `limit`: a
+/// screenful of results, cheap to send.
+pub const SEARCH_DEFAULT_LIMIT: u64 = 100;
+
+/// Most matches one search response lists (`limit` is capped here): the rest
+/// are counted and reached with the cursor, so a response stays bounded
+/// however often the pattern matches (issue 11, point 1).
+pub const MAX_SEARCH_LIMIT: u64 = 1000;
+
+/// Blocks of log ([`search::BLOCK`] each) searched per turn of the event
+/// loop: a few milliseconds, so a search through a gigabyte shares the loop
+/// with followers instead of stalling them for its whole second.
+const SEARCH_BLOCKS_PER_TURN: usize = 4;
+
+/// `GET /api/job_runs/{id}/search`: `q` (required), `regex`, `case`
+/// (smart|sensitive|insensitive), `stream` (stdout|stderr|both), `limit`,
+/// `cursor` (the `next` of the previous page).
+fn search(ctx: &Ctx, req: &Request, id: &JobId) -> Result<Response> {
+    let q = req
+        .param("q")
+        .filter(|q| !q.is_empty())
+        .ok_or_else(|| bad("q (the text to search for) is required"))?;
+    let regex = flag(req, "regex")?;
+    let case = match req.param("case") {
+        None | Some("") => search::Case::Smart,
+        Some(c) => search::Case::parse(c).ok_or_else(|| {
+            bad(format!(
+                "case must be smart, sensitive or insensitive, not {c:?}"
+            ))
+        })?,
+    };
+    let pattern = search::Pattern::new(q, regex, case).map_err(|e| bad(format!("{e:#}")))?;
+    let streams: &[Stream] = match req.param("stream") {
+        None | Some("" | "both" | "combined") => &Stream::BOTH,
+        Some("stdout") => &[Stream::Stdout],
+        Some("stderr") => &[Stream::Stderr],
+        Some(s) => {
+            return Err(bad(format!(
+                "stream must be stdout, stderr or both, not {s:?}"
+            )))
+        }
+    };
+    let limit = number(req, "limit")?
+        .unwrap_or(SEARCH_DEFAULT_LIMIT)
+        .min(MAX_SEARCH_LIMIT);
+    let at = match req.param("cursor") {
+        None | Some("") => search::Cursor::start(streams[0]),
+        Some(c) => search::Cursor::parse(c)
+            .filter(|c| streams.contains(&c.stream))
+            .ok_or_else(|| bad(format!("cursor {c:?} is not a cursor of this search")))?,
+    };
+    let mut scans = std::collections::VecDeque::new();
+    for &stream in streams.iter().skip_while(|s| **s != at.stream) {
+        let from = if stream == at.stream {
+            at
+        } else {
+            search::Cursor::start(stream)
+        };
+        let log = ctx.store.open_raw(id, stream)?;
+        scans.push_back(search::Scan::new(log, pattern.clone(), from)?);
+    }
+    let body = SearchBody {
+        scans,
+        limit,
+        listed: 0,
+        total: at.before,
+        next: None,
+        started: false,
+    };
+    Ok(Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::Stream(Box::new(body)),
+    })
+}
+
+/// A search response, made as the log is searched:
+/// `{"matches":[{stream,line,text,ranges}...],"total":N,"next":cursor|null}`.
+struct SearchBody {
+    scans: std::collections::VecDeque<search::Scan>,
+    limit: u64,
+    listed: u64,
+    /// Matches so far, those before the cursor included.
+    total: u64,
+    /// Where the first match not listed is.
+    next: Option<search::Cursor>,
+    started: bool,
+}
+
+impl Produce for SearchBody {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        if !self.started {
+            self.started = true;
+            out.extend_from_slice(b"{\"matches\":[");
+        }
+        let mut blocks = 0;
+        while out.len() < want && blocks < SEARCH_BLOCKS_PER_TURN {
+            let Some(scan) = self.scans.front_mut() else {
+                break;
+            };
+            if scan.done() {
+                self.scans.pop_front();
+                continue;
+            }
+            blocks += 1;
+            let (limit, listed, total, next) = (
+                self.limit,
+                &mut self.listed,
+                &mut self.total,
+                &mut self.next,
+            );
+            scan.step(&mut |m| {
+                *total += 1;
+                if *listed < limit {
+                    out.extend_from_slice(if *listed == 0 { b"\n" } else { b",\n" });
+                    let doc = json!({
+                        "stream": m.stream.name(),
+                        "line": m.line,
+                        "text": m.text,
+                        "ranges": m.ranges,
+                    });
+                    // Strings and numbers always serialise.
+                    let _ = serde_json::to_writer(&mut *out, &doc);
+                    *listed += 1;
+                } else if next.is_none() {
+                    *next = Some(search::Cursor {
+                        stream: m.stream,
+                        offset: m.offset,
+                        line: m.line,
+                        before: *total - 1,
+                    });
+                }
+            })?;
+        }
+        if !self.scans.is_empty() {
+            return Ok(true);
+        }
+        let next = self.next.map(|c| c.token());
+        out.extend_from_slice(
+            format!("\n],\"total\":{},\"next\":{}}}\n", self.total, json!(next)).as_bytes(),
+        );
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::http::Method;
@@ -1088,6 +1241,81 @@ mod tests {
             let more = sse(&t, "stdout", &[("last-event-id", "2")]);
             assert_eq!(more.status, 200, "{}", t.name);
             assert_eq!(sse(&t, "stdout?lines=x", &[]).status, 400, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn search_pages_through_both_streams_with_a_cursor_and_a_total() {
+        let writes: [(Stream, &[u8]); 3] = [
+            (Stream::Stdout, b"ok\nerror one\nfine\n"),
+            (Stream::Stderr, b"Error two\n"),
+            (Stream::Stdout, b"\x1b[31merror\x1b[0m three\n"),
+        ];
+        for t in running_jobs("search", &writes) {
+            let get = |q: &str| {
+                json_of(answer(
+                    &t.store,
+                    None,
+                    &format!("/api/job_runs/j/search?{q}"),
+                    &[],
+                ))
+            };
+            let found = |v: &serde_json::Value| {
+                v["matches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {} {} {}",
+                            m["stream"], m["line"], m["text"], m["ranges"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let all = get("q=error");
+            assert_eq!(
+                found(&all),
+                [
+                    "\"stdout\" 2 \"error one\" [[0,5]]",
+                    "\"stdout\" 4 \"error three\" [[0,5]]",
+                    "\"stderr\" 1 \"Error two\" [[0,5]]"
+                ],
+                "{}",
+                t.name
+            );
+            assert_eq!(all["total"], 3, "{}", t.name);
+            assert_eq!(all["next"], serde_json::Value::Null, "{}", t.name);
+
+            // One per page: the cursor leads on, the total stays whole.
+            let mut seen = Vec::new();
+            let mut q = "q=error&limit=1".to_string();
+            loop {
+                let page = get(&q);
+                assert_eq!(page["total"], 3, "{}: {q}", t.name);
+                seen.extend(found(&page));
+                match page["next"].as_str() {
+                    Some(c) => q = format!("q=error&limit=1&cursor={c}"),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, found(&all), "{}", t.name);
+
+            let v = get("q=E.r%2Bo&regex=true&case=sensitive&stream=stderr");
+            assert_eq!(v["total"], 1, "{}", t.name);
+            let bad = |q: &str| {
+                answer(&t.store, None, &format!("/api/job_runs/j/search?{q}"), &[]).status
+            };
+            assert_eq!(bad("q=("), 200, "{}: plain text needs no escaping", t.name);
+            assert_eq!(bad("q=(&regex=true"), 400, "{}", t.name);
+            assert_eq!(bad("regex=true"), 400, "{}", t.name);
+            assert_eq!(bad("q=x&cursor=junk"), 400, "{}", t.name);
+            assert_eq!(
+                bad("q=x&stream=stderr&cursor=stdout.0.1.0"),
+                400,
+                "{}",
+                t.name
+            );
         }
     }
 

@@ -643,6 +643,7 @@ fn every_long_flag_in_help_is_in_the_man_page() {
         Some("logs"),
         Some("ls"),
         Some("show"),
+        Some("grep"),
         Some("gc"),
         Some("serve"),
     ] {

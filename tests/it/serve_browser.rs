@@ -304,3 +304,131 @@ fn browser_follows_a_job_live_with_colours_links_and_the_exit_badge() {
     assert_eq!(raw.body, env.stdout_log("web"));
     browser.screenshot(&env.path("page.png.b64"));
 }
+
+/// Chromium and chromedriver, or `None` (after saying so) where they are not
+/// installed; on CI their absence fails the test.
+fn browser_tools(test: &str) -> Option<(String, String)> {
+    match (
+        find(&["chromium", "chromium-browser", "google-chrome"]),
+        find(&["chromedriver"]),
+    ) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI=true but chromium/chromedriver are missing: .ci/run should install them"
+            );
+            eprintln!("SKIPPED {test}: chromium and chromedriver are not installed");
+            None
+        }
+    }
+}
+
+/// A job in three CI dialects of sections, with an annotation, ending in failure.
+const SECTIONS_JOB: &str = r#"
+echo '::group::Setup'; echo 'setup detail'; echo '::endgroup::'
+t=$(date +%s)
+printf '\033[0Ksection_start:%s:compile[collapsed=true]\r\033[0KCompile\n' "$t"
+echo 'compile detail'
+printf '\033[0Ksection_end:%s:compile\r\033[0K\n' "$((t + 2))"
+echo '--- Tests'; echo 'test one'; echo 'needle A'
+echo '::error file=t.rs,line=3::boom'
+i=0; while [ $i -lt 100 ]; do echo "filler $i"; i=$((i + 1)); done
+echo 'needle B'; exit 1"#;
+
+#[test]
+fn browser_folds_sections_lists_annotations_and_searches_the_whole_log() {
+    let Some((chromium, driver)) = browser_tools("browser_folds_sections...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    assert_fails_with(&env.run_sh("ci", &["--no-pty", "-q"], SECTIONS_JOB), 1);
+    let srv = Serve::start(&env, &[]);
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    let base = format!("http://127.0.0.1:{}", srv.port);
+
+    browser.goto(&format!("{base}/job_runs/ci"));
+    browser.wait_js(
+        "the end",
+        "return document.body.dataset.complete==='failed';",
+    );
+    let visible = |t: &str| {
+        browser.js(&format!(
+            "return shown().some(l=>l.t==={});",
+            serde_json::to_string(t).unwrap()
+        ))
+    };
+    // Closed GitHub groups and collapsed GitLab sections fold, with their
+    // titles (and the GitLab duration from its own stamps) on the header.
+    assert_eq!(visible("setup detail"), false);
+    assert_eq!(visible("compile detail"), false);
+    browser.js("document.getElementById('log').scrollTop=0;");
+    browser.wait_js(
+        "the headers in view",
+        "return document.querySelectorAll('#rows .r.h').length===3;",
+    );
+    let headers =
+        browser.js("return [...document.querySelectorAll('#rows .r.h')].map(r=>r.textContent);");
+    let headers: Vec<String> = serde_json::from_value(headers).unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.ends_with("Setup0.0s") || h.contains("Setup")),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.contains("Compile") && h.ends_with("2.0s")),
+        "{headers:?}"
+    );
+    // The section where the job failed stays open.
+    assert_eq!(visible("test one"), true);
+    // A click on a header unfolds it.
+    browser.js("[...document.querySelectorAll('#rows .r.h')].find(r=>r.textContent.includes('Setup')).click();");
+    browser.wait_js(
+        "setup unfolded",
+        "return shown().some(l=>l.t==='setup detail');",
+    );
+
+    // Annotations at the top link to their lines.
+    browser.wait_js(
+        "the annotation",
+        "const a=document.querySelector('#ann li.error a');return !!a&&a.textContent==='error t.rs:3'&&a.getAttribute('href')==='#L10';",
+    );
+    browser.js("document.querySelector('#ann li.error a').click();");
+    browser.wait_js(
+        "the annotated line highlighted",
+        "const r=document.getElementById('L10');return !!r&&r.classList.contains('hl');",
+    );
+
+    // `/` focuses the search box; Enter searches the whole log.
+    browser.js("document.dispatchEvent(new KeyboardEvent('keydown',{key:'/'}));");
+    assert_eq!(browser.js("return document.activeElement.id;"), "q");
+    let search = "const q=document.getElementById('q');q.value='needle';\
+        q.dispatchEvent(new KeyboardEvent('keydown',{key:'Enter'}));";
+    browser.js(search);
+    browser.wait_js(
+        "the first match",
+        "return document.getElementById('hits').textContent==='1/2'&&document.getElementById('L9').classList.contains('hl');",
+    );
+    browser.js("document.getElementById('next').click();");
+    browser.wait_js(
+        "the second match",
+        "return document.getElementById('hits').textContent==='2/2'&&document.getElementById('L111').classList.contains('hl');",
+    );
+
+    // With only the tail loaded, the search still counts every match and says
+    // where the one not loaded is.
+    browser.goto(&format!("{base}/job_runs/ci?lines=20"));
+    browser.wait_js(
+        "the end",
+        "return document.body.dataset.complete==='failed';",
+    );
+    browser.js(search);
+    browser.wait_js(
+        "the match before the loaded lines",
+        "return document.getElementById('hits').textContent==='1/2'&&document.getElementById('note').textContent.includes('line 9 is before');",
+    );
+    browser.screenshot(&env.path("sections.png.b64"));
+}
