@@ -226,7 +226,10 @@ impl Printer {
         };
         let open = |s: Stream, start: Start, keep: usize| store.open_lines(id, s, start, keep);
         let file = |s: Stream| store.open_raw(id, s);
-        if !(args.all || args.timestamps || args.prefix) {
+        // A log cut by a size limit is printed line by line, so the gap is
+        // said where it is rather than copied as the hole it leaves.
+        let limited = open(stream, Start::Line(1), 0)?.limited();
+        if !(args.all || args.timestamps || args.prefix || limited) {
             let mut reader = open(stream, start, 0)?;
             return Ok(Printer::Raw(RawPrinter {
                 want: first_wanted(&mut reader, start)?,
@@ -436,6 +439,9 @@ impl LinePrinter {
     }
 
     fn print(&mut self, line: &LogLine, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        if let Some(o) = line.omitted_before {
+            out.write_all(gap_notice(line.stream, o).as_bytes())?;
+        }
         if self.style.timestamps {
             if self.stamp.0 != line.ts_us {
                 self.stamp = (line.ts_us, timestamp(line.ts_us));
@@ -462,6 +468,16 @@ impl LinePrinter {
         }
         Ok(())
     }
+}
+
+/// The line `logs` prints where a size limit cut `stream`.
+fn gap_notice(stream: Stream, o: crate::metadata::Omitted) -> String {
+    format!(
+        "[logwrap: {} bytes ({} lines) of {} omitted by --max-log-size]\n",
+        o.omitted_bytes,
+        o.omitted_lines,
+        stream.name()
+    )
 }
 
 /// A line's time, or a placeholder as wide when the index does not know it.

@@ -7,7 +7,8 @@
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
 use crate::output::index::{self, Records};
-use crate::store::{line_start, open_job_file, FileStore, IndexFile, JobId, Stream};
+use crate::store::limit::Gap;
+use crate::store::{line_start, open_job_file, read_gap, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -54,6 +55,9 @@ pub struct LogLine {
     pub data: Vec<u8>,
     /// False for a final line without a newline.
     pub complete: bool,
+    /// What a size limit left out right before this line (`--max-log-size`):
+    /// readers show the gap here.
+    pub omitted_before: Option<crate::metadata::Omitted>,
 }
 
 /// Where a reader starts.
@@ -82,6 +86,11 @@ pub trait LineSource: Send {
     /// False when the store's line index could not be used (lookups scan).
     fn indexed(&self) -> bool {
         true
+    }
+    /// True when a size limit may omit part of the stream: its lines then
+    /// carry [`LogLine::omitted_before`], and the raw bytes have a hole.
+    fn limited(&self) -> bool {
+        false
     }
     /// Bytes of the stream the index covers; less than the stream's size once
     /// its writer is done means the index was cut short.
@@ -112,6 +121,9 @@ impl LineSource for StreamReader {
     fn indexed_bytes(&self) -> u64 {
         self.indexed_end
     }
+    fn limited(&self) -> bool {
+        self.gap_file.is_some()
+    }
 }
 
 /// The file store's [`LineSource`]: reads one stream's lines in order.
@@ -140,6 +152,12 @@ pub(crate) struct StreamReader {
     /// The index was re-read after the writer was done, so it will not grow.
     index_final: bool,
     max_keep: usize,
+    /// The gap sidecar, when the job has a size limit, and the gap as last
+    /// read from it.
+    gap_file: Option<File>,
+    gap: Gap,
+    /// The gap the reader jumped over, reported with the next line.
+    skipped: Option<crate::metadata::Omitted>,
     block: Vec<u8>,
     /// Log offset and length of the bytes held in `block`, so that many short
     /// lines cost one read per block rather than one per line.
@@ -177,6 +195,9 @@ impl StreamReader {
             damaged: false,
             index_final: false,
             max_keep,
+            gap_file: open_job_file(&store.gap_path(id, stream)).ok(),
+            gap: Gap::default(),
+            skipped: None,
             block: Vec::new(),
             block_at: 0,
             block_len: 0,
@@ -319,6 +340,15 @@ impl StreamReader {
     /// unfinished line, so line numbers stay right as the log grows.
     fn seek_line(&mut self, n: u64) -> Result<()> {
         self.block_len = 0;
+        self.refresh_gap()?;
+        // A line the size limit omitted: start at the gap, which the next
+        // line reports.
+        let g = self.gap;
+        let n = if g.is_gap() && n > g.lines_start + 1 && n <= g.lines_end + 1 {
+            g.lines_start + 1
+        } else {
+            n
+        };
         let found = match &self.idx {
             Some(i) => self.indexed_line_start(i, n).map_err(drop),
             None => Ok(None),
@@ -411,6 +441,71 @@ impl StreamReader {
     /// The next line, or `None` at the current end. A final line without a
     /// newline is returned only when `writer_done` (it may still grow otherwise).
     pub(crate) fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
+        if self.gap_file.is_none() {
+            return self.next_raw_line(writer_done);
+        }
+        // Under a size limit: never read inside the gap, and check after each
+        // line that its bytes were not punched while being read (the writer
+        // updates the sidecar first).
+        loop {
+            if self.in_gap(self.pos) {
+                self.jump_gap()?;
+            }
+            let Some(mut line) = self.next_raw_line(writer_done)? else {
+                return Ok(None);
+            };
+            self.refresh_gap()?;
+            if self.in_gap(line.offset) {
+                self.pos = line.offset;
+                self.line = line.number;
+                continue;
+            }
+            line.omitted_before = self.skipped.take();
+            return Ok(Some(line));
+        }
+    }
+
+    /// Re-reads the gap sidecar, if there is one.
+    fn refresh_gap(&mut self) -> Result<()> {
+        if let Some(f) = &self.gap_file {
+            self.gap = read_gap(f).context("reading the gap sidecar")?;
+        }
+        Ok(())
+    }
+
+    fn in_gap(&self, at: u64) -> bool {
+        at >= self.gap.start && at < self.gap.end
+    }
+
+    /// Moves past the gap to the first kept line, remembering what was skipped.
+    fn jump_gap(&mut self) -> Result<()> {
+        let g = self.gap;
+        let skipped = crate::metadata::Omitted {
+            omitted_bytes: g.end - self.pos,
+            omitted_lines: (g.lines_end + 1).saturating_sub(self.line),
+        };
+        self.skipped = Some(match self.skipped {
+            Some(s) => crate::metadata::Omitted {
+                omitted_bytes: s.omitted_bytes + skipped.omitted_bytes,
+                omitted_lines: s.omitted_lines + skipped.omitted_lines,
+            },
+            None => skipped,
+        });
+        self.pos = g.end;
+        self.line = g.lines_end + 1;
+        self.scanned = g.end;
+        self.block_len = 0;
+        self.rec_cache = None;
+        self.rec = match &self.idx {
+            Some(i) => {
+                index::chunk_with_newline(i, self.line)?.unwrap_or(i.count().saturating_sub(1))
+            }
+            None => 0,
+        };
+        Ok(())
+    }
+
+    fn next_raw_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
         let mut len = self.known_len;
         let mut fresh = false;
         if self.scanned >= len {
@@ -487,6 +582,7 @@ impl StreamReader {
             seq,
             data,
             complete: newline.is_some(),
+            omitted_before: None,
         };
         self.pos = end;
         self.scanned = end;

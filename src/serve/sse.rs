@@ -167,6 +167,7 @@ mod tests {
             seq: 0,
             data: data.to_vec(),
             complete,
+            omitted_before: None,
         }
     }
 
