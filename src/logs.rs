@@ -472,12 +472,7 @@ impl LinePrinter {
 
 /// The line `logs` prints where a size limit cut `stream`.
 fn gap_notice(stream: Stream, o: crate::metadata::Omitted) -> String {
-    format!(
-        "[logwrap: {} bytes ({} lines) of {} omitted by --max-log-size]\n",
-        o.omitted_bytes,
-        o.omitted_lines,
-        stream.name()
-    )
+    format!("[logwrap: {}]\n", crate::serve::sse::gap_message(stream, o))
 }
 
 /// A line's time, or a placeholder as wide when the index does not know it.

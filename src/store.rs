@@ -545,6 +545,53 @@ pub trait RawLog: Send {
     fn as_file(&self) -> Option<&File> {
         None
     }
+    /// The bytes a size limit omitted (`--max-log-size`): they read as zeros
+    /// and a reader must say so instead. `None` when nothing is omitted.
+    fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
+        Ok(None)
+    }
+}
+
+/// Bytes `[start, end)` of a stream that a size limit left out, and how much
+/// that is in bytes and lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OmittedRange {
+    pub start: u64,
+    pub end: u64,
+    pub omitted: Omitted,
+}
+
+/// The file store's raw log of a stream with a size limit: the log and its gap
+/// sidecar.
+struct LimitedLog {
+    log: File,
+    gap: File,
+}
+
+impl RawLog for LimitedLog {
+    fn len(&self) -> io::Result<u64> {
+        RawLog::len(&self.log)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(&self.log, buf, offset)
+    }
+    fn removed(&self) -> io::Result<bool> {
+        self.log.removed()
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.log)
+    }
+    fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
+        let g = read_gap(&self.gap)?;
+        Ok(g.is_gap().then(|| OmittedRange {
+            start: g.start,
+            end: g.end,
+            omitted: Omitted {
+                omitted_bytes: g.omitted_bytes(),
+                omitted_lines: g.omitted_lines(),
+            },
+        }))
+    }
 }
 
 impl RawLog for File {
@@ -840,7 +887,12 @@ impl LogStore for FileStore {
         let file = open_job_file(&path).map_err(|e| {
             anyhow::Error::new(e).context(format!("opening {} of job {id}", stream.name()))
         })?;
-        Ok(Box::new(file))
+        // Only a job with a size limit has a gap sidecar; others pay one failed
+        // open per request.
+        match open_job_file(&self.gap_path(id, stream)) {
+            Ok(gap) => Ok(Box::new(LimitedLog { log: file, gap })),
+            Err(_) => Ok(Box::new(file)),
+        }
     }
 
     fn progress(&self, id: &JobId) -> Progress {
