@@ -881,6 +881,75 @@ mod tests {
         }
     }
 
+    /// `n` numbered lines of 100 bytes from line `from`, as one chunk.
+    fn hundred_byte_lines(from: u64, n: u64) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("{i:099}\n").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_follower_overtaken_by_a_size_limit_jumps_the_gap_and_says_so() {
+        let t = TempRoot::new("reader-limit");
+        let id = JobId::parse("j").unwrap();
+        let mut sink = crate::store::LogStore::create_job(&t.0, &id).unwrap();
+        // 256 KiB: a 128 KiB head, then a tail cut a 64 KiB segment at a time.
+        assert!(sink.limit_size(256 << 10).unwrap());
+        let mut written = 0;
+        // Writes `n` more lines, 100 to a chunk.
+        let mut write = |sink: &mut Box<dyn JobSink>, n: u64| {
+            for _ in 0..n / 100 {
+                sink.append(
+                    Stream::Stdout,
+                    &Chunk::new(&hundred_byte_lines(written + 1, 100), 1),
+                )
+                .unwrap();
+                written += 100;
+            }
+        };
+        write(&mut sink, 1000);
+        let mut head = StreamReader::open(&t, &id, Stream::Stdout, Start::Line(1), 200).unwrap();
+        assert!(head.limited());
+        let first = head.next_line(false).unwrap().unwrap();
+        assert_eq!((first.number, first.omitted_before), (1, None));
+        write(&mut sink, 20_000);
+        let mut tail = StreamReader::open(&t, &id, Stream::Stdout, Start::Tail(1), 200).unwrap();
+        assert_eq!(tail.next_line(false).unwrap().unwrap().number, 21_000);
+        // The head reader reads the head, then jumps the gap to the kept tail.
+        let mut last = 1;
+        let jumped = loop {
+            let l = head.next_line(false).unwrap().unwrap();
+            if let Some(o) = l.omitted_before {
+                break (o, l);
+            }
+            assert_eq!(l.number, last + 1);
+            last = l.number;
+        };
+        let (o, l) = jumped;
+        assert_eq!(l.number, last + 1 + o.omitted_lines, "true numbers");
+        assert_eq!(o.omitted_bytes, o.omitted_lines * 100);
+        assert_eq!(l.data, format!("{:099}\n", l.number).into_bytes());
+        // The tail reader, overtaken by the gap while it waits, jumps to what
+        // is kept and counts only what it had not read.
+        write(&mut sink, 20_000);
+        let l = tail.next_line(false).unwrap().unwrap();
+        let o = l
+            .omitted_before
+            .expect("the gap moved past the tail reader");
+        assert_eq!(l.number, 21_001 + o.omitted_lines);
+        assert_eq!(l.data, format!("{:099}\n", l.number).into_bytes());
+        let gap = sink.omitted(Stream::Stdout).unwrap();
+        assert!(gap.omitted_lines > o.omitted_lines);
+        // Every kept line reads back right, to the last.
+        let mut n = l.number;
+        while let Some(l) = tail.next_line(true).unwrap() {
+            n += 1;
+            assert_eq!((l.number, l.omitted_before), (n, None));
+            assert_eq!(l.data, format!("{n:099}\n").into_bytes());
+        }
+        assert_eq!(n, 41_000);
+    }
+
     // File-only from here: damaged, missing or lagging index files.
 
     #[test]
