@@ -1269,31 +1269,32 @@ impl JobSink for FileJobSink {
     /// are a tail readers scan.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        if s.limit.is_some() && chunk.newlines() > 0 && chunk.data().last() != Some(&b'\n') {
-            // Under a size limit the log is cut only at line starts right after
-            // a record: split a chunk after its last newline to make one (a
-            // child writing in blocks rarely ends a read at a line end).
-            if let Some(nl) = memchr::memrchr(b'\n', chunk.data()) {
-                let (line_end, rest) = chunk.data().split_at(nl + 1);
-                self.append(stream, &Chunk::new(line_end, chunk.ts_us()))?;
-                return self.append(stream, &Chunk::new(rest, chunk.ts_us()));
-            }
-        }
-        let len = chunk.data().len() as u64;
+        let data = chunk.data();
+        let len = data.len() as u64;
         if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
             let ts = s.pending_ts;
             s.record(&mut self.seq, ts)?;
         }
-        s.log.write_all(chunk.data())?;
-        s.lines.advance(chunk.data(), chunk.newlines());
+        s.log.write_all(data)?;
         s.pending_ts = chunk.ts_us();
         if chunk.newlines() == 0 {
+            s.lines.advance(data, 0);
             return Ok(());
         }
-        s.record(&mut self.seq, chunk.ts_us())?;
-        if s.limit.is_some() && chunk.data().last() == Some(&b'\n') {
-            s.enforce_limit()?;
+        if s.limit.is_none() {
+            s.lines.advance(data, chunk.newlines());
+            return s.record(&mut self.seq, chunk.ts_us());
         }
+        // Under a size limit the log is cut only at line starts right after a
+        // record: the record goes at the chunk's last newline, so every chunk
+        // holding one makes a cut point (a child writing in blocks rarely ends
+        // a read at a line end). The bytes after it wait for the next record.
+        let split = memchr::memrchr(b'\n', data).map_or(data.len(), |i| i + 1);
+        let (lines, rest) = data.split_at(split);
+        s.lines.advance(lines, chunk.newlines());
+        s.record(&mut self.seq, chunk.ts_us())?;
+        s.enforce_limit()?;
+        s.lines.advance(rest, 0);
         Ok(())
     }
 
