@@ -433,6 +433,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = ["on", "off"], default_value = "on")]
     pub redact: String,
 
+    /// Keep at most about SIZE bytes of each stream (e.g. 100M): the first half
+    /// and a rolling last part, the middle replaced by an explicit gap that
+    /// every reader reports ("N bytes (M lines) omitted"); the terminal copy
+    /// and the job are unaffected. Default: keep everything
+    #[arg(long, env = "DATABUILD_LOG_MAX_JOB_SIZE", value_name = "SIZE", value_parser = parse_max_log_size)]
+    pub max_log_size: Option<u64>,
+
     /// The command to run, after `--`
     #[arg(
         value_name = "CMD",
@@ -629,6 +636,22 @@ pub fn error_message(e: &clap::Error, argv: &[OsString]) -> String {
         }
     }
     msg + "; see logwrap --help"
+}
+
+/// Smallest `--max-log-size`: below a few reads of the child (64 KiB each) the
+/// head and tail would be too small to be of use.
+const MIN_MAX_LOG_SIZE: u64 = 256 << 10;
+
+/// Parses `--max-log-size` like `gc --max-size` (`100M`, `1G`), refusing sizes
+/// too small to keep a useful head and tail.
+fn parse_max_log_size(s: &str) -> Result<u64, String> {
+    let n = logwrap::gc::parse_size(s)?;
+    if n < MIN_MAX_LOG_SIZE {
+        return Err(format!(
+            "--max-log-size {s} is too small: use at least 256K (it keeps a head and a tail of each stream)"
+        ));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -353,7 +353,8 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
             &args.redact_env,
             args.no_default_redact,
             &args.redact_files,
-        )?);
+        )?)
+        .max_log_size(args.max_log_size);
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

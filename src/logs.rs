@@ -251,7 +251,10 @@ impl Printer {
         };
         let open = |s: Stream, start: Start, keep: usize| store.open_lines(id, s, start, keep);
         let file = |s: Stream| store.open_raw(id, s);
-        if !(args.all || args.timestamps || args.prefix) {
+        // A log cut by a size limit is printed line by line, so the gap is
+        // said where it is rather than copied as the hole it leaves.
+        let limited = open(stream, Start::Line(1), 0)?.limited();
+        if !(args.all || args.timestamps || args.prefix || limited) {
             let mut reader = open(stream, start, 0)?;
             return Ok(Printer::Raw(RawPrinter {
                 want: first_wanted(&mut reader, start)?,
@@ -461,6 +464,9 @@ impl LinePrinter {
     }
 
     fn print(&mut self, line: &LogLine, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
+        if let Some(o) = line.omitted_before {
+            out.write_all(gap_notice(line.stream, o).as_bytes())?;
+        }
         // A line redrawn with bare carriage returns (a progress bar) shows only
         // what follows the last one: the frames go first, the stamp and prefix
         // then start the text a terminal ends up showing (issue 11, point 7).
@@ -505,6 +511,11 @@ fn last_bare_cr(data: &[u8]) -> Option<usize> {
     let body = data.strip_suffix(b"\n").unwrap_or(data);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
     memchr::memrchr(b'\r', body)
+}
+
+/// The line `logs` prints where a size limit cut `stream`.
+fn gap_notice(stream: Stream, o: crate::metadata::Omitted) -> String {
+    format!("[logwrap: {}]\n", crate::serve::sse::gap_message(stream, o))
 }
 
 /// A line's time, or a placeholder as wide when the index does not know it.

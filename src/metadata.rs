@@ -62,6 +62,22 @@ pub struct StreamStats {
     pub lines: u64,
 }
 
+/// What `--max-log-size` left out of one stream (issue 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Omitted {
+    pub omitted_bytes: u64,
+    pub omitted_lines: u64,
+}
+
+/// The streams `--max-log-size` cut, and how much of each it left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<Omitted>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<Omitted>,
+}
+
 /// A valid `DATABUILD_MISSING_DEPS_JSON:` payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MissingDep {
@@ -153,6 +169,10 @@ pub struct Metadata {
     /// long), never by value.
     #[serde(default)]
     pub redact_skipped: Vec<String>,
+    /// What `--max-log-size` left out of each stream (issue 12); empty when
+    /// nothing was cut.
+    #[serde(default)]
+    pub truncated: Truncated,
     pub logwrap_version: String,
 }
 
@@ -273,6 +293,7 @@ mod tests {
             error: None,
             redactions: 0,
             redact_skipped: Vec::new(),
+            truncated: Truncated::default(),
             logwrap_version: "0".into(),
         }
     }

@@ -7,7 +7,8 @@
 //! end of the log, and the caller decides whether to wait (follow) or stop.
 
 use crate::output::index::{self, Records};
-use crate::store::{line_start, open_job_file, FileStore, IndexFile, JobId, Stream};
+use crate::store::limit::Gap;
+use crate::store::{line_start, open_job_file, read_gap, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -54,6 +55,9 @@ pub struct LogLine {
     pub data: Vec<u8>,
     /// False for a final line without a newline.
     pub complete: bool,
+    /// What a size limit left out right before this line (`--max-log-size`):
+    /// readers show the gap here.
+    pub omitted_before: Option<crate::metadata::Omitted>,
 }
 
 /// Where a reader starts.
@@ -82,6 +86,11 @@ pub trait LineSource: Send {
     /// False when the store's line index could not be used (lookups scan).
     fn indexed(&self) -> bool {
         true
+    }
+    /// True when a size limit may omit part of the stream: its lines then
+    /// carry [`LogLine::omitted_before`], and the raw bytes have a hole.
+    fn limited(&self) -> bool {
+        false
     }
     /// Bytes of the stream the index covers; less than the stream's size once
     /// its writer is done means the index was cut short.
@@ -112,6 +121,9 @@ impl LineSource for StreamReader {
     fn indexed_bytes(&self) -> u64 {
         self.indexed_end
     }
+    fn limited(&self) -> bool {
+        self.gap_file.is_some()
+    }
 }
 
 /// The file store's [`LineSource`]: reads one stream's lines in order.
@@ -140,6 +152,12 @@ pub(crate) struct StreamReader {
     /// The index was re-read after the writer was done, so it will not grow.
     index_final: bool,
     max_keep: usize,
+    /// The gap sidecar, when the job has a size limit, and the gap as last
+    /// read from it.
+    gap_file: Option<File>,
+    gap: Gap,
+    /// The gap the reader jumped over, reported with the next line.
+    skipped: Option<crate::metadata::Omitted>,
     block: Vec<u8>,
     /// Log offset and length of the bytes held in `block`, so that many short
     /// lines cost one read per block rather than one per line.
@@ -177,6 +195,9 @@ impl StreamReader {
             damaged: false,
             index_final: false,
             max_keep,
+            gap_file: open_job_file(&store.gap_path(id, stream)).ok(),
+            gap: Gap::default(),
+            skipped: None,
             block: Vec::new(),
             block_at: 0,
             block_len: 0,
@@ -319,6 +340,15 @@ impl StreamReader {
     /// unfinished line, so line numbers stay right as the log grows.
     fn seek_line(&mut self, n: u64) -> Result<()> {
         self.block_len = 0;
+        self.refresh_gap()?;
+        // A line the size limit omitted: start at the gap, which the next
+        // line reports.
+        let g = self.gap;
+        let n = if g.is_gap() && n > g.lines_start + 1 && n <= g.lines_end + 1 {
+            g.lines_start + 1
+        } else {
+            n
+        };
         let found = match &self.idx {
             Some(i) => self.indexed_line_start(i, n).map_err(drop),
             None => Ok(None),
@@ -411,6 +441,71 @@ impl StreamReader {
     /// The next line, or `None` at the current end. A final line without a
     /// newline is returned only when `writer_done` (it may still grow otherwise).
     pub(crate) fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
+        if self.gap_file.is_none() {
+            return self.next_raw_line(writer_done);
+        }
+        // Under a size limit: never read inside the gap, and check after each
+        // line that its bytes were not punched while being read (the writer
+        // updates the sidecar first).
+        loop {
+            if self.in_gap(self.pos) {
+                self.jump_gap()?;
+            }
+            let Some(mut line) = self.next_raw_line(writer_done)? else {
+                return Ok(None);
+            };
+            self.refresh_gap()?;
+            if self.in_gap(line.offset) {
+                self.pos = line.offset;
+                self.line = line.number;
+                continue;
+            }
+            line.omitted_before = self.skipped.take();
+            return Ok(Some(line));
+        }
+    }
+
+    /// Re-reads the gap sidecar, if there is one.
+    fn refresh_gap(&mut self) -> Result<()> {
+        if let Some(f) = &self.gap_file {
+            self.gap = read_gap(f).context("reading the gap sidecar")?;
+        }
+        Ok(())
+    }
+
+    fn in_gap(&self, at: u64) -> bool {
+        at >= self.gap.start && at < self.gap.end
+    }
+
+    /// Moves past the gap to the first kept line, remembering what was skipped.
+    fn jump_gap(&mut self) -> Result<()> {
+        let g = self.gap;
+        let skipped = crate::metadata::Omitted {
+            omitted_bytes: g.end - self.pos,
+            omitted_lines: (g.lines_end + 1).saturating_sub(self.line),
+        };
+        self.skipped = Some(match self.skipped {
+            Some(s) => crate::metadata::Omitted {
+                omitted_bytes: s.omitted_bytes + skipped.omitted_bytes,
+                omitted_lines: s.omitted_lines + skipped.omitted_lines,
+            },
+            None => skipped,
+        });
+        self.pos = g.end;
+        self.line = g.lines_end + 1;
+        self.scanned = g.end;
+        self.block_len = 0;
+        self.rec_cache = None;
+        self.rec = match &self.idx {
+            Some(i) => {
+                index::chunk_with_newline(i, self.line)?.unwrap_or(i.count().saturating_sub(1))
+            }
+            None => 0,
+        };
+        Ok(())
+    }
+
+    fn next_raw_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
         let mut len = self.known_len;
         let mut fresh = false;
         if self.scanned >= len {
@@ -487,6 +582,7 @@ impl StreamReader {
             seq,
             data,
             complete: newline.is_some(),
+            omitted_before: None,
         };
         self.pos = end;
         self.scanned = end;
@@ -783,6 +879,75 @@ mod tests {
             );
             assert_eq!(order(&mut c, true), vec!["tail"], "{}", t.name);
         }
+    }
+
+    /// `n` numbered lines of 100 bytes from line `from`, as one chunk.
+    fn hundred_byte_lines(from: u64, n: u64) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("{i:099}\n").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_follower_overtaken_by_a_size_limit_jumps_the_gap_and_says_so() {
+        let t = TempRoot::new("reader-limit");
+        let id = JobId::parse("j").unwrap();
+        let mut sink = crate::store::LogStore::create_job(&t.0, &id).unwrap();
+        // 256 KiB: a 128 KiB head, then a tail cut a 64 KiB segment at a time.
+        assert!(sink.limit_size(256 << 10).unwrap());
+        let mut written = 0;
+        // Writes `n` more lines, 100 to a chunk.
+        let mut write = |sink: &mut Box<dyn JobSink>, n: u64| {
+            for _ in 0..n / 100 {
+                sink.append(
+                    Stream::Stdout,
+                    &Chunk::new(&hundred_byte_lines(written + 1, 100), 1),
+                )
+                .unwrap();
+                written += 100;
+            }
+        };
+        write(&mut sink, 1000);
+        let mut head = StreamReader::open(&t, &id, Stream::Stdout, Start::Line(1), 200).unwrap();
+        assert!(head.limited());
+        let first = head.next_line(false).unwrap().unwrap();
+        assert_eq!((first.number, first.omitted_before), (1, None));
+        write(&mut sink, 20_000);
+        let mut tail = StreamReader::open(&t, &id, Stream::Stdout, Start::Tail(1), 200).unwrap();
+        assert_eq!(tail.next_line(false).unwrap().unwrap().number, 21_000);
+        // The head reader reads the head, then jumps the gap to the kept tail.
+        let mut last = 1;
+        let jumped = loop {
+            let l = head.next_line(false).unwrap().unwrap();
+            if let Some(o) = l.omitted_before {
+                break (o, l);
+            }
+            assert_eq!(l.number, last + 1);
+            last = l.number;
+        };
+        let (o, l) = jumped;
+        assert_eq!(l.number, last + 1 + o.omitted_lines, "true numbers");
+        assert_eq!(o.omitted_bytes, o.omitted_lines * 100);
+        assert_eq!(l.data, format!("{:099}\n", l.number).into_bytes());
+        // The tail reader, overtaken by the gap while it waits, jumps to what
+        // is kept and counts only what it had not read.
+        write(&mut sink, 20_000);
+        let l = tail.next_line(false).unwrap().unwrap();
+        let o = l
+            .omitted_before
+            .expect("the gap moved past the tail reader");
+        assert_eq!(l.number, 21_001 + o.omitted_lines);
+        assert_eq!(l.data, format!("{:099}\n", l.number).into_bytes());
+        let gap = sink.omitted(Stream::Stdout).unwrap();
+        assert!(gap.omitted_lines > o.omitted_lines);
+        // Every kept line reads back right, to the last.
+        let mut n = l.number;
+        while let Some(l) = tail.next_line(true).unwrap() {
+            n += 1;
+            assert_eq!((l.number, l.omitted_before), (n, None));
+            assert_eq!(l.data, format!("{n:099}\n").into_bytes());
+        }
+        assert_eq!(n, 41_000);
     }
 
     // File-only from here: damaged, missing or lagging index files.

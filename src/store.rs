@@ -6,7 +6,7 @@
 //! store other than files (a central log service, several stores at once) can be
 //! plugged in without touching either (SPEC §8).
 
-use crate::metadata::{self, Metadata, Status};
+use crate::metadata::{self, Metadata, Omitted, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
 use crate::reader::{LineSource, Start, StreamReader};
 use crate::timefmt;
@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub(crate) mod limit;
 mod mem;
 mod watch;
 
@@ -370,9 +371,20 @@ pub trait JobSink {
     /// Removes the job again: it could not be started (its first metadata could
     /// not be written), so the same id can be retried.
     fn discard(self: Box<Self>) {}
-    /// A descriptor for reading back what was appended to `stream`, for a
-    /// terminal copy that fell behind the log; `None` if this store cannot.
-    fn log_reader(&self, _stream: Stream) -> Option<File> {
+    /// A descriptor for reading back what was appended to `stream` from byte
+    /// `from` on, for a terminal copy that fell behind the log; `None` if this
+    /// store cannot (or a size limit already left those bytes out).
+    fn log_reader(&self, _stream: Stream, _from: u64) -> Option<File> {
+        None
+    }
+    /// Keeps at most about `max` bytes of each stream: its head and a rolling
+    /// tail, with the middle omitted (issue 12). `Ok(false)` if this store
+    /// cannot, and keeps everything.
+    fn limit_size(&mut self, _max: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// What the size limit left out of `stream` so far.
+    fn omitted(&self, _stream: Stream) -> Option<Omitted> {
         None
     }
 }
@@ -533,6 +545,53 @@ pub trait RawLog: Send {
     fn as_file(&self) -> Option<&File> {
         None
     }
+    /// The bytes a size limit omitted (`--max-log-size`): they read as zeros
+    /// and a reader must say so instead. `None` when nothing is omitted.
+    fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
+        Ok(None)
+    }
+}
+
+/// Bytes `[start, end)` of a stream that a size limit left out, and how much
+/// that is in bytes and lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OmittedRange {
+    pub start: u64,
+    pub end: u64,
+    pub omitted: Omitted,
+}
+
+/// The file store's raw log of a stream with a size limit: the log and its gap
+/// sidecar.
+struct LimitedLog {
+    log: File,
+    gap: File,
+}
+
+impl RawLog for LimitedLog {
+    fn len(&self) -> io::Result<u64> {
+        RawLog::len(&self.log)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(&self.log, buf, offset)
+    }
+    fn removed(&self) -> io::Result<bool> {
+        self.log.removed()
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.log)
+    }
+    fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
+        let g = read_gap(&self.gap)?;
+        Ok(g.is_gap().then(|| OmittedRange {
+            start: g.start,
+            end: g.end,
+            omitted: Omitted {
+                omitted_bytes: g.omitted_bytes(),
+                omitted_lines: g.omitted_lines(),
+            },
+        }))
+    }
 }
 
 impl RawLog for File {
@@ -654,6 +713,11 @@ impl FileStore {
         self.job_dir(id).join(index_name(stream))
     }
 
+    /// Path of a stream's gap sidecar (present only under a size limit).
+    pub(crate) fn gap_path(&self, id: &JobId, stream: Stream) -> PathBuf {
+        self.job_dir(id).join(gap_name(stream))
+    }
+
     /// Path of the job's metadata.json.
     pub(crate) fn metadata_path(&self, id: &JobId) -> PathBuf {
         self.job_dir(id).join(METADATA_FILE)
@@ -760,6 +824,13 @@ fn log_name(stream: Stream) -> &'static str {
     }
 }
 
+fn gap_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout.gap",
+        Stream::Stderr => "stderr.gap",
+    }
+}
+
 fn index_name(stream: Stream) -> &'static str {
     match stream {
         Stream::Stdout => "stdout.idx",
@@ -816,7 +887,12 @@ impl LogStore for FileStore {
         let file = open_job_file(&path).map_err(|e| {
             anyhow::Error::new(e).context(format!("opening {} of job {id}", stream.name()))
         })?;
-        Ok(Box::new(file))
+        // Only a job with a size limit has a gap sidecar; others pay one failed
+        // open per request.
+        match open_job_file(&self.gap_path(id, stream)) {
+            Ok(gap) => Ok(Box::new(LimitedLog { log: file, gap })),
+            Err(_) => Ok(Box::new(file)),
+        }
     }
 
     fn progress(&self, id: &JobId) -> Progress {
@@ -926,6 +1002,10 @@ struct StreamFiles {
     recorded_end: u64,
     /// Read time of the last chunk not yet in a record.
     pending_ts: u64,
+    /// Index records written so far.
+    records: u64,
+    /// The size limit and its gap sidecar, when `--max-log-size` is set.
+    limit: Option<(limit::Limiter, File)>,
 }
 
 impl StreamFiles {
@@ -944,8 +1024,73 @@ impl StreamFiles {
         *seq += 1;
         self.idx.write_all(&rec.encode())?;
         self.recorded_end = end;
+        self.records += 1;
         Ok(())
     }
+
+    /// After a chunk that ended a line and got its record: lets the size limit
+    /// grow the gap. The sidecar is rewritten before anything is punched, so a
+    /// reader that checks it after a read knows whether its bytes were data.
+    fn enforce_limit(&mut self) -> io::Result<()> {
+        let Some((limiter, gap_file)) = &mut self.limit else {
+            return Ok(());
+        };
+        let at = limit::Cut {
+            offset: self.lines.offset(),
+            lines: self.lines.complete_lines(),
+            records: self.records,
+        };
+        let Some(adv) = limiter.at_line_start(at) else {
+            return Ok(());
+        };
+        gap_file.write_all_at(&adv.gap.encode(), 0)?;
+        let (from, to) = limit::Advance::aligned(adv.log.0, adv.log.1, adv.gap.start);
+        punch(&self.log, from, to)?;
+        let rec_at = |r: u64| HEADER.len() as u64 + r * RECORD_LEN as u64;
+        let (from, to) = limit::Advance::aligned(
+            rec_at(adv.records.0),
+            rec_at(adv.records.1),
+            rec_at(adv.records_floor),
+        );
+        punch(&self.idx, from, to)
+    }
+}
+
+/// Tries to read a gap sidecar this many times while its writer rewrites it:
+/// the rewrite is one small `pwrite`, so a second read sees it whole.
+const GAP_READ_TRIES: usize = 8;
+
+/// The gap a sidecar describes now (see `store::limit`).
+pub(crate) fn read_gap(f: &File) -> io::Result<limit::Gap> {
+    let mut b = [0u8; limit::GAP_LEN];
+    for _ in 0..GAP_READ_TRIES {
+        f.read_exact_at(&mut b, 0)?;
+        if let Some(g) = limit::Gap::decode(&b) {
+            return Ok(g);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the gap sidecar is damaged",
+    ))
+}
+
+/// Gives the bytes `[from, to)` of `file` back to the filesystem; they read as
+/// zeros after, and the file keeps its size.
+fn punch(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use nix::fcntl::FallocateFlags as F;
+    if to <= from {
+        return Ok(());
+    }
+    let off = i64::try_from(from).map_err(io::Error::other)?;
+    let len = i64::try_from(to - from).map_err(io::Error::other)?;
+    nix::fcntl::fallocate(
+        file,
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        off,
+        len,
+    )
+    .map_err(|e| io::Error::other(format!("cannot cut the log to its size limit: {e}")))
 }
 
 /// The file store's writer for one job. Holds the job's lock for its lifetime, so
@@ -1017,6 +1162,8 @@ impl FileJobSink {
                 lines: LineSplitter::new(),
                 recorded_end: 0,
                 pending_ts: 0,
+                records: 0,
+                limit: None,
             })
         };
         let streams = [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?];
@@ -1122,18 +1269,52 @@ impl JobSink for FileJobSink {
     /// are a tail readers scan.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        let len = chunk.data().len() as u64;
+        let data = chunk.data();
+        let len = data.len() as u64;
         if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
             let ts = s.pending_ts;
             s.record(&mut self.seq, ts)?;
         }
-        s.log.write_all(chunk.data())?;
-        s.lines.advance(chunk.data(), chunk.newlines());
+        s.log.write_all(data)?;
         s.pending_ts = chunk.ts_us();
         if chunk.newlines() == 0 {
+            s.lines.advance(data, 0);
             return Ok(());
         }
-        s.record(&mut self.seq, chunk.ts_us())
+        if s.limit.is_none() {
+            s.lines.advance(data, chunk.newlines());
+            return s.record(&mut self.seq, chunk.ts_us());
+        }
+        // Under a size limit the log is cut only at line starts right after a
+        // record: the record goes at the chunk's last newline, so every chunk
+        // holding one makes a cut point (a child writing in blocks rarely ends
+        // a read at a line end). The bytes after it wait for the next record.
+        let split = memchr::memrchr(b'\n', data).map_or(data.len(), |i| i + 1);
+        let (lines, rest) = data.split_at(split);
+        s.lines.advance(lines, chunk.newlines());
+        s.record(&mut self.seq, chunk.ts_us())?;
+        s.enforce_limit()?;
+        s.lines.advance(rest, 0);
+        Ok(())
+    }
+
+    fn limit_size(&mut self, max: u64) -> io::Result<bool> {
+        for stream in Stream::BOTH {
+            let path = self.dir.join(gap_name(stream));
+            let f = create_new_file(&path, false)?;
+            f.write_all_at(&limit::Gap::default().encode(), 0)?;
+            self.streams[stream.index()].limit = Some((limit::Limiter::new(max), f));
+        }
+        Ok(true)
+    }
+
+    fn omitted(&self, stream: Stream) -> Option<Omitted> {
+        let (limiter, _) = self.streams[stream.index()].limit.as_ref()?;
+        let gap = limiter.gap();
+        gap.is_gap().then(|| Omitted {
+            omitted_bytes: gap.omitted_bytes(),
+            omitted_lines: gap.omitted_lines(),
+        })
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -1162,8 +1343,17 @@ impl JobSink for FileJobSink {
         let _ = fs::remove_dir_all(dir);
     }
 
-    fn log_reader(&self, stream: Stream) -> Option<File> {
-        self.streams[stream.index()].log.try_clone().ok()
+    fn log_reader(&self, stream: Stream, from: u64) -> Option<File> {
+        let s = &self.streams[stream.index()];
+        // A log cut by a size limit holds the bytes from `from` on only when
+        // they are all in its tail.
+        if let Some((limiter, _)) = &s.limit {
+            let gap = limiter.gap();
+            if gap.is_gap() && from < gap.end {
+                return None;
+            }
+        }
+        s.log.try_clone().ok()
     }
 }
 
@@ -1171,6 +1361,8 @@ impl JobSink for FileJobSink {
 pub(crate) struct IndexFile {
     file: File,
     count: u64,
+    /// The stream's gap sidecar, when a size limit punched records out.
+    gap: Option<File>,
 }
 
 impl IndexFile {
@@ -1184,7 +1376,13 @@ impl IndexFile {
         if header != HEADER {
             bail!("{} is not a logwrap index (bad header)", path.display());
         }
-        let mut idx = IndexFile { file, count: 0 };
+        // The sidecar sits beside the index: `stdout.idx` -> `stdout.gap`.
+        let gap = open_job_file(&path.with_extension("gap")).ok();
+        let mut idx = IndexFile {
+            file,
+            count: 0,
+            gap,
+        };
         idx.refresh()
             .with_context(|| format!("measuring {}", path.display()))?;
         Ok(idx)
@@ -1206,7 +1404,22 @@ impl Records for IndexFile {
         let mut b = [0u8; RECORD_LEN];
         self.file
             .read_exact_at(&mut b, HEADER.len() as u64 + i * RECORD_LEN as u64)?;
-        Ok(Record::decode(&b))
+        let rec = Record::decode(&b);
+        match &self.gap {
+            // A punched record (no real one ends at 0 after the first): a
+            // zero-length chunk at the gap's start keeps the records in order
+            // (see `store::limit`).
+            Some(gap) if rec.end == 0 && i > 0 => {
+                let g = read_gap(gap)?;
+                Ok(Record {
+                    seq: 0,
+                    ts_us: 0,
+                    end: g.start,
+                    lines_end: g.lines_start,
+                })
+            }
+            _ => Ok(rec),
+        }
     }
 }
 

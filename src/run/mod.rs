@@ -108,6 +108,10 @@ pub struct RunConfig {
     /// Secrets to hide in every sink (issue 12), and `DATABUILD_REDACT:`
     /// markers honoured; `None` turns redaction off.
     pub redact: Option<crate::redact::Secrets>,
+    /// Keep at most about this many bytes of each stream: its head and a
+    /// rolling tail, the middle omitted with an explicit gap
+    /// (`--max-log-size`, issue 12); `None` keeps everything.
+    pub max_log_size: Option<u64>,
 }
 
 impl RunConfig {
@@ -134,7 +138,15 @@ impl RunConfig {
             listen: None,
             parent: None,
             redact: Some(crate::redact::Secrets::new()),
+            max_log_size: None,
         }
+    }
+
+    /// Keep at most about `max` bytes of each stream (head and rolling tail);
+    /// `None`, the default, keeps everything.
+    pub fn max_log_size(mut self, max: Option<u64>) -> RunConfig {
+        self.max_log_size = max;
+        self
     }
 
     /// Two ptys (true, the default) or plain pipes (false).
@@ -269,6 +281,14 @@ pub fn run<S: LogStore + Clone + 'static>(
     // limit logwrap was started with (`--listen` must not change the job).
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok();
     let (id, mut sink) = create_job(cfg, store)?;
+    if let Some(max) = cfg.max_log_size {
+        if let Err(e) = sink.limit_size(max) {
+            sink.discard();
+            return Err(SetupError(format!(
+                "cannot set up --max-log-size in the job directory: {e}"
+            )));
+        }
+    }
     // A busy port must leave nothing behind: the job is removed again.
     let mut server = match &cfg.listen {
         Some(sc) => match crate::serve::Server::for_job(sc.clone(), Arc::new(store.clone()), &id) {
@@ -490,6 +510,7 @@ fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
         error: None,
         redactions: 0,
         redact_skipped: Vec::new(),
+        truncated: Default::default(),
         logwrap_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
@@ -1104,6 +1125,10 @@ impl Loop<'_> {
             self.meta.redactions = r.redactions();
             self.meta.redact_skipped = r.skipped();
         }
+        self.meta.truncated = crate::metadata::Truncated {
+            stdout: self.sink.omitted(Stream::Stdout),
+            stderr: self.sink.omitted(Stream::Stderr),
+        };
         for s in &self.streams {
             let mut stats = s.stats;
             // A final line without a newline is still a line.
@@ -1293,7 +1318,7 @@ impl Loop<'_> {
             .iter()
             .map(|s| {
                 let from = s.lag_from?;
-                let file = self.sink.log_reader(s.stream)?;
+                let file = self.sink.log_reader(s.stream, from)?;
                 Some(tee::CatchUp {
                     file,
                     from,
@@ -1359,6 +1384,7 @@ mod tests {
             listen: None,
             parent: None,
             redact: None,
+            max_log_size: None,
         };
         let mut meta = initial_metadata(&cfg, &cfg.job_run_id);
         let dep = MissingDep {

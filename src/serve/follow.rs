@@ -261,6 +261,9 @@ impl Follower {
                 self.skip -= 1;
                 continue;
             }
+            if let Some(o) = line.omitted_before {
+                sse::gap_event(out, &line, o);
+            }
             match self.which {
                 Which::One(_) => {
                     sse::log_event(out, &line, &line.number.to_string(), false, self.format)

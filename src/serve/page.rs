@@ -349,6 +349,10 @@ es.addEventListener("log", (ev) => {
   add(JSON.parse(ev.data));
   if (pending && goTo(pending)) pending = null;
 });
+es.addEventListener("gap", (ev) => {
+  const d = JSON.parse(ev.data);
+  add({ stream: d.stream, line: "\u2026", text: "[" + d.message + "]" });
+});
 es.addEventListener("complete", (ev) => {
   const d = JSON.parse(ev.data);
   es.close();

@@ -6,10 +6,10 @@
 use super::follow::{parse_event_id, Follower, StartAt, Which};
 use super::http::{parse_range, Range, Reject, Request};
 use super::page;
-use super::sse::{utf8_prefix, Format};
+use super::sse::{self, utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
 use crate::search;
-use crate::store::{self, JobId, LogStore, RawLog, Stream};
+use crate::store::{self, JobId, LogStore, OmittedRange, RawLog, Stream};
 use anyhow::Result;
 use serde_json::json;
 use std::cell::RefCell;
@@ -619,7 +619,22 @@ fn poll(
     let state = job_state(ctx.store.as_ref(), id)?;
     let file = ctx.store.open_raw(id, stream)?;
     let size = file.len()?;
-    let (start, end) = piece_bounds(file.as_ref(), start, size, state.complete.is_some())?;
+    // A size limit's gap (issue 12): the bytes before it are answered up to its
+    // start, a start inside it gets the notice in their place and the offset
+    // past it, so the pieces still concatenate to the log as readers show it.
+    let (piece_size, complete) = match file.omitted_range()? {
+        Some(gap) if start >= gap.start && start < gap.end => {
+            return Ok(gap_piece(
+                stream,
+                gap,
+                state.complete.is_some() && gap.end >= size,
+                as_json,
+            ));
+        }
+        Some(gap) if start < gap.start => (gap.start, true),
+        _ => (size, state.complete.is_some()),
+    };
+    let (start, end) = piece_bounds(file.as_ref(), start, piece_size, complete)?;
     let finished = state.complete.is_some() && end >= size;
     if as_json {
         let head = format!("{{\"is_finished\":{finished},\"new_size\":{end},\"content\":\"");
@@ -653,6 +668,38 @@ fn poll(
     }
     .header("X-Text-Size", end.to_string())
     .header("X-More-Data", (!finished).to_string()))
+}
+
+/// The polling answer for a start inside a size limit's gap: the notice as
+/// content, and the first kept byte as the offset to ask for next.
+fn gap_piece(stream: Stream, gap: OmittedRange, finished: bool, as_json: bool) -> Response {
+    let notice = format!("[logwrap: {}]\n", sse::gap_message(stream, gap.omitted));
+    if as_json {
+        let body = serde_json::json!({
+            "is_finished": finished,
+            "new_size": gap.end,
+            "content": notice,
+            "omitted": gap.omitted,
+        });
+        return Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                ("Cache-Control", "no-cache".into()),
+            ],
+            body: Body::Bytes(body.to_string().into_bytes()),
+        };
+    }
+    Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "text/plain; charset=utf-8".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Body::Bytes(notice.into_bytes()),
+    }
+    .header("X-Text-Size", gap.end.to_string())
+    .header("X-More-Data", (!finished).to_string())
 }
 
 /// The piece of a log one polling response carries: from `start` (a start past

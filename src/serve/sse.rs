@@ -107,6 +107,34 @@ pub fn log_event(out: &mut Vec<u8>, line: &LogLine, id: &str, name_stream: bool,
     out.extend_from_slice(ev.as_bytes());
 }
 
+/// Appends the `event: gap` a size limit's cut becomes (issue 12), sent right
+/// before the first line after the cut. It has no `id:`, so a reconnect
+/// resumes after the last line, and its data is one JSON object: the stream,
+/// the omitted byte and line counts, the first and last omitted line numbers,
+/// and the words a page shows.
+pub fn gap_event(out: &mut Vec<u8>, line: &LogLine, omitted: crate::metadata::Omitted) {
+    let data = serde_json::json!({
+        "stream": line.stream.name(),
+        "omitted_bytes": omitted.omitted_bytes,
+        "omitted_lines": omitted.omitted_lines,
+        "first_line": line.number.saturating_sub(omitted.omitted_lines),
+        "last_line": line.number.saturating_sub(1),
+        "message": gap_message(line.stream, omitted),
+    });
+    out.extend_from_slice(format!("event: gap\ndata: {data}\n\n").as_bytes());
+}
+
+/// "N bytes (M lines) of stdout omitted by --max-log-size": the words every
+/// reader uses for a cut.
+pub fn gap_message(stream: crate::store::Stream, o: crate::metadata::Omitted) -> String {
+    format!(
+        "{} bytes ({} lines) of {} omitted by --max-log-size",
+        o.omitted_bytes,
+        o.omitted_lines,
+        stream.name()
+    )
+}
+
 /// The `event: complete` that ends a stream, with `data` as given (a JSON object).
 pub fn complete_event(out: &mut Vec<u8>, data: &serde_json::Value) {
     out.extend_from_slice(format!("event: complete\ndata: {data}\n\n").as_bytes());
@@ -167,6 +195,7 @@ mod tests {
             seq: 0,
             data: data.to_vec(),
             complete,
+            omitted_before: None,
         }
     }
 
@@ -262,6 +291,33 @@ mod tests {
         assert_eq!(data["ts_us"], 1_700_000_000_123_456u64);
         assert_eq!(data["ts"], "2023-11-14T22:13:20.123Z");
         assert_eq!(data["truncated"], false);
+    }
+
+    #[test]
+    fn a_gap_is_one_event_without_an_id_naming_the_omitted_lines() {
+        let mut l = line(b"after\n", true);
+        l.number = 51;
+        let mut out = Vec::new();
+        let o = crate::metadata::Omitted {
+            omitted_bytes: 4000,
+            omitted_lines: 40,
+        };
+        gap_event(&mut out, &l, o);
+        let text = String::from_utf8(out).unwrap();
+        let data = text
+            .strip_prefix("event: gap\ndata: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            (v["first_line"].as_u64(), v["last_line"].as_u64()),
+            (Some(11), Some(50))
+        );
+        assert_eq!(v["omitted_bytes"], 4000);
+        assert_eq!(
+            v["message"],
+            "4000 bytes (40 lines) of stdout omitted by --max-log-size"
+        );
     }
 
     #[test]

@@ -512,6 +512,7 @@ impl LineSource for MemLines {
             seq,
             data: s.bytes[from..from + keep].to_vec(),
             complete,
+            omitted_before: None,
         };
         self.next += 1;
         self.pos = end;
