@@ -5,7 +5,8 @@
 //! above all of them and nothing below imports either.
 
 use crate::cli::{
-    Cli, Command, GcArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
+    Cli, Command, GcArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShipArgs, ShipCmdArgs,
+    ShowArgs,
 };
 use anyhow::{bail, Context, Result};
 use logwrap::exit::UsageError;
@@ -34,6 +35,8 @@ pub enum Action {
     Serve(FileStore, ServeConfig),
     /// Print a completion script for this shell.
     Completions(String),
+    /// Catch up shipping to Redis.
+    Ship(FileStore, logwrap::ship::ShipOptions),
 }
 
 /// Turns the parsed command line into an [`Action`]. A mistake in a value clap
@@ -50,7 +53,37 @@ pub fn action(cli: Cli) -> Result<Action> {
         Some(Command::Gc(a)) => gc_action(a)?,
         Some(Command::Serve(a)) => serve_action(a)?,
         Some(Command::Completions(a)) => Action::Completions(a.shell),
+        Some(Command::Ship(a)) => ship_action(a)?,
     })
+}
+
+/// The shipping settings, if `--ship` (or `DATABUILD_LOG_SHIP`) names a URL;
+/// an empty variable means unset.
+fn ship_config(a: &ShipArgs) -> Result<Option<logwrap::ship::ShipConfig>> {
+    let Some(url) = a.ship.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let ttl = duration("ship-ttl", &a.ship_ttl)?;
+    logwrap::ship::ShipConfig::new(url, a.ship_maxlen, ttl)
+        .map(Some)
+        .map_err(|e| UsageError(format!("--ship: {e:#}")).into())
+}
+
+fn ship_action(a: ShipCmdArgs) -> Result<Action> {
+    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let Some(ship) = ship_config(&a.ship)? else {
+        return Err(
+            UsageError("logwrap ship needs --ship URL or DATABUILD_LOG_SHIP".into()).into(),
+        );
+    };
+    Ok(Action::Ship(
+        store,
+        logwrap::ship::ShipOptions {
+            ship,
+            ids: a.ids,
+            all: a.all,
+        },
+    ))
 }
 
 fn logs_action(a: LogsArgs) -> Result<Action> {
@@ -307,7 +340,8 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .drain_timeout(duration("drain-timeout", &args.drain_timeout)?)
         .partitions(partitions)
         .reap_orphans(true)
-        .listen(listen);
+        .listen(listen)
+        .ship(ship_config(&args.ship)?);
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

@@ -68,6 +68,7 @@ pub(crate) mod output;
 pub mod reader;
 pub mod run;
 pub mod serve;
+pub mod ship;
 pub mod store;
 #[cfg(test)]
 mod testdir;

@@ -56,6 +56,7 @@ fn real_main() -> ExitCode {
         Action::Serve(store, cfg) => {
             serve::serve_cmd(std::sync::Arc::new(store), cfg).map(ExitCode::Status)
         }
+        Action::Ship(store, o) => logwrap::ship::ship_cmd(&store, o).map(ExitCode::Status),
         Action::Completions(shell) => completions::script(&shell).and_then(|s| {
             use std::io::Write;
             std::io::stdout()

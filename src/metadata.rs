@@ -78,6 +78,21 @@ pub struct MarkerError {
     pub error: String,
 }
 
+/// Shipping to Redis Streams (`--ship`, SPEC §9), as the shipper last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipState {
+    /// Where to, with any password replaced by `***`.
+    pub url: String,
+    /// Bytes of both streams shipped.
+    pub bytes: u64,
+    /// Lines of both streams shipped.
+    pub lines: u64,
+    /// The last failure (connecting, writing), or null once shipping works again.
+    pub last_error: Option<String>,
+    /// Everything, the end entry included, is in Redis.
+    pub complete: bool,
+}
+
 /// The whole metadata.json document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -122,6 +137,9 @@ pub struct Metadata {
     #[serde(default)]
     pub error: Option<String>,
     pub logwrap_version: String,
+    /// Shipping to Redis (`--ship`), or null when the job is not shipped.
+    #[serde(default)]
+    pub ship: Option<ShipState>,
 }
 
 impl Metadata {
@@ -238,6 +256,7 @@ mod tests {
             tail_url: None,
             error: None,
             logwrap_version: "0".into(),
+            ship: None,
         }
     }
 

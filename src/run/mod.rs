@@ -12,6 +12,7 @@ use crate::output::index::MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
 use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
 use crate::timefmt;
+use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
@@ -92,6 +93,8 @@ pub struct RunConfig {
     /// [`crate::nest`]) and `job_run_id` is not used; the parent is recorded
     /// as `parent_job_run_id`.
     pub parent: Option<JobId>,
+    /// Ship the job's output to Redis Streams while it runs (`--ship`, SPEC §9).
+    pub ship: Option<crate::ship::ShipConfig>,
 }
 
 impl RunConfig {
@@ -116,6 +119,7 @@ impl RunConfig {
             housekeeping: None,
             listen: None,
             parent: None,
+            ship: None,
         }
     }
 
@@ -180,6 +184,12 @@ impl RunConfig {
     /// id is claimed as `<parent>.<n>` and `job_run_id` is not used.
     pub fn parent(mut self, parent: Option<JobId>) -> RunConfig {
         self.parent = parent;
+        self
+    }
+
+    /// Ship the job's output to Redis Streams while it runs (`--ship`).
+    pub fn ship(mut self, ship: Option<crate::ship::ShipConfig>) -> RunConfig {
+        self.ship = ship;
         self
     }
 
@@ -312,6 +322,22 @@ pub fn run<S: LogStore + Clone + 'static>(
     if let Err(e) = sink.write_metadata(&meta, false) {
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
+    // Shipping (issue 10) on its own thread, from the files the loop writes:
+    // Redis can neither delay nor fail the job, so a failure here is recorded.
+    let shipper = cfg.ship.as_ref().and_then(|sc| {
+        let started = crate::ship::file_job(sink.dir())
+            .context("only jobs of a file store can be shipped")
+            .and_then(|(fs, fid)| crate::ship::ShipThread::spawn(&fs, &fid, sc, &meta));
+        match started {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if let Some(st) = &mut meta.ship {
+                    st.last_error = Some(format!("{e:#}"));
+                }
+                None
+            }
+        }
+    });
     // Retention (issue 5) off the critical path: the job already runs, and the
     // thread can neither delay nor fail it.
     if let Some(hk) = &cfg.housekeeping {
@@ -344,6 +370,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         publish_at: None,
         missing_deps_bytes: 0,
         server,
+        shipper,
         log_write_failed: false,
         metadata_write_failed: false,
         draining: false,
@@ -445,6 +472,10 @@ fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
         tail_url: None,
         error: None,
         logwrap_version: env!("CARGO_PKG_VERSION").to_string(),
+        ship: cfg.ship.as_ref().map(|c| crate::metadata::ShipState {
+            url: c.public_url(),
+            ..Default::default()
+        }),
     }
 }
 
@@ -641,6 +672,8 @@ struct Loop<'a> {
     missing_deps_bytes: usize,
     /// The tail server (`--listen`), on its own thread; told of new output.
     server: Option<crate::serve::ServerThread>,
+    /// The shipper (`--ship`), on its own thread, reading the job's files.
+    shipper: Option<crate::ship::ShipThread>,
     /// A log append has failed (and been reported on stderr).
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
@@ -924,6 +957,9 @@ impl Loop<'_> {
         self.last_publish = Some(now);
         self.published_markers = n;
         self.sync_stats();
+        if let Some(sh) = &self.shipper {
+            self.meta.ship = Some(sh.state());
+        }
         if let Err(e) = self.sink.write_metadata(&self.meta, false) {
             // Recorded once: on a full disk every later rewrite fails too.
             if !self.metadata_write_failed {
@@ -1101,6 +1137,11 @@ impl Loop<'_> {
                 .log_errors
                 .push(format!("finishing the logs: {e}"));
         }
+        if let Some(sh) = self.shipper.take() {
+            // The rest goes out now if Redis answers; while it is down the
+            // wrapper does not wait (`logwrap ship` completes the job later).
+            self.meta.ship = Some(sh.finish(&self.meta, crate::ship::FINISH_GRACE));
+        }
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
             eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
@@ -1182,6 +1223,7 @@ mod tests {
             housekeeping: None,
             listen: None,
             parent: None,
+            ship: None,
         };
         let mut meta = initial_metadata(&cfg, &cfg.job_run_id);
         let dep = MissingDep {

@@ -14,4 +14,5 @@ mod remote;
 mod serve;
 mod serve_browser;
 mod serve_http;
+mod ship;
 mod wrapper;

@@ -1,0 +1,296 @@
+//! Shipping jobs to Redis Streams (SPEC §9, issue 10): the key layout, the
+//! shipper that reads a job's own log files by cursor and sends whole lines to
+//! a per-job stream, and `logwrap ship`, which catches up jobs whose wrapper
+//! could not finish shipping (Redis down, wrapper killed).
+//!
+//! # Key layout
+//!
+//! Every key of one job carries the job id in a hash tag, `{ID}`, so a job's
+//! keys share one Redis Cluster slot and are written in one transaction:
+//!
+//! | key                  | type   | what                                            |
+//! |----------------------|--------|-------------------------------------------------|
+//! | `logwrap:{ID}:log`   | stream | the job's output: one entry per run of whole lines of one stream, then an end entry |
+//! | `logwrap:{ID}:meta`  | hash   | `json` (metadata.json), `host`, `status`, `stdout_end` / `stderr_end` (`"OFFSET LINE"`: shipped so far), `started`, `end` |
+//! | `logwrap:jobs`       | stream | every job's `started` and `finished` events     |
+//!
+//! A log entry has the fields `stream` (`stdout`/`stderr`), `line` (number of
+//! its first line, from 1), `offset` (byte offset of its first byte in that
+//! stream's log), `lines` (newlines it holds), `ts` (µs since the epoch when its
+//! last line was read from the child) and `data` (the bytes). `data` holds whole
+//! lines, except that a line longer than [`shipper::MAX_ENTRY`] is sent in
+//! pieces of that size (same `line`, growing `offset`) and that a job's last
+//! line without a newline is sent when the job ends. The end entry has
+//! `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
+//! `stderr_bytes`, `stderr_lines`. A jobs-stream event has `event`, `id`,
+//! `host`, `status`, `exit_code`, `tail_url`.
+//!
+//! Entries and the `*_end` marks are written in one `MULTI`/`EXEC`, so the
+//! marks are exactly what the stream holds: after a lost reply the shipper
+//! reads them back and resumes there, never sending a line twice; a Redis that
+//! lost its data (restarted without persistence) reads as empty and gets the
+//! whole log again. Each write trims with `XADD ... MAXLEN ~` and sets a sliding
+//! `EXPIRE` on both keys.
+
+pub(crate) mod shipper;
+
+use crate::metadata::ShipState;
+use crate::store::{FileStore, JobId, LogStore};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
+pub use shipper::ShipThread;
+
+/// Default `--ship-maxlen`: entries kept per job stream. An entry holds up to
+/// 64 KiB of lines, so this keeps the last few GiB of a chatty job and all of
+/// a normal one, while a runaway job cannot fill Redis.
+pub const DEFAULT_MAXLEN: u64 = 100_000;
+
+/// Default `--ship-ttl`: a job's keys live this long after their last write,
+/// the same 7 days as local retention (SPEC §6).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Entries kept in the global jobs stream: three events per job, so the last
+/// ~30,000 jobs of a fleet, a few MiB of Redis memory.
+pub(crate) const JOBS_MAXLEN: u64 = 100_000;
+
+/// Longest the wrapper waits at the job's end for the rest of the output and
+/// the end entry to reach a Redis that answers: a healthy one takes
+/// milliseconds; a slow one leaves the rest to `logwrap ship` rather than hold
+/// up the job's exit. While Redis is down the wrapper does not wait at all.
+pub const FINISH_GRACE: Duration = Duration::from_secs(2);
+
+/// The global jobs stream.
+pub(crate) const JOBS_KEY: &str = "logwrap:jobs";
+
+/// Where and how to ship.
+#[derive(Debug, Clone)]
+pub struct ShipConfig {
+    url: String,
+    /// `XADD ... MAXLEN ~` of each job's log stream.
+    pub maxlen: u64,
+    /// Sliding expiry of a job's keys.
+    pub ttl: Duration,
+}
+
+impl ShipConfig {
+    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]` or
+    /// `redis+unix:///path/to/socket`), checked now so a typo fails before the
+    /// job runs.
+    pub fn new(url: &str, maxlen: u64, ttl: Duration) -> Result<ShipConfig> {
+        if url.starts_with("rediss://") {
+            bail!("rediss:// (TLS) is not supported; use redis:// through a TLS tunnel such as stunnel or spiped");
+        }
+        redis::Client::open(url).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
+                public_url(url)
+            )
+        })?;
+        if maxlen == 0 {
+            bail!("--ship-maxlen must be at least 1");
+        }
+        if ttl.as_secs() == 0 {
+            bail!("--ship-ttl must be at least 1s");
+        }
+        Ok(ShipConfig {
+            url: url.to_string(),
+            maxlen,
+            ttl,
+        })
+    }
+
+    /// The URL without its password: what metadata, messages and files show.
+    pub fn public_url(&self) -> String {
+        public_url(&self.url)
+    }
+
+    pub(crate) fn client(&self) -> Result<redis::Client> {
+        redis::Client::open(self.url.as_str())
+            .with_context(|| format!("invalid Redis URL {}", self.public_url()))
+    }
+}
+
+/// `url` with the password of its user part (`user:password@`) replaced by
+/// `***`, so it can be written down.
+pub fn public_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let (user, host) = (&authority[..at], &authority[at + 1..]);
+    let user = match user.split_once(':') {
+        Some((name, _)) => format!("{name}:***"),
+        None if user.is_empty() => String::new(),
+        // `redis://password@host` is how some clients spell a lone password.
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
+}
+
+/// The file store and job id of the job directory `dir`
+/// (`<root>/job_runs/<id>`), when it is one: the shipper reads a job's own
+/// files, so only a file store's jobs can be shipped.
+pub(crate) fn file_job(dir: &std::path::Path) -> Option<(FileStore, JobId)> {
+    let id = JobId::parse(dir.file_name()?.to_str()?).ok()?;
+    let store = FileStore::new(dir.parent()?.parent()?);
+    (store.job_dir(&id) == dir).then_some((store, id))
+}
+
+/// `logwrap:{ID}:log`.
+pub(crate) fn log_key(id: &JobId) -> String {
+    format!("logwrap:{{{id}}}:log")
+}
+
+/// `logwrap:{ID}:meta`.
+pub(crate) fn meta_key(id: &JobId) -> String {
+    format!("logwrap:{{{id}}}:meta")
+}
+
+/// Options of `logwrap ship`.
+#[derive(Debug, Clone)]
+pub struct ShipOptions {
+    pub ship: ShipConfig,
+    /// These jobs; empty with `all` for every job.
+    pub ids: Vec<String>,
+    pub all: bool,
+}
+
+/// How catching up one job went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Shipped to the end (this many bytes were new).
+    Shipped(u64),
+    /// Already complete there: nothing sent.
+    UpToDate,
+    /// Its wrapper or another `logwrap ship` is shipping it now.
+    Busy,
+}
+
+/// Ships what is missing of job `id` (finished or abandoned) and its end
+/// entry; nothing when its shipping state says it is complete at this URL.
+pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<CatchUp> {
+    let state = shipper::read_state(store, id);
+    if state
+        .as_ref()
+        .is_some_and(|s| s.complete && s.url == cfg.public_url())
+    {
+        return Ok(CatchUp::UpToDate);
+    }
+    let meta = store.live_metadata(id)?;
+    if !meta.status.is_finished() {
+        // Its wrapper is alive: it ships the job itself (or was not asked to).
+        return Ok(CatchUp::Busy);
+    }
+    let Some(mut sh) = shipper::Shipper::open(store, id, cfg)? else {
+        return Ok(CatchUp::Busy);
+    };
+    let before = sh.shipped_bytes();
+    sh.connect()?;
+    let mut meta = meta;
+    sh.ship_to_end(&mut meta)?;
+    let after = sh.shipped_bytes();
+    sh.persist();
+    // The writer is gone, so the document is ours to update: record the
+    // shipping state where everyone reads job state.
+    meta.ship = Some(sh.state().clone());
+    if let Err(e) = crate::metadata::write_atomic(
+        &store.metadata_path(id),
+        &meta_for_disk(store, id, sh.state()),
+        true,
+    ) {
+        eprintln!(
+            "logwrap: warning: {id}: cannot record the shipping state in metadata.json: {e:#}"
+        );
+    }
+    Ok(CatchUp::Shipped(after.saturating_sub(before)))
+}
+
+/// metadata.json as written (its status is not turned to `abandoned`) with
+/// the new shipping state.
+fn meta_for_disk(store: &FileStore, id: &JobId, state: &ShipState) -> Vec<u8> {
+    match store.read_metadata(id) {
+        Ok(mut m) => {
+            m.ship = Some(state.clone());
+            m.to_json()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `logwrap ship`: catches up the jobs named (or all, with `--all`); exit 0
+/// when every job is shipped or up to date, 1 if any failed.
+pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
+    use std::io::Write;
+    let ids: Vec<JobId> = if o.all {
+        store.job_ids()?
+    } else {
+        if o.ids.is_empty() {
+            return Err(
+                crate::exit::UsageError("name the jobs to ship, or pass --all".into()).into(),
+            );
+        }
+        o.ids
+            .iter()
+            .map(|s| JobId::parse(s).map_err(crate::exit::UsageError))
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for id in ids {
+        let line = match catch_up(store, &o.ship, &id) {
+            Ok(CatchUp::Shipped(n)) => format!("{id}: shipped {n} bytes, complete"),
+            Ok(CatchUp::UpToDate) => format!("{id}: up to date"),
+            Ok(CatchUp::Busy) => {
+                format!("{id}: running or being shipped by another process; skipped")
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("logwrap: {id}: {e:#}");
+                continue;
+            }
+        };
+        writeln!(out, "{line}").context("writing to stdout")?;
+    }
+    Ok(i32::from(failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_the_public_url() {
+        assert_eq!(
+            public_url("redis://alice:s3cret@db:6379/2"),
+            "redis://alice:***@db:6379/2"
+        );
+        assert_eq!(public_url("redis://:s3cret@db"), "redis://:***@db");
+        assert_eq!(public_url("redis://s3cret@db/0"), "redis://***@db/0");
+        assert_eq!(public_url("redis://db:6379"), "redis://db:6379");
+        assert_eq!(
+            public_url("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn keys_of_one_job_share_a_hash_tag() {
+        let id = JobId::parse("build-42").unwrap();
+        assert_eq!(log_key(&id), "logwrap:{build-42}:log");
+        assert_eq!(meta_key(&id), "logwrap:{build-42}:meta");
+    }
+
+    #[test]
+    fn bad_urls_and_bounds_are_refused_before_the_job() {
+        assert!(ShipConfig::new("http://x", 1, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("rediss://x", 1, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("redis://x", 0, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("redis://x", 1, Duration::ZERO).is_err());
+        assert!(ShipConfig::new("redis://x:1/0", 1, DEFAULT_TTL).is_ok());
+    }
+}
