@@ -222,6 +222,89 @@ fn meta_for_disk(store: &FileStore, id: &JobId, state: &ShipState) -> Vec<u8> {
     }
 }
 
+/// Wrappers look for jobs to catch up at most this often per root, unless a
+/// wrapper ended with its job incomplete since (it marks the root): scanning
+/// reads a small file per job, so a busy root pays it every 10 minutes, while
+/// a job whose wrapper was SIGKILLed waits at most that long for the next
+/// wrapper (or for `logwrap ship --all` from cron).
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// `<root>/.ship-stamp`: its mtime is when wrappers last caught up the root;
+/// flocked while one does; set to the epoch to ask for a catch-up at once.
+const CATCH_UP_STAMP: &str = ".ship-stamp";
+
+fn open_stamp(store: &FileStore) -> Result<(std::fs::File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.root().join(CATCH_UP_STAMP);
+    // O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO planted there must neither
+    // lead us out of the root nor hang the thread.
+    let open = |create: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+    };
+    match open(true) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(false)
+            .map(|f| (f, false))
+            .with_context(|| format!("opening {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// Asks the next wrapper of this root to catch up at once: a job ended with
+/// its shipping incomplete.
+pub(crate) fn mark_pending(store: &FileStore) {
+    use nix::sys::time::TimeSpec;
+    if let Ok((f, _)) = open_stamp(store) {
+        let epoch = TimeSpec::new(0, 0);
+        let _ = nix::sys::stat::futimens(&f, &epoch, &epoch);
+    }
+}
+
+/// The wrapper's background catch-up (issue 10 point 3): when due (see
+/// [`CATCH_UP_INTERVAL`]) and no other wrapper is at it, ships every finished
+/// job of the root whose shipping to this URL is recorded as incomplete.
+pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> {
+    use nix::fcntl::{Flock, FlockArg};
+    let (f, created) = open_stamp(store)?;
+    let Ok(stamp) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+        return Ok(());
+    };
+    let last = stamp.metadata().and_then(|m| m.modified())?;
+    let age = std::time::SystemTime::now()
+        .duration_since(last)
+        .unwrap_or(CATCH_UP_INTERVAL);
+    if !created && age < CATCH_UP_INTERVAL {
+        return Ok(());
+    }
+    // Stamped first: a mark_pending during the scan is not lost.
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    nix::sys::stat::futimens(&*stamp, &now, &now)?;
+    for id in store.job_ids()? {
+        let pending = shipper::read_state(store, &id)
+            .is_some_and(|s| !s.complete && s.url == cfg.public_url());
+        if pending {
+            let _ = catch_up(store, cfg, &id);
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`maybe_catch_up`] on a thread of its own; errors are dropped, as the
+/// job beside it must never be delayed or failed (`logwrap ship` reports them).
+pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig) {
+    let _ = std::thread::Builder::new()
+        .name("logwrap-ship-catch-up".into())
+        .spawn(move || {
+            let _ = maybe_catch_up(&store, &cfg);
+        });
+}
+
 /// `logwrap ship`: catches up the jobs named (or all, with `--all`); exit 0
 /// when every job is shipped or up to date, 1 if any failed.
 pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {

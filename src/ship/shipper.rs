@@ -606,6 +606,7 @@ struct Ctl {
 /// The wrapper's shipping thread.
 pub struct ShipThread {
     shared: Arc<(Mutex<Ctl>, Condvar)>,
+    store: FileStore,
 }
 
 impl ShipThread {
@@ -635,7 +636,12 @@ impl ShipThread {
             .name("logwrap-ship".into())
             .spawn(move || ship_loop(sh, &theirs, &started))
             .context("starting the shipping thread")?;
-        Ok(ShipThread { shared })
+        // Jobs whose wrapper could not finish shipping (issue 10 point 3).
+        super::catch_up_in_background(store.clone(), cfg.clone());
+        Ok(ShipThread {
+            shared,
+            store: store.clone(),
+        })
     }
 
     /// The shipping state now, for metadata.json.
@@ -665,6 +671,9 @@ impl ShipThread {
         ctl.abandon = true;
         cv.notify_all();
         let mut state = ctl.state.clone();
+        if !ctl.done {
+            super::mark_pending(&self.store);
+        }
         if !ctl.done && state.last_error.is_none() {
             state.last_error = Some(format!(
                 "not finished within {} ms of the job's end; run `logwrap ship` to complete it",

@@ -239,3 +239,43 @@ fn twenty_wrappers_ship_at_once() {
     }
     assert_eq!(redis.xrange("logwrap:jobs").len(), 40);
 }
+
+#[test]
+fn a_later_wrapper_catches_up_a_job_shipped_while_redis_was_down() {
+    let env = TestEnv::new();
+    let sock = env.path("redis/redis.sock");
+    let url = format!("redis+unix://{}", sock.display());
+    let out = env.run_sh(
+        "early",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "seq 1 500",
+    );
+    assert_ok(&out);
+    assert_eq!(env.meta("early")["ship"]["complete"], false);
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let mut later = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "later",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &url,
+        ])
+        .args(["--", "sh", "-c", &gate.wait()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the earlier job to be caught up", || {
+        env.meta("early")["ship"]["complete"] == true
+    });
+    gate.open();
+    assert!(wait_child(&mut later, "the later job").success());
+    assert_eq!(
+        shipped(&redis.log("early"), "stdout"),
+        env.stdout_log("early")
+    );
+}
