@@ -10,18 +10,21 @@
 //!
 //! | key                  | type   | what                                            |
 //! |----------------------|--------|-------------------------------------------------|
-//! | `logwrap:{ID}:log`   | stream | the job's output: one entry per run of whole lines of one stream, then an end entry |
+//! | `logwrap:{ID}:stdout`, `logwrap:{ID}:stderr` | stream | the job's output: one entry per run of whole lines, then an end entry |
 //! | `logwrap:{ID}:meta`  | hash   | `json` (metadata.json), `host`, `status`, `stdout_end` / `stderr_end` (`"OFFSET LINE"`: shipped so far), `started`, `end` |
+//! | `logwrap:{ID}:alive` | string | set while the wrapper runs (expires 15 s after its last refresh) |
 //! | `logwrap:jobs`       | stream | every job's `started` and `finished` events     |
 //!
-//! A log entry has the fields `stream` (`stdout`/`stderr`), `line` (number of
-//! its first line, from 1), `offset` (byte offset of its first byte in that
-//! stream's log), `lines` (newlines it holds), `ts` (µs since the epoch when its
-//! last line was read from the child) and `data` (the bytes). `data` holds whole
+//! A log entry's id is `LINE-OFFSET`: the number of its first line (from 1) and
+//! the byte offset of its first byte in that stream's log, so a reader finds
+//! line N with one `XREVRANGE` and Redis itself refuses a re-sent entry. Its
+//! fields are `stream` (`stdout`/`stderr`), `line`, `offset`, `lines`
+//! (newlines it holds), `ts` (µs since the epoch when its last line was read
+//! from the child) and `data` (the bytes). `data` holds whole
 //! lines, except that a line longer than [`shipper::MAX_ENTRY`] is sent in
 //! pieces of that size (same `line`, growing `offset`) and that a job's last
-//! line without a newline is sent when the job ends. The end entry has
-//! `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
+//! line without a newline is sent when the job ends. The end entry, in both
+//! streams with the id `18446744073709551615-0`, has `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
 //! `stderr_bytes`, `stderr_lines`. A jobs-stream event has `event`, `id`,
 //! `host`, `status`, `exit_code`, `tail_url`.
 //!
@@ -35,7 +38,7 @@
 pub(crate) mod shipper;
 
 use crate::metadata::ShipState;
-use crate::store::{FileStore, JobId, LogStore};
+use crate::store::{FileStore, JobId, LogStore, Stream};
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
 
@@ -141,10 +144,26 @@ pub(crate) fn file_job(dir: &std::path::Path) -> Option<(FileStore, JobId)> {
     (store.job_dir(&id) == dir).then_some((store, id))
 }
 
-/// `logwrap:{ID}:log`.
-pub(crate) fn log_key(id: &JobId) -> String {
-    format!("logwrap:{{{id}}}:log")
+/// `logwrap:{ID}:stdout` or `logwrap:{ID}:stderr`.
+pub(crate) fn stream_key(id: &JobId, stream: Stream) -> String {
+    format!("logwrap:{{{id}}}:{}", stream.name())
 }
+
+/// `logwrap:{ID}:alive`: set (with a short expiry) while the job's wrapper
+/// runs, so readers tell a running job from an abandoned one.
+pub(crate) fn alive_key(id: &JobId) -> String {
+    format!("logwrap:{{{id}}}:alive")
+}
+
+/// The entry id of an entry whose first line is `line` and first byte is at
+/// `offset`: both only grow along a stream, so ids are ordered as Redis needs,
+/// a reader finds line N with one `XREVRANGE`, and a re-send is refused.
+pub(crate) fn entry_id(line: u64, offset: u64) -> String {
+    format!("{line}-{offset}")
+}
+
+/// The entry id of the end entry: after every other.
+pub(crate) const END_ID: &str = "18446744073709551615-0";
 
 /// `logwrap:{ID}:meta`.
 pub(crate) fn meta_key(id: &JobId) -> String {
@@ -301,6 +320,7 @@ pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig) {
     let _ = std::thread::Builder::new()
         .name("logwrap-ship-catch-up".into())
         .spawn(move || {
+            shipper::block_signals();
             let _ = maybe_catch_up(&store, &cfg);
         });
 }
@@ -364,7 +384,7 @@ mod tests {
     #[test]
     fn keys_of_one_job_share_a_hash_tag() {
         let id = JobId::parse("build-42").unwrap();
-        assert_eq!(log_key(&id), "logwrap:{build-42}:log");
+        assert_eq!(stream_key(&id, Stream::Stderr), "logwrap:{build-42}:stderr");
         assert_eq!(meta_key(&id), "logwrap:{build-42}:meta");
     }
 

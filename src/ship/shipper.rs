@@ -4,7 +4,7 @@
 //! never slow, block or fail the job (issue 10 point 1). The files are the
 //! truth: nothing is queued in memory, so nothing can be dropped.
 
-use super::{log_key, meta_key, ShipConfig, JOBS_KEY, JOBS_MAXLEN};
+use super::{entry_id, meta_key, stream_key, ShipConfig, END_ID, JOBS_KEY, JOBS_MAXLEN};
 use crate::metadata::{Metadata, ShipState};
 use crate::output::index::Records;
 use crate::store::{open_job_file, FileStore, IndexFile, JobId, Stream};
@@ -52,6 +52,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// at the end); the marks in Redis are the exact truth, the file is only where
 /// a later `logwrap ship` starts when Redis cannot be asked.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The wrapper's heartbeat key `logwrap:{ID}:alive` lives this long: a reader
+/// sees a job whose wrapper died (SIGKILL, power loss) as abandoned within
+/// this time, while three missed refreshes are needed to misjudge a live one.
+pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(15);
+/// How often the shipping thread refreshes the heartbeat; see [`ALIVE_TTL`].
+const ALIVE_REFRESH: Duration = Duration::from_secs(5);
 
 /// The shipping state file in the job directory.
 const STATE_FILE: &str = "ship.json";
@@ -157,6 +164,7 @@ pub(crate) struct Shipper {
     /// Lines of a final piece without a newline that were shipped.
     partial_lines: u64,
     last_persist: Option<Instant>,
+    last_alive: Option<Instant>,
     _lock: Flock<File>,
 }
 
@@ -211,6 +219,7 @@ impl Shipper {
             state,
             partial_lines: 0,
             last_persist: None,
+            last_alive: None,
             _lock: lock,
         };
         sh.state.complete = false;
@@ -273,6 +282,7 @@ impl Shipper {
         self.started_sent = marks[2].is_some();
         self.end_sent = marks[3].is_some();
         self.partial_lines = 0;
+        self.last_alive = None;
         self.update_counts();
         self.conn = Some(conn);
         Ok(())
@@ -387,17 +397,16 @@ impl Shipper {
             .filter(|e| last && e.data.last() != Some(&b'\n'))
             .filter(|e| e.at.offset + e.data.len() as u64 == next[e.stream as usize].offset)
             .count() as u64;
-        let log = log_key(&self.id);
         let meta = meta_key(&self.id);
         let mut p = redis::pipe();
         p.atomic();
         for e in &entries {
             p.cmd("XADD")
-                .arg(&log)
+                .arg(stream_key(&self.id, e.stream))
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(self.cfg.maxlen)
-                .arg("*")
+                .arg(entry_id(e.at.line, e.at.offset))
                 .arg("stream")
                 .arg(e.stream.name())
                 .arg("line")
@@ -429,11 +438,33 @@ impl Shipper {
         Ok(true)
     }
 
+    /// Refreshes `logwrap:{ID}:alive` when due: the wrapper is alive.
+    fn heartbeat_if_due(&mut self) -> Result<()> {
+        if self.last_alive.is_some_and(|t| t.elapsed() < ALIVE_REFRESH) {
+            return Ok(());
+        }
+        let conn = self.conn.as_mut().context("not connected")?;
+        redis::cmd("SET")
+            .arg(super::alive_key(&self.id))
+            .arg(std::process::id())
+            .arg("PX")
+            .arg(ALIVE_TTL.as_millis() as u64)
+            .query::<()>(conn)
+            .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        self.last_alive = Some(Instant::now());
+        Ok(())
+    }
+
     /// The sliding TTL on both keys, after the writes (an EXPIRE before the
     /// first XADD would find no key).
     fn expire(&self, p: &mut redis::Pipeline) {
         let ttl = self.cfg.ttl.as_secs();
-        p.cmd("EXPIRE").arg(log_key(&self.id)).arg(ttl).ignore();
+        for stream in Stream::BOTH {
+            p.cmd("EXPIRE")
+                .arg(stream_key(&self.id, stream))
+                .arg(ttl)
+                .ignore();
+        }
         p.cmd("EXPIRE").arg(meta_key(&self.id)).arg(ttl).ignore();
     }
 
@@ -508,27 +539,26 @@ impl Shipper {
             meta.ship = Some(self.state.clone());
             let mut p = redis::pipe();
             p.atomic();
-            p.cmd("XADD")
-                .arg(log_key(&self.id))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.cfg.maxlen)
-                .arg("*")
-                .arg("end")
-                .arg(1)
-                .arg("status")
-                .arg(meta.status.as_str())
-                .arg("exit_code")
-                .arg(meta.exit_code.map(|c| c.to_string()).unwrap_or_default())
-                .arg("stdout_bytes")
-                .arg(self.cur[0].offset)
-                .arg("stdout_lines")
-                .arg(meta.stdout.lines)
-                .arg("stderr_bytes")
-                .arg(self.cur[1].offset)
-                .arg("stderr_lines")
-                .arg(meta.stderr.lines)
-                .ignore();
+            for stream in Stream::BOTH {
+                p.cmd("XADD")
+                    .arg(stream_key(&self.id, stream))
+                    .arg(END_ID)
+                    .arg("end")
+                    .arg(1)
+                    .arg("status")
+                    .arg(meta.status.as_str())
+                    .arg("exit_code")
+                    .arg(meta.exit_code.map(|c| c.to_string()).unwrap_or_default())
+                    .arg("stdout_bytes")
+                    .arg(self.cur[0].offset)
+                    .arg("stdout_lines")
+                    .arg(meta.stdout.lines)
+                    .arg("stderr_bytes")
+                    .arg(self.cur[1].offset)
+                    .arg("stderr_lines")
+                    .arg(meta.stderr.lines)
+                    .ignore();
+            }
             p.cmd("HSET")
                 .arg(meta_key(&self.id))
                 .arg("json")
@@ -538,6 +568,7 @@ impl Shipper {
                 .arg("end")
                 .arg(1)
                 .ignore();
+            p.cmd("DEL").arg(super::alive_key(&self.id)).ignore();
             self.expire(&mut p);
             let conn = self.conn.as_mut().context("not connected")?;
             if let Err(e) = p.query::<()>(conn) {
@@ -684,12 +715,21 @@ impl ShipThread {
     }
 }
 
+/// Keeps the wrapper's signals (SIGCHLD, SIGWINCH, the forwarded ones) off
+/// this thread: delivered here they would interrupt a connect or a read with
+/// EINTR, which the Redis client reports as a failure. The event loop's thread
+/// still takes them all.
+pub(crate) fn block_signals() {
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+}
+
 fn lock(m: &Mutex<Ctl>) -> std::sync::MutexGuard<'_, Ctl> {
     // A panic on the other side must not take the job down with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata) {
+    block_signals();
     let (m, cv) = shared;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -711,6 +751,7 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
                     Ok(true)
                 }
                 None => {
+                    sh.heartbeat_if_due()?;
                     while sh.round(false)? {
                         if lock(m).abandon {
                             break;

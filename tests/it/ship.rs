@@ -4,7 +4,7 @@
 //! a wrapper could not.
 
 use crate::util::job::{wait_child, Gate};
-use crate::util::redis_server::{field, shipped, RedisServer};
+use crate::util::redis_server::{assert_same, field, shipped, RedisServer};
 use crate::util::*;
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,8 +36,16 @@ fn shipped_entries_rebuild_both_logs_byte_for_byte() {
     );
     assert_ok(&out);
     let entries = redis.log("ship1");
-    assert_eq!(shipped(&entries, "stdout"), env.stdout_log("ship1"));
-    assert_eq!(shipped(&entries, "stderr"), env.stderr_log("ship1"));
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("ship1"),
+        "ship1 stdout",
+    );
+    assert_same(
+        &shipped(&entries, "stderr"),
+        &env.stderr_log("ship1"),
+        "ship1 stderr",
+    );
     assert!(env.stdout_log("ship1").len() > 3 << 20);
     // Whole lines only, except pieces of the long line and the last line.
     for e in entries.iter().filter(|e| e.1.contains_key("data")) {
@@ -89,8 +97,16 @@ fn an_unreachable_redis_leaves_the_job_alone_and_ship_completes_it_later() {
     assert_ok(&out);
     assert!(contains(&out.stdout, "down: shipped"), "{out:?}");
     let entries = redis.log("down");
-    assert_eq!(shipped(&entries, "stdout"), env.stdout_log("down"));
-    assert_eq!(shipped(&entries, "stderr"), env.stderr_log("down"));
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("down"),
+        "down stdout",
+    );
+    assert_same(
+        &shipped(&entries, "stderr"),
+        &env.stderr_log("down"),
+        "down stderr",
+    );
     assert_eq!(field(entries.last().unwrap(), "status"), "failed");
     assert_eq!(env.meta("down")["ship"]["complete"], true);
     let out = env.run(&["ship", "--ship", &url, "--all"]);
@@ -140,7 +156,11 @@ fn redis_killed_mid_job_and_restarted_loses_and_repeats_nothing() {
     g2.open();
     assert!(wait_child(&mut job, "the job").success());
     let entries = redis.log("restart");
-    assert_eq!(shipped(&entries, "stdout"), env.stdout_log("restart"));
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("restart"),
+        "restart stdout",
+    );
     assert_eq!(env.meta("restart")["ship"]["complete"], true);
 }
 
@@ -169,6 +189,8 @@ fn a_killed_wrappers_job_is_completed_by_logwrap_ship() {
         let n = env.stdout_log("killed").len() as u64;
         n > 0 && shipped_to(&redis, "killed", "stdout") == n
     });
+    // While the wrapper runs, its heartbeat says so to readers.
+    assert!(redis.exists("logwrap:{killed}:alive"));
     job.kill().unwrap();
     job.wait().unwrap();
     // The job's shell is orphaned; let it finish (its output goes nowhere).
@@ -177,8 +199,13 @@ fn a_killed_wrappers_job_is_completed_by_logwrap_ship() {
     assert_ok(&out);
     assert!(contains(&out.stdout, "killed: shipped"), "{out:?}");
     let entries = redis.log("killed");
-    assert_eq!(shipped(&entries, "stdout"), env.stdout_log("killed"));
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("killed"),
+        "killed stdout",
+    );
     assert_eq!(field(entries.last().unwrap(), "status"), "abandoned");
+    assert!(!redis.exists("logwrap:{killed}:alive"));
     let out = env.run(&["ship", "--ship", &redis.url(), "killed"]);
     assert!(contains(&out.stdout, "killed: up to date"), "{out:?}");
     assert_eq!(redis.log("killed").len(), entries.len());
@@ -230,12 +257,13 @@ fn twenty_wrappers_ship_at_once() {
     }
     for i in 0..20 {
         let id = format!("many{i}");
-        assert_eq!(
-            shipped(&redis.log(&id), "stdout"),
-            env.stdout_log(&id),
-            "{id}"
+        let meta = env.meta(&id);
+        assert_eq!(meta["ship"]["complete"], true, "{id}: {meta}");
+        assert_same(
+            &shipped(&redis.log(&id), "stdout"),
+            &env.stdout_log(&id),
+            &id,
         );
-        assert_eq!(env.meta(&id)["ship"]["complete"], true, "{id}");
     }
     assert_eq!(redis.xrange("logwrap:jobs").len(), 40);
 }
@@ -274,8 +302,9 @@ fn a_later_wrapper_catches_up_a_job_shipped_while_redis_was_down() {
     });
     gate.open();
     assert!(wait_child(&mut later, "the later job").success());
-    assert_eq!(
-        shipped(&redis.log("early"), "stdout"),
-        env.stdout_log("early")
+    assert_same(
+        &shipped(&redis.log("early"), "stdout"),
+        &env.stdout_log("early"),
+        "early stdout",
     );
 }

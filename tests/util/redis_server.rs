@@ -162,9 +162,21 @@ impl RedisServer {
             .collect()
     }
 
-    /// The log entries of job `id`.
+    /// The log entries of job `id`: its stdout stream's, then its stderr
+    /// stream's (each ends with the end entry once complete).
     pub fn log(&self, id: &str) -> Vec<Entry> {
-        self.xrange(&format!("logwrap:{{{id}}}:log"))
+        let mut all = self.xrange(&format!("logwrap:{{{id}}}:stdout"));
+        all.extend(self.xrange(&format!("logwrap:{{{id}}}:stderr")));
+        all
+    }
+
+    /// True if `key` exists.
+    pub fn exists(&self, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(&mut self.conn())
+            .unwrap()
+            == 1
     }
 
     /// A field of the meta hash of job `id`.
@@ -190,6 +202,7 @@ pub fn shipped(entries: &[Entry], stream: &str) -> Vec<u8> {
     let mut line = 1u64;
     for e in entries.iter().filter(|e| field(e, "stream") == stream) {
         let offset: u64 = field(e, "offset").parse().unwrap();
+        assert_eq!(e.0, format!("{}-{offset}", field(e, "line")), "entry id");
         assert_eq!(
             offset,
             out.len() as u64,
@@ -209,6 +222,24 @@ pub fn shipped(entries: &[Entry], stream: &str) -> Vec<u8> {
         out.extend_from_slice(data);
     }
     out
+}
+
+/// Asserts `shipped` equals `log`, saying where they differ rather than
+/// printing megabytes.
+#[track_caller]
+pub fn assert_same(shipped: &[u8], log: &[u8], what: &str) {
+    if shipped != log {
+        let at = shipped
+            .iter()
+            .zip(log)
+            .position(|(a, b)| a != b)
+            .unwrap_or(shipped.len().min(log.len()));
+        panic!(
+            "{what}: shipped {} bytes, log has {}; first difference at byte {at}",
+            shipped.len(),
+            log.len()
+        );
+    }
 }
 
 impl Drop for RedisServer {
