@@ -118,6 +118,16 @@ pub struct RootArgs {
     pub log_dir: Option<PathBuf>,
 }
 
+/// Reading jobs shipped to Redis instead of a local root.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read the jobs shipped to this Redis (redis://HOST:PORT[/DB] or
+    /// redis+unix:///PATH): every job of every machine shipping there with
+    /// --ship, instead of the local root
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+}
+
 /// Exit codes of `ls` and `show`, shown in their `--help`.
 const READING_EXIT_CODES: &str = "Exit status: 0 on success; 1 if the job is not found or \
 cannot be read; 2 for an invalid id or option.";
@@ -189,6 +199,9 @@ pub struct LogsArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `logwrap ls` (owned by src/logs.rs).
@@ -219,6 +232,9 @@ pub struct LsArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `logwrap show` (owned by src/logs.rs).
@@ -235,6 +251,9 @@ pub struct ShowArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Job ids are checked while parsing, so a bad one is a usage error (exit 2).
@@ -308,6 +327,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Options of the HTTP server shared by `logwrap serve` and the wrapper's

@@ -14,12 +14,23 @@ use logwrap::gc::GcOptions;
 use logwrap::logs::{LogsOptions, LsOptions, ShowOptions};
 use logwrap::run::RunConfig;
 use logwrap::serve::ServeConfig;
+use logwrap::store::LogStore;
 use logwrap::store::{FileStore, JobId};
 use logwrap::timefmt::parse_duration;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The root used when neither `--log-dir` nor `DATABUILD_LOG_DIR` is given.
 pub const DEFAULT_ROOT: &str = "/var/log/databuild";
+
+/// The store a reading command reads: a local root, or Redis (`--source`).
+pub struct Source(pub Arc<dyn LogStore>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source({})", self.0.location())
+    }
+}
 
 /// What one invocation is to do, checked and ready: the only thing `main`
 /// dispatches on.
@@ -28,11 +39,11 @@ pub enum Action {
     /// Wrap a job. Boxed: the wrapper's settings are far larger than any
     /// reading command's.
     Run(Box<RunConfig>, FileStore),
-    Logs(FileStore, LogsOptions),
-    Ls(FileStore, LsOptions),
-    Show(FileStore, ShowOptions),
+    Logs(Source, LogsOptions),
+    Ls(Source, LsOptions),
+    Show(Source, ShowOptions),
     Gc(FileStore, GcOptions),
-    Serve(FileStore, ServeConfig),
+    Serve(Source, ServeConfig),
     /// Print a completion script for this shell.
     Completions(String),
     /// Catch up shipping to Redis.
@@ -87,7 +98,7 @@ fn ship_action(a: ShipCmdArgs) -> Result<Action> {
 }
 
 fn logs_action(a: LogsArgs) -> Result<Action> {
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Logs(
         store,
         LogsOptions {
@@ -107,7 +118,7 @@ fn logs_action(a: LogsArgs) -> Result<Action> {
 }
 
 fn ls_action(a: LsArgs) -> Result<Action> {
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Ls(
         store,
         LsOptions {
@@ -120,7 +131,7 @@ fn ls_action(a: LsArgs) -> Result<Action> {
 }
 
 fn show_action(a: ShowArgs) -> Result<Action> {
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Show(
         store,
         ShowOptions {
@@ -149,8 +160,20 @@ fn serve_action(a: ServeArgs) -> Result<Action> {
     cfg.max_connections = a.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &a.header_timeout).map_err(usage)?;
     cfg.idle_timeout = duration("idle-timeout", &a.idle_timeout).map_err(usage)?;
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Serve(store, cfg))
+}
+
+/// Where a reading command reads: the jobs shipped to Redis with `--source`,
+/// else the local root.
+fn reading_store(log_dir: Option<PathBuf>, source: Option<String>) -> Result<Source> {
+    Ok(Source(match source {
+        Some(url) => Arc::new(
+            logwrap::ship::RedisStore::new(&url)
+                .map_err(|e| UsageError(format!("--source: {e:#}")))?,
+        ),
+        None => Arc::new(resolve_root(log_dir, RootMode::Read)?),
+    }))
 }
 
 /// Marks `e` as a mistake on the command line (exit 2 for a subcommand).

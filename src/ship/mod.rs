@@ -22,7 +22,8 @@
 //! (newlines it holds), `ts` (µs since the epoch when its last line was read
 //! from the child) and `data` (the bytes). `data` holds whole
 //! lines, except that a line longer than [`shipper::MAX_ENTRY`] is sent in
-//! pieces of that size (same `line`, growing `offset`) and that a job's last
+//! pieces of that size (same `line`, growing `offset`, `cont` = `1` on
+//! those continuing it) and that a job's last
 //! line without a newline is sent when the job ends. The end entry, in both
 //! streams with the id `18446744073709551615-0`, has `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
 //! `stderr_bytes`, `stderr_lines`. A jobs-stream event has `event`, `id`,
@@ -36,6 +37,7 @@
 //! `EXPIRE` on both keys.
 
 pub(crate) mod shipper;
+mod store;
 
 use crate::metadata::ShipState;
 use crate::store::{FileStore, JobId, LogStore, Stream};
@@ -43,6 +45,7 @@ use anyhow::{bail, Context, Result};
 use std::time::Duration;
 
 pub use shipper::ShipThread;
+pub use store::RedisStore;
 
 /// Default `--ship-maxlen`: entries kept per job stream. An entry holds up to
 /// 64 KiB of lines, so this keeps the last few GiB of a chatty job and all of

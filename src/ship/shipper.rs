@@ -136,6 +136,8 @@ pub(crate) fn cut(window: &[u8], last: bool) -> Option<usize> {
 /// One entry ready to send.
 struct Entry {
     stream: Stream,
+    /// Starts in the middle of a line (a piece of a line over [`MAX_ENTRY`]).
+    cont: bool,
     at: Cursor,
     data: Vec<u8>,
     newlines: u64,
@@ -323,10 +325,15 @@ impl Shipper {
         }
         let Some(end) = end else { return Ok(None) };
         window.truncate(end);
+        let mut before = [0u8; 1];
+        let cont = at.offset > 0
+            && log.read_exact_at(&mut before, at.offset - 1).is_ok()
+            && before[0] != b'\n';
         let newlines = memchr::memchr_iter(b'\n', &window).count() as u64;
         let ts_us = self.line_time(stream, at.offset + end as u64);
         Ok(Some(Entry {
             stream,
+            cont,
             at,
             data: window,
             newlines,
@@ -418,8 +425,11 @@ impl Shipper {
                 .arg("ts")
                 .arg(e.ts_us)
                 .arg("data")
-                .arg(&e.data[..])
-                .ignore();
+                .arg(&e.data[..]);
+            if e.cont {
+                p.arg("cont").arg(1);
+            }
+            p.ignore();
         }
         p.cmd("HSET")
             .arg(&meta)

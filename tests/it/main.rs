@@ -10,6 +10,7 @@ mod gc;
 mod hostile;
 mod logs;
 mod nest;
+mod redis_source;
 mod remote;
 mod serve;
 mod serve_browser;

@@ -20,6 +20,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Keep data over restarts (append-only file, fsync always).
     persist: bool,
+    /// More `redis-server` options.
+    extra: Vec<String>,
 }
 
 /// One stream entry: its id and fields.
@@ -46,6 +48,21 @@ impl RedisServer {
         Self::start_with(dir, false, port, Some(password.to_string()))
     }
 
+    /// A server on a unix socket with more options (`--stream-node-max-entries 1`).
+    pub fn start_with_options(dir: &Path, extra: &[&str]) -> RedisServer {
+        let mut s = RedisServer {
+            dir: dir.to_path_buf(),
+            child: None,
+            port: 0,
+            password: None,
+            persist: false,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        s.launch();
+        s
+    }
+
     fn start_with(dir: &Path, persist: bool, port: u16, password: Option<String>) -> RedisServer {
         std::fs::create_dir_all(dir).unwrap();
         let mut s = RedisServer {
@@ -54,6 +71,7 @@ impl RedisServer {
             port,
             password,
             persist,
+            extra: Vec::new(),
         };
         s.launch();
         s
@@ -78,6 +96,7 @@ impl RedisServer {
         if let Some(p) = &self.password {
             c.args(["--requirepass", p]);
         }
+        c.args(&self.extra);
         let child = c
             .stdout(Stdio::null())
             .stderr(Stdio::null())
