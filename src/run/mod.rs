@@ -959,6 +959,7 @@ impl Loop<'_> {
         self.sync_stats();
         if let Some(sh) = &self.shipper {
             self.meta.ship = Some(sh.state());
+            sh.markers(&self.meta);
         }
         if let Err(e) = self.sink.write_metadata(&self.meta, false) {
             // Recorded once: on a full disk every later rewrite fails too.

@@ -13,7 +13,7 @@
 //! | `logwrap:{ID}:stdout`, `logwrap:{ID}:stderr` | stream | the job's output: one entry per run of whole lines, then an end entry |
 //! | `logwrap:{ID}:meta`  | hash   | `json` (metadata.json), `host`, `status`, `stdout_end` / `stderr_end` (`"OFFSET LINE"`: shipped so far), `started`, `end` |
 //! | `logwrap:{ID}:alive` | string | set while the wrapper runs (expires 15 s after its last refresh) |
-//! | `logwrap:jobs`       | stream | every job's `started` and `finished` events     |
+//! | `logwrap:jobs`       | stream | every job's `started`, `marker` and `finished` events |
 //!
 //! A log entry's id is `LINE-OFFSET`: the number of its first line (from 1) and
 //! the byte offset of its first byte in that stream's log, so a reader finds
@@ -27,7 +27,8 @@
 //! line without a newline is sent when the job ends. The end entry, in both
 //! streams with the id `18446744073709551615-0`, has `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
 //! `stderr_bytes`, `stderr_lines`. A jobs-stream event has `event`, `id`,
-//! `host`, `status`, `exit_code`, `tail_url`.
+//! `host`, `status`, `exit_code`, `tail_url`; a `marker` event has `event`,
+//! `id`, `host`, `stream`, `line` and `value` (the marker's JSON).
 //!
 //! Entries and the `*_end` marks are written in one `MULTI`/`EXEC`, so the
 //! marks are exactly what the stream holds: after a lost reply the shipper

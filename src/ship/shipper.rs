@@ -167,6 +167,9 @@ pub(crate) struct Shipper {
     partial_lines: u64,
     last_persist: Option<Instant>,
     last_alive: Option<Instant>,
+    /// `missing_deps` entries already sent as `marker` events (the meta
+    /// hash's `markers`, read back on connect).
+    markers_sent: usize,
     _lock: Flock<File>,
 }
 
@@ -222,6 +225,7 @@ impl Shipper {
             partial_lines: 0,
             last_persist: None,
             last_alive: None,
+            markers_sent: 0,
             _lock: lock,
         };
         sh.state.complete = false;
@@ -273,6 +277,7 @@ impl Shipper {
             .arg("stderr_end")
             .arg("started")
             .arg("end")
+            .arg("markers")
             .query(&mut conn)
             .with_context(|| format!("reading the shipping marks of {} from {url}", self.id))?;
         for (i, c) in self.cur.iter_mut().enumerate() {
@@ -283,6 +288,10 @@ impl Shipper {
         }
         self.started_sent = marks[2].is_some();
         self.end_sent = marks[3].is_some();
+        self.markers_sent = marks[4]
+            .as_deref()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         self.partial_lines = 0;
         self.last_alive = None;
         self.update_counts();
@@ -506,6 +515,49 @@ impl Shipper {
         Ok(())
     }
 
+    /// A `marker` event in the jobs stream for each `missing_deps` entry not
+    /// sent yet (with its stream, line and JSON value), and the metadata, so a
+    /// scheduler watching the fleet sees markers while jobs run.
+    pub(crate) fn send_markers(&mut self, meta: &Metadata) -> Result<()> {
+        if meta.missing_deps.len() <= self.markers_sent {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for dep in &meta.missing_deps[self.markers_sent..] {
+            p.cmd("XADD")
+                .arg(JOBS_KEY)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(JOBS_MAXLEN)
+                .arg("*")
+                .arg("event")
+                .arg("marker")
+                .arg("id")
+                .arg(self.id.as_str())
+                .arg("host")
+                .arg(&meta.hostname)
+                .arg("stream")
+                .arg(&dep.stream)
+                .arg("line")
+                .arg(dep.line)
+                .arg("value")
+                .arg(dep.value.to_string())
+                .ignore();
+        }
+        p.cmd("HSET")
+            .arg(meta_key(&self.id))
+            .arg("json")
+            .arg(meta.to_json())
+            .arg("markers")
+            .arg(meta.missing_deps.len())
+            .ignore();
+        let conn = self.conn.as_mut().context("not connected")?;
+        p.query::<()>(conn)
+            .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        self.markers_sent = meta.missing_deps.len();
+        Ok(())
+    }
+
     fn job_event(&mut self, event: &str, meta: &Metadata) -> Result<()> {
         let conn = self.conn.as_mut().context("not connected")?;
         redis::cmd("XADD")
@@ -543,6 +595,7 @@ impl Shipper {
     fn try_ship_to_end(&mut self, meta: &mut Metadata) -> Result<()> {
         self.send_started(meta)?;
         while self.round(true)? {}
+        self.send_markers(meta)?;
         if !self.end_sent {
             self.state.complete = true;
             self.state.last_error = None;
@@ -637,6 +690,8 @@ struct Ctl {
     end: Option<Metadata>,
     /// The wrapper stops waiting: the thread ends at its next look.
     abandon: bool,
+    /// Metadata with markers not yet sent, from the wrapper's loop.
+    markers: Option<Metadata>,
     /// The thread has finished (shipped the end, or given up).
     done: bool,
     /// Connected and the last attempt worked (no backoff in progress).
@@ -665,6 +720,7 @@ impl ShipThread {
             Mutex::new(Ctl {
                 end: None,
                 abandon: false,
+                markers: None,
                 done: false,
                 healthy: true,
                 state: sh.state.clone(),
@@ -683,6 +739,14 @@ impl ShipThread {
             shared,
             store: store.clone(),
         })
+    }
+
+    /// The job's metadata has new markers (`missing_deps`): they go to the
+    /// jobs stream as `marker` events.
+    pub fn markers(&self, meta: &Metadata) {
+        let (m, cv) = &*self.shared;
+        lock(m).markers = Some(meta.clone());
+        cv.notify_all();
     }
 
     /// The shipping state now, for metadata.json.
@@ -743,12 +807,12 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
     let (m, cv) = shared;
     let mut backoff = MIN_BACKOFF;
     loop {
-        let end = {
-            let ctl = lock(m);
+        let (end, markers) = {
+            let mut ctl = lock(m);
             if ctl.abandon {
                 break;
             }
-            ctl.end.clone()
+            (ctl.end.clone(), ctl.markers.take())
         };
         let step: Result<bool> = (|| {
             if sh.conn.is_none() {
@@ -762,6 +826,13 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
                 }
                 None => {
                     sh.heartbeat_if_due()?;
+                    if let Some(meta) = &markers {
+                        if let Err(e) = sh.send_markers(meta) {
+                            // Sent again with the next markers or at the end.
+                            lock(m).markers.get_or_insert_with(|| meta.clone());
+                            return Err(e);
+                        }
+                    }
                     while sh.round(false)? {
                         if lock(m).abandon {
                             break;
@@ -803,7 +874,9 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
             break;
         }
         // Woken early by the job's end or the wrapper giving up.
-        let _ = cv.wait_timeout_while(ctl, wait, |c| !c.abandon && (c.end.is_none() || !healthy));
+        let _ = cv.wait_timeout_while(ctl, wait, |c| {
+            !c.abandon && (c.end.is_none() || !healthy) && (c.markers.is_none() || !healthy)
+        });
     }
     sh.persist();
 }

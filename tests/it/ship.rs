@@ -308,3 +308,52 @@ fn a_later_wrapper_catches_up_a_job_shipped_while_redis_was_down() {
         "early stdout",
     );
 }
+
+#[test]
+fn markers_reach_the_jobs_stream_while_the_job_runs() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let script = format!(
+        "echo 'DATABUILD_MISSING_DEPS_JSON: {{\"partitions\": [\"a/b\"]}}'; {}",
+        gate.wait()
+    );
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "marked",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Seen while the job still waits at the gate.
+    wait_until(LIMIT, "the marker event", || {
+        redis
+            .xrange("logwrap:jobs")
+            .iter()
+            .any(|e| field(e, "event") == "marker")
+    });
+    let ev = redis
+        .xrange("logwrap:jobs")
+        .into_iter()
+        .find(|e| field(e, "event") == "marker")
+        .unwrap();
+    assert_eq!(field(&ev, "id"), "marked");
+    assert_eq!(field(&ev, "line"), "1");
+    assert_eq!(field(&ev, "value"), r#"{"partitions":["a/b"]}"#);
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    let events: Vec<String> = redis
+        .xrange("logwrap:jobs")
+        .iter()
+        .map(|e| field(e, "event"))
+        .collect();
+    assert_eq!(events, ["started", "marker", "finished"]);
+}
