@@ -1481,7 +1481,7 @@ def ship(ctx: Context) -> SectionResult:
             short = wl.name.split(" (")[0]
             # speedup(a, b) = wall(b) / wall(a): here the cost of shipping
             # (the wrapper's whole run, including its wait at the job's end
-            # for the last lines to reach Redis, at most 2 s).
+            # for the last lines to reach Redis: a tenth of the job's run).
             cost, shown = speedup(rows["logwrap pipe"], rows["logwrap pipe --ship"])
             res.targets.append(Target(
                 f"--ship costs <= {SHIP_RATIO_TARGET}x [{short}]", shown,

@@ -90,6 +90,11 @@ pub struct ShipCmdArgs {
     #[arg(long)]
     pub all: bool,
 
+    /// First wait for each job's wrapper to exit (how a wrapper hands the end
+    /// of its shipping to a background `logwrap ship`)
+    #[arg(long, hide = true)]
+    pub wait_for_writer: bool,
+
     #[command(flatten)]
     pub ship: ShipArgs,
 

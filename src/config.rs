@@ -93,6 +93,7 @@ fn ship_action(a: ShipCmdArgs) -> Result<Action> {
             ship,
             ids: a.ids,
             all: a.all,
+            wait_for_writer: a.wait_for_writer,
         },
     ))
 }
@@ -364,7 +365,12 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .partitions(partitions)
         .reap_orphans(true)
         .listen(listen)
-        .ship(ship_config(&args.ship)?);
+        .ship(ship_config(&args.ship)?.map(|mut sc| {
+            // The end of a burst is shipped by a background `logwrap ship`,
+            // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
+            sc.handoff = std::env::current_exe().ok();
+            sc
+        }));
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

@@ -21,7 +21,7 @@
 //! fields are `stream` (`stdout`/`stderr`), `line`, `offset`, `lines`
 //! (newlines it holds), `ts` (µs since the epoch when its last line was read
 //! from the child) and `data` (the bytes). `data` holds whole
-//! lines, except that a line longer than [`shipper::MAX_ENTRY`] is sent in
+//! lines, except that a line longer than 1 MiB (`MAX_ENTRY`) is sent in
 //! pieces of that size (same `line`, growing `offset`, `cont` = `1` on
 //! those continuing it) and that a job's last
 //! line without a newline is sent when the job ends. The end entry, in both
@@ -62,9 +62,11 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 
 /// Longest the wrapper waits at the job's end for the rest of the output and
-/// the end entry to reach a Redis that answers: a healthy one takes
-/// milliseconds; a slow one leaves the rest to `logwrap ship` rather than hold
-/// up the job's exit. While Redis is down the wrapper does not wait at all.
+/// the end entry to reach a Redis that answers (it waits a tenth of the job's
+/// duration, see [`ShipThread::finish`]): a healthy Redis takes milliseconds
+/// for an ordinary job; the rest of a burst, or a slow Redis, is left to a
+/// background `logwrap ship` rather than hold up the job's exit. While Redis
+/// is down the wrapper does not wait at all.
 pub const FINISH_GRACE: Duration = Duration::from_secs(2);
 
 /// The global jobs stream.
@@ -78,6 +80,10 @@ pub struct ShipConfig {
     pub maxlen: u64,
     /// Sliding expiry of a job's keys.
     pub ttl: Duration,
+    /// The `logwrap` program, to finish shipping in the background when the
+    /// job ends with more left to send than the wrapper waits for (see
+    /// [`shipper::ShipThread::finish`]); `None` leaves it to `logwrap ship`.
+    pub handoff: Option<std::path::PathBuf>,
 }
 
 impl ShipConfig {
@@ -104,12 +110,19 @@ impl ShipConfig {
             url: url.to_string(),
             maxlen,
             ttl,
+            handoff: None,
         })
     }
 
     /// The URL without its password: what metadata, messages and files show.
     pub fn public_url(&self) -> String {
         public_url(&self.url)
+    }
+
+    /// The URL as given, password included: only for a child `logwrap ship`,
+    /// through its environment (never its arguments, which `ps` shows).
+    pub(crate) fn secret_url(&self) -> &str {
+        &self.url
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client> {
@@ -181,6 +194,9 @@ pub struct ShipOptions {
     /// These jobs; empty with `all` for every job.
     pub ids: Vec<String>,
     pub all: bool,
+    /// First wait for each job's wrapper to exit (the background hand-off of
+    /// a wrapper whose job ended with lines still to ship).
+    pub wait_for_writer: bool,
 }
 
 /// How catching up one job went.
@@ -196,11 +212,16 @@ pub enum CatchUp {
 
 /// Ships what is missing of job `id` (finished or abandoned) and its end
 /// entry; nothing when its shipping state says it is complete at this URL.
-pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<CatchUp> {
+/// With `wait`, waits for whoever ships the job now (a wrapper's thread
+/// still sending) instead of skipping it.
+pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId, wait: bool) -> Result<CatchUp> {
     let state = shipper::read_state(store, id);
-    if state
-        .as_ref()
-        .is_some_and(|s| s.complete && s.url == cfg.public_url())
+    // A hand-off (`wait`) goes on regardless: the wrapper's thread may have
+    // finished after the wrapper recorded it as unfinished.
+    if !wait
+        && state
+            .as_ref()
+            .is_some_and(|s| s.complete && s.url == cfg.public_url())
     {
         return Ok(CatchUp::UpToDate);
     }
@@ -209,7 +230,7 @@ pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<Catch
         // Its wrapper is alive: it ships the job itself (or was not asked to).
         return Ok(CatchUp::Busy);
     }
-    let Some(mut sh) = shipper::Shipper::open(store, id, cfg)? else {
+    let Some(mut sh) = shipper::Shipper::open(store, id, cfg, wait)? else {
         return Ok(CatchUp::Busy);
     };
     let before = sh.shipped_bytes();
@@ -231,6 +252,17 @@ pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<Catch
         );
     }
     Ok(CatchUp::Shipped(after.saturating_sub(before)))
+}
+
+/// Blocks until job `id`'s wrapper has exited: a shared flock on the job
+/// directory, which the wrapper holds exclusively until after its final
+/// metadata is written. A directory that cannot be opened is not waited for.
+fn wait_for_writer(store: &FileStore, id: &JobId) {
+    use nix::fcntl::{open, Flock, FlockArg, OFlag};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if let Ok(fd) = open(&store.job_dir(id), flags, nix::sys::stat::Mode::empty()) {
+        let _ = Flock::lock(fd, FlockArg::LockShared);
+    }
 }
 
 /// metadata.json as written (its status is not turned to `abandoned`) with
@@ -312,7 +344,7 @@ pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> 
         let pending = shipper::read_state(store, &id)
             .is_some_and(|s| !s.complete && s.url == cfg.public_url());
         if pending {
-            let _ = catch_up(store, cfg, &id);
+            let _ = catch_up(store, cfg, &id, false);
         }
     }
     Ok(())
@@ -349,7 +381,10 @@ pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for id in ids {
-        let line = match catch_up(store, &o.ship, &id) {
+        if o.wait_for_writer {
+            wait_for_writer(store, &id);
+        }
+        let line = match catch_up(store, &o.ship, &id, o.wait_for_writer) {
             Ok(CatchUp::Shipped(n)) => format!("{id}: shipped {n} bytes, complete"),
             Ok(CatchUp::UpToDate) => format!("{id}: up to date"),
             Ok(CatchUp::Busy) => {

@@ -60,6 +60,11 @@ pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(15);
 /// How often the shipping thread refreshes the heartbeat; see [`ALIVE_TTL`].
 const ALIVE_REFRESH: Duration = Duration::from_secs(5);
 
+/// The least the wrapper waits at the job's end for the rest to reach a
+/// Redis that answers: enough for the last lines of any ordinary job, so its
+/// metadata says `complete` when the wrapper exits.
+const MIN_FINISH_WAIT: Duration = Duration::from_millis(100);
+
 /// The shipping state file in the job directory.
 const STATE_FILE: &str = "ship.json";
 /// Held (flock) by whoever ships the job, so a wrapper and a `logwrap ship`
@@ -170,13 +175,20 @@ pub(crate) struct Shipper {
     /// `missing_deps` entries already sent as `marker` events (the meta
     /// hash's `markers`, read back on connect).
     markers_sent: usize,
+    /// The meta hash says the `finished` event is in the jobs stream.
+    finished_sent: bool,
     _lock: Flock<File>,
 }
 
 impl Shipper {
     /// A shipper for job `id`, holding its ship lock; `None` when someone else
-    /// holds it.
-    pub(crate) fn open(store: &FileStore, id: &JobId, cfg: &ShipConfig) -> Result<Option<Shipper>> {
+    /// holds it (with `wait`, once they let go).
+    pub(crate) fn open(
+        store: &FileStore,
+        id: &JobId,
+        cfg: &ShipConfig,
+        wait: bool,
+    ) -> Result<Option<Shipper>> {
         let path = store.job_dir(id).join(LOCK_FILE);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -186,7 +198,12 @@ impl Shipper {
             .custom_flags_nofollow()
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        let how = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let lock = match Flock::lock(f, how) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
@@ -226,6 +243,7 @@ impl Shipper {
             last_persist: None,
             last_alive: None,
             markers_sent: 0,
+            finished_sent: false,
             _lock: lock,
         };
         sh.state.complete = false;
@@ -278,6 +296,7 @@ impl Shipper {
             .arg("started")
             .arg("end")
             .arg("markers")
+            .arg("finished")
             .query(&mut conn)
             .with_context(|| format!("reading the shipping marks of {} from {url}", self.id))?;
         for (i, c) in self.cur.iter_mut().enumerate() {
@@ -288,6 +307,7 @@ impl Shipper {
         }
         self.started_sent = marks[2].is_some();
         self.end_sent = marks[3].is_some();
+        self.finished_sent = marks[5].is_some();
         self.markers_sent = marks[4]
             .as_deref()
             .and_then(|n| n.parse().ok())
@@ -639,7 +659,20 @@ impl Shipper {
                 return Err(e).with_context(|| format!("shipping to {}", self.cfg.public_url()));
             }
             self.end_sent = true;
+        }
+        if !self.finished_sent {
+            // After the end entry, and marked apart (the jobs stream is in
+            // another Cluster slot): whoever ships next sends it if a wrapper
+            // stopped in between; at worst twice, never lost.
             self.job_event("finished", meta)?;
+            let conn = self.conn.as_mut().context("not connected")?;
+            redis::cmd("HSET")
+                .arg(meta_key(&self.id))
+                .arg("finished")
+                .arg(1)
+                .query::<()>(conn)
+                .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+            self.finished_sent = true;
         }
         self.state.complete = true;
         self.state.last_error = None;
@@ -703,6 +736,8 @@ struct Ctl {
 pub struct ShipThread {
     shared: Arc<(Mutex<Ctl>, Condvar)>,
     store: FileStore,
+    id: JobId,
+    cfg: ShipConfig,
 }
 
 impl ShipThread {
@@ -715,7 +750,8 @@ impl ShipThread {
         cfg: &ShipConfig,
         started: &Metadata,
     ) -> Result<ShipThread> {
-        let sh = Shipper::open(store, id, cfg)?.context("another process is shipping this job")?;
+        let sh = Shipper::open(store, id, cfg, false)?
+            .context("another process is shipping this job")?;
         let shared = Arc::new((
             Mutex::new(Ctl {
                 end: None,
@@ -738,6 +774,8 @@ impl ShipThread {
         Ok(ShipThread {
             shared,
             store: store.clone(),
+            id: id.clone(),
+            cfg: cfg.clone(),
         })
     }
 
@@ -755,11 +793,16 @@ impl ShipThread {
     }
 
     /// The job has ended with `meta`: ships the rest and the end entry,
-    /// waiting at most `grace` while Redis answers (not at all while it is
-    /// down: then `logwrap ship` finishes later). Returns the state to record.
+    /// waiting while Redis answers, for a tenth of the job's duration (at
+    /// least 100 ms, `MIN_FINISH_WAIT`, at most `grace`), so shipping adds at most
+    /// ~10% to a job's run; not at all while Redis is down. What is left then
+    /// goes to a background `logwrap ship` when the config names the program
+    /// (it waits for this wrapper to exit, ships the rest and records it in
+    /// metadata.json), else to the next catch-up. Returns the state to record.
     pub fn finish(self, meta: &Metadata, grace: Duration) -> ShipState {
         let (m, cv) = &*self.shared;
-        let deadline = Instant::now() + grace;
+        let tenth = Duration::from_millis(meta.duration_ms.unwrap_or(0) / 10);
+        let deadline = Instant::now() + tenth.clamp(MIN_FINISH_WAIT.min(grace), grace);
         let mut ctl = lock(m);
         ctl.end = Some(meta.clone());
         cv.notify_all();
@@ -776,16 +819,57 @@ impl ShipThread {
         ctl.abandon = true;
         cv.notify_all();
         let mut state = ctl.state.clone();
-        if !ctl.done {
-            super::mark_pending(&self.store);
+        if ctl.done {
+            return state;
         }
-        if !ctl.done && state.last_error.is_none() {
-            state.last_error = Some(format!(
-                "not finished within {} ms of the job's end; run `logwrap ship` to complete it",
-                grace.as_millis()
-            ));
+        let healthy = ctl.healthy;
+        drop(ctl);
+        match self.cfg.handoff.as_deref().filter(|_| healthy) {
+            Some(program) => match self.hand_off(program) {
+                Ok(pid) => {
+                    state.last_error = Some(format!(
+                        "finishing in the background (logwrap ship, pid {pid})"
+                    ));
+                }
+                Err(e) => {
+                    super::mark_pending(&self.store);
+                    state.last_error = Some(format!("{e:#}; run `logwrap ship` to complete it"));
+                }
+            },
+            None => {
+                super::mark_pending(&self.store);
+                if state.last_error.is_none() {
+                    state.last_error = Some(
+                        "not finished when the job ended; run `logwrap ship` to complete it".into(),
+                    );
+                }
+            }
         }
         state
+    }
+
+    /// Starts `program ship --wait-for-writer` for this job, detached (its own
+    /// process group, no terminal), with the URL in its environment.
+    fn hand_off(&self, program: &std::path::Path) -> Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(program)
+            .arg("ship")
+            .arg("--wait-for-writer")
+            .arg("--log-dir")
+            .arg(self.store.root())
+            .arg("--ship-maxlen")
+            .arg(self.cfg.maxlen.to_string())
+            .arg("--ship-ttl")
+            .arg(format!("{}s", self.cfg.ttl.as_secs()))
+            .arg(self.id.as_str())
+            .env("DATABUILD_LOG_SHIP", self.cfg.secret_url())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} ship", program.display()))?;
+        Ok(child.id())
     }
 }
 

@@ -267,7 +267,7 @@ impl LogStore for RedisStore {
         Ok(ids)
     }
 
-    /// One pipelined round trip per [`LIST_BATCH`] jobs, not two per job.
+    /// One pipelined round trip per `LIST_BATCH` jobs, not two per job.
     fn list_jobs(&self) -> Result<Vec<JobListing>> {
         let ids = self.job_ids()?;
         let mut jobs = Vec::with_capacity(ids.len());

@@ -4,7 +4,7 @@
 //! live, and say when trimming lost lines instead of skipping them silently.
 
 use crate::util::job::Follower;
-use crate::util::redis_server::RedisServer;
+use crate::util::redis_server::{wait_shipped, RedisServer};
 use crate::util::serve::{get, LiveJob, Serve, SseConn, LIMIT};
 use crate::util::*;
 
@@ -21,6 +21,7 @@ fn logs_ls_and_show_read_a_shipped_job_as_they_read_it_locally() {
     let redis = RedisServer::start(&env.path("redis"));
     let url = redis.url();
     assert_ok(&env.run_sh("mixed", &["--no-pty", "-q", "--ship", &url], MIXED));
+    wait_shipped(&env, "mixed");
     for args in [
         &[][..],
         &["--stderr"],
@@ -47,6 +48,7 @@ fn logs_ls_and_show_read_a_shipped_job_as_they_read_it_locally() {
         &other.run_sh("elsewhere", &["--no-pty", "-q", "--ship", &url], "exit 5"),
         5,
     );
+    wait_shipped(&other, "elsewhere");
     let ls = env.run(&["ls", "--json", "--source", &url]);
     assert_ok(&ls);
     let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
@@ -141,6 +143,7 @@ fn lines_lost_to_trimming_are_reported_never_skipped_silently() {
         &["--no-pty", "-q", "--ship", &url, "--ship-maxlen", "2"],
         script,
     ));
+    wait_shipped(&env, "trimmed");
     let entries = redis.log("trimmed");
     assert!(entries.len() < 10, "not trimmed: {} entries", entries.len());
     let out = env.run(&["logs", "--source", &url, "trimmed"]);

@@ -4,7 +4,7 @@
 //! a wrapper could not.
 
 use crate::util::job::{wait_child, Gate};
-use crate::util::redis_server::{assert_same, field, shipped, RedisServer};
+use crate::util::redis_server::{assert_same, field, shipped, wait_shipped, RedisServer};
 use crate::util::*;
 use std::process::Stdio;
 use std::time::Duration;
@@ -35,6 +35,7 @@ fn shipped_entries_rebuild_both_logs_byte_for_byte() {
         script,
     );
     assert_ok(&out);
+    wait_shipped(&env, "ship1");
     let entries = redis.log("ship1");
     assert_same(
         &shipped(&entries, "stdout"),
@@ -155,6 +156,7 @@ fn redis_killed_mid_job_and_restarted_loses_and_repeats_nothing() {
     });
     g2.open();
     assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "restart");
     let entries = redis.log("restart");
     assert_same(
         &shipped(&entries, "stdout"),
@@ -223,6 +225,7 @@ fn the_password_is_never_written_down() {
         .output()
         .unwrap();
     assert_ok(&out);
+    wait_shipped(&env, "pw");
     assert_eq!(shipped(&redis.log("pw"), "stdout"), b"hello\n");
     let meta = env.meta("pw");
     assert_eq!(meta["ship"]["complete"], true, "{meta}");
@@ -257,6 +260,7 @@ fn twenty_wrappers_ship_at_once() {
     }
     for i in 0..20 {
         let id = format!("many{i}");
+        wait_shipped(&env, &id);
         let meta = env.meta(&id);
         assert_eq!(meta["ship"]["complete"], true, "{id}: {meta}");
         assert_same(
@@ -265,7 +269,16 @@ fn twenty_wrappers_ship_at_once() {
             &id,
         );
     }
-    assert_eq!(redis.xrange("logwrap:jobs").len(), 40);
+    // Every job started and finished once (an event may come twice when a
+    // wrapper exits between sending it and marking it sent: at least once).
+    let mut events: Vec<(String, String)> = redis
+        .xrange("logwrap:jobs")
+        .iter()
+        .map(|e| (field(e, "event"), field(e, "id")))
+        .collect();
+    events.sort();
+    events.dedup();
+    assert_eq!(events.len(), 40);
 }
 
 #[test]
@@ -350,10 +363,60 @@ fn markers_reach_the_jobs_stream_while_the_job_runs() {
     assert_eq!(field(&ev, "value"), r#"{"partitions":["a/b"]}"#);
     gate.open();
     assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "marked");
     let events: Vec<String> = redis
         .xrange("logwrap:jobs")
         .iter()
         .map(|e| field(e, "event"))
         .collect();
     assert_eq!(events, ["started", "marker", "finished"]);
+}
+
+#[test]
+fn a_slow_redis_at_the_end_does_not_hold_the_wrapper_and_the_rest_ships_in_the_background() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let script = format!("seq 1 1000; {}; seq 1001 2000", gate.wait());
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "slow",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the first lines to be shipped", || {
+        let n = env.stdout_log("slow").len() as u64;
+        n > 0 && shipped_to(&redis, "slow", "stdout") == n
+    });
+    // Redis takes writes again only long after the job has ended.
+    redis.pause_writes(3000);
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    // The wrapper did not wait for Redis: the rest was handed over...
+    let meta = env.meta("slow");
+    assert_eq!(meta["ship"]["complete"], false, "{meta}");
+    let why = meta["ship"]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("in the background"), "{meta}");
+    // ...and arrives, complete, once Redis takes writes again.
+    wait_shipped(&env, "slow");
+    let entries = redis.log("slow");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("slow"),
+        "slow stdout",
+    );
+    assert_eq!(field(entries.last().unwrap(), "status"), "succeeded");
+    assert_eq!(
+        env.meta("slow")["ship"]["last_error"],
+        serde_json::Value::Null
+    );
 }

@@ -189,6 +189,17 @@ impl RedisServer {
         all
     }
 
+    /// Holds every write for `ms` milliseconds (`CLIENT PAUSE ... WRITE`): a
+    /// Redis that answers, slowly.
+    pub fn pause_writes(&self, ms: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .query::<()>(&mut self.conn())
+            .unwrap();
+    }
+
     /// True if `key` exists.
     pub fn exists(&self, key: &str) -> bool {
         redis::cmd("EXISTS")
@@ -206,6 +217,15 @@ impl RedisServer {
             .query(&mut self.conn())
             .unwrap()
     }
+}
+
+/// Waits until job `id`'s metadata says its shipping is complete: at once
+/// for an ordinary job, a moment later when the wrapper handed the end of a
+/// burst to a background `logwrap ship`.
+pub fn wait_shipped(env: &super::TestEnv, id: &str) {
+    wait_until(START_LIMIT, "shipping to complete", || {
+        env.meta(id)["ship"]["complete"] == true
+    });
 }
 
 /// A text field of an entry.
