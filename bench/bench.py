@@ -1434,10 +1434,17 @@ def _ship_tool(ctx: Context, wl: Workload, url: str | None, sock: Path):
             if not out.exists() or out.stat().st_size != wl.nbytes:
                 return f"stdout.log is not the {wl.nbytes} bytes of the input"
             if url:
-                meta = json.loads((jobdir / "metadata.json").read_text())
-                ship = meta.get("ship") or {}
-                if not ship.get("complete"):
-                    return f"shipping incomplete at exit: {ship}"
+                # Untimed: the end of a burst may still be on its way from
+                # the background `logwrap ship` the wrapper handed it to.
+                deadline = time.monotonic() + 60
+                while True:
+                    meta = json.loads((jobdir / "metadata.json").read_text())
+                    ship = meta.get("ship") or {}
+                    if ship.get("complete"):
+                        break
+                    if time.monotonic() > deadline:
+                        return f"shipping incomplete 60 s after exit: {ship}"
+                    time.sleep(0.01)
             return ""
         finally:
             shutil.rmtree(jobdir, ignore_errors=True)
