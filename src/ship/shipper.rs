@@ -524,14 +524,21 @@ impl Shipper {
             .arg(&meta.hostname)
             .arg("status")
             .arg(meta.status.as_str())
-            .arg("started")
-            .arg(&meta.started_at)
             .ignore();
         self.expire(&mut p);
         let conn = self.conn.as_mut().context("not connected")?;
         p.query::<()>(conn)
             .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        // The event, then its mark: a wrapper stopped in between means the
+        // next shipper sends it again (at least once), never that it is lost.
         self.job_event("started", meta)?;
+        let conn = self.conn.as_mut().context("not connected")?;
+        redis::cmd("HSET")
+            .arg(meta_key(&self.id))
+            .arg("started")
+            .arg(&meta.started_at)
+            .query::<()>(conn)
+            .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
         self.started_sent = true;
         Ok(())
     }
