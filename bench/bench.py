@@ -1553,6 +1553,251 @@ def _gc_make_jobs(jobs_dir: Path, count: int, days_ago: float) -> int:
     return total
 
 
+# --------------------------------------------------------------------------
+# Shipping to Redis Streams (issue 10): --ship beside no shipping, shipped
+# lines/s, child write -> remote follower latency, Redis memory per 1M lines.
+# --------------------------------------------------------------------------
+
+SHIP_RATIO_TARGET = 1.1  # SPEC section 7: --ship costs at most 1.1x
+SHIP_P99_TARGET_MS = 50.0  # SPEC section 7: child write -> remote follower p99
+# Per job stream in the throughput runs: keeps Redis at a few hundred MB
+# (entries hold up to 64 KiB) however big the workload.
+SHIP_BENCH_MAXLEN = 4000
+
+
+def _redis_cmd(sock_path: Path, *args: str) -> bytes:
+    """One command over RESP2 on the unix socket; the reply's payload (a
+    bulk string's bytes, an integer or status as text). Enough for PING,
+    FLUSHALL and INFO, so the bench needs no client library."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(str(sock_path))
+    req = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    s.sendall(req.encode())
+    buf = b""
+    while b"\r\n" not in buf:
+        buf += s.recv(65536)
+    head, rest = buf.split(b"\r\n", 1)
+    if head[:1] == b"$":
+        n = int(head[1:])
+        while len(rest) < n + 2:
+            rest += s.recv(65536)
+        s.close()
+        return rest[:n]
+    s.close()
+    if head[:1] == b"-":
+        raise RuntimeError(f"redis: {head[1:].decode()}")
+    return head[1:]
+
+
+def _redis_start(ctx: Context) -> tuple[subprocess.Popen, Path]:
+    d = ctx.work / "redis"
+    d.mkdir(exist_ok=True)
+    sock = d / "redis.sock"
+    p = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(d),
+         "--save", "", "--appendonly", "no"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if _redis_cmd(sock, "PING") == b"PONG":
+                return p, sock
+        except OSError:
+            pass
+        if time.monotonic() > deadline or p.poll() is not None:
+            _sse_stop(p)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.01)
+
+
+def _redis_used_memory(sock: Path) -> int:
+    for line in _redis_cmd(sock, "INFO", "memory").decode().splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+def _ship_tool(ctx: Context, wl: Workload, url: str | None, sock: Path):
+    """logwrap --no-pty on `wl`, shipping to `url` when given; verify checks
+    the log and, when shipping, that it completed, then empties Redis."""
+    root = ctx.work / "logroot"
+    job = ctx.fresh_name("ship" if url else "noship")
+    argv = [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--no-pty"]
+    if url:
+        argv += ["--ship", url, "--ship-maxlen", str(SHIP_BENCH_MAXLEN)]
+    argv = sh("exec " + shlex.join(argv + ["--", "cat", str(wl.path)]))
+
+    def verify() -> str:
+        jobdir = root / "job_runs" / job
+        try:
+            out = jobdir / "stdout.log"
+            if not out.exists() or out.stat().st_size != wl.nbytes:
+                return f"stdout.log is not the {wl.nbytes} bytes of the input"
+            if url:
+                # Untimed: the end of a burst may still be on its way from
+                # the background `logwrap ship` the wrapper handed it to.
+                deadline = time.monotonic() + 60
+                while True:
+                    meta = json.loads((jobdir / "metadata.json").read_text())
+                    ship = meta.get("ship") or {}
+                    if ship.get("complete"):
+                        break
+                    if time.monotonic() > deadline:
+                        return f"shipping incomplete 60 s after exit: {ship}"
+                    time.sleep(0.01)
+            return ""
+        finally:
+            shutil.rmtree(jobdir, ignore_errors=True)
+            if url:
+                _redis_cmd(sock, "FLUSHALL")
+
+    return argv, verify
+
+
+@section("ship", help="--ship: wrapper throughput beside no shipping, shipped lines/s, latency through Redis, Redis memory per 1M lines")
+def ship(ctx: Context) -> SectionResult:
+    import socket
+
+    res = SectionResult()
+    if not shutil.which("redis-server"):
+        res.notes.append("redis-server not found: the ship section needs it (.ci/run installs it)")
+        return res
+    redis, sock = _redis_start(ctx)
+    url = f"redis+unix://{sock}"
+    try:
+        reps = ctx.args.reps or (2 if ctx.quick else 5)
+        root = ctx.work / "logroot"
+        for wl in make_workloads(ctx):
+            rows = {
+                "logwrap pipe": Row(wl.name, "logwrap pipe", wl.nbytes),
+                "logwrap pipe --ship": Row(wl.name, "logwrap pipe --ship", wl.nbytes),
+            }
+            for rep in range(reps):
+                log(f"[ship] {wl.name}: round {rep + 1}/{reps}")
+                order = list(rows) if rep % 2 == 0 else list(rows)[::-1]
+                for name in order:
+                    to = url if name.endswith("--ship") else None
+                    argv, verify = _ship_tool(ctx, wl, to, sock)
+                    warm = run_tool(ctx, f"{name} (untimed warm-up)", argv, verify)
+                    if not warm.ok:
+                        rows[name].runs.append(warm)
+                        continue
+                    argv, verify = _ship_tool(ctx, wl, to, sock)
+                    rows[name].runs.append(run_tool(ctx, name, argv, verify))
+            res.rows += rows.values()
+            short = wl.name.split(" (")[0]
+            # speedup(a, b) = wall(b) / wall(a): here the cost of shipping
+            # (the wrapper's whole run, including its wait at the job's end
+            # for the last lines to reach Redis: a tenth of the job's run).
+            cost, shown = speedup(rows["logwrap pipe"], rows["logwrap pipe --ship"])
+            res.targets.append(Target(
+                f"--ship costs <= {SHIP_RATIO_TARGET}x [{short}]", shown,
+                f"<= {SHIP_RATIO_TARGET:.1f}x", None if cost is None else cost <= SHIP_RATIO_TARGET,
+            ))
+            res.ratios.append((f"{short}: cost of --ship (wall with / without, <1.1 wanted)", shown))
+
+            if wl.name.startswith("seq"):
+                # Shipping alone, and what it costs Redis: a job logged
+                # without --ship, then `logwrap ship` catches it up.
+                job = ctx.fresh_name("catchup")
+                subprocess.run(
+                    [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--no-pty", "-q",
+                     "--", "cat", str(wl.path)], check=True,
+                )
+                lines = sum(1 for _ in open(wl.path, "rb"))
+                _redis_cmd(sock, "FLUSHALL")
+                before = _redis_used_memory(sock)
+                t0 = time.monotonic()
+                subprocess.run(
+                    [str(ctx.bin), "ship", "--log-dir", str(root), "--ship", url, job],
+                    check=True, stdout=subprocess.DEVNULL,
+                )
+                took = time.monotonic() - t0
+                used = _redis_used_memory(sock) - before
+                res.notes.append(
+                    f"ship: {lines:,} lines ({wl.nbytes / MB:.1f} MB) shipped by `logwrap ship` in "
+                    f"{took:.2f} s = {lines / took:,.0f} lines/s into a local Redis"
+                )
+                res.notes.append(
+                    f"ship: Redis memory {used / MIB:.1f} MiB for {lines:,} lines = "
+                    f"{used / MIB / lines * 1e6:.1f} MiB per 1M lines"
+                )
+                _redis_cmd(sock, "FLUSHALL")
+                shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+            wl.path.unlink()
+
+        # Latency: a paced job ships; `serve --source` on the same Redis
+        # (another root: "another machine") follows it through Redis.
+        seconds = 3 if ctx.quick else 10
+        n = 1000 * seconds
+        name = "child write -> remote follower through Redis p99 at 1,000 lines/s"
+        serve = wrapper = None
+        job = ctx.fresh_name("ship-lat")
+        try:
+            serve = subprocess.Popen(
+                [str(ctx.bin), "serve", "--source", url, "--listen", "127.0.0.1:0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            port = _sse_port_from(serve.stderr.readline())
+            wrapper = subprocess.Popen(
+                [str(ctx.bin), "--log-dir", str(root), "--job-run-id", job, "--quiet", "--no-pty",
+                 "--ship", url, "--", sys.executable, "-c", SSE_PACED_CHILD, str(n), "1000"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            )
+            deadline = time.monotonic() + 30
+            while _redis_cmd(sock, "EXISTS", f"logwrap:{{{job}}}:meta") != b"1":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the job did not reach Redis")
+                time.sleep(0.005)
+            s = _sse_connect(port, f"/api/job_runs/{job}/logs/stdout?follow=true")
+            s.settimeout(30 + seconds)
+            buf = b""
+            while b": logwrap" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the stream closed at once")
+                buf += chunk
+            wrapper.stdin.write("go\n")
+            wrapper.stdin.close()
+            lat_ms: list[float] = []
+            done = False
+            while not done:
+                chunk = s.recv(65536)
+                now = time.monotonic_ns()
+                if not chunk:
+                    break
+                buf += chunk
+                *events, buf = buf.split(b"\n\n")
+                for ev in events:
+                    if ev.startswith(b"event: complete"):
+                        done = True
+                    elif ev.startswith(b"event: log"):
+                        data = ev.rsplit(b"\ndata: ", 1)[1]
+                        lat_ms.append((now - int(data.split()[0])) / 1e6)
+            s.close()
+            wrapper.wait(timeout=60)
+            if len(lat_ms) != n:
+                raise RuntimeError(f"received {len(lat_ms)} of {n} lines")
+            p50, p99, worst = _sse_pct(lat_ms, 0.5), _sse_pct(lat_ms, 0.99), max(lat_ms)
+            res.targets.append(Target(
+                name, f"p99 {p99:.2f} ms (p50 {p50:.2f}, max {worst:.1f})",
+                f"< {SHIP_P99_TARGET_MS:.0f} ms", p99 < SHIP_P99_TARGET_MS,
+            ))
+        except (OSError, RuntimeError, ValueError, IndexError, subprocess.TimeoutExpired, socket.timeout) as e:
+            res.targets.append(Target(name, f"n/a ({e})", f"< {SHIP_P99_TARGET_MS:.0f} ms", None))
+        finally:
+            _sse_stop(wrapper)
+            _sse_stop(serve)
+            shutil.rmtree(root / "job_runs" / job, ignore_errors=True)
+    finally:
+        _sse_stop(redis)
+    return res
+
+
 @section("gc", help="logwrap gc on a 100,000-job root (10,000 with --quick): scan, cap pass, delete; beside rm -rf")
 def gc_root(ctx: Context) -> SectionResult:
     """Retention at scale: one dry run whose size cap keeps about half the jobs

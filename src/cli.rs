@@ -44,6 +44,64 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a shell completion script (job ids too, for logs and show)
     Completions(CompletionsArgs),
+    /// Ship jobs to Redis Streams: what their wrapper could not (Redis down,
+    /// wrapper killed)
+    Ship(ShipCmdArgs),
+}
+
+/// Where and how jobs are shipped to Redis Streams (SPEC §9).
+#[derive(Debug, Args)]
+pub struct ShipArgs {
+    /// Ship the job's output to Redis Streams while it runs:
+    /// redis://[USER:PASSWORD@]HOST:PORT[/DB] or redis+unix:///PATH (the
+    /// password is never written down); Redis being slow or down never slows or
+    /// fails the job
+    #[arg(
+        long,
+        env = "DATABUILD_LOG_SHIP",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub ship: Option<String>,
+
+    /// Entries kept per job stream (XADD MAXLEN ~ N; an entry holds up to
+    /// 64 KiB of lines)
+    #[arg(long, value_name = "N", default_value_t = logwrap::ship::DEFAULT_MAXLEN)]
+    pub ship_maxlen: u64,
+
+    /// A shipped job's keys expire this long after their last write (sliding)
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub ship_ttl: String,
+}
+
+/// `logwrap ship` (owned by src/ship/).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Ships what is missing of each finished job from its cursor (kept in the job \
+directory and checked against Redis), then its end entry; running it again ships nothing new. \
+Running jobs are skipped: their wrapper ships them.\n\nExit status: 0 when every job is \
+shipped or up to date; 1 if any could not be; 2 for an invalid id or option.\n\n\
+Example: logwrap ship --ship redis://db:6379 --all"
+)]
+pub struct ShipCmdArgs {
+    /// The jobs to ship
+    #[arg(value_name = "ID", conflicts_with = "all")]
+    pub ids: Vec<String>,
+
+    /// Every job under the root
+    #[arg(long)]
+    pub all: bool,
+
+    /// First wait for each job's wrapper to exit (how a wrapper hands the end
+    /// of its shipping to a background `logwrap ship`)
+    #[arg(long, hide = true)]
+    pub wait_for_writer: bool,
+
+    #[command(flatten)]
+    pub ship: ShipArgs,
+
+    #[command(flatten)]
+    pub root: RootArgs,
 }
 
 /// `logwrap completions` (owned by src/completions.rs).
@@ -65,6 +123,16 @@ pub struct RootArgs {
     /// Root of the log store [default: as for the wrapper]
     #[arg(long, env = "DATABUILD_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+}
+
+/// Reading jobs shipped to Redis instead of a local root.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read the jobs shipped to this Redis (redis://HOST:PORT[/DB] or
+    /// redis+unix:///PATH): every job of every machine shipping there with
+    /// --ship, instead of the local root
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
 }
 
 /// Exit codes of `ls` and `show`, shown in their `--help`.
@@ -138,6 +206,9 @@ pub struct LogsArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `logwrap ls` (owned by src/logs.rs).
@@ -168,6 +239,9 @@ pub struct LsArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `logwrap show` (owned by src/logs.rs).
@@ -184,6 +258,9 @@ pub struct ShowArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `logwrap grep` (owned by src/logs/grep.rs).
@@ -319,6 +396,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub root: RootArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Options of the HTTP server shared by `logwrap serve` and the wrapper's
@@ -439,6 +519,8 @@ pub struct RunArgs {
     /// and the job are unaffected. Default: keep everything
     #[arg(long, env = "DATABUILD_LOG_MAX_JOB_SIZE", value_name = "SIZE", value_parser = parse_max_log_size)]
     pub max_log_size: Option<u64>,
+    #[command(flatten)]
+    pub ship: ShipArgs,
 
     /// The command to run, after `--`
     #[arg(

@@ -5,7 +5,8 @@
 //! above all of them and nothing below imports either.
 
 use crate::cli::{
-    Cli, Command, GcArgs, GrepArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShowArgs,
+    Cli, Command, GcArgs, GrepArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShipArgs,
+    ShipCmdArgs, ShowArgs,
 };
 use anyhow::{bail, Context, Result};
 use logwrap::exit::UsageError;
@@ -15,12 +16,23 @@ use logwrap::metadata::Status;
 use logwrap::run::RunConfig;
 use logwrap::search::{Case, Pattern};
 use logwrap::serve::ServeConfig;
+use logwrap::store::LogStore;
 use logwrap::store::{FileStore, JobId, Stream};
 use logwrap::timefmt::parse_duration;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The root used when neither `--log-dir` nor `DATABUILD_LOG_DIR` is given.
 pub const DEFAULT_ROOT: &str = "/var/log/databuild";
+
+/// The store a reading command reads: a local root, or Redis (`--source`).
+pub struct Source(pub Arc<dyn LogStore>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source({})", self.0.location())
+    }
+}
 
 /// What one invocation is to do, checked and ready: the only thing `main`
 /// dispatches on.
@@ -29,14 +41,16 @@ pub enum Action {
     /// Wrap a job. Boxed: the wrapper's settings are far larger than any
     /// reading command's.
     Run(Box<RunConfig>, FileStore),
-    Logs(FileStore, LogsOptions),
-    Ls(FileStore, LsOptions),
-    Show(FileStore, ShowOptions),
+    Logs(Source, LogsOptions),
+    Ls(Source, LsOptions),
+    Show(Source, ShowOptions),
     Grep(FileStore, GrepOptions),
     Gc(FileStore, GcOptions),
-    Serve(FileStore, ServeConfig),
+    Serve(Source, ServeConfig),
     /// Print a completion script for this shell.
     Completions(String),
+    /// Catch up shipping to Redis.
+    Ship(FileStore, logwrap::ship::ShipOptions),
 }
 
 /// Turns the parsed command line into an [`Action`]. A mistake in a value clap
@@ -54,11 +68,42 @@ pub fn action(cli: Cli) -> Result<Action> {
         Some(Command::Gc(a)) => gc_action(a)?,
         Some(Command::Serve(a)) => serve_action(a)?,
         Some(Command::Completions(a)) => Action::Completions(a.shell),
+        Some(Command::Ship(a)) => ship_action(a)?,
     })
 }
 
-fn logs_action(a: LogsArgs) -> Result<Action> {
+/// The shipping settings, if `--ship` (or `DATABUILD_LOG_SHIP`) names a URL;
+/// an empty variable means unset.
+fn ship_config(a: &ShipArgs) -> Result<Option<logwrap::ship::ShipConfig>> {
+    let Some(url) = a.ship.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let ttl = duration("ship-ttl", &a.ship_ttl)?;
+    logwrap::ship::ShipConfig::new(url, a.ship_maxlen, ttl)
+        .map(Some)
+        .map_err(|e| UsageError(format!("--ship: {e:#}")).into())
+}
+
+fn ship_action(a: ShipCmdArgs) -> Result<Action> {
     let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let Some(ship) = ship_config(&a.ship)? else {
+        return Err(
+            UsageError("logwrap ship needs --ship URL or DATABUILD_LOG_SHIP".into()).into(),
+        );
+    };
+    Ok(Action::Ship(
+        store,
+        logwrap::ship::ShipOptions {
+            ship,
+            ids: a.ids,
+            all: a.all,
+            wait_for_writer: a.wait_for_writer,
+        },
+    ))
+}
+
+fn logs_action(a: LogsArgs) -> Result<Action> {
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Logs(
         store,
         LogsOptions {
@@ -78,7 +123,7 @@ fn logs_action(a: LogsArgs) -> Result<Action> {
 }
 
 fn ls_action(a: LsArgs) -> Result<Action> {
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Ls(
         store,
         LsOptions {
@@ -91,7 +136,7 @@ fn ls_action(a: LsArgs) -> Result<Action> {
 }
 
 fn show_action(a: ShowArgs) -> Result<Action> {
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Show(
         store,
         ShowOptions {
@@ -156,8 +201,20 @@ fn serve_action(a: ServeArgs) -> Result<Action> {
     cfg.max_connections = a.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &a.header_timeout).map_err(usage)?;
     cfg.idle_timeout = duration("idle-timeout", &a.idle_timeout).map_err(usage)?;
-    let store = resolve_root(a.root.log_dir, RootMode::Read)?;
+    let store = reading_store(a.root.log_dir, a.source.source)?;
     Ok(Action::Serve(store, cfg))
+}
+
+/// Where a reading command reads: the jobs shipped to Redis with `--source`,
+/// else the local root.
+fn reading_store(log_dir: Option<PathBuf>, source: Option<String>) -> Result<Source> {
+    Ok(Source(match source {
+        Some(url) => Arc::new(
+            logwrap::ship::RedisStore::new(&url)
+                .map_err(|e| UsageError(format!("--source: {e:#}")))?,
+        ),
+        None => Arc::new(resolve_root(log_dir, RootMode::Read)?),
+    }))
 }
 
 /// Marks `e` as a mistake on the command line (exit 2 for a subcommand).
@@ -354,7 +411,13 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
             args.no_default_redact,
             &args.redact_files,
         )?)
-        .max_log_size(args.max_log_size);
+        .max_log_size(args.max_log_size)
+        .ship(ship_config(&args.ship)?.map(|mut sc| {
+            // The end of a burst is shipped by a background `logwrap ship`,
+            // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
+            sc.handoff = std::env::current_exe().ok();
+            sc
+        }));
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

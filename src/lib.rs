@@ -70,6 +70,7 @@ pub mod redact;
 pub mod run;
 pub mod search;
 pub mod serve;
+pub mod ship;
 pub mod store;
 #[cfg(test)]
 mod testdir;

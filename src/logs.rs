@@ -408,6 +408,7 @@ impl RawPrinter {
                         return Ok(());
                     }
                 }
+                warn_gap(self.reader.as_ref());
                 self.reader.position()
             }
         };
@@ -415,6 +416,18 @@ impl RawPrinter {
         copy_range(self.file.as_ref(), pos, len.saturating_sub(pos), out)?;
         self.pos = Some(len.max(pos));
         Ok(())
+    }
+}
+
+/// Says on stderr that lines are missing before the reader's next line (a
+/// Redis source trimmed them, issue 10), so a gap is never silent.
+fn warn_gap(reader: &dyn LineSource) {
+    if let Some((from, to)) = reader.gap() {
+        say(&format!(
+            "warning: lines {from}-{to} of {} are no longer in the source (trimmed by \
+             --ship-maxlen); the full log is on the job's machine (its tail_url, see logwrap show)",
+            reader.stream().name()
+        ));
     }
 }
 
@@ -448,7 +461,10 @@ impl LinePrinter {
     fn drain(&mut self, done: bool, out: &mut BufWriter<io::StdoutLock<'_>>) -> Result<()> {
         loop {
             let line = match &mut self.source {
-                Source::One(r) => r.next_line(done)?,
+                Source::One(r) => {
+                    warn_gap(r.as_ref());
+                    r.next_line(done)?
+                }
                 Source::Both(c) => c.next_line(done)?,
             };
             let Some(line) = line else { return Ok(()) };

@@ -49,14 +49,13 @@ fn real_main() -> ExitCode {
     };
     let result = config::action(cli).and_then(|action| match action {
         Action::Run(cfg, store) => Ok(run_job(&cfg, &store)),
-        Action::Logs(store, o) => logs::logs_cmd(&store, o).map(ExitCode::Status),
-        Action::Ls(store, o) => logs::ls_cmd(&store, o).map(ExitCode::Status),
-        Action::Show(store, o) => logs::show_cmd(&store, o).map(ExitCode::Status),
+        Action::Logs(store, o) => logs::logs_cmd(store.0.as_ref(), o).map(ExitCode::Status),
+        Action::Ls(store, o) => logs::ls_cmd(store.0.as_ref(), o).map(ExitCode::Status),
+        Action::Show(store, o) => logs::show_cmd(store.0.as_ref(), o).map(ExitCode::Status),
         Action::Grep(store, o) => logs::grep_cmd(&store, o).map(ExitCode::Status),
         Action::Gc(store, o) => gc::gc_cmd(&store, o).map(ExitCode::Status),
-        Action::Serve(store, cfg) => {
-            serve::serve_cmd(std::sync::Arc::new(store), cfg).map(ExitCode::Status)
-        }
+        Action::Serve(store, cfg) => serve::serve_cmd(store.0, cfg).map(ExitCode::Status),
+        Action::Ship(store, o) => logwrap::ship::ship_cmd(&store, o).map(ExitCode::Status),
         Action::Completions(shell) => completions::script(&shell).and_then(|s| {
             use std::io::Write;
             std::io::stdout()

@@ -111,6 +111,21 @@ pub struct Annotation {
     pub log_line: u64,
 }
 
+/// Shipping to Redis Streams (`--ship`, SPEC §9), as the shipper last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipState {
+    /// Where to, with any password replaced by `***`.
+    pub url: String,
+    /// Bytes of both streams shipped.
+    pub bytes: u64,
+    /// Lines of both streams shipped.
+    pub lines: u64,
+    /// The last failure (connecting, writing), or null once shipping works again.
+    pub last_error: Option<String>,
+    /// Everything, the end entry included, is in Redis.
+    pub complete: bool,
+}
+
 /// The whole metadata.json document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -174,6 +189,9 @@ pub struct Metadata {
     #[serde(default)]
     pub truncated: Truncated,
     pub logwrap_version: String,
+    /// Shipping to Redis (`--ship`), or null when the job is not shipped.
+    #[serde(default)]
+    pub ship: Option<ShipState>,
 }
 
 impl Metadata {
@@ -295,6 +313,7 @@ mod tests {
             redact_skipped: Vec::new(),
             truncated: Truncated::default(),
             logwrap_version: "0".into(),
+            ship: None,
         }
     }
 

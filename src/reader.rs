@@ -97,6 +97,12 @@ pub trait LineSource: Send {
     fn indexed_bytes(&self) -> u64 {
         u64::MAX
     }
+    /// Lines the store no longer holds (a Redis stream trimmed by `MAXLEN`,
+    /// issue 10) that the reader passes over before its next line: the first
+    /// and last missing number. Stores that keep every line never have one.
+    fn gap(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl LineSource for StreamReader {

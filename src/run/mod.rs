@@ -13,6 +13,7 @@ use crate::output::index::MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
 use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
 use crate::timefmt;
+use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
@@ -112,6 +113,8 @@ pub struct RunConfig {
     /// rolling tail, the middle omitted with an explicit gap
     /// (`--max-log-size`, issue 12); `None` keeps everything.
     pub max_log_size: Option<u64>,
+    /// Ship the job's output to Redis Streams while it runs (`--ship`, SPEC §9).
+    pub ship: Option<crate::ship::ShipConfig>,
 }
 
 impl RunConfig {
@@ -139,6 +142,7 @@ impl RunConfig {
             parent: None,
             redact: Some(crate::redact::Secrets::new()),
             max_log_size: None,
+            ship: None,
         }
     }
 
@@ -218,6 +222,12 @@ impl RunConfig {
     /// value; the binary adds secret-looking environment variables.
     pub fn redact(mut self, secrets: Option<crate::redact::Secrets>) -> RunConfig {
         self.redact = secrets;
+        self
+    }
+
+    /// Ship the job's output to Redis Streams while it runs (`--ship`).
+    pub fn ship(mut self, ship: Option<crate::ship::ShipConfig>) -> RunConfig {
+        self.ship = ship;
         self
     }
 
@@ -371,6 +381,22 @@ pub fn run<S: LogStore + Clone + 'static>(
     if let Err(e) = sink.write_metadata(&meta, false) {
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
+    // Shipping (issue 10) on its own thread, from the files the loop writes:
+    // Redis can neither delay nor fail the job, so a failure here is recorded.
+    let shipper = cfg.ship.as_ref().and_then(|sc| {
+        let started = crate::ship::file_job(sink.dir())
+            .context("only jobs of a file store can be shipped")
+            .and_then(|(fs, fid)| crate::ship::ShipThread::spawn(&fs, &fid, sc, &meta));
+        match started {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if let Some(st) = &mut meta.ship {
+                    st.last_error = Some(format!("{e:#}"));
+                }
+                None
+            }
+        }
+    });
     // Retention (issue 5) off the critical path: the job already runs, and the
     // thread can neither delay nor fail it.
     if let Some(hk) = &cfg.housekeeping {
@@ -406,6 +432,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         server,
         redactor,
         redacted: Vec::new(),
+        shipper,
         log_write_failed: false,
         metadata_write_failed: false,
         draining: false,
@@ -512,6 +539,10 @@ fn initial_metadata(cfg: &RunConfig, id: &JobId) -> Metadata {
         redact_skipped: Vec::new(),
         truncated: Default::default(),
         logwrap_version: env!("CARGO_PKG_VERSION").to_string(),
+        ship: cfg.ship.as_ref().map(|c| crate::metadata::ShipState {
+            url: c.public_url(),
+            ..Default::default()
+        }),
     }
 }
 
@@ -719,6 +750,8 @@ struct Loop<'a> {
     redactor: Option<crate::redact::Redactor>,
     /// The redactor's output for the chunk at hand (reused).
     redacted: Vec<u8>,
+    /// The shipper (`--ship`), on its own thread, reading the job's files.
+    shipper: Option<crate::ship::ShipThread>,
     /// A log append has failed (and been reported on stderr).
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
@@ -1111,6 +1144,10 @@ impl Loop<'_> {
         self.last_publish = Some(now);
         self.published_markers = n;
         self.sync_stats();
+        if let Some(sh) = &self.shipper {
+            self.meta.ship = Some(sh.state());
+            sh.markers(&self.meta);
+        }
         if let Err(e) = self.sink.write_metadata(&self.meta, false) {
             // Recorded once: on a full disk every later rewrite fails too.
             if !self.metadata_write_failed {
@@ -1302,6 +1339,11 @@ impl Loop<'_> {
                 .log_errors
                 .push(format!("finishing the logs: {e}"));
         }
+        if let Some(sh) = self.shipper.take() {
+            // The rest goes out now if Redis answers; while it is down the
+            // wrapper does not wait (`logwrap ship` completes the job later).
+            self.meta.ship = Some(sh.finish(&self.meta, crate::ship::FINISH_GRACE));
+        }
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
             eprintln!("logwrap: cannot write the final metadata.json: {e:#}");
             self.meta.log_errors.push(format!("metadata.json: {e:#}"));
@@ -1385,6 +1427,7 @@ mod tests {
             parent: None,
             redact: None,
             max_log_size: None,
+            ship: None,
         };
         let mut meta = initial_metadata(&cfg, &cfg.job_run_id);
         let dep = MissingDep {

@@ -256,13 +256,19 @@ impl Follower {
                     Pumped::Done
                 });
             };
+            let before = self.last[idx(line.stream)];
             self.last[idx(line.stream)] = line.number;
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
             }
             if let Some(o) = line.omitted_before {
+                // Cut by the job's size limit (issue 12): how much, in the gap.
                 sse::gap_event(out, &line, o);
+            } else if line.number > before + 1 {
+                // Lines the store no longer has (trimmed Redis, issue 10): said,
+                // never silent.
+                gap_event(out, line.stream, before + 1, line.number - 1);
             }
             match self.which {
                 Which::One(_) => {
@@ -276,6 +282,13 @@ impl Follower {
         }
         Ok(Pumped::Full)
     }
+}
+
+/// `event: gap` for lines `from..=to` of `stream` that the store no longer
+/// holds; their full text is on the job's own machine (its `tail_url`).
+fn gap_event(out: &mut Vec<u8>, stream: Stream, from: u64, to: u64) {
+    let data = serde_json::json!({"stream": stream.name(), "from": from, "to": to});
+    out.extend_from_slice(format!("event: gap\ndata: {data}\n\n").as_bytes());
 }
 
 #[cfg(test)]

@@ -432,3 +432,67 @@ fn browser_folds_sections_lists_annotations_and_searches_the_whole_log() {
     );
     browser.screenshot(&env.path("sections.png.b64"));
 }
+
+/// Issue 10: `serve --source redis://...` shows a job running on another
+/// machine (another root, shipping with `--ship`) live in the same page.
+#[test]
+fn browser_follows_a_job_of_another_machine_through_redis() {
+    let (Some(chromium), Some(driver)) = (
+        find(&["chromium", "chromium-browser", "google-chrome"]),
+        find(&["chromedriver"]),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true but chromium/chromedriver are missing: .ci/run should install them"
+        );
+        eprintln!("SKIPPED browser_follows_a_job_of_another_machine...: no chromium/chromedriver");
+        return;
+    };
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = crate::util::redis_server::RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let child = machine
+        .cmd()
+        .args(["--job-run-id", "far", "--no-pty", "-q", "--ship", &url])
+        .args(["--", "sh", "-c", QUIT3_JOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut job = LiveJob::adopt(&machine, "far", child);
+    job.say("\x1b[31mred\x1b[0m from afar");
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("far", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    let browser = Browser::start(&chromium, &driver, &reader.path("chrome-profile"));
+    let base = format!("http://127.0.0.1:{}", srv.port);
+    browser.goto(&format!("{base}/"));
+    browser.wait_js(
+        "the remote job in the list",
+        "return !!document.querySelector('a[href=\"job_runs/far\"]');",
+    );
+    browser.goto(&format!("{base}/job_runs/far"));
+    browser.wait_js(
+        "the first line",
+        "return document.getElementById('rows').textContent.includes('from afar');",
+    );
+    let red = browser.js(
+        "const s=[...document.querySelectorAll('#rows span')].find(e=>e.textContent==='red');\
+         return s && getComputedStyle(s).color;",
+    );
+    assert_eq!(red, "rgb(205, 49, 49)");
+    job.say("a live line");
+    browser.wait_js(
+        "a live line",
+        "return document.getElementById('rows').textContent.includes('a live line');",
+    );
+    job.say("quit");
+    assert_eq!(job.finish().code(), Some(3));
+    browser.wait_js(
+        "the exit badge",
+        "return document.body.dataset.complete==='failed'&&document.getElementById('badge').textContent.includes('exit 3');",
+    );
+}

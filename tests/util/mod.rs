@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test module uses its own subset
 
 pub mod job;
+pub mod redis_server;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -1,0 +1,438 @@
+//! Shipping jobs to Redis Streams (SPEC §9, issue 10): the key layout, the
+//! shipper that reads a job's own log files by cursor and sends whole lines to
+//! a per-job stream, and `logwrap ship`, which catches up jobs whose wrapper
+//! could not finish shipping (Redis down, wrapper killed).
+//!
+//! # Key layout
+//!
+//! Every key of one job carries the job id in a hash tag, `{ID}`, so a job's
+//! keys share one Redis Cluster slot and are written in one transaction:
+//!
+//! | key                  | type   | what                                            |
+//! |----------------------|--------|-------------------------------------------------|
+//! | `logwrap:{ID}:stdout`, `logwrap:{ID}:stderr` | stream | the job's output: one entry per run of whole lines, then an end entry |
+//! | `logwrap:{ID}:meta`  | hash   | `json` (metadata.json), `host`, `status`, `stdout_end` / `stderr_end` (`"OFFSET LINE"`: shipped so far), `started`, `end` |
+//! | `logwrap:{ID}:alive` | string | set while the wrapper runs (expires 15 s after its last refresh) |
+//! | `logwrap:jobs`       | stream | every job's `started`, `marker` and `finished` events |
+//!
+//! A log entry's id is `LINE-OFFSET`: the number of its first line (from 1) and
+//! the byte offset of its first byte in that stream's log, so a reader finds
+//! line N with one `XREVRANGE` and Redis itself refuses a re-sent entry. Its
+//! fields are `stream` (`stdout`/`stderr`), `line`, `offset`, `lines`
+//! (newlines it holds), `ts` (µs since the epoch when its last line was read
+//! from the child) and `data` (the bytes). `data` holds whole
+//! lines, except that a line longer than 1 MiB (`MAX_ENTRY`) is sent in
+//! pieces of that size (same `line`, growing `offset`, `cont` = `1` on
+//! those continuing it) and that a job's last
+//! line without a newline is sent when the job ends. The end entry, in both
+//! streams with the id `18446744073709551615-0`, has `end` = `1`, `status`, `exit_code`, `stdout_bytes`, `stdout_lines`,
+//! `stderr_bytes`, `stderr_lines`. A jobs-stream event has `event`, `id`,
+//! `host`, `status`, `exit_code`, `tail_url`; a `marker` event has `event`,
+//! `id`, `host`, `stream`, `line` and `value` (the marker's JSON).
+//!
+//! Entries and the `*_end` marks are written in one `MULTI`/`EXEC`, so the
+//! marks are exactly what the stream holds: after a lost reply the shipper
+//! reads them back and resumes there, never sending a line twice; a Redis that
+//! lost its data (restarted without persistence) reads as empty and gets the
+//! whole log again. Each write trims with `XADD ... MAXLEN ~` and sets a sliding
+//! `EXPIRE` on both keys.
+
+pub(crate) mod shipper;
+mod store;
+
+use crate::metadata::ShipState;
+use crate::store::{FileStore, JobId, LogStore, Stream};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
+pub use shipper::ShipThread;
+pub use store::RedisStore;
+
+/// Default `--ship-maxlen`: entries kept per job stream. An entry holds up to
+/// 64 KiB of lines, so this keeps the last few GiB of a chatty job and all of
+/// a normal one, while a runaway job cannot fill Redis.
+pub const DEFAULT_MAXLEN: u64 = 100_000;
+
+/// Default `--ship-ttl`: a job's keys live this long after their last write,
+/// the same 7 days as local retention (SPEC §6).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Entries kept in the global jobs stream: three events per job, so the last
+/// ~30,000 jobs of a fleet, a few MiB of Redis memory.
+pub(crate) const JOBS_MAXLEN: u64 = 100_000;
+
+/// Longest the wrapper waits at the job's end for the rest of the output and
+/// the end entry to reach a Redis that answers (it waits a tenth of the job's
+/// duration, see [`ShipThread::finish`]): a healthy Redis takes milliseconds
+/// for an ordinary job; the rest of a burst, or a slow Redis, is left to a
+/// background `logwrap ship` rather than hold up the job's exit. While Redis
+/// is down the wrapper does not wait at all.
+pub const FINISH_GRACE: Duration = Duration::from_secs(2);
+
+/// The global jobs stream.
+pub(crate) const JOBS_KEY: &str = "logwrap:jobs";
+
+/// Where and how to ship.
+#[derive(Debug, Clone)]
+pub struct ShipConfig {
+    url: String,
+    /// `XADD ... MAXLEN ~` of each job's log stream.
+    pub maxlen: u64,
+    /// Sliding expiry of a job's keys.
+    pub ttl: Duration,
+    /// The `logwrap` program, to finish shipping in the background when the
+    /// job ends with more left to send than the wrapper waits for (see
+    /// [`shipper::ShipThread::finish`]); `None` leaves it to `logwrap ship`.
+    pub handoff: Option<std::path::PathBuf>,
+}
+
+impl ShipConfig {
+    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]` or
+    /// `redis+unix:///path/to/socket`), checked now so a typo fails before the
+    /// job runs.
+    pub fn new(url: &str, maxlen: u64, ttl: Duration) -> Result<ShipConfig> {
+        if url.starts_with("rediss://") {
+            bail!("rediss:// (TLS) is not supported; use redis:// through a TLS tunnel such as stunnel or spiped");
+        }
+        redis::Client::open(url).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
+                public_url(url)
+            )
+        })?;
+        if maxlen == 0 {
+            bail!("--ship-maxlen must be at least 1");
+        }
+        if ttl.as_secs() == 0 {
+            bail!("--ship-ttl must be at least 1s");
+        }
+        Ok(ShipConfig {
+            url: url.to_string(),
+            maxlen,
+            ttl,
+            handoff: None,
+        })
+    }
+
+    /// The URL without its password: what metadata, messages and files show.
+    pub fn public_url(&self) -> String {
+        public_url(&self.url)
+    }
+
+    /// The URL as given, password included: only for a child `logwrap ship`,
+    /// through its environment (never its arguments, which `ps` shows).
+    pub(crate) fn secret_url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn client(&self) -> Result<redis::Client> {
+        redis::Client::open(self.url.as_str())
+            .with_context(|| format!("invalid Redis URL {}", self.public_url()))
+    }
+}
+
+/// `url` with the password of its user part (`user:password@`) replaced by
+/// `***`, so it can be written down.
+pub fn public_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let (user, host) = (&authority[..at], &authority[at + 1..]);
+    let user = match user.split_once(':') {
+        Some((name, _)) => format!("{name}:***"),
+        None if user.is_empty() => String::new(),
+        // `redis://password@host` is how some clients spell a lone password.
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
+}
+
+/// The file store and job id of the job directory `dir`
+/// (`<root>/job_runs/<id>`), when it is one: the shipper reads a job's own
+/// files, so only a file store's jobs can be shipped.
+pub(crate) fn file_job(dir: &std::path::Path) -> Option<(FileStore, JobId)> {
+    let id = JobId::parse(dir.file_name()?.to_str()?).ok()?;
+    let store = FileStore::new(dir.parent()?.parent()?);
+    (store.job_dir(&id) == dir).then_some((store, id))
+}
+
+/// `logwrap:{ID}:stdout` or `logwrap:{ID}:stderr`.
+pub(crate) fn stream_key(id: &JobId, stream: Stream) -> String {
+    format!("logwrap:{{{id}}}:{}", stream.name())
+}
+
+/// `logwrap:{ID}:alive`: set (with a short expiry) while the job's wrapper
+/// runs, so readers tell a running job from an abandoned one.
+pub(crate) fn alive_key(id: &JobId) -> String {
+    format!("logwrap:{{{id}}}:alive")
+}
+
+/// The entry id of an entry whose first line is `line` and first byte is at
+/// `offset`: both only grow along a stream, so ids are ordered as Redis needs,
+/// a reader finds line N with one `XREVRANGE`, and a re-send is refused.
+pub(crate) fn entry_id(line: u64, offset: u64) -> String {
+    format!("{line}-{offset}")
+}
+
+/// The entry id of the end entry: after every other.
+pub(crate) const END_ID: &str = "18446744073709551615-0";
+
+/// `logwrap:{ID}:meta`.
+pub(crate) fn meta_key(id: &JobId) -> String {
+    format!("logwrap:{{{id}}}:meta")
+}
+
+/// Options of `logwrap ship`.
+#[derive(Debug, Clone)]
+pub struct ShipOptions {
+    pub ship: ShipConfig,
+    /// These jobs; empty with `all` for every job.
+    pub ids: Vec<String>,
+    pub all: bool,
+    /// First wait for each job's wrapper to exit (the background hand-off of
+    /// a wrapper whose job ended with lines still to ship).
+    pub wait_for_writer: bool,
+}
+
+/// How catching up one job went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Shipped to the end (this many bytes were new).
+    Shipped(u64),
+    /// Already complete there: nothing sent.
+    UpToDate,
+    /// Its wrapper or another `logwrap ship` is shipping it now.
+    Busy,
+}
+
+/// Ships what is missing of job `id` (finished or abandoned) and its end
+/// entry; nothing when its shipping state says it is complete at this URL.
+/// With `wait`, waits for whoever ships the job now (a wrapper's thread
+/// still sending) instead of skipping it.
+pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId, wait: bool) -> Result<CatchUp> {
+    let state = shipper::read_state(store, id);
+    // A hand-off (`wait`) goes on regardless: the wrapper's thread may have
+    // finished after the wrapper recorded it as unfinished.
+    if !wait
+        && state
+            .as_ref()
+            .is_some_and(|s| s.complete && s.url == cfg.public_url())
+    {
+        return Ok(CatchUp::UpToDate);
+    }
+    let meta = store.live_metadata(id)?;
+    if !meta.status.is_finished() {
+        // Its wrapper is alive: it ships the job itself (or was not asked to).
+        return Ok(CatchUp::Busy);
+    }
+    let Some(mut sh) = shipper::Shipper::open(store, id, cfg, wait)? else {
+        return Ok(CatchUp::Busy);
+    };
+    let before = sh.shipped_bytes();
+    sh.connect()?;
+    let mut meta = meta;
+    sh.ship_to_end(&mut meta)?;
+    let after = sh.shipped_bytes();
+    sh.persist();
+    // The writer is gone, so the document is ours to update: record the
+    // shipping state where everyone reads job state.
+    meta.ship = Some(sh.state().clone());
+    if let Err(e) = crate::metadata::write_atomic(
+        &store.metadata_path(id),
+        &meta_for_disk(store, id, sh.state()),
+        true,
+    ) {
+        eprintln!(
+            "logwrap: warning: {id}: cannot record the shipping state in metadata.json: {e:#}"
+        );
+    }
+    Ok(CatchUp::Shipped(after.saturating_sub(before)))
+}
+
+/// Blocks until job `id`'s wrapper has exited: a shared flock on the job
+/// directory, which the wrapper holds exclusively until after its final
+/// metadata is written. A directory that cannot be opened is not waited for.
+fn wait_for_writer(store: &FileStore, id: &JobId) {
+    use nix::fcntl::{open, Flock, FlockArg, OFlag};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if let Ok(fd) = open(&store.job_dir(id), flags, nix::sys::stat::Mode::empty()) {
+        let _ = Flock::lock(fd, FlockArg::LockShared);
+    }
+}
+
+/// metadata.json as written (its status is not turned to `abandoned`) with
+/// the new shipping state.
+fn meta_for_disk(store: &FileStore, id: &JobId, state: &ShipState) -> Vec<u8> {
+    match store.read_metadata(id) {
+        Ok(mut m) => {
+            m.ship = Some(state.clone());
+            m.to_json()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Wrappers look for jobs to catch up at most this often per root, unless a
+/// wrapper ended with its job incomplete since (it marks the root): scanning
+/// reads a small file per job, so a busy root pays it every 10 minutes, while
+/// a job whose wrapper was SIGKILLed waits at most that long for the next
+/// wrapper (or for `logwrap ship --all` from cron).
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// `<root>/.ship-stamp`: its mtime is when wrappers last caught up the root;
+/// flocked while one does; set to the epoch to ask for a catch-up at once.
+const CATCH_UP_STAMP: &str = ".ship-stamp";
+
+fn open_stamp(store: &FileStore) -> Result<(std::fs::File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.root().join(CATCH_UP_STAMP);
+    // O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO planted there must neither
+    // lead us out of the root nor hang the thread.
+    let open = |create: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+    };
+    match open(true) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(false)
+            .map(|f| (f, false))
+            .with_context(|| format!("opening {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// Asks the next wrapper of this root to catch up at once: a job ended with
+/// its shipping incomplete.
+pub(crate) fn mark_pending(store: &FileStore) {
+    use nix::sys::time::TimeSpec;
+    if let Ok((f, _)) = open_stamp(store) {
+        let epoch = TimeSpec::new(0, 0);
+        let _ = nix::sys::stat::futimens(&f, &epoch, &epoch);
+    }
+}
+
+/// The wrapper's background catch-up (issue 10 point 3): when due (see
+/// [`CATCH_UP_INTERVAL`]) and no other wrapper is at it, ships every finished
+/// job of the root whose shipping to this URL is recorded as incomplete.
+pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> {
+    use nix::fcntl::{Flock, FlockArg};
+    let (f, created) = open_stamp(store)?;
+    let Ok(stamp) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+        return Ok(());
+    };
+    let last = stamp.metadata().and_then(|m| m.modified())?;
+    let age = std::time::SystemTime::now()
+        .duration_since(last)
+        .unwrap_or(CATCH_UP_INTERVAL);
+    if !created && age < CATCH_UP_INTERVAL {
+        return Ok(());
+    }
+    // Stamped first: a mark_pending during the scan is not lost.
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    nix::sys::stat::futimens(&*stamp, &now, &now)?;
+    for id in store.job_ids()? {
+        let pending = shipper::read_state(store, &id)
+            .is_some_and(|s| !s.complete && s.url == cfg.public_url());
+        if pending {
+            let _ = catch_up(store, cfg, &id, false);
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`maybe_catch_up`] on a thread of its own; errors are dropped, as the
+/// job beside it must never be delayed or failed (`logwrap ship` reports them).
+pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig) {
+    let _ = std::thread::Builder::new()
+        .name("logwrap-ship-catch-up".into())
+        .spawn(move || {
+            shipper::block_signals();
+            let _ = maybe_catch_up(&store, &cfg);
+        });
+}
+
+/// `logwrap ship`: catches up the jobs named (or all, with `--all`); exit 0
+/// when every job is shipped or up to date, 1 if any failed.
+pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
+    use std::io::Write;
+    let ids: Vec<JobId> = if o.all {
+        store.job_ids()?
+    } else {
+        if o.ids.is_empty() {
+            return Err(
+                crate::exit::UsageError("name the jobs to ship, or pass --all".into()).into(),
+            );
+        }
+        o.ids
+            .iter()
+            .map(|s| JobId::parse(s).map_err(crate::exit::UsageError))
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for id in ids {
+        if o.wait_for_writer {
+            wait_for_writer(store, &id);
+        }
+        let line = match catch_up(store, &o.ship, &id, o.wait_for_writer) {
+            Ok(CatchUp::Shipped(n)) => format!("{id}: shipped {n} bytes, complete"),
+            Ok(CatchUp::UpToDate) => format!("{id}: up to date"),
+            Ok(CatchUp::Busy) => {
+                format!("{id}: running or being shipped by another process; skipped")
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("logwrap: {id}: {e:#}");
+                continue;
+            }
+        };
+        writeln!(out, "{line}").context("writing to stdout")?;
+    }
+    Ok(i32::from(failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_the_public_url() {
+        assert_eq!(
+            public_url("redis://alice:s3cret@db:6379/2"),
+            "redis://alice:***@db:6379/2"
+        );
+        assert_eq!(public_url("redis://:s3cret@db"), "redis://:***@db");
+        assert_eq!(public_url("redis://s3cret@db/0"), "redis://***@db/0");
+        assert_eq!(public_url("redis://db:6379"), "redis://db:6379");
+        assert_eq!(
+            public_url("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn keys_of_one_job_share_a_hash_tag() {
+        let id = JobId::parse("build-42").unwrap();
+        assert_eq!(stream_key(&id, Stream::Stderr), "logwrap:{build-42}:stderr");
+        assert_eq!(meta_key(&id), "logwrap:{build-42}:meta");
+    }
+
+    #[test]
+    fn bad_urls_and_bounds_are_refused_before_the_job() {
+        assert!(ShipConfig::new("http://x", 1, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("rediss://x", 1, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("redis://x", 0, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("redis://x", 1, Duration::ZERO).is_err());
+        assert!(ShipConfig::new("redis://x:1/0", 1, DEFAULT_TTL).is_ok());
+    }
+}

@@ -1,0 +1,1035 @@
+//! The Redis-backed [`LogStore`] (issue 10 point 4): every job shipped to one
+//! Redis, from every machine, read through the same trait as the file store,
+//! so `serve`, `logs`, `ls` and `show` work unchanged with `--source
+//! redis://...`. Read-only: jobs are created by wrappers with `--ship`, and
+//! removed by Redis's own expiry, never by `gc`.
+
+use super::{alive_key, meta_key, stream_key, JOBS_KEY};
+use crate::metadata::{Metadata, Status};
+use crate::reader::{LineSource, LogLine, Start};
+use crate::store::{
+    ChangeWatcher, Changes, CreateError, DirIdentity, JobId, JobListing, JobSink, JobUsage,
+    Leftover, LogStore, Progress, RawLog, Removed, ScanEntry, Stream, Unlisted,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::OFlag;
+use redis::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A command taking longer than this counts as a lost connection (it is
+/// dropped and made again on the next call).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Entries fetched per `XRANGE` while reading lines: at most 64 KiB each
+/// (1 MiB for pieces of a long line), so a few MiB per call at most.
+const FETCH: usize = 8;
+/// How long the watcher's `XREAD` blocks: changes to the set of watched jobs
+/// are taken up at least this often; the socket timeout is longer.
+const BLOCK: Duration = Duration::from_millis(250);
+/// A watcher whose Redis is down tries again this often.
+const RECONNECT: Duration = Duration::from_secs(1);
+/// Jobs listed at most: the list is built in memory.
+const MAX_JOBS: usize = 100_000;
+/// Jobs asked about per pipelined round trip when listing.
+const LIST_BATCH: usize = 500;
+/// Most keys the `SCAN` for jobs asks for per call.
+const SCAN_COUNT: usize = 1000;
+
+/// Jobs shipped to one Redis (see the module docs).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    url: String,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn connect(client: &redis::Client, url: &str, read_timeout: Duration) -> Result<redis::Connection> {
+    let conn = client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {url}"))?;
+    conn.set_read_timeout(Some(read_timeout))
+        .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
+        .with_context(|| format!("setting timeouts on {url}"))?;
+    Ok(conn)
+}
+
+impl Inner {
+    /// Runs `f` on the shared connection, connecting first if needed; a failed
+    /// command drops the connection so the next call makes a new one.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut guard = lock(&self.conn);
+        if guard.is_none() {
+            *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    *guard = None;
+                }
+                Err(anyhow::Error::new(e).context(format!("reading from {}", self.url)))
+            }
+        }
+    }
+}
+
+fn not_found(id: &JobId) -> anyhow::Error {
+    anyhow::Error::new(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no job run {id} in Redis"),
+    ))
+}
+
+fn read_only() -> anyhow::Error {
+    anyhow!("a Redis source is read-only: jobs get there with --ship and leave by expiry")
+}
+
+impl RedisStore {
+    /// The jobs shipped to the Redis at `url` (checked, not yet connected).
+    pub fn new(url: &str) -> Result<RedisStore> {
+        let client = redis::Client::open(url).map_err(|e| {
+            anyhow!(
+                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
+                super::public_url(url)
+            )
+        })?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                url: super::public_url(url),
+                conn: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The shipped marks of job `id`: `[stdout, stderr]` (offset, next line).
+    fn marks(&self, id: &JobId) -> Result<[(u64, u64); 2]> {
+        let v: Vec<Option<String>> = self.inner.with(|c| {
+            redis::cmd("HMGET")
+                .arg(meta_key(id))
+                .arg("stdout_end")
+                .arg("stderr_end")
+                .query(c)
+        })?;
+        let parse = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|m| m.split_once(' '))
+                .and_then(|(o, l)| Some((o.parse().ok()?, l.parse().ok()?)))
+                .unwrap_or((0, 1))
+        };
+        Ok([parse(&v[0]), parse(&v[1])])
+    }
+}
+
+/// An entry of a job's log stream, parsed.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: String,
+    line: u64,
+    offset: u64,
+    ts_us: u64,
+    data: Vec<u8>,
+    /// The end entry (no data).
+    end: bool,
+    /// It continues a line begun in an earlier entry (a piece of a long line).
+    cont: bool,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses an `XRANGE` reply (or one stream of an `XREAD` reply).
+fn entries(v: Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let Value::Array(mut pair) = item else {
+                return None;
+            };
+            let fields = pair.pop()?;
+            let id = text(&pair.pop()?)?;
+            let Value::Array(kv) = fields else {
+                return None;
+            };
+            let mut e = Entry {
+                id,
+                line: 0,
+                offset: 0,
+                ts_us: 0,
+                data: Vec::new(),
+                end: false,
+                cont: false,
+            };
+            let mut it = kv.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let num = || text(&v).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+                match text(&k).as_deref() {
+                    Some("line") => e.line = num(),
+                    Some("offset") => e.offset = num(),
+                    Some("ts") => e.ts_us = num(),
+                    Some("end") => e.end = true,
+                    Some("cont") => e.cont = true,
+                    Some("data") => {
+                        if let Value::BulkString(b) = v {
+                            e.data = b;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+impl LogStore for RedisStore {
+    fn create_job(&self, _id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError> {
+        Err(CreateError::Io(read_only()))
+    }
+
+    fn metadata(&self, id: &JobId) -> Result<Metadata> {
+        let json: Option<Vec<u8>> = self
+            .inner
+            .with(|c| redis::cmd("HGET").arg(meta_key(id)).arg("json").query(c))?;
+        let json = json.ok_or_else(|| not_found(id))?;
+        serde_json::from_slice(&json)
+            .with_context(|| format!("parsing the metadata of {id} in Redis"))
+    }
+
+    fn writer_alive(&self, id: &JobId) -> bool {
+        self.inner
+            .with(|c| redis::cmd("EXISTS").arg(alive_key(id)).query::<i64>(c))
+            .is_ok_and(|n| n == 1)
+    }
+
+    fn job_exists(&self, id: &JobId) -> bool {
+        self.inner
+            .with(|c| redis::cmd("EXISTS").arg(meta_key(id)).query::<i64>(c))
+            .is_ok_and(|n| n == 1)
+    }
+
+    fn job_ids(&self) -> Result<Vec<JobId>> {
+        let mut ids = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.inner.with(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("logwrap:{*}:meta")
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query(c)
+            })?;
+            for k in keys {
+                let id = k
+                    .strip_prefix("logwrap:{")
+                    .and_then(|r| r.strip_suffix("}:meta"))
+                    .and_then(|s| JobId::parse(s).ok());
+                if let Some(id) = id {
+                    ids.push(id);
+                }
+            }
+            if next == 0 || ids.len() >= MAX_JOBS {
+                break;
+            }
+            cursor = next;
+        }
+        ids.sort();
+        ids.dedup();
+        ids.truncate(MAX_JOBS);
+        Ok(ids)
+    }
+
+    /// One pipelined round trip per `LIST_BATCH` jobs, not two per job.
+    fn list_jobs(&self) -> Result<Vec<JobListing>> {
+        let ids = self.job_ids()?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(LIST_BATCH) {
+            let mut p = redis::pipe();
+            for id in batch {
+                p.cmd("HGET").arg(meta_key(id)).arg("json");
+                p.cmd("EXISTS").arg(alive_key(id));
+            }
+            let replies: Vec<Value> = self.inner.with(|c| p.query(c))?;
+            for (id, pair) in batch.iter().zip(replies.chunks(2)) {
+                let meta = match &pair[0] {
+                    Value::BulkString(b) => serde_json::from_slice::<Metadata>(b)
+                        .map_err(|e| Unlisted::Damaged(format!("metadata in Redis: {e}"))),
+                    _ => Err(Unlisted::Creating),
+                };
+                let alive = matches!(pair.get(1), Some(Value::Int(1)));
+                let meta = meta.map(|mut m| {
+                    if m.status == Status::Running && !alive {
+                        m.status = Status::Abandoned;
+                    }
+                    m
+                });
+                let started_ms = meta
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| crate::timefmt::parse_rfc3339_ms(&m.started_at))
+                    .unwrap_or(0);
+                jobs.push(JobListing {
+                    id: id.clone(),
+                    meta,
+                    started_ms,
+                });
+            }
+        }
+        jobs.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
+        Ok(jobs)
+    }
+
+    fn created_ms(&self, _id: &JobId) -> Option<i64> {
+        None
+    }
+
+    /// The last id of the jobs stream: it moves whenever a job starts or ends.
+    fn list_version(&self) -> Option<u64> {
+        let v: Value = self
+            .inner
+            .with(|c| {
+                redis::cmd("XREVRANGE")
+                    .arg(JOBS_KEY)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query(c)
+            })
+            .ok()?;
+        let id = entries(v).pop().map(|e| e.id).unwrap_or_default();
+        let (ms, seq) = id.split_once('-').unwrap_or(("0", "0"));
+        Some(ms.parse::<u64>().ok()?.wrapping_mul(1 << 16) ^ seq.parse::<u64>().ok()?)
+    }
+
+    fn open_lines(
+        &self,
+        id: &JobId,
+        stream: Stream,
+        start: Start,
+        max_keep: usize,
+    ) -> Result<Box<dyn LineSource>> {
+        if !self.job_exists(id) {
+            return Err(not_found(id));
+        }
+        let mut r = RedisLines {
+            store: self.clone(),
+            id: id.clone(),
+            stream,
+            key: stream_key(id, stream),
+            next: 1,
+            pos: 0,
+            max_keep,
+            buf: VecDeque::new(),
+            at: 0,
+            after: None,
+            partial: None,
+            ended: false,
+            gap: None,
+            requested: None,
+        };
+        let want = match start {
+            Start::Line(n) => n.max(1),
+            Start::Tail(n) => (r.total_lines()? + 1).saturating_sub(n).max(1),
+        };
+        r.seek(want)?;
+        Ok(Box::new(r))
+    }
+
+    fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>> {
+        if !self.job_exists(id) {
+            return Err(not_found(id));
+        }
+        Ok(Box::new(RedisRaw {
+            store: self.clone(),
+            id: id.clone(),
+            stream,
+            cache: Mutex::new(None),
+        }))
+    }
+
+    /// Shipped bytes and next line numbers of both streams.
+    fn progress(&self, id: &JobId) -> Progress {
+        match self.marks(id) {
+            Ok([(o, ol), (e, el)]) => [o, e, ol, el],
+            Err(_) => [0; 4],
+        }
+    }
+
+    fn watcher(&self) -> Result<Box<dyn ChangeWatcher>> {
+        RedisWatcher::start(self)
+    }
+
+    fn location(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    fn scan(&self, _f: &mut dyn FnMut(ScanEntry)) -> Result<()> {
+        bail!("gc does not apply to a Redis source: its jobs expire by --ship-ttl")
+    }
+
+    fn job_usage(&self, _id: &JobId) -> io::Result<JobUsage> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a Redis source is read-only",
+        ))
+    }
+
+    fn remove_job(&self, _id: &JobId, _expected: DirIdentity) -> Result<Removed> {
+        Err(read_only())
+    }
+
+    fn clear_leftover(&self, _leftover: &Leftover) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// A line being put together from entries.
+struct Partial {
+    number: u64,
+    offset: u64,
+    len: u64,
+    data: Vec<u8>,
+    /// When its latest piece was read.
+    ts_us: u64,
+}
+
+/// One stream of a shipped job, line by line.
+struct RedisLines {
+    store: RedisStore,
+    id: JobId,
+    stream: Stream,
+    key: String,
+    /// Number and offset of the next line.
+    next: u64,
+    pos: u64,
+    max_keep: usize,
+    /// Entries fetched and not yet used up; `at` bytes of the first are used.
+    buf: VecDeque<Entry>,
+    at: usize,
+    /// Id of the last entry fetched: the next `XRANGE` starts after it.
+    after: Option<String>,
+    partial: Option<Partial>,
+    /// The end entry was seen.
+    ended: bool,
+    /// Lines trimmed away before the next line, until it is returned.
+    gap: Option<(u64, u64)>,
+    /// The line asked for when a gap was found at the start: what
+    /// `next_number` says until the first line is returned, so a caller sees
+    /// the jump.
+    requested: Option<u64>,
+}
+
+impl RedisLines {
+    fn fetch(&mut self, from: &str, count: usize) -> Result<Vec<Entry>> {
+        let key = self.key.clone();
+        let v: Value = self.store.inner.with(|c| {
+            redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .query(c)
+        })?;
+        Ok(entries(v))
+    }
+
+    /// Positions the reader at line `want`, or at the first line still in
+    /// Redis after it (a gap, which the next line's number shows).
+    fn seek(&mut self, want: u64) -> Result<()> {
+        let key = self.key.clone();
+        // The last entry that starts before line `want`: line `want` starts in
+        // it, or at the start of the entry after it.
+        let before: Value = self.store.inner.with(|c| {
+            redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(format!("({want}-0"))
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(c)
+        })?;
+        let from = match entries(before).pop() {
+            Some(e) if want > 1 => e.id,
+            _ => "-".to_string(),
+        };
+        let mut got = self.fetch(&from, FETCH)?;
+        if got.is_empty() {
+            // Nothing shipped yet: wait at line 1 (numbers stay right as the
+            // stream grows, as the file store's reader does).
+            return Ok(());
+        }
+        self.after = got.last().map(|e| e.id.clone());
+        self.next = got[0].line;
+        self.pos = got[0].offset;
+        self.buf = got.drain(..).collect();
+        self.at = 0;
+        if from == "-" && self.buf.front().is_some_and(|e| e.cont) {
+            // The first entry left continues a line whose start was trimmed
+            // away: start at its first whole line.
+            self.skip_partial_start()?;
+        }
+        self.skip_to(want)?;
+        if self.next > want {
+            self.gap = Some((want, self.next - 1));
+            self.requested = Some(want);
+        }
+        Ok(())
+    }
+
+    /// Drops the rest of a line whose start was trimmed away.
+    fn skip_partial_start(&mut self) -> Result<()> {
+        loop {
+            let Some(e) = self.buf.front() else {
+                if !self.more()? {
+                    return Ok(());
+                }
+                continue;
+            };
+            if e.end {
+                return Ok(());
+            }
+            let rest = &e.data[self.at..];
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    self.at += i + 1;
+                    self.pos += i as u64 + 1;
+                    self.next += 1;
+                    return Ok(());
+                }
+                None => {
+                    self.pos += rest.len() as u64;
+                    self.buf.pop_front();
+                    self.at = 0;
+                }
+            }
+        }
+    }
+
+    /// Reads and drops lines until line `want` is next (or the stream's
+    /// current end is reached, where the reader then waits).
+    fn skip_to(&mut self, want: u64) -> Result<()> {
+        while self.next < want {
+            if self.read_line(false, true)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the entries after the last one (called with nothing buffered);
+    /// false if there are none yet.
+    fn more(&mut self) -> Result<bool> {
+        let from = match &self.after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let got = self.fetch(&from, FETCH)?;
+        let Some(first) = got.first() else {
+            return Ok(false);
+        };
+        let (offset, line, cont) = (first.offset, first.line, first.cont);
+        self.after = got.last().map(|e| e.id.clone());
+        self.buf.extend(got);
+        self.at = 0;
+        if offset > self.pos {
+            // Trimmed (MAXLEN) before we read it: what lay between is gone.
+            let from = self.partial.take().map_or(self.next, |p| p.number);
+            self.pos = offset;
+            self.next = line;
+            if cont {
+                self.skip_partial_start()?;
+            }
+            if self.next > from {
+                self.gap = Some((from, self.next - 1));
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next line; with `skip`, only counted (nothing kept).
+    fn read_line(&mut self, writer_done: bool, skip: bool) -> Result<Option<LogLine>> {
+        loop {
+            let Some(e) = self.buf.front() else {
+                if self.more()? {
+                    continue;
+                }
+                return Ok(self.take_unfinished(writer_done || self.ended));
+            };
+            if e.end {
+                self.ended = true;
+                self.buf.pop_front();
+                self.at = 0;
+                continue;
+            }
+            let ts = e.ts_us;
+            let rest = &e.data[self.at..];
+            let (n, complete) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (i + 1, true),
+                None => (rest.len(), false),
+            };
+            let p = self.partial.get_or_insert(Partial {
+                number: self.next,
+                offset: self.pos,
+                len: 0,
+                data: Vec::new(),
+                ts_us: ts,
+            });
+            p.ts_us = ts;
+            if !skip {
+                let room = self.max_keep.saturating_sub(p.data.len());
+                p.data.extend_from_slice(&rest[..n.min(room)]);
+            }
+            p.len += n as u64;
+            self.at += n;
+            self.pos += n as u64;
+            if self.at >= e.data.len() {
+                self.buf.pop_front();
+                self.at = 0;
+            }
+            if complete {
+                let p = self.partial.take().expect("set above");
+                self.next += 1;
+                return Ok(Some(LogLine {
+                    omitted_before: None,
+                    stream: self.stream,
+                    number: p.number,
+                    offset: p.offset,
+                    len: p.len,
+                    ts_us: ts,
+                    seq: ts,
+                    data: p.data,
+                    complete: true,
+                }));
+            }
+        }
+    }
+
+    /// A final line without a newline, once nothing more will come.
+    fn take_unfinished(&mut self, done: bool) -> Option<LogLine> {
+        if !done {
+            return None;
+        }
+        let p = self.partial.take()?;
+        self.next += 1;
+        Some(LogLine {
+            omitted_before: None,
+            stream: self.stream,
+            number: p.number,
+            offset: p.offset,
+            len: p.len,
+            ts_us: p.ts_us,
+            seq: p.ts_us,
+            data: p.data,
+            complete: false,
+        })
+    }
+}
+
+impl LineSource for RedisLines {
+    fn stream(&self) -> Stream {
+        self.stream
+    }
+
+    fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
+        let line = self.read_line(writer_done, false)?;
+        if line.is_some() {
+            self.gap = None;
+            self.requested = None;
+        }
+        Ok(line)
+    }
+
+    fn next_number(&self) -> u64 {
+        self.requested
+            .unwrap_or_else(|| self.partial.as_ref().map_or(self.next, |p| p.number))
+    }
+
+    fn gap(&self) -> Option<(u64, u64)> {
+        self.gap
+    }
+
+    fn position(&self) -> u64 {
+        self.partial.as_ref().map_or(self.pos, |p| p.offset)
+    }
+
+    /// Shipped lines, counting a final line without a newline once the job
+    /// has ended.
+    fn total_lines(&mut self) -> Result<u64> {
+        let [out, err] = self.store.marks(&self.id)?;
+        let (_, next) = if self.stream == Stream::Stdout {
+            out
+        } else {
+            err
+        };
+        let complete = next - 1;
+        let finished = self
+            .store
+            .metadata(&self.id)
+            .ok()
+            .filter(|m| m.status.is_finished());
+        Ok(match finished {
+            Some(m) => {
+                let s = if self.stream == Stream::Stdout {
+                    m.stdout
+                } else {
+                    m.stderr
+                };
+                s.lines.max(complete)
+            }
+            None => complete,
+        })
+    }
+}
+
+/// The raw bytes of one stream of a shipped job, read from its entries.
+struct RedisRaw {
+    store: RedisStore,
+    id: JobId,
+    stream: Stream,
+    /// The entry read last: sequential reads go on from it.
+    cache: Mutex<Option<Entry>>,
+}
+
+impl RedisRaw {
+    fn key(&self) -> String {
+        stream_key(&self.id, self.stream)
+    }
+
+    fn range(&self, from: &str, to: &str, rev: bool) -> io::Result<Option<Entry>> {
+        let key = self.key();
+        let v: Value = self
+            .store
+            .inner
+            .with(|c| {
+                redis::cmd(if rev { "XREVRANGE" } else { "XRANGE" })
+                    .arg(&key)
+                    .arg(from)
+                    .arg(to)
+                    .arg("COUNT")
+                    .arg(1)
+                    .query(c)
+            })
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(entries(v).into_iter().find(|e| !e.end))
+    }
+
+    /// The entry holding byte `offset`: a binary search on line numbers (an
+    /// entry's offset grows with its first line), then one look among the
+    /// pieces of a long line.
+    fn find(&self, offset: u64) -> io::Result<Option<Entry>> {
+        let last_line = {
+            let marks = self
+                .store
+                .marks(&self.id)
+                .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            marks[self.stream as usize].1
+        };
+        let (mut lo, mut hi) = (1u64, last_line.max(1));
+        let mut best: Option<Entry> = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.range(&format!("{mid}-18446744073709551615"), "-", true)? {
+                Some(e) if e.offset <= offset => {
+                    best = Some(e);
+                    lo = mid + 1;
+                }
+                Some(_) => hi = mid - 1,
+                // Trimmed up to past line `mid`: look higher.
+                None => lo = mid + 1,
+            }
+        }
+        // Pieces of one long line share its number: the entry holding the byte
+        // is the last one up to id `LINE-OFFSET` of the first line past it.
+        match self.range(&format!("{lo}-{offset}"), "-", true)? {
+            Some(e) if e.offset <= offset => Ok(Some(e)),
+            _ => Ok(best),
+        }
+    }
+}
+
+impl RawLog for RedisRaw {
+    fn len(&self) -> io::Result<u64> {
+        let marks = self
+            .store
+            .marks(&self.id)
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(marks[self.stream as usize].0)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut cache = lock(&self.cache);
+        let hit = |e: &Entry| e.offset <= offset && offset < e.offset + e.data.len() as u64;
+        if !cache.as_ref().is_some_and(hit) {
+            // Sequential reads go on with the next entry; others search.
+            let next = match cache.as_ref() {
+                Some(c) if offset == c.offset + c.data.len() as u64 => {
+                    self.range(&format!("({}", c.id), "+", false)?
+                }
+                _ => None,
+            };
+            *cache = match next.filter(hit) {
+                Some(e) => Some(e),
+                None => self.find(offset)?,
+            };
+        }
+        let Some(e) = cache.as_ref().filter(|e| hit(e)) else {
+            if offset < self.len()? {
+                // Never a silent hole: the bytes were trimmed (MAXLEN).
+                return Err(io::Error::other(format!(
+                    "byte {offset} of {} of job {} is no longer in Redis (trimmed by --ship-maxlen); \
+                     the full log is on the job's machine",
+                    self.stream.name(),
+                    self.id
+                )));
+            }
+            return Ok(0);
+        };
+        let from = (offset - e.offset) as usize;
+        let n = (e.data.len() - from).min(buf.len());
+        buf[..n].copy_from_slice(&e.data[from..from + n]);
+        Ok(n)
+    }
+
+    fn removed(&self) -> io::Result<bool> {
+        Ok(!self.store.job_exists(&self.id))
+    }
+}
+
+/// What a watcher's thread and its owner share.
+#[derive(Default)]
+struct Watch {
+    /// Watched jobs, with the last entry id seen of each stream.
+    jobs: HashMap<JobId, [String; 2]>,
+    /// The last id seen of the jobs stream, when the list is watched.
+    list: Option<String>,
+    pending: BTreeMap<JobId, bool>,
+    pending_list: bool,
+    stop: bool,
+}
+
+/// Change notification from Redis: one thread per watcher, one connection,
+/// one `XREAD BLOCK` over every watched stream with the last id seen of each
+/// (never `$`, so nothing written between two reads is missed), however many
+/// jobs are watched.
+struct RedisWatcher {
+    store: RedisStore,
+    shared: Arc<Mutex<Watch>>,
+    read: OwnedFd,
+    /// The thread, woken when the watched set changes or the watcher goes.
+    thread: std::thread::Thread,
+}
+
+impl RedisWatcher {
+    fn start(store: &RedisStore) -> Result<Box<dyn ChangeWatcher>> {
+        let (read, wake) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .context("cannot make a pipe to wake a watcher of Redis")?;
+        let shared = Arc::new(Mutex::new(Watch::default()));
+        let theirs = shared.clone();
+        let client = store.inner.client.clone();
+        let url = store.inner.url.clone();
+        let handle = std::thread::Builder::new()
+            .name("logwrap-redis-watch".into())
+            .spawn(move || watch_loop(&client, &url, &theirs, &wake))
+            .context("starting the Redis watcher thread")?;
+        Ok(Box::new(RedisWatcher {
+            store: store.clone(),
+            shared,
+            read,
+            thread: handle.thread().clone(),
+        }))
+    }
+
+    /// The id of the newest entry of `key` now ("0-0" when it is empty).
+    fn last_id(&self, key: &str) -> Result<String> {
+        let v: Value = self.store.inner.with(|c| {
+            redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(c)
+        })?;
+        Ok(entries(v).pop().map_or_else(|| "0-0".to_string(), |e| e.id))
+    }
+}
+
+impl ChangeWatcher for RedisWatcher {
+    fn watch_job(&mut self, id: &JobId) -> Result<()> {
+        if !self.store.job_exists(id) {
+            return Err(not_found(id));
+        }
+        let ids = [
+            self.last_id(&stream_key(id, Stream::Stdout))?,
+            self.last_id(&stream_key(id, Stream::Stderr))?,
+        ];
+        lock(&self.shared).jobs.insert(id.clone(), ids);
+        self.thread.unpark();
+        Ok(())
+    }
+
+    fn unwatch_job(&mut self, id: &JobId) {
+        lock(&self.shared).jobs.remove(id);
+    }
+
+    fn watch_list(&mut self) -> Result<()> {
+        let last = self.last_id(JOBS_KEY)?;
+        lock(&self.shared).list = Some(last);
+        self.thread.unpark();
+        Ok(())
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    fn take_changes(&mut self) -> Result<Changes> {
+        let mut b = [0u8; 256];
+        while matches!(nix::unistd::read(&self.read, &mut b), Ok(n) if n > 0) {}
+        let mut w = lock(&self.shared);
+        Ok(Changes {
+            jobs: std::mem::take(&mut w.pending).into_iter().collect(),
+            list: std::mem::take(&mut w.pending_list),
+            overflow: false,
+        })
+    }
+}
+
+impl Drop for RedisWatcher {
+    fn drop(&mut self) {
+        lock(&self.shared).stop = true;
+        self.thread.unpark();
+    }
+}
+
+fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &OwnedFd) {
+    super::shipper::block_signals();
+    let mut conn: Option<redis::Connection> = None;
+    loop {
+        // The keys and last ids to read from, taken fresh each time round.
+        let (keys, ids, owners) = {
+            let w = lock(shared);
+            if w.stop {
+                return;
+            }
+            let mut keys = Vec::new();
+            let mut ids = Vec::new();
+            let mut owners: Vec<Option<(JobId, usize)>> = Vec::new();
+            for (id, last) in &w.jobs {
+                for s in Stream::BOTH {
+                    keys.push(stream_key(id, s));
+                    ids.push(last[s as usize].clone());
+                    owners.push(Some((id.clone(), s as usize)));
+                }
+            }
+            if let Some(last) = &w.list {
+                keys.push(JOBS_KEY.to_string());
+                ids.push(last.clone());
+                owners.push(None);
+            }
+            (keys, ids, owners)
+        };
+        if keys.is_empty() {
+            // Nothing to read until something is watched (which unparks us).
+            std::thread::park_timeout(BLOCK);
+            continue;
+        }
+        if conn.is_none() {
+            // The socket waits longer than the block, so a timeout means a dead
+            // connection, not a quiet job.
+            match connect(client, url, BLOCK + IO_TIMEOUT) {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    // Redis is down: try again in a second (or when told to stop).
+                    std::thread::park_timeout(RECONNECT);
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(FETCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&keys)
+            .arg(&ids)
+            .query(c);
+        let reply = match reply {
+            Ok(v) => v,
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        let Value::Array(streams) = reply else {
+            continue;
+        };
+        let mut w = lock(shared);
+        let mut woke = false;
+        for s in streams {
+            let Value::Array(mut pair) = s else { continue };
+            let Some(items) = pair.pop() else { continue };
+            let Some(key) = pair.pop().as_ref().and_then(text) else {
+                continue;
+            };
+            let got = entries(items);
+            let Some(last) = got.last().map(|e| e.id.clone()) else {
+                continue;
+            };
+            let Some(i) = keys.iter().position(|k| *k == key) else {
+                continue;
+            };
+            match &owners[i] {
+                Some((id, s)) => {
+                    let status = got.iter().any(|e| e.end);
+                    if let Some(ids) = w.jobs.get_mut(id) {
+                        ids[*s] = last;
+                        *w.pending.entry(id.clone()).or_default() |= status;
+                        woke = true;
+                    }
+                }
+                None => {
+                    w.list = Some(last);
+                    w.pending_list = true;
+                    woke = true;
+                }
+            }
+        }
+        drop(w);
+        if woke {
+            let _ = nix::unistd::write(wake, &[1]);
+        }
+    }
+}

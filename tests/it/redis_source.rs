@@ -1,0 +1,184 @@
+//! Reading jobs from Redis (`--source`, issue 10 point 4) against a real
+//! `redis-server`: `logs`, `ls`, `show` and `serve` give for a job shipped
+//! from another root ("another machine") what they give locally, follow it
+//! live, and say when trimming lost lines instead of skipping them silently.
+
+use crate::util::job::Follower;
+use crate::util::redis_server::{wait_shipped, RedisServer};
+use crate::util::serve::{get, LiveJob, Serve, SseConn, LIMIT};
+use crate::util::*;
+
+/// A job with every byte value, CRs, a 2.5 MiB line (pieces), 3,000 short
+/// lines, stderr, and a last line without a newline.
+const MIXED: &str =
+    "printf 'bin:'; awk 'BEGIN{for(i=1;i<256;i++) if (i!=10) printf \"%c\", i; printf \"\\n\"}'; \
+    printf 'a\\r\\nprogress 10%%\\rprogress 100%%\\r\\n'; echo e1 >&2; \
+    head -c 2621440 /dev/zero | tr '\\0' y; echo; seq 1 3000; echo e2 >&2; printf 'the end'";
+
+#[test]
+fn logs_ls_and_show_read_a_shipped_job_as_they_read_it_locally() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("mixed", &["--no-pty", "-q", "--ship", &url], MIXED));
+    wait_shipped(&env, "mixed");
+    for args in [
+        &[][..],
+        &["--stderr"],
+        &["--tail", "3"],
+        &["--since", "2990"],
+        &["--stderr", "--prefix", "--since", "2"],
+    ] {
+        let local = env.run(&[&["logs"], args, &["mixed"]].concat());
+        let remote = env.run(&[&["logs", "--source", &url], args, &["mixed"]].concat());
+        assert_ok(&remote);
+        assert!(
+            local.stdout == remote.stdout,
+            "logs {args:?}: {} bytes locally, {} from Redis; stderr {}",
+            local.stdout.len(),
+            remote.stdout.len(),
+            stderr_text(&remote)
+        );
+    }
+    // Merged, each stream keeps its order; across streams Redis orders by
+    // entry time (an entry holds up to 64 KiB of lines), so the same lines
+    // come, possibly interleaved differently than the local index says.
+    let lines = |o: &std::process::Output| {
+        let mut v: Vec<Vec<u8>> = o
+            .stdout
+            .split(|b| *b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        v.sort();
+        v
+    };
+    let local = env.run(&["logs", "--all", "--prefix", "mixed"]);
+    let remote = env.run(&["logs", "--all", "--prefix", "--source", &url, "mixed"]);
+    assert_ok(&remote);
+    assert!(
+        lines(&local) == lines(&remote),
+        "logs --all --prefix: other lines"
+    );
+    // Another machine (another root) ships a job of its own.
+    let other = TestEnv::new();
+    assert_fails_with(
+        &other.run_sh("elsewhere", &["--no-pty", "-q", "--ship", &url], "exit 5"),
+        5,
+    );
+    wait_shipped(&other, "elsewhere");
+    let ls = env.run(&["ls", "--json", "--source", &url]);
+    assert_ok(&ls);
+    let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{jobs}");
+    assert!(
+        ids.contains(&"mixed") && ids.contains(&"elsewhere"),
+        "{ids:?}"
+    );
+    let show = env.run(&["show", "--json", "--source", &url, "elsewhere"]);
+    assert_ok(&show);
+    let meta: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(meta["exit_code"], 5);
+    assert_eq!(meta["status"], "failed");
+    // A job Redis does not have is "not found", exit 1, as locally.
+    assert_fails_with(&env.run(&["show", "--source", &url, "nosuch"]), 1);
+}
+
+#[test]
+fn logs_follow_from_redis_sees_a_job_on_another_machine_live() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "live", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("live", "started").is_some()
+    });
+    let mut f = Follower::start(&reader, &["-f", "--exit-status", "--source", &url, "live"]);
+    job.say("first line");
+    f.wait_for("first line\n");
+    job.say("second line");
+    f.wait_for("second line\n");
+    assert!(job.finish().success());
+    let (code, out, err) = f.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"first line\nsecond line\n");
+}
+
+#[test]
+fn serve_from_redis_streams_a_remote_job_live_with_its_end() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "remote", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("remote", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "remote", "{list}");
+    assert_eq!(list[0]["status"], "running", "{list}");
+    let mut sse = SseConn::open(
+        srv.port,
+        "/api/job_runs/remote/logs/combined?follow=true",
+        &[],
+    );
+    job.say("hello");
+    let ev = sse.next().unwrap();
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("log", "hello"));
+    job.say("e:on stderr");
+    let ev = sse.next().unwrap();
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("log", "on stderr"));
+    assert!(job.finish().success());
+    let ev = sse.next().unwrap();
+    assert_eq!(ev.event, "complete", "{ev:?}");
+    assert!(ev.data.contains("\"succeeded\""), "{ev:?}");
+    let tail = get(srv.port, "/api/job_runs/remote/log-tail?start=0", &[]).json();
+    assert_eq!(tail["content"], "hello\n");
+    assert_eq!(tail["is_finished"], true);
+    let raw = get(srv.port, "/api/job_runs/remote/logs/stderr/raw", &[]);
+    assert_eq!(raw.body, b"on stderr\n");
+}
+
+#[test]
+fn lines_lost_to_trimming_are_reported_never_skipped_silently() {
+    let env = TestEnv::new();
+    // One entry per stream node, so MAXLEN ~ trims at once.
+    let redis =
+        RedisServer::start_with_options(&env.path("redis"), &["--stream-node-max-entries", "1"]);
+    let url = redis.url();
+    // 100 lines of 20 KB: a few lines per entry, ~35 entries.
+    let script = "for i in $(seq 1 100); do printf \"%05d\" $i; head -c 20000 /dev/zero | tr '\\0' z; echo; done";
+    assert_ok(&env.run_sh(
+        "trimmed",
+        &["--no-pty", "-q", "--ship", &url, "--ship-maxlen", "2"],
+        script,
+    ));
+    wait_shipped(&env, "trimmed");
+    let entries = redis.log("trimmed");
+    assert!(entries.len() < 10, "not trimmed: {} entries", entries.len());
+    let out = env.run(&["logs", "--source", &url, "trimmed"]);
+    assert_ok(&out);
+    let err = stderr_text(&out);
+    assert!(err.contains("warning: lines 1-"), "{err}");
+    assert!(err.contains("trimmed"), "{err}");
+    // What is shown is the log's tail from a line start, byte for byte.
+    let log = env.stdout_log("trimmed");
+    assert!(!out.stdout.is_empty() && out.stdout.len() < log.len());
+    assert!(log.ends_with(&out.stdout));
+    assert_eq!(log[log.len() - out.stdout.len() - 1], b'\n');
+    let srv = Serve::start(&env, &["--source", &url]);
+    let mut sse = SseConn::open(srv.port, "/api/job_runs/trimmed/logs/stdout", &[]);
+    let ev = sse.next().unwrap();
+    assert_eq!(ev.event, "gap", "{ev:?}");
+    let gap: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(gap["from"], 1);
+    let first = sse.next().unwrap();
+    assert_eq!(first.id, (gap["to"].as_u64().unwrap() + 1).to_string());
+}

@@ -1,0 +1,422 @@
+//! Shipping to Redis Streams (issue 10) against a real `redis-server`: the
+//! shipped entries rebuild the log files byte for byte, Redis being down or
+//! restarted never costs the job or a line, and `logwrap ship` completes what
+//! a wrapper could not.
+
+use crate::util::job::{wait_child, Gate};
+use crate::util::redis_server::{assert_same, field, shipped, wait_shipped, RedisServer};
+use crate::util::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Upper bound for waiting on shipping to catch up.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Byte offset shipped so far of `stream`, from the meta hash mark.
+fn shipped_to(r: &RedisServer, id: &str, stream: &str) -> u64 {
+    r.meta_field(id, &format!("{stream}_end"))
+        .and_then(|m| m.split(' ').next().and_then(|o| o.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn shipped_entries_rebuild_both_logs_byte_for_byte() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    // Every byte value, CRs and a bare CR line, a line of 3 MiB (several
+    // entries' worth), 20,000 short lines and a last line without a newline.
+    let script = "printf 'bin:'; awk 'BEGIN{for(i=1;i<256;i++) if (i!=10) printf \"%c\", i; printf \"\\n\"}'; \
+        printf 'a\\r\\nprogress 10%%\\rprogress 100%%\\r\\n'; \
+        head -c 3145728 /dev/zero | tr '\\0' x; echo; \
+        seq 1 20000; echo oops >&2; printf 'no newline at the end'";
+    let out = env.run_sh(
+        "ship1",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        script,
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "ship1");
+    let entries = redis.log("ship1");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("ship1"),
+        "ship1 stdout",
+    );
+    assert_same(
+        &shipped(&entries, "stderr"),
+        &env.stderr_log("ship1"),
+        "ship1 stderr",
+    );
+    assert!(env.stdout_log("ship1").len() > 3 << 20);
+    // Whole lines only, except pieces of the long line and the last line.
+    for e in entries.iter().filter(|e| e.1.contains_key("data")) {
+        let d = &e.1["data"];
+        assert!(d.ends_with(b"\n") || d.len() == 1 << 20 || d.ends_with(b"at the end"));
+    }
+    let end = entries.last().unwrap();
+    assert_eq!(field(end, "end"), "1");
+    assert_eq!(field(end, "status"), "succeeded");
+    assert_eq!(
+        field(end, "stdout_bytes"),
+        env.stdout_log("ship1").len().to_string()
+    );
+    let meta = env.meta("ship1");
+    assert_eq!(meta["ship"]["complete"], true, "{meta}");
+    assert_eq!(
+        meta["ship"]["bytes"],
+        env.stdout_log("ship1").len() as u64 + 5
+    );
+    let jobs = redis.xrange("logwrap:jobs");
+    let events: Vec<String> = jobs.iter().map(|e| field(e, "event")).collect();
+    assert_eq!(events, ["started", "finished"]);
+    assert_eq!(field(&jobs[1], "id"), "ship1");
+    assert_eq!(field(&jobs[1], "exit_code"), "0");
+}
+
+#[test]
+fn an_unreachable_redis_leaves_the_job_alone_and_ship_completes_it_later() {
+    let env = TestEnv::new();
+    // Nothing listens there: connection refused at once.
+    let sock = env.path("redis/redis.sock");
+    let url = format!("redis+unix://{}", sock.display());
+    let out = env.run_sh(
+        "down",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "seq 1 1000; echo e >&2; exit 3",
+    );
+    assert_fails_with(&out, 3);
+    assert_eq!(env.stdout_log("down").len(), 3893);
+    let meta = env.meta("down");
+    assert_eq!(meta["exit_code"], 3);
+    assert_eq!(meta["ship"]["complete"], false, "{meta}");
+    let err = meta["ship"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("connecting to"), "{meta}");
+
+    // Later, with Redis up, `logwrap ship` catches up; again ships nothing new.
+    let redis = RedisServer::start(&env.path("redis"));
+    let out = env.run(&["ship", "--ship", &url, "down"]);
+    assert_ok(&out);
+    assert!(contains(&out.stdout, "down: shipped"), "{out:?}");
+    let entries = redis.log("down");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("down"),
+        "down stdout",
+    );
+    assert_same(
+        &shipped(&entries, "stderr"),
+        &env.stderr_log("down"),
+        "down stderr",
+    );
+    assert_eq!(field(entries.last().unwrap(), "status"), "failed");
+    assert_eq!(env.meta("down")["ship"]["complete"], true);
+    let out = env.run(&["ship", "--ship", &url, "--all"]);
+    assert_ok(&out);
+    assert!(contains(&out.stdout, "down: up to date"), "{out:?}");
+    assert_eq!(redis.log("down").len(), entries.len());
+}
+
+#[test]
+fn redis_killed_mid_job_and_restarted_loses_and_repeats_nothing() {
+    let env = TestEnv::new();
+    let mut redis = RedisServer::start_persistent(&env.path("redis"));
+    let (g1, g2) = (Gate::new(&env, "g1"), Gate::new(&env, "g2"));
+    let script = format!(
+        "seq 1 5000; {}; seq 5001 10000; {}; seq 10001 15000",
+        g1.wait(),
+        g2.wait()
+    );
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "restart",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let len = |env: &TestEnv| env.stdout_log("restart").len() as u64;
+    wait_until(LIMIT, "the first lines to be shipped", || {
+        len(&env) > 0 && shipped_to(&redis, "restart", "stdout") == len(&env)
+    });
+    redis.kill();
+    g1.open();
+    wait_until(LIMIT, "the job to write while Redis is down", || {
+        contains(&env.stdout_log("restart"), "10000\n")
+    });
+    redis.restart();
+    wait_until(LIMIT, "shipping to resume", || {
+        shipped_to(&redis, "restart", "stdout") == len(&env)
+    });
+    g2.open();
+    assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "restart");
+    let entries = redis.log("restart");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("restart"),
+        "restart stdout",
+    );
+    assert_eq!(env.meta("restart")["ship"]["complete"], true);
+}
+
+#[test]
+fn a_killed_wrappers_job_is_completed_by_logwrap_ship() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let script = format!("seq 1 3000; {}; seq 3001 6000", gate.wait());
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "killed",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the first lines to be shipped", || {
+        let n = env.stdout_log("killed").len() as u64;
+        n > 0 && shipped_to(&redis, "killed", "stdout") == n
+    });
+    // While the wrapper runs, its heartbeat says so to readers.
+    assert!(redis.exists("logwrap:{killed}:alive"));
+    job.kill().unwrap();
+    job.wait().unwrap();
+    // The job's shell is orphaned; let it finish (its output goes nowhere).
+    gate.open();
+    let out = env.run(&["ship", "--ship", &redis.url(), "--all"]);
+    assert_ok(&out);
+    assert!(contains(&out.stdout, "killed: shipped"), "{out:?}");
+    let entries = redis.log("killed");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("killed"),
+        "killed stdout",
+    );
+    assert_eq!(field(entries.last().unwrap(), "status"), "abandoned");
+    assert!(!redis.exists("logwrap:{killed}:alive"));
+    let out = env.run(&["ship", "--ship", &redis.url(), "killed"]);
+    assert!(contains(&out.stdout, "killed: up to date"), "{out:?}");
+    assert_eq!(redis.log("killed").len(), entries.len());
+}
+
+#[test]
+fn the_password_is_never_written_down() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start_tcp_with_password(&env.path("redis"), "s3cret-pw");
+    let out = env
+        .cmd()
+        .args(["--job-run-id", "pw", "--no-pty", "--quiet"])
+        .env("DATABUILD_LOG_SHIP", redis.url())
+        .args(["--", "sh", "-c", "echo hello"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    wait_shipped(&env, "pw");
+    assert_eq!(shipped(&redis.log("pw"), "stdout"), b"hello\n");
+    let meta = env.meta("pw");
+    assert_eq!(meta["ship"]["complete"], true, "{meta}");
+    for name in ["metadata.json", "ship.json"] {
+        let f = env.file("pw", name);
+        assert!(!f.is_empty(), "{name}");
+        assert!(!contains(&f, "s3cret-pw"), "{name} holds the password");
+    }
+    assert!(!contains(
+        &redis.xrange("logwrap:jobs")[0].1["host"],
+        "s3cret-pw"
+    ));
+}
+
+#[test]
+fn twenty_wrappers_ship_at_once() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let mut jobs: Vec<_> = (0..20)
+        .map(|i| {
+            env.cmd()
+                .args(["--job-run-id", &format!("many{i}"), "--no-pty", "--quiet"])
+                .args(["--ship", &redis.url(), "--", "seq", "1", "20000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for j in &mut jobs {
+        assert!(wait_child(j, "a wrapper").success());
+    }
+    for i in 0..20 {
+        let id = format!("many{i}");
+        wait_shipped(&env, &id);
+        let meta = env.meta(&id);
+        assert_eq!(meta["ship"]["complete"], true, "{id}: {meta}");
+        assert_same(
+            &shipped(&redis.log(&id), "stdout"),
+            &env.stdout_log(&id),
+            &id,
+        );
+    }
+    // Every job started and finished once (an event may come twice when a
+    // wrapper exits between sending it and marking it sent: at least once).
+    let mut events: Vec<(String, String)> = redis
+        .xrange("logwrap:jobs")
+        .iter()
+        .map(|e| (field(e, "event"), field(e, "id")))
+        .collect();
+    events.sort();
+    events.dedup();
+    assert_eq!(events.len(), 40);
+}
+
+#[test]
+fn a_later_wrapper_catches_up_a_job_shipped_while_redis_was_down() {
+    let env = TestEnv::new();
+    let sock = env.path("redis/redis.sock");
+    let url = format!("redis+unix://{}", sock.display());
+    let out = env.run_sh(
+        "early",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "seq 1 500",
+    );
+    assert_ok(&out);
+    assert_eq!(env.meta("early")["ship"]["complete"], false);
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let mut later = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "later",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &url,
+        ])
+        .args(["--", "sh", "-c", &gate.wait()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the earlier job to be caught up", || {
+        env.meta("early")["ship"]["complete"] == true
+    });
+    gate.open();
+    assert!(wait_child(&mut later, "the later job").success());
+    assert_same(
+        &shipped(&redis.log("early"), "stdout"),
+        &env.stdout_log("early"),
+        "early stdout",
+    );
+}
+
+#[test]
+fn markers_reach_the_jobs_stream_while_the_job_runs() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let script = format!(
+        "echo 'DATABUILD_MISSING_DEPS_JSON: {{\"partitions\": [\"a/b\"]}}'; {}",
+        gate.wait()
+    );
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "marked",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Seen while the job still waits at the gate.
+    wait_until(LIMIT, "the marker event", || {
+        redis
+            .xrange("logwrap:jobs")
+            .iter()
+            .any(|e| field(e, "event") == "marker")
+    });
+    let ev = redis
+        .xrange("logwrap:jobs")
+        .into_iter()
+        .find(|e| field(e, "event") == "marker")
+        .unwrap();
+    assert_eq!(field(&ev, "id"), "marked");
+    assert_eq!(field(&ev, "line"), "1");
+    assert_eq!(field(&ev, "value"), r#"{"partitions":["a/b"]}"#);
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "marked");
+    let events: Vec<String> = redis
+        .xrange("logwrap:jobs")
+        .iter()
+        .map(|e| field(e, "event"))
+        .collect();
+    assert_eq!(events, ["started", "marker", "finished"]);
+}
+
+#[test]
+fn a_slow_redis_at_the_end_does_not_hold_the_wrapper_and_the_rest_ships_in_the_background() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    let script = format!("seq 1 1000; {}; seq 1001 2000", gate.wait());
+    let mut job = env
+        .cmd()
+        .args([
+            "--job-run-id",
+            "slow",
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the first lines to be shipped", || {
+        let n = env.stdout_log("slow").len() as u64;
+        n > 0 && shipped_to(&redis, "slow", "stdout") == n
+    });
+    // Redis takes writes again only long after the job has ended.
+    redis.pause_writes(3000);
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    // The wrapper did not wait for Redis: the rest was handed over...
+    let meta = env.meta("slow");
+    assert_eq!(meta["ship"]["complete"], false, "{meta}");
+    let why = meta["ship"]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("in the background"), "{meta}");
+    // ...and arrives, complete, once Redis takes writes again.
+    wait_shipped(&env, "slow");
+    let entries = redis.log("slow");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("slow"),
+        "slow stdout",
+    );
+    assert_eq!(field(entries.last().unwrap(), "status"), "succeeded");
+    assert_eq!(
+        env.meta("slow")["ship"]["last_error"],
+        serde_json::Value::Null
+    );
+}
