@@ -366,6 +366,11 @@ impl Shared {
                 self.finished = done;
                 break;
             };
+            if line.number <= self.end[idx(line.stream)] {
+                // Started after a line past the end then (`since=N`): the
+                // lines before it are not events.
+                continue;
+            }
             let before = self.end;
             self.end[idx(line.stream)] = line.number;
             let mut bytes = Vec::new();
