@@ -14,10 +14,11 @@
 use super::sse::{self, Format, MAX_LINE_BYTES};
 use crate::reader::{CombinedReader, LineSource, LogLine, Start};
 use crate::store::{JobId, LogStore, Stream};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
 
 /// Which lines an event stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Which {
     One(Stream),
     Combined,
@@ -64,6 +65,19 @@ enum Lines {
 }
 
 impl Lines {
+    /// Readers of `which` of job `id` from just after `last` (the last line
+    /// numbers of stdout and stderr already delivered).
+    fn after(store: &dyn LogStore, id: &JobId, which: Which, last: [u64; 2]) -> Result<Lines> {
+        let open = |s: Stream| store.open_lines(id, s, Start::Line(last[idx(s)] + 1), KEEP);
+        Ok(match which {
+            Which::One(s) => Lines::One(open(s)?),
+            Which::Combined => Lines::Combined(Box::new(CombinedReader::new(
+                open(Stream::Stdout)?,
+                open(Stream::Stderr)?,
+            ))),
+        })
+    }
+
     fn next(&mut self, done: bool) -> Result<Option<LogLine>> {
         match self {
             Lines::One(r) => r.next_line(done),
@@ -87,7 +101,9 @@ pub enum Pumped {
 pub struct Follower {
     pub job: JobId,
     which: Which,
-    lines: Lines,
+    /// The follower's own readers; dropped while it is served from the shared
+    /// events of its job ([`Shared`]), reopened if it falls behind them.
+    lines: Option<Lines>,
     format: Format,
     follow: bool,
     /// Last line number delivered per stream (stdout, stderr).
@@ -179,7 +195,7 @@ impl Follower {
         Ok(Follower {
             job: id.clone(),
             which,
-            lines,
+            lines: Some(lines),
             format,
             follow,
             pending: None,
@@ -215,7 +231,11 @@ impl Follower {
 
     fn read(&mut self, done: bool) -> Result<Option<LogLine>> {
         loop {
-            let Some(line) = self.lines.next(done)? else {
+            let lines = self
+                .lines
+                .as_mut()
+                .context("the follower's reader is closed")?;
+            let Some(line) = lines.next(done)? else {
                 return Ok(None);
             };
             if let Some(stop) = self.stop_at {
@@ -289,6 +309,215 @@ impl Follower {
 fn gap_event(out: &mut Vec<u8>, stream: Stream, from: u64, to: u64) {
     let data = serde_json::json!({"stream": stream.name(), "from": from, "to": to});
     out.extend_from_slice(format!("event: gap\ndata: {data}\n\n").as_bytes());
+}
+
+/// Bytes of encoded events a job's [`Shared`] keeps: at 1,000 lines/s of
+/// ~100-byte lines, several seconds of history, so a follower that is a little
+/// slow still finds its place there; slower ones read the store. One per
+/// (job, stream, format) followed, so memory stays small whatever the number of
+/// followers (issue 11, point 6: 1,000 followers under 32 MiB).
+pub const SHARED_BYTES: usize = 512 * 1024;
+
+/// Bytes of events [`Shared`] reads at once: a quarter of what it keeps, so
+/// followers served one after another from one burst all find their place.
+const ADVANCE_BYTES: usize = SHARED_BYTES / 4;
+
+/// One event kept by [`Shared`], with the positions before and after it.
+struct Entry {
+    before: [u64; 2],
+    after: [u64; 2],
+    bytes: Vec<u8>,
+}
+
+/// The newest events of one job, for one `which` and `format`, each read and
+/// encoded once and copied to every follower that is caught up (issue 11,
+/// point 6: a thousand followers each re-reading the files and re-encoding
+/// every line made the last line arrive seconds late).
+pub struct Shared {
+    lines: Lines,
+    which: Which,
+    format: Format,
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// The position after the newest event (what its reader has read).
+    end: [u64; 2],
+    /// The job's sizes when the reader last reached the end of the log.
+    seen: [u64; 4],
+    /// The reader reached the end of the log of an ended job: nothing more.
+    finished: bool,
+}
+
+impl Shared {
+    /// Shared events of `which` of job `id` starting after `last`.
+    pub fn new(
+        store: &dyn LogStore,
+        id: &JobId,
+        which: Which,
+        format: Format,
+        last: [u64; 2],
+    ) -> Result<Shared> {
+        Ok(Shared {
+            lines: Lines::after(store, id, which, last)?,
+            which,
+            format,
+            entries: VecDeque::new(),
+            bytes: 0,
+            end: last,
+            seen: [u64::MAX; 4],
+            finished: false,
+        })
+    }
+
+    /// Reads and encodes what the job has added since the last call, at most
+    /// [`ADVANCE_BYTES`] at a time, so the events read for the follower that
+    /// asked are never the ones dropped; the oldest go past [`SHARED_BYTES`].
+    fn advance(&mut self, sizes: [u64; 4], done: bool) -> Result<()> {
+        if self.finished || (self.seen == sizes && !done) {
+            return Ok(());
+        }
+        let mut read = 0;
+        while read < ADVANCE_BYTES {
+            let Some(line) = self.lines.next(done)? else {
+                self.seen = sizes;
+                self.finished = done;
+                break;
+            };
+            if line.number <= self.end[idx(line.stream)] {
+                // Started after a line past the end then (`since=N`): the
+                // lines before it are not events.
+                continue;
+            }
+            let before = self.end;
+            self.end[idx(line.stream)] = line.number;
+            let mut bytes = Vec::new();
+            if let Some(o) = line.omitted_before {
+                sse::gap_event(&mut bytes, &line, o);
+            } else if line.number > before[idx(line.stream)] + 1 {
+                gap_event(
+                    &mut bytes,
+                    line.stream,
+                    before[idx(line.stream)] + 1,
+                    line.number - 1,
+                );
+            }
+            match self.which {
+                Which::One(_) => sse::log_event(
+                    &mut bytes,
+                    &line,
+                    &line.number.to_string(),
+                    false,
+                    self.format,
+                ),
+                Which::Combined => {
+                    let id = format!("{}.{}", self.end[0], self.end[1]);
+                    sse::log_event(&mut bytes, &line, &id, true, self.format)
+                }
+            }
+            read += bytes.len();
+            self.bytes += bytes.len();
+            self.entries.push_back(Entry {
+                before,
+                after: self.end,
+                bytes,
+            });
+            while self.bytes > SHARED_BYTES {
+                match self.entries.pop_front() {
+                    Some(e) => self.bytes -= e.bytes.len(),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a follower that has delivered up to `last` goes on in the kept
+    /// events: `Some(entries.len())` when it is caught up, `None` when its
+    /// place is not kept (behind, ahead, or reading along another path).
+    fn place(&self, last: [u64; 2]) -> Option<usize> {
+        let first = self.entries.front().map_or(self.end, |e| e.before);
+        let k = (last[0] + last[1]).checked_sub(first[0] + first[1])? as usize;
+        match self.entries.get(k) {
+            Some(e) if e.before == last => Some(k),
+            None if k == self.entries.len() && self.end == last => Some(k),
+            _ => None,
+        }
+    }
+}
+
+impl Follower {
+    /// True when this follower can be served from its job's [`Shared`]
+    /// events: a plain live follower with nothing of its own in hand.
+    pub fn shares(&self) -> bool {
+        self.follow && self.stop_at.is_none() && self.skip == 0 && self.pending.is_none()
+    }
+
+    /// Which lines and how encoded: the key of the [`Shared`] events.
+    pub fn kind(&self) -> (Which, Format) {
+        (self.which, self.format)
+    }
+
+    /// The last line numbers delivered, stdout and stderr.
+    pub fn last(&self) -> [u64; 2] {
+        self.last
+    }
+
+    /// Like [`Follower::pump`], but copying events from `shared` (after
+    /// bringing it up to `sizes`) while this follower's place is kept there.
+    /// Returns `None` when it is not: the caller pumps from the store instead
+    /// (the follower's own readers are reopened where it is).
+    pub fn pump_shared(
+        &mut self,
+        store: &dyn LogStore,
+        shared: &mut Shared,
+        out: &mut Vec<u8>,
+        high_water: usize,
+        complete: Option<&serde_json::Value>,
+        sizes: [u64; 4],
+    ) -> Result<Option<Pumped>> {
+        if !self.shares() || shared.kind() != self.kind() {
+            return Ok(None);
+        }
+        let done = complete.is_some();
+        loop {
+            shared.advance(sizes, done)?;
+            let Some(mut k) = shared.place(self.last) else {
+                if self.lines.is_none() {
+                    self.lines = Some(Lines::after(store, &self.job, self.which, self.last)?);
+                }
+                return Ok(None);
+            };
+            // Served from the shared events: the own readers would only go
+            // stale and hold memory.
+            self.lines = None;
+            while k < shared.entries.len() {
+                if out.len() >= high_water {
+                    return Ok(Some(Pumped::Full));
+                }
+                let e = &shared.entries[k];
+                out.extend_from_slice(&e.bytes);
+                self.last = e.after;
+                k += 1;
+            }
+            if shared.finished {
+                if let Some(data) = complete {
+                    sse::complete_event(out, data);
+                    return Ok(Some(Pumped::Done));
+                }
+            }
+            if shared.seen == sizes && (!done || shared.finished) {
+                return Ok(Some(Pumped::Idle));
+            }
+            if out.len() >= high_water {
+                return Ok(Some(Pumped::Full));
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn kind(&self) -> (Which, Format) {
+        (self.which, self.format)
+    }
 }
 
 #[cfg(test)]
@@ -476,6 +705,134 @@ mod tests {
                 t.name
             );
             assert!(out.ends_with(b"event: complete\ndata: {\"status\":\"failed\"}\n\n"));
+        }
+    }
+
+    #[test]
+    fn caught_up_followers_share_events_encoded_once_and_slow_ones_read_the_store() {
+        for mut t in jobs("shared", &[(Stream::Stdout, b"o1\n")]) {
+            let open = |t: &TestJob| {
+                Follower::open(
+                    t.store.as_ref(),
+                    &t.id,
+                    Which::Combined,
+                    StartAt::Line(1),
+                    true,
+                    Format::Text,
+                    [0; 4],
+                )
+                .unwrap()
+            };
+            let (mut a, mut b) = (open(&t), open(&t));
+            let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+            assert_eq!(a.pump(&mut out_a, BIG, None).unwrap(), Pumped::Idle);
+            let mut shared = Shared::new(
+                t.store.as_ref(),
+                &t.id,
+                Which::Combined,
+                Format::Text,
+                a.last(),
+            )
+            .unwrap();
+            // `b` has not read its first line yet: its place is not kept.
+            let sizes = t.store.progress(&t.id);
+            let got = b.pump_shared(t.store.as_ref(), &mut shared, &mut out_b, BIG, None, sizes);
+            assert!(got.unwrap().is_none(), "{}", t.name);
+            assert_eq!(b.pump(&mut out_b, BIG, None).unwrap(), Pumped::Idle);
+
+            t.sink()
+                .append(Stream::Stderr, &Chunk::new(b"e1\n", 5))
+                .unwrap();
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"o2\n", 6))
+                .unwrap();
+            let sizes = t.store.progress(&t.id);
+            for (f, out) in [(&mut a, &mut out_a), (&mut b, &mut out_b)] {
+                let got = f.pump_shared(t.store.as_ref(), &mut shared, out, BIG, None, sizes);
+                assert_eq!(got.unwrap(), Some(Pumped::Idle), "{}", t.name);
+                // Served from the shared events, its own readers are let go.
+                assert!(f.lines.is_none(), "{}", t.name);
+            }
+            assert_eq!(out_a, out_b, "{}", t.name);
+            assert_eq!(
+                ids_and_data(&out_a),
+                [("1.0", "o1"), ("1.1", "e1"), ("2.1", "o2")]
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+                "{}",
+                t.name
+            );
+
+            // More than the shared events keep, while `b` does not read: `a`
+            // keeps up from them; `b` finds its place gone and reads the store.
+            let line = vec![b'x'; 1000];
+            let mut chunk = Vec::new();
+            for _ in 0..(2 * SHARED_BYTES / 1000) {
+                chunk.extend_from_slice(&line);
+                chunk.push(b'\n');
+            }
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(&chunk, 7))
+                .unwrap();
+            let sizes = t.store.progress(&t.id);
+            let mut more_a = Vec::new();
+            loop {
+                let room = more_a.len() + BIG;
+                let got = a.pump_shared(
+                    t.store.as_ref(),
+                    &mut shared,
+                    &mut more_a,
+                    room,
+                    None,
+                    sizes,
+                );
+                if got.unwrap() == Some(Pumped::Idle) {
+                    break;
+                }
+            }
+            let n = 2 * SHARED_BYTES / 1000;
+            assert_eq!(ids_and_data(&more_a).len(), n, "{}", t.name);
+            let got = b.pump_shared(
+                t.store.as_ref(),
+                &mut shared,
+                &mut Vec::new(),
+                BIG,
+                None,
+                sizes,
+            );
+            assert!(got.unwrap().is_none(), "{}", t.name);
+            let mut more_b = Vec::new();
+            loop {
+                let room = more_b.len() + BIG;
+                if b.pump(&mut more_b, room, None).unwrap() == Pumped::Idle {
+                    break;
+                }
+            }
+            assert_eq!(more_a, more_b, "{}", t.name);
+
+            // The end: `complete` after the last line, from the shared events.
+            t.sink()
+                .append(Stream::Stderr, &Chunk::new(b"last", 8))
+                .unwrap();
+            let sizes = t.store.progress(&t.id);
+            let end = serde_json::json!({"status": "succeeded"});
+            let mut tail = Vec::new();
+            let got = a.pump_shared(
+                t.store.as_ref(),
+                &mut shared,
+                &mut tail,
+                BIG,
+                Some(&end),
+                sizes,
+            );
+            assert_eq!(got.unwrap(), Some(Pumped::Done), "{}", t.name);
+            let want = format!("{}.2", 2 + n);
+            assert_eq!(
+                ids_and_data(&tail),
+                [(want, "last".to_string())],
+                "{}",
+                t.name
+            );
+            assert!(tail.ends_with(b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"));
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) mod term;
 use crate::store::{ChangeWatcher, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
-use follow::Pumped;
+use follow::{Pumped, Shared, Which};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -180,10 +180,12 @@ pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr> {
         })
 }
 
-/// A followed job: its last known state and how many follow it.
+/// A followed job: its last known state, how many follow it, and its newest
+/// events encoded once for all of them, by stream and format.
 struct Watched {
     state: JobState,
     followers: usize,
+    shared: HashMap<(Which, sse::Format), Shared>,
 }
 
 /// The tail server. See the module docs.
@@ -576,11 +578,14 @@ impl Server {
                 else {
                     return false;
                 };
-                let job = self.jobs.get(&f.job);
-                let complete = job.and_then(|j| j.state.complete.as_ref());
-                let pumped = c.fill(now, |out| f.pump(out, SSE_HIGH_WATER, complete));
+                let store = Arc::clone(&self.store);
+                let job = self.jobs.get_mut(&f.job);
+                let sizes = job.as_ref().map(|j| j.state.sizes);
+                let pumped = c.fill(now, |out| match job {
+                    Some(w) => pump_shared(store.as_ref(), &mut f, w, out),
+                    None => f.pump(out, SSE_HIGH_WATER, None),
+                });
                 produced += c.pending();
-                let sizes = job.map(|j| j.state.sizes);
                 match pumped {
                     Ok(Pumped::Full) => c.source = Source::Events(f),
                     Ok(Pumped::Idle) => {
@@ -726,6 +731,7 @@ impl Server {
             Watched {
                 state,
                 followers: 1,
+                shared: HashMap::new(),
             },
         );
     }
@@ -802,6 +808,34 @@ impl Server {
             self.wake(&id);
         }
     }
+}
+
+/// Pumps follower `f` of job `w`: from the job's shared events while `f` is
+/// caught up with them, else from the store; a live follower that catches up
+/// with the log starts the shared events of its kind if there are none yet.
+fn pump_shared(
+    store: &dyn LogStore,
+    f: &mut follow::Follower,
+    w: &mut Watched,
+    out: &mut Vec<u8>,
+) -> Result<Pumped> {
+    let complete = w.state.complete.as_ref();
+    if let Some(shared) = w.shared.get_mut(&f.kind()) {
+        if let Some(p) =
+            f.pump_shared(store, shared, out, SSE_HIGH_WATER, complete, w.state.sizes)?
+        {
+            return Ok(p);
+        }
+    }
+    let p = f.pump(out, SSE_HIGH_WATER, complete)?;
+    if p == Pumped::Idle && f.shares() && !w.shared.contains_key(&f.kind()) {
+        let (which, format) = f.kind();
+        // Without shared events every follower simply reads the store.
+        if let Ok(s) = Shared::new(store, &f.job, which, format, f.last()) {
+            w.shared.insert(f.kind(), s);
+        }
+    }
+    Ok(p)
 }
 
 /// Token of the wake-up of a [`ServerThread`]; the server's own tokens follow.

@@ -30,7 +30,7 @@ pub fn stream_start() -> String {
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 /// How event data is encoded (`?format=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     /// `data:` is the line as a terminal shows it.
     Text,
