@@ -387,6 +387,11 @@ pub trait JobSink {
     fn omitted(&self, _stream: Stream) -> Option<Omitted> {
         None
     }
+    /// Why the size limit stopped cutting `stream`, if it did (for
+    /// `log_errors`).
+    fn limit_error(&self, _stream: Stream) -> Option<String> {
+        None
+    }
 }
 
 /// Where jobs live (SPEC §8): the wrapper creates them; readers (`logs`, `ls`,
@@ -1006,6 +1011,9 @@ struct StreamFiles {
     records: u64,
     /// The size limit and its gap sidecar, when `--max-log-size` is set.
     limit: Option<(limit::Limiter, File)>,
+    /// Why the size limit could not cut the log (a filesystem without hole
+    /// punching): the log then keeps growing, and the job's logging goes on.
+    limit_error: Option<String>,
 }
 
 impl StreamFiles {
@@ -1031,7 +1039,18 @@ impl StreamFiles {
     /// After a chunk that ended a line and got its record: lets the size limit
     /// grow the gap. The sidecar is rewritten before anything is punched, so a
     /// reader that checks it after a read knows whether its bytes were data.
-    fn enforce_limit(&mut self) -> io::Result<()> {
+    fn enforce_limit(&mut self) {
+        if self.limit_error.is_some() {
+            return;
+        }
+        if let Err(e) = self.cut_to_limit() {
+            // Never a reason to stop logging: the log keeps everything from
+            // here on and the error is reported in metadata.
+            self.limit_error = Some(format!("--max-log-size: cannot cut the log: {e}"));
+        }
+    }
+
+    fn cut_to_limit(&mut self) -> io::Result<()> {
         let Some((limiter, gap_file)) = &mut self.limit else {
             return Ok(());
         };
@@ -1164,6 +1183,7 @@ impl FileJobSink {
                 pending_ts: 0,
                 records: 0,
                 limit: None,
+                limit_error: None,
             })
         };
         let streams = [open_stream(Stream::Stdout)?, open_stream(Stream::Stderr)?];
@@ -1293,7 +1313,7 @@ impl JobSink for FileJobSink {
         let (lines, rest) = data.split_at(split);
         s.lines.advance(lines, chunk.newlines());
         s.record(&mut self.seq, chunk.ts_us())?;
-        s.enforce_limit()?;
+        s.enforce_limit();
         s.lines.advance(rest, 0);
         Ok(())
     }
@@ -1306,6 +1326,10 @@ impl JobSink for FileJobSink {
             self.streams[stream.index()].limit = Some((limit::Limiter::new(max), f));
         }
         Ok(true)
+    }
+
+    fn limit_error(&self, stream: Stream) -> Option<String> {
+        self.streams[stream.index()].limit_error.clone()
     }
 
     fn omitted(&self, stream: Stream) -> Option<Omitted> {

@@ -1162,6 +1162,14 @@ impl Loop<'_> {
             self.meta.redactions = r.redactions();
             self.meta.redact_skipped = r.skipped();
         }
+        for stream in Stream::BOTH {
+            if let Some(e) = self.sink.limit_error(stream) {
+                let e = format!("{}: {e}", stream.name());
+                if !self.meta.log_errors.contains(&e) {
+                    self.meta.log_errors.push(e);
+                }
+            }
+        }
         self.meta.truncated = crate::metadata::Truncated {
             stdout: self.sink.omitted(Stream::Stdout),
             stderr: self.sink.omitted(Stream::Stderr),
