@@ -320,7 +320,7 @@ impl Redactor {
             skipped: Vec::new(),
             skipped_dropped: 0,
             marker_secrets: 0,
-            filter: QgramFilter::default(),
+            filter: QgramFilter::new(&[]),
             scratch: Vec::new(),
             matches: Vec::new(),
             rest_matches: Vec::new(),
@@ -718,6 +718,9 @@ impl<'a> Joined<'a> {
 /// once in 300, and only then does the automaton search a window.
 const FILTER_BITS: usize = 1 << 18;
 
+/// The tables' size in 64-bit words.
+const FILTER_WORDS: usize = FILTER_BITS / 64;
+
 /// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
 const Q: usize = 4;
 
@@ -733,10 +736,12 @@ const HASH_B: u32 = 0x85eb_ca77;
 /// window wide enough to hold any occurrence covering it goes to the
 /// automaton. Ordinary output is thus looked at once every `step` bytes, not
 /// byte by byte.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct QgramFilter {
-    a: Vec<u64>,
-    b: Vec<u64>,
+    // Fixed-size, so a hash (always below FILTER_BITS) indexes them with no
+    // bounds check in the per-sample loop.
+    a: Box<[u64; FILTER_WORDS]>,
+    b: Box<[u64; FILTER_WORDS]>,
     step: usize,
     max_len: usize,
 }
@@ -744,8 +749,8 @@ struct QgramFilter {
 impl QgramFilter {
     fn new(patterns: &[Vec<u8>]) -> QgramFilter {
         let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
-        let mut a = vec![0u64; FILTER_BITS / 64];
-        let mut b = vec![0u64; FILTER_BITS / 64];
+        let mut a = Box::new([0u64; FILTER_WORDS]);
+        let mut b = Box::new([0u64; FILTER_WORDS]);
         for p in patterns {
             for w in p.windows(Q) {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
