@@ -296,9 +296,12 @@ pub struct Redactor {
     marker_secrets: usize,
     /// Decides where the automaton needs to look at all.
     filter: QgramFilter,
-    /// Reused search text (context byte + held bytes + input).
+    /// Reused search text for the start of a chunk: context byte, held
+    /// bytes and as much of the chunk as a match starting in them can reach.
     scratch: Vec<u8>,
     matches: Vec<(usize, usize, usize)>,
+    /// Reused: the matches in the rest of a chunk after held bytes.
+    rest_matches: Vec<(usize, usize, usize)>,
 }
 
 impl Redactor {
@@ -317,9 +320,10 @@ impl Redactor {
             skipped: Vec::new(),
             skipped_dropped: 0,
             marker_secrets: 0,
-            filter: QgramFilter::default(),
+            filter: QgramFilter::new(&[]),
             scratch: Vec::new(),
             matches: Vec::new(),
+            rest_matches: Vec::new(),
         };
         for (name, value) in &secrets.values {
             r.add_value(name, value);
@@ -400,11 +404,12 @@ impl Redactor {
         !self.streams[s].held.is_empty()
     }
 
-    /// Redacts `input`, the next bytes of stream `s` (0 or 1), into `out`;
-    /// a possible partial match at the end is held back. Returns true, with
-    /// nothing written to `out`, when `input` goes out exactly as it is (the
-    /// common case, which then costs no copy).
-    pub fn feed(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>) -> bool {
+    /// Redacts `input`, the next bytes of stream `s` (0 or 1); a possible
+    /// partial match at the end is held back. Returns `Some(n)`, with nothing
+    /// written to `out`, when `input[..n]` is what goes out, exactly as it is
+    /// (the common case, which then costs no copy; the rest of `input` is
+    /// held); else `None`, and what goes out is in `out`.
+    pub fn feed(&mut self, s: usize, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let st = &self.streams[s];
         let plain = st.marker.is_none()
             && st.held.is_empty()
@@ -412,17 +417,18 @@ impl Redactor {
         if plain {
             self.matches.clear();
             find_matches(&self.matcher, &self.filter, input, &mut self.matches);
-            if self.matches.is_empty()
-                && hold_start(&self.patterns, &self.by_first, self.max_len, input, 0) == input.len()
-            {
-                if let Some(&last) = input.last() {
-                    self.streams[s].line_start = last == b'\n';
+            if self.matches.is_empty() {
+                let keep = hold_start(&self.patterns, &self.by_first, self.max_len, input, 0);
+                let st = &mut self.streams[s];
+                st.held.extend_from_slice(&input[keep..]);
+                if let Some(&last) = input[..keep].last() {
+                    st.line_start = last == b'\n';
                 }
-                return true;
+                return Some(keep);
             }
         }
         self.process(s, input, out, Mode::Feed);
-        false
+        None
     }
 
     /// Gives out what stream `s` holds back: complete matches still redacted,
@@ -544,49 +550,94 @@ impl Redactor {
         if st.held.is_empty() && input.is_empty() {
             return None;
         }
-        // The search text is `input` itself unless held bytes go before it,
-        // or a `\n` of context is needed for a marker at its very start.
+        // The search text is the head (a `\n` of context when a marker may
+        // start the text, then the held bytes) followed by `input`. The head
+        // is at most `max_len` bytes; `input` is a whole chunk and is not
+        // copied to be searched: only the matches starting in the head need
+        // the two together, and those end within `max_len` bytes of it.
         let first = st.held.first().or(input.first());
         let context = st.line_start && first == Some(&MARKER[0]);
         let base = usize::from(context);
-        let buf: &[u8] = if context || !st.held.is_empty() {
-            self.scratch.clear();
-            if context {
-                self.scratch.push(b'\n');
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        if context {
+            scratch.push(b'\n');
+        }
+        scratch.append(&mut st.held);
+        let h = scratch.len();
+        let whole = input.len() <= self.max_len;
+        let joined = if h == 0 {
+            Joined {
+                head: &[],
+                tail: input,
             }
-            self.scratch.append(&mut st.held);
-            self.scratch.extend_from_slice(input);
-            &self.scratch
         } else {
-            input
+            scratch.extend_from_slice(&input[..input.len().min(self.max_len)]);
+            self.matches.clear();
+            find_matches(&self.matcher, &self.filter, &scratch, &mut self.matches);
+            if whole {
+                // A short input: the head and all of it are searched as one.
+                Joined {
+                    head: &scratch,
+                    tail: &[],
+                }
+            } else {
+                Joined {
+                    head: &scratch[..h],
+                    tail: input,
+                }
+            }
         };
+        if h == 0 {
+            self.matches.clear();
+            find_matches(&self.matcher, &self.filter, input, &mut self.matches);
+        } else if !whole {
+            // Keep the matches that start in the head; a later one may have
+            // been cut short by the end of the searched piece, so the rest
+            // of `input` is searched on its own, from where they end.
+            let kept = self.matches.iter().position(|m| m.0 >= h);
+            self.matches.truncate(kept.unwrap_or(self.matches.len()));
+            if self.matches.last().is_none_or(|m| m.2 != 0) {
+                let from = self.matches.last().map_or(h, |m| m.1.max(h));
+                let mut rest = std::mem::take(&mut self.rest_matches);
+                rest.clear();
+                find_matches(&self.matcher, &self.filter, &input[from - h..], &mut rest);
+                self.matches
+                    .extend(rest.iter().map(|&(a, b, p)| (a + from, b + from, p)));
+                self.rest_matches = rest;
+            }
+        }
+        let len = joined.len();
         let given_before = out.len();
-        self.matches.clear();
-        find_matches(&self.matcher, &self.filter, buf, &mut self.matches);
         // The last match may be the start of a longer needle still arriving.
-        let mut hold_from = buf.len();
+        // (Everything from `len - max_len` on lies in one part of `joined`.)
+        let mut hold_from = len;
         if mode == Mode::Feed {
             if let Some(&(start, _, p)) = self.matches.last() {
                 if p != 0
-                    && buf.len() - start < self.max_len
-                    && is_partial(&self.patterns, &self.by_first, &buf[start..])
+                    && len - start < self.max_len
+                    && is_partial(&self.patterns, &self.by_first, joined.suffix(start))
                 {
                     self.matches.pop();
                     hold_from = start;
                 }
             }
-            if hold_from == buf.len() {
+            if hold_from == len {
                 let floor = self.matches.last().map_or(0, |m| m.1);
-                hold_from = hold_start(&self.patterns, &self.by_first, self.max_len, buf, floor);
+                let from = floor.max(len.saturating_sub(self.max_len.saturating_sub(1)));
+                let suffix = joined.suffix(from);
+                hold_from =
+                    from + hold_start(&self.patterns, &self.by_first, self.max_len, suffix, 0);
             }
         }
         let mut pos = base;
         let mut marker_end = None;
+        let mut secret = Vec::new();
         for &(start, end, p) in &self.matches {
             if p == 0 {
                 // `\n` + MARKER: the newline is given out, the marker's
                 // prefix kept, its value swallowed.
-                out.extend_from_slice(&buf[pos..(start + 1).max(base)]);
+                joined.copy(pos..(start + 1).max(base), out);
                 out.extend_from_slice(MARKER);
                 out.extend_from_slice(REPLACEMENT);
                 self.redactions += 1;
@@ -594,24 +645,68 @@ impl Redactor {
                 pos = end;
                 break;
             }
-            out.extend_from_slice(&buf[pos..start]);
-            push_replacement(&buf[start..end], out);
+            joined.copy(pos..start, out);
+            secret.clear();
+            joined.copy(start..end, &mut secret);
+            push_replacement(&secret, out);
             self.redactions += 1;
             pos = end;
         }
         let st = &mut self.streams[s];
-        if let Some(end) = marker_end {
+        let rest = if let Some(end) = marker_end {
             st.line_start = false;
             st.marker = Some(Vec::new());
-            return Some(buf[end..].to_vec());
+            let mut rest = Vec::new();
+            joined.copy(end..len, &mut rest);
+            Some(rest)
+        } else {
+            let hold_from = hold_from.max(pos);
+            joined.copy(pos..hold_from, out);
+            joined.copy(hold_from..len, &mut st.held);
+            if out.len() > given_before {
+                st.line_start = out.last() == Some(&b'\n');
+            }
+            None
+        };
+        self.scratch = scratch;
+        rest
+    }
+}
+
+/// A search text in two parts that are never copied into one: a few held
+/// bytes (the head) and the chunk that follows them (the tail).
+struct Joined<'a> {
+    head: &'a [u8],
+    tail: &'a [u8],
+}
+
+impl<'a> Joined<'a> {
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Appends the bytes at `range` to `out`.
+    fn copy(&self, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        let h = self.head.len();
+        if range.start < h {
+            out.extend_from_slice(&self.head[range.start..range.end.min(h)]);
         }
-        let hold_from = hold_from.max(pos);
-        out.extend_from_slice(&buf[pos..hold_from]);
-        st.held.extend_from_slice(&buf[hold_from..]);
-        if out.len() > given_before {
-            st.line_start = out.last() == Some(&b'\n');
+        if range.end > h {
+            out.extend_from_slice(&self.tail[range.start.max(h) - h..range.end - h]);
         }
-        None
+    }
+
+    /// The bytes from `at` to the end as one slice. Only asked for within
+    /// the last `max_len` bytes, which lie in one part: the tail when it is
+    /// longer than that, else the head holds everything.
+    fn suffix(&self, at: usize) -> &'a [u8] {
+        match at.checked_sub(self.head.len()) {
+            Some(t) => &self.tail[t..],
+            None => {
+                debug_assert!(self.tail.is_empty(), "a suffix across both parts");
+                &self.head[at..]
+            }
+        }
     }
 }
 
@@ -622,6 +717,9 @@ impl Redactor {
 /// q-grams) set ~6% of each; a sample passes both tables by chance about
 /// once in 300, and only then does the automaton search a window.
 const FILTER_BITS: usize = 1 << 18;
+
+/// The tables' size in 64-bit words.
+const FILTER_WORDS: usize = FILTER_BITS / 64;
 
 /// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
 const Q: usize = 4;
@@ -638,10 +736,12 @@ const HASH_B: u32 = 0x85eb_ca77;
 /// window wide enough to hold any occurrence covering it goes to the
 /// automaton. Ordinary output is thus looked at once every `step` bytes, not
 /// byte by byte.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct QgramFilter {
-    a: Vec<u64>,
-    b: Vec<u64>,
+    // Fixed-size, so a hash (always below FILTER_BITS) indexes them with no
+    // bounds check in the per-sample loop.
+    a: Box<[u64; FILTER_WORDS]>,
+    b: Box<[u64; FILTER_WORDS]>,
     step: usize,
     max_len: usize,
 }
@@ -649,11 +749,12 @@ struct QgramFilter {
 impl QgramFilter {
     fn new(patterns: &[Vec<u8>]) -> QgramFilter {
         let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
-        let mut a = vec![0u64; FILTER_BITS / 64];
-        let mut b = vec![0u64; FILTER_BITS / 64];
+        let mut a = Box::new([0u64; FILTER_WORDS]);
+        let mut b = Box::new([0u64; FILTER_WORDS]);
         for p in patterns {
             for w in p.windows(Q) {
-                let (ha, hb) = (qgram_hash(w, HASH_A), qgram_hash(w, HASH_B));
+                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let (ha, hb) = (qgram_hash(v, HASH_A), qgram_hash(v, HASH_B));
                 a[ha / 64] |= 1 << (ha % 64);
                 b[hb / 64] |= 1 << (hb % 64);
             }
@@ -666,18 +767,38 @@ impl QgramFilter {
         }
     }
 
-    fn hit(&self, w: &[u8]) -> bool {
-        let ha = qgram_hash(w, HASH_A);
-        if self.a[ha / 64] & (1 << (ha % 64)) == 0 {
+    /// The first table's bit for the q-gram `v`: non-zero if it may occur.
+    #[inline(always)]
+    fn probe_a(&self, v: u32) -> u64 {
+        let h = qgram_hash(v, HASH_A);
+        self.a[h / 64] & (1 << (h % 64))
+    }
+
+    #[inline(always)]
+    fn hit(&self, v: u32) -> bool {
+        if self.probe_a(v) == 0 {
             return false;
         }
-        let hb = qgram_hash(w, HASH_B);
-        self.b[hb / 64] & (1 << (hb % 64)) != 0
+        let h = qgram_hash(v, HASH_B);
+        self.b[h / 64] & (1 << (h % 64)) != 0
     }
 }
 
-fn qgram_hash(w: &[u8], mul: u32) -> usize {
-    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+/// How many samples the filter tests together (see [`find_matches`]): the
+/// first table says no to ~97% of samples, so four at once still skip ~90% of
+/// the time, with a quarter of the branches.
+const SAMPLES_PER_TEST: usize = 4;
+
+/// The q-gram at `p` of `buf` as a number (the caller keeps `p + Q` within `buf`).
+#[inline(always)]
+fn qgram_at(buf: &[u8], p: usize) -> u32 {
+    let mut w = [0u8; Q];
+    w.copy_from_slice(&buf[p..p + Q]);
+    u32::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn qgram_hash(v: u32, mul: u32) -> usize {
     (v.wrapping_mul(mul) >> (32 - FILTER_BITS.trailing_zeros())) as usize
 }
 
@@ -696,23 +817,42 @@ fn find_matches(
         return;
     }
     let reach = filter.max_len;
+    let step = filter.step;
+    let last = buf.len() - Q;
     let mut window: Option<(usize, usize)> = None;
     let mut p = 0;
-    while p + Q <= buf.len() {
-        if filter.hit(&buf[p..p + Q]) {
-            let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
-            window = match window {
-                Some((s, e)) if ws <= e => Some((s, we.max(e))),
-                Some((s, e)) => {
-                    if collect(matcher, buf, s..e, matches) {
-                        return;
-                    }
-                    Some((ws, we))
-                }
-                None => Some((ws, we)),
-            };
+    loop {
+        // Most samples miss the first table, so `SAMPLES_PER_TEST` of them
+        // are tested with one branch; only a group with a hit is looked at
+        // sample by sample.
+        let group_end = p + (SAMPLES_PER_TEST - 1) * step;
+        if group_end <= last {
+            let probe = |i: usize| filter.probe_a(qgram_at(buf, p + i * step));
+            if (0..SAMPLES_PER_TEST).fold(0, |acc, i| acc | probe(i)) == 0 {
+                p = group_end + step;
+                continue;
+            }
         }
-        p += filter.step;
+        let stop = group_end.min(last);
+        while p <= stop {
+            if filter.hit(qgram_at(buf, p)) {
+                let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
+                window = match window {
+                    Some((s, e)) if ws <= e => Some((s, we.max(e))),
+                    Some((s, e)) => {
+                        if collect(matcher, buf, s..e, matches) {
+                            return;
+                        }
+                        Some((ws, we))
+                    }
+                    None => Some((ws, we)),
+                };
+            }
+            p += step;
+        }
+        if p > last {
+            break;
+        }
     }
     if let Some((s, e)) = window {
         collect(matcher, buf, s..e, matches);
@@ -797,8 +937,8 @@ mod tests {
     /// Feeds `input` to stream `s`, as the wrapper does: what passes
     /// unchanged is copied to `out` too.
     fn feed(r: &mut Redactor, s: usize, input: &[u8], out: &mut Vec<u8>) {
-        if r.feed(s, input, out) {
-            out.extend_from_slice(input);
+        if let Some(n) = r.feed(s, input, out) {
+            out.extend_from_slice(&input[..n]);
         }
     }
 
@@ -944,6 +1084,42 @@ mod tests {
         feed(&mut r, 0, b"done\n", &mut out);
         assert_eq!(out, b"done\n");
         assert!(!r.holds(0));
+    }
+
+    #[test]
+    fn output_before_a_held_partial_match_goes_out_uncopied() {
+        let mut r = redactor(&[SECRET]);
+        let mut out = Vec::new();
+        assert_eq!(r.feed(0, b"line one\ns3cr", &mut out), Some(9));
+        assert!(out.is_empty() && r.holds(0));
+    }
+
+    #[test]
+    fn held_bytes_and_a_long_chunk_are_redacted_as_one_text() {
+        let filler = "x".repeat(500);
+        let secret = String::from_utf8_lossy(SECRET);
+        // The held start completes a value; one ends the chunk after it.
+        let mut r = redactor(&[SECRET]);
+        let mut out = Vec::new();
+        feed(&mut r, 0, b"a s3cr", &mut out);
+        let chunk = format!("{} {filler} {secret}", &secret[4..]);
+        assert_eq!(r.feed(0, chunk.as_bytes(), &mut out), None);
+        r.finish(0, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("a [REDACTED] {filler} [REDACTED]")
+        );
+        // The held start turns out to be ordinary text.
+        let mut r = redactor(&[SECRET]);
+        let mut out = Vec::new();
+        feed(&mut r, 0, b"a s3cr", &mut out);
+        feed(&mut r, 0, format!("ambled {filler}").as_bytes(), &mut out);
+        r.finish(0, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("a s3crambled {filler}")
+        );
+        assert_eq!(r.redactions(), 0);
     }
 
     #[test]
@@ -1102,8 +1278,11 @@ mod tests {
             let whole = run(&mut redactor(&secrets), &[&text]);
             let mut pieces = Vec::new();
             let mut at = 0;
+            // Pieces shorter than any needle, and pieces longer than the
+            // longest (which are searched apart from the held bytes).
+            let longest = if rng.below(2) == 0 { 12 } else { 300 };
             while at < text.len() {
-                let n = 1 + rng.below(12).min(text.len() - at - 1);
+                let n = 1 + rng.below(longest).min(text.len() - at - 1);
                 pieces.push(&text[at..at + n]);
                 at += n;
             }

@@ -932,11 +932,13 @@ impl Loop<'_> {
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
-        if unchanged {
+        if let Some(k) = unchanged {
             self.redacted = out;
-            let buf = std::mem::take(&mut self.buf);
-            self.deliver(i, &buf[..n]);
-            self.buf = buf;
+            if k > 0 {
+                let buf = std::mem::take(&mut self.buf);
+                self.deliver(i, &buf[..k]);
+                self.buf = buf;
+            }
             return;
         }
         self.deliver_pieces(i, &out);
