@@ -129,6 +129,14 @@ impl Response {
         }
     }
 
+    /// A 200 whose body is made as the client reads it.
+    fn stream(content_type: &str, body: impl Produce + 'static) -> Response {
+        Response {
+            body: Body::Stream(Box::new(body)),
+            ..Response::new(200, content_type, Vec::new())
+        }
+    }
+
     /// A JSON document.
     pub fn json(status: u16, v: &serde_json::Value) -> Response {
         let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
@@ -442,14 +450,7 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
         left: limit,
         sent: 0,
     };
-    Ok(Response {
-        status: 200,
-        headers: vec![
-            ("Content-Type", "application/json".into()),
-            ("Cache-Control", "no-cache".into()),
-        ],
-        body: Body::Stream(Box::new(body)),
-    })
+    Ok(Response::stream("application/json", body))
 }
 
 /// `GET /`: the job list page, made a few rows at a time as the client reads.
@@ -494,15 +495,8 @@ fn index(ctx: &Ctx) -> Result<Response> {
         next: 0,
         rows: 0,
     };
-    Ok(Response {
-        status: 200,
-        headers: vec![
-            ("Content-Type", "text/html; charset=utf-8".into()),
-            ("Cache-Control", "no-cache".into()),
-        ],
-        body: Body::Stream(Box::new(body)),
-    }
-    .header("Content-Security-Policy", page::CSP))
+    Ok(Response::stream("text/html; charset=utf-8", body)
+        .header("Content-Security-Policy", page::CSP))
 }
 
 fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response> {
@@ -645,14 +639,7 @@ fn poll(
             head: Some(head),
             carry: Vec::new(),
         };
-        return Ok(Response {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".into()),
-                ("Cache-Control", "no-cache".into()),
-            ],
-            body: Body::Stream(Box::new(body)),
-        });
+        return Ok(Response::stream("application/json", body));
     }
     Ok(Response {
         status: 200,
@@ -847,14 +834,7 @@ fn search(ctx: &Ctx, req: &Request, id: &JobId) -> Result<Response> {
         next: None,
         started: false,
     };
-    Ok(Response {
-        status: 200,
-        headers: vec![
-            ("Content-Type", "application/json".into()),
-            ("Cache-Control", "no-cache".into()),
-        ],
-        body: Body::Stream(Box::new(body)),
-    })
+    Ok(Response::stream("application/json", body))
 }
 
 /// A search response, made as the log is searched:
