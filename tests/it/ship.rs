@@ -13,6 +13,17 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Byte offset shipped so far of `stream`, from the meta hash mark.
+/// A quiet pipe-mode wrapper shipping to `url`, running `sh -c script`.
+fn spawn_shipping(env: &TestEnv, id: &str, url: &str, script: &str) -> std::process::Child {
+    env.cmd()
+        .args(["--job-run-id", id, "--no-pty", "--quiet", "--ship", url])
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn shipped_to(r: &RedisServer, id: &str, stream: &str) -> u64 {
     r.meta_field(id, &format!("{stream}_end"))
         .and_then(|m| m.split(' ').next().and_then(|o| o.parse().ok()))
@@ -126,21 +137,7 @@ fn redis_killed_mid_job_and_restarted_loses_and_repeats_nothing() {
         g1.wait(),
         g2.wait()
     );
-    let mut job = env
-        .cmd()
-        .args([
-            "--job-run-id",
-            "restart",
-            "--no-pty",
-            "--quiet",
-            "--ship",
-            &redis.url(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut job = spawn_shipping(&env, "restart", &redis.url(), &script);
     let len = |env: &TestEnv| env.stdout_log("restart").len() as u64;
     wait_until(LIMIT, "the first lines to be shipped", || {
         len(&env) > 0 && shipped_to(&redis, "restart", "stdout") == len(&env)
@@ -172,21 +169,7 @@ fn a_killed_wrappers_job_is_completed_by_logwrap_ship() {
     let redis = RedisServer::start(&env.path("redis"));
     let gate = Gate::new(&env, "g");
     let script = format!("seq 1 3000; {}; seq 3001 6000", gate.wait());
-    let mut job = env
-        .cmd()
-        .args([
-            "--job-run-id",
-            "killed",
-            "--no-pty",
-            "--quiet",
-            "--ship",
-            &redis.url(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut job = spawn_shipping(&env, "killed", &redis.url(), &script);
     wait_until(LIMIT, "the first lines to be shipped", || {
         let n = env.stdout_log("killed").len() as u64;
         n > 0 && shipped_to(&redis, "killed", "stdout") == n
@@ -295,21 +278,7 @@ fn a_later_wrapper_catches_up_a_job_shipped_while_redis_was_down() {
     assert_eq!(env.meta("early")["ship"]["complete"], false);
     let redis = RedisServer::start(&env.path("redis"));
     let gate = Gate::new(&env, "g");
-    let mut later = env
-        .cmd()
-        .args([
-            "--job-run-id",
-            "later",
-            "--no-pty",
-            "--quiet",
-            "--ship",
-            &url,
-        ])
-        .args(["--", "sh", "-c", &gate.wait()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut later = spawn_shipping(&env, "later", &url, &gate.wait());
     wait_until(LIMIT, "the earlier job to be caught up", || {
         env.meta("early")["ship"]["complete"] == true
     });
@@ -331,21 +300,7 @@ fn markers_reach_the_jobs_stream_while_the_job_runs() {
         "echo 'DATABUILD_MISSING_DEPS_JSON: {{\"partitions\": [\"a/b\"]}}'; {}",
         gate.wait()
     );
-    let mut job = env
-        .cmd()
-        .args([
-            "--job-run-id",
-            "marked",
-            "--no-pty",
-            "--quiet",
-            "--ship",
-            &redis.url(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut job = spawn_shipping(&env, "marked", &redis.url(), &script);
     // Seen while the job still waits at the gate.
     wait_until(LIMIT, "the marker event", || {
         redis
@@ -378,21 +333,7 @@ fn a_slow_redis_at_the_end_does_not_hold_the_wrapper_and_the_rest_ships_in_the_b
     let redis = RedisServer::start(&env.path("redis"));
     let gate = Gate::new(&env, "g");
     let script = format!("seq 1 1000; {}; seq 1001 2000", gate.wait());
-    let mut job = env
-        .cmd()
-        .args([
-            "--job-run-id",
-            "slow",
-            "--no-pty",
-            "--quiet",
-            "--ship",
-            &redis.url(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut job = spawn_shipping(&env, "slow", &redis.url(), &script);
     wait_until(LIMIT, "the first lines to be shipped", || {
         let n = env.stdout_log("slow").len() as u64;
         n > 0 && shipped_to(&redis, "slow", "stdout") == n
