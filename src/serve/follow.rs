@@ -282,14 +282,7 @@ impl Follower {
                 self.skip -= 1;
                 continue;
             }
-            if let Some(o) = line.omitted_before {
-                // Cut by the job's size limit (issue 12): how much, in the gap.
-                sse::gap_event(out, &line, o);
-            } else if line.number > before + 1 {
-                // Lines the store no longer has (trimmed Redis, issue 10): said,
-                // never silent.
-                gap_event(out, line.stream, before + 1, line.number - 1);
-            }
+            gap_before(out, &line, before);
             match self.which {
                 Which::One(_) => {
                     sse::log_event(out, &line, &line.number.to_string(), false, self.format)
@@ -301,6 +294,18 @@ impl Follower {
             }
         }
         Ok(Pumped::Full)
+    }
+}
+
+/// The `event: gap` that goes before `line` when lines are missing after line
+/// `before` of its stream: cut by the job's size limit (issue 12, the counts
+/// come with the line), or no longer held by the store (trimmed Redis, issue
+/// 10). Never silent.
+fn gap_before(out: &mut Vec<u8>, line: &LogLine, before: u64) {
+    if let Some(o) = line.omitted_before {
+        sse::gap_event(out, line, o);
+    } else if line.number > before + 1 {
+        gap_event(out, line.stream, before + 1, line.number - 1);
     }
 }
 
@@ -390,16 +395,7 @@ impl Shared {
             let before = self.end;
             self.end[idx(line.stream)] = line.number;
             let mut bytes = Vec::new();
-            if let Some(o) = line.omitted_before {
-                sse::gap_event(&mut bytes, &line, o);
-            } else if line.number > before[idx(line.stream)] + 1 {
-                gap_event(
-                    &mut bytes,
-                    line.stream,
-                    before[idx(line.stream)] + 1,
-                    line.number - 1,
-                );
-            }
+            gap_before(&mut bytes, &line, before[idx(line.stream)]);
             match self.which {
                 Which::One(_) => sse::log_event(
                     &mut bytes,
