@@ -2,18 +2,23 @@
 //! `/job_runs/{id}`. Self-contained: inline CSS and JS, no CDN, and a
 //! Content-Security-Policy that forbids loading anything from elsewhere.
 //!
-//! The job page follows `combined` with one EventSource (`format=json`, so each
-//! line names its stream; browsers allow only six connections per host), and
-//! switches between stdout, stderr and combined on the client. It stays
-//! responsive on a log of a million lines by rendering lazily: only the rows in
-//! view are in the DOM (fixed-height rows in a scroller sized for all lines), at
-//! most [`PAGE_KEPT_LINES`] lines are kept in memory (older ones are
-//! dropped with a note and the raw log a click away), and a page opened on a big
-//! log starts at its last [`PAGE_TAIL`] lines. ANSI SGR colours (16, 256 and
-//! truecolor, bold, dim, italic, underline, inverse) are rendered; each line
-//! number is a `#L<n>` link (stdout; `#E<n>` for stderr) that scrolls to it; the
-//! view sticks to the bottom until the reader scrolls up, and sticks again at
-//! the bottom; `complete` shows the exit status and closes the EventSource.
+//! The job page (script in `job.js`) opens on the tail of the log: it follows
+//! `combined` with one EventSource (`format=json`, `lines=`[`PAGE_TAIL`]; browsers
+//! allow only six connections per host) and loads any other range with `fetch`
+//! on demand: earlier lines as the reader scrolls up (a row says how many lines
+//! a gap holds), and the range around a `#L<n>` link, loaded or not. Lines are
+//! numbered once in arrival order in the combined view (`#L<n>`), by their own
+//! stream's numbers in the stdout and stderr views (`#O<n>`, `#E<n>`); `#L10-L20`
+//! marks a range. Only the rows in view are in the DOM, and at most
+//! [`PAGE_KEPT_LINES`] lines are kept (the ones farthest from the view become a
+//! gap again). ANSI SGR colours (16, 256 and truecolor, bold, dim, italic,
+//! underline, inverse) are rendered; timestamps (absolute or from the job's
+//! start) and wrapping are toggles; the line in progress (`event: partial`) shows
+//! as a provisional last row; sections fold; the search box searches the whole
+//! log on the server. The view sticks to the bottom until the reader scrolls up.
+//! `complete` shows the exit status (the signal of a killed job); after a server
+//! restart the page reconnects by itself, says "reconnecting" meanwhile, and shows
+//! the final status of a job that ended while the server was away.
 
 use crate::metadata::Metadata;
 use crate::store::JobId;
@@ -21,12 +26,19 @@ use crate::store::JobId;
 /// Most jobs listed on `/` (the API lists more).
 pub const INDEX_JOBS: usize = 500;
 
-/// Lines a job page asks for when it opens (`?lines=`): the start of a huge log
-/// is a download away, and the browser gets going in a second or two.
-pub const PAGE_TAIL: usize = 100_000;
+/// Lines a job page asks for when it opens: a few screens, so the tail of any
+/// log shows at once; earlier lines load as the reader scrolls up.
+pub const PAGE_TAIL: usize = 1_000;
 
-/// Most lines a job page keeps in memory; past this the oldest tenth is dropped.
-/// About 30-60 MB of script heap for typical lines.
+/// Most lines a page asks for at once, for `?lines=N` on the page (capped, with a
+/// note saying so) and for one range.
+pub const PAGE_LINES_CAP: usize = 50_000;
+
+/// Lines one "load more" brings.
+pub const PAGE_CHUNK: usize = 1_000;
+
+/// Most lines a job page keeps in memory; past this a tenth goes, from the end
+/// farther from the view. About 30-60 MB of script heap for typical lines.
 pub const PAGE_KEPT_LINES: usize = 200_000;
 
 /// Content-Security-Policy of the pages: everything inline or from this server,
@@ -66,10 +78,20 @@ body.job{display:flex;flex-direction:column;height:100vh}
 #log{flex:1;position:relative;overflow:auto;font:13px/var(--lh) ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 #spacer{position:relative;min-width:100%}
 #rows{position:absolute;left:0;top:0;min-width:100%}
-.r{height:var(--lh);white-space:pre;padding-right:12px}
+.r{display:flex;height:var(--lh);padding-right:12px}
+.t{white-space:pre}
+#log.wrap #rows{width:100%}
+#log.wrap .r{overflow:hidden}
+#log.wrap .t{white-space:pre-wrap;word-break:break-all;flex:1;min-width:0}
+.ts{flex:none;width:13ch;color:var(--dim);user-select:none}
+.r.gap{color:var(--dim);font-style:italic;font-family:system-ui,sans-serif;font-size:12px;align-items:center}
+.r.gap button{font-size:11px;margin-left:8px;background:var(--line);color:var(--fg);border:1px solid #30363d;border-radius:4px;cursor:pointer}
+.r.note{color:var(--warn)}
+.r.pv{opacity:.7}
+.badge.reconnecting,.badge.connecting{background:var(--warn);color:#000}
 .r:hover{background:#161b22}
 .r.hl{background:#3b2e00}
-.n{display:inline-block;width:7ch;padding-right:1ch;margin-right:1ch;text-align:right;color:var(--dim);text-decoration:none;border-right:2px solid transparent;user-select:none}
+.n{flex:none;display:inline-block;width:9ch;padding-right:1ch;margin-right:1ch;text-align:right;color:var(--dim);text-decoration:none;border-right:2px solid transparent;user-select:none}
 .r.e .n{border-right-color:var(--bad)}
 #note:empty{display:none}
 #note{padding:4px 12px;color:var(--dim);font-size:12px}
@@ -89,288 +111,8 @@ td.st{font-weight:600}
 #ann li.error{color:#ff7b72}#ann li.warning{color:#e3b341}#ann li.notice{color:var(--acc)}
 "#;
 
-const SCRIPT: &str = r##"
-"use strict";
-const LH = 18, TAIL = __TAIL__, KEEP = __KEEP__;
-const tok = new URLSearchParams(location.search).get("token");
-const tq = tok ? "token=" + encodeURIComponent(tok) : "";
-const api = "../api/job_runs/" + encodeURIComponent(JOB);
-const $ = (id) => document.getElementById(id);
-const logEl = $("log"), spacer = $("spacer"), rows = $("rows");
-// All lines, and the ones shown in each view (the same objects).
-const views = { combined: [], stdout: [], stderr: [] };
-let view = "combined", stick = true, dropped = 0, dirty = false, target = null;
-// SGR state per stream: separate terminals.
-const ends = [null, null];
-
-const BASE16 = ["#000000","#cd3131","#0dbc79","#e5e510","#2472c8","#bc3fbc","#11a8cd","#e5e5e5",
-  "#666666","#f14c4c","#23d18b","#f5f543","#3b8eea","#d670d6","#29b8db","#ffffff"];
-function c256(n) {
-  if (n < 16) return BASE16[n];
-  if (n < 232) { n -= 16; const v = (x) => x ? 55 + x * 40 : 0;
-    return "rgb(" + v(Math.floor(n / 36)) + "," + v(Math.floor(n / 6) % 6) + "," + v(n % 6) + ")"; }
-  const g = 8 + (n - 232) * 10; return "rgb(" + g + "," + g + "," + g + ")";
-}
-// Applies one SGR parameter list to a state; returns a new state object.
-function sgr(st, params) {
-  st = Object.assign({}, st || {});
-  const p = params.replace(/:/g, ";").split(";").map((x) => x === "" ? 0 : parseInt(x, 10));
-  for (let i = 0; i < p.length; i++) {
-    const c = p[i];
-    if (c === 0) st = {};
-    else if (c === 1) st.b = 1; else if (c === 2) st.d = 1; else if (c === 3) st.i = 1;
-    else if (c === 4) st.u = 1; else if (c === 7) st.v = 1; else if (c === 9) st.s = 1;
-    else if (c === 22) { delete st.b; delete st.d; } else if (c === 23) delete st.i;
-    else if (c === 24) delete st.u; else if (c === 27) delete st.v; else if (c === 29) delete st.s;
-    else if (c >= 30 && c <= 37) st.fg = BASE16[c - 30]; else if (c >= 90 && c <= 97) st.fg = BASE16[c - 82];
-    else if (c >= 40 && c <= 47) st.bg = BASE16[c - 40]; else if (c >= 100 && c <= 107) st.bg = BASE16[c - 92];
-    else if (c === 39) delete st.fg; else if (c === 49) delete st.bg;
-    else if (c === 38 || c === 48) {
-      let col = null;
-      if (p[i + 1] === 5) { col = c256(p[i + 2] & 255); i += 2; }
-      else if (p[i + 1] === 2) { col = "rgb(" + (p[i + 2] & 255) + "," + (p[i + 3] & 255) + "," + (p[i + 4] & 255) + ")"; i += 4; }
-      if (col) { if (c === 38) st.fg = col; else st.bg = col; }
-    }
-  }
-  return Object.keys(st).length ? st : null;
-}
-const ESC = /\x1b(?:\[([0-9;:?]*)([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
-// The state after a line, from the state before it.
-function endState(st, text) {
-  if (text.indexOf("\x1b") < 0) return st;
-  for (const m of text.matchAll(ESC)) if (m[2] === "m") st = sgr(st, m[1] || "");
-  return st;
-}
-const esc = (s) => s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
-function span(st, text) {
-  if (!text) return "";
-  if (!st) return esc(text);
-  let fg = st.fg, bg = st.bg;
-  if (st.v) { const t = fg || "var(--fg)"; fg = bg || "var(--bg)"; bg = t; }
-  const cls = ["b", "d", "i", "u", "s"].filter((k) => st[k]).join(" ");
-  let style = (fg ? "color:" + fg + ";" : "") + (bg ? "background:" + bg + ";" : "");
-  return "<span" + (cls ? ' class="' + cls + '"' : "") + (style ? ' style="' + style + '"' : "") + ">" + esc(text) + "</span>";
-}
-function html(st, text) {
-  if (text.indexOf("\x1b") < 0) return span(st, text.replace(/[\x00-\x08\x0b-\x1f]/g, ""));
-  let out = "", at = 0;
-  for (const m of text.matchAll(ESC)) {
-    out += span(st, text.slice(at, m.index).replace(/[\x00-\x08\x0b-\x1f]/g, ""));
-    if (m[2] === "m") st = sgr(st, m[1] || "");
-    at = m.index + m[0].length;
-  }
-  return out + span(st, text.slice(at).replace(/[\x00-\x08\x0b-\x1f]/g, ""));
-}
-const anchor = (l) => (l.e ? "E" : "L") + l.n;
-// Sections (issue 11): GitLab section_start/section_end, GitHub ::group::/
-// ::endgroup::, Buildkite ---/+++/~~~ headers, recognised on the exact text.
-const sections = [];
-let openSecs = [], foldCache = null;
-function mark(raw) {
-  let m;
-  const s = raw.replace(/^\x1b\[0?K/, "");
-  if ((m = /^section_start:(\d+):([^\[\r\s]+)(?:\[([^\]]*)\])?\r?(?:\x1b\[0?K)?(.*)$/.exec(s)))
-    return { k: "start", id: m[2], title: m[4].replace(ESC, "") || m[2], fold: /collapsed=true/.test(m[3] || ""), ts: +m[1] * 1e6 };
-  if ((m = /^section_end:(\d+):([^\r\s]+)/.exec(s))) return { k: "end", id: m[2], ts: +m[1] * 1e6 };
-  if ((m = /^::group::(.*)$/.exec(raw))) return { k: "start", id: "::group", title: m[1], fold: true };
-  if (/^::endgroup::/.test(raw)) return { k: "end", id: "::group" };
-  if ((m = /^(---|\+\+\+|~~~) (.+)$/.exec(raw))) return { k: "bk", id: "bk", title: m[2], fold: m[1] !== "+++" };
-  return null;
-}
-function closeSec(sec, ts) {
-  sec.end = ts || sec.end || 0;
-  if (!sec.user) sec.folded = sec.fold;
-  foldCache = null;
-}
-function section(l, raw, ts) {
-  const mk = mark(raw);
-  if (mk && mk.k === "bk") {
-    // A Buildkite header ends the one before it.
-    while (openSecs.length) closeSec(openSecs.pop(), ts);
-  }
-  if (mk && mk.k === "end") {
-    const at = openSecs.map((x) => x.id).lastIndexOf(mk.id);
-    l.sec = openSecs[openSecs.length - 1] || null;
-    if (at >= 0) while (openSecs.length > at) closeSec(openSecs.pop(), mk.ts || ts);
-    return;
-  }
-  l.sec = openSecs[openSecs.length - 1] || null;
-  if (!mk) return;
-  const sec = { i: sections.length, id: mk.id, title: mk.title, fold: mk.fold, folded: false, user: false,
-    parent: l.sec, start: mk.ts || ts, end: null };
-  sections.push(sec);
-  openSecs.push(sec);
-  l.sec = sec; l.hdr = true;
-}
-function hidden(l) {
-  for (let s = l.hdr ? l.sec.parent : l.sec; s; s = s.parent) if (s.folded) return true;
-  return false;
-}
-// The lines of the view, without those in folded sections.
-function shown() {
-  const lines = views[view];
-  if (!sections.some((s) => s.folded)) return lines;
-  if (!foldCache || foldCache.view !== view || foldCache.len !== lines.length)
-    foldCache = { view: view, len: lines.length, lines: lines.filter((l) => !hidden(l)) };
-  return foldCache.lines;
-}
-function dur(sec) {
-  if (!sec.start) return "";
-  if (sec.end === null) return "running";
-  const s = (sec.end - sec.start) / 1e6;
-  return s < 60 ? s.toFixed(1) + "s" : Math.floor(s / 60) + "m " + Math.round(s % 60) + "s";
-}
-let hits = new Set();
-function row(l) {
-  const a = anchor(l);
-  const cls = "r" + (l.e ? " e" : "") + (target === a ? " hl" : "") + (hits.has(a) ? " m" : "") + (l.hdr ? " h" : "");
-  const body = l.hdr
-    ? '<span class="fold">' + (l.sec.folded ? "\u25b8" : "\u25be") + "</span>" + esc(l.sec.title) + '<span class="dur">' + dur(l.sec) + "</span>"
-    : html(l.s, l.t);
-  return '<div class="' + cls + '" id="' + a + '"' + (l.hdr ? ' data-s="' + l.sec.i + '"' : "") + '><a class="n" href="#' + a + '">' + l.n + "</a>" + body + "</div>";
-}
-function render() {
-  dirty = false;
-  const lines = shown();
-  spacer.style.height = (lines.length * LH) + "px";
-  if (stick) logEl.scrollTop = logEl.scrollHeight;
-  const first = Math.max(0, Math.floor(logEl.scrollTop / LH) - 20);
-  const last = Math.min(lines.length, first + Math.ceil(logEl.clientHeight / LH) + 40);
-  rows.style.top = (first * LH) + "px";
-  let h = "";
-  for (let i = first; i < last; i++) h += row(lines[i]);
-  rows.innerHTML = h;
-  $("count").textContent = lines.length + " lines" + (dropped ? " (" + dropped + " earlier not kept)" : "");
-  $("pause").style.display = stick ? "none" : "block";
-}
-function schedule() { if (!dirty) { dirty = true; requestAnimationFrame(render); } }
-function add(d) {
-  const e = d.stream === "stderr" ? 1 : 0;
-  const t = d.display !== undefined ? d.display : d.text;
-  const l = { n: d.line, e: e, t: t, s: ends[e] };
-  ends[e] = endState(ends[e], t);
-  section(l, d.text, d.ts_us || 0);
-  views.combined.push(l);
-  views[e ? "stderr" : "stdout"].push(l);
-  if (views.combined.length > KEEP) {
-    const cut = Math.floor(KEEP / 10), gone = views.combined.splice(0, cut);
-    dropped += cut;
-    const out = gone.filter((x) => !x.e).length;
-    views.stdout.splice(0, out);
-    views.stderr.splice(0, cut - out);
-    $("note").textContent = "Earlier lines are not kept in this page; download the raw log for all of it.";
-  }
-  schedule();
-}
-function goTo(hash) {
-  const m = /^#([LE])(\d+)$/.exec(hash || "");
-  if (!m) return false;
-  const e = m[1] === "E" ? 1 : 0, n = parseInt(m[2], 10);
-  const l = views[view].find((x) => x.e === e && x.n === n);
-  if (!l) return false;
-  // A line in a folded section: open the sections around it.
-  for (let s = l.hdr ? l.sec.parent : l.sec; s; s = s.parent) if (s.folded) { s.folded = false; s.user = true; foldCache = null; }
-  const i = shown().indexOf(l);
-  target = m[1] + n; stick = false;
-  logEl.scrollTop = Math.max(0, i * LH - logEl.clientHeight / 3);
-  render();
-  return true;
-}
-logEl.addEventListener("scroll", () => {
-  const bottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 2 * LH;
-  if (bottom !== stick) { stick = bottom; }
-  schedule();
-});
-rows.addEventListener("click", (ev) => {
-  const r = ev.target.closest(".r.h");
-  if (!r || ev.target.closest("a")) return;
-  const sec = sections[+r.dataset.s];
-  sec.folded = !sec.folded; sec.user = true; foldCache = null;
-  schedule();
-});
-// Search (issue 11): the whole log through the server, not just what is loaded.
-let found = [], at = -1, findSeq = 0, lastQ = "";
-function showHit() {
-  const f = found[at];
-  $("hits").textContent = found.total ? (at + 1) + "/" + found.total + (found.total > found.length ? " (first " + found.length + ")" : "") : "no matches";
-  if (!f) return;
-  const a = (f.stream === "stderr" ? "E" : "L") + f.line;
-  if (!goTo("#" + a)) $("note").textContent = "Match on " + f.stream + " line " + f.line + " is before the lines loaded in this page; open the raw log for it.";
-  else $("note").textContent = "";
-}
-function find(q) {
-  const seq = ++findSeq;
-  if (!q) { found = []; hits = new Set(); $("hits").textContent = ""; schedule(); return; }
-  const stream = view === "combined" ? "both" : view;
-  fetch(api + "/search?limit=1000&stream=" + stream + "&q=" + encodeURIComponent(q) + (tq ? "&" + tq : ""))
-    .then((r) => r.json()).then((v) => {
-      if (seq !== findSeq) return;
-      found = v.matches || []; found.total = v.total || 0; at = found.length ? 0 : -1;
-      hits = new Set(found.map((f) => (f.stream === "stderr" ? "E" : "L") + f.line));
-      showHit(); schedule();
-    }).catch(() => { $("hits").textContent = "search failed"; });
-}
-function step(by) { if (!found.length) return; at = (at + by + found.length) % found.length; showHit(); }
-$("q").addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter") { ev.preventDefault(); if ($("q").value !== lastQ) { lastQ = $("q").value; find(lastQ); } else step(ev.shiftKey ? -1 : 1); }
-  if (ev.key === "Escape") $("q").blur();
-});
-$("next").addEventListener("click", () => step(1));
-$("prev").addEventListener("click", () => step(-1));
-document.addEventListener("keydown", (ev) => {
-  const typing = document.activeElement && document.activeElement.tagName === "INPUT" && document.activeElement.type === "search";
-  if ((ev.key === "/" && !typing) || ((ev.ctrlKey || ev.metaKey) && ev.key === "f")) { ev.preventDefault(); $("q").focus(); $("q").select(); }
-});
-// Annotations from the metadata, with links to their lines.
-function annotations(m) {
-  const list = $("ann");
-  list.innerHTML = (m.annotations || []).map((a) => {
-    const h = (a.stream === "stderr" ? "E" : "L") + a.log_line;
-    const where = a.file ? " " + esc(a.file) + (a.line ? ":" + a.line : "") : "";
-    return '<li class="' + esc(a.level) + '"><a href="#' + h + '">' + esc(a.level) + where + "</a> " + esc(a.title ? a.title + ": " : "") + esc(a.message) + "</li>";
-  }).join("");
-}
-function meta() { return fetch(api + (tq ? "?" + tq : "")).then((r) => r.json()); }
-$("pause").addEventListener("click", () => { stick = true; target = null; schedule(); });
-window.addEventListener("hashchange", () => goTo(location.hash));
-for (const r of document.querySelectorAll("input[name=view]")) {
-  r.addEventListener("change", () => { view = r.value; stick = true; schedule(); });
-}
-for (const a of document.querySelectorAll("a.raw")) a.href += tq ? "?" + tq : "";
-function badge(status, text) { const b = $("badge"); b.className = "badge " + status; b.textContent = text; }
-meta().then((m) => {
-  $("cmd").textContent = (m.command || []).join(" ");
-  annotations(m);
-  if (m.status === "running") badge("running", "running");
-}).catch(() => {});
-const es = new EventSource(api + "/logs/combined?follow=true&format=json&lines=" + (parseInt(new URLSearchParams(location.search).get("lines"), 10) || TAIL) + (tq ? "&" + tq : ""));
-let pending = location.hash;
-es.addEventListener("log", (ev) => {
-  add(JSON.parse(ev.data));
-  if (pending && goTo(pending)) pending = null;
-});
-es.addEventListener("gap", (ev) => {
-  const d = JSON.parse(ev.data);
-  add({ stream: d.stream, line: "\u2026", text: "[" + d.message + "]" });
-});
-es.addEventListener("complete", (ev) => {
-  const d = JSON.parse(ev.data);
-  es.close();
-  const how = d.exit_code !== null && d.exit_code !== undefined ? "exit " + d.exit_code : d.status;
-  badge(d.status, d.status + (how !== d.status ? " (" + how + ")" : ""));
-  // Sections still open end with the job; where it failed stays open.
-  const last = openSecs[openSecs.length - 1];
-  while (openSecs.length) closeSec(openSecs.pop(), 0);
-  if (d.status !== "succeeded") for (let s = last; s; s = s.parent) { s.folded = false; s.user = true; }
-  foldCache = null; schedule();
-  meta().then(annotations).catch(() => {});
-  document.body.dataset.complete = d.status;
-  if (pending) goTo(pending);
-});
-es.addEventListener("error", () => {
-  if (es.readyState === EventSource.CLOSED && !document.body.dataset.complete) badge("abandoned", "disconnected");
-});
-"##;
+/// The job page's script (src/serve/job.js), with its limits filled in.
+const SCRIPT: &str = include_str!("job.js");
 
 /// The job list page, before its rows.
 pub fn index_head() -> String {
@@ -417,16 +159,22 @@ pub fn job_page(id: &JobId) -> String {
     let id_js = serde_json::to_string(id.as_str()).unwrap_or_else(|_| "\"\"".into());
     let script = SCRIPT
         .replace("__TAIL__", &PAGE_TAIL.to_string())
-        .replace("__KEEP__", &PAGE_KEPT_LINES.to_string());
+        .replace("__KEEP__", &PAGE_KEPT_LINES.to_string())
+        .replace("__CAP__", &PAGE_LINES_CAP.to_string())
+        .replace("__CHUNK__", &PAGE_CHUNK.to_string());
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{id_html} \u{2014} logwrap</title>\
 <style>{STYLE}</style></head><body class=\"job\">\
 <header><h1><a href=\"../\">jobs</a> / {id_html}</h1><span id=\"badge\" class=\"badge\">connecting</span>\
-<span id=\"cmd\"></span>\
+<span id=\"cmd\"></span><span id=\"when\" class=\"muted\"></span><span id=\"dur\" class=\"muted\"></span>\
+<span id=\"host\" class=\"muted\"></span>\
 <span class=\"tabs\"><label><input type=\"radio\" name=\"view\" value=\"combined\" checked> combined</label>\
 <label><input type=\"radio\" name=\"view\" value=\"stdout\"> stdout</label>\
 <label><input type=\"radio\" name=\"view\" value=\"stderr\"> stderr</label></span>\
+<label class=\"muted\"><input id=\"wrap\" type=\"checkbox\"> wrap</label>\
+<label class=\"muted\">time <select id=\"ts\"><option value=\"off\">off</option><option value=\"abs\">clock</option>\
+<option value=\"rel\">since start</option></select></label>\
 <a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stdout/raw\" download=\"{id_html}.stdout.log\">stdout.log</a>\
 <a class=\"raw\" href=\"../api/job_runs/{id_html}/logs/stderr/raw\" download=\"{id_html}.stderr.log\">stderr.log</a>\
 <span id=\"find\"><input id=\"q\" type=\"search\" placeholder=\"search the whole log (/)\" autocomplete=\"off\">\
@@ -455,7 +203,9 @@ mod tests {
     fn the_job_page_is_self_contained() {
         let page = job_page(&JobId::parse("build-1").unwrap());
         assert!(page.contains("const JOB = \"build-1\";"));
-        assert!(!page.contains("__TAIL__") && !page.contains("__KEEP__"));
+        for hole in ["__TAIL__", "__KEEP__", "__CAP__", "__CHUNK__"] {
+            assert!(!page.contains(hole), "{hole} left in the page");
+        }
         assert!(!page.contains("http://") && !page.contains("https://"));
         assert!(page.contains("new EventSource("));
         assert_eq!(

@@ -305,6 +305,268 @@ fn browser_follows_a_job_live_with_colours_links_and_the_exit_badge() {
     browser.screenshot(&env.path("page.png.b64"));
 }
 
+/// The rendered rows: (id, classes, line number shown, text after the number).
+const ROWS_JS: &str = "return [...document.querySelectorAll('#rows .r')].map(r=>[r.id,r.className,\
+    (r.querySelector('.n')||{}).textContent,(r.querySelector('.t')||{}).textContent]);";
+
+/// True when the row `id` is marked and inside the visible part of the log.
+fn in_view_js(id: &str) -> String {
+    format!(
+        "const r=document.getElementById('{id}');if(!r||!r.classList.contains('hl'))return false;{}",
+        in_view_js_of("r")
+    )
+}
+
+/// Returns whether the element in the variable `r` is inside the visible part
+/// of the log.
+fn in_view_js_of(r: &str) -> String {
+    format!(
+        "const a={r}.getBoundingClientRect(),b=document.getElementById('log').getBoundingClientRect();\
+         return a.top>=b.top&&a.bottom<=b.bottom;"
+    )
+}
+
+/// Issue 11, point 3: a big log opens at its tail and says how many lines come
+/// before; earlier lines load on scroll or on demand; `#L<n>`, `#O<n>` and
+/// `#L<a>-L<b>` reach their lines on first load, loaded or not; the combined
+/// view numbers lines once, in arrival order; `?lines=` is capped, with a note.
+#[test]
+fn browser_opens_a_big_log_at_its_tail_and_links_reach_any_line() {
+    let Some((chromium, driver)) = browser_tools("browser_opens_a_big_log...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    // 20,000 lines on stdout; every 1,000th line also says so on stderr.
+    assert_ok(&env.run_sh(
+        "big",
+        &["--no-pty", "-q"],
+        "seq 1 20000 | while read -r i; do echo \"line $i\"; \
+         [ $((i % 1000)) -eq 0 ] && echo \"err $i\" >&2; done; true",
+    ));
+    let srv = Serve::start(&env, &[]);
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    let page = format!("http://127.0.0.1:{}/job_runs/big", srv.port);
+
+    browser.goto(&page);
+    browser.wait_js(
+        "the tail and the count",
+        "return document.body.dataset.complete==='succeeded'&&\
+         document.getElementById('count').textContent==='20,020 lines (1,000 loaded)';",
+    );
+    let rows: Vec<(String, String, String, String)> =
+        serde_json::from_value(browser.js(ROWS_JS)).unwrap();
+    let last = rows.last().unwrap();
+    assert!(last.3 == "err 20000" || last.3 == "line 20000", "{rows:?}");
+    // One numbering: the rows shown are numbered 20,020 down, consecutively,
+    // stdout and stderr alike (a stderr row is marked, not numbered apart).
+    let numbered: Vec<&(String, String, String, String)> =
+        rows.iter().filter(|r| !r.1.contains("gap")).collect();
+    for (i, r) in numbered.iter().rev().enumerate() {
+        assert_eq!(r.2, (20_020 - i).to_string(), "{rows:?}");
+        assert_eq!(r.0, format!("L{}", r.2));
+        assert_eq!(r.1.split(' ').any(|c| c == "e"), r.3.starts_with("err"));
+    }
+    assert!(numbered.iter().any(|r| r.3 == "err 20000"));
+
+    // Scrolled to the top: a row says how many lines are not loaded, and the
+    // next thousand load, with the line that was at the top staying there.
+    browser.js("document.getElementById('log').scrollTop=0;");
+    browser.wait_js(
+        "earlier lines loaded on scroll",
+        "return document.getElementById('count').textContent==='20,020 lines (2,000 loaded)';",
+    );
+    browser.js("document.getElementById('log').scrollTop=0;");
+    browser.wait_js(
+        "the top gap and its count",
+        "const g=document.querySelector('#rows .r.gap .t');\
+         return !!g&&/^1[78],020 earlier lines not loaded/.test(g.textContent);",
+    );
+    // On demand: the start of the log.
+    browser.js("document.querySelector('#rows .r.gap button[data-g=first]').click();");
+    browser.wait_js(
+        "line 1 loaded",
+        "return shown().some(l=>l.t==='line 1'&&l.p===1);",
+    );
+
+    // First load on a line far before the tail: it is fetched, shown in view
+    // and marked. The same for a line in the tail, a range, and a stdout line.
+    for (hash, text) in [
+        ("#L123", "line 123"),
+        ("#L20010", ""),
+        ("#O5000", "line 5000"),
+    ] {
+        browser.goto("about:blank");
+        browser.goto(&format!("{page}{hash}"));
+        let marked = format!(
+            "const r=document.querySelector('#rows .r.hl');if(!r)return false;\
+             const t=r.querySelector('.t').textContent;\
+             if({cond})return false;{view}",
+            cond = if text.is_empty() {
+                format!("r.id!=='{}'", &hash[1..])
+            } else {
+                format!("t!=='{text}'")
+            },
+            view = in_view_js_of("r"),
+        );
+        browser.wait_js(&format!("{hash} in view"), &marked);
+    }
+    browser.goto("about:blank");
+    browser.goto(&format!("{page}#L10-L20"));
+    browser.wait_js("the range in view", &in_view_js("L15"));
+    let marked = browser.js("return [...document.querySelectorAll('#rows .r.hl')].map(r=>r.id);");
+    let want: Vec<String> = (10..=20).map(|n| format!("L{n}")).collect();
+    assert_eq!(marked, json!(want));
+
+    // `?lines=` beyond the cap: capped, and the page says so.
+    browser.goto(&format!("{page}?lines=1000000"));
+    browser.wait_js(
+        "the cap note",
+        "return document.getElementById('note').textContent.includes('at most the last 50,000 lines');",
+    );
+    browser.wait_js(
+        "the capped tail",
+        "return document.getElementById('count').textContent==='20,020 lines';",
+    );
+    browser.screenshot(&env.path("tail.png.b64"));
+}
+
+/// A job driven line by line from its stdin: `p:TEXT` prints TEXT and a bare
+/// CR (a progress frame, no newline), `k` kills the job's shell with SIGTERM,
+/// `quit` ends it with status 3, anything else is printed as a line.
+const VIEWER_JOB: &str = r#"while IFS= read -r l; do case "$l" in p:*) printf '%s\r' "${l#p:}";; k) kill -TERM $$;; quit) exit 3;; *) printf '%s\n' "$l";; esac; done"#;
+
+/// Issue 11, point 4: the header (command, host, start, live duration),
+/// timestamps (clock and since start), wrapping, the line in progress shown
+/// live, and a killed job's badge naming the signal.
+#[test]
+fn browser_shows_times_wraps_lines_the_line_in_progress_and_the_signal() {
+    let Some((chromium, driver)) = browser_tools("browser_shows_times...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start_script(&env, "view", &[], VIEWER_JOB);
+    job.say("first line");
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    browser.goto(&format!("http://127.0.0.1:{}/job_runs/view", srv.port));
+    browser.wait_js(
+        "the first line",
+        "return shown().some(l=>l.t==='first line');",
+    );
+    let host = env.meta("view")["hostname"].as_str().unwrap().to_string();
+    browser.wait_js(
+        "the header",
+        &format!(
+            "const t=id=>document.getElementById(id).textContent;\
+             return t('cmd').startsWith('sh -c ')&&t('host')==='on {host}'&&t('when').startsWith('started ')\
+             &&t('dur').endsWith('so far')&&t('badge')==='running';"
+        ),
+    );
+
+    // Timestamps: since the start, then the clock.
+    let set_ts = |v: &str| {
+        browser.js(&format!(
+            "const s=document.getElementById('ts');s.value='{v}';s.dispatchEvent(new Event('change'));"
+        ));
+    };
+    set_ts("rel");
+    browser.wait_js(
+        "relative stamps",
+        "const s=document.querySelector('#rows .r .ts');return !!s&&/^\\+\\d+:\\d\\d\\.\\d{3}$/.test(s.textContent);",
+    );
+    set_ts("abs");
+    browser.wait_js(
+        "clock stamps",
+        "const s=document.querySelector('#rows .r .ts');return !!s&&/^\\d\\d:\\d\\d:\\d\\d\\.\\d{3}$/.test(s.textContent);",
+    );
+    set_ts("off");
+
+    // Wrapping: a long line takes several rows, all of it visible.
+    let long = "w".repeat(700);
+    job.say(&long);
+    let row_of_long = "const r=[...document.querySelectorAll('#rows .r')].find(r=>(r.querySelector('.t')||{}).textContent.length===700);";
+    browser.wait_js("the long line", &format!("{row_of_long}return !!r;"));
+    assert_eq!(
+        browser.js(&format!(
+            "{row_of_long}return r.getBoundingClientRect().height;"
+        )),
+        18
+    );
+    browser.js("document.getElementById('wrap').click();");
+    browser.wait_js(
+        "the long line wrapped",
+        &format!(
+            "{row_of_long}if(!r)return false;const t=r.querySelector('.t');\
+             return r.getBoundingClientRect().height>=36&&t.scrollWidth<=t.clientWidth+1&&t.scrollHeight<=r.clientHeight+1;"
+        ),
+    );
+    browser.js("document.getElementById('wrap').click();");
+
+    // The line in progress: shown live as a provisional last row, then
+    // replaced by the finished line.
+    job.say("p:progress 10%");
+    job.say("p:progress 50%");
+    browser.wait_js(
+        "the provisional line",
+        "const r=document.querySelector('#rows .r.pv');return !!r&&r.textContent.includes('progress 50%');",
+    );
+    job.say("done");
+    browser.wait_js(
+        "the finished line",
+        "return !document.querySelector('#rows .r.pv')&&shown().some(l=>l.t.startsWith('done'));",
+    );
+
+    // Killed: the badge names the signal.
+    job.say("k");
+    job.finish();
+    browser.wait_js(
+        "the signal in the badge",
+        "return document.body.dataset.complete==='killed'&&document.getElementById('badge').textContent==='killed (SIGTERM)';",
+    );
+    browser.wait_js(
+        "the final duration",
+        "const d=document.getElementById('dur').textContent;return d!==''&&!d.endsWith('so far');",
+    );
+}
+
+/// Issue 11, point 4: the page recovers by itself after a server restart. It
+/// says "reconnecting" while the server is away, and when the job ended
+/// meanwhile (the reconnect gets 204, nothing left to send) it shows the
+/// final status without a reload.
+#[test]
+fn browser_recovers_after_a_server_restart() {
+    let Some((chromium, driver)) = browser_tools("browser_recovers...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let port = srv.port;
+    let mut job = LiveJob::start_script(&env, "rs", &[], VIEWER_JOB);
+    job.say("before the restart");
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    browser.goto(&format!("http://127.0.0.1:{port}/job_runs/rs"));
+    browser.wait_js(
+        "following",
+        "return shown().some(l=>l.t==='before the restart')&&document.getElementById('badge').textContent==='running';",
+    );
+    drop(srv);
+    browser.wait_js(
+        "the reconnecting badge",
+        "return document.getElementById('badge').textContent==='reconnecting';",
+    );
+    job.say("quit");
+    assert_eq!(job.finish().code(), Some(3));
+    let _srv = Serve::start_listening(env.cmd(), port, &[]);
+    browser.wait_js(
+        "the final status",
+        "return document.body.dataset.complete==='failed'&&document.getElementById('badge').textContent==='failed (exit 3)';",
+    );
+    assert_eq!(
+        browser.js("return shown().filter(l=>l.t==='before the restart').length;"),
+        1
+    );
+}
+
 /// Chromium and chromedriver, or `None` (after saying so) where they are not
 /// installed; on CI their absence fails the test.
 fn browser_tools(test: &str) -> Option<(String, String)> {
@@ -394,7 +656,7 @@ fn browser_folds_sections_lists_annotations_and_searches_the_whole_log() {
     // Annotations at the top link to their lines.
     browser.wait_js(
         "the annotation",
-        "const a=document.querySelector('#ann li.error a');return !!a&&a.textContent==='error t.rs:3'&&a.getAttribute('href')==='#L10';",
+        "const a=document.querySelector('#ann li.error a');return !!a&&a.textContent==='error t.rs:3'&&a.getAttribute('href')==='#O10';",
     );
     browser.js("document.querySelector('#ann li.error a').click();");
     browser.wait_js(
@@ -418,8 +680,8 @@ fn browser_folds_sections_lists_annotations_and_searches_the_whole_log() {
         "return document.getElementById('hits').textContent==='2/2'&&document.getElementById('L111').classList.contains('hl');",
     );
 
-    // With only the tail loaded, the search still counts every match and says
-    // where the one not loaded is.
+    // With only the tail loaded, the search still counts every match, and the
+    // one before the loaded lines is fetched and shown.
     browser.goto(&format!("{base}/job_runs/ci?lines=20"));
     browser.wait_js(
         "the end",
@@ -428,7 +690,7 @@ fn browser_folds_sections_lists_annotations_and_searches_the_whole_log() {
     browser.js(search);
     browser.wait_js(
         "the match before the loaded lines",
-        "return document.getElementById('hits').textContent==='1/2'&&document.getElementById('note').textContent.includes('line 9 is before');",
+        "return document.getElementById('hits').textContent==='1/2'&&document.getElementById('L9').classList.contains('hl');",
     );
     browser.screenshot(&env.path("sections.png.b64"));
 }

@@ -24,9 +24,15 @@ impl Serve {
         Serve::start_with(env.cmd(), extra)
     }
 
-    pub fn start_with(mut cmd: Command, extra: &[&str]) -> Serve {
+    pub fn start_with(cmd: Command, extra: &[&str]) -> Serve {
+        Serve::start_listening(cmd, 0, extra)
+    }
+
+    /// A server on a given port (0: any free one), e.g. to restart one where
+    /// its clients expect it.
+    pub fn start_listening(mut cmd: Command, port: u16, extra: &[&str]) -> Serve {
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
