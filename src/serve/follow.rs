@@ -43,18 +43,28 @@ pub enum StartAt {
     Line(u64),
     /// The last N lines (of the merged lines, on `combined`): `?lines=N`.
     Tail(u64),
-    /// Just after an event id (`Last-Event-ID`): stdout line O+1, stderr line E+1
-    /// (on a single stream only the first number is used).
+    /// Just after an event id (`Last-Event-ID`, `?after=`): stdout line O+1,
+    /// stderr line E+1 (on a single stream only the first number is used).
     After(u64, u64),
+    /// The last K lines that end at an event id, inclusive (`?before=ID`):
+    /// on a stream lines N-K+1..=N; on combined the last K merged lines among
+    /// stdout lines up to O and stderr lines up to E.
+    Before([u64; 2], u64),
 }
 
 /// Parses a `Last-Event-ID` for `which`: `N` for a stream, `O.E` for combined.
 pub fn parse_event_id(which: Which, id: &str) -> Option<StartAt> {
+    parse_cursor(which, id).map(|[o, e]| StartAt::After(o, e))
+}
+
+/// The line numbers an event id names: `[N, 0]` for a stream's `N`, `[O, E]`
+/// for combined.
+pub fn parse_cursor(which: Which, id: &str) -> Option<[u64; 2]> {
     match which {
-        Which::One(_) => id.trim().parse().ok().map(|n| StartAt::After(n, 0)),
+        Which::One(_) => id.trim().parse().ok().map(|n| [n, 0]),
         Which::Combined => {
             let (o, e) = id.trim().split_once('.')?;
-            Some(StartAt::After(o.parse().ok()?, e.parse().ok()?))
+            Some([o.parse().ok()?, e.parse().ok()?])
         }
     }
 }
@@ -123,6 +133,13 @@ pub struct Follower {
     /// The log and index sizes when this follower last caught up: while they are
     /// unchanged there is nothing to read, and a wake-up costs no file access.
     pub seen: [u64; 4],
+    /// `log` events still to send before the stream ends (`?count=K`).
+    remaining: Option<u64>,
+    /// The last line wanted per stream (`?before=ID`): the stream ends at the
+    /// first line beyond it.
+    upto: Option<[u64; 2]>,
+    /// A line beyond `upto` was read: nothing more is sent.
+    cut: bool,
 }
 
 fn idx(s: Stream) -> usize {
@@ -152,15 +169,18 @@ impl Follower {
         let mut last = [0, 0];
         let want = match from {
             StartAt::Line(n) => [n, n],
-            StartAt::Tail(_) => [0, 0],
+            StartAt::Tail(_) | StartAt::Before(..) => [0, 0],
             StartAt::After(o, e) => [o.saturating_add(1), e.saturating_add(1)],
         };
+        // The first line of the K that end at line n.
+        let first_of = |n: u64, k: u64| Start::Line((n + 1).saturating_sub(k).max(1));
         let lines = match which {
             Which::One(s) => {
                 let start = match from {
                     StartAt::Line(n) => Start::Line(n),
                     StartAt::Tail(n) => Start::Tail(n),
                     StartAt::After(n, _) => Start::Line(n.saturating_add(1)),
+                    StartAt::Before([n, _], k) => first_of(n, k),
                 };
                 let r = open(s, start)?;
                 last[idx(s)] = r.next_number().saturating_sub(1);
@@ -174,6 +194,7 @@ impl Follower {
                         Start::Line(o.saturating_add(1)),
                         Start::Line(e.saturating_add(1)),
                     ],
+                    StartAt::Before([o, e], k) => [first_of(o, k), first_of(e, k)],
                 };
                 let mut out = open(Stream::Stdout, starts[0])?;
                 let mut err = open(Stream::Stderr, starts[1])?;
@@ -188,6 +209,16 @@ impl Follower {
                         Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
                     };
                     skip = (window(&mut out)? + window(&mut err)?).saturating_sub(n);
+                }
+                if let StartAt::Before(upto, k) = from {
+                    // Each stream's window holds the last k lines up to its
+                    // end of the cursor; of the merged lines only the last k.
+                    let window = |r: &mut Box<dyn LineSource>, upto: u64| -> Result<u64> {
+                        let last = r.total_lines()?.min(upto);
+                        Ok((last + 1).saturating_sub(r.next_number()))
+                    };
+                    skip =
+                        (window(&mut out, upto[0])? + window(&mut err, upto[1])?).saturating_sub(k);
                 }
                 Lines::Combined(Box::new(CombinedReader::new(out, err)))
             }
@@ -209,7 +240,24 @@ impl Follower {
             want,
             stop_at: (!follow).then_some([sizes[0], sizes[1]]),
             seen: [u64::MAX; 4],
+            remaining: match from {
+                StartAt::Before(_, k) => Some(k),
+                _ => None,
+            },
+            upto: match (from, which) {
+                // A stream's cursor is its one number.
+                (StartAt::Before([n, _], _), Which::One(_)) => Some([n, n]),
+                (StartAt::Before(upto, _), Which::Combined) => Some(upto),
+                _ => None,
+            },
+            cut: false,
         })
+    }
+
+    /// Ends the stream after at most `k` `log` events (`?count=K`), without
+    /// `complete` when it is cut there.
+    pub fn limit(&mut self, k: u64) {
+        self.remaining = Some(self.remaining.map_or(k, |r| r.min(k)));
     }
 
     /// True when there is nothing to send: the next read finds no line. The line
@@ -231,6 +279,9 @@ impl Follower {
 
     fn read(&mut self, done: bool) -> Result<Option<LogLine>> {
         loop {
+            if self.cut {
+                return Ok(None);
+            }
             let lines = self
                 .lines
                 .as_mut()
@@ -240,6 +291,14 @@ impl Follower {
             };
             if let Some(stop) = self.stop_at {
                 if line.offset >= stop[idx(line.stream)] {
+                    return Ok(None);
+                }
+            }
+            if let Some(upto) = self.upto {
+                // The lines up to a cursor are the first ones merged: the
+                // first beyond it ends them.
+                if line.number > upto[idx(line.stream)] {
+                    self.cut = true;
                     return Ok(None);
                 }
             }
@@ -261,12 +320,22 @@ impl Follower {
     ) -> Result<Pumped> {
         let done = complete.is_some();
         while out.len() < high_water {
+            if self.remaining == Some(0) {
+                // Cut by `count`: no `complete` unless the log ended there too.
+                if let Some(data) = complete.filter(|_| self.upto.is_none()) {
+                    if self.at_end(true)? {
+                        sse::complete_event(out, data);
+                    }
+                }
+                return Ok(Pumped::Done);
+            }
             let line = match self.pending.take() {
                 Some(l) => Some(l),
                 None => self.read(done)?,
             };
             let Some(line) = line else {
-                if let Some(data) = complete {
+                // A range before a cursor is not the end of the log.
+                if let Some(data) = complete.filter(|_| self.upto.is_none()) {
                     sse::complete_event(out, data);
                     return Ok(Pumped::Done);
                 }
@@ -291,6 +360,9 @@ impl Follower {
                     let id = format!("{}.{}", self.last[0], self.last[1]);
                     sse::log_event(out, &line, &id, true, self.format)
                 }
+            }
+            if let Some(r) = &mut self.remaining {
+                *r -= 1;
             }
         }
         Ok(Pumped::Full)
@@ -444,7 +516,11 @@ impl Follower {
     /// True when this follower can be served from its job's [`Shared`]
     /// events: a plain live follower with nothing of its own in hand.
     pub fn shares(&self) -> bool {
-        self.follow && self.stop_at.is_none() && self.skip == 0 && self.pending.is_none()
+        self.follow
+            && self.stop_at.is_none()
+            && self.skip == 0
+            && self.pending.is_none()
+            && self.remaining.is_none()
     }
 
     /// Which lines and how encoded: the key of the [`Shared`] events.
@@ -829,6 +905,113 @@ mod tests {
                 t.name
             );
             assert!(tail.ends_with(b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"));
+        }
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn count_ends_the_stream_after_k_events_without_complete() {
+        for t in jobs("count", &[(Stream::Stdout, b"a\nb\nc\n")]) {
+            let end = serde_json::json!({"status": "succeeded"});
+            let mut f = combined_text(&t, StartAt::Line(1));
+            f.limit(2);
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(ids_and_data(&out), pairs(&[("1.0", "a"), ("2.0", "b")]));
+            assert!(!contains_complete(&out), "{}", t.name);
+            // The log ends first: the normal ending.
+            let mut f = combined_text(&t, StartAt::Line(2));
+            f.limit(5);
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(ids_and_data(&out).len(), 2, "{}", t.name);
+            assert!(contains_complete(&out), "{}", t.name);
+            // Exactly the lines left: the log ended there too.
+            let mut f = combined_text(&t, StartAt::Line(2));
+            f.limit(2);
+            let mut out = Vec::new();
+            f.pump(&mut out, BIG, Some(&end)).unwrap();
+            assert!(contains_complete(&out), "{}", t.name);
+        }
+    }
+
+    fn contains_complete(out: &[u8]) -> bool {
+        String::from_utf8_lossy(out).contains("event: complete")
+    }
+
+    #[test]
+    fn before_gives_the_lines_that_end_at_a_cursor() {
+        let body: Vec<u8> = (1..=10)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        for t in jobs("before-one", &[(Stream::Stderr, &body)]) {
+            let end = serde_json::json!({"status": "succeeded"});
+            let open = |from| {
+                Follower::open(
+                    t.store.as_ref(),
+                    &t.id,
+                    Which::One(Stream::Stderr),
+                    from,
+                    false,
+                    Format::Text,
+                    [0, 99, 0, 0],
+                )
+                .unwrap()
+            };
+            let mut out = Vec::new();
+            let mut f = open(StartAt::Before([7, 0], 3));
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(
+                ids_and_data(&out),
+                pairs(&[("5", "5"), ("6", "6"), ("7", "7")]),
+                "{}",
+                t.name
+            );
+            assert!(!contains_complete(&out), "a range is not the end");
+            let mut out = Vec::new();
+            open(StartAt::Before([2, 0], 5))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out), pairs(&[("1", "1"), ("2", "2")]));
+        }
+    }
+
+    #[test]
+    fn before_on_combined_gives_the_last_merged_lines_up_to_the_cursor() {
+        for t in jobs(
+            "before-combined",
+            &[
+                (Stream::Stdout, b"o1\no2\n"),
+                (Stream::Stderr, b"e1\n"),
+                (Stream::Stdout, b"o3\n"),
+                (Stream::Stderr, b"e2\ne3\n"),
+                (Stream::Stdout, b"o4\n"),
+            ],
+        ) {
+            let mut out = Vec::new();
+            let mut f = combined_text(&t, StartAt::Before([3, 2], 3));
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+            assert_eq!(
+                ids_and_data(&out),
+                pairs(&[("2.1", "e1"), ("3.1", "o3"), ("3.2", "e2")]),
+                "{}",
+                t.name
+            );
+            let mut out = Vec::new();
+            combined_text(&t, StartAt::Before([1, 0], 3))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out), pairs(&[("1.0", "o1")]), "{}", t.name);
+            let mut out = Vec::new();
+            combined_text(&t, StartAt::Before([4, 3], 100))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out).len(), 7, "{}", t.name);
         }
     }
 
