@@ -16,6 +16,7 @@ use crate::reader::{CombinedReader, LineSource, LogLine, Start};
 use crate::store::{JobId, LogStore, Stream};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Which lines an event stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +95,131 @@ impl Lines {
             Lines::Combined(c) => c.next_line(done),
         }
     }
+
+    /// Where each stream read goes on: its next line's number and offset.
+    /// Right when the readers have reached the end, that offset is where a
+    /// line in progress starts.
+    fn heads(&self) -> Vec<(Stream, u64, u64)> {
+        let head = |r: &dyn LineSource| (r.stream(), r.next_number(), r.position());
+        match self {
+            Lines::One(r) => vec![head(r.as_ref())],
+            Lines::Combined(c) => c.readers().iter().map(|r| head(r.as_ref())).collect(),
+        }
+    }
+}
+
+/// Most bytes of a line in progress read for `event: partial`: its end is
+/// what a terminal shows (a progress bar's last frame, a prompt), and a
+/// 100 MB line without a newline then costs one small read, not 100 MB.
+pub const PARTIAL_BYTES: u64 = 8 * 1024;
+
+/// Least time between two `partial` events of one stream: a progress bar
+/// redrawn a thousand times a second becomes ten events, still smooth to a
+/// reader (issue 11, point 4).
+pub const PARTIAL_EVERY: Duration = Duration::from_millis(100);
+
+/// The line in progress of one stream as last looked at.
+#[derive(Default)]
+struct PartialTrack {
+    /// Line number and length of the line in progress last encoded.
+    sent: Option<(u64, u64)>,
+    sent_at: Option<Instant>,
+    /// Its event, while it is still the line in progress; empty once the
+    /// line has ended or nothing is in progress.
+    event: Vec<u8>,
+}
+
+/// The lines in progress of the streams a reader follows, each encoded at
+/// most every [`PARTIAL_EVERY`] and only when it grew.
+#[derive(Default)]
+pub struct Partials {
+    streams: [PartialTrack; 2],
+    /// A change held back by [`PARTIAL_EVERY`]: when to look again, so the
+    /// last state is sent even if nothing else happens.
+    due: Option<Instant>,
+}
+
+impl Partials {
+    /// Brings the events up to date with the logs (`sizes`, the job's
+    /// progress) for the readers at `heads`.
+    #[allow(clippy::too_many_arguments)]
+    fn look(
+        &mut self,
+        store: &dyn LogStore,
+        id: &JobId,
+        which: Which,
+        format: Format,
+        heads: &[(Stream, u64, u64)],
+        sizes: [u64; 4],
+        now: Instant,
+    ) -> Result<()> {
+        self.due = None;
+        for &(stream, line, pos) in heads {
+            let t = &mut self.streams[idx(stream)];
+            let size = sizes[idx(stream)];
+            if size <= pos {
+                t.event.clear();
+                continue;
+            }
+            if t.sent == Some((line, size - pos)) {
+                continue;
+            }
+            if let Some(at) = t.sent_at.map(|t| t + PARTIAL_EVERY).filter(|&at| at > now) {
+                self.due = Some(self.due.map_or(at, |d| d.min(at)));
+                continue;
+            }
+            let Some(p) = read_partial(store, id, stream, line, pos, size)? else {
+                // Whole lines not read yet (their index record is on its
+                // way): they come as log events first.
+                t.event.clear();
+                continue;
+            };
+            t.event.clear();
+            sse::partial_event(&mut t.event, &p, which == Which::Combined, format);
+            t.sent = Some((line, p.len));
+            t.sent_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// A line of `stream` was read: its line in progress is no more.
+    fn line_ended(&mut self, stream: Stream) {
+        self.streams[idx(stream)].event.clear();
+    }
+}
+
+/// The line in progress of `stream` starting at byte `pos` as line `line`,
+/// the log being `size` bytes: its last [`PARTIAL_BYTES`]. `None` when the
+/// bytes read hold a newline (whole lines wait to be read first).
+fn read_partial(
+    store: &dyn LogStore,
+    id: &JobId,
+    stream: Stream,
+    line: u64,
+    pos: u64,
+    size: u64,
+) -> Result<Option<sse::Partial>> {
+    let raw = store.open_raw(id, stream)?;
+    let from = pos.max(size.saturating_sub(PARTIAL_BYTES));
+    let mut tail = vec![0u8; (size - from) as usize];
+    let mut got = 0;
+    while got < tail.len() {
+        match raw.read_at(&mut tail[got..], from + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    tail.truncate(got);
+    if tail.is_empty() || memchr::memchr(b'\n', &tail).is_some() {
+        return Ok(None);
+    }
+    Ok(Some(sse::Partial {
+        stream,
+        line,
+        len: from + got as u64 - pos,
+        tail,
+        truncated: from > pos,
+    }))
 }
 
 /// What [`Follower::pump`] stopped at.
@@ -140,6 +266,14 @@ pub struct Follower {
     upto: Option<[u64; 2]>,
     /// A line beyond `upto` was read: nothing more is sent.
     cut: bool,
+    /// The lines in progress as this follower's own readers see them.
+    partials: Partials,
+    /// Line number and length of the last partial event sent, per stream:
+    /// the same state is never sent twice, also when the follower moves
+    /// between its own readers and its job's shared events.
+    partial_sent: [Option<(u64, u64)>; 2],
+    /// When to look at the lines in progress again (see [`Partials`]).
+    partial_due: Option<Instant>,
 }
 
 fn idx(s: Stream) -> usize {
@@ -251,6 +385,9 @@ impl Follower {
                 _ => None,
             },
             cut: false,
+            partials: Partials::default(),
+            partial_sent: [None; 2],
+            partial_due: None,
         })
     }
 
@@ -319,6 +456,8 @@ impl Follower {
         complete: Option<&serde_json::Value>,
     ) -> Result<Pumped> {
         let done = complete.is_some();
+        // Looked at again only once caught up (see `Follower::partial`).
+        self.partial_due = None;
         while out.len() < high_water {
             if self.remaining == Some(0) {
                 // Cut by `count`: no `complete` unless the log ended there too.
@@ -347,6 +486,7 @@ impl Follower {
             };
             let before = self.last[idx(line.stream)];
             self.last[idx(line.stream)] = line.number;
+            self.partials.line_ended(line.stream);
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
@@ -422,6 +562,8 @@ pub struct Shared {
     seen: [u64; 4],
     /// The reader reached the end of the log of an ended job: nothing more.
     finished: bool,
+    /// The lines in progress, encoded once for every follower.
+    partials: Partials,
 }
 
 impl Shared {
@@ -442,6 +584,7 @@ impl Shared {
             end: last,
             seen: [u64::MAX; 4],
             finished: false,
+            partials: Partials::default(),
         })
     }
 
@@ -466,6 +609,7 @@ impl Shared {
             }
             let before = self.end;
             self.end[idx(line.stream)] = line.number;
+            self.partials.line_ended(line.stream);
             let mut bytes = Vec::new();
             gap_before(&mut bytes, &line, before[idx(line.stream)]);
             match self.which {
@@ -549,6 +693,7 @@ impl Follower {
         if !self.shares() || shared.kind() != self.kind() {
             return Ok(None);
         }
+        self.partial_due = None;
         let done = complete.is_some();
         loop {
             shared.advance(sizes, done)?;
@@ -589,6 +734,69 @@ impl Follower {
 impl Shared {
     fn kind(&self) -> (Which, Format) {
         (self.which, self.format)
+    }
+}
+
+impl Follower {
+    /// Appends `event: partial` for each line in progress this live follower
+    /// has not been sent yet (issue 11, point 4). Call it when the follower
+    /// is caught up (pumped `Idle`) while the job runs: `shared` are its
+    /// job's shared events, which then serve it the events they encode once
+    /// for all. Held-back changes are looked at again at
+    /// [`Follower::partial_due`].
+    pub fn partial(
+        &mut self,
+        store: &dyn LogStore,
+        shared: Option<&mut Shared>,
+        out: &mut Vec<u8>,
+        sizes: [u64; 4],
+        now: Instant,
+    ) -> Result<()> {
+        self.partial_due = None;
+        if !self.follow || self.pending.is_some() || self.cut {
+            return Ok(());
+        }
+        let served = shared
+            .filter(|sh| self.lines.is_none() && sh.kind() == self.kind() && sh.end == self.last);
+        let (partials, heads) = match served {
+            Some(sh) => {
+                let heads = sh.lines.heads();
+                (&mut sh.partials, heads)
+            }
+            None => match &self.lines {
+                Some(l) => (&mut self.partials, l.heads()),
+                None => return Ok(()),
+            },
+        };
+        // A line before one asked for (`since=N` past the end) is not sent,
+        // nor its beginning.
+        let heads: Vec<_> = heads
+            .into_iter()
+            .filter(|&(s, line, _)| line >= self.want[idx(s)])
+            .collect();
+        partials.look(
+            store,
+            &self.job,
+            self.which,
+            self.format,
+            &heads,
+            sizes,
+            now,
+        )?;
+        for (i, t) in partials.streams.iter().enumerate() {
+            if !t.event.is_empty() && t.sent != self.partial_sent[i] {
+                out.extend_from_slice(&t.event);
+                self.partial_sent[i] = t.sent;
+            }
+        }
+        self.partial_due = partials.due;
+        Ok(())
+    }
+
+    /// When a line in progress that changed too soon after the last
+    /// `partial` event is to be looked at again.
+    pub fn partial_due(&self) -> Option<Instant> {
+        self.partial_due
     }
 }
 
@@ -1012,6 +1220,87 @@ mod tests {
                 .pump(&mut out, BIG, None)
                 .unwrap();
             assert_eq!(ids_and_data(&out).len(), 7, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_line_in_progress_is_sent_once_per_change_and_at_most_once_per_window() {
+        for mut t in jobs("partial", &[(Stream::Stdout, b"o1\n\rab")]) {
+            let (store, id) = (t.store.clone(), t.id.clone());
+            let mut f = Follower::open(
+                store.as_ref(),
+                &id,
+                Which::One(Stream::Stdout),
+                StartAt::Line(1),
+                true,
+                Format::Text,
+                [0; 4],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            let partial = |f: &mut Follower, now: Instant| {
+                let mut out = Vec::new();
+                let sizes = store.progress(&id);
+                f.partial(store.as_ref(), None, &mut out, sizes, now)
+                    .unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            let t0 = Instant::now();
+            assert_eq!(
+                partial(&mut f, t0),
+                "event: partial\ndata: ab\n\n",
+                "{}",
+                t.name
+            );
+            assert_eq!(partial(&mut f, t0 + PARTIAL_EVERY * 5), "", "unchanged");
+            // Grown within the window: held back, and looked at again when
+            // the window ends.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"\rabc", 5))
+                .unwrap();
+            let t1 = t0 + PARTIAL_EVERY * 5;
+            assert_eq!(partial(&mut f, t1), "event: partial\ndata: abc\n\n");
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"d", 6))
+                .unwrap();
+            assert_eq!(partial(&mut f, t1 + PARTIAL_EVERY / 2), "");
+            assert_eq!(f.partial_due(), Some(t1 + PARTIAL_EVERY), "{}", t.name);
+            assert_eq!(
+                partial(&mut f, t1 + PARTIAL_EVERY),
+                "event: partial\ndata: abcd\n\n"
+            );
+            assert_eq!(f.partial_due(), None);
+            // The line ends: its log event, and no partial until the next.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"\n", 7))
+                .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            assert_eq!(ids_and_data(&out), pairs(&[("2", "abcd")]), "{}", t.name);
+            assert_eq!(partial(&mut f, t1 + PARTIAL_EVERY * 3), "");
+        }
+    }
+
+    #[test]
+    fn a_huge_line_in_progress_costs_only_its_last_bytes() {
+        let mut line = vec![b'x'; 3 * PARTIAL_BYTES as usize];
+        line.extend_from_slice("\u{e9}nd".as_bytes());
+        for t in jobs("partial-huge", &[(Stream::Stderr, &line)]) {
+            let size = line.len() as u64;
+            let p = read_partial(t.store.as_ref(), &t.id, Stream::Stderr, 1, 0, size)
+                .unwrap()
+                .unwrap();
+            assert_eq!((p.line, p.len, p.truncated), (1, size, true));
+            assert_eq!(p.tail.len() as u64, PARTIAL_BYTES, "{}", t.name);
+            assert!(p.tail.ends_with("\u{e9}nd".as_bytes()));
+            // A whole line not read yet is not a line in progress.
+            let got = read_partial(t.store.as_ref(), &t.id, Stream::Stderr, 1, 0, 2);
+            assert!(got.unwrap().is_some());
+        }
+        for t in jobs("partial-whole", &[(Stream::Stdout, b"a\nb")]) {
+            let got = read_partial(t.store.as_ref(), &t.id, Stream::Stdout, 1, 0, 3);
+            assert!(got.unwrap().is_none(), "{}", t.name);
         }
     }
 

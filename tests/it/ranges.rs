@@ -6,6 +6,9 @@
 use crate::util::serve::*;
 use crate::util::*;
 use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
 
 /// The status and events of `GET path` (read to the end).
 fn events(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<SseEvent>) {
@@ -239,4 +242,172 @@ fn complete_names_the_signal_that_killed_the_job() {
     let (_, evs) = events(srv.port, "/api/job_runs/fine/logs/stdout", &[]);
     let data: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
     assert!(data.get("signal").is_none(), "{data}");
+}
+
+/// An event stream read as raw bytes, so fields EventSource would fold away
+/// (an `id:` on a partial event) can be checked.
+struct RawEvents {
+    sock: TcpStream,
+    body: Vec<u8>,
+}
+
+impl RawEvents {
+    fn open(port: u16, path: &str) -> RawEvents {
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        sock.write_all(req.as_bytes()).unwrap();
+        RawEvents {
+            sock,
+            body: Vec::new(),
+        }
+    }
+
+    /// The events so far, each as its `(field, value)` lines.
+    fn events(&self) -> Vec<Vec<(String, String)>> {
+        let text = String::from_utf8_lossy(&self.body);
+        let Some((_, body)) = text.split_once("\r\n\r\n") else {
+            return Vec::new();
+        };
+        body.split("\n\n")
+            .filter(|b| b.starts_with("event: "))
+            .map(|b| {
+                b.lines()
+                    .filter_map(|l| l.split_once(": "))
+                    .map(|(f, v)| (f.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Reads until `cond` holds for the events (or the stream ends).
+    fn wait(&mut self, what: &str, cond: impl Fn(&[Vec<(String, String)>]) -> bool) {
+        let deadline = Instant::now() + LIMIT;
+        let mut chunk = [0u8; 65536];
+        while !cond(&self.events()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} within {LIMIT:?}: {:?}",
+                self.events()
+            );
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!("closed before {what}: {:?}", self.events()),
+                Ok(n) => self.body.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+    }
+}
+
+fn field<'a>(ev: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    ev.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
+}
+
+/// The JSON data of the partial events, in order.
+fn partials(evs: &[Vec<(String, String)>]) -> Vec<Value> {
+    evs.iter()
+        .filter(|e| field(e, "event") == Some("partial"))
+        .map(|e| serde_json::from_str(field(e, "data").unwrap()).unwrap())
+        .collect()
+}
+
+fn has_partial(evs: &[Vec<(String, String)>], line: u64, display: &str) -> bool {
+    partials(evs)
+        .iter()
+        .any(|p| p["line"] == line && p["display"] == display)
+}
+
+#[test]
+fn a_line_in_progress_is_sent_as_partial_events_without_an_id() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    // Each line read from stdin becomes a progress frame (`\r` and the
+    // text, no newline); `nl` ends the line.
+    let script = r#"while IFS= read -r l; do case "$l" in nl) printf '\n';; *) printf '\r%s' "$l";; esac; done"#;
+    let mut job = LiveJob::start_script(&env, "bar", &[], script);
+    let base = "/api/job_runs/bar/logs";
+    // Served from the job's shared events, from the follower's own readers
+    // (a count keeps them), and merged.
+    let mut conns = [
+        RawEvents::open(srv.port, &format!("{base}/stdout?follow=true&format=json")),
+        RawEvents::open(
+            srv.port,
+            &format!("{base}/stdout?follow=true&format=json&count=100"),
+        ),
+        RawEvents::open(
+            srv.port,
+            &format!("{base}/combined?follow=true&format=json"),
+        ),
+    ];
+    job.say("10%");
+    for c in &mut conns {
+        c.wait("the first frame", |e| has_partial(e, 1, "10%"));
+    }
+    // Frames faster than partial events go out: the last one still comes.
+    for f in ["20%", "30%", "40%"] {
+        job.say(f);
+    }
+    for c in &mut conns {
+        c.wait("the last frame", |e| has_partial(e, 1, "40%"));
+    }
+    job.say("nl");
+    job.say("50%");
+    for c in &mut conns {
+        c.wait("the next line's frame", |e| has_partial(e, 2, "50%"));
+    }
+    job.finish();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.wait("the end", |e| {
+            e.iter().any(|e| field(e, "event") == Some("complete"))
+        });
+        let evs = c.events();
+        for e in &evs {
+            if field(e, "event") == Some("partial") {
+                assert_eq!(field(e, "id"), None, "a partial never takes an id: {e:?}");
+                assert_eq!(field(e, "stream").is_some(), i == 2, "{e:?}");
+            }
+        }
+        let ps = partials(&evs);
+        let lens: Vec<u64> = ps.iter().map(|p| p["len"].as_u64().unwrap()).collect();
+        // Sent only when it grew; line 1's frames, then line 2's.
+        let line1: Vec<_> = ps.iter().filter(|p| p["line"] == 1).collect();
+        assert!(
+            line1
+                .windows(2)
+                .all(|w| w[0]["len"].as_u64() < w[1]["len"].as_u64()),
+            "{lens:?}"
+        );
+        assert_eq!(line1.last().unwrap()["text"], "\r10%\r20%\r30%\r40%");
+        assert_eq!(line1.last().unwrap()["truncated"], false);
+        // The whole line follows as a log event after its partials, then
+        // the unfinished last line when the job ends.
+        let order: Vec<String> = evs
+            .iter()
+            .map(|e| match field(e, "event") {
+                Some("partial") => {
+                    let p: Value = serde_json::from_str(field(e, "data").unwrap()).unwrap();
+                    format!("p{}", p["line"])
+                }
+                Some("log") => {
+                    let l: Value = serde_json::from_str(field(e, "data").unwrap()).unwrap();
+                    format!("l{}:{}", l["line"], l["display"].as_str().unwrap_or(""))
+                }
+                other => other.unwrap_or("").to_string(),
+            })
+            .collect();
+        let first_log = order.iter().position(|o| o.starts_with("l1")).unwrap();
+        assert_eq!(order[first_log], "l1:40%", "{order:?}");
+        assert!(order[..first_log].iter().all(|o| o == "p1"), "{order:?}");
+        assert!(
+            order[first_log + 1..].starts_with(&["p2".to_string()]),
+            "{order:?}"
+        );
+        assert_eq!(
+            order[order.len() - 2..],
+            ["l2:50%", "complete"],
+            "{order:?}"
+        );
+    }
 }
