@@ -32,7 +32,7 @@ fn grow(block: &mut Vec<u8>, want: usize) -> &mut [u8] {
 /// whole chunk, so this bounds that buffer against a damaged record; 1 MiB is
 /// well above what any wrapper reads at once (`index::MAX_CHUNK`, 256 KiB in
 /// earlier versions), so indexes of older job directories stay usable.
-const LARGEST_CHUNK: u64 = 1 << 20;
+pub(crate) const LARGEST_CHUNK: u64 = 1 << 20;
 
 /// One line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -642,6 +642,50 @@ impl StreamReader {
         }
         self.refresh_index();
         self.index_final = writer_done;
+    }
+}
+
+/// A line named by where it is in a job's output, for
+/// [`LogStore::merged_before`](crate::store::LogStore::merged_before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// The n-th line (from 1) of both streams merged in arrival order.
+    Merged(u64),
+    /// Line n (from 1) of one stream.
+    Line(Stream, u64),
+}
+
+/// The cursor `[o, e]` of the lines merged before `at`: the last stdout and
+/// stderr line numbers of the lines that come before it in arrival order
+/// (the end cursor when `at` is past the end). Walks both streams from their
+/// first line, so it reads no further than `at`; stores with an index find it
+/// without a walk (the file store does).
+pub fn walk_merged_before<S: crate::store::LogStore + ?Sized>(
+    store: &S,
+    id: &JobId,
+    at: Anchor,
+    writer_done: bool,
+) -> Result<[u64; 2]> {
+    // Only the positions are wanted, never the text.
+    let open = |s: Stream| store.open_lines(id, s, Start::Line(1), 0);
+    let mut merged = CombinedReader::new(open(Stream::Stdout)?, open(Stream::Stderr)?);
+    let mut cur = [0u64; 2];
+    loop {
+        if let Anchor::Merged(n) = at {
+            if cur[0] + cur[1] + 1 >= n {
+                return Ok(cur);
+            }
+        }
+        let Some(line) = merged.next_line(writer_done)? else {
+            return Ok(cur);
+        };
+        let i = usize::from(line.stream == Stream::Stderr);
+        if let Anchor::Line(s, n) = at {
+            if line.stream == s && line.number >= n {
+                return Ok(cur);
+            }
+        }
+        cur[i] = line.number;
     }
 }
 

@@ -8,7 +8,7 @@
 
 use crate::metadata::{self, Metadata, Omitted, Status};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
-use crate::reader::{LineSource, Start, StreamReader};
+use crate::reader::{Anchor, LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) mod limit;
 mod mem;
+mod merged;
 mod watch;
 
 pub use crate::output::lines::{LineSplitter, Piece, Pieces};
@@ -470,6 +471,15 @@ pub trait LogStore: Send + Sync {
         start: Start,
         max_keep: usize,
     ) -> Result<Box<dyn LineSource>>;
+    /// The cursor `[o, e]` of the lines merged before `at` in arrival order:
+    /// how far stdout and stderr have come just before that line (the end
+    /// cursor when it is past the end). With `writer_done`, a final line
+    /// without a newline counts. The default walks both streams up to `at`;
+    /// the file store finds it in its index (issue 11: `at=L5000000` on a
+    /// 1 GB log without a scan).
+    fn merged_before(&self, id: &JobId, at: Anchor, writer_done: bool) -> Result<[u64; 2]> {
+        crate::reader::walk_merged_before(self, id, at, writer_done)
+    }
     /// The raw bytes of `stream` of job `id`.
     fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>>;
     /// How far the job's output has come: changes whenever anything is
@@ -885,6 +895,10 @@ impl LogStore for FileStore {
         Ok(Box::new(StreamReader::open(
             self, id, stream, start, max_keep,
         )?))
+    }
+
+    fn merged_before(&self, id: &JobId, at: Anchor, writer_done: bool) -> Result<[u64; 2]> {
+        merged::merged_before(self, id, at, writer_done)
     }
 
     fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>> {

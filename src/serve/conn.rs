@@ -58,6 +58,8 @@ pub enum Timer {
     Close,
     /// A silent event stream: send a heartbeat comment.
     Heartbeat,
+    /// An event stream's line in progress is due to be looked at again.
+    Partial,
 }
 
 pub struct Conn {
@@ -274,10 +276,16 @@ impl Conn {
                 (self.since + idle_timeout, Timer::Close)
             }
             Phase::Head => (self.since + header_timeout, Timer::HeaderTimeout),
-            Phase::Body if self.pending() == 0 && matches!(self.source, Source::Events(_)) => {
-                (self.last_progress + cfg.heartbeat, Timer::Heartbeat)
-            }
-            Phase::Body => (self.last_progress + idle_timeout, Timer::Close),
+            Phase::Body => match &self.source {
+                Source::Events(f) if self.pending() == 0 => {
+                    let heartbeat = self.last_progress + cfg.heartbeat;
+                    match f.partial_due() {
+                        Some(at) if at < heartbeat => (at, Timer::Partial),
+                        _ => (heartbeat, Timer::Heartbeat),
+                    }
+                }
+                _ => (self.last_progress + idle_timeout, Timer::Close),
+            },
         }
     }
 

@@ -16,6 +16,7 @@ use crate::reader::{CombinedReader, LineSource, LogLine, Start};
 use crate::store::{JobId, LogStore, Stream};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Which lines an event stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,18 +44,28 @@ pub enum StartAt {
     Line(u64),
     /// The last N lines (of the merged lines, on `combined`): `?lines=N`.
     Tail(u64),
-    /// Just after an event id (`Last-Event-ID`): stdout line O+1, stderr line E+1
-    /// (on a single stream only the first number is used).
+    /// Just after an event id (`Last-Event-ID`, `?after=`): stdout line O+1,
+    /// stderr line E+1 (on a single stream only the first number is used).
     After(u64, u64),
+    /// The last K lines that end at an event id, inclusive (`?before=ID`):
+    /// on a stream lines N-K+1..=N; on combined the last K merged lines among
+    /// stdout lines up to O and stderr lines up to E.
+    Before([u64; 2], u64),
 }
 
 /// Parses a `Last-Event-ID` for `which`: `N` for a stream, `O.E` for combined.
 pub fn parse_event_id(which: Which, id: &str) -> Option<StartAt> {
+    parse_cursor(which, id).map(|[o, e]| StartAt::After(o, e))
+}
+
+/// The line numbers an event id names: `[N, 0]` for a stream's `N`, `[O, E]`
+/// for combined.
+pub fn parse_cursor(which: Which, id: &str) -> Option<[u64; 2]> {
     match which {
-        Which::One(_) => id.trim().parse().ok().map(|n| StartAt::After(n, 0)),
+        Which::One(_) => id.trim().parse().ok().map(|n| [n, 0]),
         Which::Combined => {
             let (o, e) = id.trim().split_once('.')?;
-            Some(StartAt::After(o.parse().ok()?, e.parse().ok()?))
+            Some([o.parse().ok()?, e.parse().ok()?])
         }
     }
 }
@@ -84,6 +95,131 @@ impl Lines {
             Lines::Combined(c) => c.next_line(done),
         }
     }
+
+    /// Where each stream read goes on: its next line's number and offset.
+    /// Right when the readers have reached the end, that offset is where a
+    /// line in progress starts.
+    fn heads(&self) -> Vec<(Stream, u64, u64)> {
+        let head = |r: &dyn LineSource| (r.stream(), r.next_number(), r.position());
+        match self {
+            Lines::One(r) => vec![head(r.as_ref())],
+            Lines::Combined(c) => c.readers().iter().map(|r| head(r.as_ref())).collect(),
+        }
+    }
+}
+
+/// Most bytes of a line in progress read for `event: partial`: its end is
+/// what a terminal shows (a progress bar's last frame, a prompt), and a
+/// 100 MB line without a newline then costs one small read, not 100 MB.
+pub const PARTIAL_BYTES: u64 = 8 * 1024;
+
+/// Least time between two `partial` events of one stream: a progress bar
+/// redrawn a thousand times a second becomes ten events, still smooth to a
+/// reader (issue 11, point 4).
+pub const PARTIAL_EVERY: Duration = Duration::from_millis(100);
+
+/// The line in progress of one stream as last looked at.
+#[derive(Default)]
+struct PartialTrack {
+    /// Line number and length of the line in progress last encoded.
+    sent: Option<(u64, u64)>,
+    sent_at: Option<Instant>,
+    /// Its event, while it is still the line in progress; empty once the
+    /// line has ended or nothing is in progress.
+    event: Vec<u8>,
+}
+
+/// The lines in progress of the streams a reader follows, each encoded at
+/// most every [`PARTIAL_EVERY`] and only when it grew.
+#[derive(Default)]
+pub struct Partials {
+    streams: [PartialTrack; 2],
+    /// A change held back by [`PARTIAL_EVERY`]: when to look again, so the
+    /// last state is sent even if nothing else happens.
+    due: Option<Instant>,
+}
+
+impl Partials {
+    /// Brings the events up to date with the logs (`sizes`, the job's
+    /// progress) for the readers at `heads`.
+    #[allow(clippy::too_many_arguments)]
+    fn look(
+        &mut self,
+        store: &dyn LogStore,
+        id: &JobId,
+        which: Which,
+        format: Format,
+        heads: &[(Stream, u64, u64)],
+        sizes: [u64; 4],
+        now: Instant,
+    ) -> Result<()> {
+        self.due = None;
+        for &(stream, line, pos) in heads {
+            let t = &mut self.streams[idx(stream)];
+            let size = sizes[idx(stream)];
+            if size <= pos {
+                t.event.clear();
+                continue;
+            }
+            if t.sent == Some((line, size - pos)) {
+                continue;
+            }
+            if let Some(at) = t.sent_at.map(|t| t + PARTIAL_EVERY).filter(|&at| at > now) {
+                self.due = Some(self.due.map_or(at, |d| d.min(at)));
+                continue;
+            }
+            let Some(p) = read_partial(store, id, stream, line, pos, size)? else {
+                // Whole lines not read yet (their index record is on its
+                // way): they come as log events first.
+                t.event.clear();
+                continue;
+            };
+            t.event.clear();
+            sse::partial_event(&mut t.event, &p, which == Which::Combined, format);
+            t.sent = Some((line, p.len));
+            t.sent_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// A line of `stream` was read: its line in progress is no more.
+    fn line_ended(&mut self, stream: Stream) {
+        self.streams[idx(stream)].event.clear();
+    }
+}
+
+/// The line in progress of `stream` starting at byte `pos` as line `line`,
+/// the log being `size` bytes: its last [`PARTIAL_BYTES`]. `None` when the
+/// bytes read hold a newline (whole lines wait to be read first).
+fn read_partial(
+    store: &dyn LogStore,
+    id: &JobId,
+    stream: Stream,
+    line: u64,
+    pos: u64,
+    size: u64,
+) -> Result<Option<sse::Partial>> {
+    let raw = store.open_raw(id, stream)?;
+    let from = pos.max(size.saturating_sub(PARTIAL_BYTES));
+    let mut tail = vec![0u8; (size - from) as usize];
+    let mut got = 0;
+    while got < tail.len() {
+        match raw.read_at(&mut tail[got..], from + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    tail.truncate(got);
+    if tail.is_empty() || memchr::memchr(b'\n', &tail).is_some() {
+        return Ok(None);
+    }
+    Ok(Some(sse::Partial {
+        stream,
+        line,
+        len: from + got as u64 - pos,
+        tail,
+        truncated: from > pos,
+    }))
 }
 
 /// What [`Follower::pump`] stopped at.
@@ -123,6 +259,21 @@ pub struct Follower {
     /// The log and index sizes when this follower last caught up: while they are
     /// unchanged there is nothing to read, and a wake-up costs no file access.
     pub seen: [u64; 4],
+    /// `log` events still to send before the stream ends (`?count=K`).
+    remaining: Option<u64>,
+    /// The last line wanted per stream (`?before=ID`): the stream ends at the
+    /// first line beyond it.
+    upto: Option<[u64; 2]>,
+    /// A line beyond `upto` was read: nothing more is sent.
+    cut: bool,
+    /// The lines in progress as this follower's own readers see them.
+    partials: Partials,
+    /// Line number and length of the last partial event sent, per stream:
+    /// the same state is never sent twice, also when the follower moves
+    /// between its own readers and its job's shared events.
+    partial_sent: [Option<(u64, u64)>; 2],
+    /// When to look at the lines in progress again (see [`Partials`]).
+    partial_due: Option<Instant>,
 }
 
 fn idx(s: Stream) -> usize {
@@ -152,15 +303,18 @@ impl Follower {
         let mut last = [0, 0];
         let want = match from {
             StartAt::Line(n) => [n, n],
-            StartAt::Tail(_) => [0, 0],
+            StartAt::Tail(_) | StartAt::Before(..) => [0, 0],
             StartAt::After(o, e) => [o.saturating_add(1), e.saturating_add(1)],
         };
+        // The first line of the K that end at line n.
+        let first_of = |n: u64, k: u64| Start::Line((n + 1).saturating_sub(k).max(1));
         let lines = match which {
             Which::One(s) => {
                 let start = match from {
                     StartAt::Line(n) => Start::Line(n),
                     StartAt::Tail(n) => Start::Tail(n),
                     StartAt::After(n, _) => Start::Line(n.saturating_add(1)),
+                    StartAt::Before([n, _], k) => first_of(n, k),
                 };
                 let r = open(s, start)?;
                 last[idx(s)] = r.next_number().saturating_sub(1);
@@ -174,6 +328,7 @@ impl Follower {
                         Start::Line(o.saturating_add(1)),
                         Start::Line(e.saturating_add(1)),
                     ],
+                    StartAt::Before([o, e], k) => [first_of(o, k), first_of(e, k)],
                 };
                 let mut out = open(Stream::Stdout, starts[0])?;
                 let mut err = open(Stream::Stderr, starts[1])?;
@@ -188,6 +343,16 @@ impl Follower {
                         Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
                     };
                     skip = (window(&mut out)? + window(&mut err)?).saturating_sub(n);
+                }
+                if let StartAt::Before(upto, k) = from {
+                    // Each stream's window holds the last k lines up to its
+                    // end of the cursor; of the merged lines only the last k.
+                    let window = |r: &mut Box<dyn LineSource>, upto: u64| -> Result<u64> {
+                        let last = r.total_lines()?.min(upto);
+                        Ok((last + 1).saturating_sub(r.next_number()))
+                    };
+                    skip =
+                        (window(&mut out, upto[0])? + window(&mut err, upto[1])?).saturating_sub(k);
                 }
                 Lines::Combined(Box::new(CombinedReader::new(out, err)))
             }
@@ -209,7 +374,27 @@ impl Follower {
             want,
             stop_at: (!follow).then_some([sizes[0], sizes[1]]),
             seen: [u64::MAX; 4],
+            remaining: match from {
+                StartAt::Before(_, k) => Some(k),
+                _ => None,
+            },
+            upto: match (from, which) {
+                // A stream's cursor is its one number.
+                (StartAt::Before([n, _], _), Which::One(_)) => Some([n, n]),
+                (StartAt::Before(upto, _), Which::Combined) => Some(upto),
+                _ => None,
+            },
+            cut: false,
+            partials: Partials::default(),
+            partial_sent: [None; 2],
+            partial_due: None,
         })
+    }
+
+    /// Ends the stream after at most `k` `log` events (`?count=K`), without
+    /// `complete` when it is cut there.
+    pub fn limit(&mut self, k: u64) {
+        self.remaining = Some(self.remaining.map_or(k, |r| r.min(k)));
     }
 
     /// True when there is nothing to send: the next read finds no line. The line
@@ -231,6 +416,9 @@ impl Follower {
 
     fn read(&mut self, done: bool) -> Result<Option<LogLine>> {
         loop {
+            if self.cut {
+                return Ok(None);
+            }
             let lines = self
                 .lines
                 .as_mut()
@@ -240,6 +428,14 @@ impl Follower {
             };
             if let Some(stop) = self.stop_at {
                 if line.offset >= stop[idx(line.stream)] {
+                    return Ok(None);
+                }
+            }
+            if let Some(upto) = self.upto {
+                // The lines up to a cursor are the first ones merged: the
+                // first beyond it ends them.
+                if line.number > upto[idx(line.stream)] {
+                    self.cut = true;
                     return Ok(None);
                 }
             }
@@ -260,13 +456,25 @@ impl Follower {
         complete: Option<&serde_json::Value>,
     ) -> Result<Pumped> {
         let done = complete.is_some();
+        // Looked at again only once caught up (see `Follower::partial`).
+        self.partial_due = None;
         while out.len() < high_water {
+            if self.remaining == Some(0) {
+                // Cut by `count`: no `complete` unless the log ended there too.
+                if let Some(data) = complete.filter(|_| self.upto.is_none()) {
+                    if self.at_end(true)? {
+                        sse::complete_event(out, data);
+                    }
+                }
+                return Ok(Pumped::Done);
+            }
             let line = match self.pending.take() {
                 Some(l) => Some(l),
                 None => self.read(done)?,
             };
             let Some(line) = line else {
-                if let Some(data) = complete {
+                // A range before a cursor is not the end of the log.
+                if let Some(data) = complete.filter(|_| self.upto.is_none()) {
                     sse::complete_event(out, data);
                     return Ok(Pumped::Done);
                 }
@@ -278,6 +486,7 @@ impl Follower {
             };
             let before = self.last[idx(line.stream)];
             self.last[idx(line.stream)] = line.number;
+            self.partials.line_ended(line.stream);
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
@@ -291,6 +500,9 @@ impl Follower {
                     let id = format!("{}.{}", self.last[0], self.last[1]);
                     sse::log_event(out, &line, &id, true, self.format)
                 }
+            }
+            if let Some(r) = &mut self.remaining {
+                *r -= 1;
             }
         }
         Ok(Pumped::Full)
@@ -350,6 +562,8 @@ pub struct Shared {
     seen: [u64; 4],
     /// The reader reached the end of the log of an ended job: nothing more.
     finished: bool,
+    /// The lines in progress, encoded once for every follower.
+    partials: Partials,
 }
 
 impl Shared {
@@ -370,6 +584,7 @@ impl Shared {
             end: last,
             seen: [u64::MAX; 4],
             finished: false,
+            partials: Partials::default(),
         })
     }
 
@@ -394,6 +609,7 @@ impl Shared {
             }
             let before = self.end;
             self.end[idx(line.stream)] = line.number;
+            self.partials.line_ended(line.stream);
             let mut bytes = Vec::new();
             gap_before(&mut bytes, &line, before[idx(line.stream)]);
             match self.which {
@@ -444,7 +660,11 @@ impl Follower {
     /// True when this follower can be served from its job's [`Shared`]
     /// events: a plain live follower with nothing of its own in hand.
     pub fn shares(&self) -> bool {
-        self.follow && self.stop_at.is_none() && self.skip == 0 && self.pending.is_none()
+        self.follow
+            && self.stop_at.is_none()
+            && self.skip == 0
+            && self.pending.is_none()
+            && self.remaining.is_none()
     }
 
     /// Which lines and how encoded: the key of the [`Shared`] events.
@@ -473,6 +693,7 @@ impl Follower {
         if !self.shares() || shared.kind() != self.kind() {
             return Ok(None);
         }
+        self.partial_due = None;
         let done = complete.is_some();
         loop {
             shared.advance(sizes, done)?;
@@ -513,6 +734,69 @@ impl Follower {
 impl Shared {
     fn kind(&self) -> (Which, Format) {
         (self.which, self.format)
+    }
+}
+
+impl Follower {
+    /// Appends `event: partial` for each line in progress this live follower
+    /// has not been sent yet (issue 11, point 4). Call it when the follower
+    /// is caught up (pumped `Idle`) while the job runs: `shared` are its
+    /// job's shared events, which then serve it the events they encode once
+    /// for all. Held-back changes are looked at again at
+    /// [`Follower::partial_due`].
+    pub fn partial(
+        &mut self,
+        store: &dyn LogStore,
+        shared: Option<&mut Shared>,
+        out: &mut Vec<u8>,
+        sizes: [u64; 4],
+        now: Instant,
+    ) -> Result<()> {
+        self.partial_due = None;
+        if !self.follow || self.pending.is_some() || self.cut {
+            return Ok(());
+        }
+        let served = shared
+            .filter(|sh| self.lines.is_none() && sh.kind() == self.kind() && sh.end == self.last);
+        let (partials, heads) = match served {
+            Some(sh) => {
+                let heads = sh.lines.heads();
+                (&mut sh.partials, heads)
+            }
+            None => match &self.lines {
+                Some(l) => (&mut self.partials, l.heads()),
+                None => return Ok(()),
+            },
+        };
+        // A line before one asked for (`since=N` past the end) is not sent,
+        // nor its beginning.
+        let heads: Vec<_> = heads
+            .into_iter()
+            .filter(|&(s, line, _)| line >= self.want[idx(s)])
+            .collect();
+        partials.look(
+            store,
+            &self.job,
+            self.which,
+            self.format,
+            &heads,
+            sizes,
+            now,
+        )?;
+        for (i, t) in partials.streams.iter().enumerate() {
+            if !t.event.is_empty() && t.sent != self.partial_sent[i] {
+                out.extend_from_slice(&t.event);
+                self.partial_sent[i] = t.sent;
+            }
+        }
+        self.partial_due = partials.due;
+        Ok(())
+    }
+
+    /// When a line in progress that changed too soon after the last
+    /// `partial` event is to be looked at again.
+    pub fn partial_due(&self) -> Option<Instant> {
+        self.partial_due
     }
 }
 
@@ -829,6 +1113,194 @@ mod tests {
                 t.name
             );
             assert!(tail.ends_with(b"event: complete\ndata: {\"status\":\"succeeded\"}\n\n"));
+        }
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn count_ends_the_stream_after_k_events_without_complete() {
+        for t in jobs("count", &[(Stream::Stdout, b"a\nb\nc\n")]) {
+            let end = serde_json::json!({"status": "succeeded"});
+            let mut f = combined_text(&t, StartAt::Line(1));
+            f.limit(2);
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(ids_and_data(&out), pairs(&[("1.0", "a"), ("2.0", "b")]));
+            assert!(!contains_complete(&out), "{}", t.name);
+            // The log ends first: the normal ending.
+            let mut f = combined_text(&t, StartAt::Line(2));
+            f.limit(5);
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(ids_and_data(&out).len(), 2, "{}", t.name);
+            assert!(contains_complete(&out), "{}", t.name);
+            // Exactly the lines left: the log ended there too.
+            let mut f = combined_text(&t, StartAt::Line(2));
+            f.limit(2);
+            let mut out = Vec::new();
+            f.pump(&mut out, BIG, Some(&end)).unwrap();
+            assert!(contains_complete(&out), "{}", t.name);
+        }
+    }
+
+    fn contains_complete(out: &[u8]) -> bool {
+        String::from_utf8_lossy(out).contains("event: complete")
+    }
+
+    #[test]
+    fn before_gives_the_lines_that_end_at_a_cursor() {
+        let body: Vec<u8> = (1..=10)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        for t in jobs("before-one", &[(Stream::Stderr, &body)]) {
+            let end = serde_json::json!({"status": "succeeded"});
+            let open = |from| {
+                Follower::open(
+                    t.store.as_ref(),
+                    &t.id,
+                    Which::One(Stream::Stderr),
+                    from,
+                    false,
+                    Format::Text,
+                    [0, 99, 0, 0],
+                )
+                .unwrap()
+            };
+            let mut out = Vec::new();
+            let mut f = open(StartAt::Before([7, 0], 3));
+            assert_eq!(f.pump(&mut out, BIG, Some(&end)).unwrap(), Pumped::Done);
+            assert_eq!(
+                ids_and_data(&out),
+                pairs(&[("5", "5"), ("6", "6"), ("7", "7")]),
+                "{}",
+                t.name
+            );
+            assert!(!contains_complete(&out), "a range is not the end");
+            let mut out = Vec::new();
+            open(StartAt::Before([2, 0], 5))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out), pairs(&[("1", "1"), ("2", "2")]));
+        }
+    }
+
+    #[test]
+    fn before_on_combined_gives_the_last_merged_lines_up_to_the_cursor() {
+        for t in jobs(
+            "before-combined",
+            &[
+                (Stream::Stdout, b"o1\no2\n"),
+                (Stream::Stderr, b"e1\n"),
+                (Stream::Stdout, b"o3\n"),
+                (Stream::Stderr, b"e2\ne3\n"),
+                (Stream::Stdout, b"o4\n"),
+            ],
+        ) {
+            let mut out = Vec::new();
+            let mut f = combined_text(&t, StartAt::Before([3, 2], 3));
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Done);
+            assert_eq!(
+                ids_and_data(&out),
+                pairs(&[("2.1", "e1"), ("3.1", "o3"), ("3.2", "e2")]),
+                "{}",
+                t.name
+            );
+            let mut out = Vec::new();
+            combined_text(&t, StartAt::Before([1, 0], 3))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out), pairs(&[("1.0", "o1")]), "{}", t.name);
+            let mut out = Vec::new();
+            combined_text(&t, StartAt::Before([4, 3], 100))
+                .pump(&mut out, BIG, None)
+                .unwrap();
+            assert_eq!(ids_and_data(&out).len(), 7, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_line_in_progress_is_sent_once_per_change_and_at_most_once_per_window() {
+        for mut t in jobs("partial", &[(Stream::Stdout, b"o1\n\rab")]) {
+            let (store, id) = (t.store.clone(), t.id.clone());
+            let mut f = Follower::open(
+                store.as_ref(),
+                &id,
+                Which::One(Stream::Stdout),
+                StartAt::Line(1),
+                true,
+                Format::Text,
+                [0; 4],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            let partial = |f: &mut Follower, now: Instant| {
+                let mut out = Vec::new();
+                let sizes = store.progress(&id);
+                f.partial(store.as_ref(), None, &mut out, sizes, now)
+                    .unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            let t0 = Instant::now();
+            assert_eq!(
+                partial(&mut f, t0),
+                "event: partial\ndata: ab\n\n",
+                "{}",
+                t.name
+            );
+            assert_eq!(partial(&mut f, t0 + PARTIAL_EVERY * 5), "", "unchanged");
+            // Grown within the window: held back, and looked at again when
+            // the window ends.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"\rabc", 5))
+                .unwrap();
+            let t1 = t0 + PARTIAL_EVERY * 5;
+            assert_eq!(partial(&mut f, t1), "event: partial\ndata: abc\n\n");
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"d", 6))
+                .unwrap();
+            assert_eq!(partial(&mut f, t1 + PARTIAL_EVERY / 2), "");
+            assert_eq!(f.partial_due(), Some(t1 + PARTIAL_EVERY), "{}", t.name);
+            assert_eq!(
+                partial(&mut f, t1 + PARTIAL_EVERY),
+                "event: partial\ndata: abcd\n\n"
+            );
+            assert_eq!(f.partial_due(), None);
+            // The line ends: its log event, and no partial until the next.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"\n", 7))
+                .unwrap();
+            let mut out = Vec::new();
+            assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+            assert_eq!(ids_and_data(&out), pairs(&[("2", "abcd")]), "{}", t.name);
+            assert_eq!(partial(&mut f, t1 + PARTIAL_EVERY * 3), "");
+        }
+    }
+
+    #[test]
+    fn a_huge_line_in_progress_costs_only_its_last_bytes() {
+        let mut line = vec![b'x'; 3 * PARTIAL_BYTES as usize];
+        line.extend_from_slice("\u{e9}nd".as_bytes());
+        for t in jobs("partial-huge", &[(Stream::Stderr, &line)]) {
+            let size = line.len() as u64;
+            let p = read_partial(t.store.as_ref(), &t.id, Stream::Stderr, 1, 0, size)
+                .unwrap()
+                .unwrap();
+            assert_eq!((p.line, p.len, p.truncated), (1, size, true));
+            assert_eq!(p.tail.len() as u64, PARTIAL_BYTES, "{}", t.name);
+            assert!(p.tail.ends_with("\u{e9}nd".as_bytes()));
+            // A whole line not read yet is not a line in progress.
+            let got = read_partial(t.store.as_ref(), &t.id, Stream::Stderr, 1, 0, 2);
+            assert!(got.unwrap().is_some());
+        }
+        for t in jobs("partial-whole", &[(Stream::Stdout, b"a\nb")]) {
+            let got = read_partial(t.store.as_ref(), &t.id, Stream::Stdout, 1, 0, 3);
+            assert!(got.unwrap().is_none(), "{}", t.name);
         }
     }
 

@@ -389,6 +389,9 @@ impl Server {
                     c.heartbeat(now);
                     self.drive(slot);
                 }
+                // A line in progress changed within the last partial event's
+                // window: its latest state goes out now.
+                Timer::Partial => self.drive(slot),
             }
         }
         if now >= self.next_recheck {
@@ -820,20 +823,30 @@ fn pump_shared(
     out: &mut Vec<u8>,
 ) -> Result<Pumped> {
     let complete = w.state.complete.as_ref();
+    let mut pumped = None;
     if let Some(shared) = w.shared.get_mut(&f.kind()) {
-        if let Some(p) =
-            f.pump_shared(store, shared, out, SSE_HIGH_WATER, complete, w.state.sizes)?
-        {
-            return Ok(p);
-        }
+        pumped = f.pump_shared(store, shared, out, SSE_HIGH_WATER, complete, w.state.sizes)?;
     }
-    let p = f.pump(out, SSE_HIGH_WATER, complete)?;
-    if p == Pumped::Idle && f.shares() && !w.shared.contains_key(&f.kind()) {
-        let (which, format) = f.kind();
-        // Without shared events every follower simply reads the store.
-        if let Ok(s) = Shared::new(store, &f.job, which, format, f.last()) {
-            w.shared.insert(f.kind(), s);
+    let p = match pumped {
+        Some(p) => p,
+        None => {
+            let p = f.pump(out, SSE_HIGH_WATER, complete)?;
+            if p == Pumped::Idle && f.shares() && !w.shared.contains_key(&f.kind()) {
+                let (which, format) = f.kind();
+                // Without shared events every follower simply reads the store.
+                if let Ok(s) = Shared::new(store, &f.job, which, format, f.last()) {
+                    w.shared.insert(f.kind(), s);
+                }
+            }
+            p
         }
+    };
+    if p == Pumped::Idle && complete.is_none() {
+        // Caught up with a running job: its lines in progress. They are only
+        // a preview, so one that cannot be read now is simply not shown; the
+        // next change looks again.
+        let shared = w.shared.get_mut(&f.kind());
+        let _ = f.partial(store, shared, out, w.state.sizes, Instant::now());
     }
     Ok(p)
 }

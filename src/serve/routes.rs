@@ -3,11 +3,12 @@
 //! store: event streams, raw logs with `Range`, Jenkins/LAVA-style polling, the
 //! job list and metadata, health, and the web pages.
 
-use super::follow::{parse_event_id, Follower, StartAt, Which};
+use super::follow::{parse_cursor, parse_event_id, Follower, StartAt, Which};
 use super::http::{parse_range, Range, Reject, Request};
 use super::page;
 use super::sse::{self, utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
+use crate::reader::Anchor;
 use crate::search;
 use crate::store::{self, JobId, LogStore, OmittedRange, RawLog, Stream};
 use anyhow::Result;
@@ -221,11 +222,17 @@ pub fn job_state(store: &dyn LogStore, id: &JobId) -> Result<JobState> {
 
 /// The data of `event: complete` (SPEC §5).
 pub fn complete_data(m: &Metadata) -> serde_json::Value {
-    json!({
+    let mut data = json!({
         "exit_code": m.exit_code,
         "duration_ms": m.duration_ms,
         "status": m.status.as_str(),
-    })
+    });
+    if let Some(sig) = &m.signal {
+        // The signal that ended the job, for the page's badge (issue 11,
+        // point 4).
+        data["signal"] = json!(sig);
+    }
+    data
 }
 
 /// Answers a request (its token already checked).
@@ -506,18 +513,40 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
         Some("json") => Format::Json,
         Some(f) => return Err(bad(format!("format must be text or json, not {f:?}"))),
     };
-    let last_id = req.header("last-event-id").filter(|v| !v.trim().is_empty());
-    let from = match (last_id, number(req, "since")?, number(req, "lines")?) {
-        (Some(v), _, _) => parse_event_id(which, v).ok_or_else(|| {
-            bad(format!(
-                "Last-Event-ID {v:?} is not an event id of this stream"
-            ))
-        })?,
-        (None, Some(n), _) => StartAt::Line(n.max(1)),
-        (None, None, Some(n)) => StartAt::Tail(n),
-        (None, None, None) => StartAt::Line(1),
+    let count = match number(req, "count")? {
+        Some(0) => return Err(bad("count must be at least 1")),
+        Some(k) => Some(k.min(MAX_COUNT)),
+        None => None,
     };
     let state = job_state(ctx.store.as_ref(), id)?;
+    let resume = req
+        .header("last-event-id")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| ("Last-Event-ID", v))
+        .or_else(|| req.param("after").map(|v| ("after", v)));
+    let event_id = |what: &str, v: &str| {
+        parse_event_id(which, v)
+            .ok_or_else(|| bad(format!("{what} {v:?} is not an event id of this stream")))
+    };
+    let from = if let Some((what, v)) = resume {
+        event_id(what, v)?
+    } else if let Some(v) = req.param("before") {
+        if follow {
+            return Err(bad("before= gives lines already written: it cannot follow"));
+        }
+        let cursor = parse_cursor(which, v)
+            .ok_or_else(|| bad(format!("before {v:?} is not an event id of this stream")))?;
+        StartAt::Before(cursor, count.unwrap_or(BEFORE_COUNT))
+    } else if let Some(v) = req.param("at") {
+        let done = state.complete.is_some();
+        anchor_start(ctx.store.as_ref(), id, which, v, done)?
+    } else {
+        match (number(req, "since")?, number(req, "lines")?) {
+            (Some(n), _) => StartAt::Line(n.max(1)),
+            (None, Some(n)) => StartAt::Tail(n),
+            (None, None) => StartAt::Line(1),
+        }
+    };
     let mut f = Follower::open(
         ctx.store.as_ref(),
         id,
@@ -527,7 +556,10 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
         format,
         state.sizes,
     )?;
-    if last_id.is_some() && state.complete.is_some() && f.at_end(true)? {
+    if let Some(k) = count {
+        f.limit(k);
+    }
+    if resume.is_some() && state.complete.is_some() && f.at_end(true)? {
         // A reconnect to an ended job with nothing left: 204 tells EventSource to
         // stop reconnecting.
         return Ok(Response {
@@ -545,6 +577,57 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
         ],
         body: Body::Events(Box::new(f)),
     })
+}
+
+/// Most `log` events one request asks for with `?count=K`; larger counts are
+/// cut to it. A page loads a screenful or a few thousand lines at a time; a
+/// million in one answer would only be dropped by the browser (issue 11,
+/// point 3).
+pub const MAX_COUNT: u64 = 10_000;
+
+/// Lines `?before=ID` gives without `count`.
+pub const BEFORE_COUNT: u64 = 1_000;
+
+/// Where `?at=ANCHOR` starts: `L<n>` the n-th line of the combined log
+/// (arrival order), `O<n>` stdout line n, `E<n>` stderr line n. On a stream
+/// endpoint `L<n>` and that stream's letter mean its line n; on combined the
+/// start is the cursor of the lines merged before that line.
+fn anchor_start(
+    store: &dyn LogStore,
+    id: &JobId,
+    which: Which,
+    v: &str,
+    done: bool,
+) -> Result<StartAt> {
+    let wrong = || {
+        bad(format!(
+            "at must be L<n>, O<n> or E<n> (n from 1), not {v:?}"
+        ))
+    };
+    let (letter, n) = v.split_at_checked(1).ok_or_else(wrong)?;
+    let n: u64 = n.parse().map_err(|_| wrong())?;
+    if n == 0 {
+        return Err(wrong());
+    }
+    let anchor = match letter {
+        "L" => Anchor::Merged(n),
+        "O" => Anchor::Line(Stream::Stdout, n),
+        "E" => Anchor::Line(Stream::Stderr, n),
+        _ => return Err(wrong()),
+    };
+    match (which, anchor) {
+        (Which::Combined, a) => {
+            let [o, e] = store.merged_before(id, a, done)?;
+            Ok(StartAt::After(o, e))
+        }
+        (Which::One(_), Anchor::Merged(n)) => Ok(StartAt::Line(n)),
+        (Which::One(s), Anchor::Line(t, n)) if s == t => Ok(StartAt::Line(n)),
+        (Which::One(s), _) => Err(bad(format!(
+            "at={v} names a line of the other stream; on {} use L<n> or {}<n>",
+            s.name(),
+            if s == Stream::Stdout { "O" } else { "E" }
+        ))),
+    }
 }
 
 fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response> {

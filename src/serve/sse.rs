@@ -135,6 +135,80 @@ pub fn gap_message(stream: crate::store::Stream, o: crate::metadata::Omitted) ->
     )
 }
 
+/// The line in progress of a stream: bytes written after its last newline
+/// while the job runs (a `\r` progress bar, a prompt), at most its last
+/// [`PARTIAL_BYTES`](super::follow::PARTIAL_BYTES).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub stream: crate::store::Stream,
+    /// The number the line will get once it ends.
+    pub line: u64,
+    /// Bytes of the line so far.
+    pub len: u64,
+    /// Its last bytes (all of them unless `truncated`), with no newline.
+    pub tail: Vec<u8>,
+    /// True when `tail` is only the end of the line.
+    pub truncated: bool,
+}
+
+/// The `data` object of `?format=json` partial events.
+#[derive(Debug, Serialize)]
+struct JsonPartial<'a> {
+    stream: &'a str,
+    line: u64,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+    len: u64,
+    truncated: bool,
+}
+
+/// Appends one `event: partial` for the line in progress `p`. It has no
+/// `id:` field: a line in progress takes no number yet and never moves where
+/// a reconnect resumes. Its text is made safe as a log line's is.
+pub fn partial_event(out: &mut Vec<u8>, p: &Partial, name_stream: bool, format: Format) {
+    let mut tail: &[u8] = &p.tail;
+    if p.truncated {
+        // Cut from the front: drop the continuation bytes of a character
+        // whose start was left out.
+        let lead = tail
+            .iter()
+            .take(3)
+            .take_while(|&&b| b & 0xC0 == 0x80)
+            .count();
+        tail = &tail[lead..];
+    }
+    // The writer may be in the middle of a character.
+    let exact = String::from_utf8_lossy(&tail[..utf8_prefix(tail)]);
+    debug_assert!(!exact.contains('\n'));
+    let mut ev = String::with_capacity(exact.len() + 64);
+    ev.push_str("event: partial\n");
+    if name_stream {
+        let _ = writeln!(ev, "stream: {}", p.stream.name());
+    }
+    ev.push_str("data: ");
+    let shown = terminal_text(&exact);
+    match format {
+        Format::Text => ev.push_str(&shown),
+        Format::Json => {
+            let data = JsonPartial {
+                stream: p.stream.name(),
+                line: p.line,
+                text: &exact,
+                display: matches!(shown, Cow::Owned(_)).then_some(&*shown),
+                len: p.len,
+                truncated: p.truncated,
+            };
+            // As for log lines: plain strings and numbers always serialise.
+            let json = serde_json::to_string(&data).unwrap_or_else(|_| "{}".into());
+            ev.push_str(&json);
+        }
+    }
+    ev.push_str("\n\n");
+    debug_assert_eq!(ev.matches('\n').count(), 3 + usize::from(name_stream));
+    out.extend_from_slice(ev.as_bytes());
+}
+
 /// The `event: complete` that ends a stream, with `data` as given (a JSON object).
 pub fn complete_event(out: &mut Vec<u8>, data: &serde_json::Value) {
     out.extend_from_slice(format!("event: complete\ndata: {data}\n\n").as_bytes());
@@ -325,5 +399,34 @@ mod tests {
         let mut out = Vec::new();
         complete_event(&mut out, &serde_json::json!({"exit_code": 0}));
         assert_eq!(out, b"event: complete\ndata: {\"exit_code\":0}\n\n");
+    }
+
+    #[test]
+    fn partial_events_have_no_id_and_cannot_be_forged() {
+        let p = Partial {
+            stream: Stream::Stderr,
+            line: 9,
+            len: 20,
+            // A cut character at the front, a half-written one at the end.
+            tail: b"\xa9ok\rdata: x\rfine \xc3".to_vec(),
+            truncated: true,
+        };
+        let mut out = Vec::new();
+        partial_event(&mut out, &p, true, Format::Text);
+        assert_eq!(out, b"event: partial\nstream: stderr\ndata: fine  x\n\n");
+        let mut out = Vec::new();
+        partial_event(&mut out, &p, false, Format::Json);
+        let text = String::from_utf8(out).unwrap();
+        let data: serde_json::Value = serde_json::from_str(
+            text.strip_prefix("event: partial\ndata: ")
+                .unwrap()
+                .trim_end(),
+        )
+        .unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({"stream": "stderr", "line": 9, "text": "ok\rdata: x\rfine ",
+                "display": "fine  x", "len": 20, "truncated": true})
+        );
     }
 }

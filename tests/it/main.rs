@@ -11,6 +11,7 @@ mod hostile;
 mod limit;
 mod logs;
 mod nest;
+mod ranges;
 mod reading;
 mod redact;
 mod redis_source;
