@@ -264,7 +264,8 @@ function size() {
 }
 // Changes the model while the line at the top of the view stays where it is.
 function keepPlace(change) {
-  if (stick || !items || !items.length) { change(); items = null; schedule(); return; }
+  if (!stick) layout();
+  if (stick || !items.length) { change(); items = null; schedule(); return; }
   let i = indexAt(logEl.scrollTop / LH);
   while (i < items.length - 1 && items[i].gap) i++;
   const anchor = items[i], off = logEl.scrollTop - topOf(i) * LH;
@@ -399,17 +400,26 @@ function insert(list) {
   const seg = { a: beforeOf(ls[0]), b: ls[ls.length - 1].c, lines: list, live: false };
   keepPlace(() => { merge(seg); retake(); trim(); });
 }
+// Loads the lines of a gap next to the block below it ("up"), next to the
+// block above it ("down"), or from the start of the log ("first"). One request
+// at a time: a scroll-driven one is skipped while another runs, a click waits.
+let queued = null;
 function fill(gap, dir, auto) {
-  if (loading) return;
-  loading = true;
   let q;
   if (dir === "first") q = "at=L1&count=" + CHUNK;
   else if (dir === "down") q = "at=L" + (pos(gap.from) + 1) + "&count=" + Math.min(CHUNK, pos(gap.to) - pos(gap.from));
   else q = "before=" + gap.to[0] + "." + gap.to[1] + "&count=" + Math.min(CHUNK, pos(gap.to) - pos(gap.from));
   const key = pos(gap.to) + dir;
+  if (loading) { if (!auto) queued = [gap, dir]; return; }
+  loading = true;
   getLines(q).then((list) => { if (!list.length && auto) noFill.add(key); insert(list); })
     .catch((e) => { noFill.add(key); say("Loading lines failed: " + e.message); })
-    .finally(() => { loading = false; schedule(); });
+    .finally(loaded_);
+}
+function loaded_() {
+  loading = false;
+  if (queued) { const [g, d] = queued; queued = null; fill(g, d, false); }
+  schedule();
 }
 // At most KEEP lines stay loaded: past that a tenth goes, from the end
 // farther from what the reader looks at (it becomes a gap row again). When it
@@ -469,13 +479,16 @@ function goTo(hash) {
   const l = findLine(t.k, t.n);
   if (l) { say(""); show(l); return true; }
   const seq = ++jumps, from = Math.max(1, t.n - 50);
+  // While it loads, scrolling loads nothing else.
+  loading = true;
   getLines("at=" + t.k + from + "&count=" + Math.min(CAP, Math.max(CHUNK, t.m - from + 50))).then((list) => {
     if (seq !== jumps) return;
     insert(list);
     const l2 = findLine(t.k, t.n);
     if (l2) { say(""); show(l2); }
     else say("Line " + t.k + t.n + " is not in this log (yet).");
-  }).catch((e) => say("Loading line " + t.k + t.n + " failed: " + e.message));
+  }).catch((e) => say("Loading line " + t.k + t.n + " failed: " + e.message))
+    .finally(loaded_);
   return true;
 }
 
@@ -626,7 +639,7 @@ setInterval(() => { if (!ended && !done) tick(); }, 1000);
 function meta() { return fetch(api + (tq ? "?" + tq : "")).then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); }); }
 logEl.addEventListener("scroll", () => {
   const bottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 2 * LH;
-  if (bottom !== stick) { stick = bottom; if (stick) target = null; }
+  if (bottom !== stick) stick = bottom;
   schedule();
 });
 rows.addEventListener("click", (ev) => {
