@@ -402,7 +402,7 @@ impl Produce for JobList {
             self.next += 1;
             reads += 1;
             // Removed since the order was made (gc): simply not listed.
-            let Ok(m) = self.store.live_metadata(id) else {
+            let Ok(m) = self.store.current_metadata(id) else {
                 continue;
             };
             if self.status.is_some_and(|s| m.status != s) {
@@ -424,7 +424,7 @@ impl Produce for JobList {
 /// `GET /api/job_runs/{id}`: the job's live metadata, plus `children`, the ids
 /// of the jobs that ran inside it, in the order they started (issue 13).
 fn job(ctx: &Ctx, id: &JobId) -> Result<Response> {
-    let meta = ctx.store.live_metadata(id)?;
+    let meta = ctx.store.current_metadata(id)?;
     let children: Vec<String> = crate::nest::children(ctx.store.as_ref(), id)?
         .iter()
         .map(JobId::to_string)
