@@ -47,6 +47,8 @@ pub enum Route {
     ProgressiveText(JobId, Stream),
     LogTail(JobId),
     Search(JobId),
+    /// `GET /api/events`: job events for the job list (see `board`).
+    JobEvents,
     NotFound,
 }
 
@@ -73,6 +75,7 @@ pub fn route(segments: &[String]) -> Result<Route, Reject> {
         ["healthz"] => Route::Healthz,
         ["job_runs", _] => Route::JobPage(id(1)?),
         ["api", "job_runs"] => Route::List,
+        ["api", "events"] => Route::JobEvents,
         ["api", "job_runs", _] => Route::Job(id(2)?),
         ["api", "job_runs", _, "log-tail"] => Route::LogTail(id(2)?),
         ["api", "job_runs", _, "search"] => Route::Search(id(2)?),
@@ -103,6 +106,8 @@ pub enum Body {
     },
     /// An event stream, fed by the server as the log grows.
     Events(Box<Follower>),
+    /// The job events stream, fed by the server's board of jobs.
+    Feed,
     /// A body made piece by piece as the client reads it, ended by closing
     /// the connection: only what one turn makes is ever held for a client.
     Stream(Box<dyn Produce>),
@@ -275,6 +280,15 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         Route::LogTail(id) => poll(ctx, req, &id, None, true),
         Route::ProgressiveText(id, stream) => poll(ctx, req, &id, Some(stream), false),
         Route::Search(id) => search(ctx, req, &id),
+        Route::JobEvents => Ok(Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "text/event-stream; charset=utf-8".into()),
+                ("Cache-Control", "no-cache".into()),
+                ("X-Accel-Buffering", "no".into()),
+            ],
+            body: Body::Feed,
+        }),
         Route::NotFound => Ok(Response::error(404, "not found", api)),
     };
     result.unwrap_or_else(|e| {
@@ -1104,7 +1118,7 @@ mod tests {
                 f.pump(&mut out, 1 << 20, None).unwrap();
                 out
             }
-            Body::Nothing => Vec::new(),
+            Body::Feed | Body::Nothing => Vec::new(),
         }
     }
 
