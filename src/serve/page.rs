@@ -526,14 +526,19 @@ async function load() {
 }
 
 // One EventSource for the whole list: rows change in place, new jobs that
-// match the view appear at the top of the first page.
+// match the view (or come to match it) appear at the top of the first page.
 const es = new EventSource(withToken("api/events"));
 function onJob(ev) {
   const j = norm(JSON.parse(ev.data));
   const have = rows.get(j.id);
   if (have) { have.job = j; fill(have.tr, j); return; }
-  if (ev.type !== "started" || offset !== 0 || !matches(j)) return;
-  const body = $("rows"), tr = row(j);
+  if (offset !== 0 || !matches(j)) return;
+  const body = $("rows"), top = body.firstChild;
+  // A job that comes to match the view later (it failed, in a view of failed
+  // jobs) belongs at the top only if none shown is newer (RFC 3339 UTC
+  // stamps sort as text).
+  if (ev.type !== "started" && top && rows.get(top.dataset.id).job.started_at > j.started_at) return;
+  const tr = row(j);
   tr.className = "new";
   body.insertBefore(tr, body.firstChild);
   if (total != null) total++;

@@ -617,6 +617,33 @@ fn browser_job_list_updates_live_filters_searches_and_pages_10000_jobs() {
         "const r = [...document.querySelectorAll('#rows tr')]; \
          return r.length === 11 && r.every(t => t.dataset.status === 'failed');",
     );
+    // A job that comes to match the view (it fails) appears at its top. The
+    // test waits until the server has told the running job, so the page sees
+    // it start outside the view first.
+    let mut events = SseConn::open(srv.port, "/api/events", &[]);
+    let child = env
+        .cmd()
+        .args(["--job-run-id", "late-fail", "--no-pty", "-q"])
+        .args(["--", "sh", "-c", QUIT3_JOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut late = LiveJob::adopt(&env, "late-fail", child);
+    loop {
+        let e = events.next().unwrap();
+        if e.event == "started" {
+            assert!(e.data.contains("\"running\""), "{}", e.data);
+            break;
+        }
+    }
+    late.say("quit");
+    assert_eq!(late.finish().code(), Some(3));
+    browser.wait_js(
+        "the newly failed job at the top of the failed view",
+        &format!("{row} return r.dataset.id === 'late-fail' && r.dataset.status === 'failed';"),
+    );
     // The search box, by command and by id, server side.
     let search = |text: &str, want: &[&str]| {
         browser.js(&format!(
