@@ -1,7 +1,8 @@
 //! The endpoints of SPEC §5: which path is which route (pure, ids validated
 //! before any file is touched) and the handlers that answer each one from the
 //! store: event streams, raw logs with `Range`, Jenkins/LAVA-style polling, the
-//! job list and metadata, health, and the web pages.
+//! job list (paged, filtered) and metadata, the job events stream (fed by the
+//! server's `board`), health, and the web pages.
 
 use super::follow::{parse_event_id, Follower, StartAt, Which};
 use super::http::{parse_range, Range, Reject, Request};
