@@ -6,7 +6,7 @@
 //! store other than files (a central log service, several stores at once) can be
 //! plugged in without touching either (SPEC §8).
 
-use crate::metadata::{self, Metadata, Omitted, Status};
+use crate::metadata::{self, Metadata, Omitted, Status, StreamStats};
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
 use crate::reader::{Anchor, LineSource, Start, StreamReader};
 use crate::timefmt;
@@ -420,6 +420,21 @@ pub trait LogStore: Send + Sync {
         }
         Ok(meta)
     }
+    /// What `stream` of job `id` holds now (bytes, lines counting a final line
+    /// without a newline), read at a bounded cost; `None` when the store cannot
+    /// tell. The metadata's counts are written when the job ends, so this is
+    /// what readers show for a job that is running or was abandoned.
+    fn live_stats(&self, _id: &JobId, _stream: Stream) -> Option<StreamStats> {
+        None
+    }
+    /// [`LogStore::live_metadata`] with, for a job whose final counts are not
+    /// written (running or abandoned), the streams' sizes as they are now
+    /// ([`LogStore::live_stats`]; issue 11, point 5).
+    fn current_metadata(&self, id: &JobId) -> Result<Metadata> {
+        let mut meta = self.live_metadata(id)?;
+        add_live_stats(self, id, &mut meta);
+        Ok(meta)
+    }
     /// True if a job with this id exists (possibly still being created).
     fn job_exists(&self, id: &JobId) -> bool;
     /// Ids of every job, in id order.
@@ -506,6 +521,22 @@ pub trait LogStore: Send + Sync {
     /// Clears a leftover found by [`LogStore::scan`]; `Ok(false)` if someone
     /// else already had.
     fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool>;
+}
+
+/// Puts the streams' sizes as they are now into `meta` of job `id` when its
+/// writer has not written the final counts (see [`LogStore::live_stats`]).
+pub fn add_live_stats<S: LogStore + ?Sized>(store: &S, id: &JobId, meta: &mut Metadata) {
+    if !matches!(meta.status, Status::Running | Status::Abandoned) {
+        return;
+    }
+    for stream in Stream::BOTH {
+        if let Some(stats) = store.live_stats(id, stream) {
+            match stream {
+                Stream::Stdout => meta.stdout = stats,
+                Stream::Stderr => meta.stderr = stats,
+            }
+        }
+    }
 }
 
 /// An entry where a store keeps jobs, as retention sees it.
@@ -923,6 +954,12 @@ impl LogStore for FileStore {
             len(self.index_path(id, out)),
             len(self.index_path(id, err)),
         ]
+    }
+
+    fn live_stats(&self, id: &JobId, stream: Stream) -> Option<StreamStats> {
+        let log = open_job_file(&self.log_path(id, stream)).ok()?;
+        let idx = IndexFile::open(&self.index_path(id, stream)).ok();
+        count_stats(&log, idx.as_ref()).ok()
     }
 
     fn watcher(&self) -> Result<Box<dyn ChangeWatcher>> {
@@ -1484,6 +1521,54 @@ pub(crate) fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Optio
     bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)")
 }
 
+/// Most bytes past the index's last record that [`count_stats`] scans for
+/// newlines. A live writer's index trails its log by at most one chunk
+/// (`index::MAX_CHUNK`), so this covers it many times over; only a log whose
+/// index is missing or damaged has more, and then the count covers the index
+/// and this much (a lower bound) rather than reading a whole log per request.
+const LIVE_SCAN: u64 = 1 << 20;
+
+/// Bytes and lines of a log now: its length; the newlines the index's last
+/// record counts, plus those in the unindexed tail (at most [`LIVE_SCAN`]
+/// bytes of it); plus one for a final line without a newline.
+fn count_stats(log: &File, idx: Option<&IndexFile>) -> io::Result<StreamStats> {
+    let len = log.metadata()?.len();
+    let last = match idx {
+        Some(i) if i.count() > 0 => i.get(i.count() - 1).ok(),
+        _ => None,
+    };
+    // A record past the log's end or with more newlines than bytes is not
+    // trusted: the log is counted as if unindexed.
+    let (mut lines, indexed_end) = match last {
+        Some(r) if r.end <= len && r.lines_end <= r.end => (r.lines_end, r.end),
+        _ => (0, 0),
+    };
+    let from = indexed_end.max(len.saturating_sub(LIVE_SCAN));
+    let mut buf = vec![0u8; (len - from).min(index::MAX_CHUNK as u64) as usize];
+    let mut pos = from;
+    let mut last_byte = None;
+    while pos < len && !buf.is_empty() {
+        let want = ((len - pos) as usize).min(buf.len());
+        let got = FileExt::read_at(log, &mut buf[..want], pos)?;
+        if got == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
+        last_byte = Some(buf[got - 1]);
+        pos += got as u64;
+    }
+    if last_byte.is_none() && len > 0 && pos >= len {
+        // Nothing past the index: the last byte decides the final line.
+        let mut b = [0u8; 1];
+        log.read_exact_at(&mut b, len - 1)?;
+        last_byte = Some(b[0]);
+    }
+    if last_byte.is_some_and(|b| b != b'\n') {
+        lines += 1;
+    }
+    Ok(StreamStats { bytes: len, lines })
+}
+
 /// A job written straight through the store, for unit tests of the readers.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -1506,6 +1591,50 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_stats_count_what_the_logs_hold_now_in_every_store() {
+        let writes: [(Stream, &[u8]); 3] = [
+            (Stream::Stdout, b"one\ntwo\n"),
+            (Stream::Stderr, b"oops\n"),
+            (Stream::Stdout, b"thr"),
+        ];
+        for t in both::jobs("live-stats", &writes) {
+            let stats = |s| t.store.live_stats(&t.id, s).unwrap();
+            assert_eq!(
+                [stats(Stream::Stdout), stats(Stream::Stderr)],
+                [
+                    StreamStats {
+                        bytes: 11,
+                        lines: 3
+                    },
+                    StreamStats { bytes: 5, lines: 1 }
+                ],
+                "{}",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn live_stats_scan_only_a_bounded_unindexed_tail() {
+        let (store, id, _sink) = testing::job("live-tail", &[(Stream::Stdout, b"a\nb\n")]);
+        // Bytes past the index (as after a crash): counted by a scan.
+        let log = store.log_path(&id, Stream::Stdout);
+        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"c\nd").unwrap();
+        assert_eq!(
+            store.live_stats(&id, Stream::Stdout),
+            Some(StreamStats { bytes: 7, lines: 4 })
+        );
+        // Far more than the scan bound past the index: only the last
+        // LIVE_SCAN bytes are read, so the count is a lower bound.
+        let big = vec![b'\n'; (LIVE_SCAN * 2) as usize];
+        f.write_all(&big).unwrap();
+        let got = store.live_stats(&id, Stream::Stdout).unwrap();
+        assert_eq!(got.bytes, 7 + 2 * LIVE_SCAN);
+        assert_eq!(got.lines, 2 + LIVE_SCAN);
+    }
 
     #[test]
     fn ids_are_validated() {

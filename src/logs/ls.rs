@@ -46,7 +46,7 @@ pub struct ShowOptions {
 /// `logwrap ls`.
 pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
     let mut shown: Vec<JobListing> = Vec::new();
-    for job in store.list_jobs()? {
+    for mut job in store.list_jobs()? {
         // A job whose metadata cannot be read is listed as `damaged` (issue 8),
         // with the reason on stderr; one still being created is not listed.
         let status = match &job.meta {
@@ -58,6 +58,9 @@ pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
             Err(Unlisted::Creating) => continue,
         };
         if args.status.is_empty() || args.status.iter().any(|s| s == status) {
+            if let Ok(meta) = &mut job.meta {
+                crate::store::add_live_stats(store, &job.id, meta);
+            }
             shown.push(job);
         }
         if args.limit.is_some_and(|n| shown.len() >= n) {
@@ -167,7 +170,7 @@ pub fn show_cmd(store: &dyn LogStore, args: ShowOptions) -> Result<i32> {
     if !store.job_exists(&args.id) {
         return Err(jobs::not_found(store, &args.id));
     }
-    let meta = store.live_metadata(&args.id)?;
+    let meta = store.current_metadata(&args.id)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {

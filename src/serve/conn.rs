@@ -35,6 +35,8 @@ pub enum Source {
         end: u64,
     },
     Events(Box<Follower>),
+    /// The job events stream: the server queues its events.
+    Feed,
     /// A body made as the client reads it.
     Stream(Box<dyn Produce>),
 }
@@ -124,6 +126,12 @@ impl Conn {
         }
     }
 
+    /// True while an event stream is sent: the client has nothing more to
+    /// say, and a silence gets a heartbeat.
+    pub fn streaming(&self) -> bool {
+        matches!(self.source, Source::Events(_) | Source::Feed)
+    }
+
     /// Bytes queued and not yet sent.
     pub fn pending(&self) -> usize {
         self.out.len() - self.out_pos
@@ -135,7 +143,7 @@ impl Conn {
     pub fn read(&mut self) -> ReadStatus {
         let mut chunk = [0u8; 4096];
         while self.read_ready {
-            let streaming = matches!(self.source, Source::Events(_));
+            let streaming = self.streaming();
             let room = if streaming {
                 chunk.len()
             } else {
@@ -200,7 +208,7 @@ impl Conn {
         let length = match &resp.body {
             Body::Bytes(b) => Some(b.len() as u64),
             Body::File { len, .. } => Some(*len),
-            Body::Events(_) | Body::Stream(_) | Body::Nothing => None,
+            Body::Events(_) | Body::Feed | Body::Stream(_) | Body::Nothing => None,
         };
         let keep_alive = keep_alive && length.is_some() && !self.close_after;
         let headers: Vec<(&str, &str)> =
@@ -222,6 +230,10 @@ impl Conn {
                 Body::Events(f) => {
                     self.out.extend_from_slice(sse::stream_start().as_bytes());
                     self.source = Source::Events(f);
+                }
+                Body::Feed => {
+                    self.out.extend_from_slice(sse::stream_start().as_bytes());
+                    self.source = Source::Feed;
                 }
                 Body::Stream(p) => self.source = Source::Stream(p),
                 Body::Nothing => {}
@@ -276,16 +288,17 @@ impl Conn {
                 (self.since + idle_timeout, Timer::Close)
             }
             Phase::Head => (self.since + header_timeout, Timer::HeaderTimeout),
-            Phase::Body => match &self.source {
-                Source::Events(f) if self.pending() == 0 => {
-                    let heartbeat = self.last_progress + cfg.heartbeat;
-                    match f.partial_due() {
+            Phase::Body if self.pending() == 0 && self.streaming() => {
+                let heartbeat = self.last_progress + cfg.heartbeat;
+                match &self.source {
+                    Source::Events(f) => match f.partial_due() {
                         Some(at) if at < heartbeat => (at, Timer::Partial),
                         _ => (heartbeat, Timer::Heartbeat),
-                    }
+                    },
+                    _ => (heartbeat, Timer::Heartbeat),
                 }
-                _ => (self.last_progress + idle_timeout, Timer::Close),
-            },
+            }
+            Phase::Body => (self.last_progress + idle_timeout, Timer::Close),
         }
     }
 

@@ -11,6 +11,7 @@
 //! child, and flags each chunk it appends, so followers get a line at once. No
 //! async runtime, every buffer bounded.
 
+mod board;
 pub mod client;
 mod conn;
 mod follow;
@@ -74,6 +75,15 @@ const TURN_BUDGET: usize = SSE_HIGH_WATER;
 /// at most what waits in user space for a client that does not read: a
 /// thousand such clients hold 16 MiB (issue point 8: under 64 MiB).
 const STREAM_PIECE: usize = 16 * 1024;
+/// How often the job events stream (`/api/events`) looks at running jobs for
+/// new output, a status change or their end, and at the list of jobs when the
+/// store cannot say that it changed: "every 1-2 s" (issue 11, point 5) keeps a
+/// job list live at the cost of one metadata read per running job per look.
+const BOARD_LOOK: Duration = Duration::from_secs(1);
+/// Most bytes of job events waiting for one listener: a listener this far
+/// behind is closed, and its page reconnects and loads the list afresh,
+/// rather than the server holding events for it without bound.
+const FEED_HIGH_WATER: usize = 256 * 1024;
 /// Tokens per server: the listener, inotify, then one per connection slot.
 const LISTENER: usize = 0;
 const WATCHER: usize = 1;
@@ -211,6 +221,11 @@ pub(crate) struct Server {
     ready: Vec<usize>,
     /// The newest-first order of the jobs, shared by the job lists being sent.
     order: std::cell::RefCell<routes::JobOrder>,
+    /// The jobs as the job events stream knows them, while it has listeners
+    /// (`feeds` of them), and when to look at the store next.
+    board: Option<board::Board>,
+    feeds: usize,
+    next_look: Instant,
 }
 
 impl Server {
@@ -249,6 +264,9 @@ impl Server {
             accept_blocked: false,
             ready: Vec::new(),
             order: Default::default(),
+            board: None,
+            feeds: 0,
+            next_look: Instant::now(),
         })
     }
 
@@ -352,8 +370,10 @@ impl Server {
         let now = Instant::now();
         let conns = self.conns.iter().flatten().map(|c| c.timer(&self.cfg).0);
         let recheck = (!self.jobs.is_empty()).then_some(self.next_recheck);
+        let look = self.board.is_some().then_some(self.next_look);
         conns
             .chain(recheck)
+            .chain(look)
             .min()
             .map(|t| t.saturating_duration_since(now))
     }
@@ -393,6 +413,9 @@ impl Server {
                 // window: its latest state goes out now.
                 Timer::Partial => self.drive(slot),
             }
+        }
+        if self.board.is_some() && now >= self.next_look {
+            self.look(now);
         }
         if now >= self.next_recheck {
             let poll_sizes = self.watcher.is_none();
@@ -447,6 +470,53 @@ impl Server {
                 }
             }
             self.tick();
+        }
+    }
+
+    /// Looks at the store for the job events stream and queues what changed
+    /// for every listener.
+    fn look(&mut self, now: Instant) {
+        let Some(board) = &mut self.board else {
+            return;
+        };
+        let mut out = Vec::new();
+        board.step(self.store.as_ref(), self.only.as_ref(), &mut out);
+        // The first look at a big root goes on at the next turn.
+        self.next_look = if board.scanning() {
+            now
+        } else {
+            now + BOARD_LOOK
+        };
+        if out.is_empty() {
+            return;
+        }
+        for slot in 0..self.conns.len() {
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if !matches!(c.source, Source::Feed) {
+                continue;
+            }
+            if c.pending() + out.len() > FEED_HIGH_WATER {
+                self.close(slot);
+                continue;
+            }
+            c.fill(now, |buf| buf.extend_from_slice(&out));
+            self.drive(slot);
+        }
+    }
+
+    /// A new listener of the job events stream: the board is made for the
+    /// first one, and starts with a look at the store.
+    fn add_feed(&mut self) {
+        self.feeds += 1;
+        if self.board.is_none() {
+            if let Some(w) = &mut self.watcher {
+                // New jobs then wake the board at once (`read_changes`).
+                let _ = w.watch_list();
+            }
+            self.board = Some(board::Board::new(self.store.as_ref(), self.only.as_ref()));
+            self.next_look = Instant::now();
         }
     }
 
@@ -508,6 +578,12 @@ impl Server {
             let id = f.job.clone();
             self.unfollow(&id);
         }
+        if matches!(c.source, Source::Feed) {
+            self.feeds -= 1;
+            if self.feeds == 0 {
+                self.board = None;
+            }
+        }
         self.free.push(slot);
         self.open -= 1;
         if self.accept_blocked {
@@ -545,7 +621,7 @@ impl Server {
             }
             if c.pending() > 0 {
                 // The socket is full. A follower still notices a vanished client.
-                return c.read() == ReadStatus::Open || !matches!(c.source, Source::Events(_));
+                return c.read() == ReadStatus::Open || !c.streaming();
             }
             if produced >= TURN_BUDGET {
                 // Sent a turn's worth: the others go first (see TURN_BUDGET).
@@ -575,6 +651,11 @@ impl Server {
                     }
                 }
                 continue;
+            }
+            if matches!(c.source, Source::Feed) {
+                // Events are queued by `look`; until then, only a client
+                // that goes away is news.
+                return c.read() == ReadStatus::Open;
             }
             if matches!(c.source, Source::Events(_)) {
                 let Source::Events(mut f) = std::mem::replace(&mut c.source, Source::Nothing)
@@ -638,7 +719,7 @@ impl Server {
                     }
                     produced += c.pending();
                 }
-                Source::Events(_) | Source::Stream(_) => {}
+                Source::Events(_) | Source::Feed | Source::Stream(_) => {}
                 Source::Nothing => {
                     if c.close_after {
                         return false;
@@ -681,9 +762,13 @@ impl Server {
             Body::Events(f) if !head_only => Some(f.job.clone()),
             _ => None,
         };
+        let feed = matches!(resp.body, Body::Feed) && !head_only;
         c.respond(resp, head_only, req.keep_alive, now);
         if let Some(id) = follows {
             self.follow(&id);
+        }
+        if feed {
+            self.add_feed();
         }
     }
 
@@ -800,6 +885,11 @@ impl Server {
         let Ok(changes) = w.take_changes() else {
             return;
         };
+        if changes.list || changes.overflow {
+            // A job was created or removed: the job events stream says so now
+            // rather than at its next look.
+            self.next_look = Instant::now();
+        }
         let mut dirty: HashMap<JobId, bool> = changes.jobs.into_iter().collect();
         if changes.overflow {
             for id in self.jobs.keys() {

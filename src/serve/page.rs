@@ -20,11 +20,11 @@
 //! restart the page reconnects by itself, says "reconnecting" meanwhile, and shows
 //! the final status of a job that ended while the server was away.
 
-use crate::metadata::Metadata;
 use crate::store::JobId;
 
-/// Most jobs listed on `/` (the API lists more).
-pub const INDEX_JOBS: usize = 500;
+/// Jobs per page of the job list at `/`: a screenful or two, rendered at once;
+/// the rest is a page away (`offset=` of the API).
+pub const INDEX_PAGE: usize = 100;
 
 /// Lines a job page asks for when it opens: a few screens, so the tail of any
 /// log shows at once; earlier lines load as the reader scrolls up.
@@ -114,41 +114,246 @@ td.st{font-weight:600}
 /// The job page's script (src/serve/job.js), with its limits filled in.
 const SCRIPT: &str = include_str!("job.js");
 
-/// The job list page, before its rows.
-pub fn index_head() -> String {
+const INDEX_STYLE: &str = r#"
+:root{--bg:#101418;--fg:#d8dee4;--dim:#7d8590;--line:#1c2128;--acc:#58a6ff;--ok:#2ea043;--bad:#da3633;--warn:#d29922}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.4 system-ui,sans-serif}
+a{color:var(--acc)}
+header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;padding:8px 12px;border-bottom:1px solid var(--line)}
+header h1{font-size:16px;margin:0;font-weight:600}
+header input,header select,header button{background:var(--line);color:var(--fg);border:1px solid #30363d;border-radius:4px;padding:2px 6px;font:inherit}
+header input{width:18em}
+header button{cursor:pointer}header button:disabled{opacity:.4;cursor:default}
+.muted{color:var(--dim);font-size:12px}
+.badge{padding:2px 8px;border-radius:10px;font-size:12px;font-weight:600;background:var(--line);white-space:nowrap}
+.badge.running{background:#1f6feb}.badge.succeeded{background:var(--ok)}
+.badge.failed,.badge.killed,.badge.timed_out{background:var(--bad)}.badge.abandoned{background:var(--warn);color:#000}
+#live.on{color:var(--ok)}#live.off{color:var(--warn)}
+table{border-collapse:collapse;margin:12px;min-width:calc(100% - 24px)}
+td,th{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+th{font-weight:600;color:var(--dim);font-size:12px}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.cmd{font-family:ui-monospace,monospace;font-size:12px;color:var(--dim);max-width:40vw;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+tr.new td{animation:flash 1.5s}
+@keyframes flash{from{background:#1f3a5f}to{background:transparent}}
+#empty{margin:12px}
+"#;
+
+const INDEX_SCRIPT: &str = r##"
+"use strict";
+const PAGE = __PAGE__;
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const tok = params.get("token");
+// `?token=` is carried to every request and link, as the job page does.
+const withToken = (url) => tok ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(tok) : url;
+let offset = Math.max(0, parseInt(params.get("offset"), 10) || 0);
+let status = params.get("status") || "", query = params.get("q") || "";
+let loading = 0, hasNext = false, total = null, opened = false;
+const rows = new Map(); // id -> {job, tr}
+$("status").value = status;
+$("q").value = query;
+
+// A list entry (metadata) or an event's summary, in one shape.
+function norm(m) {
+  return { id: m.id || m.job_run_id, status: m.status, exit_code: m.exit_code, signal: m.signal,
+    started_at: m.started_at, duration_ms: m.duration_ms, command: m.command || [],
+    stdout: m.stdout || { bytes: 0, lines: 0 }, stderr: m.stderr || { bytes: 0, lines: 0 } };
+}
+function size(n) {
+  if (n < 1024) return n + " B";
+  const u = ["KiB", "MiB", "GiB", "TiB"]; let i = -1;
+  do { n /= 1024; i++; } while (n >= 1024 && i < u.length - 1);
+  return n.toFixed(n < 10 ? 1 : 0) + " " + u[i];
+}
+function dur(ms) {
+  if (ms == null) return "";
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+  return Math.floor(s / 3600) + "h " + Math.floor(s % 3600 / 60) + "m";
+}
+const streamText = (s) => size(s.bytes) + " \u00b7 " + s.lines + (s.lines === 1 ? " line" : " lines");
+function started(at) {
+  const d = new Date(at);
+  return isNaN(d) ? at || "" : d.toLocaleString();
+}
+function elapsed(j) {
+  if (j.status !== "running") return j.duration_ms;
+  const t = Date.parse(j.started_at);
+  return isNaN(t) ? j.duration_ms : Math.max(0, Date.now() - t);
+}
+function cell(tr, cls, text) {
+  const td = document.createElement("td");
+  if (cls) td.className = cls;
+  td.textContent = text;
+  tr.appendChild(td);
+  return td;
+}
+// A row's cells from a job; built with textContent only, never markup.
+function fill(tr, j) {
+  tr.textContent = "";
+  tr.dataset.id = j.id;
+  tr.dataset.status = j.status;
+  const a = document.createElement("a");
+  a.className = "job";
+  a.href = withToken("job_runs/" + encodeURIComponent(j.id));
+  a.textContent = j.id;
+  cell(tr, "", "").appendChild(a);
+  const badge = document.createElement("span");
+  badge.className = "badge " + j.status;
+  badge.textContent = j.status === "killed" && j.signal ? "killed (" + j.signal + ")" : j.status;
+  cell(tr, "st", "").appendChild(badge);
+  cell(tr, "num exit", j.exit_code == null ? "" : String(j.exit_code));
+  cell(tr, "", started(j.started_at)).title = j.started_at || "";
+  cell(tr, "num dur", dur(elapsed(j)));
+  cell(tr, "num out", streamText(j.stdout));
+  cell(tr, "num err", streamText(j.stderr));
+  const cmd = j.command.join(" ");
+  cell(tr, "cmd", cmd).title = cmd;
+}
+function row(j) {
+  const tr = document.createElement("tr");
+  fill(tr, j);
+  rows.set(j.id, { job: j, tr: tr });
+  return tr;
+}
+function matches(j) {
+  if (status && j.status !== status) return false;
+  const q = query.toLowerCase();
+  return !q || j.id.toLowerCase().includes(q) || j.command.join(" ").toLowerCase().includes(q);
+}
+function showPaging() {
+  const n = $("rows").children.length;
+  $("empty").hidden = n > 0;
+  $("prev").disabled = offset === 0;
+  $("next").disabled = !hasNext;
+  $("range").textContent = n === 0 ? "" : (offset + 1) + "\u2013" + (offset + n) + (total != null ? " of " + total : "");
+}
+// Keeps the view in the address, so a reload or a shared link shows the same.
+function remember() {
+  const p = new URLSearchParams();
+  if (tok) p.set("token", tok);
+  if (status) p.set("status", status);
+  if (query) p.set("q", query);
+  if (offset) p.set("offset", offset);
+  const s = p.toString();
+  history.replaceState(null, "", s ? "?" + s : location.pathname);
+}
+async function load() {
+  const mine = ++loading;
+  const p = new URLSearchParams({ limit: PAGE + 1, offset: offset });
+  if (status) p.set("status", status);
+  if (query) p.set("q", query);
+  remember();
+  let resp, list;
+  try {
+    resp = await fetch(withToken("api/job_runs?" + p));
+    list = await resp.json();
+  } catch (e) {
+    if (mine === loading) $("note").textContent = "could not load the job list: " + e;
+    return;
+  }
+  if (mine !== loading) return; // a newer request won
+  if (!resp.ok) { $("note").textContent = list.error || ("HTTP " + resp.status); return; }
+  $("note").textContent = "";
+  const t = resp.headers.get("X-Total-Count");
+  total = t == null ? null : parseInt(t, 10);
+  hasNext = list.length > PAGE;
+  rows.clear();
+  const body = $("rows");
+  body.textContent = "";
+  for (const m of list.slice(0, PAGE)) body.appendChild(row(norm(m)));
+  showPaging();
+}
+
+// One EventSource for the whole list: rows change in place, new jobs that
+// match the view (or come to match it) appear at the top of the first page.
+const es = new EventSource(withToken("api/events"));
+function onJob(ev) {
+  const j = norm(JSON.parse(ev.data));
+  const have = rows.get(j.id);
+  if (have) { have.job = j; fill(have.tr, j); return; }
+  if (offset !== 0 || !matches(j)) return;
+  const body = $("rows"), top = body.firstChild;
+  // A job that comes to match the view later (it failed, in a view of failed
+  // jobs) belongs at the top only if none shown is newer (RFC 3339 UTC
+  // stamps sort as text).
+  if (ev.type !== "started" && top && rows.get(top.dataset.id).job.started_at > j.started_at) return;
+  const tr = row(j);
+  tr.className = "new";
+  body.insertBefore(tr, body.firstChild);
+  if (total != null) total++;
+  while (body.children.length > PAGE) {
+    const last = body.lastChild;
+    rows.delete(last.dataset.id);
+    body.removeChild(last);
+    hasNext = true;
+  }
+  showPaging();
+}
+for (const t of ["started", "status", "finished", "progress"]) es.addEventListener(t, onJob);
+es.addEventListener("removed", (ev) => {
+  const id = JSON.parse(ev.data).id, have = rows.get(id);
+  if (!have) return;
+  have.tr.remove();
+  rows.delete(id);
+  if (total != null) total--;
+  showPaging();
+});
+es.addEventListener("open", () => {
+  $("live").textContent = "live";
+  $("live").className = "muted on";
+  // Back after a break: what changed meanwhile was not told, so load again.
+  if (opened) load();
+  opened = true;
+});
+es.addEventListener("error", () => {
+  $("live").textContent = "reconnecting";
+  $("live").className = "muted off";
+});
+// Running jobs' durations tick.
+setInterval(() => {
+  for (const { job, tr } of rows.values()) {
+    if (job.status === "running") tr.querySelector(".dur").textContent = dur(elapsed(job));
+  }
+}, 1000);
+
+$("status").addEventListener("change", () => { status = $("status").value; offset = 0; load(); });
+let typing = null;
+$("q").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => { query = $("q").value.trim(); offset = 0; load(); }, 250);
+});
+$("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });
+$("next").addEventListener("click", () => { offset += PAGE; load(); });
+load();
+"##;
+
+/// The job list at `/` (issue 11, point 5): a shell whose script loads pages
+/// of [`INDEX_PAGE`] jobs from `/api/job_runs` (status filter, search of id
+/// and command, next/previous) and keeps them live with one EventSource on
+/// `/api/events`.
+pub fn index_page() -> String {
+    let statuses: String = crate::metadata::Status::ALL
+        .iter()
+        .map(|s| format!("<option value=\"{0}\">{0}</option>", s.as_str()))
+        .collect();
+    let script = INDEX_SCRIPT.replace("__PAGE__", &INDEX_PAGE.to_string());
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>logwrap jobs</title>\
-<style>{STYLE}</style></head><body><header><h1>logwrap jobs</h1><span class=\"muted\">newest first</span></header>\
-<table><thead><tr><th>job</th><th>status</th><th>exit</th><th>started</th><th>command</th></tr></thead>\
-<tbody>"
-    )
-}
-
-/// One row of the job list page.
-pub fn index_row(m: &Metadata) -> String {
-    format!(
-        "<tr><td><a class=\"job\" href=\"job_runs/{id}\">{id}</a></td><td class=\"st\"><span class=\"badge {st}\">{st}</span></td><td>{ex}</td><td>{start}</td><td class=\"muted\">{cmd}</td></tr>\n",
-        id = html_escape(&m.job_run_id),
-        st = m.status.as_str(),
-        ex = m.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-        start = html_escape(&m.started_at),
-        cmd = html_escape(&m.command.join(" ")),
-    )
-}
-
-/// The job list page after its rows; `empty` when there were none.
-pub fn index_tail(empty: bool) -> String {
-    let empty = if empty {
-        "<p class=\"muted\" style=\"margin:12px\">No jobs yet.</p>"
-    } else {
-        ""
-    };
-    format!(
-        "</tbody></table>{empty}\
-<script>\"use strict\";const t=new URLSearchParams(location.search).get(\"token\");\
-if(t)for(const a of document.querySelectorAll(\"a.job\"))a.href+=\"?token=\"+encodeURIComponent(t);</script>\
-</body></html>\n"
+<style>{INDEX_STYLE}</style></head><body><header><h1>logwrap jobs</h1>\
+<select id=\"status\" title=\"status\"><option value=\"\">all statuses</option>{statuses}</select>\
+<input id=\"q\" type=\"search\" placeholder=\"find by id or command\" autocomplete=\"off\">\
+<button id=\"prev\" type=\"button\" disabled>\u{2190} newer</button>\
+<button id=\"next\" type=\"button\" disabled>older \u{2192}</button>\
+<span id=\"range\" class=\"muted\"></span><span id=\"live\" class=\"muted\">connecting</span>\
+<span id=\"note\" class=\"muted\"></span></header>\
+<table><thead><tr><th>job</th><th>status</th><th>exit</th><th>started</th><th>duration</th>\
+<th>stdout</th><th>stderr</th><th>command</th></tr></thead><tbody id=\"rows\"></tbody></table>\
+<p id=\"empty\" class=\"muted\" hidden>No jobs.</p>\
+<script>{script}</script></body></html>\n"
     )
 }
 
@@ -197,6 +402,15 @@ mod tests {
             html_escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn the_job_list_page_is_self_contained() {
+        let page = index_page();
+        assert!(!page.contains("__PAGE__"));
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        assert_eq!(page.matches("EventSource(").count(), 1);
+        assert!(page.contains("api/events") && page.contains("api/job_runs?"));
     }
 
     #[test]

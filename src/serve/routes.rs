@@ -1,7 +1,8 @@
 //! The endpoints of SPEC §5: which path is which route (pure, ids validated
 //! before any file is touched) and the handlers that answer each one from the
 //! store: event streams, raw logs with `Range`, Jenkins/LAVA-style polling, the
-//! job list and metadata, health, and the web pages.
+//! job list (paged, filtered) and metadata, the job events stream (fed by the
+//! server's `board`), health, and the web pages.
 
 use super::follow::{parse_cursor, parse_event_id, Follower, StartAt, Which};
 use super::http::{parse_range, Range, Reject, Request};
@@ -14,6 +15,7 @@ use crate::store::{self, JobId, LogStore, OmittedRange, RawLog, Stream};
 use anyhow::Result;
 use serde_json::json;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,8 @@ pub enum Route {
     ProgressiveText(JobId, Stream),
     LogTail(JobId),
     Search(JobId),
+    /// `GET /api/events`: job events for the job list (see `board`).
+    JobEvents,
     NotFound,
 }
 
@@ -73,6 +77,7 @@ pub fn route(segments: &[String]) -> Result<Route, Reject> {
         ["healthz"] => Route::Healthz,
         ["job_runs", _] => Route::JobPage(id(1)?),
         ["api", "job_runs"] => Route::List,
+        ["api", "events"] => Route::JobEvents,
         ["api", "job_runs", _] => Route::Job(id(2)?),
         ["api", "job_runs", _, "log-tail"] => Route::LogTail(id(2)?),
         ["api", "job_runs", _, "search"] => Route::Search(id(2)?),
@@ -103,6 +108,8 @@ pub enum Body {
     },
     /// An event stream, fed by the server as the log grows.
     Events(Box<Follower>),
+    /// The job events stream, fed by the server's board of jobs.
+    Feed,
     /// A body made piece by piece as the client reads it, ended by closing
     /// the connection: only what one turn makes is ever held for a client.
     Stream(Box<dyn Produce>),
@@ -181,6 +188,10 @@ pub struct JobOrder {
     /// Modification time of `job_runs/` when built: a job created or
     /// removed since changes it.
     version: Option<u64>,
+    /// Each listed job's `started_at`, which never changes once written: a
+    /// rebuild reads the metadata of new jobs only, so a root of 10,000 jobs
+    /// costs one directory listing per new job, not 10,000 reads.
+    started: HashMap<JobId, String>,
 }
 
 /// What the handlers need: the store, the one job served when the server runs
@@ -263,7 +274,7 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
             "text/plain; charset=utf-8",
             b"ok\n".to_vec(),
         )),
-        Route::Index => index(ctx),
+        Route::Index => Ok(index()),
         Route::JobPage(id) => Ok(Response::new(
             200,
             "text/html; charset=utf-8",
@@ -277,6 +288,15 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         Route::LogTail(id) => poll(ctx, req, &id, None, true),
         Route::ProgressiveText(id, stream) => poll(ctx, req, &id, Some(stream), false),
         Route::Search(id) => search(ctx, req, &id),
+        Route::JobEvents => Ok(Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "text/event-stream; charset=utf-8".into()),
+                ("Cache-Control", "no-cache".into()),
+                ("X-Accel-Buffering", "no".into()),
+            ],
+            body: Body::Feed,
+        }),
         Route::NotFound => Ok(Response::error(404, "not found", api)),
     };
     result.unwrap_or_else(|e| {
@@ -363,42 +383,84 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
     }
     let mut keyed: Vec<(String, JobId)> = Vec::new();
     let mut complete = true;
+    let mut started = HashMap::new();
     for id in ctx.store.job_ids()? {
-        match ctx.store.metadata(&id) {
-            Ok(m) => keyed.push((m.started_at, id)),
-            // A job being created has no metadata for a moment; it is simply
-            // not listed, and this order is not kept for the next request.
-            Err(_) => complete = false,
-        }
+        let known = order.started.remove(&id);
+        let at = match known {
+            Some(at) => at,
+            None => match ctx.store.metadata(&id) {
+                Ok(m) => m.started_at,
+                // A job being created has no metadata for a moment; it is
+                // simply not listed, and this order is not kept for the next
+                // request.
+                Err(_) => {
+                    complete = false;
+                    continue;
+                }
+            },
+        };
+        started.insert(id.clone(), at.clone());
+        keyed.push((at, id));
     }
     keyed.sort_by(|a, b| b.cmp(a));
     let ids: Arc<[JobId]> = keyed.into_iter().map(|(_, id)| id).collect();
-    *order = if complete {
-        JobOrder {
-            ids: Some(ids.clone()),
-            built: Some(Instant::now()),
-            version,
-        }
-    } else {
-        JobOrder::default()
+    *order = JobOrder {
+        ids: complete.then(|| ids.clone()),
+        built: complete.then(Instant::now),
+        version: if complete { version } else { None },
+        started,
     };
     Ok(ids)
 }
 
-/// `GET /api/job_runs`: a JSON array of metadata (live status), newest first,
-/// made a few jobs at a time as the client reads.
+/// Longest `q` of the job list: ids are at most 128 bytes, and a command
+/// worth finding is found by a shorter piece of it.
+const MAX_QUERY: usize = 1024;
+
+/// Which jobs a list shows: `status=` and `q=` (a case-insensitive piece of
+/// the id or of the command line).
+struct ListFilter {
+    status: Option<Status>,
+    /// Lowercased.
+    q: Option<String>,
+}
+
+impl ListFilter {
+    fn is_none(&self) -> bool {
+        self.status.is_none() && self.q.is_none()
+    }
+
+    fn matches(&self, m: &Metadata) -> bool {
+        if self.status.is_some_and(|s| m.status != s) {
+            return false;
+        }
+        let Some(q) = &self.q else {
+            return true;
+        };
+        m.job_run_id.to_lowercase().contains(q.as_str())
+            || m.command.join(" ").to_lowercase().contains(q.as_str())
+    }
+}
+
+/// `GET /api/job_runs`: a JSON array of metadata (live status and sizes),
+/// newest first, from the `offset`-th match, made a few jobs at a time as the
+/// client reads.
 struct JobList {
     store: Arc<dyn LogStore>,
     ids: Arc<[JobId]>,
     next: usize,
-    status: Option<Status>,
+    filter: ListFilter,
+    /// Matches still to pass over before the first one sent.
+    skip: usize,
     left: usize,
     sent: usize,
+    started: bool,
 }
 
 impl Produce for JobList {
     fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
-        if self.next == 0 && self.sent == 0 {
+        if !self.started {
+            self.started = true;
             out.push(b'[');
         }
         let mut reads = 0;
@@ -409,10 +471,14 @@ impl Produce for JobList {
             self.next += 1;
             reads += 1;
             // Removed since the order was made (gc): simply not listed.
-            let Ok(m) = self.store.live_metadata(id) else {
+            let Ok(m) = self.store.current_metadata(id) else {
                 continue;
             };
-            if self.status.is_some_and(|s| m.status != s) {
+            if !self.filter.matches(&m) {
+                continue;
+            }
+            if self.skip > 0 {
+                self.skip -= 1;
                 continue;
             }
             out.extend_from_slice(if self.sent == 0 { b"\n" } else { b",\n" });
@@ -431,7 +497,7 @@ impl Produce for JobList {
 /// `GET /api/job_runs/{id}`: the job's live metadata, plus `children`, the ids
 /// of the jobs that ran inside it, in the order they started (issue 13).
 fn job(ctx: &Ctx, id: &JobId) -> Result<Response> {
-    let meta = ctx.store.live_metadata(id)?;
+    let meta = ctx.store.current_metadata(id)?;
     let children: Vec<String> = crate::nest::children(ctx.store.as_ref(), id)?
         .iter()
         .map(JobId::to_string)
@@ -448,62 +514,50 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| bad(format!("unknown status {s:?}")))?),
     };
+    let q = match req.param("q") {
+        None | Some("") => None,
+        Some(q) if q.len() > MAX_QUERY => {
+            return Err(bad(format!("q is longer than {MAX_QUERY} bytes")))
+        }
+        Some(q) => Some(q.to_lowercase()),
+    };
+    let filter = ListFilter { status, q };
     let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
+    let offset = usize::try_from(number(req, "offset")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    let ids = ordered_ids(ctx)?;
+    // Without a filter every job matches: the offset is a position in the
+    // order, passed over without reading a thing.
+    let (next, skip) = if filter.is_none() {
+        (offset.min(ids.len()), 0)
+    } else {
+        (0, offset)
+    };
+    let total = filter.is_none().then_some(ids.len());
     let body = JobList {
         store: Arc::clone(ctx.store),
-        ids: ordered_ids(ctx)?,
-        next: 0,
-        status,
+        ids,
+        next,
+        filter,
+        skip,
         left: limit,
         sent: 0,
+        started: false,
     };
-    Ok(Response::stream("application/json", body))
+    let resp = Response::stream("application/json", body);
+    Ok(match total {
+        Some(n) => resp.header("X-Total-Count", n.to_string()),
+        None => resp,
+    })
 }
 
-/// `GET /`: the job list page, made a few rows at a time as the client reads.
-struct IndexPage {
-    store: Arc<dyn LogStore>,
-    /// The shared order; rows are made for the first `end` of it.
-    ids: Arc<[JobId]>,
-    end: usize,
-    next: usize,
-    rows: usize,
-}
-
-impl Produce for IndexPage {
-    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
-        if self.next == 0 && self.rows == 0 {
-            out.extend_from_slice(page::index_head().as_bytes());
-        }
-        let mut reads = 0;
-        while out.len() < want && reads < LIST_READS_PER_TURN && self.next < self.end {
-            let id = &self.ids[self.next];
-            self.next += 1;
-            reads += 1;
-            if let Ok(m) = self.store.live_metadata(id) {
-                out.extend_from_slice(page::index_row(&m).as_bytes());
-                self.rows += 1;
-            }
-        }
-        if self.next < self.end {
-            return Ok(true);
-        }
-        out.extend_from_slice(page::index_tail(self.rows == 0).as_bytes());
-        Ok(false)
-    }
-}
-
-fn index(ctx: &Ctx) -> Result<Response> {
-    let ids = ordered_ids(ctx)?;
-    let body = IndexPage {
-        store: Arc::clone(ctx.store),
-        end: ids.len().min(page::INDEX_JOBS),
-        ids,
-        next: 0,
-        rows: 0,
-    };
-    Ok(Response::stream("text/html; charset=utf-8", body)
-        .header("Content-Security-Policy", page::CSP))
+/// `GET /`: the job list page, which loads its jobs from the API.
+fn index() -> Response {
+    Response::new(
+        200,
+        "text/html; charset=utf-8",
+        page::index_page().into_bytes(),
+    )
+    .header("Content-Security-Policy", page::CSP)
 }
 
 fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response> {
@@ -1112,7 +1166,7 @@ mod tests {
                 f.pump(&mut out, 1 << 20, None).unwrap();
                 out
             }
-            Body::Nothing => Vec::new(),
+            Body::Feed | Body::Nothing => Vec::new(),
         }
     }
 
@@ -1187,13 +1241,81 @@ mod tests {
             // A wrapper's own server shows only its job.
             let other = answer(&store, Some(&id("new")), "/api/job_runs/old", &[]);
             assert_eq!(other.status, 404, "{name}");
+        }
+    }
 
-            let page = String::from_utf8(body(answer(&store, None, "/", &[]))).unwrap();
-            let rows: Vec<_> = ["dead", "new", "old"]
-                .iter()
-                .map(|j| page.find(&format!("href=\"job_runs/{j}\"")).unwrap())
-                .collect();
-            assert!(rows.windows(2).all(|w| w[0] < w[1]), "{name}: newest first");
+    #[test]
+    fn the_job_list_pages_and_finds_jobs_by_id_or_command() {
+        for (name, store, _root) in both::stores("routes-page") {
+            for (i, (id, command, status)) in [
+                ("a-1", "make test", Status::Succeeded),
+                ("b-2", "cargo BUILD --release", Status::Failed),
+                ("c-3", "make deploy", Status::Succeeded),
+                ("d-4", "./run.sh", Status::Failed),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut sink = store.create_job(&JobId::parse(id).unwrap()).unwrap();
+                let mut m =
+                    both::metadata(id, status, &format!("2026-01-0{}T00:00:00.000Z", i + 1));
+                m.command = command.split(' ').map(String::from).collect();
+                sink.write_metadata(&m, true).unwrap();
+            }
+            let ids = |path: &str| {
+                let r = answer(&store, None, path, &[]);
+                let total = header(&r, "X-Total-Count").map(String::from);
+                let v = json_of(r);
+                let ids: Vec<String> = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["job_run_id"].as_str().unwrap().to_string())
+                    .collect();
+                (ids.join(" "), total)
+            };
+            let all = Some("4".to_string());
+            assert_eq!(
+                ids("/api/job_runs"),
+                ("d-4 c-3 b-2 a-1".into(), all.clone()),
+                "{name}"
+            );
+            assert_eq!(
+                ids("/api/job_runs?limit=2&offset=1"),
+                ("c-3 b-2".into(), all.clone()),
+                "{name}"
+            );
+            assert_eq!(ids("/api/job_runs?offset=9"), ("".into(), all), "{name}");
+            // A piece of the id or the command, whatever its case; filters
+            // page too, and have no total (it would cost reading every job).
+            assert_eq!(
+                ids("/api/job_runs?q=MAKE"),
+                ("c-3 a-1".into(), None),
+                "{name}"
+            );
+            assert_eq!(ids("/api/job_runs?q=build"), ("b-2".into(), None), "{name}");
+            assert_eq!(ids("/api/job_runs?q=d-4"), ("d-4".into(), None), "{name}");
+            assert_eq!(
+                ids("/api/job_runs?q=make&offset=1"),
+                ("a-1".into(), None),
+                "{name}"
+            );
+            assert_eq!(
+                ids("/api/job_runs?status=failed&limit=1&offset=1"),
+                ("b-2".into(), None),
+                "{name}"
+            );
+            assert_eq!(
+                ids("/api/job_runs?status=failed&q=run"),
+                ("d-4".into(), None),
+                "{name}"
+            );
+            let long = format!("/api/job_runs?q={}", "x".repeat(MAX_QUERY + 1));
+            assert_eq!(answer(&store, None, &long, &[]).status, 400, "{name}");
+            assert_eq!(
+                answer(&store, None, "/api/job_runs?offset=-1", &[]).status,
+                400
+            );
         }
     }
 

@@ -11,7 +11,7 @@ use super::{
     ChangeWatcher, Changes, Chunk, CreateError, DirIdentity, JobId, JobSink, JobUsage, Leftover,
     LogStore, Progress, RawLog, Removed, ScanEntry, Stream,
 };
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, StreamStats};
 use crate::output::lines::LineSplitter;
 use crate::reader::{LineSource, LogLine, Start};
 use crate::timefmt;
@@ -345,6 +345,17 @@ impl LogStore for MemStore {
             out.ends.len() as u64,
             err.ends.len() as u64,
         ]
+    }
+
+    fn live_stats(&self, id: &JobId, stream: Stream) -> Option<StreamStats> {
+        let job = self.job(id).ok()?;
+        let j = lock(&job);
+        let s = &j.streams[stream.index()];
+        let unfinished = s.bytes.last().is_some_and(|&b| b != b'\n');
+        Some(StreamStats {
+            bytes: s.bytes.len() as u64,
+            lines: s.ends.len() as u64 + u64::from(unfinished),
+        })
     }
 
     fn watcher(&self) -> Result<Box<dyn ChangeWatcher>> {

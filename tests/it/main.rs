@@ -8,6 +8,7 @@ mod cli;
 mod completions;
 mod gc;
 mod hostile;
+mod joblist;
 mod limit;
 mod logs;
 mod nest;

@@ -758,3 +758,180 @@ fn browser_follows_a_job_of_another_machine_through_redis() {
         "return document.body.dataset.complete==='failed'&&document.getElementById('badge').textContent.includes('exit 3');",
     );
 }
+
+/// Issue 11, point 5: the job list at `/` stays live without a reload (a job
+/// appears, its output counts grow, it turns failed), filters by status, finds
+/// jobs by id or command on the server, and pages through 10,000 jobs.
+#[test]
+fn browser_job_list_updates_live_filters_searches_and_pages_10000_jobs() {
+    let Some((chromium, driver)) = browser_tools("browser_job_list...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    // One real job, and 9,999 finished ones written as minimal job directories
+    // (its metadata under new ids): every 1,000th failed, each with its own
+    // command.
+    env.run_sh("seed", &["--no-pty", "-q"], "echo seed");
+    let seed = env.meta("seed");
+    for i in 0..9_999 {
+        let id = format!("bulk-{i:05}");
+        let mut m = seed.clone();
+        m["job_run_id"] = Value::from(id.as_str());
+        m["command"] = json!(["make", format!("target-{i}")]);
+        if i % 1000 == 0 {
+            m["status"] = json!("failed");
+            m["exit_code"] = json!(1);
+        }
+        let dir = env.job_dir(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metadata.json"), m.to_string()).unwrap();
+    }
+    let srv = Serve::start(&env, &[]);
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    let base = format!("http://127.0.0.1:{}", srv.port);
+    let ids = "return [...document.querySelectorAll('#rows tr')].map(t => t.dataset.id);";
+    let api_ids = |query: &str| -> Vec<Value> {
+        let list = get(srv.port, &format!("/api/job_runs?{query}"), &[]).json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["job_run_id"].clone())
+            .collect()
+    };
+
+    // Paging: 100 a page, newest first, the same pages as the API's.
+    browser.goto(&format!("{base}/"));
+    browser.wait_js(
+        "the first page",
+        "return document.querySelectorAll('#rows tr').length === 100 \
+         && document.getElementById('range').textContent === '1\u{2013}100 of 10000';",
+    );
+    assert_eq!(browser.js(ids), Value::from(api_ids("limit=100")));
+    browser.js("document.getElementById('next').click();");
+    browser.wait_js(
+        "the second page",
+        "return document.getElementById('range').textContent === '101\u{2013}200 of 10000';",
+    );
+    assert_eq!(
+        browser.js(ids),
+        Value::from(api_ids("limit=100&offset=100"))
+    );
+    browser.goto(&format!("{base}/?offset=9900"));
+    browser.wait_js(
+        "the last page",
+        "return document.getElementById('range').textContent === '9901\u{2013}10000 of 10000' \
+         && document.getElementById('next').disabled;",
+    );
+    assert_eq!(
+        browser.js(ids),
+        Value::from(api_ids("limit=100&offset=9900"))
+    );
+
+    // Live: a job appears at the top, its counts grow, it fails; no reload
+    // (a mark left on the window stays).
+    browser.goto(&format!("{base}/"));
+    browser.wait_js(
+        "the first page again",
+        "return document.querySelectorAll('#rows tr').length === 100 \
+         && document.getElementById('live').textContent === 'live';",
+    );
+    browser.js("window.notReloaded = true;");
+    let child = env
+        .cmd()
+        .args(["--job-run-id", "live-web", "--no-pty", "-q"])
+        .args(["--", "sh", "-c", QUIT3_JOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut job = LiveJob::adopt(&env, "live-web", child);
+    let row = "const r = document.querySelector('#rows tr');";
+    browser.wait_js(
+        "the new job at the top, running",
+        &format!(
+            "{row} return r.dataset.id === 'live-web' && r.dataset.status === 'running' \
+             && document.querySelectorAll('#rows tr').length === 100;"
+        ),
+    );
+    job.say("hello");
+    browser.wait_js(
+        "its live counts",
+        &format!("{row} return r.querySelector('.out').textContent === '6 B \u{b7} 1 line';"),
+    );
+    job.say("quit");
+    assert_eq!(job.finish().code(), Some(3));
+    browser.wait_js(
+        "the job turned failed with its exit code",
+        &format!(
+            "{row} return r.dataset.status === 'failed' && r.querySelector('.exit').textContent === '3' \
+             && window.notReloaded === true;"
+        ),
+    );
+
+    // The status filter: the 10 failed bulk jobs and the live one.
+    browser.js(
+        "const s = document.getElementById('status'); s.value = 'failed'; \
+         s.dispatchEvent(new Event('change'));",
+    );
+    browser.wait_js(
+        "only failed jobs",
+        "const r = [...document.querySelectorAll('#rows tr')]; \
+         return r.length === 11 && r.every(t => t.dataset.status === 'failed');",
+    );
+    // A job that comes to match the view (it fails) appears at its top. The
+    // test waits until the server has told the running job, so the page sees
+    // it start outside the view first.
+    let mut events = SseConn::open(srv.port, "/api/events", &[]);
+    let child = env
+        .cmd()
+        .args(["--job-run-id", "late-fail", "--no-pty", "-q"])
+        .args(["--", "sh", "-c", QUIT3_JOB])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut late = LiveJob::adopt(&env, "late-fail", child);
+    loop {
+        let e = events.next().unwrap();
+        if e.event == "started" {
+            assert!(e.data.contains("\"running\""), "{}", e.data);
+            break;
+        }
+    }
+    late.say("quit");
+    assert_eq!(late.finish().code(), Some(3));
+    browser.wait_js(
+        "the newly failed job at the top of the failed view",
+        &format!("{row} return r.dataset.id === 'late-fail' && r.dataset.status === 'failed';"),
+    );
+    // The search box, by command and by id, server side.
+    let search = |text: &str, want: &[&str]| {
+        browser.js(&format!(
+            "const q = document.getElementById('q'); q.value = {}; \
+             q.dispatchEvent(new Event('input'));",
+            json!(text)
+        ));
+        browser.wait_js(
+            &format!("the jobs matching {text:?}"),
+            &format!(
+                "return JSON.stringify([...document.querySelectorAll('#rows tr')].map(t => t.dataset.id)) === {};",
+                json!(json!(want).to_string())
+            ),
+        );
+    };
+    search("TARGET-3000", &["bulk-03000"]);
+    browser.js(
+        "const s = document.getElementById('status'); s.value = ''; \
+         s.dispatchEvent(new Event('change'));",
+    );
+    search("target-4242", &["bulk-04242"]);
+    search("live-w", &["live-web"]);
+    search("no such job", &[]);
+    assert_eq!(
+        browser.js("return document.getElementById('empty').hidden;"),
+        Value::Bool(false)
+    );
+    browser.screenshot(&env.path("list.png.b64"));
+}

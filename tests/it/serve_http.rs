@@ -216,11 +216,10 @@ fn pages_are_self_contained_and_list_the_jobs() {
         .header("content-type")
         .unwrap()
         .starts_with("text/html"));
-    assert!(
-        index.text().contains("job_runs/page-job"),
-        "{}",
-        index.text()
-    );
+    // The list page loads its jobs from the API, which lists the job.
+    assert!(index.text().contains("api/job_runs?"), "{}", index.text());
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "page-job");
     let page = get(srv.port, "/job_runs/page-job", &[]);
     assert_eq!(page.status, 200);
     let html = page.text();
@@ -783,12 +782,8 @@ fn clients_that_never_read_the_job_list_cannot_pin_server_memory() {
         3
     );
     let full_list_bytes = serde_json::to_vec(&list).unwrap().len();
+    // The list page is a shell that pages through the API.
     let page = get(srv.port, "/", &[]).text();
-    assert_eq!(
-        page.matches("<tr><td>").count(),
-        500,
-        "the page shows the newest 500"
-    );
     assert!(page.ends_with("</html>\n"));
     // Clients that ask for it (and for a big log-tail) and never read.
     let mut idle = Vec::new();
