@@ -303,7 +303,7 @@ impl Follower {
     ) -> Result<Follower> {
         let open = |s: Stream, start: Start| store.open_lines(id, s, start, KEEP);
         // The first line of the K that end at line n.
-        let first_of = |n: u64, k: u64| Start::Line((n + 1).saturating_sub(k).max(1));
+        let first_of = |n: u64, k: u64| Start::Line(n.saturating_add(1).saturating_sub(k).max(1));
         // `before`: a reader of the last k lines of `s` up to line n (up to
         // its end when n is past it), that end, and whether there are none.
         let window = |s: Stream, n: u64, k: u64| -> Result<(Box<dyn LineSource>, u64, bool)> {
