@@ -1341,6 +1341,62 @@ mod tests {
     }
 
     #[test]
+    fn followers_served_from_shared_events_share_one_partial_event() {
+        for mut t in jobs("partial-shared", &[(Stream::Stdout, b"o1\n")]) {
+            let (store, id) = (t.store.clone(), t.id.clone());
+            let open = || {
+                Follower::open(
+                    store.as_ref(),
+                    &id,
+                    Which::Combined,
+                    StartAt::Line(1),
+                    true,
+                    Format::Json,
+                    [0; 4],
+                )
+                .unwrap()
+            };
+            let (mut a, mut b) = (open(), open());
+            for f in [&mut a, &mut b] {
+                assert_eq!(f.pump(&mut Vec::new(), BIG, None).unwrap(), Pumped::Idle);
+            }
+            let mut shared =
+                Shared::new(store.as_ref(), &id, Which::Combined, Format::Json, a.last()).unwrap();
+            t.sink()
+                .append(Stream::Stderr, &Chunk::new(b"e1\n\rx", 5))
+                .unwrap();
+            let sizes = store.progress(&id);
+            let now = Instant::now();
+            let mut outs = Vec::new();
+            for f in [&mut a, &mut b] {
+                let mut out = Vec::new();
+                let got = f.pump_shared(store.as_ref(), &mut shared, &mut out, BIG, None, sizes);
+                assert_eq!(got.unwrap(), Some(Pumped::Idle), "{}", t.name);
+                f.partial(store.as_ref(), Some(&mut shared), &mut out, sizes, now)
+                    .unwrap();
+                // Encoded once, in the shared events: no copy of its own.
+                assert!(f.partials.streams.iter().all(|p| p.sent.is_none()));
+                outs.push(String::from_utf8(out).unwrap());
+            }
+            assert_eq!(outs[0], outs[1], "{}", t.name);
+            let partial = "event: partial\nstream: stderr\ndata: {\"stream\":\"stderr\",\
+                 \"line\":2,\"text\":\"\\rx\",\"display\":\"x\",\"len\":2,\"truncated\":false}\n\n";
+            // After the log event of the line before it.
+            let log = outs[0].find("event: log\nid: 1.1\n");
+            assert!(
+                log.is_some_and(|at| outs[0][at..].contains(partial)),
+                "{}",
+                outs[0]
+            );
+            // Sent once: nothing new, nothing again.
+            let mut out = Vec::new();
+            a.partial(store.as_ref(), Some(&mut shared), &mut out, sizes, now)
+                .unwrap();
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
     fn a_huge_line_in_progress_costs_only_its_last_bytes() {
         let mut line = vec![b'x'; 3 * PARTIAL_BYTES as usize];
         line.extend_from_slice("\u{e9}nd".as_bytes());
