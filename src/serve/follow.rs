@@ -99,13 +99,28 @@ impl Lines {
     /// Where each stream read goes on: its next line's number and offset.
     /// Right when the readers have reached the end, that offset is where a
     /// line in progress starts.
-    fn heads(&self) -> Vec<(Stream, u64, u64)> {
-        let head = |r: &dyn LineSource| (r.stream(), r.next_number(), r.position());
+    fn heads(&self) -> [Option<Head>; 2] {
+        let head = |r: &dyn LineSource| Head {
+            stream: r.stream(),
+            line: r.next_number(),
+            pos: r.position(),
+        };
         match self {
-            Lines::One(r) => vec![head(r.as_ref())],
-            Lines::Combined(c) => c.readers().iter().map(|r| head(r.as_ref())).collect(),
+            Lines::One(r) => [Some(head(r.as_ref())), None],
+            Lines::Combined(c) => {
+                let [out, err] = c.readers();
+                [Some(head(out.as_ref())), Some(head(err.as_ref()))]
+            }
         }
     }
+}
+
+/// Where a reader of one stream goes on (see [`Lines::heads`]).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    stream: Stream,
+    line: u64,
+    pos: u64,
 }
 
 /// Most bytes of a line in progress read for `event: partial`: its end is
@@ -149,12 +164,12 @@ impl Partials {
         id: &JobId,
         which: Which,
         format: Format,
-        heads: &[(Stream, u64, u64)],
+        heads: [Option<Head>; 2],
         sizes: [u64; 4],
         now: Instant,
     ) -> Result<()> {
         self.due = None;
-        for &(stream, line, pos) in heads {
+        for Head { stream, line, pos } in heads.into_iter().flatten() {
             let t = &mut self.streams[idx(stream)];
             let size = sizes[idx(stream)];
             if size <= pos {
@@ -804,19 +819,8 @@ impl Follower {
         };
         // A line before one asked for (`since=N` past the end) is not sent,
         // nor its beginning.
-        let heads: Vec<_> = heads
-            .into_iter()
-            .filter(|&(s, line, _)| line >= self.want[idx(s)])
-            .collect();
-        partials.look(
-            store,
-            &self.job,
-            self.which,
-            self.format,
-            &heads,
-            sizes,
-            now,
-        )?;
+        let heads = heads.map(|h| h.filter(|h| h.line >= self.want[idx(h.stream)]));
+        partials.look(store, &self.job, self.which, self.format, heads, sizes, now)?;
         for (i, t) in partials.streams.iter().enumerate() {
             if !t.event.is_empty() && t.sent != self.partial_sent[i] {
                 out.extend_from_slice(&t.event);
