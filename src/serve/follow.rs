@@ -136,6 +136,10 @@ pub const PARTIAL_EVERY: Duration = Duration::from_millis(100);
 /// The line in progress of one stream as last looked at.
 #[derive(Default)]
 struct PartialTrack {
+    /// Line number and length of the bytes after the last line last read,
+    /// partial or not: while they are the same, there is nothing to read (a
+    /// thousand followers woken at once read them once).
+    looked: Option<(u64, u64)>,
     /// Line number and length of the line in progress last encoded.
     sent: Option<(u64, u64)>,
     sent_at: Option<Instant>,
@@ -176,13 +180,14 @@ impl Partials {
                 t.event.clear();
                 continue;
             }
-            if t.sent == Some((line, size - pos)) {
+            if t.looked == Some((line, size - pos)) {
                 continue;
             }
             if let Some(at) = t.sent_at.map(|t| t + PARTIAL_EVERY).filter(|&at| at > now) {
                 self.due = Some(self.due.map_or(at, |d| d.min(at)));
                 continue;
             }
+            t.looked = Some((line, size - pos));
             let Some(p) = read_partial(store, id, stream, line, pos, size)? else {
                 // Whole lines not read yet (their index record is on its
                 // way): they come as log events first.
