@@ -99,13 +99,28 @@ impl Lines {
     /// Where each stream read goes on: its next line's number and offset.
     /// Right when the readers have reached the end, that offset is where a
     /// line in progress starts.
-    fn heads(&self) -> Vec<(Stream, u64, u64)> {
-        let head = |r: &dyn LineSource| (r.stream(), r.next_number(), r.position());
+    fn heads(&self) -> [Option<Head>; 2] {
+        let head = |r: &dyn LineSource| Head {
+            stream: r.stream(),
+            line: r.next_number(),
+            pos: r.position(),
+        };
         match self {
-            Lines::One(r) => vec![head(r.as_ref())],
-            Lines::Combined(c) => c.readers().iter().map(|r| head(r.as_ref())).collect(),
+            Lines::One(r) => [Some(head(r.as_ref())), None],
+            Lines::Combined(c) => {
+                let [out, err] = c.readers();
+                [Some(head(out.as_ref())), Some(head(err.as_ref()))]
+            }
         }
     }
+}
+
+/// Where a reader of one stream goes on (see [`Lines::heads`]).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    stream: Stream,
+    line: u64,
+    pos: u64,
 }
 
 /// Most bytes of a line in progress read for `event: partial`: its end is
@@ -121,6 +136,10 @@ pub const PARTIAL_EVERY: Duration = Duration::from_millis(100);
 /// The line in progress of one stream as last looked at.
 #[derive(Default)]
 struct PartialTrack {
+    /// Line number and length of the bytes after the last line last read,
+    /// partial or not: while they are the same, there is nothing to read (a
+    /// thousand followers woken at once read them once).
+    looked: Option<(u64, u64)>,
     /// Line number and length of the line in progress last encoded.
     sent: Option<(u64, u64)>,
     sent_at: Option<Instant>,
@@ -149,25 +168,26 @@ impl Partials {
         id: &JobId,
         which: Which,
         format: Format,
-        heads: &[(Stream, u64, u64)],
+        heads: [Option<Head>; 2],
         sizes: [u64; 4],
         now: Instant,
     ) -> Result<()> {
         self.due = None;
-        for &(stream, line, pos) in heads {
+        for Head { stream, line, pos } in heads.into_iter().flatten() {
             let t = &mut self.streams[idx(stream)];
             let size = sizes[idx(stream)];
             if size <= pos {
                 t.event.clear();
                 continue;
             }
-            if t.sent == Some((line, size - pos)) {
+            if t.looked == Some((line, size - pos)) {
                 continue;
             }
             if let Some(at) = t.sent_at.map(|t| t + PARTIAL_EVERY).filter(|&at| at > now) {
                 self.due = Some(self.due.map_or(at, |d| d.min(at)));
                 continue;
             }
+            t.looked = Some((line, size - pos));
             let Some(p) = read_partial(store, id, stream, line, pos, size)? else {
                 // Whole lines not read yet (their index record is on its
                 // way): they come as log events first.
@@ -261,10 +281,13 @@ pub struct Follower {
     pub seen: [u64; 4],
     /// `log` events still to send before the stream ends (`?count=K`).
     remaining: Option<u64>,
-    /// The last line wanted per stream (`?before=ID`): the stream ends at the
-    /// first line beyond it.
+    /// The last line wanted per stream (`?before=ID`): lines beyond it are
+    /// left out.
     upto: Option<[u64; 2]>,
-    /// A line beyond `upto` was read: nothing more is sent.
+    /// Per stream, whether its last wanted line has been read (or it has
+    /// none): once both have, nothing more is read.
+    passed: [bool; 2],
+    /// Nothing more is sent: both streams passed `upto`.
     cut: bool,
     /// The lines in progress as this follower's own readers see them.
     partials: Partials,
@@ -299,39 +322,74 @@ impl Follower {
         sizes: [u64; 4],
     ) -> Result<Follower> {
         let open = |s: Stream, start: Start| store.open_lines(id, s, start, KEEP);
+        // The first line of the K that end at line n.
+        let first_of = |n: u64, k: u64| Start::Line(n.saturating_add(1).saturating_sub(k).max(1));
+        // `before`: a reader of the last k lines of `s` up to line n (up to
+        // its end when n is past it), that end, and whether there are none.
+        let window = |s: Stream, n: u64, k: u64| -> Result<(Box<dyn LineSource>, u64, bool)> {
+            let mut r = open(s, first_of(n, k))?;
+            let end = r.total_lines()?.min(n);
+            if end < n {
+                r = open(s, first_of(end, k))?;
+            }
+            let none = end < r.next_number();
+            Ok((r, end, none))
+        };
         let mut skip = 0;
         let mut last = [0, 0];
+        // `before`: the last line wanted per stream, and whether the stream
+        // has none to give at all.
+        let mut upto = None;
+        let mut passed = [true; 2];
         let want = match from {
             StartAt::Line(n) => [n, n],
             StartAt::Tail(_) | StartAt::Before(..) => [0, 0],
             StartAt::After(o, e) => [o.saturating_add(1), e.saturating_add(1)],
         };
-        // The first line of the K that end at line n.
-        let first_of = |n: u64, k: u64| Start::Line((n + 1).saturating_sub(k).max(1));
         let lines = match which {
             Which::One(s) => {
-                let start = match from {
-                    StartAt::Line(n) => Start::Line(n),
-                    StartAt::Tail(n) => Start::Tail(n),
-                    StartAt::After(n, _) => Start::Line(n.saturating_add(1)),
-                    StartAt::Before([n, _], k) => first_of(n, k),
+                let r = match from {
+                    StartAt::Line(n) => open(s, Start::Line(n))?,
+                    StartAt::Tail(n) => open(s, Start::Tail(n))?,
+                    StartAt::After(n, _) => open(s, Start::Line(n.saturating_add(1)))?,
+                    StartAt::Before([n, _], k) => {
+                        let (r, end, none) = window(s, n, k)?;
+                        upto = Some([end, end]);
+                        passed[idx(s)] = none;
+                        r
+                    }
                 };
-                let r = open(s, start)?;
                 last[idx(s)] = r.next_number().saturating_sub(1);
                 Lines::One(r)
             }
             Which::Combined => {
-                let starts = match from {
-                    StartAt::Line(n) => [Start::Line(n), Start::Line(n)],
-                    StartAt::Tail(n) => [Start::Tail(n), Start::Tail(n)],
-                    StartAt::After(o, e) => [
+                let both = |starts: [Start; 2]| -> Result<_> {
+                    Ok((
+                        open(Stream::Stdout, starts[0])?,
+                        open(Stream::Stderr, starts[1])?,
+                    ))
+                };
+                let (mut out, mut err) = match from {
+                    StartAt::Line(n) => both([Start::Line(n), Start::Line(n)])?,
+                    StartAt::Tail(n) => both([Start::Tail(n), Start::Tail(n)])?,
+                    StartAt::After(o, e) => both([
                         Start::Line(o.saturating_add(1)),
                         Start::Line(e.saturating_add(1)),
-                    ],
-                    StartAt::Before([o, e], k) => [first_of(o, k), first_of(e, k)],
+                    ])?,
+                    StartAt::Before([o, e], k) => {
+                        // Each stream's window holds its last k lines up to
+                        // the cursor; of the merged lines only the last k.
+                        let (out, o, o_none) = window(Stream::Stdout, o, k)?;
+                        let (err, e, e_none) = window(Stream::Stderr, e, k)?;
+                        let size = |end: u64, r: &dyn LineSource| {
+                            (end + 1).saturating_sub(r.next_number())
+                        };
+                        skip = (size(o, out.as_ref()) + size(e, err.as_ref())).saturating_sub(k);
+                        upto = Some([o, e]);
+                        passed = [o_none, e_none];
+                        (out, err)
+                    }
                 };
-                let mut out = open(Stream::Stdout, starts[0])?;
-                let mut err = open(Stream::Stderr, starts[1])?;
                 last = [
                     out.next_number().saturating_sub(1),
                     err.next_number().saturating_sub(1),
@@ -343,16 +401,6 @@ impl Follower {
                         Ok((r.total_lines()? + 1).saturating_sub(r.next_number()))
                     };
                     skip = (window(&mut out)? + window(&mut err)?).saturating_sub(n);
-                }
-                if let StartAt::Before(upto, k) = from {
-                    // Each stream's window holds the last k lines up to its
-                    // end of the cursor; of the merged lines only the last k.
-                    let window = |r: &mut Box<dyn LineSource>, upto: u64| -> Result<u64> {
-                        let last = r.total_lines()?.min(upto);
-                        Ok((last + 1).saturating_sub(r.next_number()))
-                    };
-                    skip =
-                        (window(&mut out, upto[0])? + window(&mut err, upto[1])?).saturating_sub(k);
                 }
                 Lines::Combined(Box::new(CombinedReader::new(out, err)))
             }
@@ -378,13 +426,9 @@ impl Follower {
                 StartAt::Before(_, k) => Some(k),
                 _ => None,
             },
-            upto: match (from, which) {
-                // A stream's cursor is its one number.
-                (StartAt::Before([n, _], _), Which::One(_)) => Some([n, n]),
-                (StartAt::Before(upto, _), Which::Combined) => Some(upto),
-                _ => None,
-            },
-            cut: false,
+            upto,
+            passed,
+            cut: upto.is_some() && passed == [true; 2],
             partials: Partials::default(),
             partial_sent: [None; 2],
             partial_due: None,
@@ -432,11 +476,20 @@ impl Follower {
                 }
             }
             if let Some(upto) = self.upto {
-                // The lines up to a cursor are the first ones merged: the
-                // first beyond it ends them.
-                if line.number > upto[idx(line.stream)] {
-                    self.cut = true;
-                    return Ok(None);
+                // Lines up to the cursor only; once each stream has given
+                // its last one, reading stops (for an event id of this
+                // stream, at the first line beyond it).
+                let i = idx(line.stream);
+                let beyond = line.number > upto[i];
+                if line.number >= upto[i] {
+                    self.passed[i] = true;
+                    self.cut = self.passed == [true; 2];
+                }
+                if beyond {
+                    if self.cut {
+                        return Ok(None);
+                    }
+                    continue;
                 }
             }
             if line.number >= self.want[idx(line.stream)] {
@@ -758,6 +811,7 @@ impl Follower {
         }
         let served = shared
             .filter(|sh| self.lines.is_none() && sh.kind() == self.kind() && sh.end == self.last);
+        let own = served.is_none();
         let (partials, heads) = match served {
             Some(sh) => {
                 let heads = sh.lines.heads();
@@ -770,19 +824,8 @@ impl Follower {
         };
         // A line before one asked for (`since=N` past the end) is not sent,
         // nor its beginning.
-        let heads: Vec<_> = heads
-            .into_iter()
-            .filter(|&(s, line, _)| line >= self.want[idx(s)])
-            .collect();
-        partials.look(
-            store,
-            &self.job,
-            self.which,
-            self.format,
-            &heads,
-            sizes,
-            now,
-        )?;
+        let heads = heads.map(|h| h.filter(|h| h.line >= self.want[idx(h.stream)]));
+        partials.look(store, &self.job, self.which, self.format, heads, sizes, now)?;
         for (i, t) in partials.streams.iter().enumerate() {
             if !t.event.is_empty() && t.sent != self.partial_sent[i] {
                 out.extend_from_slice(&t.event);
@@ -790,6 +833,14 @@ impl Follower {
             }
         }
         self.partial_due = partials.due;
+        if own {
+            // Sent: a follower's own copy is not kept (a thousand slow
+            // followers would each hold one); the job's shared one is, for
+            // the others.
+            for t in &mut self.partials.streams {
+                t.event = Vec::new();
+            }
+        }
         Ok(())
     }
 
@@ -1220,6 +1271,22 @@ mod tests {
                 .pump(&mut out, BIG, None)
                 .unwrap();
             assert_eq!(ids_and_data(&out).len(), 7, "{}", t.name);
+            // Not a place a stream reached (o2 came before e1): the last
+            // lines among stdout up to 1 and stderr up to 3, and past the
+            // end of stdout its last line.
+            let data = |upto: [u64; 2], k: u64| {
+                let mut out = Vec::new();
+                combined_text(&t, StartAt::Before(upto, k))
+                    .pump(&mut out, BIG, None)
+                    .unwrap();
+                ids_and_data(&out)
+                    .into_iter()
+                    .map(|x| x.1)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(data([1, 3], 3), ["e1", "e2", "e3"], "{}", t.name);
+            assert_eq!(data([9, 1], 2), ["o3", "o4"], "{}", t.name);
+            assert_eq!(data([0, 0], 2), Vec::<String>::new(), "{}", t.name);
         }
     }
 
@@ -1279,6 +1346,62 @@ mod tests {
             assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
             assert_eq!(ids_and_data(&out), pairs(&[("2", "abcd")]), "{}", t.name);
             assert_eq!(partial(&mut f, t1 + PARTIAL_EVERY * 3), "");
+        }
+    }
+
+    #[test]
+    fn followers_served_from_shared_events_share_one_partial_event() {
+        for mut t in jobs("partial-shared", &[(Stream::Stdout, b"o1\n")]) {
+            let (store, id) = (t.store.clone(), t.id.clone());
+            let open = || {
+                Follower::open(
+                    store.as_ref(),
+                    &id,
+                    Which::Combined,
+                    StartAt::Line(1),
+                    true,
+                    Format::Json,
+                    [0; 4],
+                )
+                .unwrap()
+            };
+            let (mut a, mut b) = (open(), open());
+            for f in [&mut a, &mut b] {
+                assert_eq!(f.pump(&mut Vec::new(), BIG, None).unwrap(), Pumped::Idle);
+            }
+            let mut shared =
+                Shared::new(store.as_ref(), &id, Which::Combined, Format::Json, a.last()).unwrap();
+            t.sink()
+                .append(Stream::Stderr, &Chunk::new(b"e1\n\rx", 5))
+                .unwrap();
+            let sizes = store.progress(&id);
+            let now = Instant::now();
+            let mut outs = Vec::new();
+            for f in [&mut a, &mut b] {
+                let mut out = Vec::new();
+                let got = f.pump_shared(store.as_ref(), &mut shared, &mut out, BIG, None, sizes);
+                assert_eq!(got.unwrap(), Some(Pumped::Idle), "{}", t.name);
+                f.partial(store.as_ref(), Some(&mut shared), &mut out, sizes, now)
+                    .unwrap();
+                // Encoded once, in the shared events: no copy of its own.
+                assert!(f.partials.streams.iter().all(|p| p.sent.is_none()));
+                outs.push(String::from_utf8(out).unwrap());
+            }
+            assert_eq!(outs[0], outs[1], "{}", t.name);
+            let partial = "event: partial\nstream: stderr\ndata: {\"stream\":\"stderr\",\
+                 \"line\":2,\"text\":\"\\rx\",\"display\":\"x\",\"len\":2,\"truncated\":false}\n\n";
+            // After the log event of the line before it.
+            let log = outs[0].find("event: log\nid: 1.1\n");
+            assert!(
+                log.is_some_and(|at| outs[0][at..].contains(partial)),
+                "{}",
+                outs[0]
+            );
+            // Sent once: nothing new, nothing again.
+            let mut out = Vec::new();
+            a.partial(store.as_ref(), Some(&mut shared), &mut out, sizes, now)
+                .unwrap();
+            assert!(out.is_empty());
         }
     }
 

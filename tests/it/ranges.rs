@@ -109,6 +109,11 @@ fn count_cuts_the_stream_without_complete_unless_the_log_ends_first() {
         &[],
     );
     assert_eq!(logs(&evs), [("1".into(), "o1".into())]);
+    // At most 10,000 events, whatever count asks for.
+    assert_ok(&env.run_sh("many", &["--no-pty", "-q"], "seq 1 10005"));
+    let (_, evs) = events(srv.port, "/api/job_runs/many/logs/stdout?count=20000", &[]);
+    assert_eq!(logs(&evs).len(), 10_000);
+    assert_eq!(evs.last().unwrap().id, "10000");
     for bad in ["count=0", "count=x", "count=-1"] {
         let q = format!("/api/job_runs/r/logs/stdout?{bad}");
         assert_eq!(events(srv.port, &q, &[]).0, 400, "{bad}");
@@ -147,6 +152,16 @@ fn before_gives_the_lines_that_end_at_a_cursor() {
         let (_, evs) = events(srv.port, &q, &[]);
         assert_eq!(logs(&evs), all[(end + 1).saturating_sub(5)..=end], "{q}");
     }
+    // Numbers past the end count as the end, however large.
+    let max = u64::MAX;
+    let q = format!("/api/job_runs/r/logs/stdout?before={max}&count=2");
+    let ids: Vec<_> = logs(&events(srv.port, &q, &[]).1)
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(ids, ["29", "30"]);
+    let q = format!("/api/job_runs/r/logs/combined?before={max}.{max}&count=3");
+    assert_eq!(logs(&events(srv.port, &q, &[]).1), all[57..]);
     // Without count: up to 1,000 lines, here all of them to the cursor.
     let q = format!("/api/job_runs/r/logs/combined?before={}", all[40].0);
     assert_eq!(logs(&events(srv.port, &q, &[]).1), all[..=40]);
@@ -202,7 +217,7 @@ fn at_starts_at_a_combined_line_or_a_line_of_one_stream() {
         }
     }
     // Past the end: nothing but the end.
-    for q in ["at=L61", "at=O31", "at=E99"] {
+    for q in ["at=L61", "at=O31", "at=E99", "at=L18446744073709551615"] {
         let (status, evs) = combined(q);
         assert_eq!(status, 200, "{q}");
         assert!(logs(&evs).is_empty(), "{q}");
