@@ -423,6 +423,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         want_wake: Arc::new(AtomicBool::new(false)),
         streams: Vec::new(),
         buf: vec![0u8; MAX_CHUNK],
+        front: if redactor.is_some() { HELD_FRONT } else { 0 },
         markers: Vec::new(),
         annotations: Vec::new(),
         published_markers: 0,
@@ -731,7 +732,12 @@ struct Loop<'a> {
     drain_at: Option<Instant>,
     want_wake: Arc<AtomicBool>,
     streams: Vec<StreamState>,
+    /// The read buffer: reads go to `buf[front..]`; with a redactor the
+    /// [`HELD_FRONT`] bytes before them take back what it held from the last
+    /// read, so the two are searched as one chunk instead of being copied
+    /// together (see [`Redactor::unhold_into`]).
     buf: Vec<u8>,
+    front: usize,
     markers: Vec<MarkerEvent>,
     /// Annotation lines found but not yet put in the metadata.
     annotations: Vec<annotations::Annotation>,
@@ -766,6 +772,12 @@ enum ReadResult {
     WouldBlock,
     Closed,
 }
+
+/// Room before each read for what the redactor held back from the last one:
+/// a partial match of a needle up to this long is searched again with the new
+/// bytes as one chunk; a longer one (rare: a URL-encoded long value) takes the
+/// slower path that joins them by copying.
+const HELD_FRONT: usize = 512;
 
 fn read_chunk(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
     loop {
@@ -897,7 +909,8 @@ impl Loop<'_> {
             if !s.open || !s.readable || s.pending.is_some() {
                 break;
             }
-            match read_chunk(&s.fd, &mut self.buf) {
+            let front = self.front;
+            match read_chunk(&s.fd, &mut self.buf[front..]) {
                 ReadResult::WouldBlock => s.readable = false,
                 ReadResult::Closed => self.close_stream(i),
                 ReadResult::Data(n) => {
@@ -906,7 +919,7 @@ impl Loop<'_> {
                     // poller on every later write, so the EAGAIN read that would
                     // confirm it is skipped (a pty hands out ~4 KiB a read, so
                     // this saves a syscall on nearly every chunk).
-                    if n < self.buf.len() && !self.streams[i].closing {
+                    if n < self.buf.len() - front && !self.streams[i].closing {
                         self.streams[i].readable = false;
                     }
                     self.take_chunk(i, n);
@@ -919,16 +932,21 @@ impl Loop<'_> {
     /// Takes `n` bytes just read from stream `i`: through the redactor (which
     /// may hold back the start of a possible secret) to every sink.
     fn take_chunk(&mut self, i: usize, n: usize) {
+        let front = self.front;
         let Some(r) = &mut self.redactor else {
             let buf = std::mem::take(&mut self.buf);
-            self.deliver(i, &buf[..n]);
+            self.deliver(i, &buf[front..front + n]);
             self.buf = buf;
             return;
         };
         let mut out = std::mem::take(&mut self.redacted);
         out.clear();
         let index = self.streams[i].stream.index();
-        let unchanged = r.feed(index, &self.buf[..n], &mut out);
+        // What it held goes back in front of the new bytes: one chunk to
+        // search, and in the common case (no match) handed on uncopied.
+        let h = r.unhold_into(index, &mut self.buf[..front]).unwrap_or(0);
+        let start = front - h;
+        let unchanged = r.feed(index, &self.buf[start..front + n], &mut out);
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
@@ -936,7 +954,7 @@ impl Loop<'_> {
             self.redacted = out;
             if k > 0 {
                 let buf = std::mem::take(&mut self.buf);
-                self.deliver(i, &buf[..k]);
+                self.deliver(i, &buf[start..start + k]);
                 self.buf = buf;
             }
             return;
