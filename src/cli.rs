@@ -522,6 +522,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub ship: ShipArgs,
 
+    /// With --ship: longest the wrapper waits at the job's end for the rest of
+    /// the output to reach Redis (it waits a tenth of the job's duration, and
+    /// only when the rest gets there in that time); what is left is shipped
+    /// by a background `logwrap ship`. 0 = never wait
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub ship_wait: String,
+
     /// The command to run, after `--`
     #[arg(
         value_name = "CMD",

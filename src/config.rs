@@ -412,12 +412,17 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
             &args.redact_files,
         )?)
         .max_log_size(args.max_log_size)
-        .ship(ship_config(&args.ship)?.map(|mut sc| {
-            // The end of a burst is shipped by a background `logwrap ship`,
-            // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
-            sc.handoff = std::env::current_exe().ok();
-            sc
-        }));
+        .ship(match ship_config(&args.ship)? {
+            Some(mut sc) => {
+                // The end of a burst is shipped by a background `logwrap ship`,
+                // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
+                sc.handoff = std::env::current_exe().ok();
+                sc.finish_wait = duration("ship-wait", &args.ship_wait)
+                    .map_err(|e| UsageError(format!("{e:#}")))?;
+                Some(sc)
+            }
+            None => None,
+        });
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

@@ -61,13 +61,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ~30,000 jobs of a fleet, a few MiB of Redis memory.
 pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 
-/// Longest the wrapper waits at the job's end for the rest of the output and
-/// the end entry to reach a Redis that answers (it waits a tenth of the job's
-/// duration, see [`ShipThread::finish`]): a healthy Redis takes milliseconds
-/// for an ordinary job; the rest of a burst, or a slow Redis, is left to a
-/// background `logwrap ship` rather than hold up the job's exit. While Redis
-/// is down the wrapper does not wait at all.
-pub const FINISH_GRACE: Duration = Duration::from_secs(2);
+/// Default `--ship-wait`: longest the wrapper waits at the job's end for the
+/// rest of the output and the end entry to reach a Redis that answers (it
+/// waits a tenth of the job's duration, and only for what the shipping rate
+/// gets there in that time, see [`ShipThread::finish`]): a healthy Redis takes
+/// milliseconds for an ordinary job; the rest of a burst, or a slow Redis, is
+/// left to a background `logwrap ship` rather than hold up the job's exit.
+/// While Redis is down the wrapper does not wait at all.
+pub const DEFAULT_FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The global jobs stream.
 pub(crate) const JOBS_KEY: &str = "logwrap:jobs";
@@ -84,6 +85,9 @@ pub struct ShipConfig {
     /// job ends with more left to send than the wrapper waits for (see
     /// [`shipper::ShipThread::finish`]); `None` leaves it to `logwrap ship`.
     pub handoff: Option<std::path::PathBuf>,
+    /// Longest the wrapper waits at the job's end (`--ship-wait`); zero
+    /// leaves all that is left to the background `logwrap ship`.
+    pub finish_wait: Duration,
 }
 
 impl ShipConfig {
@@ -111,6 +115,7 @@ impl ShipConfig {
             maxlen,
             ttl,
             handoff: None,
+            finish_wait: DEFAULT_FINISH_WAIT,
         })
     }
 

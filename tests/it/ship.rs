@@ -361,3 +361,45 @@ fn a_slow_redis_at_the_end_does_not_hold_the_wrapper_and_the_rest_ships_in_the_b
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn ship_wait_zero_leaves_the_rest_to_the_background_ship_without_losing_a_line() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let out = env.run_sh(
+        "nowait",
+        &[
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+            "--ship-wait",
+            "0",
+        ],
+        "seq 1 5000",
+    );
+    assert_ok(&out);
+    // The wrapper did not wait for the end entry: its final metadata says so.
+    let meta = env.meta("nowait");
+    let ship = &meta["ship"];
+    let handed = ship["complete"] == false
+        && ship["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("in the background"));
+    // Or the background `logwrap ship` has already recorded completion.
+    assert!(handed || ship["complete"] == true, "{meta}");
+    wait_shipped(&env, "nowait");
+    assert_same(
+        &shipped(&redis.log("nowait"), "stdout"),
+        &env.stdout_log("nowait"),
+        "nowait stdout",
+    );
+    let bad = env.run_sh(
+        "badwait",
+        &["--no-pty", "--ship", &redis.url(), "--ship-wait", "soon"],
+        "true",
+    );
+    // Refused before the job runs, as a bad --ship-ttl is.
+    assert_eq!(bad.status.code(), Some(125), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ship-wait"));
+}
