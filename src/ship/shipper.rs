@@ -495,10 +495,15 @@ impl Shipper {
         if entries.is_empty() {
             return Ok(false);
         }
+        // The job's last line without a newline: an entry that ends the log
+        // of a job that has ended, not a piece of a long line that merely
+        // ends this round.
         let partial = entries
             .iter()
             .filter(|e| last && e.data.last() != Some(&b'\n'))
-            .filter(|e| e.at.offset + e.data.len() as u64 == next[e.stream as usize].offset)
+            .filter(|e| {
+                Some(e.at.offset + e.data.len() as u64) == self.sources[e.stream as usize].len
+            })
             .count() as u64;
         let meta = meta_key(&self.id);
         let mut p = redis::pipe();

@@ -403,3 +403,48 @@ fn ship_wait_zero_leaves_the_rest_to_the_background_ship_without_losing_a_line()
     assert_eq!(bad.status.code(), Some(125), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ship-wait"));
 }
+
+#[test]
+fn a_100_mb_line_ships_byte_for_byte_live_and_by_catch_up() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let line = "head -c 100000000 /dev/zero | tr '\\0' x; echo";
+    // Shipped by the wrapper as it runs, and logged without --ship then
+    // shipped whole by `logwrap ship` (every piece sent after the job ended).
+    assert_ok(&env.run_sh(
+        "live",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        line,
+    ));
+    assert_ok(&env.run_sh("later", &["--no-pty", "--quiet"], line));
+    assert_ok(&env.run(&["ship", "--ship", &redis.url(), "later"]));
+    for id in ["live", "later"] {
+        wait_shipped(&env, id);
+        let log = env.job_dir(id).join("stdout.log");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 100_000_001);
+        // In pieces of 1 MiB: what one entry holds stays bounded.
+        let n = redis.assert_shipped_file(id, "stdout", &log);
+        assert_eq!(n, 100_000_001usize.div_ceil(1 << 20));
+        let meta = env.meta(id);
+        assert_eq!(meta["ship"]["lines"], 1, "{id}: {meta}");
+        assert_eq!(meta["ship"]["bytes"], 100_000_001u64, "{id}: {meta}");
+    }
+}
+
+#[test]
+fn a_million_short_lines_ship_byte_for_byte() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let out = env.run_sh(
+        "million",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        "seq 1 1000000",
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "million");
+    let log = env.job_dir("million").join("stdout.log");
+    redis.assert_shipped_file("million", "stdout", &log);
+    let meta = env.meta("million");
+    assert_eq!(meta["ship"]["lines"], 1_000_000, "{meta}");
+    assert_eq!(meta["stdout"]["lines"], 1_000_000, "{meta}");
+}
