@@ -946,8 +946,12 @@ impl ShipThread {
     /// process group, no terminal), with the URL in its environment.
     fn hand_off(&self, program: &std::path::Path) -> Result<u32> {
         use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(program)
-            .arg("ship")
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg("ship");
+        if let Some(ca) = self.cfg.ca_file() {
+            cmd.arg("--redis-ca-file").arg(ca);
+        }
+        let child = cmd
             .arg("--wait-for-writer")
             .arg("--log-dir")
             .arg(self.store.root())

@@ -105,12 +105,13 @@ fn read_only() -> anyhow::Error {
 impl RedisStore {
     /// The jobs shipped to the Redis at `url` (checked, not yet connected).
     pub fn new(url: &str) -> Result<RedisStore> {
-        let client = redis::Client::open(url).map_err(|e| {
-            anyhow!(
-                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
-                super::public_url(url)
-            )
-        })?;
+        Self::with_ca(url, None)
+    }
+
+    /// As [`RedisStore::new`], checking a `rediss://` server against the
+    /// certificates of `ca` instead of the system's.
+    pub fn with_ca(url: &str, ca: Option<&super::CaFile>) -> Result<RedisStore> {
+        let client = super::redis_client(url, ca)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,

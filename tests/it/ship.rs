@@ -448,3 +448,60 @@ fn a_million_short_lines_ship_byte_for_byte() {
     assert_eq!(meta["ship"]["lines"], 1_000_000, "{meta}");
     assert_eq!(meta["stdout"]["lines"], 1_000_000, "{meta}");
 }
+
+#[test]
+fn rediss_ships_over_tls_checked_against_the_given_ca() {
+    let env = TestEnv::new();
+    let (redis, url, ca) = RedisServer::start_tls(&env.path("redis"));
+    let ca = ca.display().to_string();
+    let out = env.run_sh(
+        "tls",
+        &[
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &url,
+            "--redis-ca-file",
+            &ca,
+        ],
+        "seq 1 3000; echo err >&2",
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "tls");
+    let entries = redis.log("tls");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("tls"),
+        "tls stdout",
+    );
+    assert_same(&shipped(&entries, "stderr"), b"err\n", "tls stderr");
+    // Read back over TLS too.
+    let logs = env.run(&["logs", "--source", &url, "--redis-ca-file", &ca, "tls"]);
+    assert_ok(&logs);
+    assert_eq!(logs.stdout, env.stdout_log("tls"));
+
+    // The system's CAs do not know this server's: shipping fails and says
+    // why, the job does not.
+    assert_ok(&env.run_sh("untrusted", &["--no-pty", "--quiet"], "echo fine"));
+    let out = env.run(&["ship", "--ship", &url, "untrusted"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr_text(&out).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!redis.exists("logwrap:{untrusted}:meta"));
+    let out = env.run(&["ship", "--ship", &url, "--redis-ca-file", &ca, "untrusted"]);
+    assert_ok(&out);
+    assert!(redis.exists("logwrap:{untrusted}:meta"));
+    // A CA file that is not one is refused before the job runs.
+    let bad = env.run_sh(
+        "badca",
+        &[
+            "--no-pty",
+            "--ship",
+            &url,
+            "--redis-ca-file",
+            "/nonexistent/ca.pem",
+        ],
+        "true",
+    );
+    assert_eq!(bad.status.code(), Some(125), "{bad:?}");
+}

@@ -48,6 +48,103 @@ impl RedisServer {
         Self::start_with(dir, false, port, Some(password.to_string()))
     }
 
+    /// A server on a unix socket that also takes TLS on a free TCP port, with
+    /// a certificate for 127.0.0.1 signed by a CA made here with `openssl`.
+    /// Returns the server, the `rediss://` URL and the CA file.
+    pub fn start_tls(dir: &Path) -> (RedisServer, String, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=logwrap test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let extra = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            file("server.crt"),
+            "--tls-key-file".to_string(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_string(),
+            file("ca.crt"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let server = Self::start_with_options(dir, &extra);
+        (
+            server,
+            format!("rediss://127.0.0.1:{port}"),
+            dir.join("ca.crt"),
+        )
+    }
+
     /// A server on a unix socket with more options (`--stream-node-max-entries 1`).
     pub fn start_with_options(dir: &Path, extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
