@@ -153,9 +153,9 @@ pub(crate) fn redis_client(url: &str, ca: Option<&CaFile>) -> Result<redis::Clie
 }
 
 impl ShipConfig {
-    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]` or
-    /// `redis+unix:///path/to/socket`), checked now so a typo fails before the
-    /// job runs.
+    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]`,
+    /// `rediss://...` for TLS, or `redis+unix:///path/to/socket`), checked now
+    /// so a typo fails before the job runs.
     pub fn new(url: &str, maxlen: u64, ttl: Duration) -> Result<ShipConfig> {
         redis_client(url, None)?;
         if maxlen == 0 {
