@@ -53,7 +53,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ShipArgs {
     /// Ship the job's output to Redis Streams while it runs:
-    /// redis://[USER:PASSWORD@]HOST:PORT[/DB] or redis+unix:///PATH (the
+    /// redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss://... (TLS) or
+    /// redis+unix:///PATH (the
     /// password is never written down); Redis being slow or down never slows or
     /// fails the job
     #[arg(
@@ -72,6 +73,11 @@ pub struct ShipArgs {
     /// A shipped job's keys expire this long after their last write (sliding)
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     pub ship_ttl: String,
+
+    /// Check a rediss:// (TLS) server against the CA certificates in this PEM
+    /// file instead of the system's (a self-signed or private CA)
+    #[arg(long, env = "DATABUILD_LOG_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// `logwrap ship` (owned by src/ship/).
@@ -128,11 +134,16 @@ pub struct RootArgs {
 /// Reading jobs shipped to Redis instead of a local root.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// Read the jobs shipped to this Redis (redis://HOST:PORT[/DB] or
-    /// redis+unix:///PATH): every job of every machine shipping there with
-    /// --ship, instead of the local root
+    /// Read the jobs shipped to this Redis (redis://HOST:PORT[/DB],
+    /// rediss://HOST:PORT[/DB] for TLS, or redis+unix:///PATH): every job of
+    /// every machine shipping there with --ship, instead of the local root
     #[arg(long, value_name = "URL")]
     pub source: Option<String>,
+
+    /// Check a rediss:// (TLS) source against the CA certificates in this
+    /// PEM file instead of the system's (a self-signed or private CA)
+    #[arg(long, env = "DATABUILD_LOG_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Exit codes of `ls` and `show`, shown in their `--help`.
@@ -521,6 +532,13 @@ pub struct RunArgs {
     pub max_log_size: Option<u64>,
     #[command(flatten)]
     pub ship: ShipArgs,
+
+    /// With --ship: longest the wrapper waits at the job's end for the rest of
+    /// the output to reach Redis (it waits a tenth of the job's duration, and
+    /// only when the rest gets there in that time); what is left is shipped
+    /// by a background `logwrap ship`. 0 = never wait
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub ship_wait: String,
 
     /// The command to run, after `--`
     #[arg(

@@ -6,7 +6,7 @@
 
 use crate::cli::{
     Cli, Command, GcArgs, GrepArgs, LogsArgs, LsArgs, RunArgs, ServeArgs, ServerArgs, ShipArgs,
-    ShipCmdArgs, ShowArgs,
+    ShipCmdArgs, ShowArgs, SourceArgs,
 };
 use anyhow::{bail, Context, Result};
 use logwrap::exit::UsageError;
@@ -79,9 +79,18 @@ fn ship_config(a: &ShipArgs) -> Result<Option<logwrap::ship::ShipConfig>> {
         return Ok(None);
     };
     let ttl = duration("ship-ttl", &a.ship_ttl)?;
+    let ca = ca_file(a.redis_ca_file.as_deref())?;
     logwrap::ship::ShipConfig::new(url, a.ship_maxlen, ttl)
-        .map(Some)
+        .map(|c| Some(c.with_ca(ca)))
         .map_err(|e| UsageError(format!("--ship: {e:#}")).into())
+}
+
+/// The CA certificates of `--redis-ca-file`, read now so a wrong path fails
+/// before anything runs.
+fn ca_file(path: Option<&std::path::Path>) -> Result<Option<logwrap::ship::CaFile>> {
+    path.map(logwrap::ship::CaFile::read)
+        .transpose()
+        .map_err(|e| UsageError(format!("--redis-ca-file: {e:#}")).into())
 }
 
 fn ship_action(a: ShipCmdArgs) -> Result<Action> {
@@ -103,7 +112,7 @@ fn ship_action(a: ShipCmdArgs) -> Result<Action> {
 }
 
 fn logs_action(a: LogsArgs) -> Result<Action> {
-    let store = reading_store(a.root.log_dir, a.source.source)?;
+    let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Logs(
         store,
         LogsOptions {
@@ -123,7 +132,7 @@ fn logs_action(a: LogsArgs) -> Result<Action> {
 }
 
 fn ls_action(a: LsArgs) -> Result<Action> {
-    let store = reading_store(a.root.log_dir, a.source.source)?;
+    let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Ls(
         store,
         LsOptions {
@@ -136,7 +145,7 @@ fn ls_action(a: LsArgs) -> Result<Action> {
 }
 
 fn show_action(a: ShowArgs) -> Result<Action> {
-    let store = reading_store(a.root.log_dir, a.source.source)?;
+    let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Show(
         store,
         ShowOptions {
@@ -201,17 +210,20 @@ fn serve_action(a: ServeArgs) -> Result<Action> {
     cfg.max_connections = a.max_connections.max(1);
     cfg.header_timeout = duration("header-timeout", &a.header_timeout).map_err(usage)?;
     cfg.idle_timeout = duration("idle-timeout", &a.idle_timeout).map_err(usage)?;
-    let store = reading_store(a.root.log_dir, a.source.source)?;
+    let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Serve(store, cfg))
 }
 
 /// Where a reading command reads: the jobs shipped to Redis with `--source`,
 /// else the local root.
-fn reading_store(log_dir: Option<PathBuf>, source: Option<String>) -> Result<Source> {
-    Ok(Source(match source {
+fn reading_store(log_dir: Option<PathBuf>, source: SourceArgs) -> Result<Source> {
+    Ok(Source(match source.source {
         Some(url) => Arc::new(
-            logwrap::ship::RedisStore::new(&url)
-                .map_err(|e| UsageError(format!("--source: {e:#}")))?,
+            logwrap::ship::RedisStore::with_ca(
+                &url,
+                ca_file(source.redis_ca_file.as_deref())?.as_ref(),
+            )
+            .map_err(|e| UsageError(format!("--source: {e:#}")))?,
         ),
         None => Arc::new(resolve_root(log_dir, RootMode::Read)?),
     }))
@@ -412,12 +424,17 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
             &args.redact_files,
         )?)
         .max_log_size(args.max_log_size)
-        .ship(ship_config(&args.ship)?.map(|mut sc| {
-            // The end of a burst is shipped by a background `logwrap ship`,
-            // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
-            sc.handoff = std::env::current_exe().ok();
-            sc
-        }));
+        .ship(match ship_config(&args.ship)? {
+            Some(mut sc) => {
+                // The end of a burst is shipped by a background `logwrap ship`,
+                // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
+                sc.handoff = std::env::current_exe().ok();
+                sc.finish_wait = duration("ship-wait", &args.ship_wait)
+                    .map_err(|e| UsageError(format!("{e:#}")))?;
+                Some(sc)
+            }
+            None => None,
+        });
 
     let store = resolve_root(args.log_dir, RootMode::Write)?;
     // Only an inherited id can name the job we run inside: one given with

@@ -598,13 +598,24 @@ pub trait RawLog: Send {
     }
 }
 
-/// Bytes `[start, end)` of a stream that a size limit left out, and how much
-/// that is in bytes and lines.
+/// Bytes `[start, end)` of a stream that are not there to read, how much that
+/// is in bytes and lines, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OmittedRange {
     pub start: u64,
     pub end: u64,
     pub omitted: Omitted,
+    pub cause: OmitCause,
+}
+
+/// Why a stream's bytes are missing from a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OmitCause {
+    /// The job's `--max-log-size` cut them (issue 12): they read as zeros.
+    SizeLimit,
+    /// A Redis source trimmed them (`--ship-maxlen`, issue 10): they cannot
+    /// be read at all; the job's own machine still has them.
+    Trimmed,
 }
 
 /// The file store's raw log of a stream with a size limit: the log and its gap
@@ -636,6 +647,7 @@ impl RawLog for LimitedLog {
                 omitted_bytes: g.omitted_bytes(),
                 omitted_lines: g.omitted_lines(),
             },
+            cause: OmitCause::SizeLimit,
         }))
     }
 }

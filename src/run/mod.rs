@@ -1370,7 +1370,7 @@ impl Loop<'_> {
         if let Some(sh) = self.shipper.take() {
             // The rest goes out now if Redis answers; while it is down the
             // wrapper does not wait (`logwrap ship` completes the job later).
-            self.meta.ship = Some(sh.finish(&self.meta, crate::ship::FINISH_GRACE));
+            self.meta.ship = Some(sh.finish(&self.meta));
         }
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {
             eprintln!("logwrap: cannot write the final metadata.json: {e:#}");

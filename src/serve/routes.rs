@@ -11,7 +11,7 @@ use super::sse::{self, utf8_prefix, Format};
 use crate::metadata::{Metadata, Status};
 use crate::reader::Anchor;
 use crate::search;
-use crate::store::{self, JobId, LogStore, OmittedRange, RawLog, Stream};
+use crate::store::{self, JobId, LogStore, OmitCause, OmittedRange, RawLog, Stream};
 use anyhow::Result;
 use serde_json::json;
 use std::cell::RefCell;
@@ -700,7 +700,39 @@ fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response>
         ],
         body: Body::Nothing,
     };
-    Ok(match parse_range(req.header("range"), size) {
+    let range = parse_range(req.header("range"), size);
+    // Bytes a Redis source no longer holds (issue 10): the notice in their
+    // place, never an error halfway through the body nor a silent hole. A
+    // size limit's gap reads as zeros, as the file on disk does.
+    let trimmed = match file.omitted_range()? {
+        Some(gap) if gap.cause == OmitCause::Trimmed => Some(gap),
+        _ => None,
+    };
+    if let Some(gap) = trimmed {
+        let notice = omitted_notice(ctx, id, stream, gap).into_bytes();
+        match range {
+            Range::Full => {
+                return Ok(Response {
+                    body: Body::Stream(Box::new(Prefixed {
+                        head: notice,
+                        file,
+                        pos: gap.end,
+                        end: size,
+                    })),
+                    ..base(200)
+                });
+            }
+            Range::Part(a, _) if a < gap.end => {
+                return Ok(Response {
+                    body: Body::Bytes(notice),
+                    ..base(416)
+                }
+                .header("Content-Range", format!("bytes */{size}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(match range {
         Range::Full => Response {
             body: Body::File {
                 file,
@@ -724,6 +756,55 @@ fn raw(ctx: &Ctx, req: &Request, id: &JobId, stream: Stream) -> Result<Response>
         }
         .header("Content-Range", format!("bytes */{size}")),
     })
+}
+
+/// A raw log whose start a Redis source trimmed: the notice, then the bytes
+/// still held, a file piece at a time.
+struct Prefixed {
+    head: Vec<u8>,
+    file: Box<dyn RawLog>,
+    pos: u64,
+    end: u64,
+}
+
+impl Produce for Prefixed {
+    fn produce(&mut self, out: &mut Vec<u8>, want: usize) -> Result<bool> {
+        out.append(&mut self.head);
+        if self.pos < self.end {
+            let n = (self.end - self.pos).min(want.max(MIN_TAIL_READ) as u64) as usize;
+            let at = out.len();
+            out.resize(at + n, 0);
+            read_exact_at(self.file.as_ref(), &mut out[at..], self.pos)?;
+            self.pos += n as u64;
+        }
+        Ok(self.pos < self.end)
+    }
+}
+
+/// The line said in place of bytes that are not there: the size limit's
+/// words, or for bytes a Redis source trimmed, their range and where the
+/// full log still is (the origin's `tail_url`).
+fn omitted_notice(ctx: &Ctx, id: &JobId, stream: Stream, gap: OmittedRange) -> String {
+    match gap.cause {
+        OmitCause::SizeLimit => {
+            format!("[logwrap: {}]\n", sse::gap_message(stream, gap.omitted))
+        }
+        OmitCause::Trimmed => {
+            let tail_url = ctx.store.metadata(id).ok().and_then(|m| m.tail_url);
+            format!(
+                "[logwrap: bytes {}-{} ({} lines) of {} are no longer in Redis (trimmed by \
+                 --ship-maxlen); the full log is on the job's machine{}]\n",
+                gap.start,
+                gap.end - 1,
+                gap.omitted.omitted_lines,
+                stream.name(),
+                match &tail_url {
+                    Some(url) => format!(": {url}"),
+                    None => " (it gave no tail_url)".to_string(),
+                }
+            )
+        }
+    }
 }
 
 /// `log-tail` (JSON, `stream` from the query) and `progressiveText` (raw text,
@@ -755,8 +836,9 @@ fn poll(
     // past it, so the pieces still concatenate to the log as readers show it.
     let (piece_size, complete) = match file.omitted_range()? {
         Some(gap) if start >= gap.start && start < gap.end => {
+            let notice = omitted_notice(ctx, id, stream, gap);
             return Ok(gap_piece(
-                stream,
+                notice,
                 gap,
                 state.complete.is_some() && gap.end >= size,
                 as_json,
@@ -794,10 +876,10 @@ fn poll(
     .header("X-More-Data", (!finished).to_string()))
 }
 
-/// The polling answer for a start inside a size limit's gap: the notice as
-/// content, and the first kept byte as the offset to ask for next.
-fn gap_piece(stream: Stream, gap: OmittedRange, finished: bool, as_json: bool) -> Response {
-    let notice = format!("[logwrap: {}]\n", sse::gap_message(stream, gap.omitted));
+/// The polling answer for a start inside a size limit's gap or bytes a Redis
+/// source trimmed: the notice as content, and the first kept byte as the
+/// offset to ask for next.
+fn gap_piece(notice: String, gap: OmittedRange, finished: bool, as_json: bool) -> Response {
     if as_json {
         let body = serde_json::json!({
             "is_finished": finished,

@@ -61,13 +61,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ~30,000 jobs of a fleet, a few MiB of Redis memory.
 pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 
-/// Longest the wrapper waits at the job's end for the rest of the output and
-/// the end entry to reach a Redis that answers (it waits a tenth of the job's
-/// duration, see [`ShipThread::finish`]): a healthy Redis takes milliseconds
-/// for an ordinary job; the rest of a burst, or a slow Redis, is left to a
-/// background `logwrap ship` rather than hold up the job's exit. While Redis
-/// is down the wrapper does not wait at all.
-pub const FINISH_GRACE: Duration = Duration::from_secs(2);
+/// Default `--ship-wait`: longest the wrapper waits at the job's end for the
+/// rest of the output and the end entry to reach a Redis that answers (it
+/// waits a tenth of the job's duration, and only for what the shipping rate
+/// gets there in that time, see [`ShipThread::finish`]): a healthy Redis takes
+/// milliseconds for an ordinary job; the rest of a burst, or a slow Redis, is
+/// left to a background `logwrap ship` rather than hold up the job's exit.
+/// While Redis is down the wrapper does not wait at all.
+pub const DEFAULT_FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The global jobs stream.
 pub(crate) const JOBS_KEY: &str = "logwrap:jobs";
@@ -84,22 +85,79 @@ pub struct ShipConfig {
     /// job ends with more left to send than the wrapper waits for (see
     /// [`shipper::ShipThread::finish`]); `None` leaves it to `logwrap ship`.
     pub handoff: Option<std::path::PathBuf>,
+    /// Longest the wrapper waits at the job's end (`--ship-wait`); zero
+    /// leaves all that is left to the background `logwrap ship`.
+    pub finish_wait: Duration,
+    /// The CA certificates a `rediss://` server is checked against instead
+    /// of the system's (`--redis-ca-file`): its path and PEM contents.
+    ca: Option<CaFile>,
+}
+
+/// A CA file given with `--redis-ca-file`, read once.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    path: std::path::PathBuf,
+    pem: Vec<u8>,
+}
+
+/// Most bytes of a CA file: a bundle of a few hundred certificates.
+const MAX_CA_BYTES: u64 = 1 << 20;
+
+impl CaFile {
+    /// Reads the PEM certificates at `path` (bounded), so a wrong path fails
+    /// before the job runs.
+    pub fn read(path: &std::path::Path) -> Result<CaFile> {
+        use std::io::Read;
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CA_BYTES + 1).read_to_end(&mut pem))
+            .with_context(|| format!("reading the CA file {}", path.display()))?;
+        if pem.len() as u64 > MAX_CA_BYTES {
+            bail!("the CA file {} is over 1 MiB", path.display());
+        }
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            bail!("{} holds no PEM certificate", path.display());
+        }
+        Ok(CaFile {
+            path: path.to_path_buf(),
+            pem,
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// A client for `url`: `redis://`, `redis+unix://`, or `rediss://` (TLS,
+/// checked against the system's CA certificates, or `ca`'s when given).
+pub(crate) fn redis_client(url: &str, ca: Option<&CaFile>) -> Result<redis::Client> {
+    let bad = |e: redis::RedisError| {
+        anyhow::anyhow!(
+            "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS) \
+             or redis+unix:///PATH",
+            public_url(url)
+        )
+    };
+    match ca {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.clone()),
+            },
+        )
+        .map_err(bad),
+        _ => redis::Client::open(url).map_err(bad),
+    }
 }
 
 impl ShipConfig {
-    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]` or
-    /// `redis+unix:///path/to/socket`), checked now so a typo fails before the
-    /// job runs.
+    /// Shipping to `url` (`redis://[user:password@]HOST:PORT[/DB]`,
+    /// `rediss://...` for TLS, or `redis+unix:///path/to/socket`), checked now
+    /// so a typo fails before the job runs.
     pub fn new(url: &str, maxlen: u64, ttl: Duration) -> Result<ShipConfig> {
-        if url.starts_with("rediss://") {
-            bail!("rediss:// (TLS) is not supported; use redis:// through a TLS tunnel such as stunnel or spiped");
-        }
-        redis::Client::open(url).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
-                public_url(url)
-            )
-        })?;
+        redis_client(url, None)?;
         if maxlen == 0 {
             bail!("--ship-maxlen must be at least 1");
         }
@@ -111,7 +169,16 @@ impl ShipConfig {
             maxlen,
             ttl,
             handoff: None,
+            finish_wait: DEFAULT_FINISH_WAIT,
+            ca: None,
         })
+    }
+
+    /// Checks a `rediss://` server against the certificates of `ca` instead
+    /// of the system's (a self-signed or private CA).
+    pub fn with_ca(mut self, ca: Option<CaFile>) -> ShipConfig {
+        self.ca = ca;
+        self
     }
 
     /// The URL without its password: what metadata, messages and files show.
@@ -126,8 +193,12 @@ impl ShipConfig {
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client> {
-        redis::Client::open(self.url.as_str())
-            .with_context(|| format!("invalid Redis URL {}", self.public_url()))
+        redis_client(&self.url, self.ca.as_ref())
+    }
+
+    /// The CA file given for a `rediss://` server, if any.
+    pub(crate) fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca.as_ref().map(CaFile::path)
     }
 }
 
@@ -430,7 +501,7 @@ mod tests {
     #[test]
     fn bad_urls_and_bounds_are_refused_before_the_job() {
         assert!(ShipConfig::new("http://x", 1, DEFAULT_TTL).is_err());
-        assert!(ShipConfig::new("rediss://x", 1, DEFAULT_TTL).is_err());
+        assert!(ShipConfig::new("rediss://x:6380", 1, DEFAULT_TTL).is_ok());
         assert!(ShipConfig::new("redis://x", 0, DEFAULT_TTL).is_err());
         assert!(ShipConfig::new("redis://x", 1, Duration::ZERO).is_err());
         assert!(ShipConfig::new("redis://x:1/0", 1, DEFAULT_TTL).is_ok());

@@ -66,6 +66,13 @@ const ALIVE_REFRESH: Duration = Duration::from_secs(5);
 /// when the wrapper exits; only the end of a burst is handed over.
 const MIN_FINISH_WAIT: Duration = Duration::from_millis(50);
 
+/// What is left to ship at the job's end that the wrapper waits for whatever
+/// the shipping rate so far: one transaction ([`ROUND_BYTES`]), one round trip.
+/// More is waited for only when the rate measured so far says it gets there
+/// within the wait; else it is handed over at once, as waiting for part of it
+/// would only delay the job's exit (issue 10: `--ship` costs <= 1.1x).
+const FINISH_BACKLOG: u64 = ROUND_BYTES as u64;
+
 /// The shipping state file in the job directory.
 const STATE_FILE: &str = "ship.json";
 /// Held (flock) by whoever ships the job, so a wrapper and a `logwrap ship`
@@ -151,9 +158,19 @@ struct Entry {
 }
 
 /// One stream's files, open for reading.
+#[derive(Default)]
 struct Source {
     log: Option<File>,
     idx: Option<IndexFile>,
+    /// The log's length as measured at the start of this round: one `fstat`
+    /// per round, not per entry.
+    len: Option<u64>,
+    /// The index record the last entry's time was found in: entries only
+    /// move forward, so the next search starts there.
+    hint: u64,
+    /// The offset where the last entry ended and whether it ended a line, so
+    /// the next entry knows if it continues one without reading the byte.
+    ended: Option<(u64, bool)>,
 }
 
 /// Ships one job; used by the wrapper's thread and by `logwrap ship`.
@@ -178,6 +195,10 @@ pub(crate) struct Shipper {
     markers_sent: usize,
     /// The meta hash says the `finished` event is in the jobs stream.
     finished_sent: bool,
+    /// Bytes sent by [`Shipper::round`] and the time those rounds took: the
+    /// shipping rate the wrapper judges its wait at the job's end by.
+    sent: u64,
+    busy: Duration,
     _lock: Flock<File>,
 }
 
@@ -227,16 +248,7 @@ impl Shipper {
             store: store.clone(),
             id: id.clone(),
             cur,
-            sources: [
-                Source {
-                    log: None,
-                    idx: None,
-                },
-                Source {
-                    log: None,
-                    idx: None,
-                },
-            ],
+            sources: Default::default(),
             started_sent: false,
             end_sent: false,
             state,
@@ -245,6 +257,8 @@ impl Shipper {
             last_alive: None,
             markers_sent: 0,
             finished_sent: false,
+            sent: 0,
+            busy: Duration::ZERO,
             _lock: lock,
         };
         sh.state.complete = false;
@@ -258,6 +272,12 @@ impl Shipper {
 
     pub(crate) fn shipped_bytes(&self) -> u64 {
         self.cur.iter().map(|c| c.offset).sum()
+    }
+
+    /// Bytes per second the rounds so far sent, if they sent any.
+    fn rate(&self) -> Option<f64> {
+        let secs = self.busy.as_secs_f64();
+        (self.sent > 0 && secs > 0.0).then(|| self.sent as f64 / secs)
     }
 
     fn update_counts(&mut self) {
@@ -334,10 +354,17 @@ impl Shipper {
             }
         }
         let Some(log) = &src.log else { return Ok(None) };
-        let len = log
-            .metadata()
-            .with_context(|| format!("measuring {}", path.display()))?
-            .len();
+        let len = match src.len {
+            Some(len) => len,
+            None => {
+                let len = log
+                    .metadata()
+                    .with_context(|| format!("measuring {}", path.display()))?
+                    .len();
+                src.len = Some(len);
+                len
+            }
+        };
         let avail = len.saturating_sub(at.offset);
         if avail == 0 {
             return Ok(None);
@@ -355,10 +382,16 @@ impl Shipper {
         }
         let Some(end) = end else { return Ok(None) };
         window.truncate(end);
-        let mut before = [0u8; 1];
-        let cont = at.offset > 0
-            && log.read_exact_at(&mut before, at.offset - 1).is_ok()
-            && before[0] != b'\n';
+        let cont = match src.ended {
+            Some((offset, newline)) if offset == at.offset => !newline,
+            _ => {
+                let mut before = [0u8; 1];
+                at.offset > 0
+                    && log.read_exact_at(&mut before, at.offset - 1).is_ok()
+                    && before[0] != b'\n'
+            }
+        };
+        src.ended = Some((at.offset + end as u64, window.last() == Some(&b'\n')));
         let newlines = memchr::memchr_iter(b'\n', &window).count() as u64;
         let ts_us = self.line_time(stream, at.offset + end as u64);
         Ok(Some(Entry {
@@ -384,18 +417,47 @@ impl Shipper {
         if idx.refresh().is_err() {
             return crate::timefmt::now_us();
         }
-        // The first record whose chunk reaches `end`.
-        let (mut lo, mut hi) = (0, idx.count());
+        // The first record whose chunk reaches `end`: entries move forward,
+        // so it is at or after the last one found; galloping from there takes
+        // a few reads where a search of the whole index takes ~20.
+        let count = idx.count();
+        let reaches = |i: u64| idx.get(i).map(|r| r.end >= end);
+        let start = src.hint.min(count);
+        let (mut lo, mut hi) = match start.checked_sub(1).map(reaches) {
+            // Behind the hint (a cursor read back from Redis): search it all.
+            Some(Ok(true)) => (0, start - 1),
+            Some(Err(_)) => return crate::timefmt::now_us(),
+            Some(Ok(false)) | None => {
+                // Gallop forward from the hint, then search the last step.
+                let (mut lo, mut step) = (start, 1u64);
+                let hi = loop {
+                    let probe = lo.saturating_add(step - 1);
+                    if probe >= count {
+                        break count;
+                    }
+                    match reaches(probe) {
+                        Ok(true) => break probe,
+                        Ok(false) => {
+                            lo = probe + 1;
+                            step = step.saturating_mul(2);
+                        }
+                        Err(_) => return crate::timefmt::now_us(),
+                    }
+                };
+                (lo, hi)
+            }
+        };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match idx.get(mid) {
-                Ok(r) if r.end >= end => hi = mid,
-                Ok(_) => lo = mid + 1,
+            match reaches(mid) {
+                Ok(true) => hi = mid,
+                Ok(false) => lo = mid + 1,
                 Err(_) => return crate::timefmt::now_us(),
             }
         }
+        src.hint = lo;
         match idx.get(lo) {
-            Ok(r) if lo < idx.count() => r.ts_us,
+            Ok(r) if lo < count => r.ts_us,
             _ => crate::timefmt::now_us(),
         }
     }
@@ -403,6 +465,10 @@ impl Shipper {
     /// Sends one transaction of entries from both streams; true if it sent any
     /// (there may be more).
     fn round(&mut self, last: bool) -> Result<bool> {
+        let began = Instant::now();
+        for src in &mut self.sources {
+            src.len = None;
+        }
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut next = self.cur;
@@ -429,10 +495,15 @@ impl Shipper {
         if entries.is_empty() {
             return Ok(false);
         }
+        // The job's last line without a newline: an entry that ends the log
+        // of a job that has ended, not a piece of a long line that merely
+        // ends this round.
         let partial = entries
             .iter()
             .filter(|e| last && e.data.last() != Some(&b'\n'))
-            .filter(|e| e.at.offset + e.data.len() as u64 == next[e.stream as usize].offset)
+            .filter(|e| {
+                Some(e.at.offset + e.data.len() as u64) == self.sources[e.stream as usize].len
+            })
             .count() as u64;
         let meta = meta_key(&self.id);
         let mut p = redis::pipe();
@@ -475,6 +546,8 @@ impl Shipper {
         self.cur = next;
         self.partial_lines += partial;
         self.update_counts();
+        self.sent += bytes as u64;
+        self.busy += began.elapsed();
         Ok(true)
     }
 
@@ -738,6 +811,8 @@ struct Ctl {
     /// Connected and the last attempt worked (no backoff in progress).
     healthy: bool,
     state: ShipState,
+    /// The shipping rate so far (bytes per second), once there is one.
+    rate: Option<f64>,
 }
 
 /// The wrapper's shipping thread.
@@ -768,6 +843,7 @@ impl ShipThread {
                 done: false,
                 healthy: true,
                 state: sh.state.clone(),
+                rate: None,
             }),
             Condvar::new(),
         ));
@@ -801,17 +877,27 @@ impl ShipThread {
     }
 
     /// The job has ended with `meta`: ships the rest and the end entry,
-    /// waiting while Redis answers, for a tenth of the job's duration (at
-    /// least 50 ms, `MIN_FINISH_WAIT`, at most `grace`), so shipping adds at most
-    /// ~10% to a job's run; not at all while Redis is down. What is left then
-    /// goes to a background `logwrap ship` when the config names the program
-    /// (it waits for this wrapper to exit, ships the rest and records it in
-    /// metadata.json), else to the next catch-up. Returns the state to record.
-    pub fn finish(self, meta: &Metadata, grace: Duration) -> ShipState {
+    /// waiting while Redis answers for a tenth of the job's duration (at
+    /// least 50 ms, `MIN_FINISH_WAIT`, at most `wait`, the config's
+    /// `finish_wait`), so shipping adds at most ~10% to a job's run; not at all
+    /// while Redis is down, nor when more is left than the shipping rate so
+    /// far sends in that time (the end of a burst: waiting for part of it
+    /// would only delay the exit). What is left then goes to a background
+    /// `logwrap ship` when the config names the program (it waits for this
+    /// wrapper to exit, ships the rest and records it in metadata.json), else
+    /// to the next catch-up. Returns the state to record.
+    pub fn finish(self, meta: &Metadata) -> ShipState {
         let (m, cv) = &*self.shared;
+        let wait = self.cfg.finish_wait;
         let tenth = Duration::from_millis(meta.duration_ms.unwrap_or(0) / 10);
-        let deadline = Instant::now() + tenth.clamp(MIN_FINISH_WAIT.min(grace), grace);
+        let bound = tenth.clamp(MIN_FINISH_WAIT.min(wait), wait);
         let mut ctl = lock(m);
+        let backlog = (meta.stdout.bytes + meta.stderr.bytes).saturating_sub(ctl.state.bytes);
+        let fits = backlog <= FINISH_BACKLOG
+            || ctl
+                .rate
+                .is_some_and(|r| backlog as f64 / r <= bound.as_secs_f64());
+        let deadline = Instant::now() + if fits { bound } else { Duration::ZERO };
         ctl.end = Some(meta.clone());
         cv.notify_all();
         while !ctl.done && ctl.healthy {
@@ -860,8 +946,12 @@ impl ShipThread {
     /// process group, no terminal), with the URL in its environment.
     fn hand_off(&self, program: &std::path::Path) -> Result<u32> {
         use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(program)
-            .arg("ship")
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg("ship");
+        if let Some(ca) = self.cfg.ca_file() {
+            cmd.arg("--redis-ca-file").arg(ca);
+        }
+        let child = cmd
             .arg("--wait-for-writer")
             .arg("--log-dir")
             .arg(self.store.root())
@@ -891,8 +981,11 @@ pub(crate) fn block_signals() {
 
 /// Niceness of the shipping thread: when the job, the wrapper and Redis
 /// compete for the CPU, the job goes first (issue 10: shipping must not slow
-/// it) and the shipper catches up when the job pauses or ends. 10 is the
-/// usual "background" value (`nice` without `-n`).
+/// it) and the shipper catches up when the job pauses or ends. Not lower, nor
+/// `SCHED_IDLE`: a process exits only once each of its threads has been
+/// scheduled to die, and on a busy machine (two CPU hogs on two cores) an
+/// idle-class shipper held the wrapper's exit up to 1.1 s, nice 19 up to
+/// 0.3 s, while at 10 the exit took as long as without shipping.
 const SHIP_NICENESS: i32 = 10;
 
 /// Lowers this thread's priority (on Linux a thread has its own nice value);
@@ -972,6 +1065,7 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
         }
         let mut ctl = lock(m);
         ctl.state = sh.state.clone();
+        ctl.rate = sh.rate();
         ctl.healthy = healthy;
         if finished {
             ctl.done = true;

@@ -5,11 +5,12 @@
 //! removed by Redis's own expiry, never by `gc`.
 
 use super::{alive_key, meta_key, stream_key, JOBS_KEY};
-use crate::metadata::{Metadata, Status};
+use crate::metadata::{Metadata, Omitted, Status};
 use crate::reader::{LineSource, LogLine, Start};
 use crate::store::{
     ChangeWatcher, Changes, CreateError, DirIdentity, JobId, JobListing, JobSink, JobUsage,
-    Leftover, LogStore, Progress, RawLog, Removed, ScanEntry, Stream, Unlisted,
+    Leftover, LogStore, OmitCause, OmittedRange, Progress, RawLog, Removed, ScanEntry, Stream,
+    Unlisted,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::OFlag;
@@ -104,12 +105,13 @@ fn read_only() -> anyhow::Error {
 impl RedisStore {
     /// The jobs shipped to the Redis at `url` (checked, not yet connected).
     pub fn new(url: &str) -> Result<RedisStore> {
-        let client = redis::Client::open(url).map_err(|e| {
-            anyhow!(
-                "invalid Redis URL {}: {e}; use redis://HOST:PORT[/DB] or redis+unix:///PATH",
-                super::public_url(url)
-            )
-        })?;
+        Self::with_ca(url, None)
+    }
+
+    /// As [`RedisStore::new`], checking a `rediss://` server against the
+    /// certificates of `ca` instead of the system's.
+    pub fn with_ca(url: &str, ca: Option<&super::CaFile>) -> Result<RedisStore> {
+        let client = super::redis_client(url, ca)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,
@@ -822,6 +824,29 @@ impl RawLog for RedisRaw {
 
     fn removed(&self) -> io::Result<bool> {
         Ok(!self.store.job_exists(&self.id))
+    }
+
+    /// The start of the log that `XADD ... MAXLEN ~` trimmed away: up to the
+    /// first entry still held (all of it when none is), so readers say so
+    /// instead of failing on it.
+    fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
+        let (len, next_line) = self
+            .store
+            .marks(&self.id)
+            .map_err(|e| io::Error::other(format!("{e:#}")))?[self.stream as usize];
+        let (end, lines) = match self.range("-", "+", false)? {
+            Some(first) => (first.offset.min(len), first.line.saturating_sub(1)),
+            None => (len, next_line.saturating_sub(1)),
+        };
+        Ok((end > 0).then_some(OmittedRange {
+            start: 0,
+            end,
+            omitted: Omitted {
+                omitted_bytes: end,
+                omitted_lines: lines,
+            },
+            cause: OmitCause::Trimmed,
+        }))
     }
 }
 

@@ -182,3 +182,81 @@ fn lines_lost_to_trimming_are_reported_never_skipped_silently() {
     let first = sse.next().unwrap();
     assert_eq!(first.id, (gap["to"].as_u64().unwrap() + 1).to_string());
 }
+
+#[test]
+fn raw_and_log_tail_answer_trimmed_bytes_with_a_notice_pointing_at_the_origin() {
+    let env = TestEnv::new();
+    let redis =
+        RedisServer::start_with_options(&env.path("redis"), &["--stream-node-max-entries", "1"]);
+    let url = redis.url();
+    let script = "for i in $(seq 1 100); do printf \"%05d\" $i; head -c 20000 /dev/zero | tr '\\0' z; echo; done";
+    // --listen gives the job a tail_url: where its full log is.
+    assert_ok(&env.run_sh(
+        "cut",
+        &[
+            "--no-pty",
+            "-q",
+            "--listen",
+            "127.0.0.1:0",
+            "--ship",
+            &url,
+            "--ship-maxlen",
+            "2",
+        ],
+        script,
+    ));
+    wait_shipped(&env, "cut");
+    let tail_url = env.meta("cut")["tail_url"].as_str().unwrap().to_string();
+    let log = env.stdout_log("cut");
+    let srv = Serve::start(&env, &["--source", &url]);
+
+    // The whole raw log: the notice in place of the trimmed bytes, then the
+    // bytes still held, exactly.
+    let raw = get(srv.port, "/api/job_runs/cut/logs/stdout/raw", &[]);
+    assert_eq!(raw.status, 200, "{}", raw.head);
+    let nl = raw.body.iter().position(|b| *b == b'\n').unwrap();
+    let notice = String::from_utf8_lossy(&raw.body[..nl]).into_owned();
+    let kept = &raw.body[nl + 1..];
+    assert!(!kept.is_empty() && kept.len() < log.len(), "{notice}");
+    assert!(log.ends_with(kept));
+    let first = log.len() - kept.len();
+    assert!(
+        notice.starts_with(&format!("[logwrap: bytes 0-{} (", first - 1)),
+        "{notice}"
+    );
+    assert!(notice.contains("trimmed by --ship-maxlen"), "{notice}");
+    assert!(notice.contains(&tail_url), "{notice} lacks {tail_url}");
+
+    // A range starting in the trimmed bytes cannot be served: 416 and the
+    // notice; one from the first byte held is served as asked.
+    let part = get(
+        srv.port,
+        "/api/job_runs/cut/logs/stdout/raw",
+        &[("Range", "bytes=0-99")],
+    );
+    assert_eq!(part.status, 416, "{}", part.head);
+    assert!(String::from_utf8_lossy(&part.body).contains(&tail_url));
+    let from = format!("bytes={first}-");
+    let part = get(
+        srv.port,
+        "/api/job_runs/cut/logs/stdout/raw",
+        &[("Range", &from)],
+    );
+    assert_eq!(part.status, 206, "{}", part.head);
+    assert_eq!(part.body, kept);
+
+    // Polling from 0: the notice as content and the first byte held next.
+    let tail = get(srv.port, "/api/job_runs/cut/log-tail?start=0", &[]);
+    assert_eq!(tail.status, 200, "{}", tail.head);
+    let v: serde_json::Value = serde_json::from_slice(&tail.body).unwrap();
+    assert_eq!(v["new_size"], first as u64, "{v}");
+    assert_eq!(v["content"].as_str().unwrap(), format!("{notice}\n"));
+    let next = get(
+        srv.port,
+        &format!("/api/job_runs/cut/log-tail?start={first}"),
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&next.body).unwrap();
+    let content = v["content"].as_str().unwrap().as_bytes();
+    assert!(!content.is_empty() && kept.starts_with(content), "{v}");
+}

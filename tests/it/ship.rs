@@ -361,3 +361,147 @@ fn a_slow_redis_at_the_end_does_not_hold_the_wrapper_and_the_rest_ships_in_the_b
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn ship_wait_zero_leaves_the_rest_to_the_background_ship_without_losing_a_line() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let out = env.run_sh(
+        "nowait",
+        &[
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &redis.url(),
+            "--ship-wait",
+            "0",
+        ],
+        "seq 1 5000",
+    );
+    assert_ok(&out);
+    // The wrapper did not wait for the end entry: its final metadata says so.
+    let meta = env.meta("nowait");
+    let ship = &meta["ship"];
+    let handed = ship["complete"] == false
+        && ship["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("in the background"));
+    // Or the background `logwrap ship` has already recorded completion.
+    assert!(handed || ship["complete"] == true, "{meta}");
+    wait_shipped(&env, "nowait");
+    assert_same(
+        &shipped(&redis.log("nowait"), "stdout"),
+        &env.stdout_log("nowait"),
+        "nowait stdout",
+    );
+    let bad = env.run_sh(
+        "badwait",
+        &["--no-pty", "--ship", &redis.url(), "--ship-wait", "soon"],
+        "true",
+    );
+    // Refused before the job runs, as a bad --ship-ttl is.
+    assert_eq!(bad.status.code(), Some(125), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ship-wait"));
+}
+
+#[test]
+fn a_100_mb_line_ships_byte_for_byte_live_and_by_catch_up() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let line = "head -c 100000000 /dev/zero | tr '\\0' x; echo";
+    // Shipped by the wrapper as it runs, and logged without --ship then
+    // shipped whole by `logwrap ship` (every piece sent after the job ended).
+    assert_ok(&env.run_sh(
+        "live",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        line,
+    ));
+    assert_ok(&env.run_sh("later", &["--no-pty", "--quiet"], line));
+    assert_ok(&env.run(&["ship", "--ship", &redis.url(), "later"]));
+    for id in ["live", "later"] {
+        wait_shipped(&env, id);
+        let log = env.job_dir(id).join("stdout.log");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 100_000_001);
+        // In pieces of 1 MiB: what one entry holds stays bounded.
+        let n = redis.assert_shipped_file(id, "stdout", &log);
+        assert_eq!(n, 100_000_001usize.div_ceil(1 << 20));
+        let meta = env.meta(id);
+        assert_eq!(meta["ship"]["lines"], 1, "{id}: {meta}");
+        assert_eq!(meta["ship"]["bytes"], 100_000_001u64, "{id}: {meta}");
+    }
+}
+
+#[test]
+fn a_million_short_lines_ship_byte_for_byte() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let out = env.run_sh(
+        "million",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        "seq 1 1000000",
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "million");
+    let log = env.job_dir("million").join("stdout.log");
+    redis.assert_shipped_file("million", "stdout", &log);
+    let meta = env.meta("million");
+    assert_eq!(meta["ship"]["lines"], 1_000_000, "{meta}");
+    assert_eq!(meta["stdout"]["lines"], 1_000_000, "{meta}");
+}
+
+#[test]
+fn rediss_ships_over_tls_checked_against_the_given_ca() {
+    let env = TestEnv::new();
+    let (redis, url, ca) = RedisServer::start_tls(&env.path("redis"));
+    let ca = ca.display().to_string();
+    let out = env.run_sh(
+        "tls",
+        &[
+            "--no-pty",
+            "--quiet",
+            "--ship",
+            &url,
+            "--redis-ca-file",
+            &ca,
+        ],
+        "seq 1 3000; echo err >&2",
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "tls");
+    let entries = redis.log("tls");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("tls"),
+        "tls stdout",
+    );
+    assert_same(&shipped(&entries, "stderr"), b"err\n", "tls stderr");
+    // Read back over TLS too.
+    let logs = env.run(&["logs", "--source", &url, "--redis-ca-file", &ca, "tls"]);
+    assert_ok(&logs);
+    assert_eq!(logs.stdout, env.stdout_log("tls"));
+
+    // The system's CAs do not know this server's: shipping fails and says
+    // why, the job does not.
+    assert_ok(&env.run_sh("untrusted", &["--no-pty", "--quiet"], "echo fine"));
+    let out = env.run(&["ship", "--ship", &url, "untrusted"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr_text(&out).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!redis.exists("logwrap:{untrusted}:meta"));
+    let out = env.run(&["ship", "--ship", &url, "--redis-ca-file", &ca, "untrusted"]);
+    assert_ok(&out);
+    assert!(redis.exists("logwrap:{untrusted}:meta"));
+    // A CA file that is not one is refused before the job runs.
+    let bad = env.run_sh(
+        "badca",
+        &[
+            "--no-pty",
+            "--ship",
+            &url,
+            "--redis-ca-file",
+            "/nonexistent/ca.pem",
+        ],
+        "true",
+    );
+    assert_eq!(bad.status.code(), Some(125), "{bad:?}");
+}

@@ -48,6 +48,103 @@ impl RedisServer {
         Self::start_with(dir, false, port, Some(password.to_string()))
     }
 
+    /// A server on a unix socket that also takes TLS on a free TCP port, with
+    /// a certificate for 127.0.0.1 signed by a CA made here with `openssl`.
+    /// Returns the server, the `rediss://` URL and the CA file.
+    pub fn start_tls(dir: &Path) -> (RedisServer, String, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=logwrap test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let extra = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            file("server.crt"),
+            "--tls-key-file".to_string(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_string(),
+            file("ca.crt"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let server = Self::start_with_options(dir, &extra);
+        (
+            server,
+            format!("rediss://127.0.0.1:{port}"),
+            dir.join("ca.crt"),
+        )
+    }
+
     /// A server on a unix socket with more options (`--stream-node-max-entries 1`).
     pub fn start_with_options(dir: &Path, extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
@@ -150,12 +247,24 @@ impl RedisServer {
 
     /// Every entry of a stream, in order.
     pub fn xrange(&self, key: &str) -> Vec<Entry> {
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(key)
-            .arg("-")
-            .arg("+")
-            .query(&mut self.conn())
-            .unwrap();
+        self.xrange_page(&mut self.conn(), key, "-", None)
+    }
+
+    /// Entries of a stream from id `from` (`(ID` excludes it), at most
+    /// `count` of them.
+    fn xrange_page(
+        &self,
+        conn: &mut redis::Connection,
+        key: &str,
+        from: &str,
+        count: Option<usize>,
+    ) -> Vec<Entry> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(from).arg("+");
+        if let Some(n) = count {
+            cmd.arg("COUNT").arg(n);
+        }
+        let v: redis::Value = cmd.query(conn).unwrap();
         let redis::Value::Array(items) = v else {
             return Vec::new();
         };
@@ -179,6 +288,78 @@ impl RedisServer {
                 (id, map)
             })
             .collect()
+    }
+
+    /// Checks that the `stream` log entries of job `id` rebuild `log` (a file)
+    /// byte for byte, as [`shipped`] does, reading a few entries at a time and
+    /// comparing each with the file at its offset, so a log of any size costs
+    /// a few MiB of memory; then that the end entry holds its size. Returns
+    /// the number of entries.
+    pub fn assert_shipped_file(&self, id: &str, stream: &str, log: &Path) -> usize {
+        use std::os::unix::fs::FileExt;
+        // 16 entries of at most 1 MiB each.
+        const PAGE: usize = 16;
+        let file = std::fs::File::open(log).unwrap();
+        let size = file.metadata().unwrap().len();
+        let key = format!("logwrap:{{{id}}}:{stream}");
+        let mut conn = self.conn();
+        let (mut offset, mut line, mut count) = (0u64, 1u64, 0usize);
+        let mut from = "-".to_string();
+        let mut buf = Vec::new();
+        let mut ended = false;
+        loop {
+            let page = self.xrange_page(&mut conn, &key, &from, Some(PAGE));
+            let Some(last) = page.last() else { break };
+            from = format!("({}", last.0);
+            for e in &page {
+                assert!(!ended, "{id} {stream}: entry {} after the end entry", e.0);
+                if e.1.contains_key("end") {
+                    assert_eq!(field(e, &format!("{stream}_bytes")), size.to_string());
+                    ended = true;
+                    continue;
+                }
+                let at: u64 = field(e, "offset").parse().unwrap();
+                assert_eq!(e.0, format!("{}-{at}", field(e, "line")), "entry id");
+                assert_eq!(
+                    at, offset,
+                    "{id} {stream}: entry {} is not where the last ended",
+                    e.0
+                );
+                assert_eq!(
+                    field(e, "line").parse::<u64>().unwrap(),
+                    line,
+                    "entry {} line",
+                    e.0
+                );
+                let data = &e.1["data"];
+                let newlines = data.iter().filter(|b| **b == b'\n').count() as u64;
+                assert_eq!(field(e, "lines").parse::<u64>().unwrap(), newlines);
+                buf.resize(data.len(), 0);
+                assert!(
+                    at + data.len() as u64 <= size,
+                    "{id} {stream}: entry {} past the log's end",
+                    e.0
+                );
+                file.read_exact_at(&mut buf, at).unwrap();
+                if buf != *data {
+                    let diff = buf.iter().zip(data).position(|(a, b)| a != b).unwrap_or(0);
+                    panic!(
+                        "{id} {stream}: entry {} differs from the log at byte {}",
+                        e.0,
+                        at + diff as u64
+                    );
+                }
+                offset += data.len() as u64;
+                line += newlines;
+                count += 1;
+            }
+        }
+        assert!(ended, "{id} {stream}: no end entry");
+        assert_eq!(
+            offset, size,
+            "{id} {stream}: shipped {offset} bytes, the log has {size}"
+        );
+        count
     }
 
     /// The log entries of job `id`: its stdout stream's, then its stderr
