@@ -376,16 +376,16 @@ fn browser_opens_a_big_log_at_its_tail_and_links_reach_any_line() {
         "return document.getElementById('count').textContent==='20,020 lines (2,000 loaded)';",
     );
     // Back at the top, the gap row (read as it is drawn, before it loads
-    // more) counts what is left.
+    // more) counts what is left; its button loads the start of the log
+    // (after the load that scroll just started, which it waits for).
     let gap = browser.js("document.getElementById('log').scrollTop=0;render();\
-         const g=document.querySelector('#rows .r.gap .t');return g&&g.textContent;");
+         const g=document.querySelector('#rows .r.gap .t');if(!g)return null;\
+         const t=g.textContent;g.querySelector('button[data-g=first]').click();return t;");
     assert!(
         gap.as_str()
             .is_some_and(|g| g.starts_with("18,020 earlier lines not loaded")),
         "{gap}"
     );
-    // On demand: the start of the log.
-    browser.js("document.querySelector('#rows .r.gap button[data-g=first]').click();");
     browser.wait_js(
         "line 1 loaded",
         "return shown().some(l=>l.t==='line 1'&&l.p===1);",
