@@ -766,6 +766,10 @@ struct QgramFilter {
     b: Box<[u64; CONFIRM_BITS / 64]>,
     step: usize,
     max_len: usize,
+    /// With a single pattern (the marker, when no value is hidden yet: the
+    /// default), a SIMD substring search, which looks at every byte for less
+    /// than the sampling costs.
+    single: Option<memchr::memmem::Finder<'static>>,
 }
 
 impl QgramFilter {
@@ -785,6 +789,10 @@ impl QgramFilter {
             b,
             step: (min_len + 1).saturating_sub(Q).max(1),
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+            single: match patterns {
+                [p] => Some(memchr::memmem::Finder::new(p).into_owned()),
+                _ => None,
+            },
         }
     }
 
@@ -864,6 +872,13 @@ fn find_matches(
     buf: &[u8],
     matches: &mut Vec<(usize, usize, usize)>,
 ) {
+    if let Some(finder) = &filter.single {
+        // Pattern 0, the only one, ends the search as a marker does.
+        if let Some(at) = finder.find(buf) {
+            matches.push((at, at + finder.needle().len(), 0));
+        }
+        return;
+    }
     if buf.len() < Q {
         collect(matcher, buf, 0..buf.len(), matches);
         return;
@@ -1406,6 +1421,42 @@ mod tests {
             find_matches(&matcher, &filter, &text, &mut found);
             let full: Vec<_> = matcher
                 .find_iter(&text)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn the_marker_alone_is_found_exactly_where_a_full_search_finds_it() {
+        let marker = b"\nDATABUILD_REDACT: ".to_vec();
+        let patterns = vec![marker.clone()];
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .unwrap();
+        let filter = QgramFilter::new(&patterns);
+        assert!(filter.single.is_some());
+        let deadline = Instant::now() + fuzz_budget() / 4;
+        let mut rng = Rng(5);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            // Pieces of the marker, whole markers and noise.
+            let mut text = Vec::new();
+            for _ in 0..rng.below(40) {
+                match rng.below(3) {
+                    0 => text.extend_from_slice(&marker),
+                    1 => text.extend_from_slice(&marker[..rng.below(marker.len())]),
+                    _ => text.extend((0..rng.below(30)).map(|_| b"\nDx "[rng.below(4)])),
+                }
+            }
+            let mut found = Vec::new();
+            find_matches(&matcher, &filter, &text, &mut found);
+            let full: Vec<_> = matcher
+                .find_iter(&text)
+                .take(1)
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             assert_eq!(found, full, "case {cases}");
