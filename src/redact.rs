@@ -10,7 +10,7 @@
 //! so redaction adds no visible latency, and at the end of a stream
 //! ([`Redactor::finish`]). With no needles it passes every byte through as is.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use std::collections::HashSet;
 
 /// What a match becomes in every sink.
@@ -370,6 +370,11 @@ impl Redactor {
         // value), which the automaton builder always accepts.
         self.matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            // The automaton only reads the filter's rare windows and
+            // metadata strings; the plain NFA builds in less than half the
+            // time of the faster-searching kinds (each job pays it, and each
+            // marker value again) and saves their memory.
+            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
             .build(&self.patterns)
             .expect("bounded byte patterns always build");
         self.by_first = vec![Vec::new(); 256];
@@ -418,7 +423,7 @@ impl Redactor {
             self.matches.clear();
             find_matches(&self.matcher, &self.filter, input, &mut self.matches);
             if self.matches.is_empty() {
-                let keep = hold_start(&self.patterns, &self.by_first, self.max_len, input, 0);
+                let keep = hold_start(&self.patterns, &self.by_first, &self.filter, input);
                 let st = &mut self.streams[s];
                 st.held.extend_from_slice(&input[keep..]);
                 if let Some(&last) = input[..keep].last() {
@@ -644,8 +649,7 @@ impl Redactor {
                 let floor = self.matches.last().map_or(0, |m| m.1);
                 let from = floor.max(len.saturating_sub(self.max_len.saturating_sub(1)));
                 let suffix = joined.suffix(from);
-                hold_from =
-                    from + hold_start(&self.patterns, &self.by_first, self.max_len, suffix, 0);
+                hold_from = from + hold_start(&self.patterns, &self.by_first, &self.filter, suffix);
             }
         }
         let mut pos = base;
@@ -728,16 +732,17 @@ impl<'a> Joined<'a> {
     }
 }
 
-/// Bits in each of the q-gram filter's two tables: 32 KiB each, so both stay
-/// in the L1/L2 cache while every sample is looked up (a 512 KiB table made
-/// each lookup a cache miss, which cost more than the automaton). The
-/// q-grams of hundreds of needles (50 values with their encodings, ~15,000
-/// q-grams) set ~6% of each; a sample passes both tables by chance about
-/// once in 300, and only then does the automaton search a window.
-const FILTER_BITS: usize = 1 << 18;
+/// Bits in the q-gram filter's first table, which every sample is looked
+/// up in: 256 KiB, so it stays in the L2 cache. The q-grams of hundreds of
+/// needles (50 values with their encodings, ~15,000 q-grams) set ~0.7% of
+/// it, so a group of [`SAMPLES_PER_TEST`] samples all miss ~95% of the time
+/// (a fuller table made the group test a coin toss the branch predictor
+/// loses, and sent a fifth of the groups down the slow path).
+const FILTER_BITS: usize = 1 << 21;
 
-/// The tables' size in 64-bit words.
-const FILTER_WORDS: usize = FILTER_BITS / 64;
+/// Bits in the second table, asked only about samples the first one passes:
+/// 32 KiB, ~6% full, so a sample passes both by chance about once in 2,500.
+const CONFIRM_BITS: usize = 1 << 18;
 
 /// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
 const Q: usize = 4;
@@ -750,31 +755,33 @@ const HASH_B: u32 = 0x85eb_ca77;
 /// q-gram filters): every pattern is at least `min_len` long, so any
 /// occurrence covers a whole q-gram starting at a multiple of
 /// `step = min_len - Q + 1`. Only those sampled q-grams are looked up in two
-/// bit tables of every q-gram of every pattern (two hashes); around a hit, a
-/// window wide enough to hold any occurrence covering it goes to the
-/// automaton. Ordinary output is thus looked at once every `step` bytes, not
-/// byte by byte.
+/// bit tables of every q-gram of every pattern (two hashes); around a hit, a window wide enough to hold any occurrence
+/// covering it goes to the automaton. Ordinary output is thus looked at once
+/// every `step` bytes, not byte by byte.
 #[derive(Debug, Clone)]
 struct QgramFilter {
-    // Fixed-size, so a hash (always below FILTER_BITS) indexes them with no
-    // bounds check in the per-sample loop.
-    a: Box<[u64; FILTER_WORDS]>,
-    b: Box<[u64; FILTER_WORDS]>,
+    // Fixed-size, so a hash (always below the table's bits) indexes it with
+    // no bounds check in the per-sample loop.
+    a: Box<[u64; FILTER_BITS / 64]>,
+    b: Box<[u64; CONFIRM_BITS / 64]>,
     step: usize,
     max_len: usize,
+    /// With a single pattern (the marker, when no value is hidden yet: the
+    /// default), a SIMD substring search, which looks at every byte for less
+    /// than the sampling costs.
+    single: Option<memchr::memmem::Finder<'static>>,
 }
 
 impl QgramFilter {
     fn new(patterns: &[Vec<u8>]) -> QgramFilter {
         let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
-        let mut a = Box::new([0u64; FILTER_WORDS]);
-        let mut b = Box::new([0u64; FILTER_WORDS]);
+        let mut a = zeroed_table::<{ FILTER_BITS / 64 }>();
+        let mut b = zeroed_table::<{ CONFIRM_BITS / 64 }>();
         for p in patterns {
             for w in p.windows(Q) {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                let (ha, hb) = (qgram_hash(v, HASH_A), qgram_hash(v, HASH_B));
-                a[ha / 64] |= 1 << (ha % 64);
-                b[hb / 64] |= 1 << (hb % 64);
+                set_bit(&mut a[..], qgram_hash::<FILTER_BITS>(v, HASH_A));
+                set_bit(&mut b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
             }
         }
         QgramFilter {
@@ -782,30 +789,51 @@ impl QgramFilter {
             b,
             step: (min_len + 1).saturating_sub(Q).max(1),
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+            single: match patterns {
+                [p] => Some(memchr::memmem::Finder::new(p).into_owned()),
+                _ => None,
+            },
         }
     }
 
-    /// The first table's bit for the q-gram `v`: non-zero if it may occur.
+    /// The first table's word for the q-gram `v`, shifted so that bit 0 is
+    /// its bit: odd if the q-gram may occur (the other bits are noise).
     #[inline(always)]
     fn probe_a(&self, v: u32) -> u64 {
-        let h = qgram_hash(v, HASH_A);
-        self.a[h / 64] & (1 << (h % 64))
+        let h = qgram_hash::<FILTER_BITS>(v, HASH_A);
+        self.a[h / 64] >> (h % 64)
     }
 
+    /// True if the q-gram `v` may occur in a pattern (set in both tables).
     #[inline(always)]
     fn hit(&self, v: u32) -> bool {
-        if self.probe_a(v) == 0 {
-            return false;
+        let h = qgram_hash::<CONFIRM_BITS>(v, HASH_B);
+        self.probe_a(v) & (self.b[h / 64] >> (h % 64)) & 1 != 0
+    }
+
+    /// True if any of the [`SAMPLES_PER_TEST`] samples from `p` on (`step`
+    /// apart) may occur, by the first hash; the caller keeps the last of them
+    /// within `buf`. Loads unchecked: the one check is the group's.
+    #[inline(always)]
+    fn group_may_hit(&self, buf: &[u8], p: usize) -> bool {
+        let span = &buf[p..p + (SAMPLES_PER_TEST - 1) * self.step + Q];
+        let mut acc = 0;
+        for i in 0..SAMPLES_PER_TEST {
+            let at = i * self.step;
+            debug_assert!(at + Q <= span.len());
+            // SAFETY: `at + Q <= (SAMPLES_PER_TEST - 1) * step + Q`, the
+            // length of `span`; the read is unaligned and of plain bytes.
+            let v = unsafe { span.as_ptr().add(at).cast::<[u8; Q]>().read_unaligned() };
+            acc |= self.probe_a(u32::from_le_bytes(v));
         }
-        let h = qgram_hash(v, HASH_B);
-        self.b[h / 64] & (1 << (h % 64)) != 0
+        acc & 1 != 0
     }
 }
 
 /// How many samples the filter tests together (see [`find_matches`]): the
-/// first table says no to ~97% of samples, so four at once still skip ~90% of
-/// the time, with a quarter of the branches.
-const SAMPLES_PER_TEST: usize = 4;
+/// first hash says no to ~99% of samples, so eight at once still skip ~90%
+/// of the time, with an eighth of the branches.
+const SAMPLES_PER_TEST: usize = 8;
 
 /// The q-gram at `p` of `buf` as a number (the caller keeps `p + Q` within `buf`).
 #[inline(always)]
@@ -815,9 +843,23 @@ fn qgram_at(buf: &[u8], p: usize) -> u32 {
     u32::from_le_bytes(w)
 }
 
+/// A multiplicative hash of the q-gram `v` into `0..BITS` (a power of two).
 #[inline(always)]
-fn qgram_hash(v: u32, mul: u32) -> usize {
-    (v.wrapping_mul(mul) >> (32 - FILTER_BITS.trailing_zeros())) as usize
+fn qgram_hash<const BITS: usize>(v: u32, mul: u32) -> usize {
+    (v.wrapping_mul(mul) >> (32 - BITS.trailing_zeros())) as usize
+}
+
+/// A table of `WORDS` zero words, made on the heap (256 KiB does not belong
+/// on the stack).
+fn zeroed_table<const WORDS: usize>() -> Box<[u64; WORDS]> {
+    vec![0u64; WORDS]
+        .into_boxed_slice()
+        .try_into()
+        .expect("a vector of WORDS words")
+}
+
+fn set_bit(table: &mut [u64], h: usize) {
+    table[h / 64] |= 1 << (h % 64);
 }
 
 /// The leftmost-longest matches in `buf` (stopping after the first marker),
@@ -830,6 +872,13 @@ fn find_matches(
     buf: &[u8],
     matches: &mut Vec<(usize, usize, usize)>,
 ) {
+    if let Some(finder) = &filter.single {
+        // Pattern 0, the only one, ends the search as a marker does.
+        if let Some(at) = finder.find(buf) {
+            matches.push((at, at + finder.needle().len(), 0));
+        }
+        return;
+    }
     if buf.len() < Q {
         collect(matcher, buf, 0..buf.len(), matches);
         return;
@@ -838,20 +887,16 @@ fn find_matches(
     let step = filter.step;
     let last = buf.len() - Q;
     let mut window: Option<(usize, usize)> = None;
+    let group = (SAMPLES_PER_TEST - 1) * step;
     let mut p = 0;
     loop {
-        // Most samples miss the first table, so `SAMPLES_PER_TEST` of them
-        // are tested with one branch; only a group with a hit is looked at
-        // sample by sample.
-        let group_end = p + (SAMPLES_PER_TEST - 1) * step;
-        if group_end <= last {
-            let probe = |i: usize| filter.probe_a(qgram_at(buf, p + i * step));
-            if (0..SAMPLES_PER_TEST).fold(0, |acc, i| acc | probe(i)) == 0 {
-                p = group_end + step;
-                continue;
-            }
+        // Most samples miss, so `SAMPLES_PER_TEST` of them are tested with
+        // one branch; only a group with a possible hit is looked at sample
+        // by sample.
+        while p + group + Q <= buf.len() && !filter.group_may_hit(buf, p) {
+            p += group + step;
         }
-        let stop = group_end.min(last);
+        let stop = last.min(p + group);
         while p <= stop {
             if filter.hit(qgram_at(buf, p)) {
                 let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
@@ -899,18 +944,21 @@ fn collect(
 }
 
 /// Where the bytes to hold back start in `buf` (its length if none): the
-/// longest suffix from `floor` on that more bytes could make a match. A
-/// newline that may start a marker is given out (lines stay live); the
-/// stream's context records it.
+/// longest suffix that more bytes could make a match. A newline that may
+/// start a marker is given out (lines stay live); the stream's context
+/// records it.
 fn hold_start(
     patterns: &[Vec<u8>],
     by_first: &[Vec<u32>],
-    max_len: usize,
+    filter: &QgramFilter,
     buf: &[u8],
-    floor: usize,
 ) -> usize {
-    let from = floor.max(buf.len().saturating_sub(max_len.saturating_sub(1)));
-    match (from..buf.len()).find(|&i| is_partial(patterns, by_first, &buf[i..])) {
+    let from = buf.len().saturating_sub(filter.max_len.saturating_sub(1));
+    // A suffix of `Q` bytes or more that begins a pattern begins with one of
+    // its q-grams, so the filter rules out nearly every position at once;
+    // only the rest are compared with the patterns.
+    let may_begin = |i: usize| buf.len() - i < Q || filter.hit(qgram_at(buf, i));
+    match (from..buf.len()).find(|&i| may_begin(i) && is_partial(patterns, by_first, &buf[i..])) {
         Some(h) if buf[h] == b'\n' => h + 1,
         Some(h) => h,
         None => buf.len(),
@@ -1376,6 +1424,87 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn the_marker_alone_is_found_exactly_where_a_full_search_finds_it() {
+        let marker = b"\nDATABUILD_REDACT: ".to_vec();
+        let patterns = vec![marker.clone()];
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .unwrap();
+        let filter = QgramFilter::new(&patterns);
+        assert!(filter.single.is_some());
+        let deadline = Instant::now() + fuzz_budget() / 4;
+        let mut rng = Rng(5);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            // Pieces of the marker, whole markers and noise.
+            let mut text = Vec::new();
+            for _ in 0..rng.below(40) {
+                match rng.below(3) {
+                    0 => text.extend_from_slice(&marker),
+                    1 => text.extend_from_slice(&marker[..rng.below(marker.len())]),
+                    _ => text.extend((0..rng.below(30)).map(|_| b"\nDx "[rng.below(4)])),
+                }
+            }
+            let mut found = Vec::new();
+            find_matches(&matcher, &filter, &text, &mut found);
+            let full: Vec<_> = matcher
+                .find_iter(&text)
+                .take(1)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn what_is_held_is_the_longest_suffix_that_could_begin_a_pattern() {
+        let deadline = Instant::now() + fuzz_budget() / 4;
+        let mut rng = Rng(11);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
+            for _ in 0..1 + rng.below(6) {
+                let len = MIN_SECRET_LEN + rng.below(20);
+                patterns.push((0..len).map(|_| b"ab\nD"[rng.below(4)]).collect());
+            }
+            let mut by_first = vec![Vec::new(); 256];
+            for (i, p) in patterns.iter().enumerate() {
+                by_first[usize::from(p[0])].push(i as u32);
+            }
+            let filter = QgramFilter::new(&patterns);
+            // Text that often ends in the first bytes of a pattern.
+            let mut text: Vec<u8> = (0..rng.below(60))
+                .map(|_| b"ab\nDA"[rng.below(5)])
+                .collect();
+            let p = &patterns[rng.below(patterns.len())];
+            text.extend_from_slice(&p[..rng.below(p.len())]);
+            let begins = |i: usize| {
+                let tail = &text[i..];
+                patterns
+                    .iter()
+                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
+            };
+            let expected = match (0..text.len()).find(|&i| begins(i)) {
+                Some(h) if text[h] == b'\n' => h + 1,
+                Some(h) => h,
+                None => text.len(),
+            };
+            let got = hold_start(&patterns, &by_first, &filter, &text);
+            assert_eq!(
+                got,
+                expected,
+                "case {cases}: {:?}",
+                String::from_utf8_lossy(&text)
+            );
         }
         assert!(cases > 10, "only {cases} cases ran");
     }
