@@ -103,6 +103,11 @@ pub struct ShipCmdArgs {
     #[arg(long, hide = true)]
     pub wait_for_writer: bool,
 
+    /// Ship the one job named while its wrapper runs, told about it through
+    /// stdin (how a wrapper ships from a low-priority process of its own)
+    #[arg(long, hide = true, conflicts_with_all = ["all", "wait_for_writer"])]
+    pub live: bool,
+
     #[command(flatten)]
     pub ship: ShipArgs,
 
