@@ -67,8 +67,10 @@ pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 /// waits a tenth of the job's duration, and only for what the shipping rate
 /// gets there in that time, see [`LiveShipper::finish`]): a healthy Redis takes
 /// milliseconds for an ordinary job; the rest of a burst, or a slow Redis, is
-/// left to a background `logwrap ship` rather than hold up the job's exit.
-/// While Redis is down the wrapper does not wait at all.
+/// left to the shipping process to finish in the background rather than hold
+/// up the job's exit. While Redis is down the wrapper does not wait at all.
+/// A shipping process not started yet when a short job ends is waited for
+/// this long too.
 pub const DEFAULT_FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The global jobs stream.
