@@ -157,7 +157,8 @@ struct Entry {
     /// Starts in the middle of a line (a piece of a line over [`MAX_ENTRY`]).
     cont: bool,
     at: Cursor,
-    data: Vec<u8>,
+    /// Where its bytes are in the shipper's arena.
+    data: std::ops::Range<usize>,
     newlines: u64,
     ts_us: u64,
 }
@@ -187,6 +188,9 @@ pub(crate) struct Shipper {
     id: JobId,
     cur: [Cursor; 2],
     sources: [Source; 2],
+    /// The bytes of one round's entries, reused from round to round: at most
+    /// [`ROUND_BYTES`] and two more entries (each up to [`MAX_ENTRY`]).
+    arena: Vec<u8>,
     /// Whether the meta hash says the started event / end entry are there.
     started_sent: bool,
     end_sent: bool,
@@ -254,6 +258,7 @@ impl Shipper {
             id: id.clone(),
             cur,
             sources: Default::default(),
+            arena: Vec::new(),
             started_sent: false,
             end_sent: false,
             state,
@@ -352,8 +357,15 @@ impl Shipper {
     }
 
     /// The next entry of `stream` from its cursor, if one is ready (`last`:
-    /// the job has ended, so a final line without a newline goes too).
-    fn next_entry(&mut self, stream: Stream, last: bool, at: Cursor) -> Result<Option<Entry>> {
+    /// the job has ended, so a final line without a newline goes too); its
+    /// bytes are read into the arena at `pos`.
+    fn next_entry(
+        &mut self,
+        stream: Stream,
+        last: bool,
+        at: Cursor,
+        pos: usize,
+    ) -> Result<Option<Entry>> {
         let i = stream as usize;
         let path = self.store.log_path(&self.id, stream);
         let src = &mut self.sources[i];
@@ -380,19 +392,25 @@ impl Shipper {
         if avail == 0 {
             return Ok(None);
         }
-        let mut window = vec![0u8; avail.min(BATCH_BYTES as u64) as usize];
-        log.read_exact_at(&mut window, at.offset)
+        // Read into the arena at `pos`: grown (and zeroed) only the first
+        // time a round reaches this far, not once per entry.
+        if self.arena.len() < pos + MAX_ENTRY {
+            self.arena.resize(pos + MAX_ENTRY, 0);
+        }
+        let mut n = avail.min(BATCH_BYTES as u64) as usize;
+        log.read_exact_at(&mut self.arena[pos..pos + n], at.offset)
             .with_context(|| format!("reading {}", path.display()))?;
-        let mut end = cut(&window, last && avail == window.len() as u64);
-        if end.is_none() && avail > window.len() as u64 {
+        let mut end = cut(&self.arena[pos..pos + n], last && avail == n as u64);
+        if end.is_none() && avail > n as u64 {
             // A line longer than a batch: look further, up to one entry.
-            window.resize(avail.min(MAX_ENTRY as u64) as usize, 0);
-            log.read_exact_at(&mut window, at.offset)
+            let more = avail.min(MAX_ENTRY as u64) as usize;
+            log.read_exact_at(&mut self.arena[pos + n..pos + more], at.offset + n as u64)
                 .with_context(|| format!("reading {}", path.display()))?;
-            end = cut(&window, last && avail == window.len() as u64);
+            n = more;
+            end = cut(&self.arena[pos..pos + n], last && avail == n as u64);
         }
         let Some(end) = end else { return Ok(None) };
-        window.truncate(end);
+        let window = &self.arena[pos..pos + end];
         let cont = match src.ended {
             Some((offset, newline)) if offset == at.offset => !newline,
             _ => {
@@ -403,13 +421,13 @@ impl Shipper {
             }
         };
         src.ended = Some((at.offset + end as u64, window.last() == Some(&b'\n')));
-        let newlines = memchr::memchr_iter(b'\n', &window).count() as u64;
+        let newlines = memchr::memchr_iter(b'\n', window).count() as u64;
         let ts_us = self.line_time(stream, at.offset + end as u64);
         Ok(Some(Entry {
             stream,
             cont,
             at,
-            data: window,
+            data: pos..pos + end,
             newlines,
             ts_us,
         }))
@@ -490,7 +508,7 @@ impl Shipper {
                 if !open[i] {
                     continue;
                 }
-                match self.next_entry(stream, last, next[i])? {
+                match self.next_entry(stream, last, next[i], bytes)? {
                     Some(e) => {
                         bytes += e.data.len();
                         next[i] = Cursor {
@@ -511,7 +529,7 @@ impl Shipper {
         // ends this round.
         let partial = entries
             .iter()
-            .filter(|e| last && e.data.last() != Some(&b'\n'))
+            .filter(|e| last && self.arena[e.data.clone()].last() != Some(&b'\n'))
             .filter(|e| {
                 Some(e.at.offset + e.data.len() as u64) == self.sources[e.stream as usize].len
             })
@@ -537,7 +555,7 @@ impl Shipper {
                 .arg("ts")
                 .arg(e.ts_us)
                 .arg("data")
-                .arg(&e.data[..]);
+                .arg(&self.arena[e.data.clone()]);
             if e.cont {
                 p.arg("cont").arg(1);
             }
