@@ -1376,12 +1376,15 @@ impl Loop<'_> {
             // The rest goes out now if Redis answers; while it is down the
             // wrapper does not wait (`logwrap ship` completes the job later).
             // A shipping process reads the job's end from metadata.json: the
-            // final document but for the outcome of shipping, rewritten below.
-            self.meta.ship = Some(sh.state());
-            if let Err(e) = self.sink.write_metadata(&self.meta, false) {
-                if !self.metadata_write_failed {
-                    self.metadata_write_failed = true;
-                    self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+            // final document but for the outcome of shipping, rewritten below
+            // (a thread is told directly).
+            if sh.reads_end_from_disk() {
+                self.meta.ship = Some(sh.state());
+                if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+                    if !self.metadata_write_failed {
+                        self.metadata_write_failed = true;
+                        self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+                    }
                 }
             }
             self.meta.ship = Some(sh.finish(&self.meta));

@@ -91,7 +91,7 @@ pub struct ShipConfig {
     /// to `logwrap ship`.
     pub handoff: Option<std::path::PathBuf>,
     /// Longest the wrapper waits at the job's end (`--ship-wait`); zero
-    /// leaves all that is left to the background `logwrap ship`.
+    /// leaves all that is left to the shipping process.
     pub finish_wait: Duration,
     /// The CA certificates a `rediss://` server is checked against instead
     /// of the system's (`--redis-ca-file`): its path and PEM contents.

@@ -947,6 +947,12 @@ impl LiveShipper {
         }
     }
 
+    /// Whether the job's end is to be written to metadata.json before
+    /// [`LiveShipper::finish`]: a shipping process reads it from there.
+    pub fn reads_end_from_disk(&self) -> bool {
+        matches!(self.how, How::Process(_))
+    }
+
     /// The shipping state now, for metadata.json.
     pub fn state(&self) -> ShipState {
         match &self.how {
