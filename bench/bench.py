@@ -1866,7 +1866,7 @@ def _ship_tool(ctx: Context, wl: Workload, url: str | None, sock: Path):
                 return f"stdout.log is not the {wl.nbytes} bytes of the input"
             if url:
                 # Untimed: the end of a burst may still be on its way from
-                # the background `logwrap ship` the wrapper handed it to.
+                # the shipping process, which finishes it after the wrapper exits.
                 deadline = time.monotonic() + 60
                 while True:
                     meta = json.loads((jobdir / "metadata.json").read_text())

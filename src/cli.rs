@@ -103,6 +103,11 @@ pub struct ShipCmdArgs {
     #[arg(long, hide = true)]
     pub wait_for_writer: bool,
 
+    /// Ship the one job named while its wrapper runs, told about it through
+    /// stdin (how a wrapper ships from a low-priority process of its own)
+    #[arg(long, hide = true, conflicts_with_all = ["all", "wait_for_writer"])]
+    pub live: bool,
+
     #[command(flatten)]
     pub ship: ShipArgs,
 
@@ -535,8 +540,8 @@ pub struct RunArgs {
 
     /// With --ship: longest the wrapper waits at the job's end for the rest of
     /// the output to reach Redis (it waits a tenth of the job's duration, and
-    /// only when the rest gets there in that time); what is left is shipped
-    /// by a background `logwrap ship`. 0 = never wait
+    /// only when the rest gets there in that time); what is left the shipping
+    /// process finishes in the background. 0 = never wait
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub ship_wait: String,
 

@@ -107,6 +107,7 @@ fn ship_action(a: ShipCmdArgs) -> Result<Action> {
             ids: a.ids,
             all: a.all,
             wait_for_writer: a.wait_for_writer,
+            live: a.live,
         },
     ))
 }
@@ -426,8 +427,9 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
         .max_log_size(args.max_log_size)
         .ship(match ship_config(&args.ship)? {
             Some(mut sc) => {
-                // The end of a burst is shipped by a background `logwrap ship`,
-                // so the wrapper exits with its job (issue 10: --ship costs <= 1.1x).
+                // Shipping runs as a low-priority `logwrap ship --live` beside
+                // the job, which also ships the end of a burst after the wrapper
+                // has exited with its job (issue 10: --ship costs <= 1.1x).
                 sc.handoff = std::env::current_exe().ok();
                 sc.finish_wait = duration("ship-wait", &args.ship_wait)
                     .map_err(|e| UsageError(format!("{e:#}")))?;

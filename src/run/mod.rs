@@ -381,12 +381,13 @@ pub fn run<S: LogStore + Clone + 'static>(
     if let Err(e) = sink.write_metadata(&meta, false) {
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
-    // Shipping (issue 10) on its own thread, from the files the loop writes:
+    // Shipping (issue 10) in a process or thread of its own, from the files
+    // the loop writes:
     // Redis can neither delay nor fail the job, so a failure here is recorded.
     let shipper = cfg.ship.as_ref().and_then(|sc| {
         let started = crate::ship::file_job(sink.dir())
             .context("only jobs of a file store can be shipped")
-            .and_then(|(fs, fid)| crate::ship::ShipThread::spawn(&fs, &fid, sc, &meta));
+            .and_then(|(fs, fid)| crate::ship::LiveShipper::spawn(&fs, &fid, sc, &meta));
         match started {
             Ok(t) => Some(t),
             Err(e) => {
@@ -756,8 +757,9 @@ struct Loop<'a> {
     redactor: Option<crate::redact::Redactor>,
     /// The redactor's output for the chunk at hand (reused).
     redacted: Vec<u8>,
-    /// The shipper (`--ship`), on its own thread, reading the job's files.
-    shipper: Option<crate::ship::ShipThread>,
+    /// The shipper (`--ship`): a process or thread of its own reading the
+    /// job's files.
+    shipper: Option<crate::ship::LiveShipper>,
     /// A log append has failed (and been reported on stderr).
     log_write_failed: bool,
     /// A metadata rewrite while running has failed (and been recorded).
@@ -1166,7 +1168,6 @@ impl Loop<'_> {
         self.sync_stats();
         if let Some(sh) = &self.shipper {
             self.meta.ship = Some(sh.state());
-            sh.markers(&self.meta);
         }
         if let Err(e) = self.sink.write_metadata(&self.meta, false) {
             // Recorded once: on a full disk every later rewrite fails too.
@@ -1174,6 +1175,10 @@ impl Loop<'_> {
                 self.metadata_write_failed = true;
                 self.meta.log_errors.push(format!("metadata.json: {e:#}"));
             }
+        }
+        // After the write: a shipping process reads the markers from there.
+        if let Some(sh) = &self.shipper {
+            sh.markers(&self.meta);
         }
     }
 
@@ -1370,6 +1375,18 @@ impl Loop<'_> {
         if let Some(sh) = self.shipper.take() {
             // The rest goes out now if Redis answers; while it is down the
             // wrapper does not wait (`logwrap ship` completes the job later).
+            // A shipping process reads the job's end from metadata.json: the
+            // final document but for the outcome of shipping, rewritten below
+            // (a thread is told directly).
+            if sh.reads_end_from_disk() {
+                self.meta.ship = Some(sh.state());
+                if let Err(e) = self.sink.write_metadata(&self.meta, false) {
+                    if !self.metadata_write_failed {
+                        self.metadata_write_failed = true;
+                        self.meta.log_errors.push(format!("metadata.json: {e:#}"));
+                    }
+                }
+            }
             self.meta.ship = Some(sh.finish(&self.meta));
         }
         if let Err(e) = self.sink.write_metadata(&self.meta, true) {

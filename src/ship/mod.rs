@@ -37,6 +37,7 @@
 //! whole log again. Each write trims with `XADD ... MAXLEN ~` and sets a sliding
 //! `EXPIRE` on both keys.
 
+mod live;
 pub(crate) mod shipper;
 mod store;
 
@@ -45,7 +46,7 @@ use crate::store::{FileStore, JobId, LogStore, Stream};
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
 
-pub use shipper::ShipThread;
+pub use shipper::LiveShipper;
 pub use store::RedisStore;
 
 /// Default `--ship-maxlen`: entries kept per job stream. An entry holds up to
@@ -64,10 +65,12 @@ pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 /// Default `--ship-wait`: longest the wrapper waits at the job's end for the
 /// rest of the output and the end entry to reach a Redis that answers (it
 /// waits a tenth of the job's duration, and only for what the shipping rate
-/// gets there in that time, see [`ShipThread::finish`]): a healthy Redis takes
+/// gets there in that time, see [`LiveShipper::finish`]): a healthy Redis takes
 /// milliseconds for an ordinary job; the rest of a burst, or a slow Redis, is
-/// left to a background `logwrap ship` rather than hold up the job's exit.
-/// While Redis is down the wrapper does not wait at all.
+/// left to the shipping process to finish in the background rather than hold
+/// up the job's exit. While Redis is down the wrapper does not wait at all.
+/// A shipping process not started yet when a short job ends is waited for
+/// this long too.
 pub const DEFAULT_FINISH_WAIT: Duration = Duration::from_secs(2);
 
 /// The global jobs stream.
@@ -81,12 +84,14 @@ pub struct ShipConfig {
     pub maxlen: u64,
     /// Sliding expiry of a job's keys.
     pub ttl: Duration,
-    /// The `logwrap` program, to finish shipping in the background when the
-    /// job ends with more left to send than the wrapper waits for (see
-    /// [`shipper::ShipThread::finish`]); `None` leaves it to `logwrap ship`.
+    /// The `logwrap` program, to ship from a process of its own at the lowest
+    /// priority (`logwrap ship --live`), which also finishes in the background
+    /// what is left when the job ends (see [`LiveShipper::finish`]); `None`
+    /// ships from a thread of the wrapper and leaves what is left at the end
+    /// to `logwrap ship`.
     pub handoff: Option<std::path::PathBuf>,
     /// Longest the wrapper waits at the job's end (`--ship-wait`); zero
-    /// leaves all that is left to the background `logwrap ship`.
+    /// leaves all that is left to the shipping process.
     pub finish_wait: Duration,
     /// The CA certificates a `rediss://` server is checked against instead
     /// of the system's (`--redis-ca-file`): its path and PEM contents.
@@ -268,6 +273,9 @@ pub struct ShipOptions {
     /// First wait for each job's wrapper to exit (the background hand-off of
     /// a wrapper whose job ended with lines still to ship).
     pub wait_for_writer: bool,
+    /// Ship the one job named while its wrapper runs, as the wrapper's
+    /// shipping process (`--live`: told about the job through stdin).
+    pub live: bool,
 }
 
 /// How catching up one job went.
@@ -277,7 +285,7 @@ pub enum CatchUp {
     Shipped(u64),
     /// Already complete there: nothing sent.
     UpToDate,
-    /// Its wrapper or another `logwrap ship` is shipping it now.
+    /// Its wrapper is running: it ships the job itself.
     Busy,
 }
 
@@ -285,6 +293,9 @@ pub enum CatchUp {
 /// entry; nothing when its shipping state says it is complete at this URL.
 /// With `wait`, waits for whoever ships the job now (a wrapper's thread
 /// still sending) instead of skipping it.
+/// A finished job someone else is shipping (a wrapper's shipping process
+/// finishing in the background, or stopping) is waited for, then looked at
+/// again.
 pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId, wait: bool) -> Result<CatchUp> {
     let state = shipper::read_state(store, id);
     // A hand-off (`wait`) goes on regardless: the wrapper's thread may have
@@ -301,8 +312,18 @@ pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId, wait: bool) -> 
         // Its wrapper is alive: it ships the job itself (or was not asked to).
         return Ok(CatchUp::Busy);
     }
-    let Some(mut sh) = shipper::Shipper::open(store, id, cfg, wait)? else {
-        return Ok(CatchUp::Busy);
+    let mut sh = match shipper::Shipper::open(store, id, cfg, wait)? {
+        Some(sh) => sh,
+        None => {
+            let sh = shipper::Shipper::open(store, id, cfg, true)?
+                .context("the ship lock was not granted")?;
+            let done = shipper::read_state(store, id)
+                .is_some_and(|s| s.complete && s.url == cfg.public_url());
+            if done {
+                return Ok(CatchUp::UpToDate);
+            }
+            sh
+        }
     };
     let before = sh.shipped_bytes();
     sh.connect()?;
@@ -395,12 +416,18 @@ pub(crate) fn mark_pending(store: &FileStore) {
 /// The wrapper's background catch-up (issue 10 point 3): when due (see
 /// [`CATCH_UP_INTERVAL`]) and no other wrapper is at it, ships every finished
 /// job of the root whose shipping to this URL is recorded as incomplete.
-pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> {
+/// `own` is the job of the wrapper this runs for: once it has ended nothing
+/// is done (a mark its end left is for the next wrapper, which can ship it),
+/// and it is never shipped from here.
+pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig, own: &JobId) -> Result<()> {
     use nix::fcntl::{Flock, FlockArg};
     let (f, created) = open_stamp(store)?;
     let Ok(stamp) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
         return Ok(());
     };
+    if store.read_metadata(own)?.status.is_finished() {
+        return Ok(());
+    }
     let last = stamp.metadata().and_then(|m| m.modified())?;
     let age = std::time::SystemTime::now()
         .duration_since(last)
@@ -411,7 +438,7 @@ pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> 
     // Stamped first: a mark_pending during the scan is not lost.
     let now = nix::sys::time::TimeSpec::UTIME_NOW;
     nix::sys::stat::futimens(&*stamp, &now, &now)?;
-    for id in store.job_ids()? {
+    for id in store.job_ids()?.into_iter().filter(|id| id != own) {
         let pending = shipper::read_state(store, &id)
             .is_some_and(|s| !s.complete && s.url == cfg.public_url());
         if pending {
@@ -423,12 +450,12 @@ pub(crate) fn maybe_catch_up(store: &FileStore, cfg: &ShipConfig) -> Result<()> 
 
 /// Runs [`maybe_catch_up`] on a thread of its own; errors are dropped, as the
 /// job beside it must never be delayed or failed (`logwrap ship` reports them).
-pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig) {
+pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig, own: JobId) {
     let _ = std::thread::Builder::new()
         .name("logwrap-ship-catch-up".into())
         .spawn(move || {
             shipper::block_signals();
-            let _ = maybe_catch_up(&store, &cfg);
+            let _ = maybe_catch_up(&store, &cfg, &own);
         });
 }
 
@@ -436,6 +463,13 @@ pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig) {
 /// when every job is shipped or up to date, 1 if any failed.
 pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
     use std::io::Write;
+    if o.live {
+        let [id] = &o.ids[..] else {
+            return Err(crate::exit::UsageError("--live ships exactly one job".into()).into());
+        };
+        let id = JobId::parse(id).map_err(crate::exit::UsageError)?;
+        return live::run(store, &o.ship, &id);
+    }
     let ids: Vec<JobId> = if o.all {
         store.job_ids()?
     } else {

@@ -111,10 +111,15 @@ impl Cursor {
 
 /// `ship.json`: the cursor and state, kept in the job directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StateFile {
-    state: ShipState,
+pub(crate) struct StateFile {
+    pub(crate) state: ShipState,
     stdout: Cursor,
     stderr: Cursor,
+    /// Bytes per second the shipper's rounds have sent so far, if any: what
+    /// the wrapper judges its wait at the job's end by when the shipper is a
+    /// process of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate: Option<f64>,
 }
 
 /// The job's shipping state as last recorded in its directory, if any.
@@ -125,7 +130,7 @@ pub(crate) fn read_state(store: &FileStore, id: &JobId) -> Option<ShipState> {
 /// Most bytes `ship.json` can be: a URL, two cursors and an error message.
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
-fn read_state_file(store: &FileStore, id: &JobId) -> Option<StateFile> {
+pub(crate) fn read_state_file(store: &FileStore, id: &JobId) -> Option<StateFile> {
     let bytes =
         crate::store::read_job_file(&store.job_dir(id).join(STATE_FILE), MAX_STATE_BYTES).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -152,7 +157,8 @@ struct Entry {
     /// Starts in the middle of a line (a piece of a line over [`MAX_ENTRY`]).
     cont: bool,
     at: Cursor,
-    data: Vec<u8>,
+    /// Where its bytes are in the shipper's arena.
+    data: std::ops::Range<usize>,
     newlines: u64,
     ts_us: u64,
 }
@@ -182,6 +188,9 @@ pub(crate) struct Shipper {
     id: JobId,
     cur: [Cursor; 2],
     sources: [Source; 2],
+    /// The bytes of one round's entries, reused from round to round: at most
+    /// [`ROUND_BYTES`] and two more entries (each up to [`MAX_ENTRY`]).
+    arena: Vec<u8>,
     /// Whether the meta hash says the started event / end entry are there.
     started_sent: bool,
     end_sent: bool,
@@ -249,6 +258,7 @@ impl Shipper {
             id: id.clone(),
             cur,
             sources: Default::default(),
+            arena: Vec::new(),
             started_sent: false,
             end_sent: false,
             state,
@@ -294,18 +304,23 @@ impl Shipper {
     /// cursor resumes from its marks (a lost reply is not re-sent; a Redis
     /// that lost the job gets it all again).
     pub(crate) fn connect(&mut self) -> Result<()> {
-        let r = self.try_connect();
+        self.connect_within(CONNECT_TIMEOUT)
+    }
+
+    /// [`Shipper::connect`], giving up on connecting after `timeout`.
+    pub(crate) fn connect_within(&mut self, timeout: Duration) -> Result<()> {
+        let r = self.try_connect(timeout);
         if let Err(e) = &r {
             self.failed(e);
         }
         r
     }
 
-    fn try_connect(&mut self) -> Result<()> {
+    fn try_connect(&mut self, timeout: Duration) -> Result<()> {
         let url = self.cfg.public_url();
         let mut conn = self
             .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .get_connection_with_timeout(timeout)
             .with_context(|| format!("connecting to {url}"))?;
         conn.set_read_timeout(Some(IO_TIMEOUT))
             .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
@@ -337,12 +352,20 @@ impl Shipper {
         self.last_alive = None;
         self.update_counts();
         self.conn = Some(conn);
+        self.state.last_error = None;
         Ok(())
     }
 
     /// The next entry of `stream` from its cursor, if one is ready (`last`:
-    /// the job has ended, so a final line without a newline goes too).
-    fn next_entry(&mut self, stream: Stream, last: bool, at: Cursor) -> Result<Option<Entry>> {
+    /// the job has ended, so a final line without a newline goes too); its
+    /// bytes are read into the arena at `pos`.
+    fn next_entry(
+        &mut self,
+        stream: Stream,
+        last: bool,
+        at: Cursor,
+        pos: usize,
+    ) -> Result<Option<Entry>> {
         let i = stream as usize;
         let path = self.store.log_path(&self.id, stream);
         let src = &mut self.sources[i];
@@ -369,19 +392,25 @@ impl Shipper {
         if avail == 0 {
             return Ok(None);
         }
-        let mut window = vec![0u8; avail.min(BATCH_BYTES as u64) as usize];
-        log.read_exact_at(&mut window, at.offset)
+        // Read into the arena at `pos`: grown (and zeroed) only the first
+        // time a round reaches this far, not once per entry.
+        if self.arena.len() < pos + MAX_ENTRY {
+            self.arena.resize(pos + MAX_ENTRY, 0);
+        }
+        let mut n = avail.min(BATCH_BYTES as u64) as usize;
+        log.read_exact_at(&mut self.arena[pos..pos + n], at.offset)
             .with_context(|| format!("reading {}", path.display()))?;
-        let mut end = cut(&window, last && avail == window.len() as u64);
-        if end.is_none() && avail > window.len() as u64 {
+        let mut end = cut(&self.arena[pos..pos + n], last && avail == n as u64);
+        if end.is_none() && avail > n as u64 {
             // A line longer than a batch: look further, up to one entry.
-            window.resize(avail.min(MAX_ENTRY as u64) as usize, 0);
-            log.read_exact_at(&mut window, at.offset)
+            let more = avail.min(MAX_ENTRY as u64) as usize;
+            log.read_exact_at(&mut self.arena[pos + n..pos + more], at.offset + n as u64)
                 .with_context(|| format!("reading {}", path.display()))?;
-            end = cut(&window, last && avail == window.len() as u64);
+            n = more;
+            end = cut(&self.arena[pos..pos + n], last && avail == n as u64);
         }
         let Some(end) = end else { return Ok(None) };
-        window.truncate(end);
+        let window = &self.arena[pos..pos + end];
         let cont = match src.ended {
             Some((offset, newline)) if offset == at.offset => !newline,
             _ => {
@@ -392,13 +421,13 @@ impl Shipper {
             }
         };
         src.ended = Some((at.offset + end as u64, window.last() == Some(&b'\n')));
-        let newlines = memchr::memchr_iter(b'\n', &window).count() as u64;
+        let newlines = memchr::memchr_iter(b'\n', window).count() as u64;
         let ts_us = self.line_time(stream, at.offset + end as u64);
         Ok(Some(Entry {
             stream,
             cont,
             at,
-            data: window,
+            data: pos..pos + end,
             newlines,
             ts_us,
         }))
@@ -479,7 +508,7 @@ impl Shipper {
                 if !open[i] {
                     continue;
                 }
-                match self.next_entry(stream, last, next[i])? {
+                match self.next_entry(stream, last, next[i], bytes)? {
                     Some(e) => {
                         bytes += e.data.len();
                         next[i] = Cursor {
@@ -500,7 +529,7 @@ impl Shipper {
         // ends this round.
         let partial = entries
             .iter()
-            .filter(|e| last && e.data.last() != Some(&b'\n'))
+            .filter(|e| last && self.arena[e.data.clone()].last() != Some(&b'\n'))
             .filter(|e| {
                 Some(e.at.offset + e.data.len() as u64) == self.sources[e.stream as usize].len
             })
@@ -526,7 +555,7 @@ impl Shipper {
                 .arg("ts")
                 .arg(e.ts_us)
                 .arg("data")
-                .arg(&e.data[..]);
+                .arg(&self.arena[e.data.clone()]);
             if e.cont {
                 p.arg("cont").arg(1);
             }
@@ -768,6 +797,7 @@ impl Shipper {
             state: self.state.clone(),
             stdout: self.cur[0],
             stderr: self.cur[1],
+            rate: self.rate(),
         };
         let Ok(bytes) = serde_json::to_vec(&file) else {
             return;
@@ -798,176 +828,218 @@ impl NoFollow for std::fs::OpenOptions {
     }
 }
 
-/// What the wrapper and its shipping thread share.
-struct Ctl {
+/// What the shipping loop and whoever drives it (the wrapper's thread
+/// handle, or the control reader of `logwrap ship --live`) share.
+pub(crate) struct Ctl {
     /// The job's final metadata, once it has ended.
-    end: Option<Metadata>,
-    /// The wrapper stops waiting: the thread ends at its next look.
-    abandon: bool,
+    pub(crate) end: Option<Metadata>,
+    /// The wrapper stops waiting: the loop ends at its next look.
+    pub(crate) abandon: bool,
     /// Metadata with markers not yet sent, from the wrapper's loop.
-    markers: Option<Metadata>,
-    /// The thread has finished (shipped the end, or given up).
-    done: bool,
+    pub(crate) markers: Option<Metadata>,
+    /// The loop has finished (shipped the end, or given up).
+    pub(crate) done: bool,
     /// Connected and the last attempt worked (no backoff in progress).
-    healthy: bool,
-    state: ShipState,
+    pub(crate) healthy: bool,
+    pub(crate) state: ShipState,
     /// The shipping rate so far (bytes per second), once there is one.
-    rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
+    /// The wrapper has exited or is exiting and left the rest to this
+    /// process: a failure ends the loop (and is recorded) instead of being
+    /// retried with nobody waiting.
+    pub(crate) detached: bool,
 }
 
-/// The wrapper's shipping thread.
-pub struct ShipThread {
-    shared: Arc<(Mutex<Ctl>, Condvar)>,
+/// [`Ctl`] and the condition variable its changes are signalled on.
+pub(crate) type Shared = Arc<(Mutex<Ctl>, Condvar)>;
+
+pub(crate) fn shared(state: ShipState) -> Shared {
+    Arc::new((
+        Mutex::new(Ctl {
+            end: None,
+            abandon: false,
+            markers: None,
+            done: false,
+            healthy: true,
+            state,
+            rate: None,
+            detached: false,
+        }),
+        Condvar::new(),
+    ))
+}
+
+/// How the wrapper's wait at the job's end came out.
+pub(crate) enum Outcome {
+    /// Everything and the end entry are in Redis.
+    Done(ShipState),
+    /// Redis is failing: the shipper stops; the next catch-up completes it.
+    Failed(ShipState),
+    /// Redis answers but the rest did not get there within the wait.
+    Pending(ShipState),
+}
+
+/// The wrapper's live shipping (issue 10 point 1): a `logwrap ship --live`
+/// process of its own at the lowest priority when the config names the
+/// program (the job and the wrapper never compete with it for the CPU, and the
+/// wrapper's exit never waits for it), else a thread of the wrapper.
+pub struct LiveShipper {
+    how: How,
     store: FileStore,
-    id: JobId,
     cfg: ShipConfig,
 }
 
-impl ShipThread {
+enum How {
+    Thread(Shared),
+    Process(super::live::Process),
+}
+
+impl LiveShipper {
     /// Starts shipping job `id` of `store` from the files as they grow;
-    /// `started` is its first metadata. Fails only if the thread cannot start
-    /// or the lock cannot be taken; Redis being down is not a failure here.
+    /// `started` is its first metadata (already on disk). Fails only if
+    /// neither a process nor a thread can start or the lock cannot be taken;
+    /// Redis being down is not a failure here.
     pub fn spawn(
         store: &FileStore,
         id: &JobId,
         cfg: &ShipConfig,
         started: &Metadata,
-    ) -> Result<ShipThread> {
+    ) -> Result<LiveShipper> {
+        let live = |how| LiveShipper {
+            how,
+            store: store.clone(),
+            cfg: cfg.clone(),
+        };
+        if let Some(program) = cfg.handoff.as_deref() {
+            // A program that cannot be started leaves it to a thread.
+            if let Ok(p) = super::live::Process::spawn(program, store, id, cfg) {
+                return Ok(live(How::Process(p)));
+            }
+        }
         let sh = Shipper::open(store, id, cfg, false)?
             .context("another process is shipping this job")?;
-        let shared = Arc::new((
-            Mutex::new(Ctl {
-                end: None,
-                abandon: false,
-                markers: None,
-                done: false,
-                healthy: true,
-                state: sh.state.clone(),
-                rate: None,
-            }),
-            Condvar::new(),
-        ));
+        let shared = shared(sh.state.clone());
         let theirs = shared.clone();
         let started = started.clone();
         std::thread::Builder::new()
             .name("logwrap-ship".into())
-            .spawn(move || ship_loop(sh, &theirs, &started))
+            .spawn(move || {
+                block_signals();
+                lower_priority();
+                ship_loop(sh, &theirs, &started, &mut |_| {});
+            })
             .context("starting the shipping thread")?;
         // Jobs whose wrapper could not finish shipping (issue 10 point 3).
-        super::catch_up_in_background(store.clone(), cfg.clone());
-        Ok(ShipThread {
-            shared,
-            store: store.clone(),
-            id: id.clone(),
-            cfg: cfg.clone(),
-        })
+        super::catch_up_in_background(store.clone(), cfg.clone(), id.clone());
+        Ok(live(How::Thread(shared)))
     }
 
-    /// The job's metadata has new markers (`missing_deps`): they go to the
-    /// jobs stream as `marker` events.
+    /// The job's metadata has new markers (`missing_deps`) and is on disk:
+    /// they go to the jobs stream as `marker` events.
     pub fn markers(&self, meta: &Metadata) {
-        let (m, cv) = &*self.shared;
-        lock(m).markers = Some(meta.clone());
-        cv.notify_all();
+        match &self.how {
+            How::Thread(shared) => {
+                let (m, cv) = &**shared;
+                lock(m).markers = Some(meta.clone());
+                cv.notify_all();
+            }
+            How::Process(p) => p.notify(),
+        }
+    }
+
+    /// Whether the job's end is to be written to metadata.json before
+    /// [`LiveShipper::finish`]: a shipping process reads it from there.
+    pub fn reads_end_from_disk(&self) -> bool {
+        matches!(self.how, How::Process(_))
     }
 
     /// The shipping state now, for metadata.json.
     pub fn state(&self) -> ShipState {
-        lock(&self.shared.0).state.clone()
+        match &self.how {
+            How::Thread(shared) => lock(&shared.0).state.clone(),
+            How::Process(p) => p.view().0,
+        }
     }
 
-    /// The job has ended with `meta`: ships the rest and the end entry,
-    /// waiting while Redis answers for a tenth of the job's duration (at
-    /// least 50 ms, `MIN_FINISH_WAIT`, at most `wait`, the config's
-    /// `finish_wait`), so shipping adds at most ~10% to a job's run; not at all
-    /// while Redis is down, nor when more is left than the shipping rate so
-    /// far sends in that time (the end of a burst: waiting for part of it
-    /// would only delay the exit). What is left then goes to a background
-    /// `logwrap ship` when the config names the program (it waits for this
-    /// wrapper to exit, ships the rest and records it in metadata.json), else
-    /// to the next catch-up. Returns the state to record.
+    /// The job has ended with `meta`, already written to metadata.json:
+    /// ships the rest and the end entry, waiting while Redis answers for a
+    /// tenth of the job's duration (at least 50 ms, `MIN_FINISH_WAIT`, at most
+    /// the config's `finish_wait`), so shipping adds at most ~10% to a job's
+    /// run; not at all while Redis is down, nor when more is left than the
+    /// shipping rate so far sends in that time (the end of a burst: waiting
+    /// for part of it would only delay the exit). What is left then is
+    /// finished by the shipping process after the wrapper exits (it records
+    /// the outcome in metadata.json), or by the next catch-up. Returns the
+    /// state to record.
     pub fn finish(self, meta: &Metadata) -> ShipState {
-        let (m, cv) = &*self.shared;
         let wait = self.cfg.finish_wait;
         let tenth = Duration::from_millis(meta.duration_ms.unwrap_or(0) / 10);
         let bound = tenth.clamp(MIN_FINISH_WAIT.min(wait), wait);
-        let mut ctl = lock(m);
-        let backlog = (meta.stdout.bytes + meta.stderr.bytes).saturating_sub(ctl.state.bytes);
-        let fits = backlog <= FINISH_BACKLOG
-            || ctl
-                .rate
-                .is_some_and(|r| backlog as f64 / r <= bound.as_secs_f64());
-        let deadline = Instant::now() + if fits { bound } else { Duration::ZERO };
-        ctl.end = Some(meta.clone());
-        cv.notify_all();
-        while !ctl.done && ctl.healthy {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
+        let (state, rate, healthy) = match &self.how {
+            How::Thread(shared) => {
+                let ctl = lock(&shared.0);
+                (ctl.state.clone(), ctl.rate, ctl.healthy)
             }
-            ctl = match cv.wait_timeout(ctl, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        ctl.abandon = true;
-        cv.notify_all();
-        let mut state = ctl.state.clone();
-        if ctl.done {
-            return state;
-        }
-        let healthy = ctl.healthy;
-        drop(ctl);
-        match self.cfg.handoff.as_deref().filter(|_| healthy) {
-            Some(program) => match self.hand_off(program) {
-                Ok(pid) => {
-                    state.last_error = Some(format!(
-                        "finishing in the background (logwrap ship, pid {pid})"
-                    ));
-                }
-                Err(e) => {
-                    super::mark_pending(&self.store);
-                    state.last_error = Some(format!("{e:#}; run `logwrap ship` to complete it"));
-                }
-            },
-            None => {
+            How::Process(p) => p.view(),
+        };
+        let backlog = (meta.stdout.bytes + meta.stderr.bytes).saturating_sub(state.bytes);
+        let fits = backlog <= FINISH_BACKLOG
+            || rate.is_some_and(|r| backlog as f64 / r <= bound.as_secs_f64());
+        let deadline = Instant::now() + if fits { bound } else { Duration::ZERO };
+        let outcome = match self.how {
+            How::Thread(shared) => wait_thread(&shared, meta, deadline),
+            How::Process(p) => p.finish(deadline, Instant::now() + wait, healthy),
+        };
+        match outcome {
+            Outcome::Done(state) => state,
+            Outcome::Pending(mut state) if state.last_error.is_some() => {
+                // Handed over: its last word is in the message.
+                state.complete = false;
+                state
+            }
+            Outcome::Failed(mut state) | Outcome::Pending(mut state) => {
                 super::mark_pending(&self.store);
+                state.complete = false;
                 if state.last_error.is_none() {
                     state.last_error = Some(
                         "not finished when the job ended; run `logwrap ship` to complete it".into(),
                     );
                 }
+                state
             }
         }
-        state
     }
+}
 
-    /// Starts `program ship --wait-for-writer` for this job, detached (its own
-    /// process group, no terminal), with the URL in its environment.
-    fn hand_off(&self, program: &std::path::Path) -> Result<u32> {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(program);
-        cmd.arg("ship");
-        if let Some(ca) = self.cfg.ca_file() {
-            cmd.arg("--redis-ca-file").arg(ca);
+/// The thread's side of [`LiveShipper::finish`]: tells the loop the job
+/// ended and waits for it until `deadline` while it is healthy.
+fn wait_thread(shared: &Shared, meta: &Metadata, deadline: Instant) -> Outcome {
+    let (m, cv) = &**shared;
+    let mut ctl = lock(m);
+    ctl.end = Some(meta.clone());
+    cv.notify_all();
+    while !ctl.done && ctl.healthy {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
         }
-        let child = cmd
-            .arg("--wait-for-writer")
-            .arg("--log-dir")
-            .arg(self.store.root())
-            .arg("--ship-maxlen")
-            .arg(self.cfg.maxlen.to_string())
-            .arg("--ship-ttl")
-            .arg(format!("{}s", self.cfg.ttl.as_secs()))
-            .arg(self.id.as_str())
-            .env("DATABUILD_LOG_SHIP", self.cfg.secret_url())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} ship", program.display()))?;
-        Ok(child.id())
+        ctl = match cv.wait_timeout(ctl, deadline - now) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
+    ctl.abandon = true;
+    cv.notify_all();
+    let state = ctl.state.clone();
+    if ctl.done {
+        Outcome::Done(state)
+    } else if ctl.healthy {
+        let mut state = state;
+        // A thread ends with the wrapper: nobody finishes it in the background.
+        state.last_error = None;
+        Outcome::Pending(state)
+    } else {
+        Outcome::Failed(state)
     }
 }
 
@@ -998,16 +1070,24 @@ fn lower_priority() {
     }
 }
 
-fn lock(m: &Mutex<Ctl>) -> std::sync::MutexGuard<'_, Ctl> {
+pub(crate) fn lock(m: &Mutex<Ctl>) -> std::sync::MutexGuard<'_, Ctl> {
     // A panic on the other side must not take the job down with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata) {
-    block_signals();
-    lower_priority();
-    let (m, cv) = shared;
+/// Ships job `sh` while it runs and to its end once `shared` says it ended,
+/// until it is done or abandoned; `report` hears how each attempt after the
+/// end went (true: all shipped). Returns the shipper, still holding the
+/// job's ship lock.
+pub(crate) fn ship_loop(
+    mut sh: Shipper,
+    shared: &Shared,
+    started: &Metadata,
+    report: &mut dyn FnMut(bool),
+) -> Shipper {
+    let (m, cv) = &**shared;
     let mut backoff = MIN_BACKOFF;
+    let mut was_healthy = true;
     loop {
         let (end, markers) = {
             let mut ctl = lock(m);
@@ -1016,9 +1096,15 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
             }
             (ctl.end.clone(), ctl.markers.take())
         };
+        let ending = end.is_some();
         let step: Result<bool> = (|| {
             if sh.conn.is_none() {
                 sh.connect()?;
+                if !was_healthy {
+                    // Back: said before anything is sent, so that whoever
+                    // sees the lines in Redis also sees shipping healthy.
+                    sh.persist();
+                }
             }
             sh.send_started(started)?;
             match end {
@@ -1058,10 +1144,17 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
             backoff = (backoff * 2).min(MAX_BACKOFF);
             w
         };
-        if finished || !healthy {
+        // A change of health is written at once: a wrapper whose shipping
+        // process this is judges its wait at the job's end by it.
+        if finished || !healthy || !was_healthy {
             sh.persist();
         } else {
             sh.persist_if_due();
+        }
+        was_healthy = healthy;
+        if ending {
+            // After `ship.json` says so, which is where the answer is read.
+            report(healthy);
         }
         let mut ctl = lock(m);
         ctl.state = sh.state.clone();
@@ -1070,10 +1163,10 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
         if finished {
             ctl.done = true;
             cv.notify_all();
-            return;
+            return sh;
         }
         cv.notify_all();
-        if ctl.abandon {
+        if ctl.abandon || (!healthy && ctl.detached) {
             break;
         }
         // Woken early by the job's end or the wrapper giving up.
@@ -1082,6 +1175,8 @@ fn ship_loop(mut sh: Shipper, shared: &(Mutex<Ctl>, Condvar), started: &Metadata
         });
     }
     sh.persist();
+    lock(m).state = sh.state.clone();
+    sh
 }
 
 #[cfg(test)]

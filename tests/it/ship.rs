@@ -505,3 +505,92 @@ fn rediss_ships_over_tls_checked_against_the_given_ca() {
     );
     assert_eq!(bad.status.code(), Some(125), "{bad:?}");
 }
+
+/// The processes whose parent is `ppid`, with their `/proc/PID/cmdline`.
+fn children_of(ppid: u32) -> Vec<(u32, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, ...
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        if fields[1].parse::<u32>().ok() == Some(ppid) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(n - 3).unwrap().to_string()
+}
+
+#[test]
+fn shipping_runs_in_a_low_priority_process_of_its_own_without_the_password_in_its_arguments() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start_tcp_with_password(&env.path("redis"), "s3cret-pw");
+    let gate = Gate::new(&env, "g");
+    let mut job = env
+        .cmd()
+        .args(["--job-run-id", "proc", "--no-pty", "--quiet"])
+        .env("DATABUILD_LOG_SHIP", redis.url())
+        .args(["--", "sh", "-c"])
+        .arg(format!("seq 1 1000; {}; seq 1001 2000", gate.wait()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "the first lines to be shipped", || {
+        let n = env.stdout_log("proc").len() as u64;
+        n > 0 && shipped_to(&redis, "proc", "stdout") == n
+    });
+    // Not a thread of the wrapper, which would compete with the job at the
+    // wrapper's priority and hold up its exit...
+    let wrapper = job.id();
+    for task in std::fs::read_dir(format!("/proc/{wrapper}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        assert!(
+            !comm.starts_with("logwrap-ship"),
+            "a shipping thread: {comm}"
+        );
+    }
+    // ...but a child process at the lowest priority, the URL (and its
+    // password) in its environment, never its arguments.
+    let shippers: Vec<_> = children_of(wrapper)
+        .into_iter()
+        .filter(|(_, cmd)| contains(cmd, "ship\0--live\0"))
+        .collect();
+    assert_eq!(shippers.len(), 1, "{shippers:?}");
+    let (pid, cmdline) = &shippers[0];
+    assert!(!contains(cmdline, "s3cret-pw"), "the password in its argv");
+    assert!(contains(cmdline, "proc"), "{cmdline:?}");
+    assert_eq!(stat_field(*pid, 19), "19", "its niceness");
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "proc");
+    assert_same(
+        &shipped(&redis.log("proc"), "stdout"),
+        &env.stdout_log("proc"),
+        "proc stdout",
+    );
+}

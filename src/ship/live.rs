@@ -1,0 +1,382 @@
+//! The wrapper's shipper as a process of its own: `logwrap ship --live ID`,
+//! started by the wrapper beside the job at the lowest CPU priority (nice 19),
+//! so that neither the job nor the wrapper ever wait for the CPU it uses
+//! (issue 10: `--ship` costs at most 1.1x), and the wrapper's exit never waits
+//! for it (a process exits only once each of its threads has run; a separate
+//! process is not one of them).
+//!
+//! # The two pipes
+//!
+//! The process's stdin is the wrapper's control pipe, one byte a message,
+//! written without blocking (a full pipe already holds a wake-up):
+//!
+//! - `M`: metadata.json changed. The process reads it: new markers go to the
+//!   jobs stream; a finished status is the job's end, and the rest and the end
+//!   entry are shipped.
+//! - `D`: the wrapper stops waiting for the end and leaves the rest to the
+//!   process (detached): it ships to the end (giving up at its first failure:
+//!   then `logwrap ship` or the next wrapper's catch-up completes the job),
+//!   and, once the wrapper has exited (it holds the job's lock until then),
+//!   records the outcome in metadata.json.
+//! - end of file without `D`: the wrapper is gone (killed mid-job) or gave up
+//!   on a failing Redis; the process stops, and `logwrap ship` or the next
+//!   catch-up completes the job.
+//!
+//! Its stdout is the answer: one line after its first attempt to ship the
+//! end, `done` or `fail`. The shipping state itself is read from `ship.json`,
+//! which the process keeps up to date (at least once a second and at every
+//! failure), so nothing else needs to cross.
+
+use super::shipper::{self, lock, Outcome, Shared, Shipper};
+use super::ShipConfig;
+use crate::metadata::{ShipState, Status};
+use crate::store::{FileStore, JobId};
+use anyhow::{Context, Result};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::time::Instant;
+
+/// Niceness of the shipping process: the lowest, so it uses only CPU time
+/// the job, the wrapper and everything else on the machine leave; it catches
+/// up when the job pauses or ends. Unlike a thread of the wrapper, it cannot
+/// hold up the wrapper's exit however little CPU it gets.
+const NICENESS: i32 = 19;
+
+/// The shipping process's first attempt to connect gives up after this long
+/// (later ones take up to 2 s): a local or nearby Redis answers in well under
+/// it, and a short job's wrapper waits for this attempt at most.
+const FIRST_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The wrapper's handle on its shipping process.
+pub(crate) struct Process {
+    control: Option<ChildStdin>,
+    answer: ChildStdout,
+    /// Bytes of the answer pipe not yet taken as words.
+    heard: Vec<u8>,
+    /// The process has said `up`.
+    up: bool,
+    pid: u32,
+    store: FileStore,
+    id: JobId,
+    /// The state before the process has written one.
+    initial: ShipState,
+}
+
+impl Process {
+    /// Starts `program ship --live` for job `id`, with the URL (and its
+    /// password) in its environment, never its arguments.
+    pub(crate) fn spawn(
+        program: &std::path::Path,
+        store: &FileStore,
+        id: &JobId,
+        cfg: &ShipConfig,
+    ) -> Result<Process> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg("ship").arg("--live");
+        if let Some(ca) = cfg.ca_file() {
+            cmd.arg("--redis-ca-file").arg(ca);
+        }
+        cmd.arg("--log-dir")
+            .arg(store.root())
+            .arg("--ship-maxlen")
+            .arg(cfg.maxlen.to_string())
+            .arg("--ship-ttl")
+            .arg(format!("{}s", cfg.ttl.as_secs()))
+            .arg(id.as_str())
+            .env("DATABUILD_LOG_SHIP", cfg.secret_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C at the terminal is the job's.
+            .process_group(0);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Nothing of the wrapper's but the two pipes crosses exec
+                // (above all no end of the job's output pipes).
+                let _ = libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ship --live", program.display()))?;
+        let control = child.stdin.take().context("no control pipe")?;
+        let answer = child.stdout.take().context("no answer pipe")?;
+        // The wrapper never waits on a write to the control pipe.
+        let flags = nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Process {
+            control: Some(control),
+            answer,
+            heard: Vec::new(),
+            up: false,
+            pid: child.id(),
+            store: store.clone(),
+            id: id.clone(),
+            initial: ShipState {
+                url: cfg.public_url(),
+                ..ShipState::default()
+            },
+        })
+    }
+
+    /// Sends one control byte; a full pipe already holds a wake-up.
+    fn send(&self, byte: u8) -> bool {
+        matches!(
+            self.control.as_ref().map(|mut c| c.write(&[byte])),
+            Some(Ok(1))
+        )
+    }
+
+    /// metadata.json changed (markers, or the job's end).
+    pub(crate) fn notify(&self) {
+        self.send(b'M');
+    }
+
+    /// The state, rate and health as the process last wrote them.
+    pub(crate) fn view(&self) -> (ShipState, Option<f64>, bool) {
+        match shipper::read_state_file(&self.store, &self.id) {
+            Some(f) => {
+                let healthy = f.state.last_error.is_none();
+                (f.state, f.rate, healthy)
+            }
+            None => (self.initial.clone(), None, true),
+        }
+    }
+
+    /// The job has ended (its final metadata is on disk): waits for the
+    /// process's answer until `deadline` if Redis is healthy, then lets go.
+    /// A process that has not started yet (a short job) is first waited for
+    /// until `start_by`, and the wait for its answer then starts anew.
+    pub(crate) fn finish(mut self, deadline: Instant, start_by: Instant, healthy: bool) -> Outcome {
+        self.notify();
+        let (mut deadline, mut healthy) = (deadline, healthy);
+        if !self.up {
+            let began = Instant::now();
+            if self.next(start_by) == Some(Word::Up) {
+                // Judged again now that it has started.
+                deadline += began.elapsed();
+                healthy = self.view().2;
+            }
+        }
+        let answer = if !self.up {
+            // Not started yet (`--ship-wait 0`, or a machine too busy): it
+            // ships all once it does.
+            None
+        } else if healthy {
+            self.next(deadline)
+        } else {
+            Some(Word::Fail)
+        };
+        match answer {
+            Some(Word::Done) => Outcome::Done(self.view().0),
+            Some(Word::Fail | Word::Up) => {
+                // End of file without `D`: it stops; `logwrap ship` or the
+                // next wrapper's catch-up completes the job.
+                self.control = None;
+                Outcome::Failed(self.view().0)
+            }
+            None => {
+                let mut state = self.view().0;
+                if !self.send(b'D') {
+                    return Outcome::Failed(state);
+                }
+                state.last_error = Some(format!(
+                    "finishing in the background (logwrap ship, pid {})",
+                    self.pid
+                ));
+                Outcome::Pending(state)
+            }
+        }
+    }
+
+    /// The process's next word (`up` is remembered and passed over once the
+    /// process is up); `None` at the deadline, `Fail` if it is gone.
+    fn next(&mut self, deadline: Instant) -> Option<Word> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            if let Some(i) = self.heard.iter().position(|b| *b == b'\n') {
+                let word = match &self.heard[..i] {
+                    b"up" => Word::Up,
+                    b"done" => Word::Done,
+                    _ => Word::Fail,
+                };
+                self.heard.drain(..=i);
+                if word == Word::Up {
+                    let first = !self.up;
+                    self.up = true;
+                    if first {
+                        return Some(Word::Up);
+                    }
+                    continue;
+                }
+                return Some(word);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.answer.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(_) => return Some(Word::Fail),
+            }
+            let mut buf = [0u8; 64];
+            match self.answer.read(&mut buf) {
+                // A few short words: more is not ours to keep.
+                Ok(n) if n > 0 && self.heard.len() + n <= 64 => {
+                    self.heard.extend_from_slice(&buf[..n])
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => return Some(Word::Fail),
+            }
+        }
+    }
+}
+
+/// What the shipping process says on its stdout, a line each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Word {
+    /// Started: it holds the job's ship lock.
+    Up,
+    /// All shipped, end entry included.
+    Done,
+    /// The attempt to ship the end failed (or the process is gone).
+    Fail,
+}
+
+/// `logwrap ship --live ID`: ships job `id` while its wrapper runs, as told
+/// by the control pipe on stdin (see the module docs). Exit status 0 unless
+/// it could not start.
+pub(crate) fn run(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<i32> {
+    let mut sh = Shipper::open(store, id, cfg, false)?
+        .with_context(|| format!("{id}: another process is shipping it"))?;
+    let mut started = store.read_metadata(id)?;
+    if started.status.is_finished() {
+        // A job over before this process read it: still, its first event.
+        started.status = Status::Running;
+        started.exit_code = None;
+    }
+    // A first attempt before saying `up`, so that a short job's wrapper,
+    // which waits for `up`, knows whether Redis answers; kept short, as a
+    // host that drops packets holds that wrapper up for this long.
+    if sh.connect_within(FIRST_CONNECT_TIMEOUT).is_err() {
+        sh.persist();
+    }
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"up\n").and_then(|()| out.flush());
+    // Started at the wrapper's priority (a short job's wrapper waits for
+    // this), shipping at the lowest: the threads started below inherit it.
+    // SAFETY: a plain syscall on this thread, no memory handed over.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, NICENESS);
+    }
+    let shared = shipper::shared(sh.state().clone());
+    // Jobs whose shipping could not finish (issue 10 point 3), at this
+    // process's priority.
+    super::catch_up_in_background(store.clone(), cfg.clone(), id.clone());
+    let theirs = shared.clone();
+    let ship = std::thread::Builder::new()
+        .name("logwrap-ship".into())
+        .spawn(move || {
+            let mut told = false;
+            shipper::ship_loop(sh, &theirs, &started, &mut |ok| {
+                if !told {
+                    told = true;
+                    let _ = out.write_all(if ok { b"done\n" } else { b"fail\n" });
+                    let _ = out.flush();
+                }
+            })
+        })
+        .context("starting the shipping thread")?;
+    control(&shared, store, id);
+    // Its lock is held until the outcome is recorded: a `logwrap ship` of
+    // this job waits, and finds it as recorded here.
+    let Ok(_shipper) = ship.join() else {
+        return Ok(1);
+    };
+    let (ended, detached, state) = {
+        let ctl = lock(&shared.0);
+        (ctl.end.is_some(), ctl.detached, ctl.state.clone())
+    };
+    if !ended {
+        // The wrapper went away mid-job: `logwrap ship` completes it.
+        return Ok(0);
+    }
+    // The wrapper writes metadata.json until it exits; then it is ours.
+    super::wait_for_writer(store, id);
+    record(store, id, &state, detached);
+    Ok(0)
+}
+
+/// Reads the control pipe until the wrapper closes it (see the module docs).
+fn control(shared: &Shared, store: &FileStore, id: &JobId) {
+    let (m, cv) = &**shared;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        let got = &buf[..n];
+        let meta = got
+            .contains(&b'M')
+            .then(|| store.read_metadata(id).ok())
+            .flatten();
+        let mut ctl = lock(m);
+        if let Some(meta) = meta {
+            if !meta.status.is_finished() {
+                ctl.markers = Some(meta);
+            } else if ctl.end.is_none() {
+                ctl.end = Some(meta);
+            }
+        }
+        if got.contains(&b'D') {
+            ctl.detached = true;
+        }
+        // Shipping on with no end in sight would never stop.
+        if n == 0 && (!ctl.detached || ctl.end.is_none()) {
+            ctl.abandon = true;
+        }
+        cv.notify_all();
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Records the final shipping state in metadata.json once the wrapper has
+/// exited: always when it left the rest to us, else only when what it wrote
+/// is no longer true (we completed after it stopped waiting).
+fn record(store: &FileStore, id: &JobId, state: &ShipState, detached: bool) {
+    if detached && !state.complete {
+        super::mark_pending(store);
+    }
+    let Ok(mut meta) = store.read_metadata(id) else {
+        return;
+    };
+    let theirs = meta.ship.as_ref().map(|s| s.complete);
+    if detached || theirs != Some(state.complete) {
+        meta.ship = Some(state.clone());
+        if let Err(e) =
+            crate::metadata::write_atomic(&store.metadata_path(id), &meta.to_json(), true)
+        {
+            eprintln!(
+                "logwrap: warning: {id}: cannot record the shipping state in metadata.json: {e:#}"
+            );
+        }
+    }
+}
