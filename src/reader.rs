@@ -685,6 +685,16 @@ pub fn walk_merged_before<S: crate::store::LogStore + ?Sized>(
                 return Ok(cur);
             }
         }
+        if let Anchor::Merged(n) = at {
+            // Its place in arrival order, counting the lines a size limit or
+            // a trimmed store left out before it (numbers stay true): at or
+            // past the target, the place before it is the answer.
+            if line.number + cur[1 - i] >= n {
+                let mut before = cur;
+                before[i] = line.number - 1;
+                return Ok(before);
+            }
+        }
         cur[i] = line.number;
     }
 }

@@ -225,6 +225,40 @@ fn sse_sends_a_gap_event_then_the_tail_with_true_ids() {
     assert!(evs.iter().all(|e| e.event != "gap"));
 }
 
+/// A page's jump to a line (`at=L<n>` on `combined`) inside or right after a
+/// size limit's gap starts with the gap event and the first kept line: the
+/// omitted lines keep their places in the combined numbering, and no kept
+/// line is skipped.
+#[test]
+fn a_combined_jump_into_the_gap_starts_with_it_and_the_first_kept_line() {
+    use crate::util::serve::{Serve, SseConn};
+    let env = TestEnv::new();
+    let (head, _, lines) = cut_job(&env, "jump");
+    let srv = Serve::start(&env, &[]);
+    let first_kept = head + lines + 1;
+    for (at, gap) in [
+        (head + lines / 2, true),
+        (first_kept, true),
+        (first_kept + 1, false),
+        (head, false),
+    ] {
+        let mut c = SseConn::open(
+            srv.port,
+            &format!("/api/job_runs/jump/logs/combined?at=L{at}&count=2"),
+            &[],
+        );
+        let evs = c.rest();
+        let logs: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.event == "log")
+            .map(|e| e.id.as_str())
+            .collect();
+        let want = if at <= head { at } else { at.max(first_kept) };
+        assert_eq!(logs[0], format!("{want}.0"), "at=L{at}: {evs:?}");
+        assert_eq!(evs[0].event == "gap", gap, "at=L{at}: {evs:?}");
+    }
+}
+
 #[test]
 fn log_tail_polling_says_where_the_gap_is_and_skips_it() {
     use crate::util::serve::{get, Serve};
