@@ -486,7 +486,11 @@ function goTo(hash) {
     insert(list);
     const l2 = findLine(t.k, t.n);
     if (l2) { say(""); show(l2); }
-    else say("Line " + t.k + t.n + " is not in this log (yet).");
+    else if (list.length && list[0].note) {
+      // Left out by a size limit (or no longer held here): the notice says so.
+      say("Line " + t.k + t.n + " is not kept: " + list[0].t);
+      show(list[0]);
+    } else say("Line " + t.k + t.n + " is not in this log (yet).");
   }).catch((e) => say("Loading line " + t.k + t.n + " failed: " + e.message))
     .finally(loaded_);
   return true;

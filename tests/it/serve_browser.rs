@@ -430,6 +430,27 @@ fn browser_opens_a_big_log_at_its_tail_and_links_reach_any_line() {
         "the capped tail",
         "return document.getElementById('count').textContent==='20,020 lines';",
     );
+
+    // A line a size limit left out: the page goes to the notice of the cut
+    // and says so.
+    assert_ok(&env.run_sh(
+        "cut",
+        &["--no-pty", "-q", "--max-log-size", "256K"],
+        "seq 1 200000",
+    ));
+    browser.goto("about:blank");
+    browser.goto(&format!(
+        "http://127.0.0.1:{}/job_runs/cut#L100000",
+        srv.port
+    ));
+    browser.wait_js(
+        "the notice of the cut in view",
+        &format!(
+            "if(!document.getElementById('note').textContent.startsWith('Line L100000 is not kept: [')) return false;\
+             const r=document.querySelector('#rows .r.note');if(!r||!r.textContent.includes('omitted by --max-log-size'))return false;{}",
+            in_view_js_of("r")
+        ),
+    );
     browser.screenshot(&env.path("tail.png.b64"));
 }
 
