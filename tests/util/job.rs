@@ -54,9 +54,12 @@ impl Gate {
     /// Shell code that waits until the test opens the gate. A read that ends
     /// empty is retried: our writer (or a copy a concurrent fork briefly holds)
     /// may still be open when the job comes back to the gate, which then opens at
-    /// once and reads EOF once that writer closes.
+    /// once and reads EOF once that writer closes. Once the gate is gone (the
+    /// test ended, or failed, and removed its directory) the job exits rather
+    /// than spin on a failing open for ever.
     pub fn wait(&self) -> String {
-        format!("until read x < {}; do :; done", self.0.to_str().unwrap())
+        let gate = self.0.to_str().unwrap();
+        format!("until read x < {gate}; do [ -p {gate} ] || exit 1; done")
     }
 
     /// Lets the job past one [`Gate::wait`], once it is waiting there.
