@@ -318,22 +318,9 @@ impl RedisServer {
                     ended = true;
                     continue;
                 }
-                let at: u64 = field(e, "offset").parse().unwrap();
-                assert_eq!(e.0, format!("{}-{at}", field(e, "line")), "entry id");
-                assert_eq!(
-                    at, offset,
-                    "{id} {stream}: entry {} is not where the last ended",
-                    e.0
-                );
-                assert_eq!(
-                    field(e, "line").parse::<u64>().unwrap(),
-                    line,
-                    "entry {} line",
-                    e.0
-                );
+                let at = offset;
+                let newlines = check_entry(e, &format!("{id} {stream}"), offset, line);
                 let data = &e.1["data"];
-                let newlines = data.iter().filter(|b| **b == b'\n').count() as u64;
-                assert_eq!(field(e, "lines").parse::<u64>().unwrap(), newlines);
                 buf.resize(data.len(), 0);
                 assert!(
                     at + data.len() as u64 <= size,
@@ -421,27 +408,33 @@ pub fn shipped(entries: &[Entry], stream: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut line = 1u64;
     for e in entries.iter().filter(|e| field(e, "stream") == stream) {
-        let offset: u64 = field(e, "offset").parse().unwrap();
-        assert_eq!(e.0, format!("{}-{offset}", field(e, "line")), "entry id");
-        assert_eq!(
-            offset,
-            out.len() as u64,
-            "entry {} of {stream} is not where the last ended",
-            e.0
-        );
-        assert_eq!(
-            field(e, "line").parse::<u64>().unwrap(),
-            line,
-            "entry {} line",
-            e.0
-        );
-        let data = &e.1["data"];
-        let newlines = data.iter().filter(|b| **b == b'\n').count() as u64;
-        assert_eq!(field(e, "lines").parse::<u64>().unwrap(), newlines);
-        line += newlines;
-        out.extend_from_slice(data);
+        line += check_entry(e, stream, out.len() as u64, line);
+        out.extend_from_slice(&e.1["data"]);
     }
     out
+}
+
+/// Checks one log entry of `what` (a stream, for messages) against where the
+/// entries before it ended: its id is `<line>-<offset>`, it starts at byte
+/// `offset` and line `line`, and its `lines` counts its newlines. Returns
+/// that count.
+fn check_entry(e: &Entry, what: &str, offset: u64, line: u64) -> u64 {
+    let at: u64 = field(e, "offset").parse().unwrap();
+    assert_eq!(e.0, format!("{}-{at}", field(e, "line")), "entry id");
+    assert_eq!(
+        at, offset,
+        "{what}: entry {} is not where the last ended",
+        e.0
+    );
+    assert_eq!(
+        field(e, "line").parse::<u64>().unwrap(),
+        line,
+        "entry {} line",
+        e.0
+    );
+    let newlines = e.1["data"].iter().filter(|b| **b == b'\n').count() as u64;
+    assert_eq!(field(e, "lines").parse::<u64>().unwrap(), newlines);
+    newlines
 }
 
 /// Asserts `shipped` equals `log`, saying where they differ rather than
