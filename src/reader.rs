@@ -671,11 +671,6 @@ pub fn walk_merged_before<S: crate::store::LogStore + ?Sized>(
     let mut merged = CombinedReader::new(open(Stream::Stdout)?, open(Stream::Stderr)?);
     let mut cur = [0u64; 2];
     loop {
-        if let Anchor::Merged(n) = at {
-            if cur[0] + cur[1] + 1 >= n {
-                return Ok(cur);
-            }
-        }
         let Some(line) = merged.next_line(writer_done)? else {
             return Ok(cur);
         };
