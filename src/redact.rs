@@ -1317,6 +1317,21 @@ mod tests {
         }
     }
 
+    /// The marker's pattern and one to six needles of mixed lengths over a
+    /// tiny `alphabet`, so overlaps and near misses are common.
+    fn random_patterns(rng: &mut Rng, alphabet: &[u8]) -> Vec<Vec<u8>> {
+        let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
+        for _ in 0..1 + rng.below(6) {
+            let len = MIN_SECRET_LEN + rng.below(20);
+            patterns.push(
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len())])
+                    .collect(),
+            );
+        }
+        patterns
+    }
+
     /// How long each property test runs: bounded for CI, longer on demand
     /// (`LOGWRAP_FUZZ_SECS`).
     fn fuzz_budget() -> Duration {
@@ -1404,11 +1419,7 @@ mod tests {
         while Instant::now() < deadline {
             cases += 1;
             // Needles of mixed lengths over a tiny alphabet: many overlaps.
-            let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
-            for _ in 0..1 + rng.below(6) {
-                let len = MIN_SECRET_LEN + rng.below(20);
-                patterns.push((0..len).map(|_| b"abc"[rng.below(3)]).collect());
-            }
+            let patterns = random_patterns(&mut rng, b"abc");
             let matcher = AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(&patterns)
@@ -1471,11 +1482,7 @@ mod tests {
         let mut cases = 0;
         while Instant::now() < deadline {
             cases += 1;
-            let mut patterns = vec![b"\nDATABUILD_REDACT: ".to_vec()];
-            for _ in 0..1 + rng.below(6) {
-                let len = MIN_SECRET_LEN + rng.below(20);
-                patterns.push((0..len).map(|_| b"ab\nD"[rng.below(4)]).collect());
-            }
+            let patterns = random_patterns(&mut rng, b"ab\nD");
             let mut by_first = vec![Vec::new(); 256];
             for (i, p) in patterns.iter().enumerate() {
                 by_first[usize::from(p[0])].push(i as u32);
