@@ -388,7 +388,11 @@ impl StreamReader {
                 // will be found once it is written.
                 let mut line_pos = pos;
                 'scan: while line < n && pos < len {
-                    let got = self.log.read_at(grow(&mut self.block, BLOCK), pos)?;
+                    // Only up to the length measured: a live log grows while
+                    // it is scanned, and a line counted past `len` would
+                    // leave the reader at `len` inside it, with its number.
+                    let want = ((len - pos) as usize).min(BLOCK);
+                    let got = self.log.read_at(grow(&mut self.block, want), pos)?;
                     if got == 0 {
                         break;
                     }
@@ -401,7 +405,7 @@ impl StreamReader {
                     }
                     pos += got as u64;
                 }
-                (line_pos.min(len), line)
+                (line_pos, line)
             }
         };
         self.pos = pos;
@@ -879,6 +883,60 @@ mod tests {
                 t.name
             );
         }
+    }
+
+    #[test]
+    fn a_line_past_the_end_is_found_at_a_line_start_while_the_log_grows() {
+        // A writer appends an unfinished line, then the rest of it, while
+        // readers seek past the end: each must wait at the start of a line,
+        // with that line's number, however far the log grew meanwhile.
+        let (store, id, _sink) =
+            crate::store::testing::job("growing", &[(Stream::Stdout, b"1\n2\n")]);
+        let path = store.log_path(&id, Stream::Stdout);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_all(b"par").unwrap();
+                    f.write_all(b"tial\n").unwrap();
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let mut seeks = 0;
+        while std::time::Instant::now() < deadline {
+            let r = crate::store::LogStore::open_lines(
+                &*store,
+                &id,
+                Stream::Stdout,
+                Start::Line(u64::MAX / 2),
+                0,
+            )
+            .unwrap();
+            let (at, number) = (r.position(), r.next_number());
+            let log = std::fs::read(&path).unwrap();
+            let before = &log[..at as usize];
+            assert!(
+                before.is_empty() || before.ends_with(b"\n"),
+                "seek {seeks}: waits at {at}, inside a line"
+            );
+            let newlines = memchr::memchr_iter(b'\n', before).count() as u64;
+            assert_eq!(
+                number,
+                newlines + 1,
+                "seek {seeks}: number of the line at {at}"
+            );
+            seeks += 1;
+            if log.len() > 4 << 20 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(seeks > 10, "only {seeks} seeks");
     }
 
     #[test]
