@@ -1080,6 +1080,22 @@ struct StreamFiles {
 }
 
 impl StreamFiles {
+    /// Counts `data` (written to the log just now, `newlines` of them) into
+    /// the index: a record at its last newline, and never one spanning more
+    /// than [`index::MAX_CHUNK`] bytes (the bytes before it get theirs first).
+    fn account(&mut self, seq: &mut u64, data: &[u8], newlines: u64, ts_us: u64) -> io::Result<()> {
+        if self.lines.offset() - self.recorded_end + data.len() as u64 > index::MAX_CHUNK as u64 {
+            let ts = self.pending_ts;
+            self.record(seq, ts)?;
+        }
+        self.pending_ts = ts_us;
+        self.lines.advance(data, newlines);
+        if newlines == 0 {
+            return Ok(());
+        }
+        self.record(seq, ts_us)
+    }
+
     /// Writes the record for everything appended up to `end`, if not yet done.
     fn record(&mut self, seq: &mut u64, ts_us: u64) -> io::Result<()> {
         let end = self.lines.offset();
@@ -1350,9 +1366,30 @@ impl JobSink for FileJobSink {
     /// record still never spans more than [`index::MAX_CHUNK`] bytes (readers
     /// scan one record's range to find a line), and the bytes not yet recorded
     /// are a tail readers scan.
+    ///
+    /// A chunk a little over [`index::MAX_CHUNK`] (the bytes a redactor held
+    /// back, then a whole read) is still one write; its first few bytes get a
+    /// record of their own.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
         let data = chunk.data();
+        let over = data.len().saturating_sub(index::MAX_CHUNK);
+        if over > 0 && s.limit.is_some() {
+            // Under a size limit each piece is cut as a chunk of its own.
+            let ts = chunk.ts_us();
+            self.append(stream, &Chunk::new(&data[..over], ts))?;
+            return self.append(stream, &Chunk::new(&data[over..], ts));
+        }
+        if s.limit.is_none() {
+            s.log.write_all(data)?;
+            if over == 0 {
+                return s.account(&mut self.seq, data, chunk.newlines(), chunk.ts_us());
+            }
+            let (head, rest) = data.split_at(over);
+            let n = memchr::memchr_iter(b'\n', head).count() as u64;
+            s.account(&mut self.seq, head, n, chunk.ts_us())?;
+            return s.account(&mut self.seq, rest, chunk.newlines() - n, chunk.ts_us());
+        }
         let len = data.len() as u64;
         if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
             let ts = s.pending_ts;
@@ -1363,10 +1400,6 @@ impl JobSink for FileJobSink {
         if chunk.newlines() == 0 {
             s.lines.advance(data, 0);
             return Ok(());
-        }
-        if s.limit.is_none() {
-            s.lines.advance(data, chunk.newlines());
-            return s.record(&mut self.seq, chunk.ts_us());
         }
         // Under a size limit the log is cut only at line starts right after a
         // record: the record goes at the chunk's last newline, so every chunk
@@ -1766,6 +1799,62 @@ mod tests {
         assert_eq!(start, 6 + extra as u64);
         assert_eq!(recs[3].ts_us, 100 + extra as u64 - 1);
         drop(sink);
+    }
+
+    #[test]
+    fn a_chunk_a_little_over_max_chunk_is_recorded_in_pieces_no_wider_than_a_chunk() {
+        // Held redaction bytes in front of a whole read make such chunks.
+        for limited in [false, true] {
+            let store = temp_store("over");
+            let id = JobId::parse("o").unwrap();
+            let mut sink = FileJobSink::create(&store, &id).unwrap();
+            if limited {
+                sink.limit_size(1 << 30).unwrap();
+            }
+            let mut data = Vec::new();
+            sink.append(Stream::Stdout, &Chunk::new(b"pre", 1)).unwrap();
+            data.extend_from_slice(b"pre");
+            // Newlines in the first 300 bytes, in the rest, and none at all.
+            let mut big = vec![b'y'; index::MAX_CHUNK + 300];
+            big[100] = b'\n';
+            big[5000] = b'\n';
+            big[index::MAX_CHUNK + 299] = b'\n';
+            let plain = vec![b'z'; index::MAX_CHUNK + 7];
+            for (ts, chunk) in [(2, &big), (3, &plain), (4, &big)] {
+                sink.append(Stream::Stdout, &Chunk::new(chunk, ts)).unwrap();
+                data.extend_from_slice(chunk);
+            }
+            sink.record_pending().unwrap();
+            let log = fs::read(store.log_path(&id, Stream::Stdout)).unwrap();
+            assert!(
+                log == data,
+                "limited {limited}: the log is not the bytes given"
+            );
+            let path = store.index_path(&id, Stream::Stdout);
+            let idx = IndexFile::open(&path).unwrap();
+            let (mut start, mut lines) = (0, 0);
+            for i in 0..idx.count() {
+                let r = idx.get(i).unwrap();
+                assert!(
+                    r.end - start <= index::MAX_CHUNK as u64,
+                    "limited {limited}: {r:?}"
+                );
+                let piece = &data[start as usize..r.end as usize];
+                lines += memchr::memchr_iter(b'\n', piece).count() as u64;
+                assert_eq!(r.lines_end, lines, "limited {limited}: {r:?}");
+                start = r.end;
+            }
+            assert_eq!(start, data.len() as u64, "limited {limited}");
+            let file = File::open(store.log_path(&id, Stream::Stdout)).unwrap();
+            let newline_ends: Vec<u64> = memchr::memchr_iter(b'\n', &data)
+                .map(|i| i as u64 + 1)
+                .collect();
+            for (n, end) in newline_ends.iter().enumerate() {
+                let got = line_start(&file, &idx, n as u64 + 2).unwrap();
+                assert_eq!(got, Some(*end), "limited {limited}: line {}", n + 2);
+            }
+            drop(sink);
+        }
     }
 
     #[test]

@@ -408,6 +408,10 @@ pub fn run<S: LogStore + Clone + 'static>(
         Waker::new(poll.registry(), WAKE_TOKEN)
             .map_err(|e| SetupError(format!("cannot create waker: {e}")))?,
     );
+    // Reads are whole chunks, after the room for held bytes: a read a little
+    // short of a pipe's 64 KiB left the rest of its last page for a second
+    // read, doubling the reads (and their wake-ups) of a busy job.
+    let front = if redactor.is_some() { HELD_FRONT } else { 0 };
     let mut lp = Loop {
         cfg,
         poll,
@@ -423,8 +427,8 @@ pub fn run<S: LogStore + Clone + 'static>(
         drain_at: None,
         want_wake: Arc::new(AtomicBool::new(false)),
         streams: Vec::new(),
-        buf: vec![0u8; MAX_CHUNK],
-        front: if redactor.is_some() { HELD_FRONT } else { 0 },
+        buf: vec![0u8; front + MAX_CHUNK],
+        front,
         markers: Vec::new(),
         annotations: Vec::new(),
         published_markers: 0,
@@ -775,11 +779,11 @@ enum ReadResult {
     Closed,
 }
 
-/// Room before each read for what the redactor held back from the last one:
-/// a partial match of a needle up to this long is searched again with the new
-/// bytes as one chunk; a longer one (rare: a URL-encoded long value) takes the
-/// slower path that joins them by copying.
-const HELD_FRONT: usize = 512;
+/// Room before each read for what the redactor held back from the last one
+/// (a partial match, after a full read up to a page more): searched again with
+/// the new bytes as one chunk; a longer partial match (rare: a URL-encoded
+/// long value) takes the slower path that joins them by copying.
+const HELD_FRONT: usize = crate::redact::ALIGN_HOLD;
 
 fn read_chunk(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
     loop {
@@ -913,7 +917,10 @@ impl Loop<'_> {
             }
             let front = self.front;
             match read_chunk(&s.fd, &mut self.buf[front..]) {
-                ReadResult::WouldBlock => s.readable = false,
+                ReadResult::WouldBlock => {
+                    s.readable = false;
+                    self.give_extra(i);
+                }
                 ReadResult::Closed => self.close_stream(i),
                 ReadResult::Data(n) => {
                     total += n;
@@ -948,19 +955,46 @@ impl Loop<'_> {
         // search, and in the common case (no match) handed on uncopied.
         let h = r.unhold_into(index, &mut self.buf[..front]).unwrap_or(0);
         let start = front - h;
-        let unchanged = r.feed(index, &self.buf[start..front + n], &mut out);
+        // A full read: more is waiting, so the bytes given out may end at a
+        // page of the log (the rest goes out with the next read).
+        let align = (n == MAX_CHUNK).then(|| {
+            let page = crate::redact::PAGE as u64;
+            ((page - self.streams[i].stats.bytes % page) % page) as usize
+        });
+        let unchanged = r.feed(index, &self.buf[start..front + n], &mut out, align);
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
         if let Some(k) = unchanged {
             self.redacted = out;
             if k > 0 {
+                // Held bytes and a whole read may be a little over one
+                // chunk: the store still records at most `MAX_CHUNK` bytes
+                // at once (see `FileJobSink::append`), and the rest takes
+                // any size.
                 let buf = std::mem::take(&mut self.buf);
                 self.deliver(i, &buf[start..start + k]);
                 self.buf = buf;
             }
             return;
         }
+        self.deliver_pieces(i, &out);
+        self.redacted = out;
+    }
+
+    /// Gives out the bytes the redactor held after a full read only to end
+    /// at a page boundary: no more input came after all.
+    fn give_extra(&mut self, i: usize) {
+        let Some(r) = &mut self.redactor else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.redacted);
+        out.clear();
+        let index = self.streams[i].stream.index();
+        r.take_extra(index, &mut out);
+        self.streams[i].release_at = r
+            .holds(index)
+            .then(|| Instant::now() + REDACT_RELEASE_AFTER);
         self.deliver_pieces(i, &out);
         self.redacted = out;
     }
