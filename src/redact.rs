@@ -420,11 +420,12 @@ impl Redactor {
     /// held); else `None`, and what goes out is in `out`.
     ///
     /// `align`, when more input is already waiting (the caller's read filled
-    /// its buffer), is where in `input` the log file's next page starts: if
-    /// something must be held anyway, the cut moves back to a page start, at
-    /// most [`ALIGN_HOLD`] bytes before the end, so the log is written in
-    /// whole pages (a write ending inside a page costs the kernel about a
-    /// third more). Those bytes are held only until the next input, or
+    /// its buffer), is where in `input` the log file's next page starts: the
+    /// cut (the end of `input`, or where a partial match starts) moves back
+    /// to a page start, at most [`ALIGN_HOLD`] bytes before the end, so the
+    /// log is written in whole pages (a write ending inside a page costs the
+    /// kernel about a third more) even after a redaction shifted the log
+    /// against the reads. Those bytes are held only until the next input, or
     /// [`Redactor::take_extra`].
     pub fn feed(
         &mut self,
@@ -443,8 +444,8 @@ impl Redactor {
             if self.matches.is_empty() {
                 let partial = hold_start(&self.patterns, &self.by_first, &self.filter, input);
                 let keep = match align {
-                    Some(first) if partial < input.len() => page_cut(partial, input.len(), first),
-                    _ => partial,
+                    Some(first) => page_cut(partial, input.len(), first),
+                    None => partial,
                 };
                 let st = &mut self.streams[s];
                 st.held.extend_from_slice(&input[keep..]);
@@ -1476,6 +1477,8 @@ mod tests {
         let len = 65_536;
         let last_page = 100 + 15 * PAGE;
         assert_eq!(page_cut(len - 3, len, 100), last_page);
+        // Nothing to hold: the end still moves back to the page start.
+        assert_eq!(page_cut(len, len, 100), last_page);
         assert_eq!(page_cut(last_page, len, 100), last_page);
         // Too far back: the cut stays where the partial match starts.
         assert_eq!(page_cut(last_page - 1, len, 100), last_page - 1);

@@ -122,6 +122,49 @@ fn a_secret_split_across_reads_or_encoded_is_caught() {
 }
 
 #[test]
+fn a_busy_stream_full_of_partial_matches_is_logged_exactly_redacted() {
+    // Reads of a whole 64 KiB that end inside a possible match are cut at a
+    // page boundary instead, and what is held goes out with the next read:
+    // the log is still exactly the output with each value replaced, and its
+    // line numbers and index agree.
+    let env = TestEnv::new();
+    let mut input = String::new();
+    let mut n = 0;
+    while input.len() < 3 << 20 {
+        n += 1;
+        // Prefixes of the value everywhere, so most reads end inside one.
+        input.push_str(&format!("line {n} ghp_ gh g ghp_Zx9 "));
+        // The value itself now and then (a chunk with a match is redacted
+        // by copying, and shifts the log against the reads).
+        if n % 20_011 == 0 {
+            input.push_str(TOKEN);
+        }
+        input.push_str(&TOKEN[..n % TOKEN.len()]);
+        input.push('\n');
+    }
+    std::fs::write(env.path("big"), &input).unwrap();
+    let o = run_with_token(&env, "busy", &["--no-pty"], "cat big");
+    assert_ok(&o);
+    let want = input.replace(TOKEN, "[REDACTED]");
+    let log = env.stdout_log("busy");
+    assert!(
+        log == want.as_bytes(),
+        "the log differs from the redacted output"
+    );
+    assert!(o.stdout == want.as_bytes(), "the terminal copy differs");
+    let meta = env.meta("busy");
+    assert_eq!(meta["redactions"], n / 20_011, "{meta}");
+    assert_eq!(meta["stdout"]["lines"], n, "{meta}");
+    // The index finds lines anywhere in the log.
+    for k in [2, n / 3, n - 1] {
+        let o = env.run(&["logs", "busy", "--since", &k.to_string()]);
+        assert_ok(&o);
+        let from = want.match_indices('\n').nth(k as usize - 2).unwrap().0 + 1;
+        assert!(o.stdout == want.as_bytes()[from..], "logs --since {k}");
+    }
+}
+
+#[test]
 fn a_held_partial_match_goes_out_unchanged_after_a_short_silence() {
     let env = TestEnv::new();
     let gate = Gate::new(&env, "gate");
