@@ -159,7 +159,7 @@ fn a_busy_stream_full_of_partial_matches_is_logged_exactly_redacted() {
     for k in [2, n / 3, n - 1] {
         let o = env.run(&["logs", "busy", "--since", &k.to_string()]);
         assert_ok(&o);
-        let from = want.match_indices('\n').nth(k as usize - 2).unwrap().0 + 1;
+        let from = want.match_indices('\n').nth(k - 2).unwrap().0 + 1;
         assert!(o.stdout == want.as_bytes()[from..], "logs --since {k}");
     }
 }
