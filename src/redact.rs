@@ -804,6 +804,13 @@ struct QgramFilter {
     b: Box<[u64; CONFIRM_BITS / 64]>,
     step: usize,
     max_len: usize,
+    /// Every pattern is at least `3 * Q - 1` long, so an occurrence holding
+    /// the q-gram at `p` also holds the one at `p - Q` or at `p + Q` (if it
+    /// ends before `p + 2Q`, it started at `p + 2Q - 1 - len <= p - Q` or
+    /// earlier): a hit is only taken when a neighbour hits too. Output that
+    /// shares a few 4-byte pieces with the needles (random text does, every
+    /// few thousand samples) then rarely wakes the automaton.
+    pair_check: bool,
     /// With a single pattern (the marker, when no value is hidden yet: the
     /// default), a SIMD substring search, which looks at every byte for less
     /// than the sampling costs.
@@ -826,6 +833,7 @@ impl QgramFilter {
             a,
             b,
             step: (min_len + 1).saturating_sub(Q).max(1),
+            pair_check: min_len >= 3 * Q - 1,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
             single: match patterns {
                 [p] => Some(memchr::memmem::Finder::new(p).into_owned()),
@@ -847,6 +855,18 @@ impl QgramFilter {
     fn hit(&self, v: u32) -> bool {
         let h = qgram_hash::<CONFIRM_BITS>(v, HASH_B);
         self.probe_a(v) & (self.b[h / 64] >> (h % 64)) & 1 != 0
+    }
+
+    /// True if the sample at `p` may be part of an occurrence: it hits, and
+    /// (see `pair_check`) so does the q-gram before or after it.
+    #[inline(always)]
+    fn sample_hit(&self, buf: &[u8], p: usize) -> bool {
+        if !self.hit(qgram_at(buf, p)) {
+            return false;
+        }
+        !self.pair_check
+            || (p >= Q && self.hit(qgram_at(buf, p - Q)))
+            || (p + 2 * Q <= buf.len() && self.hit(qgram_at(buf, p + Q)))
     }
 
     /// True if any of the [`SAMPLES_PER_TEST`] samples from `p` on (`step`
@@ -936,7 +956,7 @@ fn find_matches(
         }
         let stop = last.min(p + group);
         while p <= stop {
-            if filter.hit(qgram_at(buf, p)) {
+            if filter.sample_hit(buf, p) {
                 let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
                 window = match window {
                     Some((s, e)) if ws <= e => Some((s, we.max(e))),
@@ -1577,6 +1597,49 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             assert_eq!(found, full, "case {cases}");
+        }
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn a_needle_planted_in_unrelated_text_is_found_wherever_it_falls() {
+        // Text that shares no 4-byte piece with the needles: the only hits
+        // are the planted needles' own, often one sample each, whose
+        // neighbour on one side is unrelated text.
+        let deadline = Instant::now() + fuzz_budget() / 4;
+        let mut rng = Rng(11);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            let mut patterns = random_patterns(&mut rng, b"abcdefghij");
+            patterns.retain(|p| p.len() >= 3 * Q - 1);
+            if patterns.len() < 2 {
+                continue;
+            }
+            let matcher = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .unwrap();
+            let filter = QgramFilter::new(&patterns);
+            assert!(filter.pair_check);
+            let mut text = Vec::new();
+            for _ in 0..rng.below(20) {
+                text.extend((0..rng.below(60)).map(|_| b"KLMNOPQRST"[rng.below(10)]));
+                // Not the marker (pattern 0), which ends a search.
+                text.extend_from_slice(&patterns[1 + rng.below(patterns.len() - 1)]);
+            }
+            let mut found = Vec::new();
+            find_matches(&matcher, &filter, &text, &mut found);
+            let full: Vec<_> = matcher
+                .find_iter(&text)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            assert_eq!(
+                found,
+                full,
+                "case {cases}: {:?}",
+                String::from_utf8_lossy(&text)
+            );
         }
         assert!(cases > 10, "only {cases} cases ran");
     }
