@@ -64,7 +64,7 @@ pub(crate) const JOBS_MAXLEN: u64 = 100_000;
 
 /// Default `--ship-wait`: longest the wrapper waits at the job's end for the
 /// rest of the output and the end entry to reach a Redis that answers (it
-/// waits a tenth of the job's duration, and only for what the shipping rate
+/// waits a twentieth of the job's duration, and only for what the shipping rate
 /// gets there in that time, see [`LiveShipper::finish`]): a healthy Redis takes
 /// milliseconds for an ordinary job; the rest of a burst, or a slow Redis, is
 /// left to the shipping process to finish in the background rather than hold

@@ -61,10 +61,16 @@ pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(15);
 const ALIVE_REFRESH: Duration = Duration::from_secs(5);
 
 /// The least the wrapper waits at the job's end for the rest to reach a
-/// Redis that answers: ample for the last lines of an ordinary job (a local
+/// Redis that answers: enough for the last lines of an ordinary job (a local
 /// round trip is well under a millisecond), so its metadata says `complete`
 /// when the wrapper exits; only the end of a burst is handed over.
-const MIN_FINISH_WAIT: Duration = Duration::from_millis(50);
+const MIN_FINISH_WAIT: Duration = Duration::from_millis(5);
+
+/// The wrapper waits at most this fraction of the job's duration at its end
+/// (above [`MIN_FINISH_WAIT`]): shipping is to cost a job at most 10% (issue
+/// 10), and the shipping process's start and its share of the CPU take part
+/// of that.
+const FINISH_WAIT_DIVISOR: u64 = 20;
 
 /// What is left to ship at the job's end that the wrapper waits for whatever
 /// the shipping rate so far: one transaction ([`ROUND_BYTES`]), one round trip.
@@ -963,9 +969,9 @@ impl LiveShipper {
 
     /// The job has ended with `meta`, already written to metadata.json:
     /// ships the rest and the end entry, waiting while Redis answers for a
-    /// tenth of the job's duration (at least 50 ms, `MIN_FINISH_WAIT`, at most
-    /// the config's `finish_wait`), so shipping adds at most ~10% to a job's
-    /// run; not at all while Redis is down, nor when more is left than the
+    /// twentieth of the job's duration (at least 5 ms, `MIN_FINISH_WAIT`, at
+    /// most the config's `finish_wait`), so shipping adds at most ~5% to a
+    /// job's run; not at all while Redis is down, nor when more is left than the
     /// shipping rate so far sends in that time (the end of a burst: waiting
     /// for part of it would only delay the exit). What is left then is
     /// finished by the shipping process after the wrapper exits (it records
@@ -973,8 +979,9 @@ impl LiveShipper {
     /// state to record.
     pub fn finish(self, meta: &Metadata) -> ShipState {
         let wait = self.cfg.finish_wait;
-        let tenth = Duration::from_millis(meta.duration_ms.unwrap_or(0) / 10);
-        let bound = tenth.clamp(MIN_FINISH_WAIT.min(wait), wait);
+        let share =
+            Duration::from_micros(meta.duration_ms.unwrap_or(0) * 1000 / FINISH_WAIT_DIVISOR);
+        let bound = share.clamp(MIN_FINISH_WAIT.min(wait), wait);
         let (state, rate, healthy) = match &self.how {
             How::Thread(shared) => {
                 let ctl = lock(&shared.0);
