@@ -51,8 +51,8 @@ pub const GAP_LEN: usize = 48;
 /// job that prints without end costs 16 hole punches per limit's worth of
 /// output, and the tail overshoots the limit by at most one such segment.
 const SEGMENTS_PER_LIMIT: u64 = 16;
-/// Smallest segment: one read from the child (`index::MAX_CHUNK`), since cuts
-/// fall between reads anyway.
+/// Smallest segment: one index record (`index::MAX_CHUNK`; under a limit a
+/// read is stored in pieces of that size), since cuts fall between records.
 const MIN_SEGMENT: u64 = crate::output::index::MAX_CHUNK as u64;
 
 /// What a size limit left out of one stream.
@@ -242,14 +242,26 @@ impl Limiter {
         if at.offset - tail.offset <= budget {
             return None;
         }
-        let mut chosen = None;
+        let (mut chosen, mut beyond) = (None, None);
         while let Some(c) = self.cuts.pop_front() {
             if at.offset - c.offset <= budget {
                 chosen = Some(c);
                 break;
             }
+            beyond = Some(c);
         }
-        let cut = chosen?;
+        let cut = match (chosen?, beyond) {
+            // A cut here would keep no tail at all (the cut points before it
+            // are further back than the budget, as when lines end just short
+            // of a segment and only every other one is a cut point): keep
+            // from the newest of those instead, one cut spacing (under a
+            // segment plus one record) of tail, and cut here next time.
+            (c, b) if c.offset == at.offset => {
+                self.cuts.push_front(c);
+                b?
+            }
+            (c, _) => c,
+        };
         self.tail = Some(cut);
         // The record ending at the cut stays: readers take the gap's end from it.
         let first_record = if tail.offset == head.offset {
@@ -308,6 +320,34 @@ mod tests {
             worst = worst.max(at.offset - g.omitted_bytes());
         }
         (l, advances, worst)
+    }
+
+    #[test]
+    fn the_tail_is_never_empty_when_cut_points_are_sparse() {
+        // Lines just short of a segment: only every other line start is a
+        // cut point, twice the budget the head leaves apart.
+        let max = 256 << 10;
+        for len in [60_000, 65_000, 65_535, 40_000, 1_000] {
+            let mut l = Limiter::new(max);
+            for i in 1..=4 * max / len + 10 {
+                let at = Cut {
+                    offset: i * len,
+                    lines: i,
+                    records: i,
+                };
+                l.at_line_start(at);
+                let g = l.gap();
+                if g.is_gap() {
+                    assert!(g.end < at.offset, "len {len}, line {i}: nothing kept after the gap");
+                    let kept = at.offset - g.omitted_bytes();
+                    assert!(
+                        kept <= max + segment_len(max) + MIN_SEGMENT,
+                        "len {len}, line {i}: {kept} bytes kept"
+                    );
+                }
+            }
+            assert!(l.gap().is_gap(), "len {len}");
+        }
     }
 
     #[test]
