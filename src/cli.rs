@@ -743,8 +743,8 @@ pub fn error_message(e: &clap::Error, argv: &[OsString]) -> String {
     msg + "; see logwrap --help"
 }
 
-/// Smallest `--max-log-size`: below a few reads of the child (64 KiB each) the
-/// head and tail would be too small to be of use.
+/// Smallest `--max-log-size`: below a few 64 KiB segments (see
+/// `store::limit`) the head and tail would be too small to be of use.
 const MIN_MAX_LOG_SIZE: u64 = 256 << 10;
 
 /// Parses `--max-log-size` like `gc --max-size` (`100M`, `1G`), refusing sizes

@@ -30,7 +30,7 @@ fn grow(block: &mut Vec<u8>, want: usize) -> &mut [u8] {
 
 /// Largest chunk an index record is trusted to describe. Finding a line reads its
 /// whole chunk, so this bounds that buffer against a damaged record; 1 MiB is
-/// well above what any wrapper reads at once (`index::MAX_CHUNK`, 256 KiB in
+/// well above what any wrapper records at once (`index::MAX_CHUNK`, 256 KiB in
 /// earlier versions), so indexes of older job directories stay usable.
 pub(crate) const LARGEST_CHUNK: u64 = 1 << 20;
 
@@ -602,7 +602,7 @@ impl StreamReader {
 
     /// True when the line ending at `end` is past the index only because its
     /// record is not written yet: the index is in use and lags the log by at most
-    /// one chunk. A larger gap means records are being lost (a failing disk), and
+    /// one read (256 KiB). A larger gap means records are being lost (a failing disk), and
     /// waiting for them could hold lines back until the job ends.
     fn record_on_its_way(&self, end: u64, len: u64) -> bool {
         if self.idx.is_none() {

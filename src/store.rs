@@ -1367,9 +1367,9 @@ impl JobSink for FileJobSink {
     /// scan one record's range to find a line), and the bytes not yet recorded
     /// are a tail readers scan.
     ///
-    /// A chunk a little over [`index::MAX_CHUNK`] (the bytes a redactor held
-    /// back, then a whole read) is still one write; its first few bytes get a
-    /// record of their own.
+    /// A larger chunk (a whole read, up to four records' worth, perhaps after
+    /// bytes a redactor held back) is still one write, recorded in pieces of
+    /// at most [`index::MAX_CHUNK`].
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
         let data = chunk.data();
@@ -1382,13 +1382,18 @@ impl JobSink for FileJobSink {
         }
         if s.limit.is_none() {
             s.log.write_all(data)?;
-            if over == 0 {
-                return s.account(&mut self.seq, data, chunk.newlines(), chunk.ts_us());
+            // The newlines of the last piece are what the others leave.
+            let mut left = chunk.newlines();
+            let mut pieces = data.chunks(index::MAX_CHUNK).peekable();
+            while let Some(piece) = pieces.next() {
+                let n = match pieces.peek() {
+                    Some(_) => memchr::memchr_iter(b'\n', piece).count() as u64,
+                    None => left,
+                };
+                left -= n;
+                s.account(&mut self.seq, piece, n, chunk.ts_us())?;
             }
-            let (head, rest) = data.split_at(over);
-            let n = memchr::memchr_iter(b'\n', head).count() as u64;
-            s.account(&mut self.seq, head, n, chunk.ts_us())?;
-            return s.account(&mut self.seq, rest, chunk.newlines() - n, chunk.ts_us());
+            return Ok(());
         }
         let len = data.len() as u64;
         if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
@@ -1567,8 +1572,8 @@ pub(crate) fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Optio
 }
 
 /// Most bytes past the index's last record that [`count_stats`] scans for
-/// newlines. A live writer's index trails its log by at most one chunk
-/// (`index::MAX_CHUNK`), so this covers it many times over; only a log whose
+/// newlines. A live writer's index trails its log by at most one read (256
+/// KiB, recorded just after it is written), so this covers it four times over; only a log whose
 /// index is missing or damaged has more, and then the count covers the index
 /// and this much (a lower bound) rather than reading a whole log per request.
 const LIVE_SCAN: u64 = 1 << 20;
@@ -1802,8 +1807,9 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_a_little_over_max_chunk_is_recorded_in_pieces_no_wider_than_a_chunk() {
-        // Held redaction bytes in front of a whole read make such chunks.
+    fn a_chunk_over_max_chunk_is_recorded_in_pieces_no_wider_than_a_chunk() {
+        // A whole read (up to four records' worth), perhaps after bytes a
+        // redactor held back, makes such chunks.
         for limited in [false, true] {
             let store = temp_store("over");
             let id = JobId::parse("o").unwrap();
@@ -1820,7 +1826,11 @@ mod tests {
             big[5000] = b'\n';
             big[index::MAX_CHUNK + 299] = b'\n';
             let plain = vec![b'z'; index::MAX_CHUNK + 7];
-            for (ts, chunk) in [(2, &big), (3, &plain), (4, &big)] {
+            // A whole read of four records' worth, newlines here and there.
+            let read: Vec<u8> = (0..4 * index::MAX_CHUNK + 300)
+                .map(|i| if i % 9_973 == 0 { b'\n' } else { b'r' })
+                .collect();
+            for (ts, chunk) in [(2, &big), (3, &plain), (4, &big), (5, &read), (6, &read)] {
                 sink.append(Stream::Stdout, &Chunk::new(chunk, ts)).unwrap();
                 data.extend_from_slice(chunk);
             }

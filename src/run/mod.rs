@@ -10,6 +10,13 @@ use crate::exit::{self, ChildEnd};
 use crate::metadata::{MarkerError, Metadata, MissingDep, Status, StreamStats};
 use crate::output::annotations::{self, AnnotationScanner};
 use crate::output::index::MAX_CHUNK;
+
+/// Most bytes read from the child at once: four index records' worth. A
+/// busy pipe (1 MiB, see `spawn`) then costs a quarter of the reads and
+/// wake-ups that 64 KiB reads did (a wake-up is dear in a VM), for 192 KiB
+/// more of buffer; the store still records at most [`MAX_CHUNK`] bytes at
+/// once (see `FileJobSink::append`).
+const READ_SIZE: usize = 4 * MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
 use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
 use crate::timefmt;
@@ -427,7 +434,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         drain_at: None,
         want_wake: Arc::new(AtomicBool::new(false)),
         streams: Vec::new(),
-        buf: vec![0u8; front + MAX_CHUNK],
+        buf: vec![0u8; front + READ_SIZE],
         front,
         markers: Vec::new(),
         annotations: Vec::new(),
@@ -957,7 +964,7 @@ impl Loop<'_> {
         let start = front - h;
         // A full read: more is waiting, so the bytes given out may end at a
         // page of the log (the rest goes out with the next read).
-        let align = (n == MAX_CHUNK).then(|| {
+        let align = (n == READ_SIZE).then(|| {
             let page = crate::redact::PAGE as u64;
             ((page - self.streams[i].stats.bytes % page) % page) as usize
         });
@@ -968,10 +975,9 @@ impl Loop<'_> {
         if let Some(k) = unchanged {
             self.redacted = out;
             if k > 0 {
-                // Held bytes and a whole read may be a little over one
-                // chunk: the store still records at most `MAX_CHUNK` bytes
-                // at once (see `FileJobSink::append`), and the rest takes
-                // any size.
+                // Held bytes and a whole read may be a little over a read:
+                // the store still records at most `MAX_CHUNK` bytes at once
+                // (see `FileJobSink::append`), and the rest takes any size.
                 let buf = std::mem::take(&mut self.buf);
                 self.deliver(i, &buf[start..start + k]);
                 self.buf = buf;
@@ -1030,10 +1036,11 @@ impl Loop<'_> {
         self.redacted = out;
     }
 
-    /// Hands `data` to the sinks in pieces of at most [`MAX_CHUNK`] (the
-    /// index never records more at once; redaction may make a chunk longer).
+    /// Hands `data` to the sinks in pieces of at most [`READ_SIZE`]
+    /// (redaction may make a read's output longer, and the terminal copy
+    /// queues whole pieces).
     fn deliver_pieces(&mut self, i: usize, data: &[u8]) {
-        for piece in data.chunks(MAX_CHUNK) {
+        for piece in data.chunks(READ_SIZE) {
             self.deliver(i, piece);
         }
     }

@@ -21,9 +21,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Chunks queued per stream before the wrapper stops reading that stream. With
-/// chunks of at most 64 KiB this bounds the queue at 256 KiB a stream, well inside
-/// the 16 MiB RSS target, while riding out a reader's short pauses.
-const QUEUE_CHUNKS: usize = 4;
+/// chunks of at most one read (256 KiB) this bounds the queue at 256 KiB a
+/// stream (plus the one chunk being written and one waiting to be queued),
+/// well inside the 16 MiB RSS target, while riding out a reader's short
+/// pauses.
+const QUEUE_CHUNKS: usize = 1;
 
 /// Bytes read back from the log per write when catching up: the size of one
 /// read from the child, so catching up costs no more memory than copying did.

@@ -338,7 +338,10 @@ mod tests {
                 l.at_line_start(at);
                 let g = l.gap();
                 if g.is_gap() {
-                    assert!(g.end < at.offset, "len {len}, line {i}: nothing kept after the gap");
+                    assert!(
+                        g.end < at.offset,
+                        "len {len}, line {i}: nothing kept after the gap"
+                    );
                     let kept = at.offset - g.omitted_bytes();
                     assert!(
                         kept <= max + segment_len(max) + MIN_SEGMENT,

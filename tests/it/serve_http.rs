@@ -449,16 +449,6 @@ fn the_token_is_required_on_every_endpoint() {
     }
 }
 
-/// Resident set size of a process, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_follower_that_stops_reading_gets_back_pressure() {
     let env = TestEnv::new();

@@ -138,3 +138,13 @@ pub fn assert_fails_with(o: &Output, code: i32) {
         stderr_text(o)
     );
 }
+
+/// Resident set size of a process, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
