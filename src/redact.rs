@@ -1573,6 +1573,41 @@ mod tests {
         );
     }
 
+    /// The leftmost-longest automaton of `patterns` (pattern 0 the marker)
+    /// and the q-gram filter in front of it.
+    fn matcher_and_filter(patterns: &[Vec<u8>]) -> (AhoCorasick, QgramFilter) {
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns)
+            .unwrap();
+        (matcher, QgramFilter::new(patterns))
+    }
+
+    /// The filtered search of `text` finds what searching all of it finds,
+    /// up to and including the first marker (pattern 0), where it stops.
+    fn assert_finds_what_a_full_search_finds(
+        matcher: &AhoCorasick,
+        filter: &QgramFilter,
+        text: &[u8],
+        case: usize,
+    ) {
+        let mut found = Vec::new();
+        find_matches(matcher, filter, text, &mut found);
+        let mut full = Vec::new();
+        for m in matcher.find_iter(text) {
+            full.push((m.start(), m.end(), m.pattern().as_usize()));
+            if m.pattern().as_usize() == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            found,
+            full,
+            "case {case}: {:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+
     #[test]
     fn the_qgram_filter_finds_exactly_what_a_full_search_finds() {
         let deadline = Instant::now() + fuzz_budget() / 2;
@@ -1582,21 +1617,11 @@ mod tests {
             cases += 1;
             // Needles of mixed lengths over a tiny alphabet: many overlaps.
             let patterns = random_patterns(&mut rng, b"abc");
-            let matcher = AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .unwrap();
-            let filter = QgramFilter::new(&patterns);
+            let (matcher, filter) = matcher_and_filter(&patterns);
             let text: Vec<u8> = (0..rng.below(3000))
                 .map(|_| b"abcd"[rng.below(4)])
                 .collect();
-            let mut found = Vec::new();
-            find_matches(&matcher, &filter, &text, &mut found);
-            let full: Vec<_> = matcher
-                .find_iter(&text)
-                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
-                .collect();
-            assert_eq!(found, full, "case {cases}");
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
         }
         assert!(cases > 10, "only {cases} cases ran");
     }
@@ -1616,11 +1641,7 @@ mod tests {
             if patterns.len() < 2 {
                 continue;
             }
-            let matcher = AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .unwrap();
-            let filter = QgramFilter::new(&patterns);
+            let (matcher, filter) = matcher_and_filter(&patterns);
             assert!(filter.pair_check);
             let mut text = Vec::new();
             for _ in 0..rng.below(20) {
@@ -1628,18 +1649,7 @@ mod tests {
                 // Not the marker (pattern 0), which ends a search.
                 text.extend_from_slice(&patterns[1 + rng.below(patterns.len() - 1)]);
             }
-            let mut found = Vec::new();
-            find_matches(&matcher, &filter, &text, &mut found);
-            let full: Vec<_> = matcher
-                .find_iter(&text)
-                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
-                .collect();
-            assert_eq!(
-                found,
-                full,
-                "case {cases}: {:?}",
-                String::from_utf8_lossy(&text)
-            );
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
         }
         assert!(cases > 10, "only {cases} cases ran");
     }
@@ -1647,12 +1657,7 @@ mod tests {
     #[test]
     fn the_marker_alone_is_found_exactly_where_a_full_search_finds_it() {
         let marker = b"\nDATABUILD_REDACT: ".to_vec();
-        let patterns = vec![marker.clone()];
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .unwrap();
-        let filter = QgramFilter::new(&patterns);
+        let (matcher, filter) = matcher_and_filter(&[marker.clone()]);
         assert!(filter.single.is_some());
         let deadline = Instant::now() + fuzz_budget() / 4;
         let mut rng = Rng(5);
@@ -1668,14 +1673,7 @@ mod tests {
                     _ => text.extend((0..rng.below(30)).map(|_| b"\nDx "[rng.below(4)])),
                 }
             }
-            let mut found = Vec::new();
-            find_matches(&matcher, &filter, &text, &mut found);
-            let full: Vec<_> = matcher
-                .find_iter(&text)
-                .take(1)
-                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
-                .collect();
-            assert_eq!(found, full, "case {cases}");
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
         }
         assert!(cases > 10, "only {cases} cases ran");
     }
