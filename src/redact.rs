@@ -1657,7 +1657,7 @@ mod tests {
     #[test]
     fn the_marker_alone_is_found_exactly_where_a_full_search_finds_it() {
         let marker = b"\nDATABUILD_REDACT: ".to_vec();
-        let (matcher, filter) = matcher_and_filter(&[marker.clone()]);
+        let (matcher, filter) = matcher_and_filter(std::slice::from_ref(&marker));
         assert!(filter.single.is_some());
         let deadline = Instant::now() + fuzz_budget() / 4;
         let mut rng = Rng(5);
