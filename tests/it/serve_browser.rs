@@ -136,8 +136,11 @@ impl Browser {
         )
     }
 
+    /// Waits until `script` returns true. A script that throws (an element
+    /// the page has not made yet, while it loads) counts as not yet.
     fn wait_js(&self, what: &str, script: &str) {
-        wait_until(LIMIT, what, || self.js(script) == Value::Bool(true));
+        let guarded = format!("try {{ {script} }} catch (e) {{ return false; }}");
+        wait_until(LIMIT, what, || self.js(&guarded) == Value::Bool(true));
     }
 
     fn screenshot(&self, path: &std::path::Path) {
