@@ -34,8 +34,8 @@ const ROUND_BYTES: usize = 1 << 20;
 /// a remote follower together with a round trip.
 const POLL: Duration = Duration::from_millis(10);
 
-/// During a burst (a round found a full [`ROUND_BYTES`] waiting), the next
-/// rounds wait this long, then ship all that came meanwhile: the issue's
+/// During a burst (a full [`ROUND_BYTES`] or more waiting), shipping waits
+/// this long, then ships all that came meanwhile: the issue's
 /// "~50 ms" batching, by time rather than size, so that a short burst is
 /// shipped after the job rather than against it for the CPU (with Redis on
 /// the same machine, its work of taking the entries competes with the job at
@@ -407,6 +407,41 @@ impl Shipper {
         Ok(())
     }
 
+    /// The length of `stream`'s log as measured this round (opening it the
+    /// first time); `None` while it does not exist yet.
+    fn source_len(&mut self, stream: Stream) -> Result<Option<u64>> {
+        let path = self.store.log_path(&self.id, stream);
+        let src = &mut self.sources[stream as usize];
+        if src.log.is_none() {
+            match open_job_file(&path) {
+                Ok(f) => src.log = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+            }
+        }
+        let Some(log) = &src.log else { return Ok(None) };
+        if src.len.is_none() {
+            let len = log
+                .metadata()
+                .with_context(|| format!("measuring {}", path.display()))?
+                .len();
+            src.len = Some(len);
+        }
+        Ok(src.len)
+    }
+
+    /// Bytes of both logs not shipped yet, measured now.
+    fn waiting(&mut self) -> Result<u64> {
+        let mut total = 0;
+        for stream in Stream::BOTH {
+            self.sources[stream as usize].len = None;
+            if let Some(len) = self.source_len(stream)? {
+                total += len.saturating_sub(self.cur[stream as usize].offset);
+            }
+        }
+        Ok(total)
+    }
+
     /// The next entry of `stream` from its cursor, if one is ready (`last`:
     /// the job has ended, so a final line without a newline goes too); its
     /// bytes are read into the arena at `pos`.
@@ -418,27 +453,12 @@ impl Shipper {
         pos: usize,
     ) -> Result<Option<Entry>> {
         let i = stream as usize;
+        let Some(len) = self.source_len(stream)? else {
+            return Ok(None);
+        };
         let path = self.store.log_path(&self.id, stream);
         let src = &mut self.sources[i];
-        if src.log.is_none() {
-            match open_job_file(&path) {
-                Ok(f) => src.log = Some(f),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-            }
-        }
         let Some(log) = &src.log else { return Ok(None) };
-        let len = match src.len {
-            Some(len) => len,
-            None => {
-                let len = log
-                    .metadata()
-                    .with_context(|| format!("measuring {}", path.display()))?
-                    .len();
-                src.len = Some(len);
-                len
-            }
-        };
         let avail = len.saturating_sub(at.offset);
         if avail == 0 {
             return Ok(None);
@@ -1176,7 +1196,12 @@ pub(crate) fn ship_loop(
                             return Err(e);
                         }
                     }
-                    loop {
+                    // A burst's start waits too: more than a full round
+                    // already waiting is not sent at once.
+                    if sh.waiting()? >= ROUND_BYTES as u64 && pacer.full_round(Instant::now()) {
+                        paused = true;
+                    }
+                    while !paused {
                         let sent = sh.round(false)?;
                         if sent < ROUND_BYTES {
                             // All that was waiting (a round is full only
