@@ -1080,20 +1080,56 @@ struct StreamFiles {
 }
 
 impl StreamFiles {
+    /// Records the bytes not yet recorded if `len` more would make their
+    /// record span more than [`index::MAX_CHUNK`] bytes.
+    fn record_before(&mut self, seq: &mut u64, len: usize) -> io::Result<()> {
+        if self.lines.offset() - self.recorded_end + len as u64 > index::MAX_CHUNK as u64 {
+            let ts = self.pending_ts;
+            self.record(seq, ts)?;
+        }
+        Ok(())
+    }
+
     /// Counts `data` (written to the log just now, `newlines` of them) into
     /// the index: a record at its last newline, and never one spanning more
     /// than [`index::MAX_CHUNK`] bytes (the bytes before it get theirs first).
     fn account(&mut self, seq: &mut u64, data: &[u8], newlines: u64, ts_us: u64) -> io::Result<()> {
-        if self.lines.offset() - self.recorded_end + data.len() as u64 > index::MAX_CHUNK as u64 {
-            let ts = self.pending_ts;
-            self.record(seq, ts)?;
-        }
+        self.record_before(seq, data.len())?;
         self.pending_ts = ts_us;
         self.lines.advance(data, newlines);
         if newlines == 0 {
             return Ok(());
         }
         self.record(seq, ts_us)
+    }
+
+    /// Under a size limit: writes `data` (at most [`index::MAX_CHUNK`]
+    /// bytes, `newlines` of them) and counts it into the index, then lets
+    /// the limit cut. The log is cut only at line starts right after a
+    /// record: the record goes at the piece's last newline, so every piece
+    /// holding one makes a cut point (a child writing in blocks rarely ends
+    /// a read at a line end). The bytes after it wait for the next record.
+    fn append_limited(
+        &mut self,
+        seq: &mut u64,
+        data: &[u8],
+        newlines: u64,
+        ts_us: u64,
+    ) -> io::Result<()> {
+        self.record_before(seq, data.len())?;
+        self.log.write_all(data)?;
+        self.pending_ts = ts_us;
+        if newlines == 0 {
+            self.lines.advance(data, 0);
+            return Ok(());
+        }
+        let split = memchr::memrchr(b'\n', data).map_or(data.len(), |i| i + 1);
+        let (lines, rest) = data.split_at(split);
+        self.lines.advance(lines, newlines);
+        self.record(seq, ts_us)?;
+        self.enforce_limit();
+        self.lines.advance(rest, 0);
+        Ok(())
     }
 
     /// Writes the record for everything appended up to `end`, if not yet done.
@@ -1368,54 +1404,32 @@ impl JobSink for FileJobSink {
     /// are a tail readers scan.
     ///
     /// A larger chunk (a whole read, up to four records' worth, perhaps after
-    /// bytes a redactor held back) is still one write, recorded in pieces of
-    /// at most [`index::MAX_CHUNK`].
+    /// bytes a redactor held back) is still one write (without a size limit),
+    /// recorded in pieces of at most [`index::MAX_CHUNK`].
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        let data = chunk.data();
-        let over = data.len().saturating_sub(index::MAX_CHUNK);
-        if over > 0 && s.limit.is_some() {
-            // Under a size limit each piece is cut as a chunk of its own.
-            let ts = chunk.ts_us();
-            self.append(stream, &Chunk::new(&data[..over], ts))?;
-            return self.append(stream, &Chunk::new(&data[over..], ts));
-        }
-        if s.limit.is_none() {
+        let (data, ts) = (chunk.data(), chunk.ts_us());
+        // Under a size limit each piece is written, and may be cut, as a
+        // chunk of its own.
+        let limited = s.limit.is_some();
+        if !limited {
             s.log.write_all(data)?;
+        }
+        let mut left = chunk.newlines();
+        let mut pieces = data.chunks(index::MAX_CHUNK).peekable();
+        while let Some(piece) = pieces.next() {
             // The newlines of the last piece are what the others leave.
-            let mut left = chunk.newlines();
-            let mut pieces = data.chunks(index::MAX_CHUNK).peekable();
-            while let Some(piece) = pieces.next() {
-                let n = match pieces.peek() {
-                    Some(_) => memchr::memchr_iter(b'\n', piece).count() as u64,
-                    None => left,
-                };
-                left -= n;
-                s.account(&mut self.seq, piece, n, chunk.ts_us())?;
+            let n = match pieces.peek() {
+                Some(_) => memchr::memchr_iter(b'\n', piece).count() as u64,
+                None => left,
+            };
+            left -= n;
+            if limited {
+                s.append_limited(&mut self.seq, piece, n, ts)?;
+            } else {
+                s.account(&mut self.seq, piece, n, ts)?;
             }
-            return Ok(());
         }
-        let len = data.len() as u64;
-        if s.lines.offset() - s.recorded_end + len > index::MAX_CHUNK as u64 {
-            let ts = s.pending_ts;
-            s.record(&mut self.seq, ts)?;
-        }
-        s.log.write_all(data)?;
-        s.pending_ts = chunk.ts_us();
-        if chunk.newlines() == 0 {
-            s.lines.advance(data, 0);
-            return Ok(());
-        }
-        // Under a size limit the log is cut only at line starts right after a
-        // record: the record goes at the chunk's last newline, so every chunk
-        // holding one makes a cut point (a child writing in blocks rarely ends
-        // a read at a line end). The bytes after it wait for the next record.
-        let split = memchr::memrchr(b'\n', data).map_or(data.len(), |i| i + 1);
-        let (lines, rest) = data.split_at(split);
-        s.lines.advance(lines, chunk.newlines());
-        s.record(&mut self.seq, chunk.ts_us())?;
-        s.enforce_limit();
-        s.lines.advance(rest, 0);
         Ok(())
     }
 
