@@ -10,13 +10,6 @@ use crate::exit::{self, ChildEnd};
 use crate::metadata::{MarkerError, Metadata, MissingDep, Status, StreamStats};
 use crate::output::annotations::{self, AnnotationScanner};
 use crate::output::index::MAX_CHUNK;
-
-/// Most bytes read from the child at once: four index records' worth. A
-/// busy pipe (1 MiB, see `spawn`) then costs a quarter of the reads and
-/// wake-ups that 64 KiB reads did (a wake-up is dear in a VM), for 192 KiB
-/// more of buffer; the store still records at most [`MAX_CHUNK`] bytes at
-/// once (see `FileJobSink::append`).
-const READ_SIZE: usize = 4 * MAX_CHUNK;
 use crate::output::marker::{MarkerEvent, MarkerScanner};
 use crate::store::{Chunk, CreateError, JobId, JobSink, LogStore, Stream};
 use crate::timefmt;
@@ -415,9 +408,9 @@ pub fn run<S: LogStore + Clone + 'static>(
         Waker::new(poll.registry(), WAKE_TOKEN)
             .map_err(|e| SetupError(format!("cannot create waker: {e}")))?,
     );
-    // Reads are whole chunks, after the room for held bytes: a read a little
-    // short of a pipe's 64 KiB left the rest of its last page for a second
-    // read, doubling the reads (and their wake-ups) of a busy job.
+    // Reads are whole (`READ_SIZE`), after the room for held bytes: a read a
+    // little short of a whole number of pages left the rest of its last page
+    // for a second read, doubling the reads (and wake-ups) of a busy job.
     let front = if redactor.is_some() { HELD_FRONT } else { 0 };
     let mut lp = Loop {
         cfg,
@@ -786,6 +779,13 @@ enum ReadResult {
     Closed,
 }
 
+/// Most bytes read from the child at once: four index records' worth. A
+/// busy pipe (1 MiB, see `spawn`) then costs a quarter of the reads and
+/// wake-ups that 64 KiB reads did (a wake-up is dear in a VM), for 192 KiB
+/// more of buffer; the store still records at most [`MAX_CHUNK`] bytes at
+/// once (see `FileJobSink::append`).
+const READ_SIZE: usize = 4 * MAX_CHUNK;
+
 /// Room before each read for what the redactor held back from the last one
 /// (a partial match, after a full read up to a page more): searched again with
 /// the new bytes as one chunk; a longer partial match (rare: a URL-encoded
@@ -991,13 +991,23 @@ impl Loop<'_> {
     /// Gives out the bytes the redactor held after a full read only to end
     /// at a page boundary: no more input came after all.
     fn give_extra(&mut self, i: usize) {
+        self.give_held(i, |r, s, out| r.take_extra(s, out));
+    }
+
+    /// Hands to the sinks what `take` gets out of the redactor for stream
+    /// `i`, and times the release of what it still holds.
+    fn give_held(
+        &mut self,
+        i: usize,
+        take: impl FnOnce(&mut crate::redact::Redactor, usize, &mut Vec<u8>),
+    ) {
         let Some(r) = &mut self.redactor else {
             return;
         };
         let mut out = std::mem::take(&mut self.redacted);
         out.clear();
         let index = self.streams[i].stream.index();
-        r.take_extra(index, &mut out);
+        take(r, index, &mut out);
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
@@ -1021,19 +1031,13 @@ impl Loop<'_> {
     /// Gives out everything the redactor holds for stream `i`; at the end of
     /// the stream (`end`) an open `DATABUILD_REDACT:` line ends too.
     fn flush_redactor(&mut self, i: usize, end: bool) {
-        let Some(r) = &mut self.redactor else {
-            return;
-        };
-        let mut out = std::mem::take(&mut self.redacted);
-        out.clear();
-        let index = self.streams[i].stream.index();
-        if end {
-            r.finish(index, &mut out);
-        } else {
-            r.release(index, &mut out);
-        }
-        self.deliver_pieces(i, &out);
-        self.redacted = out;
+        self.give_held(i, |r, s, out| {
+            if end {
+                r.finish(s, out);
+            } else {
+                r.release(s, out);
+            }
+        });
     }
 
     /// Hands `data` to the sinks in pieces of at most [`READ_SIZE`]
