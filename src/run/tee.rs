@@ -27,8 +27,9 @@ use std::time::Duration;
 /// pauses.
 const QUEUE_CHUNKS: usize = 1;
 
-/// Bytes read back from the log per write when catching up: the size of one
-/// read from the child, so catching up costs no more memory than copying did.
+/// Bytes read back from the log per write when catching up: one index
+/// record's worth (a quarter of a read from the child), so catching up costs
+/// no more memory than copying did.
 const CATCH_UP_PIECE: usize = crate::output::index::MAX_CHUNK;
 
 /// The part of a stream's log the terminal copy has not had: `[from, to)`.

@@ -51,8 +51,8 @@ struct Pacer {
 }
 
 impl Pacer {
-    /// A full round was shipped at `now` (more may be waiting): true if
-    /// shipping pauses here (a burst has begun, or its pause is not over:
+    /// A full round's worth is waiting, or was just shipped, at `now`: true
+    /// if shipping pauses here (a burst has begun, or its pause is not over:
     /// the shipper was woken early, by markers), false if it drains on (the
     /// pause is over). A drain that empties the files ends the burst
     /// ([`Pacer::drained`]).
