@@ -382,13 +382,13 @@ pub fn run<S: LogStore + Clone + 'static>(
         meta.log_errors.push(format!("metadata.json: {e:#}"));
     }
     // Shipping (issue 10) in a process or thread of its own, from the files
-    // the loop writes:
+    // the loop writes, started by the loop once the job has run a little:
     // Redis can neither delay nor fail the job, so a failure here is recorded.
     let shipper = cfg.ship.as_ref().and_then(|sc| {
-        let started = crate::ship::file_job(sink.dir())
+        let planned = crate::ship::file_job(sink.dir())
             .context("only jobs of a file store can be shipped")
-            .and_then(|(fs, fid)| crate::ship::LiveShipper::spawn(&fs, &fid, sc, &meta));
-        match started {
+            .map(|(fs, fid)| crate::ship::LiveShipper::new(&fs, &fid, sc, &meta));
+        match planned {
             Ok(t) => Some(t),
             Err(e) => {
                 if let Some(st) = &mut meta.ship {
@@ -854,6 +854,9 @@ impl Loop<'_> {
             }
             self.check_deadlines(now);
             self.release_held(now);
+            if let Some(sh) = &mut self.shipper {
+                sh.start_if_due(now, &self.meta);
+            }
             let busy = self
                 .streams
                 .iter()
@@ -1354,6 +1357,7 @@ impl Loop<'_> {
             self.kill_at.filter(|_| alive),
             self.drain_at,
             self.publish_at,
+            self.shipper.as_ref().and_then(|s| s.start_at()),
             // A stream waiting for its terminal copy releases once that moves.
             self.streams
                 .iter()
@@ -1417,7 +1421,9 @@ impl Loop<'_> {
                 .log_errors
                 .push(format!("finishing the logs: {e}"));
         }
-        if let Some(sh) = self.shipper.take() {
+        if let Some(mut sh) = self.shipper.take() {
+            // A job shorter than the shipping's start delay: it starts now.
+            sh.start(&self.meta);
             // The rest goes out now if Redis answers; while it is down the
             // wrapper does not wait (`logwrap ship` completes the job later).
             // A shipping process reads the job's end from metadata.json: the

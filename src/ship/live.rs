@@ -14,7 +14,9 @@
 //!   jobs stream; a finished status is the job's end, and the rest and the end
 //!   entry are shipped.
 //! - `D`: the wrapper stops waiting for the end and leaves the rest to the
-//!   process (detached): it ships to the end (giving up at its first failure:
+//!   process (detached): it sends nothing more until the wrapper has exited
+//!   (its last steps do not compete with shipping for the CPU), then ships
+//!   to the end (giving up at its first failure:
 //!   then `logwrap ship` or the next wrapper's catch-up completes the job),
 //!   and, once the wrapper has exited (it holds the job's lock until then),
 //!   records the outcome in metadata.json.
@@ -45,7 +47,8 @@ const NICENESS: i32 = 19;
 
 /// The shipping process's first attempt to connect gives up after this long
 /// (later ones take up to 2 s): a local or nearby Redis answers in well under
-/// it, and a short job's wrapper waits for this attempt at most.
+/// it. It comes before `up`; a wrapper whose job ends before `up` does not
+/// wait for it.
 const FIRST_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The wrapper's handle on its shipping process.
@@ -129,17 +132,18 @@ impl Process {
         })
     }
 
-    /// Sends one control byte; a full pipe already holds a wake-up.
-    fn send(&self, byte: u8) -> bool {
+    /// Sends control bytes in one write (atomic, being short); a full pipe
+    /// already holds a wake-up.
+    fn send(&self, words: &[u8]) -> bool {
         matches!(
-            self.control.as_ref().map(|mut c| c.write(&[byte])),
-            Some(Ok(1))
+            self.control.as_ref().map(|mut c| c.write(words)),
+            Some(Ok(n)) if n == words.len()
         )
     }
 
     /// metadata.json changed (markers, or the job's end).
     pub(crate) fn notify(&self) {
-        self.send(b'M');
+        self.send(b"M");
     }
 
     /// The state, rate and health as the process last wrote them.
@@ -155,24 +159,21 @@ impl Process {
 
     /// The job has ended (its final metadata is on disk): waits for the
     /// process's answer until `deadline` if Redis is healthy, then lets go.
-    /// A process that has not started yet (a short job) is first waited for
-    /// until `start_by`, and the wait for its answer then starts anew.
-    pub(crate) fn finish(mut self, deadline: Instant, start_by: Instant, healthy: bool) -> Outcome {
-        self.notify();
-        let (mut deadline, mut healthy) = (deadline, healthy);
-        if !self.up {
-            let began = Instant::now();
-            if self.next(start_by) == Some(Word::Up) {
-                // Judged again now that it has started.
-                deadline += began.elapsed();
-                healthy = self.view().2;
-            }
+    /// A process that has not started yet (a short job, or a busy machine) is
+    /// not waited for: it ships all once it does.
+    pub(crate) fn finish(mut self, deadline: Instant, healthy: bool) -> Outcome {
+        let mut healthy = healthy;
+        if !self.up && self.next(Instant::now()) == Some(Word::Up) {
+            // Judged again now that it has started.
+            healthy = self.view().2;
         }
-        let answer = if !self.up {
-            // Not started yet (`--ship-wait 0`, or a machine too busy): it
-            // ships all once it does.
-            None
-        } else if healthy {
+        if !self.up || (healthy && Instant::now() >= deadline) {
+            // Not waited for: the end and the hand-over in one write, so
+            // that the process sends nothing until the wrapper has exited.
+            return self.hand_over(b"DM");
+        }
+        self.notify();
+        let answer = if healthy {
             self.next(deadline)
         } else {
             Some(Word::Fail)
@@ -185,18 +186,21 @@ impl Process {
                 self.control = None;
                 Outcome::Failed(self.view().0)
             }
-            None => {
-                let mut state = self.view().0;
-                if !self.send(b'D') {
-                    return Outcome::Failed(state);
-                }
-                state.last_error = Some(format!(
-                    "finishing in the background (logwrap ship, pid {})",
-                    self.pid
-                ));
-                Outcome::Pending(state)
-            }
+            None => self.hand_over(b"D"),
         }
+    }
+
+    /// Leaves the rest to the process (`D`, see the module docs).
+    fn hand_over(self, words: &[u8]) -> Outcome {
+        let mut state = self.view().0;
+        if !self.send(words) {
+            return Outcome::Failed(state);
+        }
+        state.last_error = Some(format!(
+            "finishing in the background (logwrap ship, pid {})",
+            self.pid
+        ));
+        Outcome::Pending(state)
     }
 
     /// The process's next word (`up` is remembered and passed over once the
@@ -221,13 +225,12 @@ impl Process {
                 }
                 return Some(word);
             }
+            // At the deadline, what is already there is still taken.
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
             let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(self.answer.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
+                Ok(0) if left.is_zero() => return None,
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(_) => return Some(Word::Fail),
@@ -260,6 +263,14 @@ enum Word {
 /// by the control pipe on stdin (see the module docs). Exit status 0 unless
 /// it could not start.
 pub(crate) fn run(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<i32> {
+    // At the lowest priority before anything else: even connecting takes
+    // only CPU time the job and the wrapper leave (nobody waits for it to
+    // start). Not before exec, which the wrapper does wait for. The threads
+    // started below inherit it.
+    // SAFETY: a plain syscall on this thread, no memory handed over.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, NICENESS);
+    }
     let mut sh = Shipper::open(store, id, cfg, false)?
         .with_context(|| format!("{id}: another process is shipping it"))?;
     let mut started = store.read_metadata(id)?;
@@ -268,20 +279,14 @@ pub(crate) fn run(store: &FileStore, cfg: &ShipConfig, id: &JobId) -> Result<i32
         started.status = Status::Running;
         started.exit_code = None;
     }
-    // A first attempt before saying `up`, so that a short job's wrapper,
-    // which waits for `up`, knows whether Redis answers; kept short, as a
-    // host that drops packets holds that wrapper up for this long.
+    // A first attempt before saying `up`, so that a wrapper whose job ends
+    // after it knows whether Redis answers (and says so in metadata.json);
+    // kept short, as a host that drops packets delays `up` this long.
     if sh.connect_within(FIRST_CONNECT_TIMEOUT).is_err() {
         sh.persist();
     }
     let mut out = std::io::stdout();
     let _ = out.write_all(b"up\n").and_then(|()| out.flush());
-    // Started at the wrapper's priority (a short job's wrapper waits for
-    // this), shipping at the lowest: the threads started below inherit it.
-    // SAFETY: a plain syscall on this thread, no memory handed over.
-    unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, NICENESS);
-    }
     let shared = shipper::shared(sh.state().clone());
     // Jobs whose shipping could not finish (issue 10 point 3), at this
     // process's priority.
@@ -344,14 +349,24 @@ fn control(shared: &Shared, store: &FileStore, id: &JobId) {
                 ctl.end = Some(meta);
             }
         }
-        if got.contains(&b'D') {
+        let handed_over = got.contains(&b'D');
+        if handed_over {
             ctl.detached = true;
+            ctl.hold = true;
         }
         // Shipping on with no end in sight would never stop.
         if n == 0 && (!ctl.detached || ctl.end.is_none()) {
             ctl.abandon = true;
         }
         cv.notify_all();
+        drop(ctl);
+        if handed_over {
+            // The wrapper writes its final metadata and exits: shipping the
+            // rest waits for that (milliseconds), rather than compete with it.
+            super::wait_for_writer(store, id);
+            lock(m).hold = false;
+            cv.notify_all();
+        }
         if n == 0 {
             return;
         }

@@ -35,26 +35,33 @@ const ROUND_BYTES: usize = 1 << 20;
 const POLL: Duration = Duration::from_millis(10);
 
 /// During a burst (a full [`ROUND_BYTES`] or more waiting), shipping waits
-/// this long, then ships all that came meanwhile: the issue's
-/// "~50 ms" batching, by time rather than size, so that a short burst is
-/// shipped after the job rather than against it for the CPU (with Redis on
-/// the same machine, its work of taking the entries competes with the job at
-/// full priority), while a long one is followed 50 ms behind, whatever its
-/// rate. Output at an ordinary pace never fills a round and never waits.
+/// this long, then ships what came meanwhile: the issue's "~50 ms" batching,
+/// by time rather than size, so that a short burst is shipped after the job
+/// rather than against it for the CPU (with Redis on the same machine, its
+/// work of taking the entries competes with the job at full priority).
+/// Output at an ordinary pace never fills a round and never waits.
 const BURST_PACE: Duration = Duration::from_millis(50);
+
+/// After [`BURST_PACE`], while the burst lasts, each round is followed by a
+/// rest this many times as long as the round took: shipping (and Redis taking
+/// it) has at most a quarter of the time, the job the rest. A burst faster
+/// than a quarter of the shipping rate is caught up once it ends.
+const BURST_REST: u32 = 3;
 
 /// When a live shipper may ship all that is waiting (see [`BURST_PACE`]).
 #[derive(Debug, Default)]
 struct Pacer {
     /// When a round was found full and shipping paused.
     paused_at: Option<Instant>,
+    /// After the pause, rounds rest until then.
+    rest_until: Option<Instant>,
 }
 
 impl Pacer {
     /// A full round's worth is waiting, or was just shipped, at `now`: true
-    /// if shipping pauses here (a burst has begun, or its pause is not over:
-    /// the shipper was woken early, by markers), false if it drains on (the
-    /// pause is over). A drain that empties the files ends the burst
+    /// if shipping pauses here (a burst has begun, or its pause or a rest is
+    /// not over: the shipper was woken early, by markers), false if it ships
+    /// on. A drain that empties the files ends the burst
     /// ([`Pacer::drained`]).
     fn full_round(&mut self, now: Instant) -> bool {
         match self.paused_at {
@@ -62,20 +69,33 @@ impl Pacer {
                 self.paused_at = Some(now);
                 true
             }
-            Some(t) => now < t + BURST_PACE,
+            Some(t) => now < t + BURST_PACE || self.rest_until.is_some_and(|r| now < r),
+        }
+    }
+
+    /// A full round went from `started` to `now`: during a burst, the next
+    /// one waits [`BURST_REST`] times that.
+    fn shipped(&mut self, started: Instant, now: Instant) {
+        if self.paused_at.is_some() {
+            self.rest_until = Some(now + now.saturating_duration_since(started) * BURST_REST);
         }
     }
 
     /// How long the pause has left at `now`.
     fn left(&self, now: Instant) -> Duration {
-        self.paused_at.map_or(Duration::ZERO, |t| {
+        let pause = self.paused_at.map_or(Duration::ZERO, |t| {
             (t + BURST_PACE).saturating_duration_since(now)
-        })
+        });
+        let rest = self
+            .rest_until
+            .map_or(Duration::ZERO, |r| r.saturating_duration_since(now));
+        pause.max(rest)
     }
 
     /// Nothing is left to ship: the burst is over.
     fn drained(&mut self) {
         self.paused_at = None;
+        self.rest_until = None;
     }
 }
 
@@ -920,6 +940,10 @@ pub(crate) struct Ctl {
     /// process: a failure ends the loop (and is recorded) instead of being
     /// retried with nobody waiting.
     pub(crate) detached: bool,
+    /// The wrapper is exiting after handing the rest over: nothing is sent
+    /// until it has, so that shipping (and a Redis on the same machine
+    /// taking it) does not compete with its last steps for the CPU.
+    pub(crate) hold: bool,
 }
 
 /// [`Ctl`] and the condition variable its changes are signalled on.
@@ -936,6 +960,7 @@ pub(crate) fn shared(state: ShipState) -> Shared {
             state,
             rate: None,
             detached: false,
+            hold: false,
         }),
         Condvar::new(),
     ))
@@ -954,38 +979,97 @@ pub(crate) enum Outcome {
 /// The wrapper's live shipping (issue 10 point 1): a `logwrap ship --live`
 /// process of its own at the lowest priority when the config names the
 /// program (the job and the wrapper never compete with it for the CPU, and the
-/// wrapper's exit never waits for it), else a thread of the wrapper.
+/// wrapper's exit never waits for it), else a thread of the wrapper. It starts
+/// once the job has run [`START_DELAY`], or at the job's end if that comes
+/// first.
 pub struct LiveShipper {
     how: How,
     store: FileStore,
+    id: JobId,
     cfg: ShipConfig,
 }
 
 enum How {
+    /// Not started yet: at `at`, or at the job's end; `started` is the job's
+    /// first metadata, for a thread's `started` event.
+    Later {
+        at: Instant,
+        started: Box<Metadata>,
+    },
     Thread(Shared),
     Process(super::live::Process),
+    /// Could not start; the state says why.
+    Failed(ShipState),
 }
 
+/// How long a job runs before its shipping starts. A job that ends sooner is
+/// shipped from its end, in the background (its wrapper does not wait): most
+/// jobs of a pipeline run for milliseconds, and starting a shipping process
+/// beside them cost them more than the 10% shipping may (issue 10). Short
+/// enough that a line written at a job's start still reaches a follower
+/// well within the latency target (< 50 ms): this delay plus the start.
+pub const START_DELAY: Duration = Duration::from_millis(25);
+
 impl LiveShipper {
-    /// Starts shipping job `id` of `store` from the files as they grow;
-    /// `started` is its first metadata (already on disk). Fails only if
-    /// neither a process nor a thread can start or the lock cannot be taken;
-    /// Redis being down is not a failure here.
-    pub fn spawn(
-        store: &FileStore,
-        id: &JobId,
-        cfg: &ShipConfig,
-        started: &Metadata,
-    ) -> Result<LiveShipper> {
-        let live = |how| LiveShipper {
-            how,
+    /// Ships job `id` of `store` from the files as they grow, starting
+    /// [`START_DELAY`] from now; `started` is its first metadata (already on
+    /// disk). Redis being down is never a failure: the state says what failed.
+    pub fn new(store: &FileStore, id: &JobId, cfg: &ShipConfig, started: &Metadata) -> LiveShipper {
+        LiveShipper {
+            how: How::Later {
+                at: Instant::now() + START_DELAY,
+                started: Box::new(started.clone()),
+            },
             store: store.clone(),
+            id: id.clone(),
             cfg: cfg.clone(),
+        }
+    }
+
+    /// When shipping is still to start, if it is.
+    pub fn start_at(&self) -> Option<Instant> {
+        match &self.how {
+            How::Later { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Starts shipping if it is due at `now`; `meta` is the job's metadata as
+    /// on disk, with any markers so far.
+    pub fn start_if_due(&mut self, now: Instant, meta: &Metadata) {
+        if self.start_at().is_some_and(|at| now >= at) {
+            self.start(meta);
+        }
+    }
+
+    /// Starts the process or thread now if it has not started; markers the
+    /// job printed before are sent at once.
+    pub fn start(&mut self, meta: &Metadata) {
+        let How::Later { started, .. } = &self.how else {
+            return;
         };
+        self.how = match self.spawn(started) {
+            Ok(how) => how,
+            Err(e) => How::Failed(ShipState {
+                url: self.cfg.public_url(),
+                last_error: Some(format!("{e:#}")),
+                ..ShipState::default()
+            }),
+        };
+        if !meta.missing_deps.is_empty() {
+            self.markers(meta);
+        }
+    }
+
+    /// A shipping process, or a thread if the config names no program or
+    /// the program cannot be started. Fails only if neither can start or the
+    /// job's ship lock is taken.
+    fn spawn(&self, started: &Metadata) -> Result<How> {
+        let (store, id, cfg) = (&self.store, &self.id, &self.cfg);
         if let Some(program) = cfg.handoff.as_deref() {
             // A program that cannot be started leaves it to a thread.
             if let Ok(p) = super::live::Process::spawn(program, store, id, cfg) {
-                return Ok(live(How::Process(p)));
+                return Ok(How::Process(p));
             }
         }
         let sh = Shipper::open(store, id, cfg, false)?
@@ -1003,7 +1087,7 @@ impl LiveShipper {
             .context("starting the shipping thread")?;
         // Jobs whose wrapper could not finish shipping (issue 10 point 3).
         super::catch_up_in_background(store.clone(), cfg.clone(), id.clone());
-        Ok(live(How::Thread(shared)))
+        Ok(How::Thread(shared))
     }
 
     /// The job's metadata has new markers (`missing_deps`) and is on disk:
@@ -1016,6 +1100,8 @@ impl LiveShipper {
                 cv.notify_all();
             }
             How::Process(p) => p.notify(),
+            // Read at the start, or from the end.
+            How::Later { .. } | How::Failed(_) => {}
         }
     }
 
@@ -1030,6 +1116,11 @@ impl LiveShipper {
         match &self.how {
             How::Thread(shared) => lock(&shared.0).state.clone(),
             How::Process(p) => p.view().0,
+            How::Later { .. } => ShipState {
+                url: self.cfg.public_url(),
+                ..ShipState::default()
+            },
+            How::Failed(state) => state.clone(),
         }
     }
 
@@ -1043,7 +1134,10 @@ impl LiveShipper {
     /// finished by the shipping process after the wrapper exits (it records
     /// the outcome in metadata.json), or by the next catch-up. Returns the
     /// state to record.
-    pub fn finish(self, meta: &Metadata) -> ShipState {
+    pub fn finish(mut self, meta: &Metadata) -> ShipState {
+        // A job shorter than START_DELAY: its shipping starts now, and its
+        // wrapper does not wait for a process that has yet to start.
+        self.start(meta);
         let wait = self.cfg.finish_wait;
         let share =
             Duration::from_micros(meta.duration_ms.unwrap_or(0) * 1000 / FINISH_WAIT_DIVISOR);
@@ -1054,6 +1148,7 @@ impl LiveShipper {
                 (ctl.state.clone(), ctl.rate, ctl.healthy)
             }
             How::Process(p) => p.view(),
+            How::Later { .. } | How::Failed(_) => (self.state(), None, false),
         };
         let backlog = (meta.stdout.bytes + meta.stderr.bytes).saturating_sub(state.bytes);
         let fits = backlog <= FINISH_BACKLOG
@@ -1061,7 +1156,8 @@ impl LiveShipper {
         let deadline = Instant::now() + if fits { bound } else { Duration::ZERO };
         let outcome = match self.how {
             How::Thread(shared) => wait_thread(&shared, meta, deadline),
-            How::Process(p) => p.finish(deadline, Instant::now() + wait, healthy),
+            How::Process(p) => p.finish(deadline, healthy),
+            How::Later { .. } | How::Failed(_) => return state,
         };
         match outcome {
             Outcome::Done(state) => state,
@@ -1166,6 +1262,9 @@ pub(crate) fn ship_loop(
         let mut paused = false;
         let (end, markers) = {
             let mut ctl = lock(m);
+            while ctl.hold && !ctl.abandon {
+                ctl = cv.wait(ctl).unwrap_or_else(|p| p.into_inner());
+            }
             if ctl.abandon {
                 break;
             }
@@ -1202,6 +1301,7 @@ pub(crate) fn ship_loop(
                         paused = true;
                     }
                     while !paused {
+                        let began = Instant::now();
                         let sent = sh.round(false)?;
                         if sent < ROUND_BYTES {
                             // All that was waiting (a round is full only
@@ -1209,9 +1309,14 @@ pub(crate) fn ship_loop(
                             pacer.drained();
                             break;
                         }
-                        if lock(m).abandon {
+                        let stop = {
+                            let ctl = lock(m);
+                            ctl.abandon || ctl.hold
+                        };
+                        if stop {
                             break;
                         }
+                        pacer.shipped(began, Instant::now());
                         if pacer.full_round(Instant::now()) {
                             paused = true;
                             break;
@@ -1230,7 +1335,7 @@ pub(crate) fn ship_loop(
         let wait = if healthy {
             backoff = MIN_BACKOFF;
             if paused {
-                pacer.left(Instant::now()).max(POLL)
+                pacer.left(Instant::now())
             } else {
                 POLL
             }
@@ -1279,10 +1384,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_pauses_shipping_once_then_drains_until_nothing_is_left() {
+    fn a_burst_pauses_shipping_then_ships_a_quarter_of_the_time_until_nothing_is_left() {
         let mut p = Pacer::default();
         let t = Instant::now();
+        let ms = Duration::from_millis;
         // Ordinary output never fills a round: nothing to pace.
+        p.shipped(t, t + ms(4));
         p.drained();
         assert_eq!(p.left(t), Duration::ZERO);
         // The first full round pauses, and for all of BURST_PACE, also when
@@ -1291,13 +1398,22 @@ mod tests {
         assert_eq!(p.left(t), BURST_PACE);
         assert!(p.full_round(t + BURST_PACE / 2));
         assert_eq!(p.left(t + BURST_PACE / 2), BURST_PACE / 2);
-        // After it, rounds go on back to back while the burst lasts...
-        assert!(!p.full_round(t + BURST_PACE));
-        assert!(!p.full_round(t + 10 * BURST_PACE));
+        // After it, each round of the burst rests three times its length...
+        let r = t + BURST_PACE;
+        assert!(!p.full_round(r));
+        p.shipped(r, r + ms(2));
+        assert!(p.full_round(r + ms(2)));
+        assert_eq!(p.left(r + ms(2)), ms(6));
+        assert!(p.full_round(r + ms(7)));
+        assert!(!p.full_round(r + ms(8)));
+        p.shipped(r + ms(8), r + ms(18));
+        assert_eq!(p.left(r + ms(18)), ms(30));
+        assert!(!p.full_round(r + ms(48)));
         // ...until the files are drained; the next burst pauses again.
         p.drained();
-        assert!(p.full_round(t + 11 * BURST_PACE));
-        assert_eq!(p.left(t + 11 * BURST_PACE), BURST_PACE);
+        assert_eq!(p.left(r + ms(48)), Duration::ZERO);
+        assert!(p.full_round(r + ms(100)));
+        assert_eq!(p.left(r + ms(100)), BURST_PACE);
     }
 
     #[test]

@@ -100,8 +100,31 @@ fn an_unreachable_redis_leaves_the_job_alone_and_ship_completes_it_later() {
     let meta = env.meta("down");
     assert_eq!(meta["exit_code"], 3);
     assert_eq!(meta["ship"]["complete"], false, "{meta}");
-    let err = meta["ship"]["last_error"].as_str().unwrap_or_default();
-    assert!(err.contains("connecting to"), "{meta}");
+    // A job this short is shipped from its end, by a process its wrapper does
+    // not wait for: it records what failed once the wrapper has exited.
+    let said = |id: &str, what: &str| {
+        let meta = env.meta(id);
+        meta["ship"]["complete"] == false
+            && meta["ship"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(what))
+    };
+    assert!(
+        said("down", "connecting to") || said("down", "in the background"),
+        "{meta}"
+    );
+    wait_until(LIMIT, "the failure to be recorded", || {
+        said("down", "connecting to")
+    });
+    // A job that runs until its shipping process has tried Redis (it says so
+    // in ship.json): the wrapper's own final metadata says what failed.
+    let out = env.run_sh(
+        "down2",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "echo x; while [ ! -e \"$DATABUILD_JOB_LOG_DIR/ship.json\" ]; do sleep 0.01; done",
+    );
+    assert_ok(&out);
+    assert!(said("down2", "connecting to"), "{}", env.meta("down2"));
 
     // Later, with Redis up, `logwrap ship` catches up; again ships nothing new.
     let redis = RedisServer::start(&env.path("redis"));
@@ -593,4 +616,56 @@ fn shipping_runs_in_a_low_priority_process_of_its_own_without_the_password_in_it
         &env.stdout_log("proc"),
         "proc stdout",
     );
+}
+
+#[test]
+fn a_shipping_process_handed_the_rest_sends_nothing_until_the_wrapper_has_exited() {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    // Over a MiB: a burst, which the process first waits out (BURST_PACE),
+    // so the hand-over below reaches it before it ships any of it.
+    let out = env.run_sh("held", &["--no-pty", "--quiet"], "seq 1 300000");
+    assert_ok(&out);
+    // A wrapper still exiting holds its job directory locked.
+    let dir = std::fs::File::open(env.job_dir("held")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut shipper = env
+        .cmd()
+        .args(["ship", "--live", "held"])
+        .env("DATABUILD_LOG_SHIP", redis.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    std::io::BufReader::new(shipper.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said, "up\n");
+    // The job's end and the hand-over, in one write as the wrapper sends them.
+    let mut control = shipper.stdin.take().unwrap();
+    control.write_all(b"DM").unwrap();
+    // Ten times the burst's pause: nothing of the log is sent meanwhile.
+    let until = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < until {
+        assert!(
+            redis.log("held").is_empty(),
+            "shipped before the wrapper exited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The wrapper exits: all of it goes, and the outcome is recorded.
+    drop(control);
+    drop(dir);
+    wait_shipped(&env, "held");
+    assert_same(
+        &shipped(&redis.log("held"), "stdout"),
+        &env.stdout_log("held"),
+        "held stdout",
+    );
+    assert!(wait_child(&mut shipper, "the shipping process").success());
 }
