@@ -704,12 +704,23 @@ impl Shipper {
 
     /// The `started` event in the jobs stream and the first meta hash, unless
     /// Redis already has them.
-    pub(crate) fn send_started(&mut self, meta: &Metadata) -> Result<()> {
+    pub(crate) fn send_started(&mut self, meta: &Metadata, live: bool) -> Result<()> {
         if self.started_sent {
             return Ok(());
         }
         let mut p = redis::pipe();
         p.atomic();
+        if live {
+            // A wrapper's shipper: the heartbeat with the metadata, so that a
+            // reader never sees the running job without it (and takes it for
+            // abandoned).
+            p.cmd("SET")
+                .arg(super::alive_key(&self.id))
+                .arg(std::process::id())
+                .arg("PX")
+                .arg(ALIVE_TTL.as_millis() as u64)
+                .ignore();
+        }
         p.cmd("HSET")
             .arg(meta_key(&self.id))
             .arg("json")
@@ -723,6 +734,9 @@ impl Shipper {
         let conn = self.conn.as_mut().context("not connected")?;
         p.query::<()>(conn)
             .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        if live {
+            self.last_alive = Some(Instant::now());
+        }
         // The event, then its mark: a wrapper stopped in between means the
         // next shipper sends it again (at least once), never that it is lost.
         self.job_event("started", meta)?;
@@ -815,7 +829,7 @@ impl Shipper {
     }
 
     fn try_ship_to_end(&mut self, meta: &mut Metadata) -> Result<()> {
-        self.send_started(meta)?;
+        self.send_started(meta, false)?;
         while self.round(true)? > 0 {}
         self.send_markers(meta)?;
         if !self.end_sent {
@@ -1280,7 +1294,7 @@ pub(crate) fn ship_loop(
                     sh.persist();
                 }
             }
-            sh.send_started(started)?;
+            sh.send_started(started, true)?;
             match end {
                 Some(mut meta) => {
                     sh.ship_to_end(&mut meta)?;

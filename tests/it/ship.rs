@@ -669,3 +669,32 @@ fn a_shipping_process_handed_the_rest_sends_nothing_until_the_wrapper_has_exited
     );
     assert!(wait_child(&mut shipper, "the shipping process").success());
 }
+
+#[test]
+fn a_running_job_reaches_redis_with_its_heartbeat_never_without_it() {
+    let env = TestEnv::new();
+    // A server refusing SET, the heartbeat's command: a reader seeing the
+    // job's metadata without its heartbeat would take it for abandoned, so
+    // the metadata must not get there either.
+    let acl = [
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-set",
+    ];
+    let redis = RedisServer::start_with_options(&env.path("redis"), &acl);
+    let gate = Gate::new(&env, "g");
+    let mut job = spawn_shipping(
+        &env,
+        "beat",
+        &redis.url(),
+        &format!("echo x; {}", gate.wait()),
+    );
+    wait_until(LIMIT, "the shipping process to try Redis", || {
+        let state = std::fs::read(env.job_dir("beat").join("ship.json")).unwrap_or_default();
+        contains(&state, "shipping to")
+    });
+    assert!(
+        !redis.exists("logwrap:{beat}:meta") || redis.exists("logwrap:{beat}:alive"),
+        "the metadata without the heartbeat"
+    );
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+}
