@@ -1543,7 +1543,25 @@ impl Records for IndexFile {
         let mut b = [0u8; RECORD_LEN];
         self.file
             .read_exact_at(&mut b, HEADER.len() as u64 + i * RECORD_LEN as u64)?;
-        let rec = Record::decode(&b);
+        self.record(i, &b)
+    }
+}
+
+impl IndexFile {
+    /// Records `first..first + out.len()` (all below the count) in one read.
+    pub(crate) fn get_block(&self, first: u64, out: &mut [Record]) -> io::Result<()> {
+        let mut b = vec![0u8; out.len() * RECORD_LEN];
+        self.file
+            .read_exact_at(&mut b, HEADER.len() as u64 + first * RECORD_LEN as u64)?;
+        for (k, (slot, raw)) in out.iter_mut().zip(b.chunks_exact(RECORD_LEN)).enumerate() {
+            *slot = self.record(first + k as u64, raw)?;
+        }
+        Ok(())
+    }
+
+    /// Record `i` from its bytes `b`.
+    fn record(&self, i: u64, b: &[u8]) -> io::Result<Record> {
+        let rec = Record::decode(b.try_into().expect("a record's bytes"));
         match &self.gap {
             // A punched record (no real one ends at 0 after the first): a
             // zero-length chunk at the gap's start keeps the records in order

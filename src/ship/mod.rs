@@ -346,6 +346,27 @@ pub fn catch_up(store: &FileStore, cfg: &ShipConfig, id: &JobId, wait: bool) -> 
     Ok(CatchUp::Shipped(after.saturating_sub(before)))
 }
 
+/// Largest free memory the shipping processes keep for reuse rather than
+/// hand back to the kernel: a round's transaction (up to [`ROUND_BYTES`] of
+/// entries, copied into the commands and packed again) is a few MiB.
+/// Without it, glibc maps each round's buffers afresh and unmaps them after,
+/// and the page faults of touching them anew took three quarters of
+/// shipping's CPU time (0.25 s of 0.32 s for 200 MB into a local Redis).
+///
+/// [`ROUND_BYTES`]: shipper::ROUND_BYTES
+const KEPT_FREE_MEMORY: i32 = 16 << 20;
+
+/// Keeps freed memory up to [`KEPT_FREE_MEMORY`] in the process (see there);
+/// only this process's (`logwrap ship`) allocations change, all bounded.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: plain allocator settings, before the threads that allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, KEPT_FREE_MEMORY);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEPT_FREE_MEMORY);
+    }
+}
+
 /// Blocks until job `id`'s wrapper has exited: a shared flock on the job
 /// directory, which the wrapper holds exclusively until after its final
 /// metadata is written. A directory that cannot be opened is not waited for.
@@ -463,6 +484,7 @@ pub(crate) fn catch_up_in_background(store: FileStore, cfg: ShipConfig, own: Job
 /// when every job is shipped or up to date, 1 if any failed.
 pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
     use std::io::Write;
+    keep_freed_memory();
     if o.live {
         let [id] = &o.ids[..] else {
             return Err(crate::exit::UsageError("--live ships exactly one job".into()).into());

@@ -27,7 +27,7 @@ pub const MAX_ENTRY: usize = 1 << 20;
 
 /// Most bytes of entries in one transaction: a round trip per MiB keeps a
 /// local Redis busy while bounding what a slow one holds in our memory.
-const ROUND_BYTES: usize = 1 << 20;
+pub(crate) const ROUND_BYTES: usize = 1 << 20;
 
 /// How often the shipper looks at the files when there was nothing new: the
 /// issue's "~50 ms" bound on batching delay, well inside the 50 ms p99 goal of
@@ -98,6 +98,10 @@ impl Pacer {
         self.rest_until = None;
     }
 }
+
+/// Index records read at once from where the last entry's time was found
+/// (see `Shipper::line_time`): 512 bytes, a few MiB of log.
+const HINT_BLOCK: usize = 16;
 
 /// Connecting gives up after this long: a Redis that does not answer a TCP
 /// handshake in 2 s is down for our purposes, and backoff tries again.
@@ -245,6 +249,8 @@ struct Source {
     /// The index record the last entry's time was found in: entries only
     /// move forward, so the next search starts there.
     hint: u64,
+    /// The index's record count was taken this round.
+    idx_fresh: bool,
     /// The offset where the last entry ended and whether it ended a line, so
     /// the next entry knows if it continues one without reading the byte.
     ended: Option<(u64, bool)>,
@@ -534,38 +540,55 @@ impl Shipper {
         let Some(idx) = &mut src.idx else {
             return crate::timefmt::now_us();
         };
-        if idx.refresh().is_err() {
+        // Once a round, as the log's length (a round's entries are all
+        // within what the index held when it began, or just past it).
+        if !src.idx_fresh {
+            if idx.refresh().is_err() {
+                return crate::timefmt::now_us();
+            }
+            src.idx_fresh = true;
+        }
+        // The first record whose chunk reaches `end`. Entries move forward
+        // about a record at a time, so it is nearly always among the few
+        // after the last one found: those are read in one go. Else (a cursor
+        // read back from Redis, a burst of small chunks) a search.
+        let count = idx.count();
+        let start = src.hint.min(count);
+        let base = start.saturating_sub(1);
+        let mut block = [crate::output::index::Record::default(); HINT_BLOCK];
+        let block = &mut block[..(count - base).min(HINT_BLOCK as u64) as usize];
+        if idx.get_block(base, block).is_err() {
             return crate::timefmt::now_us();
         }
-        // The first record whose chunk reaches `end`: entries move forward,
-        // so it is at or after the last one found; galloping from there takes
-        // a few reads where a search of the whole index takes ~20.
-        let count = idx.count();
-        let reaches = |i: u64| idx.get(i).map(|r| r.end >= end);
-        let start = src.hint.min(count);
-        let (mut lo, mut hi) = match start.checked_sub(1).map(reaches) {
-            // Behind the hint (a cursor read back from Redis): search it all.
-            Some(Ok(true)) => (0, start - 1),
-            Some(Err(_)) => return crate::timefmt::now_us(),
-            Some(Ok(false)) | None => {
-                // Gallop forward from the hint, then search the last step.
-                let (mut lo, mut step) = (start, 1u64);
-                let hi = loop {
-                    let probe = lo.saturating_add(step - 1);
-                    if probe >= count {
-                        break count;
-                    }
-                    match reaches(probe) {
-                        Ok(true) => break probe,
-                        Ok(false) => {
-                            lo = probe + 1;
-                            step = step.saturating_mul(2);
-                        }
-                        Err(_) => return crate::timefmt::now_us(),
-                    }
-                };
-                (lo, hi)
+        let behind = start > 0 && block.first().is_some_and(|r| r.end >= end);
+        let skip = usize::from(start > 0);
+        if !behind {
+            if let Some(k) = block.iter().skip(skip).position(|r| r.end >= end) {
+                src.hint = base + (skip + k) as u64;
+                return block[skip + k].ts_us;
             }
+        }
+        let reaches = |i: u64| idx.get(i).map(|r| r.end >= end);
+        let (mut lo, mut hi) = if behind {
+            (0, start - 1)
+        } else {
+            // Gallop on past the block, then search the last step.
+            let (mut lo, mut step) = (base + block.len() as u64, 1u64);
+            let hi = loop {
+                let probe = lo.saturating_add(step - 1);
+                if probe >= count {
+                    break count;
+                }
+                match reaches(probe) {
+                    Ok(true) => break probe,
+                    Ok(false) => {
+                        lo = probe + 1;
+                        step = step.saturating_mul(2);
+                    }
+                    Err(_) => return crate::timefmt::now_us(),
+                }
+            };
+            (lo, hi)
         };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -589,6 +612,7 @@ impl Shipper {
         let began = Instant::now();
         for src in &mut self.sources {
             src.len = None;
+            src.idx_fresh = false;
         }
         let mut entries = Vec::new();
         let mut bytes = 0;

@@ -698,3 +698,85 @@ fn a_running_job_reaches_redis_with_its_heartbeat_never_without_it() {
     gate.open();
     assert!(wait_child(&mut job, "the job").success());
 }
+
+/// Checks that each stdout entry of job `id` carries, in `ts`, the time its
+/// last line was read (as `logs --timestamps` prints it, to the ms).
+fn assert_entry_times(env: &TestEnv, redis: &RedisServer, id: &str) -> usize {
+    let out = env.run(&["logs", id, "--timestamps"]);
+    assert_ok(&out);
+    let stamps: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().0.to_string())
+        .collect();
+    let entries: Vec<_> = redis
+        .log(id)
+        .into_iter()
+        .filter(|e| field(e, "stream") == "stdout")
+        .collect();
+    for e in &entries {
+        let last: usize = field(e, "line").parse::<usize>().unwrap()
+            + field(e, "lines").parse::<usize>().unwrap()
+            - 1;
+        let ms = field(e, "ts").parse::<i64>().unwrap() / 1000;
+        let want = logwrap::timefmt::parse_rfc3339_ms(&stamps[last - 1]).unwrap();
+        assert_eq!(ms, want, "{id}: entry {} ending at line {last}", e.0);
+    }
+    entries.len()
+}
+
+#[test]
+fn each_entry_carries_the_time_its_last_line_was_read() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    // Lines read at many different times: many index records.
+    let script = "for i in $(seq 1 400); do echo \"line $i $(printf '%0200d' 0)\"; \
+                  [ $((i % 40)) = 0 ] && sleep 0.02; done";
+    // Shipped live (small entries, a record or two apart)...
+    let out = env.run_sh(
+        "live",
+        &["--no-pty", "--quiet", "--ship", &redis.url()],
+        script,
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "live");
+    assert!(assert_entry_times(&env, &redis, "live") > 1);
+    // ...and caught up afterwards (64 KiB entries, many records apart).
+    let out = env.run_sh("later", &["--no-pty", "--quiet"], script);
+    assert_ok(&out);
+    assert_ok(&env.run(&["ship", "--ship", &redis.url(), "later"]));
+    assert!(assert_entry_times(&env, &redis, "later") > 1);
+}
+
+#[test]
+fn shipping_reuses_its_memory_from_round_to_round() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let line =
+        "a line of about a hundred bytes, the length of a build log line: compiler flags, paths";
+    let script = format!("yes '{line}' | head -c 100000000");
+    let out = env.run_sh("faults", &["--no-pty", "--quiet"], &script);
+    assert_ok(&out);
+    #[allow(clippy::zombie_processes)] // reaped by the wait4 below
+    let child = env
+        .cmd()
+        .args(["ship", "--ship", &redis.url(), "faults"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait4 for this child's own resource use (the harness runs others).
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, writing into the two locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert_eq!(env.meta("faults")["ship"]["complete"], true);
+    // 100 MB in ~100 rounds of 1 MiB: buffers taken afresh from the kernel
+    // each round fault their pages in each time (~46,000 faults); reused,
+    // only the first round's do (~1,400 with the program's start).
+    assert!(
+        usage.ru_minflt < 3000,
+        "{} page faults shipping 100 MB",
+        usage.ru_minflt
+    );
+}
