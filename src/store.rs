@@ -1533,21 +1533,7 @@ impl IndexFile {
         self.count = len.saturating_sub(HEADER.len() as u64) / RECORD_LEN as u64;
         Ok(())
     }
-}
 
-impl Records for IndexFile {
-    fn count(&self) -> u64 {
-        self.count
-    }
-    fn get(&self, i: u64) -> io::Result<Record> {
-        let mut b = [0u8; RECORD_LEN];
-        self.file
-            .read_exact_at(&mut b, HEADER.len() as u64 + i * RECORD_LEN as u64)?;
-        self.record(i, &b)
-    }
-}
-
-impl IndexFile {
     /// Records `first..first + out.len()` (all below the count) in one read.
     pub(crate) fn get_block(&self, first: u64, out: &mut [Record]) -> io::Result<()> {
         let mut b = vec![0u8; out.len() * RECORD_LEN];
@@ -1577,6 +1563,18 @@ impl IndexFile {
             }
             _ => Ok(rec),
         }
+    }
+}
+
+impl Records for IndexFile {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn get(&self, i: u64) -> io::Result<Record> {
+        let mut b = [0u8; RECORD_LEN];
+        self.file
+            .read_exact_at(&mut b, HEADER.len() as u64 + i * RECORD_LEN as u64)?;
+        self.record(i, &b)
     }
 }
 

@@ -243,13 +243,13 @@ struct Entry {
 struct Source {
     log: Option<File>,
     idx: Option<IndexFile>,
-    /// The log's length as measured at the start of this round: one `fstat`
-    /// per round, not per entry.
+    /// The log's length as measured for this round (see
+    /// [`Shipper::measure`]): one `fstat` per round, not per entry.
     len: Option<u64>,
     /// The index record the last entry's time was found in: entries only
     /// move forward, so the next search starts there.
     hint: u64,
-    /// The index's record count was taken this round.
+    /// The index's record count was taken for this round.
     idx_fresh: bool,
     /// The offset where the last entry ended and whether it ended a line, so
     /// the next entry knows if it continues one without reading the byte.
@@ -456,11 +456,21 @@ impl Shipper {
         Ok(src.len)
     }
 
-    /// Bytes of both logs not shipped yet, measured now.
+    /// Forgets the logs' lengths and the index's count: the next round
+    /// measures them anew and ships what they hold then.
+    fn measure(&mut self) {
+        for src in &mut self.sources {
+            src.len = None;
+            src.idx_fresh = false;
+        }
+    }
+
+    /// Bytes of both logs not shipped yet, measured now (the next round
+    /// ships up to there).
     fn waiting(&mut self) -> Result<u64> {
+        self.measure();
         let mut total = 0;
         for stream in Stream::BOTH {
-            self.sources[stream as usize].len = None;
             if let Some(len) = self.source_len(stream)? {
                 total += len.saturating_sub(self.cur[stream as usize].offset);
             }
@@ -605,15 +615,12 @@ impl Shipper {
         }
     }
 
-    /// Sends one transaction of entries from both streams; the bytes of
-    /// lines it sent (0: nothing was waiting; [`ROUND_BYTES`] or more: more
-    /// may be).
+    /// Sends one transaction of entries from both streams, up to the logs'
+    /// lengths as last measured ([`Shipper::measure`]); the bytes of lines
+    /// it sent (0: nothing was waiting; [`ROUND_BYTES`] or more: more may
+    /// be).
     fn round(&mut self, last: bool) -> Result<usize> {
         let began = Instant::now();
-        for src in &mut self.sources {
-            src.len = None;
-            src.idx_fresh = false;
-        }
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut next = self.cur;
@@ -854,7 +861,12 @@ impl Shipper {
 
     fn try_ship_to_end(&mut self, meta: &mut Metadata) -> Result<()> {
         self.send_started(meta, false)?;
-        while self.round(true)? > 0 {}
+        loop {
+            self.measure();
+            if self.round(true)? == 0 {
+                break;
+            }
+        }
         self.send_markers(meta)?;
         if !self.end_sent {
             self.state.complete = true;
@@ -1334,7 +1346,8 @@ pub(crate) fn ship_loop(
                         }
                     }
                     // A burst's start waits too: more than a full round
-                    // already waiting is not sent at once.
+                    // already waiting is not sent at once. (Measured here,
+                    // the first round ships up to there.)
                     if sh.waiting()? >= ROUND_BYTES as u64 && pacer.full_round(Instant::now()) {
                         paused = true;
                     }
@@ -1354,11 +1367,13 @@ pub(crate) fn ship_loop(
                         if stop {
                             break;
                         }
-                        pacer.shipped(began, Instant::now());
-                        if pacer.full_round(Instant::now()) {
+                        let now = Instant::now();
+                        pacer.shipped(began, now);
+                        if pacer.full_round(now) {
                             paused = true;
                             break;
                         }
+                        sh.measure();
                     }
                     sh.state.last_error = None;
                     Ok(false)
