@@ -1422,6 +1422,20 @@ mod tests {
         Duration::from_secs(secs)
     }
 
+    /// Runs `case` (with the case's number, from 1) on one generator seeded
+    /// with `seed` until a `share`th of the fuzz budget is spent; returns how
+    /// many cases ran.
+    fn fuzz(share: u32, seed: u64, mut case: impl FnMut(&mut Rng, usize)) -> usize {
+        let deadline = Instant::now() + fuzz_budget() / share;
+        let mut rng = Rng(seed);
+        let mut cases = 0;
+        while Instant::now() < deadline {
+            cases += 1;
+            case(&mut rng, cases);
+        }
+        cases
+    }
+
     /// Random text over a small alphabet (so near misses of the needles are
     /// common) with planted values, their encodings and markers.
     fn random_text(rng: &mut Rng, planted: &[Vec<u8>]) -> Vec<u8> {
@@ -1446,12 +1460,8 @@ mod tests {
         let secrets: [&[u8]; 3] = [SECRET, b"abcabcab", b"tokentoken-123"];
         let mut planted: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encodings_of(s)).collect();
         planted.push(b"\nDATABUILD_REDACT: marker-value-9\nmarker-value-9".to_vec());
-        let deadline = Instant::now() + fuzz_budget();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut cases = 0;
-        while Instant::now() < deadline {
-            cases += 1;
-            let text = random_text(&mut rng, &planted);
+        let cases = fuzz(1, 0x9e37_79b9_7f4a_7c15, |rng, cases| {
+            let text = random_text(rng, &planted);
             let whole = run(&mut redactor(&secrets), &[&text]);
             let mut pieces = Vec::new();
             let mut at = 0;
@@ -1487,7 +1497,7 @@ mod tests {
                     String::from_utf8_lossy(&chunked)
                 );
             }
-        }
+        });
         assert!(cases > 10, "only {cases} cases ran");
     }
 
@@ -1515,17 +1525,14 @@ mod tests {
         // more input at once (take_extra), through the front room or not.
         let secrets: [&[u8]; 2] = [SECRET, b"tokentoken-123"];
         let planted: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encodings_of(s)).collect();
-        let deadline = Instant::now() + fuzz_budget() / 2;
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let (mut cases, mut aligned) = (0, 0);
-        while Instant::now() < deadline {
-            cases += 1;
+        let mut aligned = 0;
+        let cases = fuzz(2, 0x2545_f491_4f6c_dd1d, |rng, cases| {
             // Mostly text without a value (pieces with a match take the
             // other path), and now and then a value or marker.
             let mut text = Vec::new();
             while text.len() < 30_000 {
                 if rng.below(40) == 0 {
-                    text.extend_from_slice(&random_text(&mut rng, &planted));
+                    text.extend_from_slice(&random_text(rng, &planted));
                 } else {
                     text.extend((0..40).map(|_| b"abcs3r/t \n"[rng.below(10)]));
                 }
@@ -1565,7 +1572,7 @@ mod tests {
                 "case {cases}, front {front}: {:?}",
                 String::from_utf8_lossy(&text)
             );
-        }
+        });
         assert!(cases > 3, "only {cases} cases ran");
         assert!(
             aligned > 0,
@@ -1610,19 +1617,15 @@ mod tests {
 
     #[test]
     fn the_qgram_filter_finds_exactly_what_a_full_search_finds() {
-        let deadline = Instant::now() + fuzz_budget() / 2;
-        let mut rng = Rng(7);
-        let mut cases = 0;
-        while Instant::now() < deadline {
-            cases += 1;
+        let cases = fuzz(2, 7, |rng, cases| {
             // Needles of mixed lengths over a tiny alphabet: many overlaps.
-            let patterns = random_patterns(&mut rng, b"abc");
+            let patterns = random_patterns(rng, b"abc");
             let (matcher, filter) = matcher_and_filter(&patterns);
             let text: Vec<u8> = (0..rng.below(3000))
                 .map(|_| b"abcd"[rng.below(4)])
                 .collect();
             assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
-        }
+        });
         assert!(cases > 10, "only {cases} cases ran");
     }
 
@@ -1631,15 +1634,11 @@ mod tests {
         // Text that shares no 4-byte piece with the needles: the only hits
         // are the planted needles' own, often one sample each, whose
         // neighbour on one side is unrelated text.
-        let deadline = Instant::now() + fuzz_budget() / 4;
-        let mut rng = Rng(11);
-        let mut cases = 0;
-        while Instant::now() < deadline {
-            cases += 1;
-            let mut patterns = random_patterns(&mut rng, b"abcdefghij");
+        let cases = fuzz(4, 11, |rng, cases| {
+            let mut patterns = random_patterns(rng, b"abcdefghij");
             patterns.retain(|p| p.len() >= 3 * Q - 1);
             if patterns.len() < 2 {
-                continue;
+                return;
             }
             let (matcher, filter) = matcher_and_filter(&patterns);
             assert!(filter.pair_check);
@@ -1650,7 +1649,7 @@ mod tests {
                 text.extend_from_slice(&patterns[1 + rng.below(patterns.len() - 1)]);
             }
             assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
-        }
+        });
         assert!(cases > 10, "only {cases} cases ran");
     }
 
@@ -1659,11 +1658,7 @@ mod tests {
         let marker = b"\nDATABUILD_REDACT: ".to_vec();
         let (matcher, filter) = matcher_and_filter(std::slice::from_ref(&marker));
         assert!(filter.single.is_some());
-        let deadline = Instant::now() + fuzz_budget() / 4;
-        let mut rng = Rng(5);
-        let mut cases = 0;
-        while Instant::now() < deadline {
-            cases += 1;
+        let cases = fuzz(4, 5, |rng, cases| {
             // Pieces of the marker, whole markers and noise.
             let mut text = Vec::new();
             for _ in 0..rng.below(40) {
@@ -1674,18 +1669,14 @@ mod tests {
                 }
             }
             assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
-        }
+        });
         assert!(cases > 10, "only {cases} cases ran");
     }
 
     #[test]
     fn what_is_held_is_the_longest_suffix_that_could_begin_a_pattern() {
-        let deadline = Instant::now() + fuzz_budget() / 4;
-        let mut rng = Rng(11);
-        let mut cases = 0;
-        while Instant::now() < deadline {
-            cases += 1;
-            let patterns = random_patterns(&mut rng, b"ab\nD");
+        let cases = fuzz(4, 11, |rng, cases| {
+            let patterns = random_patterns(rng, b"ab\nD");
             let mut by_first = vec![Vec::new(); 256];
             for (i, p) in patterns.iter().enumerate() {
                 by_first[usize::from(p[0])].push(i as u32);
@@ -1715,15 +1706,13 @@ mod tests {
                 "case {cases}: {:?}",
                 String::from_utf8_lossy(&text)
             );
-        }
+        });
         assert!(cases > 10, "only {cases} cases ran");
     }
 
     #[test]
     fn without_secrets_output_is_byte_exact_however_it_is_chunked() {
-        let deadline = Instant::now() + fuzz_budget() / 2;
-        let mut rng = Rng(42);
-        while Instant::now() < deadline {
+        fuzz(2, 42, |rng, _| {
             let len = rng.below(2000);
             // Any bytes, newlines and marker look-alikes not at a line start.
             let text: Vec<u8> = (0..len)
@@ -1749,6 +1738,6 @@ mod tests {
                 assert_eq!(out, text);
                 assert_eq!(r.redactions(), 0);
             }
-        }
+        });
     }
 }
