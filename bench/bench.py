@@ -607,6 +607,11 @@ def throughput(ctx: Context) -> SectionResult:
     return res
 
 
+# Rounds of the sections whose target is a cost of a few percent (redaction,
+# --ship): more than elsewhere, as rounds on a shared machine spread by more
+# than that, and their runs are short.
+COST_ROUNDS = 11
+
 REDACT_TARGET = 1.15  # SPEC section 7: redaction with 50 values costs at most 1.15x (pipe mode)
 REDACT_VALUES = 50
 
@@ -618,9 +623,7 @@ def redaction(ctx: Context) -> SectionResult:
     needles with their encodings). The values do not occur in the output, as
     in a real build, so the log must still be byte for byte the input."""
     res = SectionResult()
-    # More rounds than elsewhere: the target is a cost of a few percent, and
-    # rounds on a shared machine spread by more than that (runs are short).
-    reps = ctx.args.reps or (2 if ctx.quick else 11)
+    reps = ctx.args.reps or (2 if ctx.quick else COST_ROUNDS)
     rng = random.Random(12)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
     secrets = {
@@ -1898,9 +1901,7 @@ def ship(ctx: Context) -> SectionResult:
     redis, sock = _redis_start(ctx)
     url = f"redis+unix://{sock}"
     try:
-        # More rounds than elsewhere: the target is a cost of a few percent,
-        # and rounds on a shared machine spread by more than that.
-        reps = ctx.args.reps or (2 if ctx.quick else 11)
+        reps = ctx.args.reps or (2 if ctx.quick else COST_ROUNDS)
         root = ctx.work / "logroot"
         for wl in make_workloads(ctx):
             rows = {
