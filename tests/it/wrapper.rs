@@ -290,14 +290,7 @@ fn a_slow_reader_gets_back_pressure_not_unbounded_buffering() {
     // total, and the wrapper's memory stay small, until the reader catches up.
     let log = env.job_dir("slow").join("stdout.log");
     let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let mut last = (u64::MAX, Instant::now());
-    wait_until(Duration::from_secs(30), "the log to stop growing", || {
-        let now = size();
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        now > 0 && last.1.elapsed() > Duration::from_millis(300)
-    });
+    wait_until_it_stops_growing(&log);
     assert!(
         size() < TOTAL / 2,
         "the wrapper kept reading with nobody draining its stdout: {}",
@@ -312,19 +305,7 @@ fn a_slow_reader_gets_back_pressure_not_unbounded_buffering() {
         &["--no-pty"],
         "head -c 1048576 /dev/zero; exec sleep 30",
     );
-    let small_log = env.job_dir("small").join("stdout.log");
-    let mut last = (u64::MAX, Instant::now());
-    wait_until(
-        Duration::from_secs(30),
-        "the small log to stop growing",
-        || {
-            let now = std::fs::metadata(&small_log).map(|m| m.len()).unwrap_or(0);
-            if now != last.0 {
-                last = (now, Instant::now());
-            }
-            now > 0 && last.1.elapsed() > Duration::from_millis(300)
-        },
-    );
+    wait_until_it_stops_growing(&env.job_dir("small").join("stdout.log"));
     let baseline = rss_kib(small.id());
     small.kill().unwrap();
     small.wait().unwrap();
@@ -337,6 +318,20 @@ fn a_slow_reader_gets_back_pressure_not_unbounded_buffering() {
     assert!(child.wait().unwrap().success());
     assert_eq!(out.len() as u64, TOTAL);
     assert_eq!(size(), TOTAL);
+}
+
+/// Waits until the log at `path` has some bytes and then none more for
+/// 300 ms: its writer is held up.
+fn wait_until_it_stops_growing(path: &std::path::Path) {
+    let mut last = (u64::MAX, Instant::now());
+    let what = format!("{} to stop growing", path.display());
+    wait_until(Duration::from_secs(30), &what, || {
+        let now = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        now > 0 && last.1.elapsed() > Duration::from_millis(300)
+    });
 }
 
 // ---- Flushing, index, timestamps ----------------------------------------------
