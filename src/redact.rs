@@ -770,16 +770,21 @@ impl<'a> Joined<'a> {
     }
 }
 
-/// Bits in the q-gram filter's first table, which every sample is looked
-/// up in: 256 KiB, so it stays in the L2 cache. The q-grams of hundreds of
-/// needles (50 values with their encodings, ~15,000 q-grams) set ~0.7% of
-/// it, so a group of [`SAMPLES_PER_TEST`] samples all miss ~95% of the time
-/// (a fuller table made the group test a coin toss the branch predictor
-/// loses, and sent a fifth of the groups down the slow path).
-const FILTER_BITS: usize = 1 << 21;
+/// Slots (one byte each) in the q-gram filter's first table, which every
+/// sample is looked up in: 512 KiB, so it stays in the L2 cache, and a
+/// lookup is one multiply, one shift and one load (a bit table needs a
+/// second shift and a mask). It holds only the q-grams a sample can land on
+/// (see [`QgramFilter`]): for 50 values with their encodings, a few thousand,
+/// under 1% of the slots, so a group of [`SAMPLES_PER_TEST`] samples all
+/// miss ~95% of the time (a fuller table made the group test a coin toss
+/// the branch predictor loses, and sent a fifth of the groups down the slow
+/// path).
+const FILTER_SLOTS: usize = 1 << 19;
 
-/// Bits in the second table, asked only about samples the first one passes:
-/// 32 KiB, ~6% full, so a sample passes both by chance about once in 2,500.
+/// Bits in the second table, which holds every q-gram of every pattern and
+/// is asked only about samples the first one passes (and about their
+/// neighbours): 32 KiB, a few percent full, so a sample passes both by
+/// chance about once in thousands.
 const CONFIRM_BITS: usize = 1 << 18;
 
 /// Bytes in a q-gram; the shortest pattern ([`MIN_SECRET_LEN`]) is longer.
@@ -790,17 +795,20 @@ const HASH_A: u32 = 0x9e37_79b1;
 const HASH_B: u32 = 0x85eb_ca77;
 
 /// A sampling filter in front of the automaton (the idea of Wu-Manber and
-/// q-gram filters): every pattern is at least `min_len` long, so any
-/// occurrence covers a whole q-gram starting at a multiple of
-/// `step = min_len - Q + 1`. Only those sampled q-grams are looked up in two
-/// bit tables of every q-gram of every pattern (two hashes); around a hit, a window wide enough to hold any occurrence
-/// covering it goes to the automaton. Ordinary output is thus looked at once
-/// every `step` bytes, not byte by byte.
+/// q-gram filters): every pattern is at least `min_len` long, and samples
+/// are taken `step = min_len - Q + 1` bytes apart, so any occurrence holds a
+/// whole sampled q-gram, and the first one it holds starts within its first
+/// `step` bytes. The first table therefore needs only each pattern's
+/// q-grams at offsets `0..step` (fewer entries: fewer chance hits); the
+/// second holds all of them, for the neighbour check and for the held-back
+/// suffix. Around a sample that passes both, a window wide enough to hold
+/// any occurrence covering it goes to the automaton. Ordinary output is
+/// thus looked at once every `step` bytes, not byte by byte.
 #[derive(Debug, Clone)]
 struct QgramFilter {
-    // Fixed-size, so a hash (always below the table's bits) indexes it with
-    // no bounds check in the per-sample loop.
-    a: Box<[u64; FILTER_BITS / 64]>,
+    // Fixed-size, so a hash (always below the table's size) indexes it
+    // with no bounds check in the per-sample loop.
+    a: Box<[u8; FILTER_SLOTS]>,
     b: Box<[u64; CONFIRM_BITS / 64]>,
     step: usize,
     max_len: usize,
@@ -820,19 +828,22 @@ struct QgramFilter {
 impl QgramFilter {
     fn new(patterns: &[Vec<u8>]) -> QgramFilter {
         let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
-        let mut a = zeroed_table::<{ FILTER_BITS / 64 }>();
-        let mut b = zeroed_table::<{ CONFIRM_BITS / 64 }>();
+        let step = (min_len + 1).saturating_sub(Q).max(1);
+        let mut a = zeroed_table::<u8, FILTER_SLOTS>();
+        let mut b = zeroed_table::<u64, { CONFIRM_BITS / 64 }>();
         for p in patterns {
-            for w in p.windows(Q) {
+            for (i, w) in p.windows(Q).enumerate() {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                set_bit(&mut a[..], qgram_hash::<FILTER_BITS>(v, HASH_A));
+                if i < step {
+                    a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
+                }
                 set_bit(&mut b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
             }
         }
         QgramFilter {
             a,
             b,
-            step: (min_len + 1).saturating_sub(Q).max(1),
+            step,
             pair_check: min_len >= 3 * Q - 1,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
             single: match patterns {
@@ -842,26 +853,34 @@ impl QgramFilter {
         }
     }
 
-    /// The first table's word for the q-gram `v`, shifted so that bit 0 is
+    /// The first table's slot for the q-gram `v`: 1 if a sample with this
+    /// q-gram may lie in an occurrence, else 0.
+    #[inline(always)]
+    fn probe_a(&self, v: u32) -> u8 {
+        self.a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)]
+    }
+
+    /// The second table's word for the q-gram `v`, shifted so that bit 0 is
     /// its bit: odd if the q-gram may occur (the other bits are noise).
     #[inline(always)]
-    fn probe_a(&self, v: u32) -> u64 {
-        let h = qgram_hash::<FILTER_BITS>(v, HASH_A);
-        self.a[h / 64] >> (h % 64)
+    fn probe_b(&self, v: u32) -> u64 {
+        let h = qgram_hash::<CONFIRM_BITS>(v, HASH_B);
+        self.b[h / 64] >> (h % 64)
     }
 
-    /// True if the q-gram `v` may occur in a pattern (set in both tables).
+    /// True if the q-gram `v` may occur anywhere in a pattern.
     #[inline(always)]
     fn hit(&self, v: u32) -> bool {
-        let h = qgram_hash::<CONFIRM_BITS>(v, HASH_B);
-        self.probe_a(v) & (self.b[h / 64] >> (h % 64)) & 1 != 0
+        self.probe_b(v) & 1 != 0
     }
 
-    /// True if the sample at `p` may be part of an occurrence: it hits, and
-    /// (see `pair_check`) so does the q-gram before or after it.
+    /// True if the sample at `p` may be part of an occurrence: its q-gram may
+    /// be one a sample can land on (both tables), and (see `pair_check`) the
+    /// q-gram before or after it may occur too.
     #[inline(always)]
     fn sample_hit(&self, buf: &[u8], p: usize) -> bool {
-        if !self.hit(qgram_at(buf, p)) {
+        let v = qgram_at(buf, p);
+        if self.probe_a(v) == 0 || !self.hit(v) {
             return false;
         }
         !self.pair_check
@@ -907,13 +926,13 @@ fn qgram_hash<const BITS: usize>(v: u32, mul: u32) -> usize {
     (v.wrapping_mul(mul) >> (32 - BITS.trailing_zeros())) as usize
 }
 
-/// A table of `WORDS` zero words, made on the heap (256 KiB does not belong
+/// A table of `N` zeros, made on the heap (hundreds of KiB do not belong
 /// on the stack).
-fn zeroed_table<const WORDS: usize>() -> Box<[u64; WORDS]> {
-    vec![0u64; WORDS]
+fn zeroed_table<T: Copy + Default, const N: usize>() -> Box<[T; N]> {
+    vec![T::default(); N]
         .into_boxed_slice()
         .try_into()
-        .expect("a vector of WORDS words")
+        .unwrap_or_else(|_| unreachable!("a vector of N zeros"))
 }
 
 fn set_bit(table: &mut [u64], h: usize) {
