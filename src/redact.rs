@@ -11,6 +11,7 @@
 //! ([`Redactor::finish`]). With no needles it passes every byte through as is.
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::cell::OnceCell;
 use std::collections::HashSet;
 
 /// What a match becomes in every sink.
@@ -167,18 +168,15 @@ const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 /// `i` covers bits `6i..6i+6`, and it is fixed by the value alone when all of
 /// those bits lie inside it.
 fn base64_stable(value: &[u8], align: usize, alphabet: &[u8; 64]) -> Vec<u8> {
-    let bit_start = 8 * align;
-    let bit_end = 8 * (align + value.len());
-    let first = bit_start.div_ceil(6);
-    let last = bit_end / 6; // exclusive
-    let bit = |b: usize| -> u8 {
-        let byte = value[b / 8 - align];
-        (byte >> (7 - b % 8)) & 1
-    };
+    let first = (8 * align).div_ceil(6);
+    let last = 8 * (align + value.len()) / 6; // exclusive
     (first..last)
         .map(|i| {
-            let v = (0..6).fold(0u8, |acc, k| (acc << 1) | bit(6 * i + k));
-            alphabet[v as usize]
+            // The 16 bits from the byte holding bit 6i on (it is in `value`:
+            // 6i >= 8 * align), big-endian, hold all six.
+            let (byte, shift) = (6 * i / 8 - align, 10 - 6 * i % 8);
+            let word = u16::from_be_bytes([value[byte], value.get(byte + 1).copied().unwrap_or(0)]);
+            alphabet[usize::from((word >> shift) & 63)]
         })
         .collect()
 }
@@ -280,16 +278,16 @@ enum Mode {
 /// on stdout too.
 ///
 /// Matching: the needles plus `"\n" + MARKER` in one leftmost-longest
-/// Aho-Corasick automaton. When the last byte given out was a newline, the
+/// Aho-Corasick automaton ([`Automaton`]), behind a q-gram filter
+/// ([`QgramFilter`]). When the last byte given out was a newline, the
 /// search text starts with a `\n` of context that is not given out again, so a
 /// marker at the start of a line (or of the stream) is found; no other needle
 /// can start with `\n` since values are trimmed.
 #[derive(Debug)]
 pub struct Redactor {
-    /// Index 0 is the marker pattern.
-    patterns: Vec<Vec<u8>>,
+    /// The patterns (index 0 is the marker) and their automaton.
+    automaton: Automaton,
     seen: HashSet<Vec<u8>>,
-    matcher: AhoCorasick,
     /// For each byte, the patterns starting with it (for partial-match checks).
     by_first: Vec<Vec<u32>>,
     max_len: usize,
@@ -314,9 +312,8 @@ impl Redactor {
         let mut marker = vec![b'\n'];
         marker.extend_from_slice(MARKER);
         let mut r = Redactor {
-            patterns: vec![marker],
+            automaton: Automaton::new(vec![marker]),
             seen: HashSet::new(),
-            matcher: AhoCorasick::new([b"\n"]).expect("a one-byte pattern always builds"),
             by_first: vec![Vec::new(); 256],
             max_len: 0,
             streams: Default::default(),
@@ -356,7 +353,7 @@ impl Redactor {
         }
         for n in needles(value) {
             if self.seen.insert(n.clone()) {
-                self.patterns.push(n);
+                self.automaton.patterns.push(n);
             }
         }
     }
@@ -369,29 +366,21 @@ impl Redactor {
         }
     }
 
+    /// Makes everything derived from the patterns anew after some were added.
     fn rebuild(&mut self) {
-        // Patterns are at most a few MiB in all (bounded by MAX_SECRET_LEN per
-        // value), which the automaton builder always accepts.
-        self.matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            // The automaton only reads the filter's rare windows and
-            // metadata strings; the plain NFA builds in less than half the
-            // time of the faster-searching kinds (each job pays it, and each
-            // marker value again) and saves their memory.
-            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
-            .build(&self.patterns)
-            .expect("bounded byte patterns always build");
+        self.automaton.built = OnceCell::new();
+        let patterns = &self.automaton.patterns;
         self.by_first = vec![Vec::new(); 256];
-        for (i, p) in self.patterns.iter().enumerate() {
+        for (i, p) in patterns.iter().enumerate() {
             self.by_first[usize::from(p[0])].push(i as u32);
         }
-        self.max_len = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
-        self.filter = QgramFilter::new(&self.patterns);
+        self.max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        self.filter = QgramFilter::new(patterns);
     }
 
     /// True when no value is hidden yet (only markers could add one).
     pub fn has_secrets(&self) -> bool {
-        self.patterns.len() > 1
+        self.automaton.patterns.len() > 1
     }
 
     /// Matches replaced so far.
@@ -440,9 +429,14 @@ impl Redactor {
             && !(st.line_start && input.first() == Some(&MARKER[0]));
         if plain {
             self.matches.clear();
-            find_matches(&self.matcher, &self.filter, input, &mut self.matches);
+            find_matches(&self.automaton, &self.filter, input, &mut self.matches);
             if self.matches.is_empty() {
-                let partial = hold_start(&self.patterns, &self.by_first, &self.filter, input);
+                let partial = hold_start(
+                    &self.automaton.patterns,
+                    &self.by_first,
+                    &self.filter,
+                    input,
+                );
                 let keep = match align {
                     Some(first) => page_cut(partial, input.len(), first),
                     None => partial,
@@ -504,23 +498,34 @@ impl Redactor {
     }
 
     /// `text` with every complete match replaced (metadata strings: the
-    /// command line, the cwd). Markers mean nothing here.
+    /// command line, the cwd). Markers mean nothing here: the search goes on
+    /// after one.
     pub fn redact_str(&mut self, text: &str) -> String {
         if !self.has_secrets() {
             return text.to_string();
         }
+        let text = text.as_bytes();
         let mut out = Vec::with_capacity(text.len());
-        let mut pos = 0;
-        for m in self.matcher.find_iter(text.as_bytes()) {
-            if m.pattern().as_usize() == 0 {
-                continue;
+        let mut found = Vec::new();
+        let (mut pos, mut from) = (0, 0);
+        while from < text.len() {
+            found.clear();
+            find_matches(&self.automaton, &self.filter, &text[from..], &mut found);
+            let mut next = text.len();
+            for &(start, end, p) in &found {
+                let (start, end) = (from + start, from + end);
+                if p == 0 {
+                    next = end;
+                    break;
+                }
+                out.extend_from_slice(&text[pos..start]);
+                push_replacement(&text[start..end], &mut out);
+                self.redactions += 1;
+                pos = end;
             }
-            out.extend_from_slice(&text.as_bytes()[pos..m.start()]);
-            push_replacement(&text.as_bytes()[m.start()..m.end()], &mut out);
-            self.redactions += 1;
-            pos = m.end();
+            from = next;
         }
-        out.extend_from_slice(&text.as_bytes()[pos..]);
+        out.extend_from_slice(&text[pos..]);
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -596,9 +601,9 @@ impl Redactor {
             return;
         }
         self.marker_secrets += 1;
-        let before = self.patterns.len();
+        let before = self.automaton.patterns.len();
         self.add_value(&name, &value);
-        if self.patterns.len() != before {
+        if self.automaton.patterns.len() != before {
             self.rebuild();
         }
     }
@@ -635,7 +640,7 @@ impl Redactor {
         } else {
             scratch.extend_from_slice(&input[..input.len().min(self.max_len)]);
             self.matches.clear();
-            find_matches(&self.matcher, &self.filter, &scratch, &mut self.matches);
+            find_matches(&self.automaton, &self.filter, &scratch, &mut self.matches);
             if whole {
                 // A short input: the head and all of it are searched as one.
                 Joined {
@@ -651,7 +656,7 @@ impl Redactor {
         };
         if h == 0 {
             self.matches.clear();
-            find_matches(&self.matcher, &self.filter, input, &mut self.matches);
+            find_matches(&self.automaton, &self.filter, input, &mut self.matches);
         } else if !whole {
             // Keep the matches that start in the head; a later one may have
             // been cut short by the end of the searched piece, so the rest
@@ -662,7 +667,7 @@ impl Redactor {
                 let from = self.matches.last().map_or(h, |m| m.1.max(h));
                 let mut rest = std::mem::take(&mut self.rest_matches);
                 rest.clear();
-                find_matches(&self.matcher, &self.filter, &input[from - h..], &mut rest);
+                find_matches(&self.automaton, &self.filter, &input[from - h..], &mut rest);
                 self.matches
                     .extend(rest.iter().map(|&(a, b, p)| (a + from, b + from, p)));
                 self.rest_matches = rest;
@@ -677,7 +682,11 @@ impl Redactor {
             if let Some(&(start, _, p)) = self.matches.last() {
                 if p != 0
                     && len - start < self.max_len
-                    && is_partial(&self.patterns, &self.by_first, joined.suffix(start))
+                    && is_partial(
+                        &self.automaton.patterns,
+                        &self.by_first,
+                        joined.suffix(start),
+                    )
                 {
                     self.matches.pop();
                     hold_from = start;
@@ -687,7 +696,13 @@ impl Redactor {
                 let floor = self.matches.last().map_or(0, |m| m.1);
                 let from = floor.max(len.saturating_sub(self.max_len.saturating_sub(1)));
                 let suffix = joined.suffix(from);
-                hold_from = from + hold_start(&self.patterns, &self.by_first, &self.filter, suffix);
+                hold_from = from
+                    + hold_start(
+                        &self.automaton.patterns,
+                        &self.by_first,
+                        &self.filter,
+                        suffix,
+                    );
             }
         }
         let mut pos = base;
@@ -770,6 +785,43 @@ impl<'a> Joined<'a> {
     }
 }
 
+/// The leftmost-longest Aho-Corasick automaton of the patterns, built the
+/// first time a search needs it: the filter keeps ordinary output (and
+/// metadata strings) from ever reaching it, so a job whose output holds no
+/// secret never pays for building it (with 50 values, about as much as all
+/// the rest of the redactor's start-up).
+#[derive(Debug)]
+struct Automaton {
+    /// Index 0 is the marker pattern.
+    patterns: Vec<Vec<u8>>,
+    built: OnceCell<AhoCorasick>,
+}
+
+impl Automaton {
+    fn new(patterns: Vec<Vec<u8>>) -> Automaton {
+        Automaton {
+            patterns,
+            built: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> &AhoCorasick {
+        self.built.get_or_init(|| {
+            // Patterns are at most a few MiB in all (bounded by
+            // MAX_SECRET_LEN per value), which the builder always accepts.
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                // It only reads the filter's rare windows; the plain NFA
+                // builds in less than half the time of the faster-searching
+                // kinds (each marker value builds it again) and saves their
+                // memory.
+                .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+                .build(&self.patterns)
+                .expect("bounded byte patterns always build")
+        })
+    }
+}
+
 /// Slots (one byte each) in the q-gram filter's first table, which every
 /// sample is looked up in: 512 KiB, so it stays in the L2 cache, and a
 /// lookup is one multiply, one shift and one load (a bit table needs a
@@ -811,6 +863,7 @@ struct QgramFilter {
     a: Box<[u8; FILTER_SLOTS]>,
     b: Box<[u64; CONFIRM_BITS / 64]>,
     step: usize,
+    min_len: usize,
     max_len: usize,
     /// Every pattern is at least `3 * Q - 1` long, so an occurrence holding
     /// the q-gram at `p` also holds the one at `p - Q` or at `p + Q` (if it
@@ -844,6 +897,7 @@ impl QgramFilter {
             a,
             b,
             step,
+            min_len,
             pair_check: min_len >= 3 * Q - 1,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
             single: match patterns {
@@ -944,7 +998,7 @@ fn set_bit(table: &mut [u64], h: usize) {
 /// every occurrence lies inside the window of one of its sampled q-grams and
 /// merged windows never cut one.
 fn find_matches(
-    matcher: &AhoCorasick,
+    matcher: &Automaton,
     filter: &QgramFilter,
     buf: &[u8],
     matches: &mut Vec<(usize, usize, usize)>,
@@ -955,6 +1009,9 @@ fn find_matches(
             matches.push((at, at + finder.needle().len(), 0));
         }
         return;
+    }
+    if buf.len() < filter.min_len {
+        return; // no pattern fits (and the automaton need not be built)
     }
     if buf.len() < Q {
         collect(matcher, buf, 0..buf.len(), matches);
@@ -1001,13 +1058,13 @@ fn find_matches(
 
 /// Adds the matches within `span` of `buf`; true once a marker was found.
 fn collect(
-    matcher: &AhoCorasick,
+    matcher: &Automaton,
     buf: &[u8],
     span: std::ops::Range<usize>,
     matches: &mut Vec<(usize, usize, usize)>,
 ) -> bool {
     let input = aho_corasick::Input::new(buf).span(span);
-    for m in matcher.find_iter(input) {
+    for m in matcher.get().find_iter(input) {
         if matches.last().is_some_and(|l| m.start() < l.1) {
             continue;
         }
@@ -1400,6 +1457,28 @@ mod tests {
         let mut r = redactor(&[SECRET]);
         let cmd = format!("--token={}", String::from_utf8_lossy(SECRET));
         assert_eq!(r.redact_str(&cmd), "--token=[REDACTED]");
+        // A marker means nothing in a string: values after it are hidden too.
+        let secret = String::from_utf8_lossy(SECRET);
+        let text = format!("a {secret}\nDATABUILD_REDACT: x {secret} b\n{secret}");
+        assert_eq!(
+            r.redact_str(&text),
+            "a [REDACTED]\nDATABUILD_REDACT: x [REDACTED] b\n[REDACTED]"
+        );
+        assert_eq!(r.redact_str("short"), "short");
+        assert_eq!(r.redact_str(""), "");
+    }
+
+    #[test]
+    fn output_without_a_possible_match_never_builds_the_automaton() {
+        let mut r = redactor(&[SECRET]);
+        let mut out = Vec::new();
+        let text = b"ordinary build output, line after line\n".repeat(1000);
+        assert_eq!(r.feed(0, &text, &mut out, None), Some(text.len()));
+        assert_eq!(r.redact_str("make -j8 all"), "make -j8 all");
+        assert!(r.automaton.built.get().is_none());
+        // The first possible match builds it, and it finds the value.
+        assert_eq!(run(&mut r, &[b"x ", SECRET, b"\n"]), b"x [REDACTED]\n");
+        assert!(r.automaton.built.get().is_some());
     }
 
     /// xorshift64*: a reproducible stream of numbers for the property tests.
@@ -1601,18 +1680,17 @@ mod tests {
 
     /// The leftmost-longest automaton of `patterns` (pattern 0 the marker)
     /// and the q-gram filter in front of it.
-    fn matcher_and_filter(patterns: &[Vec<u8>]) -> (AhoCorasick, QgramFilter) {
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(patterns)
-            .unwrap();
-        (matcher, QgramFilter::new(patterns))
+    fn matcher_and_filter(patterns: &[Vec<u8>]) -> (Automaton, QgramFilter) {
+        (
+            Automaton::new(patterns.to_vec()),
+            QgramFilter::new(patterns),
+        )
     }
 
     /// The filtered search of `text` finds what searching all of it finds,
     /// up to and including the first marker (pattern 0), where it stops.
     fn assert_finds_what_a_full_search_finds(
-        matcher: &AhoCorasick,
+        matcher: &Automaton,
         filter: &QgramFilter,
         text: &[u8],
         case: usize,
@@ -1620,7 +1698,7 @@ mod tests {
         let mut found = Vec::new();
         find_matches(matcher, filter, text, &mut found);
         let mut full = Vec::new();
-        for m in matcher.find_iter(text) {
+        for m in matcher.get().find_iter(text) {
             full.push((m.start(), m.end(), m.pattern().as_usize()));
             if m.pattern().as_usize() == 0 {
                 break;
