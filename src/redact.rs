@@ -278,8 +278,8 @@ enum Mode {
 /// on stdout too.
 ///
 /// Matching: the needles plus `"\n" + MARKER` in one leftmost-longest
-/// Aho-Corasick automaton ([`Automaton`]), behind a q-gram filter
-/// ([`QgramFilter`]). When the last byte given out was a newline, the
+/// Aho-Corasick automaton (`Automaton`), behind a q-gram filter
+/// (`QgramFilter`). When the last byte given out was a newline, the
 /// search text starts with a `\n` of context that is not given out again, so a
 /// marker at the start of a line (or of the stream) is found; no other needle
 /// can start with `\n` since values are trimmed.

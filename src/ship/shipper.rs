@@ -1030,7 +1030,7 @@ pub(crate) enum Outcome {
 /// process of its own at the lowest priority when the config names the
 /// program (the job and the wrapper never compete with it for the CPU, and the
 /// wrapper's exit never waits for it), else a thread of the wrapper. It starts
-/// once the job has run [`START_DELAY`], or at the job's end if that comes
+/// once the job has run `START_DELAY` (25 ms), or at the job's end if that comes
 /// first.
 pub struct LiveShipper {
     how: How,
@@ -1062,7 +1062,7 @@ pub const START_DELAY: Duration = Duration::from_millis(25);
 
 impl LiveShipper {
     /// Ships job `id` of `store` from the files as they grow, starting
-    /// [`START_DELAY`] from now; `started` is its first metadata (already on
+    /// `START_DELAY` from now; `started` is its first metadata (already on
     /// disk). Redis being down is never a failure: the state says what failed.
     pub fn new(store: &FileStore, id: &JobId, cfg: &ShipConfig, started: &Metadata) -> LiveShipper {
         LiveShipper {
