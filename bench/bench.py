@@ -610,9 +610,9 @@ def throughput(ctx: Context) -> SectionResult:
 # Rounds of the sections whose target is a cost of a few percent (redaction,
 # --ship): single rounds on a shared 2-core machine spread from 0.5x to 2x
 # and the runs are short (0.04-0.2 s). With 11 rounds the section's ratio of
-# medians moved from 1.06x to 1.30x between runs (1.74x once); with 31, eight
-# runs of the redaction section gave 1.04x-1.18x (1.30x once). Each section
-# then takes about a minute.
+# medians moved from 1.06x to 1.30x between runs (1.74x once); with 31, nine
+# runs of the redaction section gave 1.04x-1.22x (1.30x once), as the README
+# reports. Each section then takes about a minute.
 COST_ROUNDS = 31
 
 REDACT_TARGET = 1.15  # SPEC section 7: redaction with 50 values costs at most 1.15x (pipe mode)
