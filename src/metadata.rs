@@ -278,7 +278,7 @@ pub fn read(path: &Path) -> Result<Metadata> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Metadata {

@@ -1225,7 +1225,7 @@ impl Loop<'_> {
             }
         }
         // After the write: a shipping process reads the markers from there.
-        if let Some(sh) = &self.shipper {
+        if let Some(sh) = &mut self.shipper {
             sh.markers(&self.meta);
         }
     }
@@ -1357,7 +1357,7 @@ impl Loop<'_> {
             self.kill_at.filter(|_| alive),
             self.drain_at,
             self.publish_at,
-            self.shipper.as_ref().and_then(|s| s.start_at()),
+            self.shipper.as_ref().and_then(|s| s.due_at()),
             // A stream waiting for its terminal copy releases once that moves.
             self.streams
                 .iter()

@@ -1031,7 +1031,9 @@ pub(crate) enum Outcome {
 /// program (the job and the wrapper never compete with it for the CPU, and the
 /// wrapper's exit never waits for it), else a thread of the wrapper. It starts
 /// once the job has run `START_DELAY` (25 ms), or at the job's end if that comes
-/// first.
+/// first. The process is started from a short-lived thread: the fork and exec
+/// take about a millisecond, which the wrapper's loop (and so the job, whose
+/// output it drains) does not wait for.
 pub struct LiveShipper {
     how: How,
     store: FileStore,
@@ -1046,6 +1048,14 @@ enum How {
         at: Instant,
         started: Box<Metadata>,
     },
+    /// The shipping process is being started by the thread: its handle, or
+    /// why it could not start (a shipping thread then takes over).
+    Starting {
+        spawner: std::thread::JoinHandle<Result<super::live::Process>>,
+        started: Box<Metadata>,
+        /// The metadata with markers that came meanwhile, to pass on.
+        markers: Option<Box<Metadata>>,
+    },
     Thread(Shared),
     Process(super::live::Process),
     /// Could not start; the state says why.
@@ -1059,6 +1069,10 @@ enum How {
 /// enough that a line written at a job's start still reaches a follower
 /// well within the latency target (< 50 ms): this delay plus the start.
 pub const START_DELAY: Duration = Duration::from_millis(25);
+
+/// How often the wrapper's loop looks whether the shipping process has
+/// started (it takes about a millisecond).
+const START_POLL: Duration = Duration::from_millis(1);
 
 impl LiveShipper {
     /// Ships job `id` of `store` from the files as they grow, starting
@@ -1076,52 +1090,135 @@ impl LiveShipper {
         }
     }
 
-    /// When shipping is still to start, if it is.
-    pub fn start_at(&self) -> Option<Instant> {
+    /// When the wrapper's loop is next to call [`LiveShipper::start_if_due`]:
+    /// when shipping is to start, or soon while the process is starting (its
+    /// markers wait for it).
+    pub fn due_at(&self) -> Option<Instant> {
         match &self.how {
             How::Later { at, .. } => Some(*at),
+            How::Starting { .. } => Some(Instant::now() + START_POLL),
             _ => None,
         }
     }
 
     /// Starts shipping if it is due at `now`; `meta` is the job's metadata as
-    /// on disk, with any markers so far.
+    /// on disk, with any markers so far. A shipping process is started from
+    /// a thread, and taken over once it runs.
     pub fn start_if_due(&mut self, now: Instant, meta: &Metadata) {
-        if self.start_at().is_some_and(|at| now >= at) {
-            self.start(meta);
+        if matches!(self.how, How::Later { at, .. } if now >= at) {
+            match self.cfg.handoff.clone() {
+                Some(program) => {
+                    let (store, id, cfg) = (self.store.clone(), self.id.clone(), self.cfg.clone());
+                    self.start_with(meta, move || {
+                        super::live::Process::spawn(&program, &store, &id, &cfg)
+                    });
+                }
+                None => self.start(meta),
+            }
         }
+        self.settle(false);
     }
 
-    /// Starts the process or thread now if it has not started; markers the
-    /// job printed before are sent at once.
+    /// Starts the process or thread now if it has not started (at the job's
+    /// end: waits the millisecond a process takes to start, rather than
+    /// start a thread to wait for it); markers the job printed before are
+    /// sent at once.
     pub fn start(&mut self, meta: &Metadata) {
+        self.settle(true);
         let How::Later { started, .. } = &self.how else {
             return;
         };
-        self.how = match self.spawn(started) {
-            Ok(how) => how,
-            Err(e) => How::Failed(ShipState {
-                url: self.cfg.public_url(),
-                last_error: Some(format!("{e:#}")),
-                ..ShipState::default()
-            }),
+        let started = started.clone();
+        let (store, id, cfg) = (&self.store, &self.id, &self.cfg);
+        // A program that cannot be started leaves it to a thread.
+        let process = cfg
+            .handoff
+            .as_deref()
+            .and_then(|program| super::live::Process::spawn(program, store, id, cfg).ok());
+        self.how = match process {
+            Some(p) => How::Process(p),
+            None => self.thread_or_failed(&started),
         };
         if !meta.missing_deps.is_empty() {
             self.markers(meta);
         }
     }
 
-    /// A shipping process, or a thread if the config names no program or
-    /// the program cannot be started. Fails only if neither can start or the
-    /// job's ship lock is taken.
-    fn spawn(&self, started: &Metadata) -> Result<How> {
-        let (store, id, cfg) = (&self.store, &self.id, &self.cfg);
-        if let Some(program) = cfg.handoff.as_deref() {
-            // A program that cannot be started leaves it to a thread.
-            if let Ok(p) = super::live::Process::spawn(program, store, id, cfg) {
-                return Ok(How::Process(p));
-            }
+    /// Starts the shipping process with `spawn`, called on a thread of its
+    /// own; [`LiveShipper::settle`] takes it over.
+    fn start_with(
+        &mut self,
+        meta: &Metadata,
+        spawn: impl FnOnce() -> Result<super::live::Process> + Send + 'static,
+    ) {
+        let How::Later { started, .. } = &self.how else {
+            return;
+        };
+        let started = started.clone();
+        let spawned = std::thread::Builder::new()
+            .name("logwrap-spawner".into())
+            .spawn(move || {
+                // The process starts at this thread's priority (and then
+                // lowers its own to the lowest).
+                lower_priority();
+                spawn()
+            });
+        let Ok(spawner) = spawned else {
+            // No thread to wait for it: started from here.
+            return self.start(meta);
+        };
+        self.how = How::Starting {
+            spawner,
+            started,
+            markers: None,
+        };
+        if !meta.missing_deps.is_empty() {
+            self.markers(meta);
         }
+    }
+
+    /// Takes the shipping process over once the thread starting it is done
+    /// (`wait`: waits for that) and passes on the markers that came
+    /// meanwhile; if it could not start, a shipping thread takes over.
+    fn settle(&mut self, wait: bool) {
+        match &self.how {
+            How::Starting { spawner, .. } if wait || spawner.is_finished() => {}
+            _ => return,
+        }
+        let placeholder = How::Failed(ShipState::default());
+        let How::Starting {
+            spawner,
+            started,
+            markers,
+        } = std::mem::replace(&mut self.how, placeholder)
+        else {
+            unreachable!("matched above");
+        };
+        self.how = match spawner.join() {
+            Ok(Ok(p)) => How::Process(p),
+            // A program that cannot be started leaves it to a thread.
+            Ok(Err(_)) | Err(_) => self.thread_or_failed(&started),
+        };
+        if let Some(meta) = markers {
+            self.markers(&meta);
+        }
+    }
+
+    /// A shipping thread, or the state saying why there is none.
+    fn thread_or_failed(&self, started: &Metadata) -> How {
+        self.spawn_thread(started).unwrap_or_else(|e| {
+            How::Failed(ShipState {
+                url: self.cfg.public_url(),
+                last_error: Some(format!("{e:#}")),
+                ..ShipState::default()
+            })
+        })
+    }
+
+    /// A shipping thread. Fails only if it cannot start or the job's ship
+    /// lock is taken.
+    fn spawn_thread(&self, started: &Metadata) -> Result<How> {
+        let (store, id, cfg) = (&self.store, &self.id, &self.cfg);
         let sh = Shipper::open(store, id, cfg, false)?
             .context("another process is shipping this job")?;
         let shared = shared(sh.state.clone());
@@ -1142,8 +1239,9 @@ impl LiveShipper {
 
     /// The job's metadata has new markers (`missing_deps`) and is on disk:
     /// they go to the jobs stream as `marker` events.
-    pub fn markers(&self, meta: &Metadata) {
-        match &self.how {
+    pub fn markers(&mut self, meta: &Metadata) {
+        match &mut self.how {
+            How::Starting { markers, .. } => *markers = Some(Box::new(meta.clone())),
             How::Thread(shared) => {
                 let (m, cv) = &**shared;
                 lock(m).markers = Some(meta.clone());
@@ -1157,7 +1255,8 @@ impl LiveShipper {
 
     /// Whether the job's end is to be written to metadata.json before
     /// [`LiveShipper::finish`]: a shipping process reads it from there.
-    pub fn reads_end_from_disk(&self) -> bool {
+    pub fn reads_end_from_disk(&mut self) -> bool {
+        self.settle(true);
         matches!(self.how, How::Process(_))
     }
 
@@ -1166,7 +1265,7 @@ impl LiveShipper {
         match &self.how {
             How::Thread(shared) => lock(&shared.0).state.clone(),
             How::Process(p) => p.view().0,
-            How::Later { .. } => ShipState {
+            How::Later { .. } | How::Starting { .. } => ShipState {
                 url: self.cfg.public_url(),
                 ..ShipState::default()
             },
@@ -1198,7 +1297,9 @@ impl LiveShipper {
                 (ctl.state.clone(), ctl.rate, ctl.healthy)
             }
             How::Process(p) => p.view(),
-            How::Later { .. } | How::Failed(_) => (self.state(), None, false),
+            How::Later { .. } | How::Starting { .. } | How::Failed(_) => {
+                (self.state(), None, false)
+            }
         };
         let backlog = (meta.stdout.bytes + meta.stderr.bytes).saturating_sub(state.bytes);
         let fits = backlog <= FINISH_BACKLOG
@@ -1207,7 +1308,7 @@ impl LiveShipper {
         let outcome = match self.how {
             How::Thread(shared) => wait_thread(&shared, meta, deadline),
             How::Process(p) => p.finish(deadline, healthy),
-            How::Later { .. } | How::Failed(_) => return state,
+            How::Later { .. } | How::Starting { .. } | How::Failed(_) => return state,
         };
         match outcome {
             Outcome::Done(state) => state,
@@ -1467,6 +1568,64 @@ mod tests {
         assert_eq!(p.left(r + ms(48)), Duration::ZERO);
         assert!(p.full_round(r + ms(100)));
         assert_eq!(p.left(r + ms(100)), BURST_PACE);
+    }
+
+    #[test]
+    fn the_loop_goes_on_while_the_shipping_process_starts_and_a_thread_takes_over_if_it_cannot() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = crate::store::TempRoot::new("ship-start");
+        let id = JobId::parse("starting").unwrap();
+        let _sink = crate::store::LogStore::create_job(&*root, &id).unwrap();
+        // Nothing listens there: the thread that takes over cannot connect.
+        let cfg = ShipConfig::new("redis://127.0.0.1:1", 100, Duration::from_secs(60)).unwrap();
+        let meta = crate::metadata::tests::sample();
+        let mut ls = LiveShipper::new(&root, &id, &cfg, &meta);
+        // The process's start takes until the test says so (or 20 s pass,
+        // which only a caller waiting for it lets happen).
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let waited = std::sync::Arc::new(AtomicBool::new(false));
+        let w = waited.clone();
+        ls.start_with(&meta, move || {
+            if gate.recv_timeout(Duration::from_secs(20)).is_err() {
+                w.store(true, Ordering::SeqCst);
+            }
+            anyhow::bail!("cannot start the program")
+        });
+        ls.start_if_due(Instant::now() + START_DELAY, &meta);
+        assert!(
+            !waited.load(Ordering::SeqCst),
+            "the loop waited for the start"
+        );
+        assert!(matches!(ls.how, How::Starting { .. }));
+        assert!(matches!(ls.how, How::Starting { .. }), "started once only");
+        let due = ls.due_at();
+        let soon = Instant::now() + START_POLL;
+        assert!(due.is_some_and(|t| t <= soon), "the loop looks again soon");
+        assert_eq!(ls.state().url, "redis://127.0.0.1:1");
+        // Markers that come meanwhile are kept for whoever ships.
+        let mut marked = meta.clone();
+        marked.missing_deps.push(crate::metadata::MissingDep {
+            stream: "stdout".into(),
+            line: 1,
+            value: serde_json::json!({"partitions": ["a"]}),
+        });
+        ls.markers(&marked);
+        match &ls.how {
+            How::Starting { markers, .. } => assert_eq!(markers.as_deref(), Some(&marked)),
+            _ => panic!("no longer starting"),
+        }
+        go.send(()).unwrap();
+        // The end waits for the start; the program failed, so a thread ships.
+        assert!(!ls.reads_end_from_disk());
+        assert!(
+            matches!(ls.how, How::Thread(_)),
+            "no shipping thread took over"
+        );
+        let mut end = marked.clone();
+        end.status = crate::metadata::Status::Succeeded;
+        let state = ls.finish(&end);
+        assert!(!state.complete);
+        assert!(state.last_error.is_some(), "{state:?}");
     }
 
     #[test]
