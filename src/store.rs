@@ -318,22 +318,56 @@ impl std::fmt::Display for CreateError {
 
 impl std::error::Error for CreateError {}
 
+fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
 /// One chunk read from the child: its bytes, when it was read, and how many
-/// newlines it holds (counted once, here, for every consumer of the chunk).
+/// newlines it holds (counted once, here, for every consumer of the chunk:
+/// the log's index, the line counts and the scanners).
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'a> {
     data: &'a [u8],
     ts_us: u64,
     newlines: u64,
+    /// The newlines of each [`index::MAX_CHUNK`] piece, in which a file store
+    /// records the chunk, if it has at most [`COUNTED_PIECES`] (a whole read
+    /// has four, or five after bytes a redactor held back).
+    pieces: [u32; COUNTED_PIECES],
 }
+
+/// Most pieces of a [`Chunk`] whose newlines are counted piece by piece.
+const COUNTED_PIECES: usize = 8;
 
 impl<'a> Chunk<'a> {
     /// A chunk of `data` read at `ts_us` (µs since the epoch).
     pub fn new(data: &'a [u8], ts_us: u64) -> Chunk<'a> {
+        let mut pieces = [0u32; COUNTED_PIECES];
+        let newlines = if data.len() <= COUNTED_PIECES * index::MAX_CHUNK {
+            let mut total = 0;
+            for (n, piece) in pieces.iter_mut().zip(data.chunks(index::MAX_CHUNK)) {
+                // At most MAX_CHUNK (64 KiB) newlines: fits.
+                *n = count_newlines(piece) as u32;
+                total += u64::from(*n);
+            }
+            total
+        } else {
+            count_newlines(data)
+        };
         Chunk {
             data,
             ts_us,
-            newlines: memchr::memchr_iter(b'\n', data).count() as u64,
+            newlines,
+            pieces,
+        }
+    }
+
+    /// The newlines of piece `i` of [`index::MAX_CHUNK`] bytes.
+    fn piece_newlines(&self, i: usize, piece: &[u8]) -> u64 {
+        if self.data.len() <= COUNTED_PIECES * index::MAX_CHUNK {
+            u64::from(self.pieces[i])
+        } else {
+            count_newlines(piece)
         }
     }
 
@@ -1415,15 +1449,8 @@ impl JobSink for FileJobSink {
         if !limited {
             s.log.write_all(data)?;
         }
-        let mut left = chunk.newlines();
-        let mut pieces = data.chunks(index::MAX_CHUNK).peekable();
-        while let Some(piece) = pieces.next() {
-            // The newlines of the last piece are what the others leave.
-            let n = match pieces.peek() {
-                Some(_) => memchr::memchr_iter(b'\n', piece).count() as u64,
-                None => left,
-            };
-            left -= n;
+        for (i, piece) in data.chunks(index::MAX_CHUNK).enumerate() {
+            let n = chunk.piece_newlines(i, piece);
             if limited {
                 s.append_limited(&mut self.seq, piece, n, ts)?;
             } else {
@@ -1671,6 +1698,42 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_counts_its_newlines_once_and_piece_by_piece() {
+        let m = index::MAX_CHUNK;
+        for len in [
+            0,
+            1,
+            m - 1,
+            m,
+            m + 1,
+            4 * m + 17,
+            8 * m,
+            8 * m + 1,
+            9 * m + 5,
+        ] {
+            // Newlines at varying distances, some at the pieces' edges.
+            let data: Vec<u8> = (0..len)
+                .map(|i| {
+                    if i % 97 == 0 || i % m == m - 1 || i % m == 0 {
+                        b'\n'
+                    } else {
+                        b'x'
+                    }
+                })
+                .collect();
+            let chunk = Chunk::new(&data, 1);
+            assert_eq!(chunk.newlines(), count_newlines(&data), "len {len}");
+            for (i, piece) in data.chunks(m).enumerate() {
+                assert_eq!(
+                    chunk.piece_newlines(i, piece),
+                    count_newlines(piece),
+                    "len {len} piece {i}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn live_stats_count_what_the_logs_hold_now_in_every_store() {

@@ -9,6 +9,10 @@
 use memchr::{memchr, memmem, memrchr};
 use std::sync::LazyLock;
 
+fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
 /// Every annotation line starts with this.
 const PREFIX: &[u8] = b"::";
 
@@ -55,8 +59,20 @@ impl Default for AnnotationScanner {
 }
 
 impl AnnotationScanner {
-    /// Scans one chunk, pushing every annotation line it completes onto `out`.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Annotation>) {
+    /// [`AnnotationScanner::feed_counted`], counting the chunk's newlines itself.
+    #[cfg(test)]
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Annotation>) {
+        self.feed_counted(chunk, count_newlines(chunk), out);
+    }
+
+    /// Scans one chunk holding `newlines` newlines, pushing every annotation
+    /// line it completes onto `out`. The chunk's newlines are counted once by
+    /// the wrapper for all its consumers; the scanner counts only up to a
+    /// hit, for its line number.
+    pub fn feed_counted(&mut self, chunk: &[u8], newlines: u64, out: &mut Vec<Annotation>) {
+        debug_assert_eq!(newlines, count_newlines(chunk));
+        // Each of the chunk's newlines ends one line.
+        let after = self.newlines + newlines;
         let mut body = chunk;
         // The line carried over from the last chunk.
         let carried = self.line.as_ref().is_none_or(|l| !l.is_empty());
@@ -80,7 +96,7 @@ impl AnnotationScanner {
             if hit < counted || (hit > 0 && body[hit - 1] != b'\n') {
                 continue;
             }
-            self.newlines += memchr::memchr_iter(b'\n', &body[counted..hit]).count() as u64;
+            self.newlines += count_newlines(&body[counted..hit]);
             let end = hit + memchr(b'\n', &body[hit..]).unwrap_or(tail - 1 - hit);
             let line = &body[hit..end];
             self.newlines += 1;
@@ -90,7 +106,7 @@ impl AnnotationScanner {
             ));
             counted = end + 1;
         }
-        self.newlines += memchr::memchr_iter(b'\n', &body[counted.min(tail)..tail]).count() as u64;
+        self.newlines = after;
         self.line = Some(Vec::new());
         self.absorb(&body[tail..]);
     }

@@ -59,13 +59,25 @@ impl Default for MarkerScanner {
 }
 
 impl MarkerScanner {
-    /// Scans one chunk, pushing every marker line it completes onto `out`.
+    /// [`MarkerScanner::feed_counted`], counting the chunk's newlines itself.
+    #[cfg(test)]
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<MarkerEvent>) {
+        self.feed_counted(chunk, count_newlines(chunk), out);
+    }
+
+    /// Scans one chunk holding `newlines` newlines, pushing every marker line
+    /// it completes onto `out`.
     ///
     /// Markers are rare, so rather than stepping line by line this searches the
     /// chunk for the prefix (SIMD `memmem`) and checks that each hit starts a
     /// line; only the line carried over from the last chunk and the unfinished
-    /// last line are stepped through by hand.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<MarkerEvent>) {
+    /// last line are stepped through by hand. The chunk's newlines are counted
+    /// once by the wrapper for all its consumers; the scanner counts only up
+    /// to a hit, for its line number.
+    pub fn feed_counted(&mut self, chunk: &[u8], newlines: u64, out: &mut Vec<MarkerEvent>) {
+        debug_assert_eq!(newlines, count_newlines(chunk));
+        // Each of the chunk's newlines ends one line.
+        let after = self.newlines + newlines;
         let mut body = chunk;
         if !matches!(self.state, State::Prefix(0)) {
             match memchr(b'\n', body) {
@@ -94,7 +106,7 @@ impl MarkerScanner {
             self.end_line(out);
             counted = end + 1;
         }
-        self.newlines += count_newlines(&body[counted.min(tail)..tail]);
+        self.newlines = after;
         self.state = State::Prefix(0);
         self.absorb(&body[tail..]);
     }

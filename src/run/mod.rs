@@ -1085,8 +1085,10 @@ impl Loop<'_> {
         s.stats.lines += piece.newlines();
         s.ends_with_newline = chunk[n - 1] == b'\n';
         let before = self.markers.len();
-        s.scanner.feed(chunk, &mut self.markers);
-        s.notes.feed(chunk, &mut self.annotations);
+        s.scanner
+            .feed_counted(chunk, piece.newlines(), &mut self.markers);
+        s.notes
+            .feed_counted(chunk, piece.newlines(), &mut self.annotations);
         let stream = s.stream;
         if let (Some(pending), Some(tee)) = (&mut s.pending, &s.tee) {
             // A second piece of one read (redaction made it longer than a
