@@ -1096,6 +1096,9 @@ impl LogStore for FileStore {
 struct StreamFiles {
     log: File,
     idx: File,
+    /// Index records made by the current append, written to `idx` in one
+    /// write at its end (a whole read makes four).
+    idx_pending: Vec<u8>,
     /// Bytes and lines appended so far.
     lines: LineSplitter,
     /// Where the last index record written ends. Bytes past it, up to the end,
@@ -1179,10 +1182,21 @@ impl StreamFiles {
             lines_end: self.lines.complete_lines(),
         };
         *seq += 1;
-        self.idx.write_all(&rec.encode())?;
+        self.idx_pending.extend_from_slice(&rec.encode());
         self.recorded_end = end;
         self.records += 1;
         Ok(())
+    }
+
+    /// Writes the records made since the last call to the index. Records that
+    /// fail to be written are dropped, not written again after others.
+    fn write_records(&mut self) -> io::Result<()> {
+        if self.idx_pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.idx.write_all(&self.idx_pending);
+        self.idx_pending.clear();
+        written
     }
 
     /// After a chunk that ended a line and got its record: lets the size limit
@@ -1190,6 +1204,11 @@ impl StreamFiles {
     /// reader that checks it after a read knows whether its bytes were data.
     fn enforce_limit(&mut self) {
         if self.limit_error.is_some() {
+            return;
+        }
+        // The cut may punch out the records too: all of them are in the file.
+        if let Err(e) = self.write_records() {
+            self.limit_error = Some(format!("--max-log-size: cannot write the index: {e}"));
             return;
         }
         if let Err(e) = self.cut_to_limit() {
@@ -1327,6 +1346,7 @@ impl FileJobSink {
             Ok(StreamFiles {
                 log,
                 idx,
+                idx_pending: Vec::with_capacity(8 * RECORD_LEN),
                 lines: LineSplitter::new(),
                 recorded_end: 0,
                 pending_ts: 0,
@@ -1353,7 +1373,7 @@ impl FileJobSink {
         let mut result = Ok(());
         for s in &mut self.streams {
             let ts = s.pending_ts;
-            if let Err(e) = s.record(&mut self.seq, ts) {
+            if let Err(e) = s.record(&mut self.seq, ts).and_then(|()| s.write_records()) {
                 result = Err(e);
             }
         }
@@ -1439,7 +1459,8 @@ impl JobSink for FileJobSink {
     ///
     /// A larger chunk (a whole read, up to four records' worth, perhaps after
     /// bytes a redactor held back) is still one write (without a size limit),
-    /// recorded in pieces of at most [`index::MAX_CHUNK`].
+    /// recorded in pieces of at most [`index::MAX_CHUNK`], whose records go
+    /// to the index in one write after the log's.
     fn append(&mut self, stream: Stream, chunk: &Chunk) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
         let (data, ts) = (chunk.data(), chunk.ts_us());
@@ -1449,15 +1470,21 @@ impl JobSink for FileJobSink {
         if !limited {
             s.log.write_all(data)?;
         }
+        let mut appended = Ok(());
         for (i, piece) in data.chunks(index::MAX_CHUNK).enumerate() {
             let n = chunk.piece_newlines(i, piece);
-            if limited {
-                s.append_limited(&mut self.seq, piece, n, ts)?;
+            appended = if limited {
+                s.append_limited(&mut self.seq, piece, n, ts)
             } else {
-                s.account(&mut self.seq, piece, n, ts)?;
+                s.account(&mut self.seq, piece, n, ts)
+            };
+            if appended.is_err() {
+                break;
             }
         }
-        Ok(())
+        // The records of what is in the log, in one write.
+        let recorded = s.write_records();
+        appended.and(recorded)
     }
 
     fn limit_size(&mut self, max: u64) -> io::Result<bool> {
