@@ -7,6 +7,7 @@
 //! plugged in without touching either (SPEC §8).
 
 use crate::metadata::{self, Metadata, Omitted, Status, StreamStats};
+use crate::output::count_newlines;
 use crate::output::index::{self, Record, Records, HEADER, RECORD_LEN};
 use crate::reader::{Anchor, LineSource, Start, StreamReader};
 use crate::timefmt;
@@ -317,10 +318,6 @@ impl std::fmt::Display for CreateError {
 }
 
 impl std::error::Error for CreateError {}
-
-fn count_newlines(bytes: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', bytes).count() as u64
-}
 
 /// One chunk read from the child: its bytes, when it was read, and how many
 /// newlines it holds (counted once, here, for every consumer of the chunk:

@@ -6,12 +6,9 @@
 //! The log keeps the raw line; the page recognises the same dialects (and the
 //! section lines of GitLab, GitHub and Buildkite) when it shows it.
 
+use super::count_newlines;
 use memchr::{memchr, memmem, memrchr};
 use std::sync::LazyLock;
-
-fn count_newlines(bytes: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', bytes).count() as u64
-}
 
 /// Every annotation line starts with this.
 const PREFIX: &[u8] = b"::";

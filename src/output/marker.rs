@@ -2,16 +2,13 @@
 //! "Markers"). Chunks may split a line, or the prefix itself, anywhere; the payload
 //! kept per line is bounded so a huge marker line cannot grow memory.
 
+use super::count_newlines;
 use memchr::{memchr, memmem, memrchr};
 use std::sync::LazyLock;
 
 /// The prefix searcher, built once.
 static FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(MARKER_PREFIX));
-
-fn count_newlines(bytes: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', bytes).count() as u64
-}
 
 /// A line that starts with this is a marker; the rest of the line is JSON.
 pub const MARKER_PREFIX: &[u8] = b"DATABUILD_MISSING_DEPS_JSON:";

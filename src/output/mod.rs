@@ -6,3 +6,8 @@ pub mod annotations;
 pub mod index;
 pub mod lines;
 pub mod marker;
+
+/// The `\n` bytes in `bytes` (SIMD).
+pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
