@@ -416,12 +416,16 @@ impl Redactor {
     /// kernel about a third more) even after a redaction shifted the log
     /// against the reads. Those bytes are held only until the next input, or
     /// [`Redactor::take_extra`].
+    ///
+    /// `marks` is [`Marks::Stems`] when the caller has searched `input` for
+    /// [`MARKER_STEM`] already (for its own scanner), else [`Marks::Search`].
     pub fn feed(
         &mut self,
         s: usize,
         input: &[u8],
         out: &mut Vec<u8>,
         align: Option<usize>,
+        marks: Marks,
     ) -> Option<usize> {
         let st = &self.streams[s];
         let plain = st.marker.is_none()
@@ -429,7 +433,13 @@ impl Redactor {
             && !(st.line_start && input.first() == Some(&MARKER[0]));
         if plain {
             self.matches.clear();
-            find_matches(&self.automaton, &self.filter, input, &mut self.matches);
+            find_matches(
+                &self.automaton,
+                &self.filter,
+                input,
+                marks,
+                &mut self.matches,
+            );
             if self.matches.is_empty() {
                 let partial = hold_start(
                     &self.automaton.patterns,
@@ -510,7 +520,13 @@ impl Redactor {
         let (mut pos, mut from) = (0, 0);
         while from < text.len() {
             found.clear();
-            find_matches(&self.automaton, &self.filter, &text[from..], &mut found);
+            find_matches(
+                &self.automaton,
+                &self.filter,
+                &text[from..],
+                Marks::Search,
+                &mut found,
+            );
             let mut next = text.len();
             for &(start, end, p) in &found {
                 let (start, end) = (from + start, from + end);
@@ -640,7 +656,13 @@ impl Redactor {
         } else {
             scratch.extend_from_slice(&input[..input.len().min(self.max_len)]);
             self.matches.clear();
-            find_matches(&self.automaton, &self.filter, &scratch, &mut self.matches);
+            find_matches(
+                &self.automaton,
+                &self.filter,
+                &scratch,
+                Marks::Search,
+                &mut self.matches,
+            );
             if whole {
                 // A short input: the head and all of it are searched as one.
                 Joined {
@@ -656,7 +678,13 @@ impl Redactor {
         };
         if h == 0 {
             self.matches.clear();
-            find_matches(&self.automaton, &self.filter, input, &mut self.matches);
+            find_matches(
+                &self.automaton,
+                &self.filter,
+                input,
+                Marks::Search,
+                &mut self.matches,
+            );
         } else if !whole {
             // Keep the matches that start in the head; a later one may have
             // been cut short by the end of the searched piece, so the rest
@@ -667,7 +695,14 @@ impl Redactor {
                 let from = self.matches.last().map_or(h, |m| m.1.max(h));
                 let mut rest = std::mem::take(&mut self.rest_matches);
                 rest.clear();
-                find_matches(&self.automaton, &self.filter, &input[from - h..], &mut rest);
+                let rest_input = &input[from - h..];
+                find_matches(
+                    &self.automaton,
+                    &self.filter,
+                    rest_input,
+                    Marks::Search,
+                    &mut rest,
+                );
                 self.matches
                     .extend(rest.iter().map(|&(a, b, p)| (a + from, b + from, p)));
                 self.rest_matches = rest;
@@ -847,10 +882,13 @@ const HASH_A: u32 = 0x9e37_79b1;
 const HASH_B: u32 = 0x85eb_ca77;
 
 /// A sampling filter in front of the automaton (the idea of Wu-Manber and
-/// q-gram filters): every pattern is at least `min_len` long, and samples
-/// are taken `step = min_len - Q + 1` bytes apart, so any occurrence holds a
-/// whole sampled q-gram, and the first one it holds starts within its first
-/// `step` bytes. The first table therefore needs only each pattern's
+/// q-gram filters): every sampled pattern is at least `min` long, and
+/// samples are taken `step = min - Q + 1` bytes apart, so any occurrence holds
+/// a whole sampled q-gram, and the first one it holds starts within its first
+/// `step` bytes. The marker (pattern 0) is not sampled: its 19 bytes would
+/// bound the stride below most needles' length; its occurrences come from a
+/// substring search ([`Marks`]), which the wrapper shares with the
+/// `DATABUILD_MISSING_DEPS_JSON:` scanner. The first table therefore needs only each pattern's
 /// q-grams at offsets `0..step` (fewer entries: fewer chance hits); the
 /// second holds all of them, for the neighbour check and for the held-back
 /// suffix. Around a sample that passes both, a window wide enough to hold
@@ -865,31 +903,35 @@ struct QgramFilter {
     step: usize,
     min_len: usize,
     max_len: usize,
-    /// Every pattern is at least `3 * Q - 1` long, so an occurrence holding
+    /// Every sampled pattern is at least `3 * Q - 1` long, so an occurrence holding
     /// the q-gram at `p` also holds the one at `p - Q` or at `p + Q` (if it
     /// ends before `p + 2Q`, it started at `p + 2Q - 1 - len <= p - Q` or
     /// earlier): a hit is only taken when a neighbour hits too. Output that
     /// shares a few 4-byte pieces with the needles (random text does, every
     /// few thousand samples) then rarely wakes the automaton.
     pair_check: bool,
-    /// With a single pattern (the marker, when no value is hidden yet: the
-    /// default), a SIMD substring search, which looks at every byte for less
-    /// than the sampling costs.
-    single: Option<memchr::memmem::Finder<'static>>,
+    /// There are patterns besides the marker to sample for (with no value
+    /// hidden yet, the default, there are none).
+    sampled: bool,
+    /// The marker's substring search.
+    marker: memchr::memmem::Finder<'static>,
 }
 
 impl QgramFilter {
+    /// The filter of `patterns`, pattern 0 being the marker.
     fn new(patterns: &[Vec<u8>]) -> QgramFilter {
-        let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
-        let step = (min_len + 1).saturating_sub(Q).max(1);
+        let sampled = patterns.get(1..).unwrap_or_default();
+        let min_sampled = sampled.iter().map(Vec::len).min().unwrap_or(0);
+        let step = (min_sampled + 1).saturating_sub(Q).max(1);
         let mut a = zeroed_table::<u8, FILTER_SLOTS>();
         let mut b = zeroed_table::<u64, { CONFIRM_BITS / 64 }>();
-        for p in patterns {
+        for (k, p) in patterns.iter().enumerate() {
             for (i, w) in p.windows(Q).enumerate() {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                if i < step {
+                if k > 0 && i < step {
                     a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
                 }
+                // Every pattern's, for the held-back suffix.
                 set_bit(&mut b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
             }
         }
@@ -897,13 +939,12 @@ impl QgramFilter {
             a,
             b,
             step,
-            min_len,
-            pair_check: min_len >= 3 * Q - 1,
+            min_len: patterns.iter().map(Vec::len).min().unwrap_or(0),
+            pair_check: min_sampled >= 3 * Q - 1,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
-            single: match patterns {
-                [p] => Some(memchr::memmem::Finder::new(p).into_owned()),
-                _ => None,
-            },
+            sampled: !sampled.is_empty(),
+            marker: memchr::memmem::Finder::new(patterns.first().map_or(&[][..], Vec::as_slice))
+                .into_owned(),
         }
     }
 
@@ -995,21 +1036,15 @@ fn set_bit(table: &mut [u64], h: usize) {
 
 /// The leftmost-longest matches in `buf` (stopping after the first marker),
 /// as `(start, end, pattern)`: the same as searching all of `buf`, since
-/// every occurrence lies inside the window of one of its sampled q-grams and
-/// merged windows never cut one.
+/// every occurrence lies inside the window of one of its sampled q-grams (a
+/// marker: of its start, see [`Marks`]) and merged windows never cut one.
 fn find_matches(
     matcher: &Automaton,
     filter: &QgramFilter,
     buf: &[u8],
+    marks: Marks,
     matches: &mut Vec<(usize, usize, usize)>,
 ) {
-    if let Some(finder) = &filter.single {
-        // Pattern 0, the only one, ends the search as a marker does.
-        if let Some(at) = finder.find(buf) {
-            matches.push((at, at + finder.needle().len(), 0));
-        }
-        return;
-    }
     if buf.len() < filter.min_len {
         return; // no pattern fits (and the automaton need not be built)
     }
@@ -1018,41 +1053,120 @@ fn find_matches(
         return;
     }
     let reach = filter.max_len;
-    let step = filter.step;
-    let last = buf.len() - Q;
     let mut window: Option<(usize, usize)> = None;
-    let group = (SAMPLES_PER_TEST - 1) * step;
-    let mut p = 0;
-    loop {
-        // Most samples miss, so `SAMPLES_PER_TEST` of them are tested with
-        // one branch; only a group with a possible hit is looked at sample
-        // by sample.
-        while p + group + Q <= buf.len() && !filter.group_may_hit(buf, p) {
-            p += group + step;
-        }
-        let stop = last.min(p + group);
-        while p <= stop {
-            if filter.sample_hit(buf, p) {
-                let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
-                window = match window {
-                    Some((s, e)) if ws <= e => Some((s, we.max(e))),
-                    Some((s, e)) => {
-                        if collect(matcher, buf, s..e, matches) {
+    // Adds the window that holds any occurrence covering `p`; true once a
+    // marker was found (the search ends there).
+    let mut add = |p: usize, matches: &mut Vec<(usize, usize, usize)>| -> bool {
+        let (ws, we) = (p.saturating_sub(reach - Q), (p + reach).min(buf.len()));
+        window = match window {
+            Some((s, e)) if ws <= e => Some((s, we.max(e))),
+            Some((s, e)) => {
+                if collect(matcher, buf, s..e, matches) {
+                    return true;
+                }
+                Some((ws, we))
+            }
+            None => Some((ws, we)),
+        };
+        false
+    };
+    // The marker's occurrences take their windows in order with the samples'.
+    let mut markers = MarkerStarts {
+        buf,
+        filter,
+        marks,
+        at: 0,
+    };
+    let mut next_marker = markers.next();
+    if filter.sampled {
+        let step = filter.step;
+        let last = buf.len() - Q;
+        let group = (SAMPLES_PER_TEST - 1) * step;
+        let mut p = 0;
+        loop {
+            // Most samples miss, so `SAMPLES_PER_TEST` of them are tested
+            // with one branch; only a group with a possible hit is looked at
+            // sample by sample.
+            while p + group + Q <= buf.len() && !filter.group_may_hit(buf, p) {
+                p += group + step;
+            }
+            let stop = last.min(p + group);
+            while p <= stop {
+                if filter.sample_hit(buf, p) {
+                    while let Some(m) = next_marker.filter(|&m| m <= p) {
+                        if add(m, matches) {
                             return;
                         }
-                        Some((ws, we))
+                        next_marker = markers.next();
                     }
-                    None => Some((ws, we)),
-                };
+                    if add(p, matches) {
+                        return;
+                    }
+                }
+                p += step;
             }
-            p += step;
+            if p > last {
+                break;
+            }
         }
-        if p > last {
-            break;
+    }
+    while let Some(m) = next_marker {
+        if add(m, matches) {
+            return;
         }
+        next_marker = markers.next();
     }
     if let Some((s, e)) = window {
         collect(matcher, buf, s..e, matches);
+    }
+}
+
+/// Where the marker (pattern 0) may occur in a searched text. The q-gram
+/// filter does not sample it, so its occurrences come from a substring
+/// search: made by the redactor, or made already by the caller, which
+/// shares it with the `DATABUILD_MISSING_DEPS_JSON:` scanner.
+#[derive(Debug, Clone, Copy)]
+pub enum Marks<'a> {
+    /// Search the text for the marker.
+    Search,
+    /// Every position of [`MARKER_STEM`] in the text, ascending: the marker,
+    /// `\n` + [`MARKER`], starts one byte before one of them.
+    Stems(&'a [usize]),
+}
+
+pub use crate::output::marker::MARKER_STEM;
+
+/// The starts of the marker's occurrences in `buf`, ascending.
+struct MarkerStarts<'a> {
+    buf: &'a [u8],
+    filter: &'a QgramFilter,
+    marks: Marks<'a>,
+    /// Where the search goes on (`Search`), or the next stem to look at.
+    at: usize,
+}
+
+impl Iterator for MarkerStarts<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let marker = self.filter.marker.needle();
+        match self.marks {
+            Marks::Search => {
+                let start = self.at + self.filter.marker.find(self.buf.get(self.at..)?)?;
+                self.at = start + 1;
+                Some(start)
+            }
+            Marks::Stems(stems) => {
+                while let Some(&stem) = stems.get(self.at) {
+                    self.at += 1;
+                    debug_assert!(self.buf[stem..].starts_with(MARKER_STEM));
+                    if stem > 0 && self.buf[stem - 1..].starts_with(marker) {
+                        return Some(stem - 1);
+                    }
+                }
+                None
+            }
+        }
     }
 }
 
@@ -1159,7 +1273,10 @@ mod tests {
     /// Feeds `input` to stream `s`, as the wrapper does: what passes
     /// unchanged is copied to `out` too.
     fn feed(r: &mut Redactor, s: usize, input: &[u8], out: &mut Vec<u8>) {
-        if let Some(n) = r.feed(s, input, out, None) {
+        // As the wrapper does: the stems are found once, beside the redactor.
+        let mut stems = Vec::new();
+        crate::output::marker::find_stems(input, &mut stems);
+        if let Some(n) = r.feed(s, input, out, None, Marks::Stems(&stems)) {
             out.extend_from_slice(&input[..n]);
         }
     }
@@ -1328,7 +1445,10 @@ mod tests {
     fn output_before_a_held_partial_match_goes_out_uncopied() {
         let mut r = redactor(&[SECRET]);
         let mut out = Vec::new();
-        assert_eq!(r.feed(0, b"line one\ns3cr", &mut out, None), Some(9));
+        assert_eq!(
+            r.feed(0, b"line one\ns3cr", &mut out, None, Marks::Search),
+            Some(9)
+        );
         assert!(out.is_empty() && r.holds(0));
     }
 
@@ -1341,7 +1461,10 @@ mod tests {
         let mut out = Vec::new();
         feed(&mut r, 0, b"a s3cr", &mut out);
         let chunk = format!("{} {filler} {secret}", &secret[4..]);
-        assert_eq!(r.feed(0, chunk.as_bytes(), &mut out, None), None);
+        assert_eq!(
+            r.feed(0, chunk.as_bytes(), &mut out, None, Marks::Search),
+            None
+        );
         r.finish(0, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
@@ -1473,7 +1596,10 @@ mod tests {
         let mut r = redactor(&[SECRET]);
         let mut out = Vec::new();
         let text = b"ordinary build output, line after line\n".repeat(1000);
-        assert_eq!(r.feed(0, &text, &mut out, None), Some(text.len()));
+        assert_eq!(
+            r.feed(0, &text, &mut out, None, Marks::Search),
+            Some(text.len())
+        );
         assert_eq!(r.redact_str("make -j8 all"), "make -j8 all");
         assert!(r.automaton.built.get().is_none());
         // The first possible match builds it, and it finds the value.
@@ -1650,7 +1776,11 @@ mod tests {
                 let input = &buf[front - h..];
                 let align = (rng.below(4) != 0).then(|| (PAGE - out.len() % PAGE) % PAGE);
                 let given = out.len();
-                match r.feed(0, input, &mut out, align) {
+                // The wrapper's stems, or the redactor's own search.
+                let mut stems = Vec::new();
+                crate::output::marker::find_stems(input, &mut stems);
+                let marks = [Marks::Search, Marks::Stems(&stems)][rng.below(2)];
+                match r.feed(0, input, &mut out, align, marks) {
                     Some(k) => {
                         out.extend_from_slice(&input[..k]);
                         if align.is_some() && k < input.len() && out.len() % PAGE == 0 {
@@ -1693,10 +1823,11 @@ mod tests {
         matcher: &Automaton,
         filter: &QgramFilter,
         text: &[u8],
+        marks: Marks,
         case: usize,
     ) {
         let mut found = Vec::new();
-        find_matches(matcher, filter, text, &mut found);
+        find_matches(matcher, filter, text, marks, &mut found);
         let mut full = Vec::new();
         for m in matcher.get().find_iter(text) {
             full.push((m.start(), m.end(), m.pattern().as_usize()));
@@ -1721,7 +1852,7 @@ mod tests {
             let text: Vec<u8> = (0..rng.below(3000))
                 .map(|_| b"abcd"[rng.below(4)])
                 .collect();
-            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, Marks::Search, cases);
         });
         assert!(cases > 10, "only {cases} cases ran");
     }
@@ -1745,7 +1876,34 @@ mod tests {
                 // Not the marker (pattern 0), which ends a search.
                 text.extend_from_slice(&patterns[1 + rng.below(patterns.len() - 1)]);
             }
-            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, Marks::Search, cases);
+        });
+        assert!(cases > 10, "only {cases} cases ran");
+    }
+
+    #[test]
+    fn markers_among_needles_are_found_by_their_own_search_or_by_the_callers_stems() {
+        let marker = b"\nDATABUILD_REDACT: ".to_vec();
+        let cases = fuzz(4, 13, |rng, cases| {
+            let patterns = random_patterns(rng, b"abcdefgh");
+            let (matcher, filter) = matcher_and_filter(&patterns);
+            assert!(filter.sampled);
+            // Markers, pieces of them, needles and noise that shares bytes
+            // with both.
+            let mut text = Vec::new();
+            for _ in 0..rng.below(40) {
+                match rng.below(4) {
+                    0 => text.extend_from_slice(&marker),
+                    1 => text.extend_from_slice(&marker[..rng.below(marker.len())]),
+                    2 => text.extend_from_slice(&patterns[1 + rng.below(patterns.len() - 1)]),
+                    _ => text.extend((0..rng.below(30)).map(|_| b"\nDAT_ab"[rng.below(7)])),
+                }
+            }
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, Marks::Search, cases);
+            let mut stems = Vec::new();
+            crate::output::marker::find_stems(&text, &mut stems);
+            let marks = Marks::Stems(&stems);
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, marks, cases);
         });
         assert!(cases > 10, "only {cases} cases ran");
     }
@@ -1754,7 +1912,10 @@ mod tests {
     fn the_marker_alone_is_found_exactly_where_a_full_search_finds_it() {
         let marker = b"\nDATABUILD_REDACT: ".to_vec();
         let (matcher, filter) = matcher_and_filter(std::slice::from_ref(&marker));
-        assert!(filter.single.is_some());
+        assert!(
+            !filter.sampled,
+            "the marker is found by its substring search alone"
+        );
         let cases = fuzz(4, 5, |rng, cases| {
             // Pieces of the marker, whole markers and noise.
             let mut text = Vec::new();
@@ -1765,7 +1926,7 @@ mod tests {
                     _ => text.extend((0..rng.below(30)).map(|_| b"\nDx "[rng.below(4)])),
                 }
             }
-            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, cases);
+            assert_finds_what_a_full_search_finds(&matcher, &filter, &text, Marks::Search, cases);
         });
         assert!(cases > 10, "only {cases} cases ran");
     }

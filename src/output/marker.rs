@@ -13,6 +13,50 @@ static FINDER: LazyLock<memmem::Finder<'static>> =
 /// A line that starts with this is a marker; the rest of the line is JSON.
 pub const MARKER_PREFIX: &[u8] = b"DATABUILD_MISSING_DEPS_JSON:";
 
+/// The start of this marker and of redaction's `DATABUILD_REDACT: `: one
+/// search of a chunk for it (`find_stems`) serves the redactor and this
+/// scanner.
+pub const MARKER_STEM: &[u8] = b"DATABUILD_";
+
+/// The stem searcher, built once.
+static STEMS: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(MARKER_STEM));
+
+/// Puts every position of [`MARKER_STEM`] in `buf` into `out`, ascending.
+pub fn find_stems(buf: &[u8], out: &mut Vec<usize>) {
+    out.extend(STEMS.find_iter(buf));
+}
+
+/// Where the prefix occurs in a chunk's complete lines.
+// One lives on the stack while a chunk is scanned; boxing the searcher's
+// state would allocate per chunk.
+#[allow(clippy::large_enum_variant)]
+enum Hits<'a> {
+    /// Searched for here.
+    Search(memmem::FindIter<'a, 'static>),
+    /// Among the stems found in the chunk ([`find_stems`]), which the body
+    /// starts `off` bytes into.
+    Stems {
+        stems: std::slice::Iter<'a, usize>,
+        off: usize,
+        lines: &'a [u8],
+    },
+}
+
+impl Iterator for Hits<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Hits::Search(found) => found.next(),
+            Hits::Stems { stems, off, lines } => stems.find_map(|&stem| {
+                let hit = stem.checked_sub(*off)?;
+                lines.get(hit..)?.starts_with(MARKER_PREFIX).then_some(hit)
+            }),
+        }
+    }
+}
+
 /// Longest marker payload that is parsed. Real payloads list a few partitions;
 /// 1 MiB is generous for that while keeping a runaway line's cost fixed.
 pub const MAX_MARKER_PAYLOAD: usize = 1 << 20;
@@ -59,7 +103,7 @@ impl MarkerScanner {
     /// [`MarkerScanner::feed_counted`], counting the chunk's newlines itself.
     #[cfg(test)]
     pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<MarkerEvent>) {
-        self.feed_counted(chunk, count_newlines(chunk), out);
+        self.feed_counted(chunk, count_newlines(chunk), None, out);
     }
 
     /// Scans one chunk holding `newlines` newlines, pushing every marker line
@@ -70,8 +114,16 @@ impl MarkerScanner {
     /// line; only the line carried over from the last chunk and the unfinished
     /// last line are stepped through by hand. The chunk's newlines are counted
     /// once by the wrapper for all its consumers; the scanner counts only up
-    /// to a hit, for its line number.
-    pub fn feed_counted(&mut self, chunk: &[u8], newlines: u64, out: &mut Vec<MarkerEvent>) {
+    /// to a hit, for its line number. `stems`, when given, are all the
+    /// positions of [`MARKER_STEM`] in the chunk ([`find_stems`]): the search
+    /// made for the redactor, which then is not made again.
+    pub fn feed_counted(
+        &mut self,
+        chunk: &[u8],
+        newlines: u64,
+        stems: Option<&[usize]>,
+        out: &mut Vec<MarkerEvent>,
+    ) {
         debug_assert_eq!(newlines, count_newlines(chunk));
         // Each of the chunk's newlines ends one line.
         let after = self.newlines + newlines;
@@ -88,8 +140,17 @@ impl MarkerScanner {
         }
         // Every line of `body[..tail]` is complete; `body[tail..]` is unfinished.
         let tail = memrchr(b'\n', body).map_or(0, |i| i + 1);
+        let lines = &body[..tail];
+        let hits = match stems {
+            Some(stems) => Hits::Stems {
+                stems: stems.iter(),
+                off: chunk.len() - body.len(),
+                lines,
+            },
+            None => Hits::Search(FINDER.find_iter(lines)),
+        };
         let mut counted = 0;
-        for hit in FINDER.find_iter(&body[..tail]) {
+        for hit in hits {
             if hit < counted || (hit > 0 && body[hit - 1] != b'\n') {
                 continue;
             }
@@ -264,7 +325,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as usize % n
         };
-        for _ in 0..300 {
+        for round in 0..600 {
             let text: Vec<u8> = (0..next(40))
                 .flat_map(|_| pieces[next(pieces.len())].to_vec())
                 .collect();
@@ -272,9 +333,22 @@ mod tests {
             let mut out = Vec::new();
             let mut at = 0;
             while at < text.len() {
-                let step = 1 + next(20);
+                // Longer chunks with stems: a carried line and whole marker
+                // lines in one.
+                let step = 1 + next(if round % 2 == 0 { 20 } else { 90 });
                 let end = (at + step).min(text.len());
-                scanner.feed(&text[at..end], &mut out);
+                let chunk = &text[at..end];
+                if round % 2 == 0 {
+                    scanner.feed(chunk, &mut out);
+                } else {
+                    // With the stems the wrapper found for the redactor,
+                    // here in a chunk a little longer than the one scanned
+                    // (the redactor holds back the end of a read).
+                    let mut stems = Vec::new();
+                    find_stems(&text[at..(end + next(12)).min(text.len())], &mut stems);
+                    let n = count_newlines(chunk);
+                    scanner.feed_counted(chunk, n, Some(&stems), &mut out);
+                }
                 at = end;
             }
             scanner.finish(&mut out);

@@ -438,6 +438,7 @@ pub fn run<S: LogStore + Clone + 'static>(
         server,
         redactor,
         redacted: Vec::new(),
+        stems: Vec::new(),
         shipper,
         log_write_failed: false,
         metadata_write_failed: false,
@@ -761,6 +762,9 @@ struct Loop<'a> {
     redactor: Option<crate::redact::Redactor>,
     /// The redactor's output for the chunk at hand (reused).
     redacted: Vec<u8>,
+    /// Where [`crate::output::marker::MARKER_STEM`] occurs in the chunk being
+    /// redacted (reused from read to read).
+    stems: Vec<usize>,
     /// The shipper (`--ship`): a process or thread of its own reading the
     /// job's files.
     shipper: Option<crate::ship::LiveShipper>,
@@ -954,7 +958,7 @@ impl Loop<'_> {
         let front = self.front;
         let Some(r) = &mut self.redactor else {
             let buf = std::mem::take(&mut self.buf);
-            self.deliver(i, &buf[front..front + n]);
+            self.deliver(i, &buf[front..front + n], None);
             self.buf = buf;
             return;
         };
@@ -971,7 +975,14 @@ impl Loop<'_> {
             let page = crate::redact::PAGE as u64;
             ((page - self.streams[i].stats.bytes % page) % page) as usize
         });
-        let unchanged = r.feed(index, &self.buf[start..front + n], &mut out, align);
+        // One search for the stem of both markers, for the redactor and,
+        // when the chunk goes out unchanged, the marker scanner.
+        let mut stems = std::mem::take(&mut self.stems);
+        stems.clear();
+        let input = &self.buf[start..front + n];
+        crate::output::marker::find_stems(input, &mut stems);
+        let marks = crate::redact::Marks::Stems(&stems);
+        let unchanged = r.feed(index, input, &mut out, align, marks);
         self.streams[i].release_at = r
             .holds(index)
             .then(|| Instant::now() + REDACT_RELEASE_AFTER);
@@ -982,11 +993,13 @@ impl Loop<'_> {
                 // the store still records at most `MAX_CHUNK` bytes at once
                 // (see `FileJobSink::append`), and the rest takes any size.
                 let buf = std::mem::take(&mut self.buf);
-                self.deliver(i, &buf[start..start + k]);
+                self.deliver(i, &buf[start..start + k], Some(&stems));
                 self.buf = buf;
             }
+            self.stems = stems;
             return;
         }
+        self.stems = stems;
         self.deliver_pieces(i, &out);
         self.redacted = out;
     }
@@ -1048,13 +1061,13 @@ impl Loop<'_> {
     /// queues whole pieces).
     fn deliver_pieces(&mut self, i: usize, data: &[u8]) {
         for piece in data.chunks(READ_SIZE) {
-            self.deliver(i, piece);
+            self.deliver(i, piece, None);
         }
     }
 
     /// Hands `chunk` (non-empty or ignored) of stream `i` to the store, the
     /// marker scanner and the terminal copy.
-    fn deliver(&mut self, i: usize, chunk: &[u8]) {
+    fn deliver(&mut self, i: usize, chunk: &[u8], stems: Option<&[usize]>) {
         let n = chunk.len();
         if n == 0 {
             return;
@@ -1086,7 +1099,7 @@ impl Loop<'_> {
         s.ends_with_newline = chunk[n - 1] == b'\n';
         let before = self.markers.len();
         s.scanner
-            .feed_counted(chunk, piece.newlines(), &mut self.markers);
+            .feed_counted(chunk, piece.newlines(), stems, &mut self.markers);
         s.notes
             .feed_counted(chunk, piece.newlines(), &mut self.annotations);
         let stream = s.stream;
