@@ -1096,6 +1096,8 @@ struct StreamFiles {
     /// Index records made by the current append, written to `idx` in one
     /// write at its end (a whole read makes four).
     idx_pending: Vec<u8>,
+    /// Bytes of the index that hold its header and whole records.
+    idx_len: u64,
     /// Bytes and lines appended so far.
     lines: LineSplitter,
     /// Where the last index record written ends. Bytes past it, up to the end,
@@ -1161,6 +1163,8 @@ impl StreamFiles {
         let (lines, rest) = data.split_at(split);
         self.lines.advance(lines, newlines);
         self.record(seq, ts_us)?;
+        // The cut may punch out records too: all of them are in the file.
+        self.write_records()?;
         self.enforce_limit();
         self.lines.advance(rest, 0);
         Ok(())
@@ -1186,12 +1190,20 @@ impl StreamFiles {
     }
 
     /// Writes the records made since the last call to the index. Records that
-    /// fail to be written are dropped, not written again after others.
+    /// fail to be written are dropped, and the index is cut back to its last
+    /// whole record (a write cut short by a full disk must not shift every
+    /// later record off its slot).
     fn write_records(&mut self) -> io::Result<()> {
         if self.idx_pending.is_empty() {
             return Ok(());
         }
         let written = self.idx.write_all(&self.idx_pending);
+        match written {
+            Ok(()) => self.idx_len += self.idx_pending.len() as u64,
+            Err(_) => {
+                let _ = self.idx.set_len(self.idx_len);
+            }
+        }
         self.idx_pending.clear();
         written
     }
@@ -1201,11 +1213,6 @@ impl StreamFiles {
     /// reader that checks it after a read knows whether its bytes were data.
     fn enforce_limit(&mut self) {
         if self.limit_error.is_some() {
-            return;
-        }
-        // The cut may punch out the records too: all of them are in the file.
-        if let Err(e) = self.write_records() {
-            self.limit_error = Some(format!("--max-log-size: cannot write the index: {e}"));
             return;
         }
         if let Err(e) = self.cut_to_limit() {
@@ -1344,6 +1351,7 @@ impl FileJobSink {
                 log,
                 idx,
                 idx_pending: Vec::with_capacity(8 * RECORD_LEN),
+                idx_len: HEADER.len() as u64,
                 lines: LineSplitter::new(),
                 recorded_end: 0,
                 pending_ts: 0,
