@@ -1226,6 +1226,53 @@ fn logwrap_lines(o: &std::process::Output) -> Vec<String> {
 }
 
 #[test]
+fn a_full_disk_under_a_size_limit_leaves_an_index_of_whole_records() {
+    let env = TestEnv::new();
+    let Some(disk) = SmallDisk::mount(
+        &env.path("small"),
+        "2m",
+        "wrapper::a_full_disk_under_a_size_limit_leaves_an_index_of_whole_records",
+    ) else {
+        return;
+    };
+    let root = disk.path.join("logs");
+    // Short lines: every read makes index records, and the disk fills in
+    // the middle of some write, the index's or the log's. The limit is
+    // larger than the disk, so the limited path writes and nothing is cut.
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["--job-run-id", "capped", "--no-pty", "--quiet"])
+        .args(["--max-log-size", "100M"])
+        .args(["--", "sh", "-c", "seq 1 2000000; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", stderr_text(&o));
+    let dir = root.join("job_runs").join("capped");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["status"], "failed");
+    assert!(!meta["log_errors"].as_array().unwrap().is_empty(), "{meta}");
+    for idx in ["stdout.idx", "stderr.idx"] {
+        let len = std::fs::metadata(dir.join(idx)).unwrap().len();
+        assert!(len >= 16, "{idx}: {len} bytes");
+        assert_eq!(
+            (len - 16) % 32,
+            0,
+            "{idx}: a record cut short ({len} bytes)"
+        );
+    }
+    // What the index says the log holds, the reading commands read.
+    let o = env
+        .cmd()
+        .env("DATABUILD_LOG_DIR", &root)
+        .args(["logs", "--tail", "3", "capped"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr_text(&o));
+}
+
+#[test]
 fn a_full_disk_keeps_the_final_status_and_leaves_no_temp_file() {
     let env = TestEnv::new();
     let Some(disk) = SmallDisk::mount(
