@@ -10,6 +10,7 @@
 //! so redaction adds no visible latency, and at the end of a stream
 //! ([`Redactor::finish`]). With no needles it passes every byte through as is.
 
+pub use crate::output::marker::MARKER_STEM;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -885,15 +886,18 @@ const HASH_B: u32 = 0x85eb_ca77;
 /// q-gram filters): every sampled pattern is at least `min` long, and
 /// samples are taken `step = min - Q + 1` bytes apart, so any occurrence holds
 /// a whole sampled q-gram, and the first one it holds starts within its first
-/// `step` bytes. The marker (pattern 0) is not sampled: its 19 bytes would
-/// bound the stride below most needles' length; its occurrences come from a
-/// substring search ([`Marks`]), which the wrapper shares with the
-/// `DATABUILD_MISSING_DEPS_JSON:` scanner. The first table therefore needs only each pattern's
-/// q-grams at offsets `0..step` (fewer entries: fewer chance hits); the
-/// second holds all of them, for the neighbour check and for the held-back
-/// suffix. Around a sample that passes both, a window wide enough to hold
-/// any occurrence covering it goes to the automaton. Ordinary output is
-/// thus looked at once every `step` bytes, not byte by byte.
+/// `step` bytes. The first table therefore needs only each sampled
+/// pattern's q-grams at offsets `0..step` (fewer entries: fewer chance
+/// hits); the second holds all of every pattern's, for the neighbour check
+/// and for the held-back suffix. Around a sample that passes both, a window
+/// wide enough to hold any occurrence covering it goes to the automaton.
+/// Ordinary output is thus looked at once every `step` bytes, not byte by
+/// byte.
+///
+/// The marker (pattern 0) is not sampled: its 19 bytes would bound the
+/// stride below most needles' length. Its occurrences come from a substring
+/// search ([`Marks`]), which the wrapper shares with the
+/// `DATABUILD_MISSING_DEPS_JSON:` scanner.
 #[derive(Debug, Clone)]
 struct QgramFilter {
     // Fixed-size, so a hash (always below the table's size) indexes it
@@ -1133,8 +1137,6 @@ pub enum Marks<'a> {
     /// `\n` + [`MARKER`], starts one byte before one of them.
     Stems(&'a [usize]),
 }
-
-pub use crate::output::marker::MARKER_STEM;
 
 /// The starts of the marker's occurrences in `buf`, ascending.
 struct MarkerStarts<'a> {

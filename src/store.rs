@@ -1118,25 +1118,23 @@ struct StreamFiles {
 impl StreamFiles {
     /// Records the bytes not yet recorded if `len` more would make their
     /// record span more than [`index::MAX_CHUNK`] bytes.
-    fn record_before(&mut self, seq: &mut u64, len: usize) -> io::Result<()> {
+    fn record_before(&mut self, seq: &mut u64, len: usize) {
         if self.lines.offset() - self.recorded_end + len as u64 > index::MAX_CHUNK as u64 {
             let ts = self.pending_ts;
-            self.record(seq, ts)?;
+            self.record(seq, ts);
         }
-        Ok(())
     }
 
     /// Counts `data` (written to the log just now, `newlines` of them) into
     /// the index: a record at its last newline, and never one spanning more
     /// than [`index::MAX_CHUNK`] bytes (the bytes before it get theirs first).
-    fn account(&mut self, seq: &mut u64, data: &[u8], newlines: u64, ts_us: u64) -> io::Result<()> {
-        self.record_before(seq, data.len())?;
+    fn account(&mut self, seq: &mut u64, data: &[u8], newlines: u64, ts_us: u64) {
+        self.record_before(seq, data.len());
         self.pending_ts = ts_us;
         self.lines.advance(data, newlines);
-        if newlines == 0 {
-            return Ok(());
+        if newlines > 0 {
+            self.record(seq, ts_us);
         }
-        self.record(seq, ts_us)
     }
 
     /// Under a size limit: writes `data` (at most [`index::MAX_CHUNK`]
@@ -1152,7 +1150,7 @@ impl StreamFiles {
         newlines: u64,
         ts_us: u64,
     ) -> io::Result<()> {
-        self.record_before(seq, data.len())?;
+        self.record_before(seq, data.len());
         self.log.write_all(data)?;
         self.pending_ts = ts_us;
         if newlines == 0 {
@@ -1162,7 +1160,7 @@ impl StreamFiles {
         let split = memchr::memrchr(b'\n', data).map_or(data.len(), |i| i + 1);
         let (lines, rest) = data.split_at(split);
         self.lines.advance(lines, newlines);
-        self.record(seq, ts_us)?;
+        self.record(seq, ts_us);
         // The cut may punch out records too: all of them are in the file.
         self.write_records()?;
         self.enforce_limit();
@@ -1170,11 +1168,12 @@ impl StreamFiles {
         Ok(())
     }
 
-    /// Writes the record for everything appended up to `end`, if not yet done.
-    fn record(&mut self, seq: &mut u64, ts_us: u64) -> io::Result<()> {
+    /// Makes the record for everything appended up to `end`, if not yet
+    /// done; [`StreamFiles::write_records`] writes it.
+    fn record(&mut self, seq: &mut u64, ts_us: u64) {
         let end = self.lines.offset();
         if end == self.recorded_end {
-            return Ok(());
+            return;
         }
         let rec = Record {
             seq: *seq,
@@ -1186,7 +1185,6 @@ impl StreamFiles {
         self.idx_pending.extend_from_slice(&rec.encode());
         self.recorded_end = end;
         self.records += 1;
-        Ok(())
     }
 
     /// Writes the records made since the last call to the index. Records that
@@ -1378,7 +1376,8 @@ impl FileJobSink {
         let mut result = Ok(());
         for s in &mut self.streams {
             let ts = s.pending_ts;
-            if let Err(e) = s.record(&mut self.seq, ts).and_then(|()| s.write_records()) {
+            s.record(&mut self.seq, ts);
+            if let Err(e) = s.write_records() {
                 result = Err(e);
             }
         }
@@ -1478,11 +1477,11 @@ impl JobSink for FileJobSink {
         let mut appended = Ok(());
         for (i, piece) in data.chunks(index::MAX_CHUNK).enumerate() {
             let n = chunk.piece_newlines(i, piece);
-            appended = if limited {
-                s.append_limited(&mut self.seq, piece, n, ts)
-            } else {
-                s.account(&mut self.seq, piece, n, ts)
-            };
+            if !limited {
+                s.account(&mut self.seq, piece, n, ts);
+                continue;
+            }
+            appended = s.append_limited(&mut self.seq, piece, n, ts);
             if appended.is_err() {
                 break;
             }
