@@ -35,8 +35,8 @@ use crate::metadata::{ShipState, Status};
 use crate::store::{FileStore, JobId};
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::process::{ChildStdin, ChildStdout};
 use std::time::Instant;
 
 /// Niceness of the shipping process: the lowest, so it uses only CPU time
@@ -75,54 +75,33 @@ impl Process {
         id: &JobId,
         cfg: &ShipConfig,
     ) -> Result<Process> {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(program);
-        cmd.arg("ship").arg("--live");
+        let mut args: Vec<std::ffi::OsString> = vec!["ship".into(), "--live".into()];
         if let Some(ca) = cfg.ca_file() {
-            cmd.arg("--redis-ca-file").arg(ca);
+            args.push("--redis-ca-file".into());
+            args.push(ca.into());
         }
-        cmd.arg("--log-dir")
-            .arg(store.root())
-            .arg("--ship-maxlen")
-            .arg(cfg.maxlen.to_string())
-            .arg("--ship-ttl")
-            .arg(format!("{}s", cfg.ttl.as_secs()))
-            .arg(id.as_str())
-            .env("DATABUILD_LOG_SHIP", cfg.secret_url())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C at the terminal is the job's.
-            .process_group(0);
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Nothing of the wrapper's but the two pipes crosses exec
-                // (above all no end of the job's output pipes).
-                let _ = libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                );
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} ship --live", program.display()))?;
-        let control = child.stdin.take().context("no control pipe")?;
-        let answer = child.stdout.take().context("no answer pipe")?;
+        args.extend([
+            "--log-dir".into(),
+            store.root().into(),
+            "--ship-maxlen".into(),
+            cfg.maxlen.to_string().into(),
+            "--ship-ttl".into(),
+            format!("{}s", cfg.ttl.as_secs()).into(),
+            id.as_str().into(),
+        ]);
+        let (pid, control, answer) =
+            spawn_alone(program, &args, ("DATABUILD_LOG_SHIP", cfg.secret_url()))
+                .with_context(|| format!("starting {} ship --live", program.display()))?;
         // The wrapper never waits on a write to the control pipe.
         let flags = nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_SETFL(flags))?;
         Ok(Process {
-            control: Some(control),
-            answer,
+            control: Some(ChildStdin::from(control)),
+            answer: ChildStdout::from(answer),
             heard: Vec::new(),
             up: false,
-            pid: child.id(),
+            pid,
             store: store.clone(),
             id: id.clone(),
             initial: ShipState {
@@ -246,6 +225,149 @@ impl Process {
             }
         }
     }
+}
+
+/// Starts `program` with `args`, and the wrapper's environment with `var`
+/// set, as the shipping process: its stdin and stdout are pipes to the
+/// wrapper (returned as the control pipe's write end and the answer pipe's
+/// read end, with its pid), its stderr `/dev/null`, in a process group of
+/// its own (a Ctrl-C at the terminal is the job's).
+///
+/// Nothing else of the wrapper's crosses: above all no end of the job's
+/// output pipes or pty, nor a descriptor the wrapper was given without
+/// close-on-exec, which a detached shipping process would otherwise hold
+/// open after the wrapper has exited. `posix_spawn` does this with a
+/// close-from file action, without a `fork` of the wrapper: a fork copies its
+/// page tables and makes every page its loop writes next a copy-on-write
+/// fault, while the job's output streams in (on `seq 1 5000000` that made
+/// `--ship` cost 2-3% more, in paired runs).
+fn spawn_alone(
+    program: &std::path::Path,
+    args: &[std::ffi::OsString],
+    var: (&str, &str),
+) -> std::io::Result<(u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::ffi::CString;
+    use std::io::Error;
+    use std::os::unix::ffi::OsStrExt;
+    let text =
+        |b: &[u8]| CString::new(b).map_err(|_| Error::from(std::io::ErrorKind::InvalidInput));
+    let path = text(program.as_os_str().as_bytes())?;
+    let mut argv = vec![path.clone()];
+    for a in args {
+        argv.push(text(a.as_bytes())?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.as_bytes() != var.0.as_bytes() {
+            envp.push(text(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+    }
+    envp.push(text(format!("{}={}", var.0, var.1).as_bytes())?);
+    let argv_ptrs = nul_terminated(&argv);
+    let envp_ptrs = nul_terminated(&envp);
+    // Above the standard three, so that the child's dup2 onto 0 and 1 always
+    // moves them (a dup2 onto itself would keep close-on-exec).
+    let (control_r, control_w) = pipe_above_stdio()?;
+    let (answer_r, answer_w) = pipe_above_stdio()?;
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_raw_os_error(rc))
+        }
+    };
+    let null = c"/dev/null";
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the attribute and file-action objects are initialised before
+    // use and destroyed once, after the spawn; every pointer handed over
+    // (paths, the NULL-terminated argv and envp arrays) outlives the call;
+    // the descriptors named are open until it returns.
+    unsafe {
+        let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(attr.as_mut_ptr())) {
+            libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+            return Err(e);
+        }
+        let (fa, at) = (actions.as_mut_ptr(), attr.as_mut_ptr());
+        let mut defaults = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let mut mask = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(defaults.as_mut_ptr());
+        libc::sigaddset(defaults.as_mut_ptr(), libc::SIGPIPE);
+        libc::sigemptyset(mask.as_mut_ptr());
+        let flags = libc::POSIX_SPAWN_SETPGROUP
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        let spawned = check(libc::posix_spawn_file_actions_adddup2(
+            fa,
+            control_r.as_raw_fd(),
+            0,
+        ))
+        .and_then(|()| {
+            check(libc::posix_spawn_file_actions_adddup2(
+                fa,
+                answer_w.as_raw_fd(),
+                1,
+            ))
+        })
+        .and_then(|()| {
+            check(libc::posix_spawn_file_actions_addopen(
+                fa,
+                2,
+                null.as_ptr(),
+                libc::O_WRONLY,
+                0,
+            ))
+        })
+        .and_then(|()| check(libc::posix_spawn_file_actions_addclosefrom_np(fa, 3)))
+        .and_then(|()| check(libc::posix_spawnattr_setflags(at, flags as libc::c_short)))
+        .and_then(|()| check(libc::posix_spawnattr_setpgroup(at, 0)))
+        // As a `Command` does: no signal blocked, and SIGPIPE (which
+        // the Rust runtime ignores) back to its default.
+        .and_then(|()| check(libc::posix_spawnattr_setsigmask(at, mask.as_ptr())))
+        .and_then(|()| check(libc::posix_spawnattr_setsigdefault(at, defaults.as_ptr())))
+        .and_then(|()| {
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                fa,
+                at,
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            ))
+        });
+        libc::posix_spawnattr_destroy(at);
+        libc::posix_spawn_file_actions_destroy(fa);
+        spawned?;
+    }
+    // The child's ends are its own now.
+    drop((control_r, answer_w));
+    Ok((pid as u32, control_w, answer_r))
+}
+
+/// The pointers of `items` followed by a NULL, as `execve` takes them.
+fn nul_terminated(items: &[std::ffi::CString]) -> Vec<*mut libc::c_char> {
+    items
+        .iter()
+        .map(|c| c.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect()
+}
+
+/// A close-on-exec pipe whose two ends are above the standard descriptors
+/// (a wrapper started with one of them closed would otherwise get it).
+fn pipe_above_stdio() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let lift = |fd: std::os::fd::OwnedFd| -> std::io::Result<std::os::fd::OwnedFd> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        let raised = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: a descriptor fcntl just made, owned by nothing else.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raised) })
+    };
+    Ok((lift(r)?, lift(w)?))
 }
 
 /// What the shipping process says on its stdout, a line each.

@@ -618,6 +618,121 @@ fn shipping_runs_in_a_low_priority_process_of_its_own_without_the_password_in_it
     );
 }
 
+/// Where each open descriptor of process `pid` points (`pipe:[N]`,
+/// `/dev/ptmx`, a path), by `/proc/PID/fd`.
+fn fd_targets(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let (Some(fd), Ok(to)) = (
+            entry.file_name().to_str().and_then(|s| s.parse().ok()),
+            std::fs::read_link(entry.path()),
+        ) {
+            found.push((fd, to.to_string_lossy().into_owned()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_shipping_process_holds_none_of_the_wrappers_descriptors() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let gate = Gate::new(&env, "g");
+    // A pipe the wrapper is given without close-on-exec, as a parent that
+    // waits for its end of file (or a build tool's jobserver) gives one: a
+    // shipping process that finishes after the wrapper must not hold it.
+    // (Close-on-exec here: only the wrapper's copy, made by dup2, is not.)
+    let (given_r, given_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let raw = given_w.as_raw_fd();
+    let mut cmd = env.cmd();
+    cmd.args(["--job-run-id", "fds", "--quiet"])
+        .env("DATABUILD_LOG_SHIP", redis.url())
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "echo one; echo two >&2; {}; echo three",
+            gate.wait()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 only, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut job = cmd.spawn().unwrap();
+    drop(given_w);
+    let wrapper = job.id();
+    let mut shipper = None;
+    wait_until(LIMIT, "the shipping process and the job", || {
+        let children = children_of(wrapper);
+        shipper = children
+            .iter()
+            .find(|(_, c)| contains(c, "ship\0--live\0"))
+            .map(|c| c.0);
+        shipper.is_some() && children.iter().any(|(_, c)| c.starts_with(b"sh\0"))
+    });
+    let shipper = shipper.unwrap();
+    let job_pid = children_of(wrapper)
+        .into_iter()
+        .find(|(_, c)| c.starts_with(b"sh\0"))
+        .unwrap()
+        .0;
+    // What it must not hold: the given pipe, the job's terminals and the
+    // wrapper's ends of them.
+    let given = fd_targets(wrapper)
+        .into_iter()
+        .find(|(fd, _)| *fd == 7)
+        .expect("the wrapper was given fd 7")
+        .1;
+    let job_fds = fd_targets(job_pid);
+    let terminal = |fd: u32| job_fds.iter().find(|t| t.0 == fd).unwrap().1.clone();
+    let (out, err) = (terminal(1), terminal(2));
+    assert!(
+        out.starts_with("/dev/pts/") && err.starts_with("/dev/pts/") && out != err,
+        "{job_fds:?}"
+    );
+    let held = fd_targets(shipper);
+    for (fd, to) in &held {
+        assert!(
+            *to != given && *to != out && *to != err && !to.ends_with("ptmx"),
+            "the shipping process holds {to} as fd {fd}: {held:?}"
+        );
+    }
+    // Its own three: the control pipe, the answer pipe and /dev/null.
+    let own = |fd: u32| held.iter().find(|t| t.0 == fd).map(|t| t.1.as_str());
+    assert!(own(0).is_some_and(|t| t.starts_with("pipe:")), "{held:?}");
+    assert!(own(1).is_some_and(|t| t.starts_with("pipe:")), "{held:?}");
+    assert_eq!(own(2), Some("/dev/null"), "{held:?}");
+    gate.open();
+    assert!(wait_child(&mut job, "the job").success());
+    wait_shipped(&env, "fds");
+    assert_same(
+        &shipped(&redis.log("fds"), "stdout"),
+        &env.stdout_log("fds"),
+        "fds stdout",
+    );
+    // The wrapper has exited and its shipping is done: no one holds the
+    // given pipe open any more.
+    let given_r = std::fs::File::from(given_r);
+    nix::fcntl::fcntl(
+        &given_r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    wait_until(LIMIT, "the given pipe to reach its end", || {
+        matches!(std::io::Read::read(&mut &given_r, &mut [0u8; 16]), Ok(0))
+    });
+}
+
 #[test]
 fn a_shipping_process_handed_the_rest_sends_nothing_until_the_wrapper_has_exited() {
     use std::io::{BufRead, Write};
