@@ -42,7 +42,10 @@ use std::time::Instant;
 /// Niceness of the shipping process: the lowest, so it uses only CPU time
 /// the job, the wrapper and everything else on the machine leave; it catches
 /// up when the job pauses or ends. Unlike a thread of the wrapper, it cannot
-/// hold up the wrapper's exit however little CPU it gets.
+/// hold up the wrapper's exit however little CPU it gets. `SCHED_IDLE`
+/// instead cost the job more (`seq 1 5000000`, 61 pairs: 1.13x against
+/// 1.10x), likely because the scheduler counts a CPU that runs only
+/// idle-class work as idle and wakes the job and the wrapper onto it.
 const NICENESS: i32 = 19;
 
 /// The shipping process's first attempt to connect gives up after this long
@@ -237,10 +240,12 @@ impl Process {
 /// output pipes or pty, nor a descriptor the wrapper was given without
 /// close-on-exec, which a detached shipping process would otherwise hold
 /// open after the wrapper has exited. `posix_spawn` does this with a
-/// close-from file action, without a `fork` of the wrapper: a fork copies its
-/// page tables and makes every page its loop writes next a copy-on-write
-/// fault, while the job's output streams in (on `seq 1 5000000` that made
-/// `--ship` cost 2-3% more, in paired runs).
+/// close-from file action (glibc 2.34 or later; where it fails, on a kernel
+/// before 5.9 without `/proc`, the spawn fails and a shipping thread takes
+/// over), without a `fork` of the wrapper: a fork copies its page tables and
+/// write-protects its pages, so every page its loop writes next takes a fault
+/// while the job's output streams in (on `seq 1 5000000` that made `--ship`
+/// cost ~2% more, in paired runs).
 fn spawn_alone(
     program: &std::path::Path,
     args: &[std::ffi::OsString],
@@ -265,8 +270,8 @@ fn spawn_alone(
     envp.push(text(format!("{}={}", var.0, var.1).as_bytes())?);
     let argv_ptrs = nul_terminated(&argv);
     let envp_ptrs = nul_terminated(&envp);
-    // Above the standard three, so that the child's dup2 onto 0 and 1 always
-    // moves them (a dup2 onto itself would keep close-on-exec).
+    // Above the standard three, so that no dup2 onto 0 or 1 in the child
+    // overwrites the other pipe's end before it is moved.
     let (control_r, control_w) = pipe_above_stdio()?;
     let (answer_r, answer_w) = pipe_above_stdio()?;
     let check = |rc: libc::c_int| {
@@ -356,7 +361,7 @@ fn nul_terminated(items: &[std::ffi::CString]) -> Vec<*mut libc::c_char> {
 }
 
 /// A close-on-exec pipe whose two ends are above the standard descriptors
-/// (a wrapper started with one of them closed would otherwise get it).
+/// (where one of those is closed, a new descriptor would take its number).
 fn pipe_above_stdio() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let lift = |fd: std::os::fd::OwnedFd| -> std::io::Result<std::os::fd::OwnedFd> {

@@ -1031,8 +1031,8 @@ pub(crate) enum Outcome {
 /// program (the job and the wrapper never compete with it for the CPU, and the
 /// wrapper's exit never waits for it), else a thread of the wrapper. It starts
 /// once the job has run `START_DELAY` (25 ms), or at the job's end if that comes
-/// first. The process is started from a short-lived thread: the fork and exec
-/// take about a millisecond, which the wrapper's loop (and so the job, whose
+/// first. The process is started from a short-lived thread: the spawn takes
+/// about a millisecond, which the wrapper's loop (and so the job, whose
 /// output it drains) does not wait for.
 pub struct LiveShipper {
     how: How,

@@ -638,17 +638,27 @@ fn fd_targets(pid: u32) -> Vec<(u32, String)> {
 
 #[test]
 fn the_shipping_process_holds_none_of_the_wrappers_descriptors() {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
     let env = TestEnv::new();
     let redis = RedisServer::start(&env.path("redis"));
     let gate = Gate::new(&env, "g");
-    // A pipe the wrapper is given without close-on-exec, as a parent that
-    // waits for its end of file (or a build tool's jobserver) gives one: a
-    // shipping process that finishes after the wrapper must not hold it.
-    // (Close-on-exec here: only the wrapper's copy, made by dup2, is not.)
-    let (given_r, given_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    // A pipe the wrapper is given as fd 7 without close-on-exec, as a parent
+    // that waits for its end of file (or a build tool's jobserver) gives one:
+    // a shipping process that finishes after the wrapper must not hold it.
+    // Close-on-exec here, and moved well above 7 first, so that the dup2
+    // onto 7 in the wrapper's child is a real copy (without the flag) and
+    // no other process of this test run holds it.
+    let (given_r, low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let high = nix::fcntl::fcntl(&low, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).unwrap();
+    drop(low);
+    // SAFETY: a descriptor fcntl just made, owned by nothing else.
+    let given_w = unsafe { OwnedFd::from_raw_fd(high) };
     let raw = given_w.as_raw_fd();
+    let given = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let mut cmd = env.cmd();
     cmd.args(["--job-run-id", "fds", "--quiet"])
         .env("DATABUILD_LOG_SHIP", redis.url())
@@ -671,49 +681,63 @@ fn the_shipping_process_holds_none_of_the_wrappers_descriptors() {
     let mut job = cmd.spawn().unwrap();
     drop(given_w);
     let wrapper = job.id();
-    let mut shipper = None;
+    let (mut shipper, mut job_pid) = (None, None);
     wait_until(LIMIT, "the shipping process and the job", || {
         let children = children_of(wrapper);
         shipper = children
             .iter()
             .find(|(_, c)| contains(c, "ship\0--live\0"))
             .map(|c| c.0);
-        shipper.is_some() && children.iter().any(|(_, c)| c.starts_with(b"sh\0"))
+        job_pid = children
+            .iter()
+            .find(|(_, c)| c.starts_with(b"sh\0"))
+            .map(|c| c.0);
+        shipper.is_some() && job_pid.is_some()
     });
-    let shipper = shipper.unwrap();
-    let job_pid = children_of(wrapper)
-        .into_iter()
-        .find(|(_, c)| c.starts_with(b"sh\0"))
-        .unwrap()
-        .0;
-    // What it must not hold: the given pipe, the job's terminals and the
-    // wrapper's ends of them.
-    let given = fd_targets(wrapper)
-        .into_iter()
-        .find(|(fd, _)| *fd == 7)
-        .expect("the wrapper was given fd 7")
-        .1;
-    let job_fds = fd_targets(job_pid);
-    let terminal = |fd: u32| job_fds.iter().find(|t| t.0 == fd).unwrap().1.clone();
-    let (out, err) = (terminal(1), terminal(2));
-    assert!(
-        out.starts_with("/dev/pts/") && err.starts_with("/dev/pts/") && out != err,
-        "{job_fds:?}"
-    );
-    let held = fd_targets(shipper);
-    for (fd, to) in &held {
-        assert!(
-            *to != given && *to != out && *to != err && !to.ends_with("ptmx"),
-            "the shipping process holds {to} as fd {fd}: {held:?}"
-        );
+    let wrapper_fds = fd_targets(wrapper);
+    let job_fds = fd_targets(job_pid.unwrap());
+    let held = fd_targets(shipper.unwrap());
+    // Checked with the job still waiting, the verdict given once it is let
+    // go (a failed assertion must not leave it waiting at the gate).
+    let mut problems = Vec::new();
+    if !wrapper_fds.contains(&(7, given.clone())) {
+        problems.push(format!(
+            "the wrapper's fd 7 is not {given}: {wrapper_fds:?}"
+        ));
     }
-    // Its own three: the control pipe, the answer pipe and /dev/null.
+    let terminal = |fd: u32| job_fds.iter().find(|t| t.0 == fd).map(|t| t.1.clone());
+    let (out, err) = (
+        terminal(1).unwrap_or_default(),
+        terminal(2).unwrap_or_default(),
+    );
+    if !(out.starts_with("/dev/pts/") && err.starts_with("/dev/pts/") && out != err) {
+        problems.push(format!(
+            "the job's output is not two terminals: {job_fds:?}"
+        ));
+    }
+    for (fd, to) in &held {
+        // Its own ends of the control and answer pipes are fds 0 and 1; any
+        // other pipe or socket it shares with the wrapper came from it.
+        let shared = *fd > 1
+            && (to.starts_with("pipe:") || to.starts_with("socket:"))
+            && wrapper_fds.iter().any(|(_, t)| t == to);
+        if *to == given || *to == out || *to == err || to.ends_with("ptmx") || shared {
+            problems.push(format!("the shipping process holds {to} as fd {fd}"));
+        }
+    }
     let own = |fd: u32| held.iter().find(|t| t.0 == fd).map(|t| t.1.as_str());
-    assert!(own(0).is_some_and(|t| t.starts_with("pipe:")), "{held:?}");
-    assert!(own(1).is_some_and(|t| t.starts_with("pipe:")), "{held:?}");
-    assert_eq!(own(2), Some("/dev/null"), "{held:?}");
+    if !(own(0).is_some_and(|t| t.starts_with("pipe:"))
+        && own(1).is_some_and(|t| t.starts_with("pipe:"))
+        && own(2) == Some("/dev/null"))
+    {
+        problems.push("its 0, 1 and 2 are not the two pipes and /dev/null".into());
+    }
     gate.open();
     assert!(wait_child(&mut job, "the job").success());
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nshipping process: {held:?}"
+    );
     wait_shipped(&env, "fds");
     assert_same(
         &shipped(&redis.log("fds"), "stdout"),
