@@ -78,6 +78,23 @@ impl Gate {
     }
 }
 
+impl Drop for Gate {
+    /// A job still waiting at the gate (its test failed before opening it)
+    /// is let go: the gate is removed while a writer holds it open, so the
+    /// job's read ends empty and its loop finds no gate to wait at. (Left
+    /// alone, it would wait for ever: an open of a FIFO blocks even once
+    /// the test's directory is gone.)
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+        drop(writer);
+    }
+}
+
 /// A `logwrap logs -f ...` running in the background, its output collected as
 /// it arrives.
 pub struct Follower {
