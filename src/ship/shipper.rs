@@ -256,6 +256,26 @@ struct Source {
     ended: Option<(u64, bool)>,
 }
 
+/// A stream's index (`idx` of its [`Source`]), opened if need be and its
+/// record count taken once a round (`fresh`; after the log's length, so it
+/// holds the records of what the round ships, unless the wrapper has yet to
+/// write them); `None` when there is none to read.
+fn fresh_index<'a>(
+    idx: &'a mut Option<IndexFile>,
+    fresh: &mut bool,
+    path: impl FnOnce() -> std::path::PathBuf,
+) -> Option<&'a mut IndexFile> {
+    if idx.is_none() {
+        *idx = IndexFile::open(&path()).ok();
+    }
+    let idx = idx.as_mut()?;
+    if !*fresh {
+        idx.refresh().ok()?;
+        *fresh = true;
+    }
+    Some(idx)
+}
+
 /// Ships one job; used by the wrapper's thread and by `logwrap ship`.
 pub(crate) struct Shipper {
     cfg: ShipConfig,
@@ -489,9 +509,28 @@ impl Shipper {
         pos: usize,
     ) -> Result<Option<Entry>> {
         let i = stream as usize;
-        let Some(len) = self.source_len(stream)? else {
+        let Some(mut len) = self.source_len(stream)? else {
             return Ok(None);
         };
+        if !last {
+            // While the job runs, only what the index covers: the wrapper
+            // writes a read's records just after its bytes, and an entry
+            // is stamped with the time its last line was read, which only
+            // the index knows. The rest goes with the next round (at the
+            // end, all goes, stamped now if the index never caught up).
+            let (store, id) = (&self.store, &self.id);
+            let src = &mut self.sources[i];
+            let path = || store.index_path(id, stream);
+            if let Some(idx) = fresh_index(&mut src.idx, &mut src.idx_fresh, path) {
+                let covered = match idx.count() {
+                    0 => Some(0),
+                    n => idx.get(n - 1).ok().map(|r| r.end),
+                };
+                if let Some(covered) = covered {
+                    len = len.min(covered);
+                }
+            }
+        }
         let path = self.store.log_path(&self.id, stream);
         let src = &mut self.sources[i];
         let Some(log) = &src.log else { return Ok(None) };
@@ -543,21 +582,12 @@ impl Shipper {
     /// When the byte before `end` was read from the child (from the line
     /// index); now when the index has not caught up.
     fn line_time(&mut self, stream: Stream, end: u64) -> u64 {
+        let (store, id) = (&self.store, &self.id);
         let src = &mut self.sources[stream as usize];
-        if src.idx.is_none() {
-            src.idx = IndexFile::open(&self.store.index_path(&self.id, stream)).ok();
-        }
-        let Some(idx) = &mut src.idx else {
+        let path = || store.index_path(id, stream);
+        let Some(idx) = fresh_index(&mut src.idx, &mut src.idx_fresh, path) else {
             return crate::timefmt::now_us();
         };
-        // Once a round, as the log's length (a round's entries are all
-        // within what the index held when it began, or just past it).
-        if !src.idx_fresh {
-            if idx.refresh().is_err() {
-                return crate::timefmt::now_us();
-            }
-            src.idx_fresh = true;
-        }
         // The first record whose chunk reaches `end`. Entries move forward
         // about a record at a time, so it is nearly always among the few
         // after the last one found: those are read in one go. Else (a cursor
@@ -1569,6 +1599,44 @@ mod tests {
         assert_eq!(p.left(r + ms(48)), Duration::ZERO);
         assert!(p.full_round(r + ms(100)));
         assert_eq!(p.left(r + ms(100)), BURST_PACE);
+    }
+
+    #[test]
+    fn while_the_job_runs_entries_hold_only_lines_the_index_has_times_for() {
+        use std::io::Write;
+        let root = crate::store::TempRoot::new("ship-indexed");
+        let id = JobId::parse("indexed").unwrap();
+        let mut sink = crate::store::LogStore::create_job(&*root, &id).unwrap();
+        sink.append(
+            Stream::Stdout,
+            &crate::store::Chunk::new(b"one\ntwo\n", 1_000_000),
+        )
+        .unwrap();
+        // A line in the log whose index record the wrapper has yet to write
+        // (it writes a read's records just after its bytes).
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.log_path(&id, Stream::Stdout))
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
+        let cfg = ShipConfig::new("redis://127.0.0.1:1", 100, Duration::from_secs(60)).unwrap();
+        let mut sh = Shipper::open(&root, &id, &cfg, false).unwrap().unwrap();
+        let entry = |sh: &mut Shipper, last: bool| {
+            sh.measure();
+            let e = sh
+                .next_entry(Stream::Stdout, last, Cursor::default(), 0)
+                .unwrap()
+                .unwrap();
+            (sh.arena[e.data].to_vec(), e.ts_us)
+        };
+        // While it runs: the indexed lines, with the time they were read.
+        assert_eq!(entry(&mut sh, false), (b"one\ntwo\n".to_vec(), 1_000_000));
+        // At the end all goes; the line the index never timed is stamped now.
+        let before = crate::timefmt::now_us();
+        let (data, ts) = entry(&mut sh, true);
+        assert_eq!(data, b"one\ntwo\nthree\n");
+        assert!(ts >= before, "{ts} < {before}");
     }
 
     #[test]
