@@ -160,6 +160,10 @@ fn the_ttl_comes_from_the_flag_else_the_environment_with_fractions() {
 fn a_running_job_is_never_deleted_and_an_abandoned_one_is() {
     let env = TestEnv::new();
     let long_ago = now_ms() - 30 * DAY_MS;
+    // A collection just finished, so the wrapper's own housekeeping is not
+    // due: it would race this test's `gc` (and its making of the fake job).
+    fs::create_dir_all(&env.root).unwrap();
+    fs::write(env.root.join(".gc-stamp"), b"").unwrap();
     // Running for 30 days: its wrapper is alive (holds the lock), so it stays.
     let child = start_waiting_job(&env, "running", &[], "echo started");
     wait_running(&env, "running");
