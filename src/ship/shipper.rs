@@ -251,6 +251,9 @@ struct Source {
     hint: u64,
     /// The index's record count was taken for this round.
     idx_fresh: bool,
+    /// Where the index's last record ends, as taken for this round: while
+    /// the job runs, entries go no further (see [`Shipper::next_entry`]).
+    indexed: Option<u64>,
     /// The offset where the last entry ended and whether it ended a line, so
     /// the next entry knows if it continues one without reading the byte.
     ended: Option<(u64, bool)>,
@@ -482,6 +485,7 @@ impl Shipper {
         for src in &mut self.sources {
             src.len = None;
             src.idx_fresh = false;
+            src.indexed = None;
         }
     }
 
@@ -520,15 +524,17 @@ impl Shipper {
             // end, all goes, stamped now if the index never caught up).
             let (store, id) = (&self.store, &self.id);
             let src = &mut self.sources[i];
-            let path = || store.index_path(id, stream);
-            if let Some(idx) = fresh_index(&mut src.idx, &mut src.idx_fresh, path) {
-                let covered = match idx.count() {
-                    0 => Some(0),
-                    n => idx.get(n - 1).ok().map(|r| r.end),
-                };
-                if let Some(covered) = covered {
-                    len = len.min(covered);
-                }
+            if src.indexed.is_none() {
+                let path = || store.index_path(id, stream);
+                src.indexed = fresh_index(&mut src.idx, &mut src.idx_fresh, path).and_then(|idx| {
+                    match idx.count() {
+                        0 => Some(0),
+                        n => idx.get(n - 1).ok().map(|r| r.end),
+                    }
+                });
+            }
+            if let Some(indexed) = src.indexed {
+                len = len.min(indexed);
             }
         }
         let path = self.store.log_path(&self.id, stream);
