@@ -64,17 +64,22 @@ impl Gate {
 
     /// Lets the job past one [`Gate::wait`], once it is waiting there.
     pub fn open(&self) {
-        use std::os::unix::fs::OpenOptionsExt;
         let mut f = None;
         wait_until(LIMIT, "the job to wait at the gate", || {
-            f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.0)
-                .ok();
+            f = self.writer().ok();
             f.is_some()
         });
         f.unwrap().write_all(b"go\n").unwrap();
+    }
+
+    /// The gate's write end, opened without waiting: it fails unless a job
+    /// is at the gate (has its read end open).
+    fn writer(&self) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.0)
     }
 }
 
@@ -85,11 +90,7 @@ impl Drop for Gate {
     /// alone, it would wait for ever: an open of a FIFO blocks even once
     /// the test's directory is gone.)
     fn drop(&mut self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.0);
+        let writer = self.writer();
         let _ = std::fs::remove_file(&self.0);
         drop(writer);
     }
