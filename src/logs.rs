@@ -15,6 +15,7 @@ mod watch;
 
 pub use grep::{grep_cmd, GrepOptions};
 pub use jobs::ABANDONED_EXIT;
+pub(crate) use ls::escape_controls;
 pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
 
 use crate::exit;

@@ -319,6 +319,8 @@ impl Collector<'_> {
             st.warnings
         };
         if self.opts.verbose && n <= MAX_WARNINGS {
+            // Names and errors in it come from entries jobs made.
+            let msg = crate::logs::escape_controls(&msg.to_string());
             let _ = writeln!(io::stderr(), "logwrap: warning: {msg}");
         }
     }

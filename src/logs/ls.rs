@@ -261,7 +261,7 @@ fn damaged_row(id: &JobId, problem: &str) -> Row {
         duration: dash(),
         stdout: dash(),
         stderr: dash(),
-        command: format!("({problem})"),
+        command: format!("({})", escape_controls(problem)),
     }
 }
 
@@ -269,7 +269,7 @@ fn damaged_row(id: &JobId, problem: &str) -> Row {
 fn exit_text(meta: &Metadata) -> String {
     match (&meta.exit_code, &meta.signal) {
         (Some(code), _) => code.to_string(),
-        (None, Some(sig)) => sig.clone(),
+        (None, Some(sig)) => escape_controls(sig),
         (None, None) => "-".into(),
     }
 }
@@ -278,7 +278,7 @@ fn exit_text(meta: &Metadata) -> String {
 fn started_text(rfc3339: &str) -> String {
     match timefmt::parse_rfc3339_ms(rfc3339) {
         Some(ms) => timefmt::rfc3339_ms(ms)[..19].replace('T', " "),
-        None => rfc3339.to_string(),
+        None => escape_controls(rfc3339),
     }
 }
 
@@ -535,13 +535,22 @@ pub fn summary(
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (k, v) in &lines {
+        // Every value is the job's to choose (a job can rewrite its own
+        // metadata.json; a Redis source holds whatever a machine sent), so
+        // none reaches the terminal as control characters; the status was
+        // read as one of a few words, and only its colour is ours.
+        let v = if *k == "status" {
+            v.clone()
+        } else {
+            escape_controls(v)
+        };
         out += &format!("{:width$} {v}\n", format!("{k}:"));
     }
     let mut list = |title: &str, items: Vec<String>| {
         if !items.is_empty() {
             out += &format!("{title} ({}):\n", items.len());
             for i in items {
-                out += &format!("  {i}\n");
+                out += &format!("  {}\n", escape_controls(&i));
             }
         }
     };

@@ -686,6 +686,66 @@ fn show_escapes_control_characters_of_the_command_and_cwd() {
 }
 
 #[test]
+fn no_text_a_job_writes_into_its_metadata_reaches_the_terminal_raw() {
+    // A job owns its directory: after the wrapper, anything may rewrite its
+    // metadata.json, and a Redis source holds whatever a machine sent. An
+    // OSC 52 (clipboard write) and a screen clear in every text field.
+    let env = TestEnv::new();
+    assert_ok(&env.run_sh("m", &["-q", "--no-pty"], "true"));
+    let evil = "\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2J";
+    let path = env.job_dir("m").join("metadata.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for k in [
+        "started_at",
+        "ended_at",
+        "tail_url",
+        "logwrap_version",
+        "signal",
+    ] {
+        meta[k] = format!("x{evil}").into();
+    }
+    meta["exit_code"] = serde_json::Value::Null;
+    meta["log_errors"] = serde_json::json!([format!("L{evil}")]);
+    meta["marker_errors"] =
+        serde_json::json!([{"stream": "stdout", "line": 1, "error": format!("E{evil}")}]);
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    // And an entry no job run id can be, for gc to skip.
+    std::fs::create_dir(env.root.join("job_runs").join(format!("x{evil}"))).unwrap();
+
+    let raw = |o: &std::process::Output| {
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr_text(o));
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07'),
+            "raw control characters: {text:?}"
+        );
+        text
+    };
+    let show = env.run(&["show", "m"]);
+    assert_ok(&show);
+    let text = raw(&show);
+    for field in [
+        "started_at",
+        "ended_at",
+        "tail_url",
+        "logwrap",
+        "log_errors",
+        "marker_errors",
+    ] {
+        assert!(text.contains(field), "{field} missing: {text}");
+    }
+    assert!(
+        text.contains(r"x\e]52;c;ZWNobyBwd25lZA==\x07\e[2J"),
+        "{text}"
+    );
+    let ls = env.run(&["ls"]);
+    assert_ok(&ls);
+    assert!(raw(&ls).contains(r"x\e]52"));
+    let gc = env.run(&["gc"]);
+    assert!(raw(&gc).contains(r"x\e]52"), "{}", stderr_text(&gc));
+}
+
+#[test]
 fn an_unfinished_last_line_read_from_its_number_keeps_its_timestamp() {
     let env = TestEnv::new();
     job(&env, "partial", "printf 'a\\nb\\nc'");
