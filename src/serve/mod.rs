@@ -60,6 +60,15 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Connections accepted beyond the cap only to be answered 503 (then closed), so
 /// a client learns why; past these, new connections are closed at once.
 const OVERFLOW_SLOTS: usize = 64;
+/// Descriptors a connection may hold: its socket and, following both streams
+/// of a job, two logs and two indexes.
+const FDS_PER_CONN: usize = 5;
+/// Descriptors kept out of the connections' reach: the server's own (job
+/// files of a request, the watcher, the listing) and, under `--listen`, the
+/// wrapper's, which shares the process's table (its metadata rewrites, the
+/// final one included, markers, shipping). Without them, clients holding
+/// every descriptor left the job's end unrecorded (EMFILE).
+const FD_RESERVE: usize = 64;
 /// How often the status of followed jobs is re-read even without a file event:
 /// catches a writer that died without a trace inotify reports.
 const STATUS_RECHECK: Duration = Duration::from_secs(1);
@@ -236,7 +245,17 @@ impl Server {
         store: Arc<dyn LogStore>,
         only: Option<JobId>,
     ) -> Result<Server> {
-        raise_fd_limit();
+        let mut cfg = cfg;
+        if let Some(room) = raise_fd_limit() {
+            let fit = (room.saturating_sub(FD_RESERVE + OVERFLOW_SLOTS) / FDS_PER_CONN).max(1);
+            if fit < cfg.max_connections {
+                eprintln!(
+                    "logwrap: serving at most {fit} connections, not {}: the descriptor limit is {room} (ulimit -n)",
+                    cfg.max_connections
+                );
+                cfg.max_connections = fit;
+            }
+        }
         let std = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         std.set_nonblocking(true)?;
@@ -1050,13 +1069,16 @@ fn serve_thread(mut server: Server, mut poll: Poll, requests: &Requests) {
 
 /// A server needs a descriptor per connection and up to four per follower (two
 /// logs, two indexes): raise the soft limit to the hard one, as servers do.
-fn raise_fd_limit() {
+/// Returns the limit now in force, if it is known.
+fn raise_fd_limit() -> Option<usize> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let now = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    Some(usize::try_from(now).unwrap_or(usize::MAX))
 }
 
 /// `logwrap serve`: serves every job under the root until killed. `cfg` comes

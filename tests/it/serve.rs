@@ -670,3 +670,96 @@ fn a_listen_job_with_many_followers_delivers_every_line_to_each_and_completes() 
     assert!(job.finish().success());
     assert_eq!(env.meta("fanl")["stdout"]["lines"], LINES / 2);
 }
+
+#[test]
+fn followers_holding_every_descriptor_allowed_never_cost_the_job_its_end() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let env = TestEnv::new();
+    let mut cmd = env.cmd();
+    cmd.args([
+        "--job-run-id",
+        "fd",
+        "--no-pty",
+        "-q",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args([
+        "--",
+        "sh",
+        "-c",
+        "read go; echo 'DATABUILD_MISSING_DEPS_JSON: {\"partitions\": [\"a/b\"]}'; echo done",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: setrlimit between fork and exec is async-signal-safe. A hard
+    // limit of 256 that the server cannot raise.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no URL: {said}");
+        said += &line;
+        if line.starts_with("logwrap: serving http") {
+            break line["logwrap: serving ".len()..].trim().to_string();
+        }
+    };
+    assert!(
+        said.contains("serving at most 25 connections, not 1024: the descriptor limit is 256"),
+        "{said}"
+    );
+    // Far more followers of both streams than descriptors: each gets its
+    // stream or a 503, and none takes what the wrapper needs.
+    let port = port_of(&url);
+    let mut conns = Vec::new();
+    let (mut streams, mut refused) = (0, 0);
+    for _ in 0..120 {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        let req =
+            "GET /api/job_runs/fd/logs/combined?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        if s.write_all(req.as_bytes()).is_err() {
+            continue;
+        }
+        let mut head = [0u8; 12];
+        match s.read_exact(&mut head) {
+            Ok(()) if head.ends_with(b"200") => streams += 1,
+            Ok(()) if head.ends_with(b"503") => refused += 1,
+            _ => {}
+        }
+        conns.push(s);
+    }
+    assert!(
+        streams >= 20 && refused > 0,
+        "{streams} streams, {refused} refused"
+    );
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains("Too many open files"), "{rest}");
+    let meta = env.meta("fd");
+    assert_eq!(meta["status"], "succeeded", "{meta}");
+    assert_eq!(
+        meta["missing_deps"][0]["value"]["partitions"][0], "a/b",
+        "{meta}"
+    );
+    drop(conns);
+}
