@@ -309,6 +309,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
         421 => "Misdirected Request",
@@ -417,6 +418,16 @@ pub fn presented_token(req: &Request) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_status_the_server_sends_has_its_reason_phrase() {
+        for status in [
+            200, 204, 206, 304, 400, 401, 404, 405, 408, 409, 414, 416, 421, 431, 500, 503,
+        ] {
+            assert_ne!(reason(status), "Unknown", "{status}");
+        }
+        assert_eq!(reason(409), "Conflict");
+    }
+
     use super::*;
 
     fn done(raw: &str) -> Request {
