@@ -154,7 +154,17 @@ impl Conn {
             }
             match self.sock.read(&mut chunk[..room]) {
                 Ok(0) => return ReadStatus::Closed,
-                Ok(n) if !streaming => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) if !streaming => {
+                    if self.inbuf.is_empty() && self.served > 0 && matches!(self.phase, Phase::Head)
+                    {
+                        // The first byte of the next request on a kept-alive
+                        // connection: its head has the header timeout from
+                        // now, not from the end of the last response (the
+                        // idle wait before it had the idle timeout).
+                        self.since = Instant::now();
+                    }
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.read_ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

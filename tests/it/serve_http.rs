@@ -357,6 +357,44 @@ fn slow_request_heads_get_408() {
 }
 
 #[test]
+fn a_kept_alive_connection_idle_past_the_header_timeout_still_gets_its_next_request_answered() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &["--header-timeout", "1s", "--idle-timeout", "30s"]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(parse_response(&buf[..n]).status, 200);
+    // The idle time is what is tested: longer than the header timeout,
+    // well within the idle timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    // The next head, in two pieces: the first must not start a clock that
+    // has already run out.
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    match s.read(&mut buf) {
+        Ok(n) => panic!(
+            "answered half a head: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"Host: localhost\r\n\r\n").unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(parse_response(&buf[..n]).status, 200);
+}
+
+#[test]
 fn idle_keep_alive_connections_are_closed() {
     let env = TestEnv::new();
     let srv = Serve::start(&env, &["--idle-timeout", "1s"]);
