@@ -663,7 +663,12 @@ impl Server {
                     }
                     http::Parsed::Done(req, n) => {
                         c.inbuf.drain(..n);
-                        if closed {
+                        // A client that sent its requests and then shut its
+                        // side (`nc -N`) gets every complete one answered;
+                        // the last closes the connection.
+                        if closed
+                            && !matches!(http::parse_request(&c.inbuf), http::Parsed::Done(..))
+                        {
                             c.close_after = true;
                         }
                         self.answer(c, &req, now);

@@ -395,6 +395,26 @@ fn a_kept_alive_connection_idle_past_the_header_timeout_still_gets_its_next_requ
 }
 
 #[test]
+fn pipelined_requests_sent_before_a_half_close_are_all_answered() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let one = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let meta = "GET /api/job_runs/nosuch HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    s.write_all(format!("{one}{meta}{one}").as_bytes()).unwrap();
+    // What `printf ... | nc -N` does once its input ends.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 404 Not Found").count(), 1, "{text}");
+    assert_eq!(text.matches("Connection: close").count(), 1, "{text}");
+    assert!(text.trim_end().ends_with("ok"), "{text}");
+}
+
+#[test]
 fn idle_keep_alive_connections_are_closed() {
     let env = TestEnv::new();
     let srv = Serve::start(&env, &["--idle-timeout", "1s"]);
