@@ -226,7 +226,9 @@ impl Cursor {
         };
         let mut num = || parts.next()?.parse::<u64>().ok();
         let (offset, line, before) = (num()?, num()?, num()?);
-        if line == 0 || parts.next().is_some() {
+        // Every line holds at least its newline, so a cursor made here never
+        // has more lines before its offset than bytes.
+        if line == 0 || line > offset.saturating_add(1) || parts.next().is_some() {
             return None;
         }
         Some(Cursor {
