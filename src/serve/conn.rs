@@ -213,6 +213,15 @@ impl Conn {
         r
     }
 
+    /// The server is still making a body and has nothing queued yet (a
+    /// search counting matches past its page): that time is not the
+    /// client's, so the idle clock starts again from `now`.
+    pub fn producing(&mut self, now: Instant) {
+        if self.pending() == 0 {
+            self.last_progress = now;
+        }
+    }
+
     /// Queues a response: the head now, the body as the client reads.
     pub fn respond(&mut self, resp: Response, head_only: bool, keep_alive: bool, now: Instant) {
         let length = match &resp.body {

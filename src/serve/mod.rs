@@ -632,7 +632,7 @@ impl Server {
 
     /// The body of [`Server::drive`]; false when the connection must close.
     fn step(&mut self, c: &mut Conn) -> bool {
-        let now = Instant::now();
+        let mut now = Instant::now();
         let mut produced = 0usize;
         loop {
             if c.flush(now).is_err() {
@@ -721,10 +721,24 @@ impl Server {
                     return false;
                 };
                 // One piece per turn: making it may have read many files.
-                match c.fill(now, |out| body.produce(out, STREAM_PIECE)) {
+                let made = c.fill(now, |out| body.produce(out, STREAM_PIECE));
+                // Making it took time (a search's turn): what comes next is
+                // timed from now, not blamed on the client.
+                now = Instant::now();
+                match made {
                     Ok(true) => {
                         c.source = Source::Stream(body);
                         c.more = true;
+                        if c.pending() == 0 {
+                            // Nothing to send yet (a search counting past its
+                            // page): no write will fail if the client left,
+                            // so look; and the wait is the server's, not an
+                            // idle client's.
+                            if c.read() == ReadStatus::Closed {
+                                return false;
+                            }
+                            c.producing(now);
+                        }
                     }
                     Ok(false) => {}
                     // The body cannot be finished: closing cuts it short, which

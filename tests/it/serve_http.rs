@@ -414,6 +414,76 @@ fn pipelined_requests_sent_before_a_half_close_are_all_answered() {
     assert!(text.trim_end().ends_with("ok"), "{text}");
 }
 
+/// A job of `mib` MiB of lines that all match `xyz`: a search listing one
+/// of them spends seconds (more than a turn a MiB) counting the rest with
+/// nothing to send.
+fn matching_job(env: &TestEnv, mib: u32) -> u64 {
+    let script = format!("yes xyz | head -c {}", mib << 20);
+    assert_ok(&env.run_sh("many", &["-q", "--no-pty"], &script));
+    u64::from(mib << 18)
+}
+
+/// CPU time (user + system, in clock ticks) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_long_search_is_not_cut_by_the_idle_timeout_while_it_counts() {
+    let env = TestEnv::new();
+    let lines = matching_job(&env, 3);
+    let srv = Serve::start(&env, &["--idle-timeout", "1s"]);
+    let r = get(srv.port, "/api/job_runs/many/search?q=xyz&limit=1", &[]);
+    assert_eq!(r.status, 200, "{}", r.head);
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "{e}: cut short: {:?}",
+            String::from_utf8_lossy(&r.body[r.body.len().saturating_sub(80)..])
+        )
+    });
+    assert_eq!(v["total"], lines);
+}
+
+#[test]
+fn a_search_whose_client_left_stops_searching() {
+    let env = TestEnv::new();
+    matching_job(&env, 8);
+    let srv = Serve::start(&env, &[]);
+    let read_so_far = || {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", srv.pid())).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = read_so_far();
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET /api/job_runs/many/search?q=xyz&limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // Once the server is idle (its CPU time and bytes read stand still over
+    // a window), it has read only the blocks of the turns under way when
+    // the client left, not the whole 8 MiB log.
+    wait_until(Duration::from_secs(120), "the server to go idle", || {
+        let (ticks, read) = (cpu_ticks(srv.pid()), read_so_far());
+        std::thread::sleep(Duration::from_millis(300));
+        cpu_ticks(srv.pid()) == ticks && read_so_far() == read
+    });
+    let read = read_so_far() - before;
+    assert!(
+        read < 4 << 20,
+        "searched {read} bytes for a client that had left"
+    );
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let env = TestEnv::new();
