@@ -56,6 +56,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// lines and `complete`: a follower that keeps up needs milliseconds; one that
 /// does not cannot hold the job's exit back by more than this.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How far past the grace a finishing wrapper waits for its server thread
+/// to end on its own (it checks the deadline between connections).
+const STOP_SLACK: Duration = Duration::from_millis(20);
 
 /// Connections accepted beyond the cap only to be answered 503 (then closed), so
 /// a client learns why; past these, new connections are closed at once.
@@ -455,10 +458,9 @@ impl Server {
     }
 
     /// The job has ended (the wrapper calls this after writing its final
-    /// metadata): sends followers the rest and `complete`, waiting at most
-    /// `grace` for them to take it, then closes every connection.
-    pub(crate) fn shutdown(mut self, poll: &mut Poll, grace: Duration) {
-        let deadline = Instant::now() + grace;
+    /// metadata): sends followers the rest and `complete`, waiting until
+    /// `deadline` at most for them to take it, then closes every connection.
+    pub(crate) fn shutdown(mut self, poll: &mut Poll, deadline: Instant) {
         let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
         for id in ids {
             self.refresh(&id, true);
@@ -484,6 +486,9 @@ impl Server {
                 Err(_) => return,
             }
             for ev in events.iter() {
+                if Instant::now() >= deadline {
+                    return;
+                }
                 if self.owns(ev.token()) {
                     self.handle_event(ev);
                 }
@@ -988,8 +993,8 @@ const THREAD_SERVER: Token = Token(1);
 struct Requests {
     /// New output was appended: wake the followers.
     notify: AtomicBool,
-    /// Finish: serve followers the rest for at most this long, then stop.
-    stop: Mutex<Option<Duration>>,
+    /// Finish: serve followers the rest until then, then stop.
+    stop: Mutex<Option<Instant>>,
 }
 
 /// A [`Server`] on its own thread with its own event loop: the wrapper's
@@ -1000,6 +1005,8 @@ pub(crate) struct ServerThread {
     requests: Arc<Requests>,
     waker: Arc<mio::Waker>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected once the thread has ended (its sender goes with it).
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl ServerThread {
@@ -1013,14 +1020,19 @@ impl ServerThread {
         server.register(poll.registry(), THREAD_SERVER)?;
         let requests = Arc::new(Requests::default());
         let reqs = requests.clone();
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("logwrap-serve".into())
-            .spawn(move || serve_thread(server, poll, &reqs))
+            .spawn(move || {
+                let _ending = ending;
+                serve_thread(server, poll, &reqs);
+            })
             .context("starting the server thread")?;
         Ok(ServerThread {
             requests,
             waker,
             thread: Some(thread),
+            ended,
         })
     }
 
@@ -1042,13 +1054,20 @@ impl ServerThread {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        let deadline = Instant::now() + grace;
         if let Ok(mut stop) = self.requests.stop.lock() {
-            *stop = Some(grace);
+            *stop = Some(deadline);
         }
         let _ = self.waker.wake();
-        // The thread ends within `grace` of seeing the request; a panic in it
-        // has already been reported and must not fail the job.
-        let _ = thread.join();
+        // The thread stops at the deadline, but a pass over hundreds of
+        // followers may carry it past: the job's exit waits no longer than
+        // promised (the thread goes with the process). A panic in it has
+        // already been reported and must not fail the job.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = self.ended.recv_timeout(left + STOP_SLACK);
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -1078,8 +1097,8 @@ fn serve_thread(mut server: Server, mut poll: Poll, requests: &Requests) {
             server.notify();
         }
         let stop = requests.stop.lock().ok().and_then(|s| *s);
-        if let Some(grace) = stop {
-            server.shutdown(&mut poll, grace);
+        if let Some(deadline) = stop {
+            server.shutdown(&mut poll, deadline);
             return;
         }
         server.tick();
@@ -1128,6 +1147,29 @@ pub fn serve_cmd(store: Arc<dyn LogStore>, cfg: ServeConfig) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finishing_wrapper_waits_no_longer_than_the_grace_for_its_server_thread() {
+        // A server thread still busy with a pass over its followers.
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
+        let busy = std::thread::spawn(move || {
+            let _ending = ending;
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), THREAD_WAKE).unwrap());
+        let server = ServerThread {
+            requests: Arc::new(Requests::default()),
+            waker,
+            thread: Some(busy),
+            ended,
+        };
+        let t = Instant::now();
+        server.shutdown(Duration::from_millis(200));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
 
     #[test]
     fn listen_addresses_parse() {
