@@ -312,13 +312,25 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
             return Response::error(409, &msg, api);
         }
         if store::is_not_found(&e) {
-            return Response::error(404, &format!("{e:#}"), api);
+            return Response::error(404, &public_error(ctx, &e), api);
         }
         match e.downcast::<Reject>() {
             Ok(rej) => Response::error(rej.status, &rej.reason, api),
-            Err(e) => Response::error(500, &format!("{e:#}"), api),
+            Err(e) => Response::error(500, &public_error(ctx, &e), api),
         }
     })
+}
+
+/// An error as a client may read it: files are named within the store,
+/// never by where the store is on the server.
+fn public_error(ctx: &Ctx, e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let location = ctx.store.location();
+    if location.is_empty() {
+        return text;
+    }
+    text.replace(&format!("{location}/"), "")
+        .replace(&location, "the store")
 }
 
 /// Fills `buf` from `log` at `offset`; an error if the log is shorter.
@@ -1150,6 +1162,26 @@ mod tests {
 
     fn id(s: &str) -> JobId {
         JobId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn errors_name_files_within_the_store_never_where_it_is_on_the_server() {
+        for (name, store, _root) in both::stores("routes-errors") {
+            let order = RefCell::new(JobOrder::default());
+            let ctx = Ctx {
+                store: &store,
+                only: None,
+                order: &order,
+            };
+            let at = store.location();
+            let e = anyhow::anyhow!("Too many open files (os error 24)")
+                .context(format!("reading {at}/j/metadata.json"));
+            let shown = public_error(&ctx, &e);
+            assert_eq!(
+                shown, "reading j/metadata.json: Too many open files (os error 24)",
+                "{name}"
+            );
+        }
     }
 
     #[test]
