@@ -23,7 +23,7 @@ use crate::reader::{CombinedReader, LineSource, LogLine, Start};
 use crate::store::{self, JobId, LogStore, RawLog, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::time::{Duration, Instant};
 
 /// Longest part of a line the line modes keep in memory; longer lines are copied
@@ -555,11 +555,15 @@ fn copy_range(
         return Ok(());
     }
     let copied = match log.as_file() {
-        Some(mut f) => {
-            f.seek(SeekFrom::Start(offset))
-                .context("seeking in the log")?;
+        Some(f) => {
             out.flush()?;
-            io::copy(&mut f.take(len), out.get_mut())?
+            crate::reader::copy_data(f, offset, len, out.get_mut(), |at, n| {
+                say(&format!(
+                    "warning: left out a {n}-byte hole at byte {at} of the log: the job \
+                     extended the file without writing to it (it reads as zeros)"
+                ))
+            })
+            .context("copying the log")?
         }
         None => {
             let mut buf = vec![0u8; COPY_BLOCK.min(len as usize)];

@@ -4,8 +4,9 @@
 //! clear error and never follows, blocks or balloons; and liveness cannot be
 //! faked away by deleting the `lock` file.
 
-use crate::util::serve::{get, listening_job, port_of, Serve, LIMIT};
+use crate::util::serve::{get, listening_job, parse_response, port_of, Serve, LIMIT};
 use crate::util::*;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -337,4 +338,68 @@ fn removing_a_followed_job_ends_follow_with_exit_1_and_a_clear_message() {
     assert_eq!(err.lines().count(), 1, "{err}");
     gate.open();
     wait_child(&mut job, "the job");
+}
+
+// ---- sparse logs ---------------------------------------------------------------
+
+/// Size of the hole the job makes in its own log: reading it as zeros takes
+/// minutes, so a reader that does is caught by any bound below.
+const HOLE: &str = "50G";
+
+#[test]
+fn a_sparse_log_costs_only_its_data_and_never_freezes_the_server() {
+    let env = TestEnv::new();
+    let script =
+        format!("echo first; truncate -s {HOLE} \"$DATABUILD_JOB_LOG_DIR/stdout.log\"; echo last");
+    let o = env.run_sh("big", &["--no-pty", "-q"], &script);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    let bound = std::time::Duration::from_secs(10);
+    let server = Serve::start(&env, &[]);
+    let port = server.port;
+    // The request is sent before any other, so the server takes it first.
+    let mut big = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    big.set_read_timeout(Some(LIMIT)).unwrap();
+    big.write_all(
+        b"GET /api/job_runs/big/logs/stdout?lines=1 HTTP/1.1\r\nHost: localhost\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .unwrap();
+    let big = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = big.read_to_end(&mut all);
+        parse_response(&all)
+    });
+    // The server has one event loop: it must go on answering everyone while
+    // (or after) it serves the sparse log.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = get(port, "/healthz", &[]);
+        let took = started.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(took < bound, "/healthz took {took:?}");
+    }
+    let r = big.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Line 2 runs across the hole: its head is sent, cut like any long line.
+    assert!(r.text().contains("id: 2\n"), "{}", r.text());
+    assert!(r.text().contains("more bytes not shown"), "{}", r.text());
+    for args in [
+        &["logs", "--tail", "1", "big"][..],
+        &["logs", "--all", "--tail", "1", "big"],
+    ] {
+        let started = std::time::Instant::now();
+        let o = logwrap(&env, args);
+        let took = started.elapsed();
+        assert!(took < bound, "{args:?} took {took:?}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        // The last line runs across the hole: its data is printed, and the
+        // hole is left out with a word on stderr.
+        assert!(o.stdout.ends_with(b"last\n"), "{args:?}");
+        assert!(
+            o.stdout.len() < 1 << 20,
+            "{args:?}: {} bytes",
+            o.stdout.len()
+        );
+        assert!(stderr_text(&o).contains("hole"), "{}", stderr_text(&o));
+    }
 }
