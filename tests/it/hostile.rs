@@ -403,3 +403,39 @@ fn a_sparse_log_costs_only_its_data_and_never_freezes_the_server() {
         assert!(stderr_text(&o).contains("hole"), "{}", stderr_text(&o));
     }
 }
+
+#[test]
+fn grep_all_warns_about_a_damaged_job_and_searches_the_others() {
+    let env = TestEnv::new();
+    // Newest first: "c", then the damaged one, then "a". Its stdout is
+    // searched; its stderr, a link, is refused.
+    for id in ["a", "bad", "c"] {
+        let o = env.run_sh(id, &["--no-pty", "-q"], "echo needle; echo needle >&2");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    }
+    plant(
+        &env,
+        &env.job_dir("bad").join("stderr.log"),
+        Plant::LinkToSecret,
+    );
+    let o = logwrap(&env, &["grep", "--all", "needle"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr_text(&o));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        out, "c:1:needle\nc:stderr:1:needle\nbad:1:needle\na:1:needle\na:stderr:1:needle\n",
+        "{err}"
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("job bad not searched"), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // Nothing matched elsewhere: no match, with the same warning.
+    let o = logwrap(&env, &["grep", "--all", "-c", "absent"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "c:0\na:0\n",
+        "bad has no count"
+    );
+    assert!(stderr_text(&o).contains("job bad not searched"));
+}
