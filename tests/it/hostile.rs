@@ -49,13 +49,16 @@ enum Plant {
     LinkToDevZero,
     Fifo,
     Directory,
+    /// A Unix socket: it cannot even be opened (ENXIO).
+    Socket,
 }
 
-const PLANTS: [Plant; 4] = [
+const PLANTS: [Plant; 5] = [
     Plant::LinkToSecret,
     Plant::LinkToDevZero,
     Plant::Fifo,
     Plant::Directory,
+    Plant::Socket,
 ];
 
 fn plant(env: &TestEnv, path: &Path, kind: Plant) {
@@ -69,6 +72,8 @@ fn plant(env: &TestEnv, path: &Path, kind: Plant) {
             nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
         }
         Plant::Directory => std::fs::create_dir(path).unwrap(),
+        // The socket file stays once its listener is closed.
+        Plant::Socket => drop(std::os::unix::net::UnixListener::bind(path).unwrap()),
     }
 }
 
@@ -199,7 +204,11 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
     finished_job(&env, "good");
     finished_job(&env, "fifo");
     finished_job(&env, "link");
+    finished_job(&env, "sock");
     plant(&env, &env.job_dir("fifo").join("stdout.log"), Plant::Fifo);
+    for file in ["stdout.log", "metadata.json"] {
+        plant(&env, &env.job_dir("sock").join(file), Plant::Socket);
+    }
     plant(
         &env,
         &env.job_dir("fifo").join("metadata.json"),
@@ -211,7 +220,7 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
         Plant::LinkToSecret,
     );
     let server = Serve::start(&env, &[]);
-    for id in ["fifo", "link"] {
+    for id in ["fifo", "link", "sock"] {
         for path in [
             format!("/api/job_runs/{id}/logs/stdout/raw"),
             format!("/api/job_runs/{id}/logs/stdout"),
@@ -232,6 +241,13 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(
         r.json()["error"].as_str().unwrap().contains("FIFO"),
+        "{}",
+        r.text()
+    );
+    let r = get(server.port, "/api/job_runs/sock", &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("socket"),
         "{}",
         r.text()
     );
