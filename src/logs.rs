@@ -276,6 +276,7 @@ impl Printer {
                 skip: 0,
                 style,
                 stamp: (u64::MAX, String::new()),
+                restarts: [0; 2],
             }));
         }
         // Merged: `--tail N` is the last N lines of the merged output, which are
@@ -303,6 +304,7 @@ impl Printer {
             want: 0,
             style,
             stamp: (u64::MAX, String::new()),
+            restarts: [0; 2],
         }))
     }
 
@@ -413,6 +415,13 @@ impl RawPrinter {
             }
         };
         let len = self.file.len().context("reading the log's size")?;
+        let pos = if len < pos {
+            out.flush()?;
+            say(&truncated_notice(self.reader.stream()));
+            0
+        } else {
+            pos
+        };
         copy_range(self.file.as_ref(), pos, len.saturating_sub(pos), out)?;
         self.pos = Some(len.max(pos));
         Ok(())
@@ -429,6 +438,32 @@ fn warn_gap(reader: &dyn LineSource) {
             reader.stream().name()
         ));
     }
+}
+
+/// What `logs` says when a log it reads is found shorter than what it read
+/// (a job may empty its own log): like `tail -f`, it goes on from the log's
+/// start, where the job's next lines land.
+fn truncated_notice(stream: Stream) -> String {
+    format!(
+        "warning: the job's {} log was truncated; following it again from its start \
+         (line numbers start over)",
+        stream.name()
+    )
+}
+
+/// Says [`truncated_notice`] once each time `reader` started over; `seen`
+/// holds how many times it had.
+fn warn_restart(
+    reader: &dyn LineSource,
+    seen: &mut u64,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+) -> Result<()> {
+    if reader.restarts() > *seen {
+        *seen = reader.restarts();
+        out.flush()?;
+        say(&truncated_notice(reader.stream()));
+    }
+    Ok(())
 }
 
 /// Where the line modes take lines from.
@@ -455,6 +490,8 @@ struct LinePrinter {
     style: LineStyle,
     /// The last timestamp formatted: lines of one chunk share it.
     stamp: (u64, String),
+    /// Restarts of each reader already reported ([`warn_restart`]).
+    restarts: [u64; 2],
 }
 
 impl LinePrinter {
@@ -463,9 +500,17 @@ impl LinePrinter {
             let line = match &mut self.source {
                 Source::One(r) => {
                     warn_gap(r.as_ref());
-                    r.next_line(done)?
+                    let line = r.next_line(done)?;
+                    warn_restart(r.as_ref(), &mut self.restarts[0], out)?;
+                    line
                 }
-                Source::Both(c) => c.next_line(done)?,
+                Source::Both(c) => {
+                    let line = c.next_line(done)?;
+                    for (r, seen) in c.readers().iter().zip(&mut self.restarts) {
+                        warn_restart(r.as_ref(), seen, out)?;
+                    }
+                    line
+                }
             };
             let Some(line) = line else { return Ok(()) };
             if self.skip > 0 {

@@ -170,6 +170,12 @@ pub trait LineSource: Send {
     fn indexed_bytes(&self) -> u64 {
         u64::MAX
     }
+    /// Times the reader found its log shorter than it had read and started
+    /// over at the log's start (like `tail -f` on "file truncated"): a job
+    /// may empty its own log. Stores whose logs only grow never do.
+    fn restarts(&self) -> u64 {
+        0
+    }
     /// Lines the store no longer holds (a Redis stream trimmed by `MAXLEN`,
     /// issue 10) that the reader passes over before its next line: the first
     /// and last missing number. Stores that keep every line never have one.
@@ -203,6 +209,9 @@ impl LineSource for StreamReader {
     fn limited(&self) -> bool {
         self.gap_file.is_some()
     }
+    fn restarts(&self) -> u64 {
+        self.restarts
+    }
 }
 
 /// The file store's [`LineSource`]: reads one stream's lines in order.
@@ -226,6 +235,9 @@ pub(crate) struct StreamReader {
     /// Size of the log when last measured: it only grows, so it is measured
     /// again only once the reader has reached it.
     known_len: u64,
+    /// Times the log was found shorter than `known_len` (see
+    /// [`LineSource::restarts`]).
+    restarts: u64,
     /// The index was found inconsistent with the log: it is never used again.
     damaged: bool,
     /// The index was re-read after the writer was done, so it will not grow.
@@ -271,6 +283,7 @@ impl StreamReader {
             rec_cache: None,
             indexed_end: 0,
             known_len: 0,
+            restarts: 0,
             damaged: false,
             index_final: false,
             max_keep,
@@ -601,6 +614,9 @@ impl StreamReader {
         let mut fresh = false;
         if self.scanned >= len {
             len = self.log_len()?;
+            if len < self.known_len.max(self.pos) {
+                self.restart();
+            }
             if self.scanned >= len && self.idx.is_none() {
                 // Nothing new: a moment to look for an index that was missing
                 // (a job still being created).
@@ -650,6 +666,13 @@ impl StreamReader {
             }
             // At the end as last measured: the log may have grown since.
             let now = self.log_len()?;
+            if now < len {
+                // Shrunk while being read: the line is not what it was. The
+                // next call reads the log from its start.
+                self.restart();
+                self.known_len = now;
+                return Ok(None);
+            }
             self.known_len = now;
             fresh = true;
             if now <= len {
@@ -690,6 +713,22 @@ impl StreamReader {
         self.scanned = end;
         self.line += 1;
         Ok(Some(line))
+    }
+
+    /// Starts over at the log's start, found shorter than it was (a job that
+    /// ran `: > stdout.log`): what the reader had read is gone, and what the
+    /// wrapper appends now lands from the new end, as `tail -f` goes on after
+    /// "file truncated". The index no longer matches the log, so the log is
+    /// scanned from here on.
+    fn restart(&mut self) {
+        self.mark_damaged();
+        self.pos = 0;
+        self.line = 1;
+        self.scanned = 0;
+        self.rec = 0;
+        self.rec_cache = None;
+        self.block_len = 0;
+        self.restarts += 1;
     }
 
     /// True when the line ending at `end` is past the index only because its

@@ -464,3 +464,39 @@ fn grep_all_warns_about_a_damaged_job_and_searches_the_others() {
     );
     assert!(stderr_text(&o).contains("job bad not searched"));
 }
+
+#[test]
+fn follow_says_when_the_job_empties_its_log_and_goes_on_from_its_start() {
+    let env = TestEnv::new();
+    for (id, args, want) in [
+        ("raw", &["-f"][..], "one\ntwo\nthree\n"),
+        (
+            "prefix",
+            &["-f", "--prefix"],
+            "stdout: one\nstdout: two\nstdout: three\n",
+        ),
+        ("all", &["-f", "--all"], "one\ntwo\nthree\n"),
+    ] {
+        let gate = Gate::new(&env, &format!("gate-{id}"));
+        let script = format!(
+            "echo one; echo two; {}; : > \"$DATABUILD_JOB_LOG_DIR/stdout.log\"; echo three",
+            gate.wait()
+        );
+        let mut job = spawn_job(&env, id, &script);
+        wait_until(LIMIT, "the first lines", || {
+            env.stdout_log(id) == b"one\ntwo\n"
+        });
+        let mut f = Follower::start(&env, &[args, &[id]].concat());
+        f.wait_for("two\n");
+        gate.open();
+        assert_eq!(wait_child(&mut job, "the job").code(), Some(0));
+        let (status, out, err) = f.finish();
+        assert_eq!(
+            (status, String::from_utf8_lossy(&out).as_ref()),
+            (0, want),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("log was truncated"), "{args:?}: {err}");
+    }
+}
