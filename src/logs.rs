@@ -15,7 +15,7 @@ mod watch;
 
 pub use grep::{grep_cmd, GrepOptions};
 pub use jobs::ABANDONED_EXIT;
-pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
+pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions, DAMAGED};
 
 use crate::exit;
 use crate::metadata::Metadata;

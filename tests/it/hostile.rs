@@ -500,3 +500,54 @@ fn follow_says_when_the_job_empties_its_log_and_goes_on_from_its_start() {
         assert!(err.contains("log was truncated"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_job_list_api_lists_damaged_jobs_as_ls_does() {
+    let env = TestEnv::new();
+    finished_job(&env, "good-1");
+    for (id, kind) in [
+        ("bad-fifo", Plant::Fifo),
+        ("bad-dir", Plant::Directory),
+        ("bad-sock", Plant::Socket),
+    ] {
+        finished_job(&env, id);
+        plant(&env, &env.job_dir(id).join("metadata.json"), kind);
+    }
+    finished_job(&env, "good-2");
+    let o = logwrap(&env, &["ls", "--json"]);
+    let ls: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let server = Serve::start(&env, &[]);
+    let r = get(server.port, "/api/job_runs", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json();
+    assert_eq!(ids(&list), ids(&ls), "the same jobs in the same order");
+    assert_eq!(r.header("X-Total-Count").as_deref(), Some("5"));
+    for job in list.as_array().unwrap() {
+        let id = job["job_run_id"].as_str().unwrap();
+        if id.starts_with("bad-") {
+            assert_eq!(job["status"], "damaged", "{job}");
+            let why = job["error"].as_str().unwrap();
+            assert!(why.starts_with("metadata.json is a"), "{job}");
+            assert!(!why.contains(env.root.to_str().unwrap()), "{job}");
+        } else {
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+    }
+    let r = get(server.port, "/api/job_runs?status=damaged", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut damaged = ids(&r.json());
+    damaged.sort();
+    assert_eq!(damaged, ["bad-dir", "bad-fifo", "bad-sock"]);
+    let r = get(server.port, "/api/job_runs?q=fifo", &[]);
+    assert_eq!(ids(&r.json()), ["bad-fifo"]);
+    // A page of two, past the first: the order holds the damaged jobs too.
+    let r = get(server.port, "/api/job_runs?limit=2&offset=2", &[]);
+    assert_eq!(ids(&r.json()), ids(&ls)[2..4]);
+}
