@@ -16,7 +16,7 @@ mod watch;
 pub use grep::{grep_cmd, GrepOptions};
 pub use jobs::ABANDONED_EXIT;
 pub(crate) use ls::escape_controls;
-pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions};
+pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions, DAMAGED};
 
 use crate::exit;
 use crate::metadata::Metadata;
@@ -24,7 +24,7 @@ use crate::reader::{CombinedReader, LineSource, LogLine, Start};
 use crate::store::{self, JobId, LogStore, RawLog, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::time::{Duration, Instant};
 
 /// Longest part of a line the line modes keep in memory; longer lines are copied
@@ -277,6 +277,7 @@ impl Printer {
                 skip: 0,
                 style,
                 stamp: (u64::MAX, String::new()),
+                restarts: [0; 2],
             }));
         }
         // Merged: `--tail N` is the last N lines of the merged output, which are
@@ -304,6 +305,7 @@ impl Printer {
             want: 0,
             style,
             stamp: (u64::MAX, String::new()),
+            restarts: [0; 2],
         }))
     }
 
@@ -414,6 +416,13 @@ impl RawPrinter {
             }
         };
         let len = self.file.len().context("reading the log's size")?;
+        let pos = if len < pos {
+            out.flush()?;
+            say(&truncated_notice(self.reader.stream()));
+            0
+        } else {
+            pos
+        };
         copy_range(self.file.as_ref(), pos, len.saturating_sub(pos), out)?;
         self.pos = Some(len.max(pos));
         Ok(())
@@ -430,6 +439,32 @@ fn warn_gap(reader: &dyn LineSource) {
             reader.stream().name()
         ));
     }
+}
+
+/// What `logs` says when a log it reads is found shorter than what it read
+/// (a job may empty its own log): like `tail -f`, it goes on from the log's
+/// start, where the job's next lines land.
+fn truncated_notice(stream: Stream) -> String {
+    format!(
+        "warning: the job's {} log was truncated; following it again from its start \
+         (line numbers start over)",
+        stream.name()
+    )
+}
+
+/// Says [`truncated_notice`] once each time `reader` started over; `seen`
+/// holds how many times it had.
+fn warn_restart(
+    reader: &dyn LineSource,
+    seen: &mut u64,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+) -> Result<()> {
+    if reader.restarts() > *seen {
+        *seen = reader.restarts();
+        out.flush()?;
+        say(&truncated_notice(reader.stream()));
+    }
+    Ok(())
 }
 
 /// Where the line modes take lines from.
@@ -456,6 +491,8 @@ struct LinePrinter {
     style: LineStyle,
     /// The last timestamp formatted: lines of one chunk share it.
     stamp: (u64, String),
+    /// Restarts of each reader already reported ([`warn_restart`]).
+    restarts: [u64; 2],
 }
 
 impl LinePrinter {
@@ -464,9 +501,17 @@ impl LinePrinter {
             let line = match &mut self.source {
                 Source::One(r) => {
                     warn_gap(r.as_ref());
-                    r.next_line(done)?
+                    let line = r.next_line(done)?;
+                    warn_restart(r.as_ref(), &mut self.restarts[0], out)?;
+                    line
                 }
-                Source::Both(c) => c.next_line(done)?,
+                Source::Both(c) => {
+                    let line = c.next_line(done)?;
+                    for (r, seen) in c.readers().iter().zip(&mut self.restarts) {
+                        warn_restart(r.as_ref(), seen, out)?;
+                    }
+                    line
+                }
             };
             let Some(line) = line else { return Ok(()) };
             if self.skip > 0 {
@@ -556,11 +601,15 @@ fn copy_range(
         return Ok(());
     }
     let copied = match log.as_file() {
-        Some(mut f) => {
-            f.seek(SeekFrom::Start(offset))
-                .context("seeking in the log")?;
+        Some(f) => {
             out.flush()?;
-            io::copy(&mut f.take(len), out.get_mut())?
+            crate::reader::copy_data(f, offset, len, out.get_mut(), |at, n| {
+                say(&format!(
+                    "warning: left out a {n}-byte hole at byte {at} of the log: the job \
+                     extended the file without writing to it (it reads as zeros)"
+                ))
+            })
+            .context("copying the log")?
         }
         None => {
             let mut buf = vec![0u8; COPY_BLOCK.min(len as usize)];

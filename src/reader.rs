@@ -10,6 +10,8 @@ use crate::output::index::{self, Records};
 use crate::store::limit::Gap;
 use crate::store::{line_start, open_job_file, read_gap, FileStore, IndexFile, JobId, Stream};
 use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -33,6 +35,77 @@ fn grow(block: &mut Vec<u8>, want: usize) -> &mut [u8] {
 /// well above what any wrapper records at once (`index::MAX_CHUNK`, 256 KiB in
 /// earlier versions), so indexes of older job directories stay usable.
 pub(crate) const LARGEST_CHUNK: u64 = 1 << 20;
+
+/// Holes up to this long are copied out as the zeros they read as: a
+/// filesystem may store a run of zero bytes the job really wrote as a hole
+/// (ZFS with compression does, a record at a time, 128 KiB by default), and
+/// 1 MiB of them is cheap to copy. A longer hole is one the job made itself
+/// (`truncate -s 50G` on its own log): copying it would cost the time and
+/// the output of reading every zero, so it is left out and reported.
+pub(crate) const HOLE_COPIED: u64 = 1 << 20;
+
+/// Where the first data at or after `from` starts in `log`, at most `to`. A
+/// hole (a job that extended its own log with `truncate`) reads as zeros and
+/// holds no newline, so scans jump over it and a sparse log costs only its
+/// data. `from` when the filesystem cannot tell (all of it then counts as
+/// data, as it did before `SEEK_DATA`).
+pub(crate) fn next_data(log: &File, from: u64, to: u64) -> u64 {
+    match lseek(log, from as i64, Whence::SeekData) {
+        Ok(at) => (at as u64).clamp(from, to),
+        // Nothing but a hole from `from` to the end of the file.
+        Err(Errno::ENXIO) => to.max(from),
+        Err(_) => from,
+    }
+}
+
+/// Where the first hole at or after `from` starts in `log` (the end of the
+/// file counts as one), at most `to`; `to` when the filesystem cannot tell.
+fn next_hole(log: &File, from: u64, to: u64) -> u64 {
+    match lseek(log, from as i64, Whence::SeekHole) {
+        Ok(at) => (at as u64).clamp(from, to),
+        Err(_) => to,
+    }
+}
+
+/// Copies `len` bytes of `log` from `offset` to `out` (by the kernel when it
+/// can), except that a hole longer than [`HOLE_COPIED`] is left out and
+/// `skipped` is told where it is and how long. Returns the bytes copied or
+/// left out: fewer than `len` means the log shrank meanwhile.
+pub(crate) fn copy_data(
+    log: &File,
+    offset: u64,
+    len: u64,
+    out: &mut impl std::io::Write,
+    mut skipped: impl FnMut(u64, u64),
+) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while at < end {
+        let data = next_data(log, at, end);
+        if data - at > HOLE_COPIED {
+            skipped(at, data - at);
+            at = data;
+            continue;
+        }
+        // From here to the next hole, with a short hole before it copied
+        // as its zeros.
+        let stop = if data < end {
+            next_hole(log, data, end).max(data + 1)
+        } else {
+            end
+        };
+        let want = stop - at;
+        let mut f = log;
+        f.seek(SeekFrom::Start(at))?;
+        let copied = std::io::copy(&mut f.take(want), out)?;
+        at += copied;
+        if copied < want {
+            break;
+        }
+    }
+    Ok(at - offset)
+}
 
 /// One line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +170,12 @@ pub trait LineSource: Send {
     fn indexed_bytes(&self) -> u64 {
         u64::MAX
     }
+    /// Times the reader found its log shorter than it had read and started
+    /// over at the log's start (like `tail -f` on "file truncated"): a job
+    /// may empty its own log. Stores whose logs only grow never do.
+    fn restarts(&self) -> u64 {
+        0
+    }
     /// Lines the store no longer holds (a Redis stream trimmed by `MAXLEN`,
     /// issue 10) that the reader passes over before its next line: the first
     /// and last missing number. Stores that keep every line never have one.
@@ -130,6 +209,9 @@ impl LineSource for StreamReader {
     fn limited(&self) -> bool {
         self.gap_file.is_some()
     }
+    fn restarts(&self) -> u64 {
+        self.restarts
+    }
 }
 
 /// The file store's [`LineSource`]: reads one stream's lines in order.
@@ -153,6 +235,9 @@ pub(crate) struct StreamReader {
     /// Size of the log when last measured: it only grows, so it is measured
     /// again only once the reader has reached it.
     known_len: u64,
+    /// Times the log was found shorter than `known_len` (see
+    /// [`LineSource::restarts`]).
+    restarts: u64,
     /// The index was found inconsistent with the log: it is never used again.
     damaged: bool,
     /// The index was re-read after the writer was done, so it will not grow.
@@ -198,6 +283,7 @@ impl StreamReader {
             rec_cache: None,
             indexed_end: 0,
             known_len: 0,
+            restarts: 0,
             damaged: false,
             index_final: false,
             max_keep,
@@ -331,6 +417,10 @@ impl StreamReader {
         self.block_len = 0;
         let mut n = 0;
         while from < to {
+            from = next_data(&self.log, from, to);
+            if from >= to {
+                break;
+            }
             let want = ((to - from) as usize).min(BLOCK);
             let got = self.log.read_at(grow(&mut self.block, want), from)?;
             if got == 0 {
@@ -391,6 +481,10 @@ impl StreamReader {
                     // Only up to the length measured: a live log grows while
                     // it is scanned, and a line counted past `len` would
                     // leave the reader at `len` inside it, with its number.
+                    pos = next_data(&self.log, pos, len);
+                    if pos >= len {
+                        break;
+                    }
                     let want = ((len - pos) as usize).min(BLOCK);
                     let got = self.log.read_at(grow(&mut self.block, want), pos)?;
                     if got == 0 {
@@ -520,6 +614,9 @@ impl StreamReader {
         let mut fresh = false;
         if self.scanned >= len {
             len = self.log_len()?;
+            if len < self.known_len.max(self.pos) {
+                self.restart();
+            }
             if self.scanned >= len && self.idx.is_none() {
                 // Nothing new: a moment to look for an index that was missing
                 // (a job still being created).
@@ -533,6 +630,17 @@ impl StreamReader {
         let mut newline = None;
         loop {
             while at < len {
+                if !self.cached(at) {
+                    let data_at = next_data(&self.log, at, len);
+                    if data_at > at {
+                        // A hole: zeros, no newline. The line goes on across
+                        // it, kept only as far as `max_keep` allows.
+                        let room = self.max_keep.saturating_sub(data.len()) as u64;
+                        data.resize(data.len() + room.min(data_at - at) as usize, 0);
+                        at = data_at;
+                        continue;
+                    }
+                }
                 let (from, got) = self.fill_block(at, len)?;
                 if got == 0 {
                     break;
@@ -558,6 +666,13 @@ impl StreamReader {
             }
             // At the end as last measured: the log may have grown since.
             let now = self.log_len()?;
+            if now < len {
+                // Shrunk while being read: the line is not what it was. The
+                // next call reads the log from its start.
+                self.restart();
+                self.known_len = now;
+                return Ok(None);
+            }
             self.known_len = now;
             fresh = true;
             if now <= len {
@@ -600,6 +715,22 @@ impl StreamReader {
         Ok(Some(line))
     }
 
+    /// Starts over at the log's start, found shorter than it was (a job that
+    /// ran `: > stdout.log`): what the reader had read is gone, and what the
+    /// wrapper appends now lands from the new end, as `tail -f` goes on after
+    /// "file truncated". The index no longer matches the log, so the log is
+    /// scanned from here on.
+    fn restart(&mut self) {
+        self.mark_damaged();
+        self.pos = 0;
+        self.line = 1;
+        self.scanned = 0;
+        self.rec = 0;
+        self.rec_cache = None;
+        self.block_len = 0;
+        self.restarts += 1;
+    }
+
     /// True when the line ending at `end` is past the index only because its
     /// record is not written yet: the index is in use and lags the log by at most
     /// one read (256 KiB). A larger gap means records are being lost (a failing disk), and
@@ -612,13 +743,17 @@ impl StreamReader {
         indexed < end && len.saturating_sub(indexed) <= LARGEST_CHUNK
     }
 
+    /// True when `block` holds the byte at `at`.
+    fn cached(&self, at: u64) -> bool {
+        at >= self.block_at && at < self.block_at + self.block_len as u64
+    }
+
     /// Makes `block` hold bytes at `at` (below `len`), reading only when the
     /// cached block does not already; returns where they start in `block` and how
     /// many there are (0 at the end of the file). The log is append-only, so
     /// cached bytes never go stale.
     fn fill_block(&mut self, at: u64, len: u64) -> Result<(usize, usize)> {
-        let cached_end = self.block_at + self.block_len as u64;
-        if at >= self.block_at && at < cached_end {
+        if self.cached(at) {
             let from = (at - self.block_at) as usize;
             return Ok((from, self.block_len - from));
         }

@@ -13,8 +13,8 @@ use crate::reader::{Anchor, LineSource, Start, StreamReader};
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, openat, FcntlArg, Flock, FlockArg, Flockable, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::fcntl::{fcntl, open, openat, AtFlags, FcntlArg, Flock, FlockArg, Flockable, OFlag};
+use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -222,7 +222,16 @@ pub(crate) fn open_job_file(path: &Path) -> io::Result<File> {
     let fd = match openat(&dir_fd, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ELOOP) => return Err(Damaged::io(path, "is a symbolic link")),
-        Err(e) => return Err(io::Error::from(e)),
+        // Some kinds cannot even be opened (a socket gives ENXIO, a device
+        // without a driver ENXIO or ENODEV): whatever is there decides, so
+        // those are refused like a FIFO rather than reported as an I/O error.
+        Err(e) => {
+            return Err(match fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => not_regular(st.st_mode).map(|what| Damaged::io(path, what)),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| io::Error::from(e)))
+        }
     };
     check_regular(&fd, path)?;
     let fl = fcntl(&fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
@@ -251,16 +260,24 @@ fn open_dir_nofollow(dir: &Path) -> io::Result<OwnedFd> {
 /// Refuses anything but a regular file, naming what it is instead.
 fn check_regular(fd: &impl AsFd, path: &Path) -> io::Result<()> {
     let st = fstat(fd).map_err(io::Error::from)?;
-    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-    let what = match kind {
-        SFlag::S_IFREG => return Ok(()),
+    match not_regular(st.st_mode) {
+        None => Ok(()),
+        Some(what) => Err(Damaged::io(path, what)),
+    }
+}
+
+/// What a file of mode `mode` is, for people, unless it is a regular file.
+fn not_regular(mode: libc::mode_t) -> Option<&'static str> {
+    let kind = SFlag::from_bits_truncate(mode) & SFlag::S_IFMT;
+    Some(match kind {
+        SFlag::S_IFREG => return None,
         SFlag::S_IFIFO => "is a FIFO",
         SFlag::S_IFSOCK => "is a socket",
         SFlag::S_IFCHR | SFlag::S_IFBLK => "is a device",
         SFlag::S_IFDIR => "is a directory",
+        SFlag::S_IFLNK => "is a symbolic link",
         _ => "is not a regular file",
-    };
-    Err(Damaged::io(path, what))
+    })
 }
 
 /// Reads the whole job file `path`, refusing one over `cap` bytes as

@@ -31,9 +31,10 @@ pub struct GrepOptions {
     pub count: bool,
 }
 
-/// `logwrap grep`: exit 0 when a line matched, 1 when none did.
+/// `logwrap grep`: exit 0 when a line matched, 1 when none did. A job that
+/// cannot be searched is skipped with a warning, like an unreadable file in
+/// grep, and counts as one without a match.
 pub fn grep_cmd(store: &dyn LogStore, o: GrepOptions) -> Result<i32> {
-    let pattern = &o.pattern;
     let ids = chosen_jobs(store, &o)?;
     let colour = super::ls::use_colour();
     let stdout = std::io::stdout();
@@ -44,35 +45,62 @@ pub fn grep_cmd(store: &dyn LogStore, o: GrepOptions) -> Result<i32> {
     };
     let mut any = false;
     for id in &ids {
-        let mut count = 0u64;
-        for &stream in streams {
-            let log = match store.open_raw(id, stream) {
-                Ok(log) => log,
-                // A job being created or removed meanwhile has nothing to search.
-                Err(e) if store::is_not_found(&e) && o.all => continue,
-                Err(e) => return Err(e).with_context(|| format!("job {id}")),
-            };
-            let mut scan = Scan::new(log, pattern.clone(), Cursor::start(stream))
-                .with_context(|| format!("job {id} {}", stream.name()))?;
-            let mut failed = Ok(());
-            while !scan.done() && failed.is_ok() {
-                scan.step(&mut |m| {
-                    count += 1;
-                    if !o.count && failed.is_ok() {
-                        failed = out.write_all(format_match(id, &m, colour).as_bytes());
-                    }
-                })
-                .with_context(|| format!("searching job {id} {}", stream.name()))?;
+        let mut written = Ok(());
+        let searched = search_job(store, id, streams, &o, colour, &mut out, &mut written);
+        written.context("writing to stdout")?;
+        match searched {
+            Ok(count) => {
+                if o.count {
+                    writeln!(out, "{id}:{count}").context("writing to stdout")?;
+                }
+                any |= count > 0;
             }
-            failed.context("writing to stdout")?;
+            // One job's damaged or unreadable log is that job's problem, as an
+            // unreadable file is for grep: say so and search the others.
+            Err(e) => {
+                out.flush().context("writing to stdout")?;
+                super::say(&format!("warning: job {id} not searched: {e:#}"));
+            }
         }
-        if o.count {
-            writeln!(out, "{id}:{count}").context("writing to stdout")?;
-        }
-        any |= count > 0;
     }
     out.flush().context("writing to stdout")?;
     Ok(if any { 0 } else { 1 })
+}
+
+/// Searches `streams` of job `id`, printing its matches to `out`; the number
+/// of matching lines. An error is the job's (its log refused or unreadable);
+/// a failed write to `out` is left in `written` instead, as it ends the whole
+/// search.
+fn search_job(
+    store: &dyn LogStore,
+    id: &JobId,
+    streams: &[Stream],
+    o: &GrepOptions,
+    colour: bool,
+    out: &mut impl Write,
+    written: &mut std::io::Result<()>,
+) -> Result<u64> {
+    let mut count = 0u64;
+    for &stream in streams {
+        let log = match store.open_raw(id, stream) {
+            Ok(log) => log,
+            // A job being created or removed meanwhile has nothing to search.
+            Err(e) if store::is_not_found(&e) && o.all => continue,
+            Err(e) => return Err(e),
+        };
+        let mut scan = Scan::new(log, o.pattern.clone(), Cursor::start(stream))
+            .with_context(|| format!("reading its {}", stream.name()))?;
+        while !scan.done() && written.is_ok() {
+            scan.step(&mut |m| {
+                count += 1;
+                if !o.count && written.is_ok() {
+                    *written = out.write_all(format_match(id, &m, colour).as_bytes());
+                }
+            })
+            .with_context(|| format!("searching its {}", stream.name()))?;
+        }
+    }
+    Ok(count)
 }
 
 /// The jobs `o` names: its ids (each must exist), or the most recent job, or

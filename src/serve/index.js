@@ -15,7 +15,7 @@ $("q").value = query;
 // A list entry (metadata) or an event's summary, in one shape.
 function norm(m) {
   return { id: m.id || m.job_run_id, status: m.status, exit_code: m.exit_code, signal: m.signal,
-    started_at: m.started_at, duration_ms: m.duration_ms, command: m.command || [],
+    started_at: m.started_at, duration_ms: m.duration_ms, command: m.command || [], error: m.error,
     stdout: m.stdout || { bytes: 0, lines: 0 }, stderr: m.stderr || { bytes: 0, lines: 0 } };
 }
 function size(n) {
@@ -67,7 +67,8 @@ function fill(tr, j) {
   cell(tr, "num dur", dur(elapsed(j)));
   cell(tr, "num out", streamText(j.stdout));
   cell(tr, "num err", streamText(j.stderr));
-  const cmd = j.command.join(" ");
+  // A damaged job has no command: why it is damaged stands in its place.
+  const cmd = j.error ? j.error : j.command.join(" ");
   cell(tr, "cmd", cmd).title = cmd;
 }
 function row(j) {

@@ -127,7 +127,7 @@ header button{cursor:pointer}header button:disabled{opacity:.4;cursor:default}
 .muted{color:var(--dim);font-size:12px}
 .badge{padding:2px 8px;border-radius:10px;font-size:12px;font-weight:600;background:var(--line);white-space:nowrap}
 .badge.running{background:#1f6feb}.badge.succeeded{background:var(--ok)}
-.badge.failed,.badge.killed,.badge.timed_out{background:var(--bad)}.badge.abandoned{background:var(--warn);color:#000}
+.badge.failed,.badge.killed,.badge.timed_out{background:var(--bad)}.badge.abandoned,.badge.damaged{background:var(--warn);color:#000}
 #live.on{color:var(--ok)}#live.off{color:var(--warn)}
 table{border-collapse:collapse;margin:12px;min-width:calc(100% - 24px)}
 td,th{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
@@ -146,9 +146,12 @@ const INDEX_SCRIPT: &str = include_str!("index.js");
 /// and command, next/previous) and keeps them live with one EventSource on
 /// `/api/events`.
 pub fn index_page() -> String {
+    // `damaged` last: a job whose metadata.json cannot be read (see `ls`).
     let statuses: String = crate::metadata::Status::ALL
         .iter()
-        .map(|s| format!("<option value=\"{0}\">{0}</option>", s.as_str()))
+        .map(|s| s.as_str())
+        .chain([crate::logs::DAMAGED])
+        .map(|s| format!("<option value=\"{s}\">{s}</option>"))
         .collect();
     let script = INDEX_SCRIPT.replace("__PAGE__", &INDEX_PAGE.to_string());
     format!(

@@ -405,10 +405,17 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
                 // A job being created has no metadata for a moment; it is
                 // simply not listed, and this order is not kept for the next
                 // request.
-                Err(_) => {
+                Err(e) if store::is_not_found(&e) => {
                     complete = false;
                     continue;
                 }
+                // A damaged job is listed, as `ls` lists it, where its
+                // directory's time puts it (`LogStore::list_jobs`).
+                Err(_) => ctx
+                    .store
+                    .created_ms(&id)
+                    .map(crate::timefmt::rfc3339_ms)
+                    .unwrap_or_default(),
             },
         };
         started.insert(id.clone(), at.clone());
@@ -433,17 +440,19 @@ const MAX_QUERY: usize = 1024;
 /// the id or of the command line).
 struct ListFilter {
     status: Option<Status>,
+    /// Only damaged jobs (`status=damaged`, as `ls --status damaged`).
+    damaged: bool,
     /// Lowercased.
     q: Option<String>,
 }
 
 impl ListFilter {
     fn is_none(&self) -> bool {
-        self.status.is_none() && self.q.is_none()
+        self.status.is_none() && !self.damaged && self.q.is_none()
     }
 
     fn matches(&self, m: &Metadata) -> bool {
-        if self.status.is_some_and(|s| m.status != s) {
+        if self.damaged || self.status.is_some_and(|s| m.status != s) {
             return false;
         }
         let Some(q) = &self.q else {
@@ -452,6 +461,31 @@ impl ListFilter {
         m.job_run_id.to_lowercase().contains(q.as_str())
             || m.command.join(" ").to_lowercase().contains(q.as_str())
     }
+
+    /// Whether a damaged job `id` is shown: it has no status or command of
+    /// its own, only its id.
+    fn matches_damaged(&self, id: &JobId) -> bool {
+        self.status.is_none()
+            && self
+                .q
+                .as_ref()
+                .is_none_or(|q| id.as_str().to_lowercase().contains(q.as_str()))
+    }
+}
+
+/// A job list entry for a job whose metadata.json cannot be read, as `ls
+/// --json` gives it: its id, status `damaged` and why. The file is named
+/// relative to the job, never by its path on the server.
+fn damaged_entry(id: &JobId, e: &anyhow::Error) -> serde_json::Value {
+    let why = match store::damaged_reason(e) {
+        Some(d) => d.short(),
+        None => format!("metadata.json cannot be read: {}", e.root_cause()),
+    };
+    json!({
+        "job_run_id": id.as_str(),
+        "status": crate::logs::DAMAGED,
+        "error": why,
+    })
 }
 
 /// `GET /api/job_runs`: a JSON array of metadata (live status and sizes),
@@ -482,19 +516,20 @@ impl Produce for JobList {
             };
             self.next += 1;
             reads += 1;
-            // Removed since the order was made (gc): simply not listed.
-            let Ok(m) = self.store.current_metadata(id) else {
-                continue;
+            let entry = match self.store.current_metadata(id) {
+                Ok(m) if self.filter.matches(&m) => serde_json::to_value(&m)?,
+                Ok(_) => continue,
+                // Removed since the order was made (gc): simply not listed.
+                Err(e) if store::is_not_found(&e) => continue,
+                Err(e) if self.filter.matches_damaged(id) => damaged_entry(id, &e),
+                Err(_) => continue,
             };
-            if !self.filter.matches(&m) {
-                continue;
-            }
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
             }
             out.extend_from_slice(if self.sent == 0 { b"\n" } else { b",\n" });
-            serde_json::to_writer_pretty(&mut *out, &m)?;
+            serde_json::to_writer_pretty(&mut *out, &entry)?;
             self.sent += 1;
             self.left -= 1;
         }
@@ -522,8 +557,10 @@ fn job(ctx: &Ctx, id: &JobId) -> Result<Response> {
 }
 
 fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
+    let damaged = req.param("status") == Some(crate::logs::DAMAGED);
     let status = match req.param("status") {
         None | Some("") => None,
+        Some(_) if damaged => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| bad(format!("unknown status {s:?}")))?),
     };
     let q = match req.param("q") {
@@ -533,7 +570,7 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
         }
         Some(q) => Some(q.to_lowercase()),
     };
-    let filter = ListFilter { status, q };
+    let filter = ListFilter { status, damaged, q };
     let limit = number(req, "limit")?.map_or(MAX_LIST, |n| (n as usize).min(MAX_LIST));
     let offset = usize::try_from(number(req, "offset")?.unwrap_or(0)).unwrap_or(usize::MAX);
     let ids = ordered_ids(ctx)?;

@@ -4,8 +4,9 @@
 //! clear error and never follows, blocks or balloons; and liveness cannot be
 //! faked away by deleting the `lock` file.
 
-use crate::util::serve::{get, listening_job, port_of, Serve, LIMIT};
+use crate::util::serve::{get, listening_job, parse_response, port_of, Serve, LIMIT};
 use crate::util::*;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -48,13 +49,16 @@ enum Plant {
     LinkToDevZero,
     Fifo,
     Directory,
+    /// A Unix socket: it cannot even be opened (ENXIO).
+    Socket,
 }
 
-const PLANTS: [Plant; 4] = [
+const PLANTS: [Plant; 5] = [
     Plant::LinkToSecret,
     Plant::LinkToDevZero,
     Plant::Fifo,
     Plant::Directory,
+    Plant::Socket,
 ];
 
 fn plant(env: &TestEnv, path: &Path, kind: Plant) {
@@ -68,6 +72,8 @@ fn plant(env: &TestEnv, path: &Path, kind: Plant) {
             nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
         }
         Plant::Directory => std::fs::create_dir(path).unwrap(),
+        // The socket file stays once its listener is closed.
+        Plant::Socket => drop(std::os::unix::net::UnixListener::bind(path).unwrap()),
     }
 }
 
@@ -198,7 +204,11 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
     finished_job(&env, "good");
     finished_job(&env, "fifo");
     finished_job(&env, "link");
+    finished_job(&env, "sock");
     plant(&env, &env.job_dir("fifo").join("stdout.log"), Plant::Fifo);
+    for file in ["stdout.log", "metadata.json"] {
+        plant(&env, &env.job_dir("sock").join(file), Plant::Socket);
+    }
     plant(
         &env,
         &env.job_dir("fifo").join("metadata.json"),
@@ -210,7 +220,7 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
         Plant::LinkToSecret,
     );
     let server = Serve::start(&env, &[]);
-    for id in ["fifo", "link"] {
+    for id in ["fifo", "link", "sock"] {
         for path in [
             format!("/api/job_runs/{id}/logs/stdout/raw"),
             format!("/api/job_runs/{id}/logs/stdout"),
@@ -231,6 +241,13 @@ fn serve_answers_409_for_planted_files_and_keeps_serving_others() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(
         r.json()["error"].as_str().unwrap().contains("FIFO"),
+        "{}",
+        r.text()
+    );
+    let r = get(server.port, "/api/job_runs/sock", &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("socket"),
         "{}",
         r.text()
     );
@@ -337,4 +354,200 @@ fn removing_a_followed_job_ends_follow_with_exit_1_and_a_clear_message() {
     assert_eq!(err.lines().count(), 1, "{err}");
     gate.open();
     wait_child(&mut job, "the job");
+}
+
+// ---- sparse logs ---------------------------------------------------------------
+
+/// Size of the hole the job makes in its own log: reading it as zeros takes
+/// minutes, so a reader that does is caught by any bound below.
+const HOLE: &str = "50G";
+
+#[test]
+fn a_sparse_log_costs_only_its_data_and_never_freezes_the_server() {
+    let env = TestEnv::new();
+    // The hole goes after the first line once the wrapper has written it,
+    // so the last line runs across the hole.
+    let gate = Gate::new(&env, "gate");
+    let script = format!(
+        "echo first; {}; truncate -s {HOLE} \"$DATABUILD_JOB_LOG_DIR/stdout.log\"; echo last",
+        gate.wait()
+    );
+    let mut job = spawn_job(&env, "big", &script);
+    wait_until(LIMIT, "the first line", || {
+        env.stdout_log("big") == b"first\n"
+    });
+    gate.open();
+    assert_eq!(wait_child(&mut job, "the job").code(), Some(0));
+    let bound = std::time::Duration::from_secs(10);
+    let server = Serve::start(&env, &[]);
+    let port = server.port;
+    // The request is sent before any other, so the server takes it first.
+    let mut big = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    big.set_read_timeout(Some(LIMIT)).unwrap();
+    big.write_all(
+        b"GET /api/job_runs/big/logs/stdout?lines=1 HTTP/1.1\r\nHost: localhost\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .unwrap();
+    let big = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = big.read_to_end(&mut all);
+        parse_response(&all)
+    });
+    // The server has one event loop: it must go on answering everyone while
+    // (or after) it serves the sparse log.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = get(port, "/healthz", &[]);
+        let took = started.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(took < bound, "/healthz took {took:?}");
+    }
+    let r = big.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Line 2 runs across the hole: its head is sent, cut like any long line.
+    assert!(r.text().contains("id: 2\n"), "{}", r.text());
+    assert!(r.text().contains("more bytes not shown"), "{}", r.text());
+    for args in [
+        &["logs", "--tail", "1", "big"][..],
+        &["logs", "--all", "--tail", "1", "big"],
+    ] {
+        let started = std::time::Instant::now();
+        let o = logwrap(&env, args);
+        let took = started.elapsed();
+        assert!(took < bound, "{args:?} took {took:?}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        // The last line runs across the hole: its data is printed, and the
+        // hole is left out with a word on stderr.
+        assert!(o.stdout.ends_with(b"last\n"), "{args:?}");
+        assert!(
+            o.stdout.len() < 1 << 20,
+            "{args:?}: {} bytes",
+            o.stdout.len()
+        );
+        assert!(stderr_text(&o).contains("hole"), "{}", stderr_text(&o));
+    }
+}
+
+#[test]
+fn grep_all_warns_about_a_damaged_job_and_searches_the_others() {
+    let env = TestEnv::new();
+    // Newest first: "c", then the damaged one, then "a". Its stdout is
+    // searched; its stderr, a link, is refused.
+    for id in ["a", "bad", "c"] {
+        let o = env.run_sh(id, &["--no-pty", "-q"], "echo needle; echo needle >&2");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    }
+    plant(
+        &env,
+        &env.job_dir("bad").join("stderr.log"),
+        Plant::LinkToSecret,
+    );
+    let o = logwrap(&env, &["grep", "--all", "needle"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr_text(&o));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        out, "c:1:needle\nc:stderr:1:needle\nbad:1:needle\na:1:needle\na:stderr:1:needle\n",
+        "{err}"
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("job bad not searched"), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // Nothing matched elsewhere: no match, with the same warning.
+    let o = logwrap(&env, &["grep", "--all", "-c", "absent"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "c:0\na:0\n",
+        "bad has no count"
+    );
+    assert!(stderr_text(&o).contains("job bad not searched"));
+}
+
+#[test]
+fn follow_says_when_the_job_empties_its_log_and_goes_on_from_its_start() {
+    let env = TestEnv::new();
+    for (id, args, want) in [
+        ("raw", &["-f"][..], "one\ntwo\nthree\n"),
+        (
+            "prefix",
+            &["-f", "--prefix"],
+            "stdout: one\nstdout: two\nstdout: three\n",
+        ),
+        ("all", &["-f", "--all"], "one\ntwo\nthree\n"),
+    ] {
+        let gate = Gate::new(&env, &format!("gate-{id}"));
+        let script = format!(
+            "echo one; echo two; {}; : > \"$DATABUILD_JOB_LOG_DIR/stdout.log\"; echo three",
+            gate.wait()
+        );
+        let mut job = spawn_job(&env, id, &script);
+        wait_until(LIMIT, "the first lines", || {
+            env.stdout_log(id) == b"one\ntwo\n"
+        });
+        let mut f = Follower::start(&env, &[args, &[id]].concat());
+        f.wait_for("two\n");
+        gate.open();
+        assert_eq!(wait_child(&mut job, "the job").code(), Some(0));
+        let (status, out, err) = f.finish();
+        assert_eq!(
+            (status, String::from_utf8_lossy(&out).as_ref()),
+            (0, want),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("log was truncated"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_job_list_api_lists_damaged_jobs_as_ls_does() {
+    let env = TestEnv::new();
+    finished_job(&env, "good-1");
+    for (id, kind) in [
+        ("bad-fifo", Plant::Fifo),
+        ("bad-dir", Plant::Directory),
+        ("bad-sock", Plant::Socket),
+    ] {
+        finished_job(&env, id);
+        plant(&env, &env.job_dir(id).join("metadata.json"), kind);
+    }
+    finished_job(&env, "good-2");
+    let o = logwrap(&env, &["ls", "--json"]);
+    let ls: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let server = Serve::start(&env, &[]);
+    let r = get(server.port, "/api/job_runs", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json();
+    assert_eq!(ids(&list), ids(&ls), "the same jobs in the same order");
+    assert_eq!(r.header("X-Total-Count").as_deref(), Some("5"));
+    for job in list.as_array().unwrap() {
+        let id = job["job_run_id"].as_str().unwrap();
+        if id.starts_with("bad-") {
+            assert_eq!(job["status"], "damaged", "{job}");
+            let why = job["error"].as_str().unwrap();
+            assert!(why.starts_with("metadata.json is a"), "{job}");
+            assert!(!why.contains(env.root.to_str().unwrap()), "{job}");
+        } else {
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+    }
+    let r = get(server.port, "/api/job_runs?status=damaged", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut damaged = ids(&r.json());
+    damaged.sort();
+    assert_eq!(damaged, ["bad-dir", "bad-fifo", "bad-sock"]);
+    let r = get(server.port, "/api/job_runs?q=fifo", &[]);
+    assert_eq!(ids(&r.json()), ["bad-fifo"]);
+    // A page of two, past the first: the order holds the damaged jobs too.
+    let r = get(server.port, "/api/job_runs?limit=2&offset=2", &[]);
+    assert_eq!(ids(&r.json()), ids(&ls)[2..4]);
 }
