@@ -130,13 +130,24 @@ impl RedisStore {
                 .arg("stderr_end")
                 .query(c)
         })?;
-        let parse = |s: &Option<String>| {
-            s.as_deref()
-                .and_then(|m| m.split_once(' '))
+        // Absent: nothing shipped yet. Present but not two numbers: forged or
+        // damaged, which must not read as an empty log (`logs` would print
+        // nothing and succeed).
+        let parse = |s: Option<&String>, field: &str| match s {
+            None => Ok((0, 1)),
+            Some(m) => m
+                .split_once(' ')
                 .and_then(|(o, l)| Some((o.parse().ok()?, l.parse().ok()?)))
-                .unwrap_or((0, 1))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "job {id} in Redis is damaged: its {field} is {m:?}, not \"OFFSET LINE\""
+                    )
+                }),
         };
-        Ok([parse(&v[0]), parse(&v[1])])
+        Ok([
+            parse(v.first().and_then(Option::as_ref), "stdout_end")?,
+            parse(v.get(1).and_then(Option::as_ref), "stderr_end")?,
+        ])
     }
 }
 
@@ -693,7 +704,7 @@ impl LineSource for RedisLines {
         } else {
             err
         };
-        let complete = next - 1;
+        let complete = next.saturating_sub(1);
         let finished = self
             .store
             .metadata(&self.id)
@@ -745,29 +756,45 @@ impl RedisRaw {
         Ok(entries(v).into_iter().find(|e| !e.end))
     }
 
+    /// The last entry with data (the end entry, and anything forged past
+    /// it, left out).
+    fn last(&self) -> io::Result<Option<Entry>> {
+        self.range("(18446744073709551615-0", "-", true)
+    }
+
     /// The entry holding byte `offset`: a binary search on line numbers (an
     /// entry's offset grows with its first line), then one look among the
-    /// pieces of a long line.
+    /// pieces of a long line. The search runs up to the first line of the
+    /// last entry held, whatever the shipped mark claims (a forged mark of
+    /// 2^64-1 lines is a search of 64 steps at most, never an endless one).
     fn find(&self, offset: u64) -> io::Result<Option<Entry>> {
-        let last_line = {
+        let mark_line = {
             let marks = self
                 .store
                 .marks(&self.id)
                 .map_err(|e| io::Error::other(format!("{e:#}")))?;
             marks[self.stream as usize].1
         };
-        let (mut lo, mut hi) = (1u64, last_line.max(1));
+        let Some(last) = self.last()? else {
+            return Ok(None);
+        };
+        let (mut lo, mut hi) = (1u64, mark_line.min(last.line).max(1));
         let mut best: Option<Entry> = None;
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             match self.range(&format!("{mid}-18446744073709551615"), "-", true)? {
                 Some(e) if e.offset <= offset => {
                     best = Some(e);
-                    lo = mid + 1;
+                    let Some(up) = mid.checked_add(1) else { break };
+                    lo = up;
                 }
+                // `mid` >= `lo` >= 1: no wrap.
                 Some(_) => hi = mid - 1,
                 // Trimmed up to past line `mid`: look higher.
-                None => lo = mid + 1,
+                None => {
+                    let Some(up) = mid.checked_add(1) else { break };
+                    lo = up;
+                }
             }
         }
         // Pieces of one long line share its number: the entry holding the byte

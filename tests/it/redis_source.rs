@@ -260,3 +260,59 @@ fn raw_and_log_tail_answer_trimmed_bytes_with_a_notice_pointing_at_the_origin() 
     let content = v["content"].as_str().unwrap().as_bytes();
     assert!(!content.is_empty() && kept.starts_with(content), "{v}");
 }
+
+/// Sets `field` of job `id`'s meta hash, as a buggy or hostile machine of the
+/// fleet could.
+fn forge_meta(redis: &RedisServer, id: &str, field: &str, value: &[u8]) {
+    redis::cmd("HSET")
+        .arg(format!("logwrap:{{{id}}}:meta"))
+        .arg(field)
+        .arg(value)
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+}
+
+#[test]
+fn forged_shipped_marks_neither_hang_nor_crash_nor_read_as_an_empty_log() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("forged", &["--no-pty", "-q", "--ship", &url], "seq 1 5"));
+    wait_shipped(&env, "forged");
+
+    // A mark of 2^64-1 bytes and lines: the search for a byte ends, the
+    // bytes held are printed and the rest is said to be missing.
+    let max = "18446744073709551615 18446744073709551615";
+    forge_meta(&redis, "forged", "stdout_end", max.as_bytes());
+    let out = env.run_within(LIMIT, &["logs", "--source", &url, "forged"]);
+    assert!(out.stdout.starts_with(b"1\n2\n3\n4\n5\n"), "{out:?}");
+    // The server answers, and goes on answering others.
+    let srv = Serve::start(&env, &["--source", &url]);
+    for path in [
+        "/api/job_runs/forged/logs/stdout/raw",
+        "/api/job_runs/forged/log-tail?start=0",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert!(r.status > 0, "{path}: {}", r.head);
+    }
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "forged", "{list}");
+
+    // A mark of the right size whose next line is 0: no line count below
+    // zero.
+    forge_meta(&redis, "forged", "stdout_end", b"10 0");
+    let out = env.run_within(LIMIT, &["logs", "--tail", "2", "--source", &url, "forged"]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"4\n5\n");
+
+    // A mark that is not two numbers is an error naming the job and the
+    // field, not an empty log.
+    forge_meta(&redis, "forged", "stdout_end", b"-1 -1");
+    let out = env.run_within(LIMIT, &["logs", "--source", &url, "forged"]);
+    assert_fails_with(&out, 1);
+    let err = stderr_text(&out);
+    assert!(
+        err.contains("forged") && err.contains("stdout_end") && err.contains("-1 -1"),
+        "{err}"
+    );
+}
