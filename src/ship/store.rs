@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A command taking longer than this counts as a lost connection (it is
 /// dropped and made again on the next call).
@@ -32,8 +32,15 @@ const FETCH: usize = 8;
 /// How long the watcher's `XREAD` blocks: changes to the set of watched jobs
 /// are taken up at least this often; the socket timeout is longer.
 const BLOCK: Duration = Duration::from_millis(250);
-/// A watcher whose Redis is down tries again this often.
+/// A watcher whose Redis is down, or refused its read, tries again this
+/// often: never a hot loop of reconnects.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How long a watched key that is not a stream (a key of the fleet's Redis
+/// replaced by a string, forged or damaged) is left out of the watcher's one
+/// `XREAD` before it is tried again: long enough that a bad key costs one
+/// failed read and one `TYPE` each per key every few seconds, short enough
+/// that a key set right again is followed again soon.
+const SHUN: Duration = Duration::from_secs(5);
 /// Jobs listed at most: the list is built in memory.
 const MAX_JOBS: usize = 100_000;
 /// Jobs asked about per pipelined round trip when listing.
@@ -984,10 +991,30 @@ impl Drop for RedisWatcher {
     }
 }
 
+/// The indices of `keys` that hold something other than a stream (a key
+/// that does not exist is an empty stream to `XREAD`).
+fn not_streams(c: &mut redis::Connection, keys: &[String]) -> redis::RedisResult<Vec<usize>> {
+    let mut p = redis::pipe();
+    for k in keys {
+        p.cmd("TYPE").arg(k);
+    }
+    let types: Vec<String> = p.query(c)?;
+    Ok(types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.as_str(), "stream" | "none"))
+        .map(|(i, _)| i)
+        .collect())
+}
+
 fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &OwnedFd) {
     super::shipper::block_signals();
     let mut conn: Option<redis::Connection> = None;
+    // Keys left out of the `XREAD` until then: they are not streams.
+    let mut shunned: HashMap<String, Instant> = HashMap::new();
     loop {
+        let now = Instant::now();
+        shunned.retain(|_, until| *until > now);
         // The keys and last ids to read from, taken fresh each time round.
         let (keys, ids, owners) = {
             let w = lock(shared);
@@ -1008,6 +1035,16 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
                 keys.push(JOBS_KEY.to_string());
                 ids.push(last.clone());
                 owners.push(None);
+            }
+            let mut i = 0;
+            while i < keys.len() {
+                if shunned.contains_key(&keys[i]) {
+                    keys.swap_remove(i);
+                    ids.swap_remove(i);
+                    owners.swap_remove(i);
+                } else {
+                    i += 1;
+                }
             }
             (keys, ids, owners)
         };
@@ -1040,8 +1077,36 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
             .query(c);
         let reply = match reply {
             Ok(v) => v,
-            Err(_) => {
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 conn = None;
+                std::thread::park_timeout(RECONNECT);
+                continue;
+            }
+            Err(_) => {
+                // Redis refused the read: most likely a watched key is not a
+                // stream (WRONGTYPE), which would fail every read for every
+                // job. Leave such keys out for a while and tell their owners,
+                // whose own reads then say what is wrong.
+                let bad = not_streams(c, &keys).unwrap_or_default();
+                if bad.is_empty() {
+                    std::thread::park_timeout(RECONNECT);
+                    continue;
+                }
+                let until = Instant::now() + SHUN;
+                let mut w = lock(shared);
+                for i in bad {
+                    shunned.insert(keys[i].clone(), until);
+                    match &owners[i] {
+                        Some((id, _)) => {
+                            if w.jobs.contains_key(id) {
+                                w.pending.entry(id.clone()).or_default();
+                            }
+                        }
+                        None => w.pending_list = true,
+                    }
+                }
+                drop(w);
+                let _ = nix::unistd::write(wake, &[1]);
                 continue;
             }
         };

@@ -316,3 +316,73 @@ fn forged_shipped_marks_neither_hang_nor_crash_nor_read_as_an_empty_log() {
         "{err}"
     );
 }
+
+/// Connections the Redis server has accepted since it started.
+fn connections_received(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_watched_key_that_is_not_a_stream_neither_storms_redis_nor_blinds_the_other_jobs() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut good = LiveJob::start(&machine, "good", &["--ship", &url]);
+    let bad = LiveJob::start(&machine, "bad", &["--ship", &url]);
+    wait_until(LIMIT, "the jobs to reach Redis", || {
+        redis.meta_field("good", "started").is_some()
+            && redis.meta_field("bad", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    // The server's one watcher reads the streams of both jobs.
+    let _bad_follower = SseConn::open(srv.port, "/api/job_runs/bad/logs/stdout?follow=true", &[]);
+    let mut sse = SseConn::open(srv.port, "/api/job_runs/good/logs/stdout?follow=true", &[]);
+    good.say("before");
+    assert_eq!(sse.next().unwrap().data, "before");
+
+    // A machine of the fleet replaces a stream of the other job by a string.
+    let mut c = redis.conn();
+    redis::cmd("DEL")
+        .arg("logwrap:{bad}:stderr")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("logwrap:{bad}:stderr")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap();
+    let before = connections_received(&redis);
+    let start = std::time::Instant::now();
+    // For a second, lines of the good job still come as they are written
+    // (the watcher, not the server's once-a-second re-check, says so).
+    let mut n = 0;
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        n += 1;
+        let line = format!("line {n}");
+        let sent = std::time::Instant::now();
+        good.say(&line);
+        assert_eq!(sse.next().unwrap().data, line);
+        let late = sent.elapsed();
+        assert!(
+            late < std::time::Duration::from_millis(700),
+            "{line} came {late:?} late"
+        );
+    }
+    // Reading the broken key is retried now and then, not in a hot loop.
+    let made = connections_received(&redis) - before;
+    assert!(
+        made < 10,
+        "{made} connections to Redis in {:?}",
+        start.elapsed()
+    );
+    assert!(good.finish().success());
+    assert!(bad.finish().success());
+}
