@@ -258,7 +258,10 @@ impl LogStore for RedisStore {
         let mut ids = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self.inner.with(|c| {
+            // Key names as bytes: one that is not UTF-8 (any machine of the
+            // fleet can write one) is skipped below, not an error for the
+            // whole list.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.inner.with(|c| {
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
@@ -268,8 +271,9 @@ impl LogStore for RedisStore {
                     .query(c)
             })?;
             for k in keys {
-                let id = k
-                    .strip_prefix("logwrap:{")
+                let id = std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|k| k.strip_prefix("logwrap:{"))
                     .and_then(|r| r.strip_suffix("}:meta"))
                     .and_then(|s| JobId::parse(s).ok());
                 if let Some(id) = id {
@@ -293,6 +297,9 @@ impl LogStore for RedisStore {
         let mut jobs = Vec::with_capacity(ids.len());
         for batch in ids.chunks(LIST_BATCH) {
             let mut p = redis::pipe();
+            // A reply that is an error (a meta key that is not a hash) is that
+            // job's alone: the others of the batch are still listed.
+            p.ignore_errors();
             for id in batch {
                 p.cmd("HGET").arg(meta_key(id)).arg("json");
                 p.cmd("EXISTS").arg(alive_key(id));
@@ -302,6 +309,9 @@ impl LogStore for RedisStore {
                 let meta = match &pair[0] {
                     Value::BulkString(b) => serde_json::from_slice::<Metadata>(b)
                         .map_err(|e| Unlisted::Damaged(format!("metadata in Redis: {e}"))),
+                    Value::ServerError(e) => {
+                        Err(Unlisted::Damaged(format!("metadata in Redis: {e}")))
+                    }
                     _ => Err(Unlisted::Creating),
                 };
                 let alive = matches!(pair.get(1), Some(Value::Int(1)));

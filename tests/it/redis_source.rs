@@ -386,3 +386,53 @@ fn a_watched_key_that_is_not_a_stream_neither_storms_redis_nor_blinds_the_other_
     assert!(good.finish().success());
     assert!(bad.finish().success());
 }
+
+#[test]
+fn a_key_name_not_utf8_or_a_meta_key_not_a_hash_spoils_only_itself_in_the_list() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("fine", &["--no-pty", "-q", "--ship", &url], "echo fine"));
+    wait_shipped(&env, "fine");
+    let mut c = redis.conn();
+    redis::cmd("HSET")
+        .arg(&b"logwrap:{bad\xff}:meta"[..])
+        .arg("json")
+        .arg("{}")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("logwrap:{x}:meta")
+        .arg("hello")
+        .query::<()>(&mut c)
+        .unwrap();
+
+    let ls = env.run_within(LIMIT, &["ls", "--json", "--source", &url]);
+    assert_ok(&ls);
+    let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let status = |id: &str| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_run_id"] == id)
+            .map(|j| j["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("fine").as_deref(), Some("succeeded"), "{jobs}");
+    assert_eq!(status("x").as_deref(), Some("damaged"), "{jobs}");
+    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs}");
+    assert!(
+        stderr_text(&ls).contains("job x is damaged"),
+        "{}",
+        stderr_text(&ls)
+    );
+
+    // `logs` without an id takes the newest job it can read.
+    let logs = env.run_within(LIMIT, &["logs", "--source", &url]);
+    assert_ok(&logs);
+    assert_eq!(logs.stdout, b"fine\n");
+
+    let srv = Serve::start(&env, &["--source", &url]);
+    let list = get(srv.port, "/api/job_runs", &[]);
+    assert_eq!(list.status, 200, "{}", list.head);
+    assert!(list.text().contains("\"fine\""), "{}", list.text());
+}
