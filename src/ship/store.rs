@@ -76,23 +76,36 @@ fn connect(client: &redis::Client, url: &str, read_timeout: Duration) -> Result<
 
 impl Inner {
     /// Runs `f` on the shared connection, connecting first if needed; a failed
-    /// command drops the connection so the next call makes a new one.
+    /// command drops the connection so the next call makes a new one. A
+    /// command whose connection broke under it is tried once more on a new
+    /// one: every command here only reads, and a connection breaks for
+    /// reasons of its own (a reader stopped and continued, as by Ctrl-Z and
+    /// `fg`, gets EINTR from a read with a timeout; a Redis restarted).
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut guard = lock(&self.conn);
-        if guard.is_none() {
-            *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
-        }
-        let conn = guard.as_mut().expect("connected above");
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    *guard = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if guard.is_none() {
+                *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
+            }
+            let conn = guard.as_mut().expect("connected above");
+            match f(conn) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let broken = e.is_io_error() || e.is_connection_dropped();
+                    if broken || e.is_timeout() {
+                        *guard = None;
+                    }
+                    if !(broken && !e.is_timeout() && tries == 1) {
+                        return Err(
+                            anyhow::Error::new(e).context(format!("reading from {}", self.url))
+                        );
+                    }
                 }
-                Err(anyhow::Error::new(e).context(format!("reading from {}", self.url)))
             }
         }
     }
@@ -866,8 +879,15 @@ impl RawLog for RedisRaw {
         Ok(n)
     }
 
+    /// Only a Redis that answers can say the job is gone: an error is not a
+    /// deletion.
     fn removed(&self) -> io::Result<bool> {
-        Ok(!self.store.job_exists(&self.id))
+        let n: i64 = self
+            .store
+            .inner
+            .with(|c| redis::cmd("EXISTS").arg(meta_key(&self.id)).query(c))
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(n == 0)
     }
 
     /// The start of the log that `XADD ... MAXLEN ~` trimmed away: up to the
@@ -1020,6 +1040,8 @@ fn not_streams(c: &mut redis::Connection, keys: &[String]) -> redis::RedisResult
 fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &OwnedFd) {
     super::shipper::block_signals();
     let mut conn: Option<redis::Connection> = None;
+    // The last read failed with its connection.
+    let mut broke = false;
     // Keys left out of the `XREAD` until then: they are not streams.
     let mut shunned: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -1086,10 +1108,18 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
             .arg(&ids)
             .query(c);
         let reply = match reply {
-            Ok(v) => v,
+            Ok(v) => {
+                broke = false;
+                v
+            }
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 conn = None;
-                std::thread::park_timeout(RECONNECT);
+                // A connection that broke once is made again at once (EINTR
+                // after the process was stopped and continued); one that
+                // breaks again waits.
+                if std::mem::replace(&mut broke, true) {
+                    std::thread::park_timeout(RECONNECT);
+                }
                 continue;
             }
             Err(_) => {

@@ -436,3 +436,28 @@ fn a_key_name_not_utf8_or_a_meta_key_not_a_hash_spoils_only_itself_in_the_list()
     assert_eq!(list.status, 200, "{}", list.head);
     assert!(list.text().contains("\"fine\""), "{}", list.text());
 }
+
+#[test]
+fn a_follower_stopped_and_continued_goes_on_following() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "paused", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("paused", "started").is_some()
+    });
+    let mut f = Follower::start(&reader, &["-f", "--source", &url, "paused"]);
+    let pid = nix::unistd::Pid::from_raw(f.child.id() as i32);
+    // Ctrl-Z and `fg`, again and again: a read of Redis in progress then
+    // fails with EINTR, which is not the job being deleted.
+    for i in 0..20 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        job.say(&format!("line {i}"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        f.wait_for(&format!("line {i}\n"));
+    }
+    assert!(job.finish().success());
+    let (code, _, err) = f.finish();
+    assert_eq!(code, 0, "{err}");
+}
