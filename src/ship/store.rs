@@ -483,7 +483,8 @@ struct RedisLines {
     partial: Option<Partial>,
     /// The end entry was seen.
     ended: bool,
-    /// Lines trimmed away before the next line, until it is returned.
+    /// Lines trimmed away before the next line, until it is returned (as its
+    /// `lost_before`).
     gap: Option<(u64, u64)>,
     /// The line asked for when a gap was found at the start: what
     /// `next_number` says until the first line is returned, so a caller sees
@@ -542,8 +543,10 @@ impl RedisLines {
             self.skip_partial_start()?;
         }
         self.skip_to(want)?;
-        if self.next > want {
-            self.gap = Some((want, self.next - 1));
+        // Only what is missing from line `want` on: lines trimmed before it
+        // (passed over while skipping to it) were not asked for.
+        self.gap = (self.next > want).then(|| (want, self.next - 1));
+        if self.gap.is_some() {
             self.requested = Some(want);
         }
         Ok(())
@@ -664,6 +667,7 @@ impl RedisLines {
                 self.next += 1;
                 return Ok(Some(LogLine {
                     omitted_before: None,
+                    lost_before: None,
                     stream: self.stream,
                     number: p.number,
                     offset: p.offset,
@@ -686,6 +690,7 @@ impl RedisLines {
         self.next += 1;
         Some(LogLine {
             omitted_before: None,
+            lost_before: None,
             stream: self.stream,
             number: p.number,
             offset: p.offset,
@@ -703,10 +708,12 @@ impl LineSource for RedisLines {
         self.stream
     }
 
+    /// A gap found while reading (trimmed since the last read) or when
+    /// opening goes with the line that follows it.
     fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
-        let line = self.read_line(writer_done, false)?;
-        if line.is_some() {
-            self.gap = None;
+        let mut line = self.read_line(writer_done, false)?;
+        if let Some(l) = &mut line {
+            l.lost_before = self.gap.take();
             self.requested = None;
         }
         Ok(line)

@@ -437,6 +437,105 @@ fn a_key_name_not_utf8_or_a_meta_key_not_a_hash_spoils_only_itself_in_the_list()
     assert!(list.text().contains("\"fine\""), "{}", list.text());
 }
 
+/// How many times `logs` said lines or bytes were trimmed away.
+fn trim_warnings(err: &str) -> usize {
+    err.matches("are no longer in the source (trimmed by --ship-maxlen)")
+        .count()
+}
+
+#[test]
+fn merged_output_of_a_trimmed_job_says_what_is_missing() {
+    let env = TestEnv::new();
+    let redis =
+        RedisServer::start_with_options(&env.path("redis"), &["--stream-node-max-entries", "4"]);
+    let url = redis.url();
+    assert_ok(&env.run_sh(
+        "big",
+        &["--no-pty", "-q", "--ship", &url, "--ship-maxlen", "10"],
+        "seq 1 300000",
+    ));
+    wait_shipped(&env, "big");
+    let first = redis.xrange("logwrap:{big}:stdout")[0].0.clone();
+    assert!(!first.starts_with("1-"), "not trimmed: first entry {first}");
+    for mode in [
+        &["--all"][..],
+        &["--all", "--prefix"],
+        &["--all", "--timestamps"],
+    ] {
+        let out = env.run_within(
+            LIMIT,
+            &[&["logs", "--source", &url], mode, &["big"]].concat(),
+        );
+        assert_ok(&out);
+        let err = stderr_text(&out);
+        assert!(err.contains("warning: lines 1-"), "{mode:?}: {err}");
+        assert_eq!(trim_warnings(&err), 1, "{mode:?}: {err}");
+    }
+}
+
+#[test]
+fn a_follow_that_falls_behind_trimming_says_what_it_missed_once_and_goes_on() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis =
+        RedisServer::start_with_options(&reader.path("redis"), &["--stream-node-max-entries", "4"]);
+    let url = redis.url();
+    let script = r#"while IFS= read -r l; do case "$l" in burst) seq 1 300000;; *) printf '%s\n' "$l";; esac; done"#;
+    let mut job = LiveJob::start_script(
+        &machine,
+        "far",
+        &["--ship", &url, "--ship-maxlen", "10"],
+        script,
+    );
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("far", "started").is_some()
+    });
+    let modes: [&[&str]; 3] = [&[], &["--all"], &["--prefix"]];
+    let mut followers: Vec<Follower> = modes
+        .iter()
+        .map(|m| Follower::start(&reader, &[&["-f", "--source", &url], *m, &["far"]].concat()))
+        .collect();
+    job.say("first");
+    for f in &mut followers {
+        f.wait_for("first\n");
+    }
+    // The followers stand still while the job writes far more than Redis
+    // keeps; when they go on, the lines after "first" are gone.
+    let pids: Vec<_> = followers
+        .iter()
+        .map(|f| nix::unistd::Pid::from_raw(f.child.id() as i32))
+        .collect();
+    for p in &pids {
+        nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    job.say("burst");
+    job.say("last");
+    wait_until(LIMIT, "the burst to be shipped and trimmed", || {
+        redis
+            .meta_field("far", "stdout_end")
+            .is_some_and(|m| m.ends_with(" 300003"))
+    });
+    let first = redis.xrange("logwrap:{far}:stdout")[0].0.clone();
+    assert!(!first.starts_with("1-"), "not trimmed: first entry {first}");
+    for p in &pids {
+        nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+    assert!(job.finish().success());
+    for (mode, f) in modes.iter().zip(followers) {
+        let (code, out, err) = f.finish();
+        assert_eq!(code, 0, "{mode:?}: {err}");
+        assert!(out.ends_with(b"last\n"), "{mode:?}: {err}");
+        // Plain output copies bytes: it says which bytes it missed.
+        let what = if mode.is_empty() {
+            "bytes 6-"
+        } else {
+            "lines 2-"
+        };
+        assert!(err.contains(&format!("warning: {what}")), "{mode:?}: {err}");
+        assert_eq!(trim_warnings(&err), 1, "{mode:?}: {err}");
+    }
+}
+
 #[test]
 fn a_follower_stopped_and_continued_goes_on_following() {
     let reader = TestEnv::new();
