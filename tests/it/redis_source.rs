@@ -560,3 +560,32 @@ fn a_follower_stopped_and_continued_goes_on_following() {
     let (code, _, err) = f.finish();
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_job_deleted_from_redis_ends_its_followers_on_the_server() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "doomed", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("doomed", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    let path = "/api/job_runs/doomed/logs/stdout?follow=true";
+    let mut sse = SseConn::open(srv.port, path, &[]);
+    job.say("hello");
+    assert_eq!(sse.next().unwrap().data, "hello");
+    redis::cmd("DEL")
+        .arg("logwrap:{doomed}:meta")
+        .arg("logwrap:{doomed}:alive")
+        .arg("logwrap:{doomed}:stdout")
+        .arg("logwrap:{doomed}:stderr")
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    // The stream ends (no more heartbeats for ever); a reconnect is told the
+    // job is not there.
+    assert_eq!(sse.next(), None);
+    assert_eq!(get(srv.port, path, &[]).status, 404);
+    assert!(job.finish().success());
+}
