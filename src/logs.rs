@@ -21,7 +21,7 @@ pub use ls::{ls_cmd, show_cmd, LsOptions, ShowOptions, DAMAGED};
 use crate::exit;
 use crate::metadata::Metadata;
 use crate::reader::{CombinedReader, LineSource, LogLine, Start};
-use crate::store::{self, JobId, LogStore, RawLog, Stream};
+use crate::store::{self, JobId, LogStore, OmitCause, RawLog, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
 use std::io::{self, BufWriter, Write};
@@ -251,6 +251,8 @@ impl Printer {
             (None, None) => Start::Line(1),
         };
         let open = |s: Stream, start: Start, keep: usize| store.open_lines(id, s, start, keep);
+        // Where the whole log is when the source lost part of it.
+        let origin = store.metadata(id).ok().and_then(|m| m.tail_url);
         let file = |s: Stream| store.open_raw(id, s);
         // A log cut by a size limit is printed line by line, so the gap is
         // said where it is rather than copied as the hole it leaves.
@@ -262,6 +264,7 @@ impl Printer {
                 reader,
                 file: file(stream)?,
                 pos: None,
+                origin,
             }));
         }
         let style = LineStyle {
@@ -278,6 +281,7 @@ impl Printer {
                 style,
                 stamp: (u64::MAX, String::new()),
                 restarts: [0; 2],
+                origin,
             }));
         }
         // Merged: `--tail N` is the last N lines of the merged output, which are
@@ -306,6 +310,7 @@ impl Printer {
             style,
             stamp: (u64::MAX, String::new()),
             restarts: [0; 2],
+            origin,
         }))
     }
 
@@ -399,6 +404,8 @@ struct RawPrinter {
     file: Box<dyn RawLog>,
     /// Next byte to copy, once the first wanted line is reached.
     pos: Option<u64>,
+    /// The job's `tail_url`: where the whole log is.
+    origin: Option<String>,
 }
 
 impl RawPrinter {
@@ -407,11 +414,18 @@ impl RawPrinter {
             Some(pos) => pos,
             None => {
                 while self.reader.next_number() < self.want {
-                    if self.reader.next_line(done)?.is_none() {
+                    let Some(line) = self.reader.next_line(done)? else {
                         return Ok(());
-                    }
+                    };
+                    warn_lost(&line, self.origin.as_deref());
                 }
-                warn_gap(self.reader.as_ref());
+                if let Some((from, to)) = self.reader.gap() {
+                    warn_trimmed(
+                        &format!("lines {from}-{to}"),
+                        self.reader.stream(),
+                        self.origin.as_deref(),
+                    );
+                }
                 self.reader.position()
             }
         };
@@ -423,21 +437,63 @@ impl RawPrinter {
         } else {
             pos
         };
-        copy_range(self.file.as_ref(), pos, len.saturating_sub(pos), out)?;
+        let pos = self.copy_held(pos, len, out)?;
         self.pos = Some(len.max(pos));
         Ok(())
     }
+
+    /// Copies bytes `pos..len` of the log; returns where it got to. Bytes a
+    /// Redis source trimmed away before they were copied (issue 10: a follow
+    /// that fell behind `--ship-maxlen`) are said on stderr and passed over:
+    /// the copy goes on from the first byte still held.
+    fn copy_held(
+        &self,
+        mut pos: u64,
+        len: u64,
+        out: &mut BufWriter<io::StdoutLock<'_>>,
+    ) -> Result<u64> {
+        while pos < len {
+            let mut copied = 0;
+            let Err(e) = copy_counted(self.file.as_ref(), pos, len - pos, out, &mut copied) else {
+                return Ok(len);
+            };
+            pos += copied;
+            let held = match self.file.omitted_range() {
+                Ok(Some(r)) if r.cause == OmitCause::Trimmed && r.start <= pos && pos < r.end => {
+                    r.end
+                }
+                _ => return Err(e),
+            };
+            warn_trimmed(
+                &format!("bytes {pos}-{}", held - 1),
+                self.reader.stream(),
+                self.origin.as_deref(),
+            );
+            pos = held;
+        }
+        Ok(pos)
+    }
 }
 
-/// Says on stderr that lines are missing before the reader's next line (a
-/// Redis source trimmed them, issue 10), so a gap is never silent.
-fn warn_gap(reader: &dyn LineSource) {
-    if let Some((from, to)) = reader.gap() {
-        say(&format!(
-            "warning: lines {from}-{to} of {} are no longer in the source (trimmed by \
-             --ship-maxlen); the full log is on the job's machine (its tail_url, see logwrap show)",
-            reader.stream().name()
-        ));
+/// Says on stderr that `what` ("lines A-B") of `stream` are missing (a
+/// Redis source trimmed them, issue 10), so a gap is never silent, and where
+/// the whole log is: the job's `tail_url`, when it gave one.
+fn warn_trimmed(what: &str, stream: Stream, origin: Option<&str>) {
+    let at = match origin {
+        Some(url) => format!(": {url}"),
+        None => " (it gave no tail_url)".to_string(),
+    };
+    say(&format!(
+        "warning: {what} of {} are no longer in the source (trimmed by --ship-maxlen); \
+         the full log is on the job's machine{at}",
+        stream.name()
+    ));
+}
+
+/// Says on stderr that lines the store no longer held come before `line`.
+fn warn_lost(line: &LogLine, origin: Option<&str>) {
+    if let Some((from, to)) = line.lost_before {
+        warn_trimmed(&format!("lines {from}-{to}"), line.stream, origin);
     }
 }
 
@@ -493,6 +549,8 @@ struct LinePrinter {
     stamp: (u64, String),
     /// Restarts of each reader already reported ([`warn_restart`]).
     restarts: [u64; 2],
+    /// The job's `tail_url`: where the whole log is.
+    origin: Option<String>,
 }
 
 impl LinePrinter {
@@ -500,7 +558,6 @@ impl LinePrinter {
         loop {
             let line = match &mut self.source {
                 Source::One(r) => {
-                    warn_gap(r.as_ref());
                     let line = r.next_line(done)?;
                     warn_restart(r.as_ref(), &mut self.restarts[0], out)?;
                     line
@@ -514,6 +571,9 @@ impl LinePrinter {
                 }
             };
             let Some(line) = line else { return Ok(()) };
+            // Said even for a line skipped below: the lines before it are
+            // missing whatever is printed.
+            warn_lost(&line, self.origin.as_deref());
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
@@ -597,36 +657,46 @@ fn copy_range(
     len: u64,
     out: &mut BufWriter<io::StdoutLock<'_>>,
 ) -> Result<()> {
+    copy_counted(log, offset, len, out, &mut 0)
+}
+
+/// As [`copy_range`], counting in `copied` the bytes written to `out`, so a
+/// caller knows where a copy that failed stopped.
+fn copy_counted(
+    log: &dyn RawLog,
+    offset: u64,
+    len: u64,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+    copied: &mut u64,
+) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let copied = match log.as_file() {
+    match log.as_file() {
         Some(f) => {
             out.flush()?;
-            crate::reader::copy_data(f, offset, len, out.get_mut(), |at, n| {
+            *copied = crate::reader::copy_data(f, offset, len, out.get_mut(), |at, n| {
                 say(&format!(
                     "warning: left out a {n}-byte hole at byte {at} of the log: the job \
                      extended the file without writing to it (it reads as zeros)"
                 ))
             })
-            .context("copying the log")?
+            .context("copying the log")?;
         }
         None => {
             let mut buf = vec![0u8; COPY_BLOCK.min(len as usize)];
-            let mut done = 0;
-            while done < len {
-                let want = buf.len().min((len - done) as usize);
-                let got = log.read_at(&mut buf[..want], offset + done)?;
+            while *copied < len {
+                let want = buf.len().min((len - *copied) as usize);
+                let got = log.read_at(&mut buf[..want], offset + *copied)?;
                 if got == 0 {
                     break;
                 }
                 out.write_all(&buf[..got])?;
-                done += got as u64;
+                *copied += got as u64;
             }
-            done
         }
-    };
-    if copied < len {
+    }
+    if *copied < len {
         anyhow::bail!("the log shrank while being read (truncated by hand?)");
     }
     Ok(())

@@ -131,6 +131,11 @@ pub struct LogLine {
     /// What a size limit left out right before this line (`--max-log-size`):
     /// readers show the gap here.
     pub omitted_before: Option<crate::metadata::Omitted>,
+    /// Lines the store no longer held right before this one, first and last
+    /// number (a Redis stream trimmed by `--ship-maxlen`, issue 10): carried
+    /// by the line, so a reader says so exactly once and where it happened,
+    /// however far ahead of its printing a merged reader reads.
+    pub lost_before: Option<(u64, u64)>,
 }
 
 /// Where a reader starts.
@@ -178,7 +183,8 @@ pub trait LineSource: Send {
     }
     /// Lines the store no longer holds (a Redis stream trimmed by `MAXLEN`,
     /// issue 10) that the reader passes over before its next line: the first
-    /// and last missing number. Stores that keep every line never have one.
+    /// and last missing number, until that line is returned (carrying them as
+    /// [`LogLine::lost_before`]). Stores that keep every line never have one.
     fn gap(&self) -> Option<(u64, u64)> {
         None
     }
@@ -708,6 +714,7 @@ impl StreamReader {
             data,
             complete: newline.is_some(),
             omitted_before: None,
+            lost_before: None,
         };
         self.pos = end;
         self.scanned = end;

@@ -22,7 +22,7 @@ mod routes;
 pub(crate) mod sse;
 pub(crate) mod term;
 
-use crate::store::{ChangeWatcher, JobId, LogStore};
+use crate::store::{self, ChangeWatcher, JobId, LogStore};
 use anyhow::{bail, Context, Result};
 use conn::{Conn, Phase, ReadStatus, Source, Timer, SSE_HIGH_WATER};
 use follow::{Pumped, Shared, Which};
@@ -208,6 +208,11 @@ struct Watched {
     state: JobState,
     followers: usize,
     shared: HashMap<(Which, sse::Format), Shared>,
+    /// The job is gone (deleted, or expired from Redis): its followers are
+    /// ended, and one that reconnects learns it with a 404. Its log may still
+    /// read as a log that never grows (a Redis source reads a deleted stream
+    /// as an empty one), which would hold them for ever.
+    gone: bool,
 }
 
 /// The tail server. See the module docs.
@@ -695,6 +700,7 @@ impl Server {
                 let job = self.jobs.get_mut(&f.job);
                 let sizes = job.as_ref().map(|j| j.state.sizes);
                 let pumped = c.fill(now, |out| match job {
+                    Some(w) if w.gone => Err(anyhow::anyhow!("job {} is gone", f.job)),
                     Some(w) => pump_shared(store.as_ref(), &mut f, w, out),
                     None => f.pump(out, SSE_HIGH_WATER, None),
                 });
@@ -863,6 +869,7 @@ impl Server {
                 state,
                 followers: 1,
                 shared: HashMap::new(),
+                gone: false,
             },
         );
     }
@@ -887,9 +894,16 @@ impl Server {
             return;
         };
         if status {
-            if let Ok(state) = routes::job_state(self.store.as_ref(), id) {
-                w.state = state;
-                return;
+            match routes::job_state(self.store.as_ref(), id) {
+                Ok(state) => {
+                    w.state = state;
+                    return;
+                }
+                Err(e) if store::is_not_found(&e) && !self.store.job_exists(id) => {
+                    w.gone = true;
+                    return;
+                }
+                Err(_) => {}
             }
         }
         w.state.sizes = self.store.progress(id);

@@ -270,6 +270,7 @@ mod tests {
             data: data.to_vec(),
             complete,
             omitted_before: None,
+            lost_before: None,
         }
     }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A command taking longer than this counts as a lost connection (it is
 /// dropped and made again on the next call).
@@ -32,8 +32,15 @@ const FETCH: usize = 8;
 /// How long the watcher's `XREAD` blocks: changes to the set of watched jobs
 /// are taken up at least this often; the socket timeout is longer.
 const BLOCK: Duration = Duration::from_millis(250);
-/// A watcher whose Redis is down tries again this often.
+/// A watcher whose Redis is down, or refused its read, tries again this
+/// often: never a hot loop of reconnects.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How long a watched key that is not a stream (a key of the fleet's Redis
+/// replaced by a string, forged or damaged) is left out of the watcher's one
+/// `XREAD` before it is tried again: long enough that a bad key costs one
+/// failed read and one `TYPE` each per key every few seconds, short enough
+/// that a key set right again is followed again soon.
+const SHUN: Duration = Duration::from_secs(5);
 /// Jobs listed at most: the list is built in memory.
 const MAX_JOBS: usize = 100_000;
 /// Jobs asked about per pipelined round trip when listing.
@@ -69,23 +76,36 @@ fn connect(client: &redis::Client, url: &str, read_timeout: Duration) -> Result<
 
 impl Inner {
     /// Runs `f` on the shared connection, connecting first if needed; a failed
-    /// command drops the connection so the next call makes a new one.
+    /// command drops the connection so the next call makes a new one. A
+    /// command whose connection broke under it is tried once more on a new
+    /// one: every command here only reads, and a connection breaks for
+    /// reasons of its own (a reader stopped and continued, as by Ctrl-Z and
+    /// `fg`, gets EINTR from a read with a timeout; a Redis restarted).
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut guard = lock(&self.conn);
-        if guard.is_none() {
-            *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
-        }
-        let conn = guard.as_mut().expect("connected above");
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    *guard = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if guard.is_none() {
+                *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
+            }
+            let conn = guard.as_mut().expect("connected above");
+            match f(conn) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let broken = e.is_io_error() || e.is_connection_dropped();
+                    if broken || e.is_timeout() {
+                        *guard = None;
+                    }
+                    if !(broken && !e.is_timeout() && tries == 1) {
+                        return Err(
+                            anyhow::Error::new(e).context(format!("reading from {}", self.url))
+                        );
+                    }
                 }
-                Err(anyhow::Error::new(e).context(format!("reading from {}", self.url)))
             }
         }
     }
@@ -130,13 +150,24 @@ impl RedisStore {
                 .arg("stderr_end")
                 .query(c)
         })?;
-        let parse = |s: &Option<String>| {
-            s.as_deref()
-                .and_then(|m| m.split_once(' '))
+        // Absent: nothing shipped yet. Present but not two numbers: forged or
+        // damaged, which must not read as an empty log (`logs` would print
+        // nothing and succeed).
+        let parse = |s: Option<&String>, field: &str| match s {
+            None => Ok((0, 1)),
+            Some(m) => m
+                .split_once(' ')
                 .and_then(|(o, l)| Some((o.parse().ok()?, l.parse().ok()?)))
-                .unwrap_or((0, 1))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "job {id} in Redis is damaged: its {field} is {m:?}, not \"OFFSET LINE\""
+                    )
+                }),
         };
-        Ok([parse(&v[0]), parse(&v[1])])
+        Ok([
+            parse(v.first().and_then(Option::as_ref), "stdout_end")?,
+            parse(v.get(1).and_then(Option::as_ref), "stderr_end")?,
+        ])
     }
 }
 
@@ -240,7 +271,10 @@ impl LogStore for RedisStore {
         let mut ids = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self.inner.with(|c| {
+            // Key names as bytes: one that is not UTF-8 (any machine of the
+            // fleet can write one) is skipped below, not an error for the
+            // whole list.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.inner.with(|c| {
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
@@ -250,8 +284,9 @@ impl LogStore for RedisStore {
                     .query(c)
             })?;
             for k in keys {
-                let id = k
-                    .strip_prefix("logwrap:{")
+                let id = std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|k| k.strip_prefix("logwrap:{"))
                     .and_then(|r| r.strip_suffix("}:meta"))
                     .and_then(|s| JobId::parse(s).ok());
                 if let Some(id) = id {
@@ -275,6 +310,9 @@ impl LogStore for RedisStore {
         let mut jobs = Vec::with_capacity(ids.len());
         for batch in ids.chunks(LIST_BATCH) {
             let mut p = redis::pipe();
+            // A reply that is an error (a meta key that is not a hash) is that
+            // job's alone: the others of the batch are still listed.
+            p.ignore_errors();
             for id in batch {
                 p.cmd("HGET").arg(meta_key(id)).arg("json");
                 p.cmd("EXISTS").arg(alive_key(id));
@@ -284,6 +322,9 @@ impl LogStore for RedisStore {
                 let meta = match &pair[0] {
                     Value::BulkString(b) => serde_json::from_slice::<Metadata>(b)
                         .map_err(|e| Unlisted::Damaged(format!("metadata in Redis: {e}"))),
+                    Value::ServerError(e) => {
+                        Err(Unlisted::Damaged(format!("metadata in Redis: {e}")))
+                    }
                     _ => Err(Unlisted::Creating),
                 };
                 let alive = matches!(pair.get(1), Some(Value::Int(1)));
@@ -442,7 +483,8 @@ struct RedisLines {
     partial: Option<Partial>,
     /// The end entry was seen.
     ended: bool,
-    /// Lines trimmed away before the next line, until it is returned.
+    /// Lines trimmed away before the next line, until it is returned (as its
+    /// `lost_before`).
     gap: Option<(u64, u64)>,
     /// The line asked for when a gap was found at the start: what
     /// `next_number` says until the first line is returned, so a caller sees
@@ -501,8 +543,10 @@ impl RedisLines {
             self.skip_partial_start()?;
         }
         self.skip_to(want)?;
-        if self.next > want {
-            self.gap = Some((want, self.next - 1));
+        // Only what is missing from line `want` on: lines trimmed before it
+        // (passed over while skipping to it) were not asked for.
+        self.gap = (self.next > want).then(|| (want, self.next - 1));
+        if self.gap.is_some() {
             self.requested = Some(want);
         }
         Ok(())
@@ -623,6 +667,7 @@ impl RedisLines {
                 self.next += 1;
                 return Ok(Some(LogLine {
                     omitted_before: None,
+                    lost_before: None,
                     stream: self.stream,
                     number: p.number,
                     offset: p.offset,
@@ -645,6 +690,7 @@ impl RedisLines {
         self.next += 1;
         Some(LogLine {
             omitted_before: None,
+            lost_before: None,
             stream: self.stream,
             number: p.number,
             offset: p.offset,
@@ -662,10 +708,12 @@ impl LineSource for RedisLines {
         self.stream
     }
 
+    /// A gap found while reading (trimmed since the last read) or when
+    /// opening goes with the line that follows it.
     fn next_line(&mut self, writer_done: bool) -> Result<Option<LogLine>> {
-        let line = self.read_line(writer_done, false)?;
-        if line.is_some() {
-            self.gap = None;
+        let mut line = self.read_line(writer_done, false)?;
+        if let Some(l) = &mut line {
+            l.lost_before = self.gap.take();
             self.requested = None;
         }
         Ok(line)
@@ -693,7 +741,7 @@ impl LineSource for RedisLines {
         } else {
             err
         };
-        let complete = next - 1;
+        let complete = next.saturating_sub(1);
         let finished = self
             .store
             .metadata(&self.id)
@@ -745,29 +793,45 @@ impl RedisRaw {
         Ok(entries(v).into_iter().find(|e| !e.end))
     }
 
+    /// The last entry with data (the end entry, and anything forged past
+    /// it, left out).
+    fn last(&self) -> io::Result<Option<Entry>> {
+        self.range("(18446744073709551615-0", "-", true)
+    }
+
     /// The entry holding byte `offset`: a binary search on line numbers (an
     /// entry's offset grows with its first line), then one look among the
-    /// pieces of a long line.
+    /// pieces of a long line. The search runs up to the first line of the
+    /// last entry held, whatever the shipped mark claims (a forged mark of
+    /// 2^64-1 lines is a search of 64 steps at most, never an endless one).
     fn find(&self, offset: u64) -> io::Result<Option<Entry>> {
-        let last_line = {
+        let mark_line = {
             let marks = self
                 .store
                 .marks(&self.id)
                 .map_err(|e| io::Error::other(format!("{e:#}")))?;
             marks[self.stream as usize].1
         };
-        let (mut lo, mut hi) = (1u64, last_line.max(1));
+        let Some(last) = self.last()? else {
+            return Ok(None);
+        };
+        let (mut lo, mut hi) = (1u64, mark_line.min(last.line).max(1));
         let mut best: Option<Entry> = None;
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             match self.range(&format!("{mid}-18446744073709551615"), "-", true)? {
                 Some(e) if e.offset <= offset => {
                     best = Some(e);
-                    lo = mid + 1;
+                    let Some(up) = mid.checked_add(1) else { break };
+                    lo = up;
                 }
+                // `mid` >= `lo` >= 1: no wrap.
                 Some(_) => hi = mid - 1,
                 // Trimmed up to past line `mid`: look higher.
-                None => lo = mid + 1,
+                None => {
+                    let Some(up) = mid.checked_add(1) else { break };
+                    lo = up;
+                }
             }
         }
         // Pieces of one long line share its number: the entry holding the byte
@@ -822,8 +886,15 @@ impl RawLog for RedisRaw {
         Ok(n)
     }
 
+    /// Only a Redis that answers can say the job is gone: an error is not a
+    /// deletion.
     fn removed(&self) -> io::Result<bool> {
-        Ok(!self.store.job_exists(&self.id))
+        let n: i64 = self
+            .store
+            .inner
+            .with(|c| redis::cmd("EXISTS").arg(meta_key(&self.id)).query(c))
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(n == 0)
     }
 
     /// The start of the log that `XADD ... MAXLEN ~` trimmed away: up to the
@@ -957,10 +1028,32 @@ impl Drop for RedisWatcher {
     }
 }
 
+/// The indices of `keys` that hold something other than a stream (a key
+/// that does not exist is an empty stream to `XREAD`).
+fn not_streams(c: &mut redis::Connection, keys: &[String]) -> redis::RedisResult<Vec<usize>> {
+    let mut p = redis::pipe();
+    for k in keys {
+        p.cmd("TYPE").arg(k);
+    }
+    let types: Vec<String> = p.query(c)?;
+    Ok(types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.as_str(), "stream" | "none"))
+        .map(|(i, _)| i)
+        .collect())
+}
+
 fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &OwnedFd) {
     super::shipper::block_signals();
     let mut conn: Option<redis::Connection> = None;
+    // The last read failed with its connection.
+    let mut broke = false;
+    // Keys left out of the `XREAD` until then: they are not streams.
+    let mut shunned: HashMap<String, Instant> = HashMap::new();
     loop {
+        let now = Instant::now();
+        shunned.retain(|_, until| *until > now);
         // The keys and last ids to read from, taken fresh each time round.
         let (keys, ids, owners) = {
             let w = lock(shared);
@@ -981,6 +1074,16 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
                 keys.push(JOBS_KEY.to_string());
                 ids.push(last.clone());
                 owners.push(None);
+            }
+            let mut i = 0;
+            while i < keys.len() {
+                if shunned.contains_key(&keys[i]) {
+                    keys.swap_remove(i);
+                    ids.swap_remove(i);
+                    owners.swap_remove(i);
+                } else {
+                    i += 1;
+                }
             }
             (keys, ids, owners)
         };
@@ -1012,9 +1115,45 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
             .arg(&ids)
             .query(c);
         let reply = match reply {
-            Ok(v) => v,
-            Err(_) => {
+            Ok(v) => {
+                broke = false;
+                v
+            }
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 conn = None;
+                // A connection that broke once is made again at once (EINTR
+                // after the process was stopped and continued); one that
+                // breaks again waits.
+                if std::mem::replace(&mut broke, true) {
+                    std::thread::park_timeout(RECONNECT);
+                }
+                continue;
+            }
+            Err(_) => {
+                // Redis refused the read: most likely a watched key is not a
+                // stream (WRONGTYPE), which would fail every read for every
+                // job. Leave such keys out for a while and tell their owners,
+                // whose own reads then say what is wrong.
+                let bad = not_streams(c, &keys).unwrap_or_default();
+                if bad.is_empty() {
+                    std::thread::park_timeout(RECONNECT);
+                    continue;
+                }
+                let until = Instant::now() + SHUN;
+                let mut w = lock(shared);
+                for i in bad {
+                    shunned.insert(keys[i].clone(), until);
+                    match &owners[i] {
+                        Some((id, _)) => {
+                            if w.jobs.contains_key(id) {
+                                w.pending.entry(id.clone()).or_default();
+                            }
+                        }
+                        None => w.pending_list = true,
+                    }
+                }
+                drop(w);
+                let _ = nix::unistd::write(wake, &[1]);
                 continue;
             }
         };

@@ -524,6 +524,7 @@ impl LineSource for MemLines {
             data: s.bytes[from..from + keep].to_vec(),
             complete,
             omitted_before: None,
+            lost_before: None,
         };
         self.next += 1;
         self.pos = end;

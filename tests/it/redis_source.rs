@@ -260,3 +260,332 @@ fn raw_and_log_tail_answer_trimmed_bytes_with_a_notice_pointing_at_the_origin() 
     let content = v["content"].as_str().unwrap().as_bytes();
     assert!(!content.is_empty() && kept.starts_with(content), "{v}");
 }
+
+/// Sets `field` of job `id`'s meta hash, as a buggy or hostile machine of the
+/// fleet could.
+fn forge_meta(redis: &RedisServer, id: &str, field: &str, value: &[u8]) {
+    redis::cmd("HSET")
+        .arg(format!("logwrap:{{{id}}}:meta"))
+        .arg(field)
+        .arg(value)
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+}
+
+#[test]
+fn forged_shipped_marks_neither_hang_nor_crash_nor_read_as_an_empty_log() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("forged", &["--no-pty", "-q", "--ship", &url], "seq 1 5"));
+    wait_shipped(&env, "forged");
+
+    // A mark of 2^64-1 bytes and lines: the search for a byte ends, the
+    // bytes held are printed and the rest is said to be missing.
+    let max = "18446744073709551615 18446744073709551615";
+    forge_meta(&redis, "forged", "stdout_end", max.as_bytes());
+    let out = env.run_within(LIMIT, &["logs", "--source", &url, "forged"]);
+    assert!(out.stdout.starts_with(b"1\n2\n3\n4\n5\n"), "{out:?}");
+    // The server answers, and goes on answering others.
+    let srv = Serve::start(&env, &["--source", &url]);
+    for path in [
+        "/api/job_runs/forged/logs/stdout/raw",
+        "/api/job_runs/forged/log-tail?start=0",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert!(r.status > 0, "{path}: {}", r.head);
+    }
+    let list = get(srv.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "forged", "{list}");
+
+    // A mark of the right size whose next line is 0: no line count below
+    // zero.
+    forge_meta(&redis, "forged", "stdout_end", b"10 0");
+    let out = env.run_within(LIMIT, &["logs", "--tail", "2", "--source", &url, "forged"]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"4\n5\n");
+
+    // A mark that is not two numbers is an error naming the job and the
+    // field, not an empty log.
+    forge_meta(&redis, "forged", "stdout_end", b"-1 -1");
+    let out = env.run_within(LIMIT, &["logs", "--source", &url, "forged"]);
+    assert_fails_with(&out, 1);
+    let err = stderr_text(&out);
+    assert!(
+        err.contains("forged") && err.contains("stdout_end") && err.contains("-1 -1"),
+        "{err}"
+    );
+}
+
+/// Connections the Redis server has accepted since it started.
+fn connections_received(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_watched_key_that_is_not_a_stream_neither_storms_redis_nor_blinds_the_other_jobs() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut good = LiveJob::start(&machine, "good", &["--ship", &url]);
+    let bad = LiveJob::start(&machine, "bad", &["--ship", &url]);
+    wait_until(LIMIT, "the jobs to reach Redis", || {
+        redis.meta_field("good", "started").is_some()
+            && redis.meta_field("bad", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    // The server's one watcher reads the streams of both jobs.
+    let _bad_follower = SseConn::open(srv.port, "/api/job_runs/bad/logs/stdout?follow=true", &[]);
+    let mut sse = SseConn::open(srv.port, "/api/job_runs/good/logs/stdout?follow=true", &[]);
+    good.say("before");
+    assert_eq!(sse.next().unwrap().data, "before");
+
+    // A machine of the fleet replaces a stream of the other job by a string.
+    let mut c = redis.conn();
+    redis::cmd("DEL")
+        .arg("logwrap:{bad}:stderr")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("logwrap:{bad}:stderr")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap();
+    let before = connections_received(&redis);
+    let start = std::time::Instant::now();
+    // For a second, lines of the good job still come as they are written
+    // (the watcher, not the server's once-a-second re-check, says so).
+    let mut n = 0;
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        n += 1;
+        let line = format!("line {n}");
+        let sent = std::time::Instant::now();
+        good.say(&line);
+        assert_eq!(sse.next().unwrap().data, line);
+        let late = sent.elapsed();
+        assert!(
+            late < std::time::Duration::from_millis(700),
+            "{line} came {late:?} late"
+        );
+    }
+    // Reading the broken key is retried now and then, not in a hot loop.
+    let made = connections_received(&redis) - before;
+    assert!(
+        made < 10,
+        "{made} connections to Redis in {:?}",
+        start.elapsed()
+    );
+    assert!(good.finish().success());
+    assert!(bad.finish().success());
+}
+
+#[test]
+fn a_key_name_not_utf8_or_a_meta_key_not_a_hash_spoils_only_itself_in_the_list() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("fine", &["--no-pty", "-q", "--ship", &url], "echo fine"));
+    wait_shipped(&env, "fine");
+    let mut c = redis.conn();
+    redis::cmd("HSET")
+        .arg(&b"logwrap:{bad\xff}:meta"[..])
+        .arg("json")
+        .arg("{}")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("logwrap:{x}:meta")
+        .arg("hello")
+        .query::<()>(&mut c)
+        .unwrap();
+
+    let ls = env.run_within(LIMIT, &["ls", "--json", "--source", &url]);
+    assert_ok(&ls);
+    let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let status = |id: &str| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_run_id"] == id)
+            .map(|j| j["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("fine").as_deref(), Some("succeeded"), "{jobs}");
+    assert_eq!(status("x").as_deref(), Some("damaged"), "{jobs}");
+    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs}");
+    assert!(
+        stderr_text(&ls).contains("job x is damaged"),
+        "{}",
+        stderr_text(&ls)
+    );
+
+    // `logs` without an id takes the newest job it can read.
+    let logs = env.run_within(LIMIT, &["logs", "--source", &url]);
+    assert_ok(&logs);
+    assert_eq!(logs.stdout, b"fine\n");
+
+    let srv = Serve::start(&env, &["--source", &url]);
+    let list = get(srv.port, "/api/job_runs", &[]);
+    assert_eq!(list.status, 200, "{}", list.head);
+    assert!(list.text().contains("\"fine\""), "{}", list.text());
+}
+
+/// How many times `logs` said lines or bytes were trimmed away.
+fn trim_warnings(err: &str) -> usize {
+    err.matches("are no longer in the source (trimmed by --ship-maxlen)")
+        .count()
+}
+
+#[test]
+fn merged_output_of_a_trimmed_job_says_what_is_missing() {
+    let env = TestEnv::new();
+    let redis =
+        RedisServer::start_with_options(&env.path("redis"), &["--stream-node-max-entries", "4"]);
+    let url = redis.url();
+    assert_ok(&env.run_sh(
+        "big",
+        &["--no-pty", "-q", "--ship", &url, "--ship-maxlen", "10"],
+        "seq 1 300000",
+    ));
+    wait_shipped(&env, "big");
+    let first = redis.xrange("logwrap:{big}:stdout")[0].0.clone();
+    assert!(!first.starts_with("1-"), "not trimmed: first entry {first}");
+    for mode in [
+        &["--all"][..],
+        &["--all", "--prefix"],
+        &["--all", "--timestamps"],
+    ] {
+        let out = env.run_within(
+            LIMIT,
+            &[&["logs", "--source", &url], mode, &["big"]].concat(),
+        );
+        assert_ok(&out);
+        let err = stderr_text(&out);
+        assert!(err.contains("warning: lines 1-"), "{mode:?}: {err}");
+        assert_eq!(trim_warnings(&err), 1, "{mode:?}: {err}");
+    }
+}
+
+#[test]
+fn a_follow_that_falls_behind_trimming_says_what_it_missed_once_and_goes_on() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis =
+        RedisServer::start_with_options(&reader.path("redis"), &["--stream-node-max-entries", "4"]);
+    let url = redis.url();
+    let script = r#"while IFS= read -r l; do case "$l" in burst) seq 1 300000;; *) printf '%s\n' "$l";; esac; done"#;
+    let mut job = LiveJob::start_script(
+        &machine,
+        "far",
+        &["--ship", &url, "--ship-maxlen", "10"],
+        script,
+    );
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("far", "started").is_some()
+    });
+    let modes: [&[&str]; 3] = [&[], &["--all"], &["--prefix"]];
+    let mut followers: Vec<Follower> = modes
+        .iter()
+        .map(|m| Follower::start(&reader, &[&["-f", "--source", &url], *m, &["far"]].concat()))
+        .collect();
+    job.say("first");
+    for f in &mut followers {
+        f.wait_for("first\n");
+    }
+    // The followers stand still while the job writes far more than Redis
+    // keeps; when they go on, the lines after "first" are gone.
+    let pids: Vec<_> = followers
+        .iter()
+        .map(|f| nix::unistd::Pid::from_raw(f.child.id() as i32))
+        .collect();
+    for p in &pids {
+        nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    job.say("burst");
+    job.say("last");
+    wait_until(LIMIT, "the burst to be shipped and trimmed", || {
+        redis
+            .meta_field("far", "stdout_end")
+            .is_some_and(|m| m.ends_with(" 300003"))
+    });
+    let first = redis.xrange("logwrap:{far}:stdout")[0].0.clone();
+    assert!(!first.starts_with("1-"), "not trimmed: first entry {first}");
+    for p in &pids {
+        nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+    assert!(job.finish().success());
+    for (mode, f) in modes.iter().zip(followers) {
+        let (code, out, err) = f.finish();
+        assert_eq!(code, 0, "{mode:?}: {err}");
+        assert!(out.ends_with(b"last\n"), "{mode:?}: {err}");
+        // Plain output copies bytes: it says which bytes it missed.
+        let what = if mode.is_empty() {
+            "bytes 6-"
+        } else {
+            "lines 2-"
+        };
+        assert!(err.contains(&format!("warning: {what}")), "{mode:?}: {err}");
+        assert_eq!(trim_warnings(&err), 1, "{mode:?}: {err}");
+    }
+}
+
+#[test]
+fn a_follower_stopped_and_continued_goes_on_following() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "paused", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("paused", "started").is_some()
+    });
+    let mut f = Follower::start(&reader, &["-f", "--source", &url, "paused"]);
+    let pid = nix::unistd::Pid::from_raw(f.child.id() as i32);
+    // Ctrl-Z and `fg`, again and again: a read of Redis in progress then
+    // fails with EINTR, which is not the job being deleted.
+    for i in 0..20 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        job.say(&format!("line {i}"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        f.wait_for(&format!("line {i}\n"));
+    }
+    assert!(job.finish().success());
+    let (code, _, err) = f.finish();
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_job_deleted_from_redis_ends_its_followers_on_the_server() {
+    let reader = TestEnv::new();
+    let machine = TestEnv::new();
+    let redis = RedisServer::start(&reader.path("redis"));
+    let url = redis.url();
+    let mut job = LiveJob::start(&machine, "doomed", &["--ship", &url]);
+    wait_until(LIMIT, "the job to reach Redis", || {
+        redis.meta_field("doomed", "started").is_some()
+    });
+    let srv = Serve::start(&reader, &["--source", &url]);
+    let path = "/api/job_runs/doomed/logs/stdout?follow=true";
+    let mut sse = SseConn::open(srv.port, path, &[]);
+    job.say("hello");
+    assert_eq!(sse.next().unwrap().data, "hello");
+    redis::cmd("DEL")
+        .arg("logwrap:{doomed}:meta")
+        .arg("logwrap:{doomed}:alive")
+        .arg("logwrap:{doomed}:stdout")
+        .arg("logwrap:{doomed}:stderr")
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    // The stream ends (no more heartbeats for ever); a reconnect is told the
+    // job is not there.
+    assert_eq!(sse.next(), None);
+    assert_eq!(get(srv.port, path, &[]).status, 404);
+    assert!(job.finish().success());
+}

@@ -52,6 +52,46 @@ impl TestEnv {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Runs `logwrap <args>` to the end, killing it (by its pid) and failing
+    /// the test if it takes longer than `limit`: a reader that hangs fails
+    /// instead of hanging the test.
+    pub fn run_within(&self, limit: Duration, args: &[&str]) -> Output {
+        use std::io::Read;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = collect(Box::new(child.stdout.take().unwrap()));
+        let err = collect(Box::new(child.stderr.take().unwrap()));
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("logwrap {args:?} still running after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        }
+    }
+
     /// Runs a job under `id` with `extra` options and `sh -c script`.
     pub fn run_sh(&self, id: &str, extra: &[&str], script: &str) -> Output {
         let mut args = vec!["--job-run-id", id];
