@@ -39,10 +39,19 @@ pub const MAX_SECRET_LEN: usize = 64 * 1024;
 /// lose all its output), and the value is named in `redact_skipped`.
 pub const MAX_MARKER_VALUE: usize = 8 * 1024;
 
-/// Most values `DATABUILD_REDACT:` markers may add to one job: each rebuilds
-/// the matcher, and a runaway job must not make that quadratic. A build has a
-/// handful of runtime secrets.
-pub const MAX_MARKER_SECRETS: usize = 1000;
+/// Most values `DATABUILD_REDACT:` markers may add to one job. A build has a
+/// handful of runtime secrets; a runaway job printing markers must cost
+/// little: each value adds its needles to the filter in place (see
+/// [`Redactor::extend`]), but the automaton, which checks the filter's hits,
+/// is built anew for the next hit after a value is added.
+pub const MAX_MARKER_SECRETS: usize = 256;
+
+/// Most bytes of needles (a value with its encodings: about eight times its
+/// length) markers may add to one job, so that memory and the automaton's
+/// rebuilds stay bounded however many or long the values are (1,000 values
+/// of 8 KiB took 650 MB and minutes). Room for a dozen private keys, or
+/// hundreds of tokens.
+pub const MAX_MARKER_NEEDLE_BYTES: usize = 128 * 1024;
 
 /// Most entries kept in `redact_skipped`; later ones are counted in the last
 /// entry. metadata.json stays small whatever the environment holds.
@@ -297,6 +306,8 @@ pub struct Redactor {
     skipped: Vec<String>,
     skipped_dropped: u64,
     marker_secrets: usize,
+    /// Bytes of needles the markers' values added.
+    marker_bytes: usize,
     /// Decides where the automaton needs to look at all.
     filter: QgramFilter,
     /// Reused search text for the start of a chunk: context byte, held
@@ -322,6 +333,7 @@ impl Redactor {
             skipped: Vec::new(),
             skipped_dropped: 0,
             marker_secrets: 0,
+            marker_bytes: 0,
             filter: QgramFilter::new(&[]),
             scratch: Vec::new(),
             matches: Vec::new(),
@@ -336,27 +348,45 @@ impl Redactor {
 
     /// Adds the needles of `value`, or names it in `redact_skipped`.
     fn add_value(&mut self, name: &str, value: &[u8]) {
+        self.add_value_within(name, value, usize::MAX);
+    }
+
+    /// [`Redactor::add_value`], unless its new needles would take more than
+    /// `room` bytes; returns the bytes they took.
+    fn add_value_within(&mut self, name: &str, value: &[u8], room: usize) -> usize {
         let value = trim(value);
         if value.is_empty() {
-            return;
+            return 0;
         }
         if value.len() < MIN_SECRET_LEN {
             self.skip(format!(
                 "{name}: shorter than {MIN_SECRET_LEN} bytes, not redacted"
             ));
-            return;
+            return 0;
         }
         if value.len() > MAX_SECRET_LEN {
             self.skip(format!(
                 "{name}: longer than {MAX_SECRET_LEN} bytes, not redacted"
             ));
-            return;
+            return 0;
         }
-        for n in needles(value) {
+        let new: Vec<Vec<u8>> = needles(value)
+            .into_iter()
+            .filter(|n| !self.seen.contains(n))
+            .collect();
+        let bytes = new.iter().map(Vec::len).sum();
+        if bytes > room {
+            self.skip(format!(
+                "{name}: over {MAX_MARKER_NEEDLE_BYTES} bytes of marker values with their encodings, not redacted"
+            ));
+            return 0;
+        }
+        for n in new {
             if self.seen.insert(n.clone()) {
                 self.automaton.patterns.push(n);
             }
         }
+        bytes
     }
 
     fn skip(&mut self, note: String) {
@@ -364,6 +394,21 @@ impl Redactor {
             self.skipped.push(note);
         } else {
             self.skipped_dropped += 1;
+        }
+    }
+
+    /// Takes in the patterns from `from` on, just added: in place where they
+    /// keep the filter's stride, else by a rebuild (a value shorter than all
+    /// before, which can happen only so often). The automaton is built anew
+    /// when next needed either way.
+    fn extend(&mut self, from: usize) {
+        if !self.filter.add(&self.automaton.patterns[from..]) {
+            return self.rebuild();
+        }
+        self.automaton.built = OnceCell::new();
+        for (i, p) in self.automaton.patterns.iter().enumerate().skip(from) {
+            self.by_first[usize::from(p[0])].push(i as u32);
+            self.max_len = self.max_len.max(p.len());
         }
     }
 
@@ -617,11 +662,15 @@ impl Redactor {
             ));
             return;
         }
-        self.marker_secrets += 1;
         let before = self.automaton.patterns.len();
-        self.add_value(&name, &value);
+        let room = MAX_MARKER_NEEDLE_BYTES - self.marker_bytes;
+        let took = self.add_value_within(&name, &value, room);
+        if took > 0 {
+            self.marker_secrets += 1;
+            self.marker_bytes += took;
+        }
         if self.automaton.patterns.len() != before {
-            self.rebuild();
+            self.extend(before);
         }
     }
 
@@ -918,6 +967,8 @@ struct QgramFilter {
     step: usize,
     min_len: usize,
     max_len: usize,
+    /// The shortest sampled pattern, which sets `step` and `pair_check`.
+    min_sampled: usize,
     /// Every sampled pattern is at least `3 * Q - 1` long, so an occurrence holding
     /// the q-gram at `p` also holds the one at `p - Q` or at `p + Q` (if it
     /// ends before `p + 2Q`, it started at `p + 2Q - 1 - len <= p - Q` or
@@ -956,11 +1007,33 @@ impl QgramFilter {
             step,
             min_len: patterns.iter().map(Vec::len).min().unwrap_or(0),
             pair_check: min_sampled >= 3 * Q - 1,
+            min_sampled,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
             sampled: !sampled.is_empty(),
             marker: memchr::memmem::Finder::new(patterns.first().map_or(&[][..], Vec::as_slice))
                 .into_owned(),
         }
+    }
+
+    /// Adds `patterns` (none of them the marker) to the tables in place, if
+    /// none is shorter than the shortest sampled so far (the stride and the
+    /// neighbour check stay right); false, and nothing added, if one is.
+    fn add(&mut self, patterns: &[Vec<u8>]) -> bool {
+        let shortest = patterns.iter().map(Vec::len).min().unwrap_or(usize::MAX);
+        if !self.sampled || shortest < self.min_sampled {
+            return false;
+        }
+        for p in patterns {
+            for (i, w) in p.windows(Q).enumerate() {
+                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                if i < self.step {
+                    self.a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
+                }
+                set_bit(&mut self.b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
+            }
+            self.max_len = self.max_len.max(p.len());
+        }
+        true
     }
 
     /// The first table's slot for the q-gram `v`: 1 if a sample with this
@@ -1556,6 +1629,67 @@ mod tests {
         let mut out = Vec::new();
         feed(&mut r, 1, b"abcdefgh\n", &mut out);
         assert_eq!(out, b"[REDACTED]\n");
+    }
+
+    #[test]
+    fn values_added_by_markers_one_by_one_are_caught_as_if_given_at_the_start() {
+        // Longer and shorter values in turn: some extend the filter in
+        // place, a shorter one than all before rebuilds it.
+        let values = [
+            "first-value-of-forty-bytes-0123456789ab",
+            "second-value-longer-still-0123456789abcdefgh",
+            "short-value1",
+            "third-one-of-medium-len",
+            "tiny-v",
+        ];
+        let mut text = Vec::new();
+        for v in values {
+            text.extend_from_slice(format!("DATABUILD_REDACT: {v}\n").as_bytes());
+        }
+        let mut tail = Vec::new();
+        for v in values {
+            tail.extend_from_slice(format!("x {v} y ").as_bytes());
+            tail.extend_from_slice(&base64(v.as_bytes()));
+            tail.push(b'\n');
+        }
+        let mut r = redactor(&[]);
+        run(&mut r, &[&text]);
+        let mut by_markers = Vec::new();
+        feed(&mut r, 1, &tail, &mut by_markers);
+        let all: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+        let mut up_front = redactor(&all);
+        let mut expected = Vec::new();
+        feed(&mut up_front, 1, &tail, &mut expected);
+        assert_eq!(
+            String::from_utf8_lossy(&by_markers),
+            String::from_utf8_lossy(&expected)
+        );
+        assert!(!String::from_utf8_lossy(&by_markers).contains("value"));
+    }
+
+    #[test]
+    fn markers_add_needles_up_to_a_budget_and_name_the_rest() {
+        // 300 values of 8,000 bytes: far over the budget. What is taken in
+        // stays within it, and the rest are named.
+        let mut r = redactor(&[]);
+        let mut text = Vec::new();
+        for i in 0..300 {
+            let v: String = (0..8000)
+                .map(|k| char::from(b'a' + ((i * 7 + k * 13 + k / 26) % 26) as u8))
+                .collect();
+            text.extend_from_slice(format!("DATABUILD_REDACT: {v}\n").as_bytes());
+        }
+        run(&mut r, &[&text]);
+        let bytes: usize = r.automaton.patterns.iter().map(Vec::len).sum();
+        assert!(bytes <= MAX_MARKER_NEEDLE_BYTES + 64, "{bytes}");
+        assert!(r.marker_secrets >= 1, "the first value fits");
+        assert!(
+            r.skipped()
+                .iter()
+                .any(|s| s.contains("bytes of marker values")),
+            "{:?}",
+            r.skipped()
+        );
     }
 
     #[test]
