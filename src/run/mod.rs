@@ -332,25 +332,43 @@ pub fn run<S: LogStore + Clone + 'static>(
         return Err(SetupError(format!("{e:#}")));
     }
 
-    let poll = Poll::new().map_err(|e| SetupError(format!("cannot create event loop: {e}")))?;
+    // Until the job runs, a failure leaves nothing behind (the same id can be
+    // retried), as for the first metadata above.
+    macro_rules! or_discard {
+        ($result:expr, $what:literal) => {
+            match $result {
+                Ok(v) => v,
+                Err(e) => {
+                    sink.discard();
+                    return Err(SetupError(format!(concat!($what, "{:#}"), e)));
+                }
+            }
+        };
+    }
+    let poll = or_discard!(Poll::new(), "cannot create event loop: ");
+    // Made before the job starts: failing once it runs would leave it unwaited.
+    let waker = Arc::new(or_discard!(
+        Waker::new(poll.registry(), WAKE_TOKEN),
+        "cannot create waker: "
+    ));
     // The server gets its own thread, so followers never slow the reading of
     // the child (issue point 10).
     let server = match server.take() {
-        Some(srv) => {
-            Some(crate::serve::ServerThread::spawn(srv).map_err(|e| SetupError(format!("{e:#}")))?)
-        }
+        Some(srv) => Some(or_discard!(crate::serve::ServerThread::spawn(srv), "")),
         None => None,
     };
     if let Some(url) = &meta.tail_url {
         eprintln!("logwrap: serving {url}");
     }
-    let mut signals = Signals::new([
-        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH,
-    ])
-    .map_err(|e| SetupError(format!("cannot install signal handlers: {e}")))?;
-    poll.registry()
-        .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
-        .map_err(|e| SetupError(format!("cannot watch signals: {e}")))?;
+    let mut signals = or_discard!(
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]),
+        "cannot install signal handlers: "
+    );
+    or_discard!(
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE),
+        "cannot watch signals: "
+    );
     if cfg.reap_orphans {
         // Without it orphans are reaped by init instead: the job still runs,
         // so a failure (an old kernel, a seccomp filter) is only reported.
@@ -375,7 +393,15 @@ pub fn run<S: LogStore + Clone + 'static>(
     }
     let spawned = match spawn::spawn(&cfg.command, &env, winsize, nofile) {
         Ok(s) => s,
-        Err(e) => return Ok(exec_failed(cfg, sink, meta, started, &e)),
+        Err(spawn::SpawnError::Setup(e)) => {
+            sink.discard();
+            return Err(SetupError(format!(
+                "cannot start the job: {e} (logwrap's own failure, not the command's)"
+            )));
+        }
+        Err(spawn::SpawnError::Exec(e)) => {
+            return Ok(exec_failed(cfg, sink, meta, redactor.as_mut(), started, &e))
+        }
     };
     meta.child_pid = Some(spawned.pid as u32);
     if let Err(e) = sink.write_metadata(&meta, false) {
@@ -404,10 +430,6 @@ pub fn run<S: LogStore + Clone + 'static>(
         crate::gc::maybe_collect_in_background(hk.clone());
     }
 
-    let waker = Arc::new(
-        Waker::new(poll.registry(), WAKE_TOKEN)
-            .map_err(|e| SetupError(format!("cannot create waker: {e}")))?,
-    );
     // Reads are whole (`READ_SIZE`), after the room for held bytes: a read a
     // little short of a whole number of pages left the rest of its last page
     // for a second read, doubling the reads (and wake-ups) of a busy job.
@@ -568,6 +590,7 @@ fn exec_failed(
     cfg: &RunConfig,
     mut sink: Box<dyn JobSink>,
     mut meta: Metadata,
+    redactor: Option<&mut crate::redact::Redactor>,
     started: Instant,
     err: &std::io::Error,
 ) -> RunOutcome {
@@ -586,6 +609,12 @@ fn exec_failed(
         format!("command not found: {program}; check the name and PATH")
     } else {
         format!("cannot execute {program}: {err}; check that it is an executable file")
+    };
+    // It names the command, which may hold a secret (the command line in
+    // metadata is redacted too).
+    let message = match redactor {
+        Some(r) => r.redact_str(&message),
+        None => message,
     };
     meta.status = Status::Failed;
     meta.exit_code = Some(code);

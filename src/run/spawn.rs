@@ -24,6 +24,27 @@ pub struct Spawned {
 /// unprivileged process over `/proc/sys/fs/pipe-max-size`) is harmless.
 const PIPE_SIZE: i32 = 1 << 20;
 
+/// Why a job could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The wrapper could not make what the job needs (terminals, pipes, a
+    /// process): out of descriptors, processes or memory. logwrap's failure.
+    Setup(io::Error),
+    /// The command itself could not be executed (not found, not executable).
+    Exec(io::Error),
+}
+
+impl SpawnError {
+    /// A failure of `Command::spawn`: making the pipes or the process is the
+    /// wrapper's part (these errors), anything else comes from `exec`.
+    fn of_spawn(e: io::Error) -> SpawnError {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN) => SpawnError::Setup(e),
+            _ => SpawnError::Exec(e),
+        }
+    }
+}
+
 /// Starts `argv` with `env` added to the inherited environment. With `pty`, the
 /// child's stdout and stderr are two separate pseudo-terminals of that size.
 /// `nofile` (soft, hard) is the descriptor limit the child gets back, if the
@@ -33,7 +54,7 @@ pub fn spawn(
     env: &[(OsString, OsString)],
     pty: Option<Winsize>,
     nofile: Option<(u64, u64)>,
-) -> io::Result<Spawned> {
+) -> Result<Spawned, SpawnError> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -44,8 +65,8 @@ pub fn spawn(
     let (out_read, err_read) = match pty {
         Some(ws) => {
             let keyboard = std::io::IsTerminal::is_terminal(&std::io::stdin());
-            let out = open_pty(&ws, !keyboard)?;
-            let err = open_pty(&ws, false)?;
+            let out = open_pty(&ws, !keyboard).map_err(SpawnError::Setup)?;
+            let err = open_pty(&ws, false).map_err(SpawnError::Setup)?;
             cmd.stdout(Stdio::from(out.1)).stderr(Stdio::from(err.1));
             (Some(out.0), Some(err.0))
         }
@@ -85,7 +106,7 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let mut child = cmd.spawn().map_err(SpawnError::of_spawn)?;
     // Dropping `cmd` closes the parent's copies of the pty slaves; otherwise the
     // masters would never report EIO when the job's side closes.
     drop(cmd);
@@ -102,8 +123,12 @@ pub fn spawn(
             (o, e)
         }
     };
-    set_nonblocking(&stdout)?;
-    set_nonblocking(&stderr)?;
+    if let Err(e) = set_nonblocking(&stdout).and_then(|()| set_nonblocking(&stderr)) {
+        // The job runs already: it must not outlive a wrapper that gives up.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(SpawnError::Setup(e));
+    }
     Ok(Spawned {
         pid,
         stdout,

@@ -1555,3 +1555,72 @@ fn stdout_and_stderr_to_one_pipe_keep_every_line_whole() {
         );
     }
 }
+
+#[test]
+fn running_out_of_descriptors_before_the_job_runs_is_logwraps_failure_and_leaves_nothing() {
+    // Under descriptor limits from tiny to enough, the wrapper fails at one
+    // step or another of its set-up (signals, the event loop, terminals,
+    // pipes). Each such failure is 125 (never 126: the command is fine),
+    // leaves no job directory, and the same id then runs.
+    let env = TestEnv::new();
+    let mut failed = 0;
+    for (i, limit) in (6..=40u64).step_by(2).enumerate() {
+        for (m, mode) in MODES.iter().enumerate() {
+            let id = format!("fd{i}-{m}");
+            let mut cmd = env.cmd();
+            cmd.args(["--job-run-id", &id])
+                .args(*mode)
+                .args(["--", "sh", "-c", "echo ran"]);
+            // SAFETY: setrlimit between fork and exec is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+            let o = cmd.output().unwrap();
+            match code(&o) {
+                0 => assert_eq!(env.stdout_log(&id), b"ran\n", "{limit} {mode:?}"),
+                125 => {
+                    failed += 1;
+                    assert!(
+                        !env.job_dir(&id).exists(),
+                        "{limit} {mode:?}: left behind: {}",
+                        stderr_text(&o)
+                    );
+                    let again = env.run(&["--job-run-id", &id, "--", "sh", "-c", "echo ran"]);
+                    assert_eq!(code(&again), 0, "{}", stderr_text(&again));
+                }
+                c => panic!("{limit} {mode:?}: exit {c}: {}", stderr_text(&o)),
+            }
+        }
+    }
+    assert!(failed > 0, "no limit was low enough to fail");
+}
+
+#[test]
+fn a_command_that_cannot_run_leaves_no_secret_in_the_error() {
+    let env = TestEnv::new();
+    let o = env
+        .cmd()
+        .env("MY_TOKEN", "topsecretcmd")
+        .args(["--job-run-id", "sec", "--", "/nonexistent/topsecretcmd"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 127);
+    let meta = env.meta("sec");
+    assert!(!meta.to_string().contains("topsecretcmd"), "{meta}");
+    assert!(
+        meta["error"].as_str().unwrap().contains("[REDACTED]"),
+        "{meta}"
+    );
+    assert!(
+        !stderr_text(&o).contains("topsecretcmd"),
+        "{}",
+        stderr_text(&o)
+    );
+}
