@@ -62,6 +62,8 @@ struct Inner {
     client: redis::Client,
     url: String,
     conn: Mutex<Option<redis::Connection>>,
+    /// The last listing held more than `MAX_JOBS` jobs.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +143,7 @@ impl RedisStore {
                 client,
                 url: super::public_url(url),
                 conn: Mutex::new(None),
+                cut: Default::default(),
             }),
         })
     }
@@ -324,8 +327,12 @@ impl LogStore for RedisStore {
             .is_ok_and(|n| n == 1)
     }
 
+    /// At most `MAX_JOBS` ids, the greatest (generated ids grow with time:
+    /// the newest jobs), found by scanning every key while holding no more
+    /// than that many; more makes [`LogStore::list_cut`] say so.
     fn job_ids(&self) -> Result<Vec<JobId>> {
-        let mut ids = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
+        let mut cut = false;
         let mut cursor = 0u64;
         loop {
             // Key names as bytes: one that is not UTF-8 (any machine of the
@@ -347,18 +354,36 @@ impl LogStore for RedisStore {
                     .and_then(|r| r.strip_suffix("}:meta"))
                     .and_then(|s| JobId::parse(s).ok());
                 if let Some(id) = id {
-                    ids.push(id);
+                    // SCAN may return a key twice: the set keeps it once.
+                    ids.insert(id);
+                    if ids.len() > MAX_JOBS {
+                        ids.pop_first();
+                        cut = true;
+                    }
                 }
             }
-            if next == 0 || ids.len() >= MAX_JOBS {
+            if next == 0 {
                 break;
             }
             cursor = next;
         }
-        ids.sort();
-        ids.dedup();
-        ids.truncate(MAX_JOBS);
-        Ok(ids)
+        self.inner
+            .cut
+            .store(cut, std::sync::atomic::Ordering::Relaxed);
+        Ok(ids.into_iter().collect())
+    }
+
+    fn list_cut(&self) -> Option<String> {
+        self.inner
+            .cut
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                format!(
+                    "{} holds more than {MAX_JOBS} jobs: only the {MAX_JOBS} with the greatest \
+                     ids (the newest, for generated ids) are listed",
+                    self.inner.url
+                )
+            })
     }
 
     /// A few pipelined round trips per `LIST_BATCH` jobs, not two per job:

@@ -649,3 +649,31 @@ fn metadata_that_names_another_job_or_is_oversized_lists_as_damaged() {
         page.head
     );
 }
+
+#[test]
+fn a_fleet_over_the_listing_cap_lists_its_newest_jobs_and_says_so() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    // 100,001 older jobs (ids that sort first) still being created...
+    let mut c = redis.conn();
+    for chunk in 0..11 {
+        let mut p = redis::pipe();
+        for n in chunk * 10_000..((chunk + 1) * 10_000).min(100_001) {
+            p.cmd("HSET")
+                .arg(format!("logwrap:{{a{n:06}}}:meta"))
+                .arg("host")
+                .arg("x")
+                .ignore();
+        }
+        p.query::<()>(&mut c).unwrap();
+    }
+    // ...and the newest.
+    assert_ok(&env.run_sh("zz-new", &["--no-pty", "-q", "--ship", &url], "true"));
+    wait_shipped(&env, "zz-new");
+    let ls = env.run_within(LIMIT, &["ls", "--ids", "--source", &url]);
+    assert_ok(&ls);
+    assert_eq!(ls.stdout, b"zz-new\n");
+    let err = stderr_text(&ls);
+    assert!(err.contains("more than 100000 jobs"), "{err}");
+}
