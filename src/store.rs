@@ -487,6 +487,12 @@ pub trait LogStore: Send + Sync {
     fn job_exists(&self, id: &JobId) -> bool;
     /// Ids of every job, in id order.
     fn job_ids(&self) -> Result<Vec<JobId>>;
+    /// Why the last [`LogStore::job_ids`] left jobs out, if it did (a store
+    /// that lists at most so many): for `ls` to say so rather than drop
+    /// them silently.
+    fn list_cut(&self) -> Option<String> {
+        None
+    }
     /// Every job with its live metadata (or why it has none), newest first: by
     /// start time, then by id.
     fn list_jobs(&self) -> Result<Vec<JobListing>> {

@@ -67,6 +67,9 @@ pub fn ls_cmd(store: &dyn LogStore, args: LsOptions) -> Result<i32> {
             break;
         }
     }
+    if let Some(cut) = store.list_cut() {
+        say(&format!("warning: {cut}"));
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.ids {

@@ -5,7 +5,7 @@
 //! removed by Redis's own expiry, never by `gc`.
 
 use super::{alive_key, meta_key, stream_key, JOBS_KEY};
-use crate::metadata::{Metadata, Omitted, Status};
+use crate::metadata::{Metadata, Omitted, Status, MAX_METADATA_BYTES};
 use crate::reader::{LineSource, LogLine, Start};
 use crate::store::{
     ChangeWatcher, Changes, CreateError, DirIdentity, JobId, JobListing, JobSink, JobUsage,
@@ -45,6 +45,10 @@ const SHUN: Duration = Duration::from_secs(5);
 const MAX_JOBS: usize = 100_000;
 /// Jobs asked about per pipelined round trip when listing.
 const LIST_BATCH: usize = 500;
+/// Most bytes of metadata documents fetched per round trip when listing: a
+/// batch of large ones (up to `MAX_METADATA_BYTES` each) is fetched in
+/// several, so listing holds at most about this much of them at once.
+const LIST_BYTES: u64 = 32 << 20;
 /// Most keys the `SCAN` for jobs asks for per call.
 const SCAN_COUNT: usize = 1000;
 
@@ -58,6 +62,8 @@ struct Inner {
     client: redis::Client,
     url: String,
     conn: Mutex<Option<redis::Connection>>,
+    /// The last listing held more than `MAX_JOBS` jobs.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +143,7 @@ impl RedisStore {
                 client,
                 url: super::public_url(url),
                 conn: Mutex::new(None),
+                cut: Default::default(),
             }),
         })
     }
@@ -241,18 +248,71 @@ fn entries(v: Value) -> Vec<Entry> {
         .collect()
 }
 
+/// Refuses a metadata document of `len` bytes over the cap local metadata
+/// has: one machine of the fleet must not make every `ls` download and hold
+/// gigabytes.
+fn check_meta_len(len: u64) -> std::result::Result<(), String> {
+    if len > MAX_METADATA_BYTES {
+        return Err(format!(
+            "its metadata in Redis is {len} bytes, over the {MAX_METADATA_BYTES} a job's may take"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the metadata document of job `id`, refusing one that names another
+/// job: any machine of the fleet can write any key, and a job listed or shown
+/// under a name not its own would pass one job off as another.
+fn parse_meta(id: &JobId, json: &[u8]) -> std::result::Result<Metadata, String> {
+    check_meta_len(json.len() as u64)?;
+    let m: Metadata =
+        serde_json::from_slice(json).map_err(|e| format!("metadata in Redis: {e}"))?;
+    if m.job_run_id != id.as_str() {
+        return Err(format!(
+            "its metadata in Redis is that of job {:?}",
+            m.job_run_id
+        ));
+    }
+    Ok(m)
+}
+
+/// `items` in groups in order, each of at most `budget` bytes by `size`
+/// (one item alone may be larger).
+fn byte_groups<T>(items: &[T], size: impl Fn(&T) -> u64, budget: u64) -> Vec<&[T]> {
+    let mut groups = Vec::new();
+    let (mut start, mut sum) = (0, 0u64);
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && sum.saturating_add(n) > budget {
+            groups.push(&items[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum = sum.saturating_add(n);
+    }
+    if start < items.len() {
+        groups.push(&items[start..]);
+    }
+    groups
+}
+
 impl LogStore for RedisStore {
     fn create_job(&self, _id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError> {
         Err(CreateError::Io(read_only()))
     }
 
+    /// The document's size is asked first, so one over the cap is refused
+    /// without being downloaded.
     fn metadata(&self, id: &JobId) -> Result<Metadata> {
+        let damaged = |why: String| anyhow!("job {id} in Redis is damaged: {why}");
+        let len: u64 = self
+            .inner
+            .with(|c| redis::cmd("HSTRLEN").arg(meta_key(id)).arg("json").query(c))?;
+        check_meta_len(len).map_err(damaged)?;
         let json: Option<Vec<u8>> = self
             .inner
             .with(|c| redis::cmd("HGET").arg(meta_key(id)).arg("json").query(c))?;
         let json = json.ok_or_else(|| not_found(id))?;
-        serde_json::from_slice(&json)
-            .with_context(|| format!("parsing the metadata of {id} in Redis"))
+        parse_meta(id, &json).map_err(damaged)
     }
 
     fn writer_alive(&self, id: &JobId) -> bool {
@@ -267,8 +327,12 @@ impl LogStore for RedisStore {
             .is_ok_and(|n| n == 1)
     }
 
+    /// At most `MAX_JOBS` ids, the greatest (generated ids grow with time:
+    /// the newest jobs), found by scanning every key while holding no more
+    /// than that many; more makes [`LogStore::list_cut`] say so.
     fn job_ids(&self) -> Result<Vec<JobId>> {
-        let mut ids = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
+        let mut cut = false;
         let mut cursor = 0u64;
         loop {
             // Key names as bytes: one that is not UTF-8 (any machine of the
@@ -290,21 +354,41 @@ impl LogStore for RedisStore {
                     .and_then(|r| r.strip_suffix("}:meta"))
                     .and_then(|s| JobId::parse(s).ok());
                 if let Some(id) = id {
-                    ids.push(id);
+                    // SCAN may return a key twice: the set keeps it once.
+                    ids.insert(id);
+                    if ids.len() > MAX_JOBS {
+                        ids.pop_first();
+                        cut = true;
+                    }
                 }
             }
-            if next == 0 || ids.len() >= MAX_JOBS {
+            if next == 0 {
                 break;
             }
             cursor = next;
         }
-        ids.sort();
-        ids.dedup();
-        ids.truncate(MAX_JOBS);
-        Ok(ids)
+        self.inner
+            .cut
+            .store(cut, std::sync::atomic::Ordering::Relaxed);
+        Ok(ids.into_iter().collect())
     }
 
-    /// One pipelined round trip per `LIST_BATCH` jobs, not two per job.
+    fn list_cut(&self) -> Option<String> {
+        self.inner
+            .cut
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                format!(
+                    "{} holds more than {MAX_JOBS} jobs: only the {MAX_JOBS} with the greatest \
+                     ids (the newest, for generated ids) are listed",
+                    self.inner.url
+                )
+            })
+    }
+
+    /// A few pipelined round trips per `LIST_BATCH` jobs, not two per job:
+    /// the documents' sizes and the wrappers' liveness, then the documents
+    /// not over the cap, at most `LIST_BYTES` of them per round trip.
     fn list_jobs(&self) -> Result<Vec<JobListing>> {
         let ids = self.job_ids()?;
         let mut jobs = Vec::with_capacity(ids.len());
@@ -314,19 +398,52 @@ impl LogStore for RedisStore {
             // job's alone: the others of the batch are still listed.
             p.ignore_errors();
             for id in batch {
-                p.cmd("HGET").arg(meta_key(id)).arg("json");
+                p.cmd("HSTRLEN").arg(meta_key(id)).arg("json");
                 p.cmd("EXISTS").arg(alive_key(id));
             }
             let replies: Vec<Value> = self.inner.with(|c| p.query(c))?;
-            for (id, pair) in batch.iter().zip(replies.chunks(2)) {
-                let meta = match &pair[0] {
-                    Value::BulkString(b) => serde_json::from_slice::<Metadata>(b)
-                        .map_err(|e| Unlisted::Damaged(format!("metadata in Redis: {e}"))),
+            // `None`: the document is to be fetched; else what stands for it.
+            let mut metas: Vec<Option<std::result::Result<Metadata, Unlisted>>> = replies
+                .chunks(2)
+                .map(|pair| match &pair[0] {
+                    Value::Int(n) => check_meta_len(*n as u64)
+                        .err()
+                        .map(|why| Err(Unlisted::Damaged(why))),
                     Value::ServerError(e) => {
-                        Err(Unlisted::Damaged(format!("metadata in Redis: {e}")))
+                        Some(Err(Unlisted::Damaged(format!("metadata in Redis: {e}"))))
                     }
-                    _ => Err(Unlisted::Creating),
-                };
+                    v => Some(Err(Unlisted::Damaged(format!("metadata in Redis: {v:?}")))),
+                })
+                .collect();
+            let sizes: Vec<u64> = replies
+                .chunks(2)
+                .map(|pair| match pair[0] {
+                    Value::Int(n) => n as u64,
+                    _ => 0,
+                })
+                .collect();
+            let wanted: Vec<usize> = (0..batch.len()).filter(|&i| metas[i].is_none()).collect();
+            for group in byte_groups(&wanted, |&i| sizes[i], LIST_BYTES) {
+                let mut p = redis::pipe();
+                p.ignore_errors();
+                for &i in group {
+                    p.cmd("HGET").arg(meta_key(&batch[i])).arg("json");
+                }
+                let docs: Vec<Value> = self.inner.with(|c| p.query(c))?;
+                for (&i, doc) in group.iter().zip(docs) {
+                    metas[i] = Some(match doc {
+                        Value::BulkString(b) => {
+                            parse_meta(&batch[i], &b).map_err(Unlisted::Damaged)
+                        }
+                        Value::ServerError(e) => {
+                            Err(Unlisted::Damaged(format!("metadata in Redis: {e}")))
+                        }
+                        _ => Err(Unlisted::Creating),
+                    });
+                }
+            }
+            for ((id, pair), meta) in batch.iter().zip(replies.chunks(2)).zip(metas) {
+                let meta = meta.unwrap_or(Err(Unlisted::Creating));
                 let alive = matches!(pair.get(1), Some(Value::Int(1)));
                 let meta = meta.map(|mut m| {
                     if m.status == Status::Running && !alive {
@@ -1195,5 +1312,29 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
         if woke {
             let _ = nix::unistd::write(wake, &[1]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_documents_are_fetched_in_groups_within_the_byte_budget() {
+        let sizes = [10u64, 10, 25, 1, 100, 0, 5];
+        let groups = byte_groups(&sizes, |n| *n, 30);
+        assert_eq!(
+            groups,
+            vec![&[10, 10][..], &[25, 1], &[100], &[0, 5]],
+            "one item over the budget goes alone"
+        );
+        assert!(byte_groups(&[] as &[u64], |n| *n, 30).is_empty());
+    }
+
+    #[test]
+    fn metadata_over_the_local_cap_is_refused() {
+        assert!(check_meta_len(MAX_METADATA_BYTES).is_ok());
+        let err = check_meta_len(MAX_METADATA_BYTES + 1).unwrap_err();
+        assert!(err.contains("16777217 bytes"), "{err}");
     }
 }

@@ -589,3 +589,91 @@ fn a_job_deleted_from_redis_ends_its_followers_on_the_server() {
     assert_eq!(get(srv.port, path, &[]).status, 404);
     assert!(job.finish().success());
 }
+
+#[test]
+fn metadata_that_names_another_job_or_is_oversized_lists_as_damaged() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    assert_ok(&env.run_sh("j1", &["--no-pty", "-q", "--ship", &url], "echo real"));
+    wait_shipped(&env, "j1");
+    let real = redis.meta_field("j1", "json").unwrap();
+    // Another key claims to be j1.
+    forge_meta(&redis, "esc", "json", real.as_bytes());
+    // A valid document over the 16 MiB cap of local metadata.
+    let mut big: serde_json::Value = serde_json::from_str(&real).unwrap();
+    big["job_run_id"] = "huge".into();
+    big["command"] = serde_json::json!(["x".repeat(17 << 20)]);
+    forge_meta(&redis, "huge", "json", big.to_string().as_bytes());
+
+    let ls = env.run_within(LIMIT, &["ls", "--json", "--source", &url]);
+    assert_ok(&ls);
+    let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let jobs = jobs.as_array().unwrap();
+    // Ids and statuses only: the huge document is no message.
+    let listed: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["job_run_id"].as_str().unwrap_or(""),
+                j["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let find = |id: &str| -> Vec<&serde_json::Value> {
+        jobs.iter().filter(|j| j["job_run_id"] == id).collect()
+    };
+    assert_eq!(find("j1").len(), 1, "{listed:?}");
+    assert_eq!(find("j1")[0]["status"], "succeeded");
+    assert_eq!(find("esc").len(), 1, "{listed:?}");
+    assert_eq!(find("esc")[0]["status"], "damaged", "{listed:?}");
+    assert!(find("esc")[0]["error"].as_str().unwrap().contains("\"j1\""));
+    assert_eq!(find("huge").len(), 1, "{listed:?}");
+    assert_eq!(find("huge")[0]["status"], "damaged", "{listed:?}");
+    assert!(find("huge")[0]["error"].as_str().unwrap().contains("bytes"));
+
+    for id in ["esc", "huge"] {
+        let show = env.run_within(LIMIT, &["show", "--source", &url, id]);
+        assert_fails_with(&show, 1);
+        assert!(
+            stderr_text(&show).contains("damaged"),
+            "{}",
+            stderr_text(&show)
+        );
+    }
+    let srv = Serve::start(&env, &["--source", &url]);
+    let page = get(srv.port, "/api/job_runs/esc", &[]);
+    assert!(
+        !page.text().contains("\"job_run_id\":\"j1\""),
+        "{}",
+        page.head
+    );
+}
+
+#[test]
+fn a_fleet_over_the_listing_cap_lists_its_newest_jobs_and_says_so() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let url = redis.url();
+    // 100,001 older jobs (ids that sort first) still being created...
+    let mut c = redis.conn();
+    for chunk in 0..11 {
+        let mut p = redis::pipe();
+        for n in chunk * 10_000..((chunk + 1) * 10_000).min(100_001) {
+            p.cmd("HSET")
+                .arg(format!("logwrap:{{a{n:06}}}:meta"))
+                .arg("host")
+                .arg("x")
+                .ignore();
+        }
+        p.query::<()>(&mut c).unwrap();
+    }
+    // ...and the newest.
+    assert_ok(&env.run_sh("zz-new", &["--no-pty", "-q", "--ship", &url], "true"));
+    wait_shipped(&env, "zz-new");
+    let ls = env.run_within(LIMIT, &["ls", "--ids", "--source", &url]);
+    assert_ok(&ls);
+    assert_eq!(ls.stdout, b"zz-new\n");
+    let err = stderr_text(&ls);
+    assert!(err.contains("more than 100000 jobs"), "{err}");
+}
