@@ -1081,6 +1081,71 @@ fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
     }
 }
 
+#[test]
+fn a_slow_terminal_reader_still_gets_everything_after_the_log_write_fails() {
+    // The job ends with much of its output still for a slow reader; the
+    // copy falls behind the log, to be read back from it. Then the log hits
+    // its size limit: what the log lacks goes to the copy straight.
+    let env = TestEnv::new();
+    let expect: Vec<u8> = (0..60_000u32)
+        .flat_map(|n| {
+            format!("line {n:06} of the output that must all reach the reader\n").into_bytes()
+        })
+        .collect();
+    let input = env.path("input");
+    std::fs::write(&input, &expect).unwrap();
+    let mut cmd = env.cmd();
+    cmd.args([
+        "--job-run-id",
+        "lag",
+        "--no-pty",
+        "--drain-timeout",
+        "30s",
+        "--",
+    ])
+    .arg("cat")
+    .arg(&input)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: setrlimit between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Past what the log holds when the job ends (the rest is then
+            // in the pipe and the copy's queue), short of all of it.
+            let lim = libc::rlimit {
+                rlim_cur: 3_300_000,
+                rlim_max: 3_300_000,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // The reader's slowness is what is tested: a piece every 10 ms.
+        std::thread::sleep(Duration::from_millis(10));
+        match out.read(&mut buf).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        env.stdout_log("lag").len(),
+        3_300_000,
+        "the log holds what fitted"
+    );
+    assert_eq!(got.len(), expect.len(), "the terminal copy is whole");
+    assert!(
+        got == expect,
+        "the terminal copy is byte for byte the output"
+    );
+}
+
 // ---- Bounded memory ---------------------------------------------------------------------------
 
 #[test]
