@@ -1408,6 +1408,13 @@ impl Loop<'_> {
     }
 
     fn check_deadlines(&mut self, now: Instant) {
+        // Once the job has ended, a SIGKILL still due is for what it left in
+        // its group (a Ctrl-C while they hold the output open), so the drain
+        // does not run its whole course.
+        if self.kill_at.is_some_and(|t| now >= t) && self.child_end.is_some() {
+            self.kill_at = None;
+            self.signal_group(Signal::SIGKILL);
+        }
         if self.child_end.is_some() {
             return;
         }
@@ -1427,7 +1434,7 @@ impl Loop<'_> {
         let alive = self.child_end.is_none();
         [
             self.timeout_at.filter(|_| alive),
-            self.kill_at.filter(|_| alive),
+            self.kill_at,
             self.drain_at,
             self.publish_at,
             self.shipper.as_ref().and_then(|s| s.due_at()),

@@ -661,6 +661,34 @@ fn kill_after_sends_sigkill_to_a_child_that_ignores_sigterm() {
 }
 
 #[test]
+fn a_signal_after_the_job_ended_kills_what_it_left_holding_the_output() {
+    // The job has ended; a grandchild deaf to TERM, INT and HUP holds the
+    // output open. Ctrl-C (then TERM) must not wait out the whole drain.
+    let env = TestEnv::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let id = format!("left{i}");
+        let child = spawn_sh(
+            &env,
+            &id,
+            &[
+                &["--drain-timeout", "60s", "--kill-after", "300ms"][..],
+                mode,
+            ]
+            .concat(),
+            "(trap '' TERM INT HUP; sleep 60) & echo started",
+        );
+        wait_for_log(&env, &id, "started\n");
+        let t0 = Instant::now();
+        signal(child.id(), libc::SIGINT);
+        signal(child.id(), libc::SIGTERM);
+        let o = child.wait_with_output().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        assert_eq!(code(&o), 0, "the job's own status, mode {mode:?}");
+        assert_eq!(env.meta(&id)["status"], "succeeded");
+    }
+}
+
+#[test]
 fn timeout_ends_the_job_with_124() {
     let env = TestEnv::new();
     let o = env.run_sh(
