@@ -551,3 +551,55 @@ fn the_job_list_api_lists_damaged_jobs_as_ls_does() {
     let r = get(server.port, "/api/job_runs?limit=2&offset=2", &[]);
     assert_eq!(ids(&r.json()), ids(&ls)[2..4]);
 }
+
+#[test]
+fn a_job_cannot_make_itself_the_most_recent() {
+    let env = TestEnv::new();
+    let job = |id: &str| {
+        let o = env.run_sh(id, &["--no-pty", "-q"], &format!("echo {id}-out"));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    };
+    // One job claims to have started in 9999 (as a process it left behind
+    // can write once its wrapper is gone), another damaged itself and
+    // touched its directory into 2099; both before the real last job.
+    job("liar");
+    let path = env.job_dir("liar").join("metadata.json");
+    let mut meta = env.meta("liar");
+    meta["started_at"] = "9999-01-01T00:00:00.000Z".into();
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    job("broken");
+    plant(
+        &env,
+        &env.job_dir("broken").join("metadata.json"),
+        Plant::Fifo,
+    );
+    let mut touch = Command::new("touch");
+    touch.args(["-d", "2099-01-01"]).arg(env.job_dir("broken"));
+    assert!(run_bounded(touch).status.success());
+    job("real");
+    for args in [&["logs"][..], &["logs", "-f"]] {
+        let o = logwrap(&env, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "real-out\n", "{args:?}");
+    }
+    let o = logwrap(&env, &["grep", "out"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "real:1:real-out\n");
+    let o = logwrap(&env, &["ls", "--ids"]);
+    let ids = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(ids.lines().next(), Some("real"), "{ids}");
+    let server = Serve::start(&env, &[]);
+    let list = get(server.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "real", "{list}");
+    // With only damaged jobs left there is no most recent to read, and the
+    // error says why.
+    for id in ["liar", "real"] {
+        std::fs::remove_dir_all(env.job_dir(id)).unwrap();
+    }
+    let o = logwrap(&env, &["logs"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_text(&o));
+    assert!(
+        stderr_text(&o).contains("broken, is damaged"),
+        "{}",
+        stderr_text(&o)
+    );
+}
