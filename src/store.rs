@@ -1683,16 +1683,26 @@ pub(crate) fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Optio
         return Ok(None);
     };
     let (start, end) = index::chunk_range(idx, chunk)?;
-    let mut want = newline - index::lines_before(idx, chunk)?;
+    let before = index::lines_before(idx, chunk)?;
+    let recorded = idx.get(chunk)?.lines_end.saturating_sub(before);
     let mut buf = vec![0u8; (end - start) as usize];
     log.read_exact_at(&mut buf, start)?;
-    for pos in memchr::memchr_iter(b'\n', &buf) {
-        want -= 1;
-        if want == 0 {
-            return Ok(Some(start + pos as u64 + 1));
-        }
+    // The chunk's newlines must be exactly those its records count: a record
+    // moved in the middle of the index (out of order, or lying) shifts a
+    // chunk's bytes or count, and trusting it would name the wrong line
+    // without a word. Only the chunk a size limit omitted holds fewer (its
+    // bytes are a hole), and no line is looked up there.
+    let found = memchr::memchr_iter(b'\n', &buf).count() as u64;
+    if found != recorded {
+        bail!(
+            "index and log disagree (chunk {chunk} holds {found} newlines, its record {recorded})"
+        );
     }
-    bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)")
+    let nth = (newline - before - 1) as usize;
+    match memchr::memchr_iter(b'\n', &buf).nth(nth) {
+        Some(pos) => Ok(Some(start + pos as u64 + 1)),
+        None => bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)"),
+    }
 }
 
 /// Most bytes past the index's last record that [`count_stats`] scans for

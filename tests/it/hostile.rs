@@ -603,3 +603,40 @@ fn a_job_cannot_make_itself_the_most_recent() {
         stderr_text(&o)
     );
 }
+
+#[test]
+fn an_index_with_a_record_moved_in_its_middle_is_not_trusted() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "liar",
+        &["--no-pty", "-q"],
+        "printf '1\\n2\\n3\\n4\\n5\\n6\\n7\\n8\\n'",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    // Four chunks of two lines, plausible first and last records, and the
+    // third chunk's start (the second record's end) moved back a line.
+    let mut idx = env.file("liar", "stdout.idx")[..16].to_vec();
+    for (seq, end, lines_end) in [(0u64, 4u64, 2u64), (1, 6, 4), (2, 12, 6), (3, 16, 8)] {
+        for field in [seq, 1_000_000 + seq, end, lines_end] {
+            idx.extend_from_slice(&field.to_le_bytes());
+        }
+    }
+    std::fs::write(env.job_dir("liar").join("stdout.idx"), idx).unwrap();
+    for (args, want) in [
+        (&["logs", "--since", "6", "liar"][..], "6\n7\n8\n"),
+        (&["logs", "--tail", "2", "liar"], "7\n8\n"),
+        (
+            &["logs", "--tail", "2", "--prefix", "liar"],
+            "stdout: 7\nstdout: 8\n",
+        ),
+    ] {
+        let o = logwrap(&env, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{args:?}");
+        assert!(
+            stderr_text(&o).contains("index of job liar is missing or damaged"),
+            "{args:?}: {}",
+            stderr_text(&o)
+        );
+    }
+}
