@@ -427,6 +427,13 @@ fn a_sparse_log_costs_only_its_data_and_never_freezes_the_server() {
         );
         assert!(stderr_text(&o).contains("hole"), "{}", stderr_text(&o));
     }
+    // A line is searched in its first MiB: the rest of the hole is skipped.
+    let started = std::time::Instant::now();
+    let o = logwrap(&env, &["grep", "first", "big"]);
+    let took = started.elapsed();
+    assert!(took < bound, "grep took {took:?}");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "big:1:first\n");
 }
 
 #[test]
