@@ -630,6 +630,15 @@ impl StreamReader {
         let mut newline = None;
         loop {
             while at < len {
+                if at < self.scanned && data.len() >= self.max_keep {
+                    // Read before and found without a newline, and nothing
+                    // more of it is kept: go on from where that read
+                    // stopped, so a follower of a long line that grows a
+                    // little at a time reads each byte once, not all of the
+                    // line at every look.
+                    at = self.scanned;
+                    continue;
+                }
                 if !self.cached(at) {
                     let data_at = next_data(&self.log, at, len);
                     if data_at > at {
@@ -1072,6 +1081,43 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert!(seeks > 10, "only {seeks} seeks");
+    }
+
+    /// Bytes this thread has read from files so far (`rchar` in
+    /// /proc/thread-self/io): the tests run in threads of one process.
+    fn bytes_read() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_unfinished_long_line_is_not_read_again_at_every_look() {
+        let (store, id, _sink) = job("regrow", &[(Stream::Stdout, &[b'x'; 4 << 20])]);
+        let path = store.log_path(&id, Stream::Stdout);
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 10).unwrap();
+        assert_eq!(r.next_line(false).unwrap(), None, "no newline yet");
+        let append = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        // The line grows by a byte: a follower looks again.
+        append(b"x");
+        let before = bytes_read();
+        assert_eq!(r.next_line(false).unwrap(), None);
+        let read = bytes_read() - before;
+        assert!(read < 1 << 20, "read {read} bytes for one new byte");
+        append(b"\n");
+        // Written by hand, the end has no index record: the writer is done.
+        let l = r.next_line(true).unwrap().unwrap();
+        assert_eq!((l.number, l.len, l.data.len()), (1, (4 << 20) + 2, 10));
     }
 
     #[test]
