@@ -232,11 +232,12 @@ pub(crate) struct StreamReader {
     rec_cache: Option<(u64, crate::output::index::Record)>,
     /// End of the log as the index covers it (0 without a usable index).
     indexed_end: u64,
-    /// Size of the log when last measured: it only grows, so it is measured
-    /// again only once the reader has reached it.
+    /// Size of the log when last measured: a log only grows, so it is
+    /// measured again only once the reader has reached it; found smaller,
+    /// the job truncated it (see [`StreamReader::restart`]).
     known_len: u64,
-    /// Times the log was found shorter than `known_len` (see
-    /// [`LineSource::restarts`]).
+    /// Times the log was found shorter than `known_len` or the reader's
+    /// position (see [`LineSource::restarts`]).
     restarts: u64,
     /// The index was found inconsistent with the log: it is never used again.
     damaged: bool,
