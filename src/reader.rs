@@ -1084,6 +1084,50 @@ mod tests {
         assert!(seeks > 10, "only {seeks} seeks");
     }
 
+    #[test]
+    fn a_copy_keeps_short_holes_as_zeros_and_leaves_long_ones_out() {
+        let t = TempRoot::new("reader-holes");
+        let path = t.0.root().join("log");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        // "a\n", a 100 KiB hole, "b\n", a 5 MiB hole, "c\n" (holes are
+        // made by writing past the end).
+        let short = 2 + (100 << 10);
+        let long_at = short + 2;
+        let c_at = long_at + (5 << 20);
+        f.write_all_at(b"a\n", 0).unwrap();
+        f.write_all_at(b"b\n", short).unwrap();
+        f.write_all_at(b"c\n", c_at).unwrap();
+        let len = c_at + 2;
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        let done = copy_data(&f, 0, len, &mut out, |at, n| skipped.push((at, n))).unwrap();
+        assert_eq!(done, len);
+        let mut want = b"a\n".to_vec();
+        want.resize(short as usize, 0);
+        want.extend_from_slice(b"b\n");
+        // Filesystems keep holes in blocks: the long one is left out from
+        // the first block boundary after "b\n" to the block holding "c\n".
+        let (at, n) = match skipped[..] {
+            [one] => one,
+            _ => panic!("skipped {skipped:?}"),
+        };
+        assert!(
+            at >= long_at && at + n <= c_at && n > HOLE_COPIED,
+            "{at} {n}"
+        );
+        assert_eq!(out.len() as u64, len - n);
+        assert_eq!(&out[..want.len()], &want[..], "the short hole is copied");
+        assert!(out.ends_with(b"c\n"));
+        assert!(out[short as usize + 2..out.len() - 2]
+            .iter()
+            .all(|&b| b == 0));
+    }
+
     /// Bytes this thread has read from files so far (`rchar` in
     /// /proc/thread-self/io): the tests run in threads of one process.
     fn bytes_read() -> u64 {
