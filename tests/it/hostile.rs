@@ -483,6 +483,12 @@ fn follow_says_when_the_job_empties_its_log_and_goes_on_from_its_start() {
             "stdout: one\nstdout: two\nstdout: three\n",
         ),
         ("all", &["-f", "--all"], "one\ntwo\nthree\n"),
+        // `--since 2` counted lines of the log before it was emptied.
+        (
+            "since",
+            &["-f", "--prefix", "--since", "2"],
+            "stdout: two\nstdout: three\n",
+        ),
     ] {
         let gate = Gate::new(&env, &format!("gate-{id}"));
         let script = format!(
