@@ -509,18 +509,19 @@ fn truncated_notice(stream: Stream) -> String {
 }
 
 /// Says [`truncated_notice`] once each time `reader` started over; `seen`
-/// holds how many times it had.
+/// holds how many times it had. True when it just did.
 fn warn_restart(
     reader: &dyn LineSource,
     seen: &mut u64,
     out: &mut BufWriter<io::StdoutLock<'_>>,
-) -> Result<()> {
-    if reader.restarts() > *seen {
-        *seen = reader.restarts();
-        out.flush()?;
-        say(&truncated_notice(reader.stream()));
+) -> Result<bool> {
+    if reader.restarts() == *seen {
+        return Ok(false);
     }
-    Ok(())
+    *seen = reader.restarts();
+    out.flush()?;
+    say(&truncated_notice(reader.stream()));
+    Ok(true)
 }
 
 /// Where the line modes take lines from.
@@ -559,7 +560,10 @@ impl LinePrinter {
             let line = match &mut self.source {
                 Source::One(r) => {
                     let line = r.next_line(done)?;
-                    warn_restart(r.as_ref(), &mut self.restarts[0], out)?;
+                    if warn_restart(r.as_ref(), &mut self.restarts[0], out)? {
+                        // `--since N` counted lines of the log as it was.
+                        self.want = 0;
+                    }
                     line
                 }
                 Source::Both(c) => {

@@ -238,11 +238,12 @@ pub(crate) struct StreamReader {
     rec_cache: Option<(u64, crate::output::index::Record)>,
     /// End of the log as the index covers it (0 without a usable index).
     indexed_end: u64,
-    /// Size of the log when last measured: it only grows, so it is measured
-    /// again only once the reader has reached it.
+    /// Size of the log when last measured: a log only grows, so it is
+    /// measured again only once the reader has reached it; found smaller,
+    /// the job truncated it (see [`StreamReader::restart`]).
     known_len: u64,
-    /// Times the log was found shorter than `known_len` (see
-    /// [`LineSource::restarts`]).
+    /// Times the log was found shorter than `known_len` or the reader's
+    /// position (see [`LineSource::restarts`]).
     restarts: u64,
     /// The index was found inconsistent with the log: it is never used again.
     damaged: bool,
@@ -636,6 +637,15 @@ impl StreamReader {
         let mut newline = None;
         loop {
             while at < len {
+                if at < self.scanned && data.len() >= self.max_keep {
+                    // Read before and found without a newline, and nothing
+                    // more of it is kept: go on from where that read
+                    // stopped, so a follower of a long line that grows a
+                    // little at a time reads each byte once, not all of the
+                    // line at every look.
+                    at = self.scanned;
+                    continue;
+                }
                 if !self.cached(at) {
                     let data_at = next_data(&self.log, at, len);
                     if data_at > at {
@@ -1079,6 +1089,87 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert!(seeks > 10, "only {seeks} seeks");
+    }
+
+    #[test]
+    fn a_copy_keeps_short_holes_as_zeros_and_leaves_long_ones_out() {
+        let t = TempRoot::new("reader-holes");
+        let path = t.0.root().join("log");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        // "a\n", a 100 KiB hole, "b\n", a 5 MiB hole, "c\n" (holes are
+        // made by writing past the end).
+        let short = 2 + (100 << 10);
+        let long_at = short + 2;
+        let c_at = long_at + (5 << 20);
+        f.write_all_at(b"a\n", 0).unwrap();
+        f.write_all_at(b"b\n", short).unwrap();
+        f.write_all_at(b"c\n", c_at).unwrap();
+        let len = c_at + 2;
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        let done = copy_data(&f, 0, len, &mut out, |at, n| skipped.push((at, n))).unwrap();
+        assert_eq!(done, len);
+        let mut want = b"a\n".to_vec();
+        want.resize(short as usize, 0);
+        want.extend_from_slice(b"b\n");
+        // Filesystems keep holes in blocks: the long one is left out from
+        // the first block boundary after "b\n" to the block holding "c\n".
+        let (at, n) = match skipped[..] {
+            [one] => one,
+            _ => panic!("skipped {skipped:?}"),
+        };
+        assert!(
+            at >= long_at && at + n <= c_at && n > HOLE_COPIED,
+            "{at} {n}"
+        );
+        assert_eq!(out.len() as u64, len - n);
+        assert_eq!(&out[..want.len()], &want[..], "the short hole is copied");
+        assert!(out.ends_with(b"c\n"));
+        assert!(out[short as usize + 2..out.len() - 2]
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    /// Bytes this thread has read from files so far (`rchar` in
+    /// /proc/thread-self/io): the tests run in threads of one process.
+    fn bytes_read() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_unfinished_long_line_is_not_read_again_at_every_look() {
+        let (store, id, _sink) = job("regrow", &[(Stream::Stdout, &[b'x'; 4 << 20])]);
+        let path = store.log_path(&id, Stream::Stdout);
+        let mut r = StreamReader::open(&store, &id, Stream::Stdout, Start::Line(1), 10).unwrap();
+        assert_eq!(r.next_line(false).unwrap(), None, "no newline yet");
+        let append = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        // The line grows by a byte: a follower looks again.
+        append(b"x");
+        let before = bytes_read();
+        assert_eq!(r.next_line(false).unwrap(), None);
+        let read = bytes_read() - before;
+        assert!(read < 1 << 20, "read {read} bytes for one new byte");
+        append(b"\n");
+        // Written by hand, the end has no index record: the writer is done.
+        let l = r.next_line(true).unwrap().unwrap();
+        assert_eq!((l.number, l.len, l.data.len()), (1, (4 << 20) + 2, 10));
     }
 
     #[test]

@@ -508,12 +508,8 @@ pub trait LogStore: Send + Sync {
                         None => format!("{e:#}"),
                     })),
                 };
-                let started_ms = meta
-                    .as_ref()
-                    .ok()
-                    .and_then(|m| timefmt::parse_rfc3339_ms(&m.started_at))
-                    .or_else(|| self.created_ms(&id))
-                    .unwrap_or(0);
+                let started_ms =
+                    self.rank_ms(&id, meta.as_ref().ok().map(|m| m.started_at.as_str()));
                 JobListing {
                     id,
                     meta,
@@ -524,9 +520,23 @@ pub trait LogStore: Send + Sync {
         jobs.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
         Ok(jobs)
     }
-    /// When the job was created (ms since the epoch), for a job without
-    /// metadata yet.
+    /// When the job was created (ms since the epoch), as the store saw it
+    /// rather than as the job says: for a job without metadata yet, and to
+    /// bound the start time a job claims ([`LogStore::rank_ms`]).
     fn created_ms(&self, id: &JobId) -> Option<i64>;
+    /// Where job `id` ranks in the newest-first order (ms since the epoch):
+    /// its `started_at`, but never later than its creation as the store saw
+    /// it, nor than now. A job writes its own metadata and owns its
+    /// directory, and a `started_at` of 9999 (or a directory touched to
+    /// 2099) must not make it the most recent job for ever. A job without
+    /// metadata ranks by its creation.
+    fn rank_ms(&self, id: &JobId, started_at: Option<&str>) -> i64 {
+        let started = started_at.and_then(timefmt::parse_rfc3339_ms);
+        let bound = self
+            .created_ms(id)
+            .unwrap_or_else(|| timefmt::unix_ms(std::time::SystemTime::now()));
+        started.map_or(bound, |s| s.min(bound))
+    }
     /// A value that changes whenever a job is created or removed (`None` if the
     /// store cannot tell): lets a reader keep a list until it does.
     fn list_version(&self) -> Option<u64>;
@@ -610,8 +620,8 @@ pub struct JobListing {
     pub id: JobId,
     /// Live metadata, or why there is none.
     pub meta: std::result::Result<Metadata, Unlisted>,
-    /// Start time (ms since the epoch): `started_at`, or when the job was
-    /// created while it has no metadata.
+    /// Start time (ms since the epoch) as it ranks ([`LogStore::rank_ms`]):
+    /// `started_at`, or when the job was created while it has no metadata.
     pub started_ms: i64,
 }
 
@@ -971,9 +981,18 @@ impl LogStore for FileStore {
         self.list_job_ids()
     }
 
+    /// The directory's birth time where the filesystem keeps one (ext4,
+    /// XFS, Btrfs, tmpfs); else its mtime, which the job can set (`touch -d
+    /// 2099-01-01`) but not past its ctime, which only the kernel sets.
     fn created_ms(&self, id: &JobId) -> Option<i64> {
-        let modified = fs::symlink_metadata(self.job_dir(id)).and_then(|m| m.modified());
-        modified.ok().map(timefmt::unix_ms)
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(self.job_dir(id)).ok()?;
+        if let Ok(born) = m.created() {
+            return Some(timefmt::unix_ms(born));
+        }
+        let changed = m.ctime() * 1000 + m.ctime_nsec() / 1_000_000;
+        let modified = m.modified().map_or(changed, timefmt::unix_ms);
+        Some(modified.min(changed))
     }
 
     fn list_version(&self) -> Option<u64> {
@@ -1670,16 +1689,26 @@ pub(crate) fn line_start(log: &File, idx: &impl Records, n: u64) -> Result<Optio
         return Ok(None);
     };
     let (start, end) = index::chunk_range(idx, chunk)?;
-    let mut want = newline - index::lines_before(idx, chunk)?;
+    let before = index::lines_before(idx, chunk)?;
+    let recorded = idx.get(chunk)?.lines_end.saturating_sub(before);
     let mut buf = vec![0u8; (end - start) as usize];
     log.read_exact_at(&mut buf, start)?;
-    for pos in memchr::memchr_iter(b'\n', &buf) {
-        want -= 1;
-        if want == 0 {
-            return Ok(Some(start + pos as u64 + 1));
-        }
+    // The chunk's newlines must be exactly those its records count: a record
+    // moved in the middle of the index (out of order, or lying) shifts a
+    // chunk's bytes or count, and trusting it would name the wrong line
+    // without a word. Only the chunk a size limit omitted holds fewer (its
+    // bytes are a hole), and no line is looked up there.
+    let found = memchr::memchr_iter(b'\n', &buf).count() as u64;
+    if found != recorded {
+        bail!(
+            "index and log disagree (chunk {chunk} holds {found} newlines, its record {recorded})"
+        );
     }
-    bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)")
+    let nth = (newline - before - 1) as usize;
+    match memchr::memchr_iter(b'\n', &buf).nth(nth) {
+        Some(pos) => Ok(Some(start + pos as u64 + 1)),
+        None => bail!("index and log disagree (chunk {chunk} holds fewer newlines than recorded)"),
+    }
 }
 
 /// Most bytes past the index's last record that [`count_stats`] scans for

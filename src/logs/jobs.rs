@@ -3,7 +3,7 @@
 //! does not exist, and the exit status a finished job stands for.
 
 use crate::metadata::{Metadata, Status};
-use crate::store::{JobId, LogStore};
+use crate::store::{JobId, LogStore, Unlisted};
 use anyhow::{anyhow, Result};
 use std::str::FromStr;
 
@@ -16,20 +16,32 @@ pub const ABANDONED_EXIT: i32 = 128 + 9;
 /// enough to stay on one line.
 const SUGGESTIONS: usize = 3;
 
-/// The most recent job (see [`LogStore::list_jobs`] for the order), or an error
-/// saying there is none.
+/// The most recent job (see [`LogStore::list_jobs`] for the order, which a
+/// job cannot lie its way to the top of), or an error saying there is none.
+/// A damaged job is passed over: it has nothing to show but its refusal, and
+/// a job that damaged itself must not hide the one started after it.
 pub fn most_recent(store: &dyn LogStore) -> Result<JobId> {
-    store
-        .list_jobs()?
-        .into_iter()
-        .next()
-        .map(|j| j.id)
-        .ok_or_else(|| {
-            anyhow!(
-                "no jobs under {}; run one with `logwrap -- CMD` or pass --log-dir",
-                store.location()
-            )
-        })
+    let jobs = store.list_jobs()?;
+    let mut damaged = None;
+    for job in jobs {
+        match &job.meta {
+            Err(Unlisted::Damaged(why)) => {
+                damaged.get_or_insert((job.id, why.clone()));
+            }
+            _ => return Ok(job.id),
+        }
+    }
+    Err(match damaged {
+        Some((id, why)) => anyhow!(
+            "no readable jobs under {}: the most recent, {id}, is damaged ({why}); \
+             `logwrap ls` lists the jobs",
+            store.location()
+        ),
+        None => anyhow!(
+            "no jobs under {}; run one with `logwrap -- CMD` or pass --log-dir",
+            store.location()
+        ),
+    })
 }
 
 /// The error for a job that does not exist, naming the closest ids there are.

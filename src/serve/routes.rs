@@ -188,10 +188,11 @@ pub struct JobOrder {
     /// Modification time of `job_runs/` when built: a job created or
     /// removed since changes it.
     version: Option<u64>,
-    /// Each listed job's `started_at`, which never changes once written: a
-    /// rebuild reads the metadata of new jobs only, so a root of 10,000 jobs
-    /// costs one directory listing per new job, not 10,000 reads.
-    started: HashMap<JobId, String>,
+    /// Each listed job's rank ([`LogStore::rank_ms`], from `started_at`,
+    /// which never changes once written): a rebuild reads the metadata of new
+    /// jobs only, so a root of 10,000 jobs costs one directory listing per
+    /// new job, not 10,000 reads.
+    started: HashMap<JobId, i64>,
 }
 
 /// What the handlers need: the store, the one job served when the server runs
@@ -379,7 +380,8 @@ fn flag(req: &Request, name: &str) -> Result<bool> {
     }
 }
 
-/// The ids of the jobs in view, newest first (by `started_at`, then id). The
+/// The ids of the jobs in view, newest first (by rank, see
+/// [`LogStore::rank_ms`], then id), as `ls` orders them. The
 /// order is built once and shared (see [`LIST_ORDER_TTL`]); only ids are kept,
 /// each job's metadata is read when its turn to be sent comes.
 fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
@@ -393,7 +395,7 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
             return Ok(ids.clone());
         }
     }
-    let mut keyed: Vec<(String, JobId)> = Vec::new();
+    let mut keyed: Vec<(i64, JobId)> = Vec::new();
     let mut complete = true;
     let mut started = HashMap::new();
     for id in ctx.store.job_ids()? {
@@ -401,7 +403,7 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
         let at = match known {
             Some(at) => at,
             None => match ctx.store.metadata(&id) {
-                Ok(m) => m.started_at,
+                Ok(m) => ctx.store.rank_ms(&id, Some(&m.started_at)),
                 // A job being created has no metadata for a moment; it is
                 // simply not listed, and this order is not kept for the next
                 // request.
@@ -411,14 +413,10 @@ fn ordered_ids(ctx: &Ctx) -> Result<Arc<[JobId]>> {
                 }
                 // A damaged job is listed, as `ls` lists it, where its
                 // directory's time puts it (`LogStore::list_jobs`).
-                Err(_) => ctx
-                    .store
-                    .created_ms(&id)
-                    .map(crate::timefmt::rfc3339_ms)
-                    .unwrap_or_default(),
+                Err(_) => ctx.store.rank_ms(&id, None),
             },
         };
-        started.insert(id.clone(), at.clone());
+        started.insert(id.clone(), at);
         keyed.push((at, id));
     }
     keyed.sort_by(|a, b| b.cmp(a));

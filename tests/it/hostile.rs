@@ -427,6 +427,13 @@ fn a_sparse_log_costs_only_its_data_and_never_freezes_the_server() {
         );
         assert!(stderr_text(&o).contains("hole"), "{}", stderr_text(&o));
     }
+    // A line is searched in its first MiB: the rest of the hole is skipped.
+    let started = std::time::Instant::now();
+    let o = logwrap(&env, &["grep", "first", "big"]);
+    let took = started.elapsed();
+    assert!(took < bound, "grep took {took:?}");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "big:1:first\n");
 }
 
 #[test]
@@ -476,6 +483,12 @@ fn follow_says_when_the_job_empties_its_log_and_goes_on_from_its_start() {
             "stdout: one\nstdout: two\nstdout: three\n",
         ),
         ("all", &["-f", "--all"], "one\ntwo\nthree\n"),
+        // `--since 2` counted lines of the log before it was emptied.
+        (
+            "since",
+            &["-f", "--prefix", "--since", "2"],
+            "stdout: two\nstdout: three\n",
+        ),
     ] {
         let gate = Gate::new(&env, &format!("gate-{id}"));
         let script = format!(
@@ -550,4 +563,93 @@ fn the_job_list_api_lists_damaged_jobs_as_ls_does() {
     // A page of two, past the first: the order holds the damaged jobs too.
     let r = get(server.port, "/api/job_runs?limit=2&offset=2", &[]);
     assert_eq!(ids(&r.json()), ids(&ls)[2..4]);
+}
+
+#[test]
+fn a_job_cannot_make_itself_the_most_recent() {
+    let env = TestEnv::new();
+    let job = |id: &str| {
+        let o = env.run_sh(id, &["--no-pty", "-q"], &format!("echo {id}-out"));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    };
+    // One job claims to have started in 9999 (as a process it left behind
+    // can write once its wrapper is gone), another damaged itself and
+    // touched its directory into 2099; both before the real last job.
+    job("liar");
+    let path = env.job_dir("liar").join("metadata.json");
+    let mut meta = env.meta("liar");
+    meta["started_at"] = "9999-01-01T00:00:00.000Z".into();
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    job("broken");
+    plant(
+        &env,
+        &env.job_dir("broken").join("metadata.json"),
+        Plant::Fifo,
+    );
+    let mut touch = Command::new("touch");
+    touch.args(["-d", "2099-01-01"]).arg(env.job_dir("broken"));
+    assert!(run_bounded(touch).status.success());
+    job("real");
+    for args in [&["logs"][..], &["logs", "-f"]] {
+        let o = logwrap(&env, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "real-out\n", "{args:?}");
+    }
+    let o = logwrap(&env, &["grep", "out"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "real:1:real-out\n");
+    let o = logwrap(&env, &["ls", "--ids"]);
+    let ids = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(ids.lines().next(), Some("real"), "{ids}");
+    let server = Serve::start(&env, &[]);
+    let list = get(server.port, "/api/job_runs", &[]).json();
+    assert_eq!(list[0]["job_run_id"], "real", "{list}");
+    // With only damaged jobs left there is no most recent to read, and the
+    // error says why.
+    for id in ["liar", "real"] {
+        std::fs::remove_dir_all(env.job_dir(id)).unwrap();
+    }
+    let o = logwrap(&env, &["logs"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_text(&o));
+    assert!(
+        stderr_text(&o).contains("broken, is damaged"),
+        "{}",
+        stderr_text(&o)
+    );
+}
+
+#[test]
+fn an_index_with_a_record_moved_in_its_middle_is_not_trusted() {
+    let env = TestEnv::new();
+    let o = env.run_sh(
+        "liar",
+        &["--no-pty", "-q"],
+        "printf '1\\n2\\n3\\n4\\n5\\n6\\n7\\n8\\n'",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    // Four chunks of two lines, plausible first and last records, and the
+    // third chunk's start (the second record's end) moved back a line.
+    let mut idx = env.file("liar", "stdout.idx")[..16].to_vec();
+    for (seq, end, lines_end) in [(0u64, 4u64, 2u64), (1, 6, 4), (2, 12, 6), (3, 16, 8)] {
+        for field in [seq, 1_000_000 + seq, end, lines_end] {
+            idx.extend_from_slice(&field.to_le_bytes());
+        }
+    }
+    std::fs::write(env.job_dir("liar").join("stdout.idx"), idx).unwrap();
+    for (args, want) in [
+        (&["logs", "--since", "6", "liar"][..], "6\n7\n8\n"),
+        (&["logs", "--tail", "2", "liar"], "7\n8\n"),
+        (
+            &["logs", "--tail", "2", "--prefix", "liar"],
+            "stdout: 7\nstdout: 8\n",
+        ),
+    ] {
+        let o = logwrap(&env, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr_text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{args:?}");
+        assert!(
+            stderr_text(&o).contains("index of job liar is missing or damaged"),
+            "{args:?}: {}",
+            stderr_text(&o)
+        );
+    }
 }
