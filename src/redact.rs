@@ -42,7 +42,7 @@ pub const MAX_MARKER_VALUE: usize = 8 * 1024;
 /// Most values `DATABUILD_REDACT:` markers may add to one job. A build has a
 /// handful of runtime secrets; a runaway job printing markers must cost
 /// little: each value adds its needles to the filter in place (see
-/// [`Redactor::extend`]), but the automaton, which checks the filter's hits,
+/// `Redactor::extend`), but the automaton, which checks the filter's hits,
 /// is built anew for the next hit after a value is added.
 pub const MAX_MARKER_SECRETS: usize = 256;
 
