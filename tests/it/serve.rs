@@ -674,7 +674,6 @@ fn a_listen_job_with_many_followers_delivers_every_line_to_each_and_completes() 
 #[test]
 fn followers_holding_every_descriptor_allowed_never_cost_the_job_its_end() {
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let env = TestEnv::new();
     let mut cmd = env.cmd();
@@ -695,18 +694,8 @@ fn followers_holding_every_descriptor_allowed_never_cost_the_job_its_end() {
     .stdin(Stdio::piped())
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
-    // SAFETY: setrlimit between fork and exec is async-signal-safe. A hard
-    // limit of 256 that the server cannot raise.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 256,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            Ok(())
-        });
-    }
+    // A hard limit of 256, which the server cannot raise.
+    with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 256, 256);
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut said = String::new();

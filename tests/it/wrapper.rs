@@ -1072,17 +1072,7 @@ fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
         args.extend_from_slice(mode);
         args.extend_from_slice(&["--", "sh", "-c", "seq 1 300000; exit 3"]);
         cmd.args(&args);
-        // SAFETY: setrlimit between fork and exec is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 100_000,
-                    rlim_max: 100_000,
-                };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-                Ok(())
-            });
-        }
+        with_rlimit(&mut cmd, libc::RLIMIT_FSIZE, 100_000, 100_000);
         let o = cmd.output().unwrap();
         assert_eq!(code(&o), 3, "the job's own status, mode {mode:?}");
         let expect: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
@@ -1135,19 +1125,9 @@ fn a_slow_terminal_reader_still_gets_everything_after_the_log_write_fails() {
     .arg(&input)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    // SAFETY: setrlimit between fork and exec is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Past what the log holds when the job ends (the rest is then
-            // in the pipe and the copy's queue), short of all of it.
-            let lim = libc::rlimit {
-                rlim_cur: 3_300_000,
-                rlim_max: 3_300_000,
-            };
-            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-            Ok(())
-        });
-    }
+    // Past what the log holds when the job ends (the rest is then
+    // in the pipe and the copy's queue), short of all of it.
+    with_rlimit(&mut cmd, libc::RLIMIT_FSIZE, 3_300_000, 3_300_000);
     let mut child = cmd.spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut got = Vec::new();
@@ -1568,18 +1548,8 @@ fn listen_does_not_change_the_jobs_descriptor_limit() {
         cmd.args(["--job-run-id", id, "--no-pty"])
             .args(&extra)
             .args(["--", "sh", "-c", "ulimit -n"]);
-        // SAFETY: setrlimit between fork and exec is async-signal-safe. A soft
-        // limit under the hard one is what a server would raise.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 1000,
-                    rlim_max: 2000,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                Ok(())
-            });
-        }
+        // A soft limit under the hard one is what a server would raise.
+        with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 1000, 2000);
         let o = cmd.output().unwrap();
         assert_eq!(code(&o), 0, "{}", stderr_text(&o));
         seen.push(String::from_utf8(env.stdout_log(id)).unwrap());
@@ -1664,17 +1634,7 @@ fn running_out_of_descriptors_before_the_job_runs_is_logwraps_failure_and_leaves
             cmd.args(["--job-run-id", &id])
                 .args(*mode)
                 .args(["--", "sh", "-c", "echo ran"]);
-            // SAFETY: setrlimit between fork and exec is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                    Ok(())
-                });
-            }
+            with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, limit, limit);
             let o = cmd.output().unwrap();
             match code(&o) {
                 0 => assert_eq!(env.stdout_log(&id), b"ran\n", "{limit} {mode:?}"),

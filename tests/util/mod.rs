@@ -188,3 +188,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Has `cmd` start with `resource` (`libc::RLIMIT_*`) limited to `soft` and
+/// `hard`: a file size limit, a descriptor limit.
+pub fn with_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            libc::setrlimit(resource, &lim);
+            Ok(())
+        });
+    }
+}
