@@ -1135,10 +1135,15 @@ impl Loop<'_> {
                     // copy only) follow it in order.
                     catch_up_now(self.sink.as_ref(), s, from, self.cfg.drain_timeout);
                 }
+                // What the log holds: a write may have failed part way.
+                let held = self
+                    .sink
+                    .log_reader(s.stream, 0)
+                    .and_then(|f| f.metadata().ok())
+                    .map_or(s.stats.bytes, |m| m.len());
                 let error = format!(
-                    "{}.log: write failed after {} bytes: {e}; the rest of {} went to the terminal copy only",
+                    "{}.log: write failed after {held} bytes: {e}; the rest of {} went to the terminal copy only",
                     s.stream.name(),
-                    s.stats.bytes,
                     s.stream.name()
                 );
                 if !self.log_write_failed {

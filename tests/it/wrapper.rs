@@ -1087,9 +1087,10 @@ fn a_file_size_limit_never_stops_the_job_or_the_terminal_copy() {
         assert_eq!(m["exit_code"], 3);
         let errors = m["log_errors"].as_array().unwrap();
         assert!(
-            errors
-                .iter()
-                .any(|e| e.as_str().unwrap().contains("stdout.log")),
+            errors.iter().any(|e| e
+                .as_str()
+                .unwrap()
+                .contains("stdout.log: write failed after 100000 bytes")),
             "{errors:?}"
         );
         let said = logwrap_lines(&o);
