@@ -590,11 +590,20 @@ fn list(ctx: &Ctx, req: &Request) -> Result<Response> {
         sent: 0,
         started: false,
     };
-    let resp = Response::stream("application/json", body);
-    Ok(match total {
-        Some(n) => resp.header("X-Total-Count", n.to_string()),
-        None => resp,
-    })
+    let mut resp = Response::stream("application/json", body);
+    if let Some(n) = total {
+        resp = resp.header("X-Total-Count", n.to_string());
+    }
+    if let Some(cut) = ctx.store.list_cut() {
+        // Jobs were left out of the list (a store listing at most so many):
+        // said, as `ls` says it, in words fit for a header.
+        let words: String = cut
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+            .collect();
+        resp = resp.header("X-List-Cut", words);
+    }
+    Ok(resp)
 }
 
 /// `GET /`: the job list page, which loads its jobs from the API.

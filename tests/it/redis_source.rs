@@ -676,4 +676,10 @@ fn a_fleet_over_the_listing_cap_lists_its_newest_jobs_and_says_so() {
     assert_eq!(ls.stdout, b"zz-new\n");
     let err = stderr_text(&ls);
     assert!(err.contains("more than 100000 jobs"), "{err}");
+    // The server's list says it too.
+    let srv = Serve::start(&env, &["--source", &url]);
+    let list = get(srv.port, "/api/job_runs?limit=1", &[]);
+    assert_eq!(list.status, 200, "{}", list.head);
+    let cut = list.header("x-list-cut").unwrap_or_default();
+    assert!(cut.contains("more than 100000 jobs"), "{}", list.head);
 }
