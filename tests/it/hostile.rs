@@ -313,9 +313,12 @@ fn deleting_the_lock_file_neither_abandons_nor_exposes_a_running_job() {
 fn gc_rechecks_the_writer_before_deleting_a_job_that_claims_to_be_done() {
     let env = TestEnv::new();
     let gate = Gate::new(&env, "gate");
-    // The job rewrites its own metadata to look finished long ago.
+    // The job rewrites its own metadata to look finished long ago, once the
+    // wrapper has written it with the job's pid (else that write could undo
+    // the fake).
     let script = format!(
         "m=\"$DATABUILD_JOB_LOG_DIR/metadata.json\"; \
+         until grep -q '\"child_pid\": [0-9]' \"$m\"; do sleep 0.01; done; \
          sed -e 's/\"status\": \"running\"/\"status\": \"succeeded\"/' \
              -e 's/\"ended_at\": null/\"ended_at\": \"2000-01-01T00:00:00.000Z\"/' \
              -e 's/\"started_at\": \"[^\"]*\"/\"started_at\": \"2000-01-01T00:00:00.000Z\"/' \
