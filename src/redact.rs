@@ -989,21 +989,9 @@ impl QgramFilter {
         let sampled = patterns.get(1..).unwrap_or_default();
         let min_sampled = sampled.iter().map(Vec::len).min().unwrap_or(0);
         let step = (min_sampled + 1).saturating_sub(Q).max(1);
-        let mut a = zeroed_table::<u8, FILTER_SLOTS>();
-        let mut b = zeroed_table::<u64, { CONFIRM_BITS / 64 }>();
-        for (k, p) in patterns.iter().enumerate() {
-            for (i, w) in p.windows(Q).enumerate() {
-                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                if k > 0 && i < step {
-                    a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
-                }
-                // Every pattern's, for the held-back suffix.
-                set_bit(&mut b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
-            }
-        }
-        QgramFilter {
-            a,
-            b,
+        let mut filter = QgramFilter {
+            a: zeroed_table::<u8, FILTER_SLOTS>(),
+            b: zeroed_table::<u64, { CONFIRM_BITS / 64 }>(),
             step,
             min_len: patterns.iter().map(Vec::len).min().unwrap_or(0),
             pair_check: min_sampled >= 3 * Q - 1,
@@ -1012,6 +1000,23 @@ impl QgramFilter {
             sampled: !sampled.is_empty(),
             marker: memchr::memmem::Finder::new(patterns.first().map_or(&[][..], Vec::as_slice))
                 .into_owned(),
+        };
+        for (k, p) in patterns.iter().enumerate() {
+            filter.insert(p, k > 0);
+        }
+        filter
+    }
+
+    /// Puts the q-grams of pattern `p` in the tables: every one in the
+    /// second (for the neighbour check and the held-back suffix), those a
+    /// sample can land on in the first if `p` is `sampled` (not the marker).
+    fn insert(&mut self, p: &[u8], sampled: bool) {
+        for (i, w) in p.windows(Q).enumerate() {
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            if sampled && i < self.step {
+                self.a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
+            }
+            set_bit(&mut self.b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
         }
     }
 
@@ -1024,13 +1029,7 @@ impl QgramFilter {
             return false;
         }
         for p in patterns {
-            for (i, w) in p.windows(Q).enumerate() {
-                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                if i < self.step {
-                    self.a[qgram_hash::<FILTER_SLOTS>(v, HASH_A)] = 1;
-                }
-                set_bit(&mut self.b[..], qgram_hash::<CONFIRM_BITS>(v, HASH_B));
-            }
+            self.insert(p, true);
             self.max_len = self.max_len.max(p.len());
         }
         true
