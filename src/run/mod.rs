@@ -585,28 +585,6 @@ fn initial_winsize(cfg: &RunConfig) -> Winsize {
     }
 }
 
-/// Sends the terminal copy of `s` what its log holds from byte `from` up to
-/// what was delivered before the chunk at hand, waiting for a slow reader as
-/// the final drain does (the job is over: nothing is held up).
-fn catch_up_now(sink: &dyn JobSink, s: &StreamState, from: u64, patience: Duration) {
-    use std::os::unix::fs::FileExt;
-    let (Some(tee), Some(file)) = (&s.tee, sink.log_reader(s.stream, from)) else {
-        return;
-    };
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let mut at = from;
-    while at < s.stats.bytes && !tee.is_dead() {
-        let want = buf.len().min((s.stats.bytes - at) as usize);
-        match file.read_at(&mut buf[..want], at) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                tee.send_patiently(tee.buffer_for(&buf[..n]), patience);
-                at += n as u64;
-            }
-        }
-    }
-}
-
 /// The command could not be executed: finish the job as failed with 126/127.
 fn exec_failed(
     cfg: &RunConfig,
@@ -1133,7 +1111,17 @@ impl Loop<'_> {
                     // ends short of this chunk: what it holds of the lag goes
                     // to the copy now, so this chunk and the rest (in the
                     // copy only) follow it in order.
-                    catch_up_now(self.sink.as_ref(), s, from, self.cfg.drain_timeout);
+                    let lag = self
+                        .sink
+                        .log_reader(s.stream, from)
+                        .map(|file| tee::CatchUp {
+                            file,
+                            from,
+                            to: s.stats.bytes,
+                        });
+                    if let (Some(tee), Some(lag)) = (&s.tee, lag) {
+                        tee.send_from_log(&lag, self.cfg.drain_timeout);
+                    }
                 }
                 // What the log holds: a write may have failed part way.
                 let held = self

@@ -39,6 +39,25 @@ pub struct CatchUp {
     pub to: u64,
 }
 
+impl CatchUp {
+    /// Reads `[from, to)` back from the log a piece at a time, handing each
+    /// to `take`, while `go_on` holds (the copy's reader is still there).
+    fn read_back(&self, go_on: impl Fn() -> bool, mut take: impl FnMut(&[u8])) {
+        let mut buf = vec![0u8; CATCH_UP_PIECE];
+        let mut at = self.from;
+        while at < self.to && go_on() {
+            let want = (self.to - at).min(buf.len() as u64) as usize;
+            match self.file.read_at(&mut buf[..want], at) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    take(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+    }
+}
+
 /// Most bytes of an unfinished line held back per stream when both streams are
 /// copied to one file (see [`Tee::start_shared`]): a longer line is written in
 /// pieces rather than buffered without bound. A chunk's worth, so holding costs
@@ -274,6 +293,17 @@ impl Tee {
         }
     }
 
+    /// Sends `c` of the log to the copy now, through the queue, waiting for
+    /// the reader as [`Tee::send_patiently`] does: once the log stops taking
+    /// writes, what it holds of the lag must go before what only the copy
+    /// will get.
+    pub fn send_from_log(&self, c: &CatchUp, idle_limit: Duration) {
+        c.read_back(
+            || !self.is_dead(),
+            |piece| self.send_patiently(self.buffer_for(piece), idle_limit),
+        );
+    }
+
     /// True once a write to the reader failed (it went away).
     pub fn is_dead(&self) -> bool {
         self.shared.dead.load(Ordering::Relaxed) || (self.tx.is_none() && self.inline_fd.is_none())
@@ -332,18 +362,10 @@ impl Shared {
 
     /// Copies `[from, to)` of the log to `fd`, a piece at a time.
     fn copy_from_log(&self, fd: Fd, c: &CatchUp) {
-        let mut buf = vec![0u8; CATCH_UP_PIECE];
-        let mut at = c.from;
-        while at < c.to && !self.dead.load(Ordering::Relaxed) {
-            let want = (c.to - at).min(buf.len() as u64) as usize;
-            match c.file.read_at(&mut buf[..want], at) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    self.copy(fd, &buf[..n]);
-                    at += n as u64;
-                }
-            }
-        }
+        c.read_back(
+            || !self.dead.load(Ordering::Relaxed),
+            |piece| self.copy(fd, piece),
+        );
     }
 }
 
