@@ -106,7 +106,9 @@ impl Inner {
                     if broken || e.is_timeout() {
                         *guard = None;
                     }
-                    if !(broken && !e.is_timeout() && tries == 1) {
+                    // Once, and only for a broken connection, not a slow one.
+                    let retry = broken && !e.is_timeout() && tries == 1;
+                    if !retry {
                         return Err(
                             anyhow::Error::new(e).context(format!("reading from {}", self.url))
                         );
@@ -402,26 +404,30 @@ impl LogStore for RedisStore {
                 p.cmd("EXISTS").arg(alive_key(id));
             }
             let replies: Vec<Value> = self.inner.with(|c| p.query(c))?;
-            // `None`: the document is to be fetched; else what stands for it.
-            let mut metas: Vec<Option<std::result::Result<Metadata, Unlisted>>> = replies
+            // Per job, what stands for its document if it is not to be
+            // fetched (`None`: fetch it), and its size.
+            let (mut metas, sizes): (
+                Vec<Option<std::result::Result<Metadata, Unlisted>>>,
+                Vec<u64>,
+            ) = replies
                 .chunks(2)
                 .map(|pair| match &pair[0] {
-                    Value::Int(n) => check_meta_len(*n as u64)
-                        .err()
-                        .map(|why| Err(Unlisted::Damaged(why))),
-                    Value::ServerError(e) => {
-                        Some(Err(Unlisted::Damaged(format!("metadata in Redis: {e}"))))
-                    }
-                    v => Some(Err(Unlisted::Damaged(format!("metadata in Redis: {v:?}")))),
+                    Value::Int(n) => (
+                        check_meta_len(*n as u64)
+                            .err()
+                            .map(|why| Err(Unlisted::Damaged(why))),
+                        *n as u64,
+                    ),
+                    Value::ServerError(e) => (
+                        Some(Err(Unlisted::Damaged(format!("metadata in Redis: {e}")))),
+                        0,
+                    ),
+                    v => (
+                        Some(Err(Unlisted::Damaged(format!("metadata in Redis: {v:?}")))),
+                        0,
+                    ),
                 })
-                .collect();
-            let sizes: Vec<u64> = replies
-                .chunks(2)
-                .map(|pair| match pair[0] {
-                    Value::Int(n) => n as u64,
-                    _ => 0,
-                })
-                .collect();
+                .unzip();
             let wanted: Vec<usize> = (0..batch.len()).filter(|&i| metas[i].is_none()).collect();
             for group in byte_groups(&wanted, |&i| sizes[i], LIST_BYTES) {
                 let mut p = redis::pipe();
