@@ -501,11 +501,7 @@ fn warn_lost(line: &LogLine, origin: Option<&str>) {
 /// (a job may empty its own log): like `tail -f`, it goes on from the log's
 /// start, where the job's next lines land.
 fn truncated_notice(stream: Stream) -> String {
-    format!(
-        "warning: the job's {} log was truncated; following it again from its start \
-         (line numbers start over)",
-        stream.name()
-    )
+    format!("warning: {}", crate::reader::truncated_message(stream))
 }
 
 /// Says [`truncated_notice`] once each time `reader` started over; `seen`

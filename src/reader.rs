@@ -107,6 +107,18 @@ pub(crate) fn copy_data(
     Ok(at - offset)
 }
 
+/// What every reader says when a log it reads is found shorter than what it
+/// read (a job may empty its own log, see [`LineSource::restarts`]): like
+/// `tail -f` after "file truncated", it goes on from the log's start, where
+/// the job's next lines land.
+pub fn truncated_message(stream: Stream) -> String {
+    format!(
+        "the job's {} log was truncated; following it again from its start \
+         (line numbers start over)",
+        stream.name()
+    )
+}
+
 /// One line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
@@ -136,6 +148,12 @@ pub struct LogLine {
     /// by the line, so a reader says so exactly once and where it happened,
     /// however far ahead of its printing a merged reader reads.
     pub lost_before: Option<(u64, u64)>,
+    /// The log was found emptied right before this line (the job truncated
+    /// its own log, see [`LineSource::restarts`]): it is the first line the
+    /// reader read after starting over at the log's start, and numbers count
+    /// from 1 again. Carried by the line, like `lost_before`, so a merged or
+    /// shared reader says so where it happened.
+    pub restarted: bool,
 }
 
 /// Where a reader starts.
@@ -245,6 +263,8 @@ pub(crate) struct StreamReader {
     /// Times the log was found shorter than `known_len` or the reader's
     /// position (see [`LineSource::restarts`]).
     restarts: u64,
+    /// A restart not yet told by a line ([`LogLine::restarted`]).
+    restart_pending: bool,
     /// The index was found inconsistent with the log: it is never used again.
     damaged: bool,
     /// The index was re-read after the writer was done, so it will not grow.
@@ -291,6 +311,7 @@ impl StreamReader {
             indexed_end: 0,
             known_len: 0,
             restarts: 0,
+            restart_pending: false,
             damaged: false,
             index_final: false,
             max_keep,
@@ -725,6 +746,7 @@ impl StreamReader {
             complete: newline.is_some(),
             omitted_before: None,
             lost_before: None,
+            restarted: std::mem::take(&mut self.restart_pending),
         };
         self.pos = end;
         self.scanned = end;
@@ -746,6 +768,7 @@ impl StreamReader {
         self.rec_cache = None;
         self.block_len = 0;
         self.restarts += 1;
+        self.restart_pending = true;
     }
 
     /// True when the line ending at `end` is past the index only because its

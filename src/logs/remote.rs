@@ -5,7 +5,8 @@
 use super::jobs;
 use super::LogsOptions;
 use crate::metadata::Metadata;
-use crate::serve::client::{self, Line, Query, Target};
+use crate::serve::client::{self, Line, Notice, Query, Said, Target};
+use crate::store::Stream;
 use anyhow::{Context, Result};
 use std::io::{self, BufWriter, Write};
 
@@ -31,7 +32,9 @@ pub fn logs(args: &LogsOptions, url: &str) -> Result<i32> {
     let line_mode = args.all || args.prefix || args.timestamps;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut print = |l: &Line| -> io::Result<()> {
+    // The job's `tail_url`, asked for the first time lines turn out trimmed.
+    let mut origin: Option<Option<String>> = None;
+    let print_line = |out: &mut BufWriter<io::StdoutLock<'_>>, l: &Line| -> io::Result<()> {
         if args.timestamps {
             write!(out, "{} ", l.ts.as_deref().unwrap_or("-"))?;
         }
@@ -46,6 +49,35 @@ pub fn logs(args: &LogsOptions, url: &str) -> Result<i32> {
             out.flush()?;
         }
         Ok(())
+    };
+    // Notices come as local reading gives them: a size limit's cut in the
+    // output where it happened, trimmed lines and an emptied log on stderr.
+    let mut print = |said: Said| -> io::Result<()> {
+        match said {
+            Said::Line(l) => print_line(&mut out, l),
+            Said::Notice(Notice::Omitted { message, .. }) => {
+                writeln!(out, "[logwrap: {message}]")
+            }
+            Said::Notice(Notice::Lost { stream, from, to }) => {
+                out.flush()?;
+                let origin = origin.get_or_insert_with(|| {
+                    let doc = target.get_json(&format!("/api/job_runs/{id}")).ok();
+                    doc.and_then(|m| m["tail_url"].as_str().map(String::from))
+                });
+                let stream = if stream == "stderr" {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
+                super::warn_trimmed(&format!("lines {from}-{to}"), stream, origin.as_deref());
+                Ok(())
+            }
+            Said::Notice(Notice::Truncated { message, .. }) => {
+                out.flush()?;
+                super::say(&format!("warning: {message}"));
+                Ok(())
+            }
+        }
     };
     client::stream(&target, &id, &query, &mut print)?;
     out.flush()?;

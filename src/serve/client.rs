@@ -8,8 +8,11 @@
 //! use logwrap::serve::client::{self, Query, Target};
 //! let target = Target::parse("http://127.0.0.1:8080", None)?;
 //! let q = Query { which: "combined", follow: true, ..Query::default() };
-//! let end = client::stream(&target, "build-42", &q, &mut |line| {
-//!     println!("{}: {}", line.stream, line.text);
+//! let end = client::stream(&target, "build-42", &q, &mut |said| {
+//!     match said {
+//!         client::Said::Line(line) => println!("{}: {}", line.stream, line.text),
+//!         client::Said::Notice(n) => eprintln!("{n:?}"),
+//!     }
 //!     Ok(())
 //! })?;
 //! println!("ended: {:?}", end.map(|e| e.status));
@@ -191,6 +194,53 @@ pub struct Line {
     pub ts_us: Option<u64>,
 }
 
+/// What the server says between lines, right before the line it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A size limit left bytes and lines out (`event: gap` of issue 12);
+    /// `message` says how many, in the words local reading uses.
+    Omitted { stream: String, message: String },
+    /// Lines `from..=to` are no longer held by the server's source (a Redis
+    /// stream trimmed by `--ship-maxlen`, issue 10).
+    Lost { stream: String, from: u64, to: u64 },
+    /// The job emptied its log (`event: truncated`): the lines that follow
+    /// are numbered from 1 again.
+    Truncated { stream: String, message: String },
+}
+
+impl Notice {
+    /// The notice an `event: gap` or `event: truncated` with `data` is, if
+    /// the data is what the server sends.
+    fn parse(kind: &str, data: &str) -> Option<Notice> {
+        let v: serde_json::Value = serde_json::from_str(data).ok()?;
+        let text = |f: &str| v[f].as_str().map(String::from);
+        let stream = text("stream")?;
+        match kind {
+            "truncated" => Some(Notice::Truncated {
+                stream,
+                message: text("message")?,
+            }),
+            "gap" if v.get("omitted_bytes").is_some() => Some(Notice::Omitted {
+                stream,
+                message: text("message")?,
+            }),
+            "gap" => Some(Notice::Lost {
+                stream,
+                from: v["from"].as_u64()?,
+                to: v["to"].as_u64()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One thing [`stream`] hands on: a line, or what the server said before it.
+#[derive(Debug, Clone, Copy)]
+pub enum Said<'a> {
+    Line(&'a Line),
+    Notice(&'a Notice),
+}
+
 /// How the job ended (`event: complete`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct End {
@@ -208,14 +258,15 @@ pub fn latest_job(target: &Target) -> Result<String> {
         .context("the server has no jobs")
 }
 
-/// Streams job `id`'s lines to `on_line` until the stream ends; returns how the
-/// job ended if the server said so. With `follow`, a dropped connection is
+/// Streams job `id`'s lines, and the notices that come with them (cuts,
+/// trimmed lines, a truncated log), to `on` until the stream ends; returns how
+/// the job ended if the server said so. With `follow`, a dropped connection is
 /// resumed where it broke off.
 pub fn stream(
     target: &Target,
     id: &str,
     q: &Query,
-    on_line: &mut dyn FnMut(&Line) -> std::io::Result<()>,
+    on: &mut dyn FnMut(Said) -> std::io::Result<()>,
 ) -> Result<Option<End>> {
     let mut path = format!(
         "/api/job_runs/{}/logs/{}?format=json",
@@ -278,8 +329,13 @@ pub fn stream(
                     Some("log") => {
                         let l: Line = serde_json::from_str(&done.data)
                             .context("the server sent an event that is not a log line")?;
-                        on_line(&l).context("writing a line")?;
+                        on(Said::Line(&l)).context("writing a line")?;
                         progressed = true;
+                    }
+                    Some(kind @ ("gap" | "truncated")) => {
+                        if let Some(n) = Notice::parse(kind, &done.data) {
+                            on(Said::Notice(&n)).context("writing a notice")?;
+                        }
                     }
                     Some("complete") => {
                         let end: End = serde_json::from_str(&done.data)

@@ -264,6 +264,9 @@ pub struct Follower {
     follow: bool,
     /// Last line number delivered per stream (stdout, stderr).
     last: [u64; 2],
+    /// Truncations of each stream's log told (`event: truncated`): a line
+    /// number names a line only together with how many came before it.
+    restarts: [u64; 2],
     /// Lines read but not yet sent (the 204 check looks ahead one line).
     pending: Option<LogLine>,
     /// Merged lines still to drop before the first event (combined `lines=N`).
@@ -297,6 +300,15 @@ pub struct Follower {
     partial_sent: [Option<(u64, u64)>; 2],
     /// When to look at the lines in progress again (see [`Partials`]).
     partial_due: Option<Instant>,
+}
+
+/// The event id of the position `last` (the last line numbers delivered):
+/// the line number on a stream, `O.E` on combined.
+fn event_id(which: Which, last: [u64; 2]) -> String {
+    match which {
+        Which::One(s) => last[idx(s)].to_string(),
+        Which::Combined => format!("{}.{}", last[0], last[1]),
+    }
 }
 
 fn idx(s: Stream) -> usize {
@@ -419,6 +431,7 @@ impl Follower {
                 last[0].max(want[0].saturating_sub(1)),
                 last[1].max(want[1].saturating_sub(1)),
             ],
+            restarts: [0; 2],
             want,
             stop_at: (!follow).then_some([sizes[0], sizes[1]]),
             seen: [u64::MAX; 4],
@@ -448,7 +461,7 @@ impl Follower {
         while self.pending.is_none() {
             match self.read(done)? {
                 None => return Ok(true),
-                Some(l) if self.skip > 0 => {
+                Some(l) if self.skip > 0 && !l.restarted => {
                     self.skip -= 1;
                     self.last[idx(l.stream)] = l.number;
                 }
@@ -491,6 +504,11 @@ impl Follower {
                     }
                     continue;
                 }
+            }
+            if line.restarted {
+                // The job emptied its log: every line from here is new, and
+                // a line asked for by number was one of the old log.
+                self.want[idx(line.stream)] = 0;
             }
             if line.number >= self.want[idx(line.stream)] {
                 return Ok(Some(line));
@@ -537,23 +555,24 @@ impl Follower {
                     Pumped::Done
                 });
             };
-            let before = self.last[idx(line.stream)];
-            self.last[idx(line.stream)] = line.number;
+            let i = idx(line.stream);
+            let mut before = self.last[i];
+            if line.restarted {
+                self.restarts[i] += 1;
+                self.last[i] = 0;
+                before = 0;
+                self.skip = 0;
+                sse::truncated_event(out, line.stream, &event_id(self.which, self.last));
+            }
+            self.last[i] = line.number;
             self.partials.line_ended(line.stream);
             if self.skip > 0 {
                 self.skip -= 1;
                 continue;
             }
             gap_before(out, &line, before);
-            match self.which {
-                Which::One(_) => {
-                    sse::log_event(out, &line, &line.number.to_string(), false, self.format)
-                }
-                Which::Combined => {
-                    let id = format!("{}.{}", self.last[0], self.last[1]);
-                    sse::log_event(out, &line, &id, true, self.format)
-                }
-            }
+            let id = event_id(self.which, self.last);
+            sse::log_event(out, &line, &id, self.which == Which::Combined, self.format);
             if let Some(r) = &mut self.remaining {
                 *r -= 1;
             }
@@ -597,6 +616,8 @@ struct Entry {
     before: [u64; 2],
     after: [u64; 2],
     bytes: Vec<u8>,
+    /// The `event: truncated` of this stream: numbers start again after it.
+    restart: Option<Stream>,
 }
 
 /// The newest events of one job, for one `which` and `format`, each read and
@@ -611,6 +632,9 @@ pub struct Shared {
     bytes: usize,
     /// The position after the newest event (what its reader has read).
     end: [u64; 2],
+    /// Truncations of each stream's log before the newest event, counted
+    /// from those its first follower had been told (see `Follower::restarts`).
+    restarts: [u64; 2],
     /// The job's sizes when the reader last reached the end of the log.
     seen: [u64; 4],
     /// The reader reached the end of the log of an ended job: nothing more.
@@ -620,13 +644,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared events of `which` of job `id` starting after `last`.
+    /// Shared events of `which` of job `id` starting after `last`, for
+    /// followers told of `restarts` truncations.
     pub fn new(
         store: &dyn LogStore,
         id: &JobId,
         which: Which,
         format: Format,
-        last: [u64; 2],
+        (last, restarts): ([u64; 2], [u64; 2]),
     ) -> Result<Shared> {
         Ok(Shared {
             lines: Lines::after(store, id, which, last)?,
@@ -635,6 +660,7 @@ impl Shared {
             entries: VecDeque::new(),
             bytes: 0,
             end: last,
+            restarts,
             seen: [u64::MAX; 4],
             finished: false,
             partials: Partials::default(),
@@ -655,7 +681,26 @@ impl Shared {
                 self.finished = done;
                 break;
             };
-            if line.number <= self.end[idx(line.stream)] {
+            let i = idx(line.stream);
+            if line.restarted {
+                // The job emptied its log. The events kept are of lines it
+                // no longer has, and numbers start again: a follower still
+                // behind them is told of the truncation and reads the new
+                // log itself (see `Follower::pump_shared`).
+                let before = self.end;
+                self.entries.clear();
+                self.end[i] = 0;
+                self.restarts[i] += 1;
+                let mut bytes = Vec::new();
+                sse::truncated_event(&mut bytes, line.stream, &event_id(self.which, self.end));
+                self.bytes = bytes.len();
+                self.entries.push_back(Entry {
+                    before,
+                    after: self.end,
+                    bytes,
+                    restart: Some(line.stream),
+                });
+            } else if line.number <= self.end[i] {
                 // Started after a line past the end then (`since=N`): the
                 // lines before it are not events.
                 continue;
@@ -665,25 +710,21 @@ impl Shared {
             self.partials.line_ended(line.stream);
             let mut bytes = Vec::new();
             gap_before(&mut bytes, &line, before[idx(line.stream)]);
-            match self.which {
-                Which::One(_) => sse::log_event(
-                    &mut bytes,
-                    &line,
-                    &line.number.to_string(),
-                    false,
-                    self.format,
-                ),
-                Which::Combined => {
-                    let id = format!("{}.{}", self.end[0], self.end[1]);
-                    sse::log_event(&mut bytes, &line, &id, true, self.format)
-                }
-            }
+            let id = event_id(self.which, self.end);
+            sse::log_event(
+                &mut bytes,
+                &line,
+                &id,
+                self.which == Which::Combined,
+                self.format,
+            );
             read += bytes.len();
             self.bytes += bytes.len();
             self.entries.push_back(Entry {
                 before,
                 after: self.end,
                 bytes,
+                restart: None,
             });
             while self.bytes > SHARED_BYTES {
                 match self.entries.pop_front() {
@@ -698,9 +739,29 @@ impl Shared {
     /// Where a follower that has delivered up to `last` goes on in the kept
     /// events: `Some(entries.len())` when it is caught up, `None` when its
     /// place is not kept (behind, ahead, or reading along another path).
-    fn place(&self, last: [u64; 2]) -> Option<usize> {
-        let first = self.entries.front().map_or(self.end, |e| e.before);
-        let k = (last[0] + last[1]).checked_sub(first[0] + first[1])? as usize;
+    /// `restarts` are the truncations the follower was told: the same line
+    /// numbers name other lines before a truncation and after it.
+    fn place(&self, last: [u64; 2], restarts: [u64; 2]) -> Option<usize> {
+        // Only the oldest event kept can be a truncation (they are dropped
+        // at one): the events after it count from its `after`.
+        let (skip, first) = match self.entries.front() {
+            Some(e) if e.restart.is_some() => {
+                let mut told = self.restarts;
+                if let Some(s) = e.restart {
+                    told[idx(s)] -= 1;
+                }
+                if e.before == last && restarts == told {
+                    return Some(0);
+                }
+                (1, e.after)
+            }
+            Some(e) => (0, e.before),
+            None => (0, self.end),
+        };
+        if restarts != self.restarts {
+            return None;
+        }
+        let k = skip + (last[0] + last[1]).checked_sub(first[0] + first[1])? as usize;
         match self.entries.get(k) {
             Some(e) if e.before == last => Some(k),
             None if k == self.entries.len() && self.end == last => Some(k),
@@ -725,9 +786,11 @@ impl Follower {
         (self.which, self.format)
     }
 
-    /// The last line numbers delivered, stdout and stderr.
-    pub fn last(&self) -> [u64; 2] {
-        self.last
+    /// The last line numbers delivered, stdout and stderr, and the
+    /// truncations of each log told before them: where shared events that
+    /// this follower starts go on.
+    pub fn last(&self) -> ([u64; 2], [u64; 2]) {
+        (self.last, self.restarts)
     }
 
     /// Like [`Follower::pump`], but copying events from `shared` (after
@@ -750,8 +813,20 @@ impl Follower {
         let done = complete.is_some();
         loop {
             shared.advance(sizes, done)?;
-            let Some(mut k) = shared.place(self.last) else {
+            let Some(mut k) = shared.place(self.last, self.restarts) else {
                 if self.lines.is_none() {
+                    // Served from the shared events until it fell behind
+                    // them: a truncation since then emptied the log of the
+                    // lines it had still to read. It says so and reads the
+                    // new log from its start.
+                    for s in [Stream::Stdout, Stream::Stderr] {
+                        let i = idx(s);
+                        if shared.restarts[i] > self.restarts[i] {
+                            self.restarts[i] = shared.restarts[i];
+                            self.last[i] = 0;
+                            sse::truncated_event(out, s, &event_id(self.which, self.last));
+                        }
+                    }
                     self.lines = Some(Lines::after(store, &self.job, self.which, self.last)?);
                 }
                 return Ok(None);
@@ -766,6 +841,9 @@ impl Follower {
                 let e = &shared.entries[k];
                 out.extend_from_slice(&e.bytes);
                 self.last = e.after;
+                if let Some(s) = e.restart {
+                    self.restarts[idx(s)] += 1;
+                }
                 k += 1;
             }
             if shared.finished {
@@ -809,8 +887,12 @@ impl Follower {
         if !self.follow || self.pending.is_some() || self.cut {
             return Ok(());
         }
-        let served = shared
-            .filter(|sh| self.lines.is_none() && sh.kind() == self.kind() && sh.end == self.last);
+        let served = shared.filter(|sh| {
+            self.lines.is_none()
+                && sh.kind() == self.kind()
+                && sh.end == self.last
+                && sh.restarts == self.restarts
+        });
         let own = served.is_none();
         let (partials, heads) = match served {
             Some(sh) => {
@@ -864,9 +946,15 @@ mod tests {
     }
 
     fn ids_and_data(out: &[u8]) -> Vec<(String, String)> {
+        fields(out, "event: log", ["id: ", "data: "])
+    }
+
+    /// Two fields (`names`, with their `: `) of each event in `out` that
+    /// starts with `kind`.
+    fn fields(out: &[u8], kind: &str, names: [&str; 2]) -> Vec<(String, String)> {
         let text = String::from_utf8(out.to_vec()).unwrap();
         text.split("\n\n")
-            .filter(|e| e.starts_with("event: log"))
+            .filter(|e| e.starts_with(kind))
             .map(|e| {
                 let field = |f: &str| {
                     e.lines()
@@ -874,7 +962,7 @@ mod tests {
                         .unwrap_or("")
                         .to_string()
                 };
-                (field("id: "), field("data: "))
+                (field(names[0]), field(names[1]))
             })
             .collect()
     }
@@ -1402,6 +1490,62 @@ mod tests {
             a.partial(store.as_ref(), Some(&mut shared), &mut out, sizes, now)
                 .unwrap();
             assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn followers_are_told_of_a_truncation_also_when_behind_the_shared_events() {
+        for mut t in jobs("truncated", &[(Stream::Stdout, b"a\nb\n")]) {
+            let store = t.store.clone();
+            let id = t.id.clone();
+            let open = || {
+                let which = Which::One(Stream::Stdout);
+                let from = StartAt::Line(1);
+                Follower::open(store.as_ref(), &id, which, from, true, Format::Text, [0; 4])
+                    .unwrap()
+            };
+            let (mut a, mut b) = (open(), open());
+            for f in [&mut a, &mut b] {
+                assert_eq!(f.pump(&mut Vec::new(), BIG, None).unwrap(), Pumped::Idle);
+            }
+            let which = Which::One(Stream::Stdout);
+            let mut shared =
+                Shared::new(store.as_ref(), &id, which, Format::Text, a.last()).unwrap();
+            // Both served from the shared events, then only `a` reads on.
+            let pump = |f: &mut Follower, shared: &mut Shared| -> Vec<(String, String)> {
+                let mut out = Vec::new();
+                let sizes = store.progress(&id);
+                let got = f.pump_shared(store.as_ref(), shared, &mut out, BIG, None, sizes);
+                if got.unwrap().is_none() {
+                    assert_eq!(f.pump(&mut out, BIG, None).unwrap(), Pumped::Idle);
+                }
+                fields(&out, "event: ", ["event: ", "id: "])
+            };
+            let (a_got, b_got) = (pump(&mut a, &mut shared), pump(&mut b, &mut shared));
+            assert!(a_got.is_empty() && b_got.is_empty(), "{a_got:?} {b_got:?}");
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"c\n", 7))
+                .unwrap();
+            let ev = |e: &str, id: &str| (e.to_string(), id.to_string());
+            assert_eq!(pump(&mut a, &mut shared), [ev("log", "3")]);
+            if !t.empty_log(Stream::Stdout) {
+                continue; // a memory store's logs only grow
+            }
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"d\n", 8))
+                .unwrap();
+            let told = [ev("truncated", "0"), ev("log", "1")];
+            assert_eq!(pump(&mut a, &mut shared), told);
+            // `b` had not read `c` when the log was emptied: the shared
+            // events of the old log are gone, and it is told all the same.
+            assert_eq!(pump(&mut b, &mut shared), told);
+            // Both go on in the new log's numbering, `a` from the shared
+            // events, `b` from its own readers until it catches up.
+            t.sink()
+                .append(Stream::Stdout, &Chunk::new(b"e\n", 9))
+                .unwrap();
+            assert_eq!(pump(&mut a, &mut shared), [ev("log", "2")]);
+            assert_eq!(pump(&mut b, &mut shared), [ev("log", "2")]);
         }
     }
 

@@ -48,6 +48,8 @@ function gapNote(d) {
     " are not held by this server; the full log is on the job's own machine");
   return { note: true, e: d.stream === "stderr" ? 1 : 0, t: "[" + what + "]", p: 0 };
 }
+// Where a page reloaded because the job emptied its log keeps why, for its top.
+const TRUNCATED = "logwrap-truncated:" + JOB;
 // Lines loaded: all (notes included, for the memory bound) and per stream.
 let loaded = 0;
 const perStream = [0, 0];
@@ -555,6 +557,14 @@ function connect() {
   es.addEventListener("open", () => { retry = 1000; if (!done && status !== "connecting") badge(status, status); });
   es.addEventListener("log", (ev) => live(JSON.parse(ev.data), ev.lastEventId));
   es.addEventListener("gap", (ev) => notes.push(gapNote(JSON.parse(ev.data))));
+  // The job emptied its log: the lines shown are gone and numbers start again.
+  // The page starts over with the new log, and says why at its top.
+  es.addEventListener("truncated", (ev) => {
+    es.close();
+    done = true;
+    try { sessionStorage.setItem(TRUNCATED, ev.data); } catch (e) { /* private mode: no note */ }
+    location.reload();
+  });
   es.addEventListener("partial", (ev) => {
     const d = JSON.parse(ev.data), e = d.stream === "stderr" ? 1 : 0;
     partial[e] = { pv: true, e: e, n: d.line, t: d.display !== undefined ? d.display : d.text };
@@ -688,4 +698,12 @@ meta().then((m) => {
   if (m.status === "running" && !done) { status = "running"; badge("running", "running"); }
 }).catch(() => {});
 if (parseHash(location.hash)) goTo(location.hash);
+try {
+  const t = sessionStorage.getItem(TRUNCATED);
+  if (t) {
+    sessionStorage.removeItem(TRUNCATED);
+    const d = JSON.parse(t);
+    notes.push({ note: true, e: d.stream === "stderr" ? 1 : 0, t: "[" + d.message + "]", p: 0 });
+  }
+} catch (e) { /* no storage: no note */ }
 connect();

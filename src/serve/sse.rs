@@ -107,6 +107,20 @@ pub fn log_event(out: &mut Vec<u8>, line: &LogLine, id: &str, name_stream: bool,
     out.extend_from_slice(ev.as_bytes());
 }
 
+/// Appends the `event: truncated` sent before the first line of a log the
+/// job emptied (`: > stdout.log`): its data names the stream and has the
+/// words a page shows. Its `id` is the start of the new log (`0` on a
+/// stream, `O.0` or `0.E` on combined): a reconnect right after it resumes
+/// at the new log's first line, and the ids of the lines after it count in
+/// the new log's numbering.
+pub fn truncated_event(out: &mut Vec<u8>, stream: crate::store::Stream, id: &str) {
+    let data = serde_json::json!({
+        "stream": stream.name(),
+        "message": crate::reader::truncated_message(stream),
+    });
+    out.extend_from_slice(format!("event: truncated\nid: {id}\ndata: {data}\n\n").as_bytes());
+}
+
 /// Appends the `event: gap` a size limit's cut becomes (issue 12), sent right
 /// before the first line after the cut. It has no `id:`, so a reconnect
 /// resumes after the last line, and its data is one JSON object: the stream,
@@ -271,6 +285,7 @@ mod tests {
             complete,
             omitted_before: None,
             lost_before: None,
+            restarted: false,
         }
     }
 

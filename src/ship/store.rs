@@ -791,6 +791,7 @@ impl RedisLines {
                 return Ok(Some(LogLine {
                     omitted_before: None,
                     lost_before: None,
+                    restarted: false,
                     stream: self.stream,
                     number: p.number,
                     offset: p.offset,
@@ -814,6 +815,7 @@ impl RedisLines {
         Some(LogLine {
             omitted_before: None,
             lost_before: None,
+            restarted: false,
             stream: self.stream,
             number: p.number,
             offset: p.offset,

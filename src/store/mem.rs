@@ -525,6 +525,7 @@ impl LineSource for MemLines {
             complete,
             omitted_before: None,
             lost_before: None,
+            restarted: false,
         };
         self.next += 1;
         self.pos = end;
@@ -658,6 +659,21 @@ pub(crate) mod both {
         /// The job's sink, to append more.
         pub fn sink(&mut self) -> &mut dyn JobSink {
             self.sink.as_deref_mut().expect("the sink is still held")
+        }
+
+        /// Empties the log of `stream` as a job may (`: > stdout.log`), in
+        /// a file store; false in a memory store, whose logs only grow.
+        pub fn empty_log(&self, stream: Stream) -> bool {
+            let Some(root) = &self.root else {
+                return false;
+            };
+            let path = FileStore::new(root).log_path(&self.id, stream);
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(0))
+                .expect("the log can be emptied");
+            true
         }
     }
 

@@ -4,7 +4,10 @@
 //! clear error and never follows, blocks or balloons; and liveness cannot be
 //! faked away by deleting the `lock` file.
 
-use crate::util::serve::{get, listening_job, parse_response, port_of, Serve, LIMIT};
+use crate::util::serve::{
+    datas, get, listening_job, parse_response, port_of, LiveJob, Serve, SseConn, SseEvent,
+    SseParser, LIMIT,
+};
 use crate::util::*;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -655,4 +658,137 @@ fn an_index_with_a_record_moved_in_its_middle_is_not_trusted() {
             stderr_text(&o)
         );
     }
+}
+
+/// [`ECHO_JOB`] that also empties its stdout log on the line `T`.
+const TRUNCATING_JOB: &str = r#"while IFS= read -r l; do case "$l" in T) : > "$DATABUILD_JOB_LOG_DIR/stdout.log";; e:*) printf '%s\n' "${l#e:}" >&2;; *) printf '%s\n' "$l";; esac; done"#;
+
+/// The log events and truncation notices of `evs` as `(event, id, data or stream)`.
+fn told(evs: &[SseEvent]) -> Vec<(String, String, String)> {
+    evs.iter()
+        .filter(|e| e.event == "log" || e.event == "truncated")
+        .map(|e| {
+            let what = if e.event == "truncated" {
+                let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                assert!(
+                    v["message"].as_str().unwrap().contains("was truncated"),
+                    "{v}"
+                );
+                v["stream"].as_str().unwrap().to_string()
+            } else {
+                e.data.clone()
+            };
+            (e.event.clone(), e.id.clone(), what)
+        })
+        .collect()
+}
+
+fn ev(event: &str, id: &str, what: &str) -> (String, String, String) {
+    (event.into(), id.into(), what.into())
+}
+
+#[test]
+fn sse_followers_are_told_when_the_job_empties_its_log_and_get_every_new_line() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let mut job = LiveJob::start_script(&env, "trunc", &[], TRUNCATING_JOB);
+    let path = |which: &str| format!("/api/job_runs/trunc/logs/{which}?follow=true");
+    // Two followers of each kind: the second of a kind is served from the
+    // job's shared events, the first may be too.
+    let mut out = [
+        SseConn::open(srv.port, &path("stdout"), &[]),
+        SseConn::open(srv.port, &path("stdout"), &[]),
+    ];
+    let mut both = [
+        SseConn::open(srv.port, &path("combined"), &[]),
+        SseConn::open(srv.port, &path("combined"), &[]),
+    ];
+    let mut slow = SseConn::open(srv.port, &path("combined"), &[]);
+    let mut seen_out: [Vec<SseEvent>; 2] = Default::default();
+    let mut seen_both: [Vec<SseEvent>; 2] = Default::default();
+    // Says `line` and reads the events it brings: `n_out` on stdout, `n_both`
+    // on combined.
+    let mut step = |job: &mut LiveJob, line: &str, n_out: usize, n_both: usize| {
+        job.say(line);
+        for (conns, seen, n) in [
+            (&mut out, &mut seen_out, n_out),
+            (&mut both, &mut seen_both, n_both),
+        ] {
+            for (c, seen) in conns.iter_mut().zip(seen.iter_mut()) {
+                for _ in 0..n {
+                    seen.push(c.next().unwrap());
+                }
+            }
+        }
+    };
+    step(&mut job, "one", 1, 1);
+    step(&mut job, "two", 1, 1);
+    step(&mut job, "e:err", 0, 1);
+    step(&mut job, "T", 0, 0);
+    wait_until(LIMIT, "the log to be emptied", || {
+        env.stdout_log("trunc").is_empty()
+    });
+    step(&mut job, "three", 2, 2);
+    step(&mut job, "four", 1, 1);
+    assert!(job.finish().success());
+    let want_out = vec![
+        ev("log", "1", "one"),
+        ev("log", "2", "two"),
+        ev("truncated", "0", "stdout"),
+        ev("log", "1", "three"),
+        ev("log", "2", "four"),
+    ];
+    let want_both = vec![
+        ev("log", "1.0", "one"),
+        ev("log", "2.0", "two"),
+        ev("log", "2.1", "err"),
+        ev("truncated", "0.1", "stdout"),
+        ev("log", "1.1", "three"),
+        ev("log", "2.1", "four"),
+    ];
+    for seen in &seen_out {
+        assert_eq!(told(seen), want_out);
+    }
+    for seen in &seen_both {
+        assert_eq!(told(seen), want_both);
+    }
+    for c in out.iter_mut().chain(&mut both) {
+        assert_eq!(c.next().unwrap().event, "complete");
+    }
+    // One that read nothing until the end gets the same.
+    let rest = slow.rest();
+    assert_eq!(rest.last().unwrap().event, "complete");
+    assert_eq!(told(&rest), want_both);
+    // A new reader sees the log as it is now, numbered from 1.
+    let now = get(srv.port, "/api/job_runs/trunc/logs/stdout", &[]).text();
+    assert_eq!(
+        datas(&SseParser::default().feed(now.as_bytes())),
+        ["three", "four"]
+    );
+}
+
+#[test]
+fn logs_following_a_server_say_when_the_job_empties_its_log() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    let url = format!("http://127.0.0.1:{}", srv.port);
+    let mut job = LiveJob::start_script(&env, "rtrunc", &[], TRUNCATING_JOB);
+    let mut f = Follower::start(&env, &["-f", "--prefix", "--server", &url, "rtrunc"]);
+    job.say("one");
+    job.say("two");
+    f.wait_for("stdout: two\n");
+    job.say("T");
+    wait_until(LIMIT, "the log to be emptied", || {
+        env.stdout_log("rtrunc").is_empty()
+    });
+    job.say("three");
+    assert!(job.finish().success());
+    let (status, out, err) = f.finish();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&out).as_ref()),
+        (0, "stdout: one\nstdout: two\nstdout: three\n"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("log was truncated"), "{err}");
 }

@@ -300,3 +300,28 @@ fn log_tail_polling_says_where_the_gap_is_and_skips_it() {
         "polled text differs from head + notice + tail"
     );
 }
+
+/// `logs --server` reads a cut log as local reading does: the gap notice in
+/// the output where the cut is, in every mode.
+#[test]
+fn logs_from_a_server_show_the_cut_where_local_reading_does() {
+    use crate::util::serve::Serve;
+    let env = TestEnv::new();
+    cut_job(&env, "remote");
+    let srv = Serve::start(&env, &[]);
+    let url = format!("http://127.0.0.1:{}", srv.port);
+    for mode in [&[][..], &["--prefix"], &["--all"], &["--tail", "5"]] {
+        let local = env.run(&[&["logs"][..], mode, &["remote"]].concat());
+        let remote = env.run(&[&["logs", "--server", &url][..], mode, &["remote"]].concat());
+        assert_ok(&local);
+        assert_ok(&remote);
+        let text = String::from_utf8_lossy(&remote.stdout);
+        if mode.is_empty() || mode[0] != "--tail" {
+            assert!(text.contains("omitted by --max-log-size"), "{mode:?}");
+        }
+        assert!(
+            local.stdout == remote.stdout,
+            "{mode:?}: remote and local differ"
+        );
+    }
+}

@@ -511,8 +511,10 @@ fn logs_client_reads_the_same_lines_and_follows_with_resume() {
         which: "stdout",
         ..Query::default()
     };
-    let end = client::stream(&target, "cl", &q, &mut |l| {
-        got.push(format!("{}{}", l.text, if l.newline { "\n" } else { "" }));
+    let end = client::stream(&target, "cl", &q, &mut |said| {
+        if let client::Said::Line(l) = said {
+            got.push(format!("{}{}", l.text, if l.newline { "\n" } else { "" }));
+        }
         Ok(())
     })
     .unwrap();
@@ -535,8 +537,10 @@ fn logs_client_reads_the_same_lines_and_follows_with_resume() {
             follow: true,
             ..Query::default()
         };
-        let end = client::stream(&t2, "clive", &q, &mut |l| {
-            lines.push((l.stream.clone(), l.text.clone()));
+        let end = client::stream(&t2, "clive", &q, &mut |said| {
+            if let client::Said::Line(l) = said {
+                lines.push((l.stream.clone(), l.text.clone()));
+            }
             Ok(())
         });
         (lines, end.map(|e| e.map(|e| e.status)))

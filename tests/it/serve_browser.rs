@@ -962,3 +962,39 @@ fn browser_job_list_updates_live_filters_searches_and_pages_10000_jobs() {
     );
     browser.screenshot(&env.path("list.png.b64"));
 }
+
+#[test]
+fn browser_starts_over_with_a_note_when_the_job_empties_its_log() {
+    let Some((chromium, driver)) = browser_tools("browser_starts_over...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    // Empties its stdout log on the line `T`.
+    let script = r#"while IFS= read -r l; do case "$l" in T) : > "$DATABUILD_JOB_LOG_DIR/stdout.log";; *) printf '%s\n' "$l";; esac; done"#;
+    let mut job = LiveJob::start_script(&env, "tr", &[], script);
+    job.say("old one");
+    job.say("old two");
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    browser.goto(&format!("http://127.0.0.1:{}/job_runs/tr", srv.port));
+    browser.wait_js(
+        "the first lines",
+        "return shown().some(l=>l.t==='old two');",
+    );
+    job.say("T");
+    wait_until(LIMIT, "the log to be emptied", || {
+        env.stdout_log("tr").is_empty()
+    });
+    job.say("new one");
+    browser.wait_js(
+        "the new log, numbered from 1, under a note",
+        "const s=shown();return s.length===1&&s[0].t==='new one'&&s[0].n===1\
+         &&items.some(x=>x.note&&x.t.includes('stdout log was truncated'));",
+    );
+    job.say("new two");
+    browser.wait_js(
+        "the next line live",
+        "return shown().map(l=>l.t).join('|')==='new one|new two';",
+    );
+    assert!(job.finish().success());
+}
