@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 pub(crate) mod limit;
 mod mem;
 mod merged;
+mod tree;
 mod watch;
 
 pub use crate::output::lines::{LineSplitter, Piece, Pieces};
@@ -1123,7 +1124,7 @@ impl LogStore for FileStore {
     }
 
     fn clear_leftover(&self, leftover: &Leftover) -> io::Result<bool> {
-        match fs::remove_dir_all(&leftover.path) {
+        match tree::remove_tree(&leftover.path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
@@ -2097,8 +2098,9 @@ mod tests {
 
 /// Deepest directory nesting measured inside a job directory (a job may write its
 /// own files into `DATABUILD_JOB_LOG_DIR`); bounds the recursion, and nothing a
-/// job sensibly writes comes near it.
-const MAX_WALK_DEPTH: usize = 32;
+/// job sensibly writes comes near it. What lies deeper is not counted (see
+/// [`JobUsage::deep`]), but removed with the job all the same.
+pub(crate) const MAX_WALK_DEPTH: usize = 32;
 
 /// Makes every trash name this process uses unique, even with several
 /// collectors in one process (a scheduler embedding the library).
@@ -2131,6 +2133,10 @@ pub struct JobUsage {
     pub dir: DirIdentity,
     /// Its mtime in ms since the epoch: the age of a job without metadata.
     pub mtime_ms: i64,
+    /// The job nested its own files deeper than is measured (32
+    /// directories): `size` counts only what lies above. Such a job is still
+    /// judged and removed like any other.
+    pub deep: bool,
 }
 
 /// What became of [`FileStore::remove_job`].
@@ -2172,7 +2178,7 @@ impl FileStore {
         if !md.is_dir() {
             return Err(io::Error::other("it is not a directory"));
         }
-        let inside = match dir_usage(&dir, 0) {
+        let (inside, deep) = match tree::usage(&dir, MAX_WALK_DEPTH) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
             Err(e) => return Err(io::Error::new(e.kind(), format!("cannot measure it: {e}"))),
@@ -2181,6 +2187,7 @@ impl FileStore {
             size: inside.saturating_add(disk_usage(&md)),
             dir: DirIdentity::of(&md),
             mtime_ms: md.mtime().saturating_mul(1000) + md.mtime_nsec() / 1_000_000,
+            deep,
         })
     }
 
@@ -2214,9 +2221,9 @@ impl FileStore {
             })?;
             return Ok(Removed::Untouched);
         }
-        // std's remove_dir_all never follows symlinks (it unlinks them) and
-        // tolerates entries vanishing under it.
-        match fs::remove_dir_all(&trash) {
+        // Never follows symlinks (it unlinks them), tolerates entries vanishing
+        // under it, and reaches any depth a job nested its own files to.
+        match tree::remove_tree(&trash) {
             Ok(()) => Ok(Removed::Deleted),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Removed::Deleted),
             Err(e) => Err(e).with_context(|| format!("cannot remove {}", trash.display())),
@@ -2271,39 +2278,6 @@ fn pid_alive(pid: u32) -> bool {
 fn disk_usage(md: &fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     md.blocks().saturating_mul(512)
-}
-
-/// Disk usage of everything inside `dir`, never following symlinks. Entries that
-/// vanish meanwhile are not an error; `dir` itself vanishing is (NotFound).
-fn dir_usage(dir: &Path, depth: usize) -> io::Result<u64> {
-    if depth > MAX_WALK_DEPTH {
-        return Err(io::Error::other(format!(
-            "nested more than {MAX_WALK_DEPTH} directories deep"
-        )));
-    }
-    let mut total = 0u64;
-    for entry in fs::read_dir(dir)? {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        // DirEntry::metadata is an lstat: a symlink counts as itself.
-        let md = match entry.metadata() {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        total = total.saturating_add(disk_usage(&md));
-        if md.is_dir() {
-            match dir_usage(&entry.path(), depth + 1) {
-                Ok(n) => total = total.saturating_add(n),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(total)
 }
 
 /// A fresh root under the system temp dir, removed when dropped, so a failing

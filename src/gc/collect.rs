@@ -199,6 +199,13 @@ impl Collector<'_> {
                 return None;
             }
         };
+        if usage.deep && first {
+            self.warn(format_args!(
+                "job {id} nests its own files more than {} directories deep: its size \
+                 counts only what lies above (it is removed whole)",
+                crate::store::MAX_WALK_DEPTH
+            ));
+        }
         let (finished, end_ms) = match self.store.live_metadata(&id) {
             Ok(meta) => {
                 let end = meta

@@ -406,6 +406,7 @@ impl LogStore for MemStore {
                 mtime_ns: j.created_ms.saturating_mul(1_000_000),
             },
             mtime_ms: j.created_ms,
+            deep: false,
         })
     }
 

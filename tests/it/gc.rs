@@ -653,3 +653,50 @@ fn the_interval_stamp_allows_one_collection_per_hour() {
         .unwrap_or_default();
     assert!(age < Duration::from_secs(60), "{age:?}");
 }
+
+/// A job that nested its own files far deeper than gc measures (and deeper
+/// than a descriptor per level would allow) is still collected whole, with a
+/// warning that its size counts only what lies above.
+#[test]
+fn a_job_nested_deeper_than_descriptors_allow_is_collected_whole() {
+    let env = TestEnv::new();
+    let dir = finished_job(&env, "deep", 10.0, 100);
+    // 300 levels of 200-byte names, made one step at a time (60 KB of
+    // path, past PATH_MAX), with a file at each.
+    {
+        use nix::fcntl::{open, openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let name = "d".repeat(200);
+        let mut fd = open(&dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..300 {
+            mkdirat(&fd, name.as_str(), Mode::S_IRWXU).unwrap();
+            drop(openat(&fd, "f", OFlag::O_CREAT | OFlag::O_WRONLY, Mode::S_IRUSR).unwrap());
+            fd = openat(
+                &fd,
+                name.as_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+    }
+    finished_job(&env, "plain", 10.0, 100);
+    // Fewer descriptors than levels: gc must not hold one per level.
+    let mut cmd = env.cmd();
+    cmd.args(["gc", "--ttl-days", "1"]);
+    with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 64, 64);
+    let o = cmd.output().unwrap();
+    let err = stderr_text(&o);
+    assert_eq!(code(&o), 0, "{err}");
+    assert!(
+        stdout_text(&o).starts_with("deleted 2 jobs"),
+        "{}{err}",
+        stdout_text(&o)
+    );
+    assert!(
+        err.contains("job deep nests its own files more than 32 directories deep"),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    assert_eq!(fs::read_dir(jobs_dir(&env)).unwrap().count(), 0);
+}
