@@ -519,7 +519,7 @@ pub fn ship_cmd(store: &FileStore, o: ShipOptions) -> Result<i32> {
             }
             Err(e) => {
                 failed = true;
-                eprintln!("logwrap: {id}: {e:#}");
+                eprintln!("logwrap: {id}: {}", shipper::error_text(&e));
                 continue;
             }
         };

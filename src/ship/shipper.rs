@@ -397,7 +397,7 @@ impl Shipper {
 
     fn failed(&mut self, e: &anyhow::Error) {
         self.conn = None;
-        self.state.last_error = Some(format!("{e:#}"));
+        self.state.last_error = Some(error_text(e));
     }
 
     /// Connects and reads back what Redis already holds of this job: the
@@ -1246,7 +1246,7 @@ impl LiveShipper {
         self.spawn_thread(started).unwrap_or_else(|e| {
             How::Failed(ShipState {
                 url: self.cfg.public_url(),
-                last_error: Some(format!("{e:#}")),
+                last_error: Some(error_text(&e)),
                 ..ShipState::default()
             })
         })
@@ -1568,6 +1568,53 @@ pub(crate) fn ship_loop(
     sh.persist();
     lock(m).state = sh.state.clone();
     sh
+}
+
+/// `e` in one line for `last_error` and for `logwrap ship`'s report, as
+/// `{e:#}` gives it, except for what Redis refused: a transaction it refused
+/// lists every command, each with the same words, so the first is said once
+/// with how many there were; and Redis out of memory (`maxmemory` reached
+/// with nothing it may evict: it is full, as a disk can be) says so plainly.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        match cause.downcast_ref::<redis::RedisError>() {
+            Some(r) => {
+                // Its own causes are the server errors it already names.
+                parts.push(redis_text(r));
+                break;
+            }
+            None => parts.push(cause.to_string()),
+        }
+    }
+    parts.join(": ")
+}
+
+/// A Redis error in one line (see [`error_text`]).
+fn redis_text(r: &redis::RedisError) -> String {
+    let Some(errs) = r.clone().into_server_errors() else {
+        return r.to_string();
+    };
+    let Some((_, first)) = errs.first() else {
+        return r.to_string();
+    };
+    let full = first.code() == "OOM";
+    if errs.len() == 1 && !full {
+        return r.to_string();
+    }
+    let what = match first.details() {
+        Some(d) => format!("{} {}", first.code(), d.trim_end_matches('.')),
+        None => first.code().to_string(),
+    };
+    let head = if full {
+        "Redis is full (maxmemory reached, nothing it may evict)"
+    } else {
+        "Redis refused the write"
+    };
+    match errs.len() {
+        1 => format!("{head}: {what}"),
+        n => format!("{head}: {what} ({n} commands refused)"),
+    }
 }
 
 #[cfg(test)]

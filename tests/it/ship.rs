@@ -919,3 +919,65 @@ fn shipping_reuses_its_memory_from_round_to_round() {
         usage.ru_minflt
     );
 }
+
+/// Redis full (`maxmemory` reached, no eviction) is to shipping what a full
+/// disk is to the logs: the job runs and ends as ever, its logs are whole,
+/// metadata.json says in one line what Redis refused, and once Redis has room
+/// `logwrap ship` completes the job byte for byte.
+#[test]
+fn a_full_redis_leaves_the_job_alone_says_so_plainly_and_ship_completes_it_later() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start_with_options(
+        &env.path("redis"),
+        &["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"],
+    );
+    let url = redis.url();
+    let out = env.run_sh(
+        "full",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "seq 1 400000; echo e >&2",
+    );
+    assert_ok(&out);
+    assert_eq!(env.stdout_log("full").len(), 2_688_895);
+    let refused = |meta: &serde_json::Value| {
+        meta["ship"]["complete"] == false
+            && meta["ship"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Redis is full"))
+    };
+    wait_until(LIMIT, "the refusal to be recorded", || {
+        refused(&env.meta("full"))
+    });
+    let err = env.meta("full")["ship"]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("maxmemory"), "{err}");
+    assert!(
+        err.len() < 400,
+        "one line, not one per refused command: {err}"
+    );
+    assert_eq!(err.matches("OOM").count(), 1, "{err}");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut redis.conn())
+        .unwrap();
+    let out = env.run(&["ship", "--ship", &url, "full"]);
+    assert_ok(&out);
+    assert!(contains(&out.stdout, "full: shipped"), "{out:?}");
+    let entries = redis.log("full");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("full"),
+        "full stdout",
+    );
+    assert_same(
+        &shipped(&entries, "stderr"),
+        &env.stderr_log("full"),
+        "full stderr",
+    );
+    assert_eq!(env.meta("full")["ship"]["complete"], true);
+}
