@@ -949,11 +949,13 @@ const HASH_B: u32 = 0x85eb_ca77;
 /// `DATABUILD_MISSING_DEPS_JSON:` scanner.
 ///
 /// Measured and left out (200 MB, 50 values, on the 2-core test VM): AVX2
-/// gathers of the samples and of their slots (~1.7x slower than these scalar
-/// loads on its AMD cores); a bit table of 2^18 or 2^19 bits in place of the
-/// byte table (fits the L1/L2 cache better, yet 10-30% slower: the cost is
-/// the per-sample work, not cache misses, and a table of 2^21 slots is no
-/// slower than 2^19); and searching each read on a second thread while the
+/// and AVX-512 gathers of the samples and of their slots (~1.7x and ~3x
+/// slower than these scalar loads on its AMD cores); a bit table of 2^18 or
+/// 2^19 bits in place of the byte table (fits the L1/L2 cache better, yet no
+/// faster within the noise: even a 4 KiB table, always in the L1 cache, cut
+/// a group's time by only about a fifth, so the cost is mostly the
+/// per-sample work, not cache misses, and a table of 2^21 slots is no slower
+/// than 2^19); and searching each read on a second thread while the
 /// wrapper writes it out (a prototype of the best case any pipelining could
 /// reach: the hand-over between threads, ~20-30 us of wake-up on a VM, and
 /// the CPU the job itself needs made the run ~6% slower than searching
