@@ -335,7 +335,9 @@ pub fn response_head(
     if let Some(len) = length {
         let _ = write!(h, "Content-Length: {len}\r\n");
     }
-    h.push_str("X-Content-Type-Options: nosniff\r\n");
+    // Every answer: never sniffed into another type (a log holding HTML stays
+    // text), never framed, and a page's `?token=` never sent on as a referrer.
+    h.push_str("X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n");
     h.push_str(if keep_alive && length.is_some() {
         "Connection: keep-alive\r\n\r\n"
     } else {

@@ -150,8 +150,11 @@ const userFold = new Map();
 function mark(raw) {
   let m;
   const s = raw.replace(/^\x1b\[0?K/, "");
-  if ((m = /^section_start:(\d+):([^\[\r\s]+)(?:\[([^\]]*)\])?\r?(?:\x1b\[0?K)?(.*)$/.exec(s)))
-    return { k: "start", id: m[2], title: m[4].replace(ESC, "") || m[2], fold: /collapsed=true/.test(m[3] || ""), ts: +m[1] * 1e6 };
+  // Nothing after the name can fail to match (`[^]*`, no `$`): a title with a
+  // CR or U+2028 in it once sent the engine back through every shorter name,
+  // quadratic in a 64 KiB line, and a job could freeze its viewers' tabs.
+  if ((m = /^section_start:(\d+):([^\[\r\s]+)(?:\[([^\]]*)\])?\r?(?:\x1b\[0?K)?([^]*)/.exec(s)))
+    return { k: "start", id: m[2], title: m[4].replace(ESC, "").replace(/[\r\u2028\u2029]/g, "") || m[2], fold: /collapsed=true/.test(m[3] || ""), ts: +m[1] * 1e6 };
   if ((m = /^section_end:(\d+):([^\r\s]+)/.exec(s))) return { k: "end", id: m[2], ts: +m[1] * 1e6 };
   if ((m = /^::group::(.*)$/.exec(raw))) return { k: "start", id: "::group", title: m[1], fold: true };
   if (/^::endgroup::/.test(raw)) return { k: "end", id: "::group" };
@@ -681,7 +684,7 @@ $("wrap").addEventListener("change", () => {
 $("ts").addEventListener("change", () => {
   keepPlace(() => { tsMode = $("ts").value; logEl.classList.toggle("stamped", tsMode !== "off"); if (wrap) measure(); });
 });
-for (const a of document.querySelectorAll("a.raw")) a.href += tq ? "?" + tq : "";
+for (const a of document.querySelectorAll("a.raw, h1 a")) a.href += tq ? "?" + tq : "";
 
 // ---- Start -----------------------------------------------------------------
 // `?lines=N` asks for a longer tail; more than CAP would be dropped by the page

@@ -42,8 +42,11 @@ pub const PAGE_CHUNK: usize = 1_000;
 pub const PAGE_KEPT_LINES: usize = 200_000;
 
 /// Content-Security-Policy of the pages: everything inline or from this server,
-/// so a page can never load a script from elsewhere.
-pub const CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:";
+/// so a page can never load a script from elsewhere; no page may frame them
+/// (clickjacking), and no `<base>` or form a job's text might smuggle in
+/// could point anywhere.
+pub const CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                       img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// Escapes text for HTML content and attribute values.
 pub fn html_escape(s: &str) -> String {

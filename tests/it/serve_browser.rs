@@ -998,3 +998,41 @@ fn browser_starts_over_with_a_note_when_the_job_empties_its_log() {
     );
     assert!(job.finish().success());
 }
+
+/// Section lines a job crafts to make the page's parser backtrack (a GitLab
+/// `section_start:` whose 60 KB name is followed by a CR, ten of them) leave
+/// the page working: it loads, shows the job's last line, still folds a real
+/// section, and takes a title with a CR in it. And behind a token, the link
+/// back to the job list carries the token too.
+#[test]
+fn browser_survives_section_lines_made_to_backtrack_and_keeps_the_token_on_its_links() {
+    let Some((chromium, driver)) = browser_tools("browser_survives_section_lines...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let script = r#"i=0; n=$(printf 'a%.0s' $(seq 60000)); while [ $i -lt 10 ]; do printf 'section_start:1:%s\r\r\n' "$n"; i=$((i + 1)); done
+printf 'section_start:1700000000:crsec[collapsed=true]\r\033[0KTitle\rwith CR\n'; echo 'inside'; printf 'section_end:1700000001:crsec\r\033[0K\n'; echo 'the last line'"#;
+    assert_ok(&env.run_sh("redos", &["--no-pty", "-q"], script));
+    std::fs::write(env.path("tok"), "sekret\n").unwrap();
+    let srv = Serve::start(&env, &["--token-file", env.path("tok").to_str().unwrap()]);
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    browser.goto(&format!(
+        "http://127.0.0.1:{}/job_runs/redos?token=sekret",
+        srv.port
+    ));
+    browser.wait_js(
+        "the page, ended, with its last line",
+        "return document.body.dataset.complete==='succeeded'&&shown().some(l=>l.t==='the last line');",
+    );
+    assert_eq!(
+        browser.js("return sections.filter(s=>s.id==='crsec').map(s=>s.title);"),
+        serde_json::json!(["Titlewith CR"])
+    );
+    assert_eq!(
+        browser.js("return shown().some(l=>l.t==='inside');"),
+        false,
+        "the collapsed section folds"
+    );
+    let jobs = browser.js("return document.querySelector('h1 a').href;");
+    assert!(jobs.as_str().unwrap().ends_with("/?token=sekret"), "{jobs}");
+}

@@ -930,3 +930,49 @@ fn clients_that_never_read_the_job_list_cannot_pin_server_memory() {
         "server peaked at {peak} KiB with {CLIENTS} clients leaving a {full_list_bytes}-byte list unread"
     );
 }
+
+/// Every answer forbids sniffing, framing and referrers (a page's `?token=`
+/// must not travel on); pages also forbid framing, `<base>` and forms in
+/// their Content-Security-Policy.
+#[test]
+fn answers_forbid_sniffing_framing_and_referrers() {
+    let env = TestEnv::new();
+    assert_ok(&env.run_sh("hdr", &["--no-pty", "-q"], "echo '<b>x</b>'"));
+    let srv = Serve::start(&env, &[]);
+    for path in [
+        "/",
+        "/job_runs/hdr",
+        "/api/job_runs",
+        "/api/job_runs/hdr/logs/stdout/raw",
+        "/api/job_runs/nope",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert_eq!(
+            r.header("X-Content-Type-Options").as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("X-Frame-Options").as_deref(),
+            Some("DENY"),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("Referrer-Policy").as_deref(),
+            Some("no-referrer"),
+            "{path}"
+        );
+    }
+    for path in ["/", "/job_runs/hdr"] {
+        let csp = get(srv.port, path, &[])
+            .header("Content-Security-Policy")
+            .unwrap();
+        for want in [
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(csp.contains(want), "{path}: {csp}");
+        }
+    }
+}
