@@ -101,18 +101,45 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 pub(crate) enum ChildEnd {
     /// Exited normally with this code.
     Exited(i32),
-    /// Killed by this signal.
-    Signaled(Signal),
+    /// Killed by the signal of this number: any, the real-time ones
+    /// (`SIGRTMIN`..`SIGRTMAX`, which have no [`Signal`] name) included.
+    Signaled(i32),
 }
 
 impl ChildEnd {
+    /// How `waitpid` reported the end (`status`), if it is one.
+    pub fn from_wait_status(status: libc::c_int) -> Option<ChildEnd> {
+        if libc::WIFEXITED(status) {
+            Some(ChildEnd::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(ChildEnd::Signaled(libc::WTERMSIG(status)))
+        } else {
+            None
+        }
+    }
+
     /// The wrapper's exit code for this end: the code itself, or 128+N for signal N
     /// (the shell convention, as tini does).
     pub fn exit_code(self) -> i32 {
         match self {
             ChildEnd::Exited(code) => code,
-            ChildEnd::Signaled(sig) => 128 + sig as i32,
+            ChildEnd::Signaled(sig) => 128 + sig,
         }
+    }
+}
+
+/// The name of signal `n`, as metadata records it: `SIGTERM`, `SIGRTMIN+3`
+/// for a real-time one, `SIG70` for a number with no name.
+pub(crate) fn signal_name(n: i32) -> String {
+    if let Ok(sig) = Signal::try_from(n) {
+        return sig.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    match n {
+        _ if n == min => "SIGRTMIN".to_string(),
+        _ if n == max => "SIGRTMAX".to_string(),
+        _ if n > min && n < max => format!("SIGRTMIN+{}", n - min),
+        _ => format!("SIG{n}"),
     }
 }
 
@@ -189,8 +216,15 @@ mod tests {
 
     #[test]
     fn signal_becomes_128_plus_n() {
-        assert_eq!(ChildEnd::Signaled(Signal::SIGKILL).exit_code(), 137);
-        assert_eq!(ChildEnd::Signaled(Signal::SIGTERM).exit_code(), 143);
+        assert_eq!(ChildEnd::Signaled(Signal::SIGKILL as i32).exit_code(), 137);
+        assert_eq!(ChildEnd::Signaled(Signal::SIGTERM as i32).exit_code(), 143);
+        let rt = libc::SIGRTMIN();
+        assert_eq!(ChildEnd::Signaled(rt).exit_code(), 128 + rt);
+        assert_eq!(signal_name(Signal::SIGSEGV as i32), "SIGSEGV");
+        assert_eq!(signal_name(rt), "SIGRTMIN");
+        assert_eq!(signal_name(rt + 2), "SIGRTMIN+2");
+        assert_eq!(signal_name(libc::SIGRTMAX()), "SIGRTMAX");
+        assert_eq!(signal_name(99), "SIG99");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 use nix::pty::Winsize;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
@@ -1335,9 +1334,11 @@ impl Loop<'_> {
                         continue;
                     };
                     self.signal_group(signal);
-                    if matches!(sig, SIGINT | SIGTERM | SIGHUP | SIGQUIT) && self.kill_at.is_none()
-                    {
-                        self.kill_at = Some(Instant::now() + self.cfg.kill_after);
+                    if matches!(sig, SIGINT | SIGTERM | SIGHUP | SIGQUIT) {
+                        self.continue_group();
+                        if self.kill_at.is_none() {
+                            self.kill_at = Some(Instant::now() + self.cfg.kill_after);
+                        }
                     }
                 }
             }
@@ -1352,6 +1353,13 @@ impl Loop<'_> {
         if let Some(problem) = signal_problem(sent, sig, self.child) {
             warn(&problem);
         }
+    }
+
+    /// Sends SIGCONT to the child's group after a signal meant to end it, as
+    /// `timeout(1)` does: a stopped job would otherwise only get it (and run
+    /// its handlers) once continued, and sit stopped until `--kill-after`.
+    fn continue_group(&self) {
+        let _ = kill(Pid::from_raw(-self.child.as_raw()), Signal::SIGCONT);
     }
 
     fn resize(&mut self) {
@@ -1372,18 +1380,27 @@ impl Loop<'_> {
         } else {
             Some(self.child)
         };
+        let target = target.map_or(-1, Pid::as_raw);
         loop {
-            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == self.child => {
-                    self.child_ended(ChildEnd::Exited(code))
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.child => {
-                    self.child_ended(ChildEnd::Signaled(sig))
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => {}
+            // Decoded here, not by nix's WaitStatus: it has no name for a
+            // real-time signal, and its error for one came after the kernel
+            // had handed over the status, so a job killed by SIGRTMIN was
+            // never seen to end and the wrapper waited forever.
+            let mut status = 0;
+            // SAFETY: `status` is a valid place for the kernel to write to.
+            let pid = unsafe { libc::waitpid(target, &mut status, libc::WNOHANG) };
+            match pid {
+                0 => return, // children left, none ended
+                -1 if Errno::last() == Errno::EINTR => continue,
+                -1 => return, // ECHILD: none left
+                _ => {}
             }
-            if target.is_some() && self.child_end.is_some() {
+            if pid == self.child.as_raw() {
+                if let Some(end) = ChildEnd::from_wait_status(status) {
+                    self.child_ended(end);
+                }
+            }
+            if target != -1 && self.child_end.is_some() {
                 return;
             }
         }
@@ -1415,6 +1432,7 @@ impl Loop<'_> {
             self.timeout_at = None;
             self.timed_out = true;
             self.signal_group(Signal::SIGTERM);
+            self.continue_group();
             self.kill_at.get_or_insert(now + self.cfg.kill_after);
         }
         if self.kill_at.is_some_and(|t| now >= t) {
@@ -1486,7 +1504,7 @@ impl Loop<'_> {
         self.meta.wrapper_exit_code = Some(exit_code);
         match end {
             ChildEnd::Exited(code) => self.meta.exit_code = Some(code),
-            ChildEnd::Signaled(sig) => self.meta.signal = Some(sig.as_str().to_string()),
+            ChildEnd::Signaled(sig) => self.meta.signal = Some(exit::signal_name(sig)),
         }
         stamp_end(&mut self.meta, self.started);
         if let Err(e) = self.sink.finish() {

@@ -1678,3 +1678,66 @@ fn a_command_that_cannot_run_leaves_no_secret_in_the_error() {
         stderr_text(&o)
     );
 }
+
+#[test]
+fn a_job_killed_by_a_real_time_signal_ends_the_wrapper_with_128_plus_n() {
+    let env = TestEnv::new();
+    let rt = libc::SIGRTMIN();
+    for (id, extra, n) in [("rt", &["--no-pty"][..], rt + 6), ("rtpty", &[][..], rt)] {
+        let o = env.run_sh(
+            id,
+            &[&["-q"][..], extra].concat(),
+            &format!("echo hi; kill -{n} $$"),
+        );
+        assert_eq!(code(&o), 128 + n, "{id}: {}", stderr_text(&o));
+        let m = env.meta(id);
+        assert_eq!(m["status"], "killed", "{m}");
+        let name = if n == rt {
+            "SIGRTMIN".to_string()
+        } else {
+            format!("SIGRTMIN+{}", n - rt)
+        };
+        assert_eq!(m["signal"], name.as_str(), "{m}");
+        assert_eq!(m["wrapper_exit_code"], 128 + n);
+        assert_eq!(env.stdout_log(id), b"hi\n", "{id}");
+    }
+}
+
+/// A stopped job still gets a signal meant to end it, as under `timeout(1)`:
+/// the wrapper continues its group after forwarding INT, TERM, HUP or QUIT
+/// and after the timeout's TERM, so its handlers run before `--kill-after`.
+#[test]
+fn a_stopped_job_is_continued_to_handle_the_signal_that_ends_it() {
+    let env = TestEnv::new();
+    let script = "trap 'echo got-TERM; exit 3' TERM; echo ready; kill -STOP $$; echo resumed";
+    let stopped = |env: &TestEnv, id: &str| {
+        let pid = env.meta(id)["child_pid"].as_u64().unwrap();
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+    };
+    let child = spawn_sh(&env, "stop", &["--no-pty", "--kill-after", "60s"], script);
+    wait_for_log(&env, "stop", "ready\n");
+    wait_until(Duration::from_secs(20), "the job to stop", || {
+        stopped(&env, "stop")
+    });
+    signal(child.id(), libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 3);
+    assert_eq!(env.stdout_log("stop"), b"ready\ngot-TERM\n");
+    // The timeout's TERM too.
+    let o = env.run_sh(
+        "stopt",
+        &[
+            "--no-pty",
+            "-q",
+            "--timeout",
+            "300ms",
+            "--kill-after",
+            "60s",
+        ],
+        script,
+    );
+    assert_eq!(code(&o), 124);
+    assert_eq!(env.stdout_log("stopt"), b"ready\ngot-TERM\n");
+    assert_eq!(env.meta("stopt")["exit_code"], 3);
+}
