@@ -256,6 +256,9 @@ struct StreamState {
     line_start: bool,
     /// Inside a `DATABUILD_REDACT:` line: the value so far (swallowed).
     marker: Option<Vec<u8>>,
+    /// The marker line's value passed [`MAX_MARKER_VALUE`]: the rest of the
+    /// line is swallowed too (hidden, never a needle) up to its newline.
+    marker_overflow: bool,
     /// Leading bytes of `held` that are no partial match, only kept so the
     /// bytes given out end at a page boundary (see [`Redactor::feed`]).
     extra: usize,
@@ -267,6 +270,7 @@ impl Default for StreamState {
             held: Vec::new(),
             line_start: true,
             marker: None,
+            marker_overflow: false,
             extra: 0,
         }
     }
@@ -622,15 +626,27 @@ impl Redactor {
 
     /// Inside a marker line: takes the value from `input`; returns where the
     /// value ended (the newline, or the cap) or `None` if all of it was taken.
+    /// Past the cap the rest of the line is taken and dropped: all of a marker
+    /// line is hidden, however long (its value is too long to be a needle).
     fn swallow_marker(&mut self, s: usize, input: &[u8], mode: Mode) -> Option<usize> {
         let st = &mut self.streams[s];
-        let value = st.marker.as_mut().expect("called inside a marker");
         let nl = memchr::memchr(b'\n', input);
         let line_end = nl.unwrap_or(input.len());
+        if st.marker_overflow {
+            if nl.is_some() || mode == Mode::Finish {
+                st.marker = None;
+                st.marker_overflow = false;
+                return nl.map(|_| line_end);
+            }
+            return None;
+        }
+        let value = st.marker.as_mut().expect("called inside a marker");
         let room = MAX_MARKER_VALUE - value.len();
         if line_end > room {
-            value.extend_from_slice(&input[..room]);
             self.end_marker(s, true);
+            let st = &mut self.streams[s];
+            st.marker = Some(Vec::new());
+            st.marker_overflow = true;
             return Some(room);
         }
         value.extend_from_slice(&input[..line_end]);
@@ -1701,7 +1717,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_marker_value_is_named_and_an_overlong_line_flows_on() {
+    fn a_short_marker_value_is_named_and_an_overlong_one_is_hidden_to_its_line_end() {
         let mut r = redactor(&[]);
         assert_eq!(
             run(&mut r, &[b"DATABUILD_REDACT: abc\nabc\n"]),
@@ -1712,14 +1728,34 @@ mod tests {
             "{:?}",
             r.skipped()
         );
-        let mut r = redactor(&[]);
+        // Past the cap the value is not a needle, but none of the line shows:
+        // in one read, in many, and at the very end of the output.
         let mut text = b"DATABUILD_REDACT: ".to_vec();
-        text.extend(std::iter::repeat_n(b'v', MAX_MARKER_VALUE + 5));
-        text.extend_from_slice(b"\nnext\n");
+        text.extend(std::iter::repeat_n(b'v', MAX_MARKER_VALUE));
+        text.extend_from_slice(b"TAILSECRET\nnext\n");
+        let pieces: Vec<&[u8]> = text.chunks(1000).collect();
+        for input in [vec![&text[..]], pieces] {
+            let mut r = redactor(&[]);
+            let out = run(&mut r, &input);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "DATABUILD_REDACT: [REDACTED]\nnext\n"
+            );
+            assert!(r.skipped()[0].contains("longer than"), "{:?}", r.skipped());
+        }
+        let mut r = redactor(&[]);
+        let out = run(&mut r, &[&text[..text.len() - 6]]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "DATABUILD_REDACT: [REDACTED]"
+        );
+        // The line after it is ordinary output again, a marker too.
+        let mut r = redactor(&[]);
+        text.extend_from_slice(b"DATABUILD_REDACT: second-value\nsecond-value\n");
         let out = run(&mut r, &[&text]);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "DATABUILD_REDACT: [REDACTED]vvvvv\nnext\n"
+            "DATABUILD_REDACT: [REDACTED]\nnext\nDATABUILD_REDACT: [REDACTED]\n[REDACTED]\n"
         );
     }
 
