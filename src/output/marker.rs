@@ -214,13 +214,37 @@ impl MarkerScanner {
     }
 }
 
+/// Deepest nesting of a payload kept: metadata.json puts it a few levels
+/// down, and every reader parses that with serde_json's limit of 128 levels,
+/// so a payload nested near that limit would make the job's own metadata
+/// unreadable (its job "damaged" to every reader and to gc).
+pub const MAX_MARKER_DEPTH: usize = 64;
+
 fn parse_payload(buf: &[u8], len: usize) -> Result<serde_json::Value, String> {
     if len > MAX_MARKER_PAYLOAD {
         return Err(format!(
             "marker payload is {len} bytes, over the {MAX_MARKER_PAYLOAD}-byte limit; not parsed"
         ));
     }
-    serde_json::from_slice(buf).map_err(|e| format!("invalid JSON: {e}"))
+    let value: serde_json::Value =
+        serde_json::from_slice(buf).map_err(|e| format!("invalid JSON: {e}"))?;
+    if depth(&value) > MAX_MARKER_DEPTH {
+        return Err(format!(
+            "marker payload nests deeper than {MAX_MARKER_DEPTH} levels; not kept"
+        ));
+    }
+    Ok(value)
+}
+
+/// Levels of nesting of `v`: 1 for a scalar, one more per array or object
+/// around it. (serde_json parses at most 128 levels, so the recursion is
+/// bounded.)
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +260,19 @@ mod tests {
         }
         s.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn a_payload_nested_too_deep_is_an_error_not_a_value() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = format!("DATABUILD_MISSING_DEPS_JSON:{}\n", nested(MAX_MARKER_DEPTH));
+        assert!(scan(&[ok.as_bytes()])[0].result.is_ok());
+        let deep = format!(
+            "DATABUILD_MISSING_DEPS_JSON:{}\n",
+            nested(MAX_MARKER_DEPTH + 1)
+        );
+        let err = scan(&[deep.as_bytes()])[0].result.clone().unwrap_err();
+        assert!(err.contains("deeper than 64"), "{err}");
     }
 
     #[test]

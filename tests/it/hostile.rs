@@ -792,3 +792,27 @@ fn logs_following_a_server_say_when_the_job_empties_its_log() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("log was truncated"), "{err}");
 }
+
+/// A marker payload nested close to JSON parsers' limits is refused into
+/// `marker_errors`: kept, it made the job's own metadata.json unreadable,
+/// so every reader (and gc) took the job for a damaged one.
+#[test]
+fn a_marker_nested_too_deep_is_an_error_and_the_job_stays_readable() {
+    let env = TestEnv::new();
+    let n = 125;
+    let script = format!(
+        "echo 'DATABUILD_MISSING_DEPS_JSON:{}{}'; echo done",
+        "[".repeat(n),
+        "]".repeat(n)
+    );
+    assert_ok(&env.run_sh("deepjson", &["--no-pty", "-q"], &script));
+    let o = logwrap(&env, &["show", "deepjson"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_text(&o));
+    let m = env.meta("deepjson");
+    assert_eq!(m["status"], "succeeded");
+    assert_eq!(m["missing_deps"], serde_json::json!([]));
+    let why = m["marker_errors"][0]["error"].as_str().unwrap();
+    assert!(why.contains("deeper than 64 levels"), "{m}");
+    let o = logwrap(&env, &["ls"]);
+    assert!(!stderr_text(&o).contains("damaged"), "{}", stderr_text(&o));
+}
