@@ -1,7 +1,7 @@
 //! The command line as clap sees it: flags, environment variables and help text.
 //! Nothing past `config.rs` sees these types.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use logwrap::store::JobId;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -211,13 +211,9 @@ pub struct LogsArgs {
     #[arg(long, env = "DATABUILD_LOG_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
-    /// Bearer token for --server
-    #[arg(
-        long,
-        env = "DATABUILD_LOG_TOKEN",
-        value_name = "T",
-        requires = "server"
-    )]
+    /// Bearer token for --server (else $DATABUILD_LOG_TOKEN, read only with
+    /// --server: the variable a `serve` exports must not stop local reading)
+    #[arg(long, value_name = "T", requires = "server")]
     pub token: Option<String>,
 
     #[command(flatten)]
@@ -249,8 +245,8 @@ pub struct LsArgs {
     )]
     pub status: Vec<String>,
 
-    /// Show at most the N newest jobs
-    #[arg(long, value_name = "N")]
+    /// Show at most the N newest jobs (N >= 1)
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit: Option<usize>,
 
     #[command(flatten)]
@@ -398,7 +394,7 @@ pub struct ServeArgs {
     pub access: ServerArgs,
 
     /// Most simultaneous connections; more are answered 503
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Time a client has to send its request head before a 408
@@ -590,6 +586,48 @@ pub fn names_subcommand(argv: &[OsString]) -> bool {
 ///   not a command on PATH (`is_command`), gets "did you mean".
 ///
 /// Everything after a `--` is the job's and is never looked at.
+/// A count that must be at least 1 (`--limit 0` would show nothing, or with
+/// a silent clamp one; neither is what was asked).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses `argv` (as [`lower`] left it) into a [`Cli`]. An environment
+/// variable that is set but empty counts as unset, for every option that
+/// reads one (as `DATABUILD_LOG_DIR=` always did): `DATABUILD_LOG_MAX_JOB_SIZE=`
+/// in a CI environment must not fail every job.
+pub fn parse(argv: &[OsString]) -> Result<Cli, clap::Error> {
+    let matches = unset_empty_env(Cli::command()).try_get_matches_from(argv)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// `cmd` and its subcommands with the environment variables of their
+/// options that are set but empty left unread.
+fn unset_empty_env(cmd: clap::Command) -> clap::Command {
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let mut cmd = cmd.mut_args(|a| {
+        let empty = a
+            .get_env()
+            .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
+        if empty {
+            a.env(None)
+        } else {
+            a
+        }
+    });
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, unset_empty_env);
+    }
+    cmd
+}
+
 pub fn lower(
     argv: Vec<OsString>,
     is_command: impl Fn(&str) -> bool,

@@ -113,6 +113,11 @@ fn ship_action(a: ShipCmdArgs) -> Result<Action> {
 }
 
 fn logs_action(a: LogsArgs) -> Result<Action> {
+    if let Some(url) = &a.server {
+        // A malformed URL is a usage error (2), like any bad option.
+        logwrap::serve::client::Target::parse(url, None)
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+    }
     let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Logs(
         store,
@@ -126,8 +131,13 @@ fn logs_action(a: LogsArgs) -> Result<Action> {
             prefix: a.prefix,
             timestamps: a.timestamps,
             exit_status: a.exit_status,
+            token: a.token.or_else(|| {
+                a.server.as_ref()?;
+                std::env::var("DATABUILD_LOG_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+            }),
             server: a.server,
-            token: a.token,
         },
     ))
 }
@@ -208,9 +218,9 @@ fn gc_action(a: GcArgs) -> Result<Action> {
 
 fn serve_action(a: ServeArgs) -> Result<Action> {
     let mut cfg = server_config(&a.listen, &a.access).map_err(usage)?;
-    cfg.max_connections = a.max_connections.max(1);
-    cfg.header_timeout = duration("header-timeout", &a.header_timeout).map_err(usage)?;
-    cfg.idle_timeout = duration("idle-timeout", &a.idle_timeout).map_err(usage)?;
+    cfg.max_connections = a.max_connections;
+    cfg.header_timeout = positive("header-timeout", &a.header_timeout).map_err(usage)?;
+    cfg.idle_timeout = positive("idle-timeout", &a.idle_timeout).map_err(usage)?;
     let store = reading_store(a.root.log_dir, a.source)?;
     Ok(Action::Serve(store, cfg))
 }
@@ -240,6 +250,16 @@ fn duration(flag: &str, v: &str) -> Result<std::time::Duration> {
     parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
 }
 
+/// A duration flag that cannot be zero (a zero timeout would end every
+/// connection at once).
+fn positive(flag: &str, v: &str) -> Result<std::time::Duration> {
+    let d = duration(flag, v)?;
+    if d.is_zero() {
+        bail!("--{flag}: must be more than zero");
+    }
+    Ok(d)
+}
+
 /// Settings of the HTTP server from the options shared by `serve` and the
 /// wrapper's `--listen`, with the other bounds at their defaults.
 pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
@@ -251,13 +271,13 @@ pub fn server_config(listen: &str, args: &ServerArgs) -> Result<ServeConfig> {
             logwrap::serve::TOKEN_ENV
         ),
         (Some(path), None) => Some(logwrap::serve::read_token_file(path)?),
+        (None, Some(t)) if t.is_empty() => {
+            bail!("--token: must not be empty (leave it out to serve without a token)")
+        }
         (None, t) => t.clone(),
     };
     let mut cfg = ServeConfig::new(listen, token)?;
-    cfg.heartbeat = duration("heartbeat", &args.heartbeat)?;
-    if cfg.heartbeat.is_zero() {
-        bail!("--heartbeat: must be more than zero");
-    }
+    cfg.heartbeat = positive("heartbeat", &args.heartbeat)?;
     if let Some(bad) = args
         .allow_hosts
         .iter()
@@ -401,7 +421,13 @@ pub fn run_config(args: RunArgs) -> Result<(RunConfig, FileStore)> {
             .map(String::from)
             .collect()
     } else {
+        // As from the variable: trimmed, and a blank one is no partition.
         args.partitions
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect()
     };
     let listen = args
         .listen

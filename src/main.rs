@@ -9,8 +9,6 @@ mod config;
 mod testdir;
 
 use anyhow::Context;
-use clap::Parser;
-use cli::Cli;
 use config::Action;
 use logwrap::exit::{self, ExitCode};
 use logwrap::{gc, logs, run, serve};
@@ -35,7 +33,7 @@ fn real_main() -> ExitCode {
     } else {
         ExitCode::Usage
     };
-    let cli = match Cli::try_parse_from(&argv) {
+    let cli = match cli::parse(&argv) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version; a closed stdout is not worth a message.

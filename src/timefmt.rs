@@ -95,7 +95,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("duration '{s}' is out of range"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d.is_zero() && secs > 0.0 {
+        // It would read as 0, which often means "never" (`--timeout 0`).
+        return Err(format!("duration '{s}' is shorter than a nanosecond"));
+    }
+    Ok(d)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian

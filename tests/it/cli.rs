@@ -30,6 +30,15 @@ fn usage_errors_exit_2_for_every_subcommand() {
         &["show", "../x"],
         &["logs", "--tail", "x"],
         &["gc", "--max-size", "lots"],
+        // Values that would silently break the server or say nothing.
+        &["serve", "--idle-timeout", "0"],
+        &["serve", "--header-timeout", "0"],
+        &["serve", "--token", ""],
+        &["serve", "--max-connections", "0"],
+        &["ls", "--limit", "0"],
+        &["logs", "--server", "nonsense", "x"],
+        &["logs", "--server", "http://h:99999", "x"],
+        &["logs", "--token", "t", "x"],
     ] {
         let o = env.run(args);
         assert_fails_with(&o, 2);
@@ -299,4 +308,65 @@ fn the_quick_start_has_two_commands_and_its_job_part_runs_twice() {
         let demo = env.path("logwrap-demo/job_runs");
         assert_eq!(std::fs::read_dir(&demo).unwrap().count(), round);
     }
+}
+
+/// An environment variable set but empty counts as unset for every option
+/// that reads one; the token a `serve` exports does not stop local reading;
+/// a duration too small to be one is refused rather than read as 0; and a
+/// blank `--partition` is no partition.
+#[test]
+fn empty_variables_are_unset_and_tokens_are_for_servers_only() {
+    let env = TestEnv::new();
+    for var in [
+        "DATABUILD_LOG_MAX_JOB_SIZE",
+        "DATABUILD_LOG_REDIS_CA_FILE",
+        "DATABUILD_LOG_TOKEN",
+    ] {
+        let o = env
+            .cmd()
+            .env(var, "")
+            .args([
+                "--job-run-id",
+                &var.to_lowercase().replace('_', "-"),
+                "-q",
+                "--",
+            ])
+            .args(["echo", "ok"])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+    }
+    let id = "databuild-log-max-job-size";
+    for (var, value) in [
+        ("DATABUILD_LOG_SERVER", ""),
+        ("DATABUILD_LOG_TOKEN", "abc"),
+        ("DATABUILD_LOG_REDIS_CA_FILE", ""),
+    ] {
+        let o = env
+            .cmd()
+            .env(var, value)
+            .args(["logs", id])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        assert_eq!(o.stdout, b"ok\n", "{var}={value}");
+    }
+    let o = env.run(&["--timeout", "0.0000000001", "--", "sleep", "5"]);
+    assert_fails_with(&o, 125);
+    assert!(stderr_text(&o).contains("shorter than a nanosecond"));
+    assert_ok(&env.run(&[
+        "--job-run-id",
+        "parts",
+        "-q",
+        "--partition",
+        " ",
+        "--partition",
+        "a",
+        "--",
+        "true",
+    ]));
+    assert_eq!(
+        env.meta("parts")["building_partitions"],
+        serde_json::json!(["a"])
+    );
 }
