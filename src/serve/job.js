@@ -146,6 +146,7 @@ function width(t) {
 
 // ---- Sections (GitLab, GitHub Actions, Buildkite) --------------------------
 let sections = [], openSecs = [];
+const MAX_DEPTH = 32;
 const userFold = new Map();
 function mark(raw) {
   let m;
@@ -176,7 +177,9 @@ function section(l) {
   }
   l.sec = openSecs[openSecs.length - 1] || null;
   l.hdr = false;
-  if (!mk) return;
+  // Past MAX_DEPTH open sections a start is a plain line: a job opening
+  // thousands without closing them would make every fold test walk them all.
+  if (!mk || openSecs.length >= MAX_DEPTH) return;
   const sec = { i: sections.length, id: mk.id, title: mk.title, fold: mk.fold, folded: false, user: false,
     parent: l.sec, start: mk.ts || l.ts, end: null, at: l.p };
   if (userFold.has(l.p)) { sec.folded = userFold.get(l.p); sec.user = true; }
@@ -594,7 +597,18 @@ function recover() {
       header(m);
       finish({ status: m.status, exit_code: m.exit_code, signal: m.signal });
     });
-  }).catch(() => { retry = Math.min(retry * 2, 10000); setTimeout(recover, retry); });
+  }).catch((e) => {
+    // The server's answer about the job itself (409: its files are damaged;
+    // 404: it is gone) will not change by asking again: say it and stop.
+    if (e.status === 409 || e.status === 404) {
+      done = true;
+      badge("damaged", e.status === 409 ? "damaged" : "gone");
+      say(e.message);
+      document.body.dataset.complete = "damaged";
+      return;
+    }
+    retry = Math.min(retry * 2, 10000); setTimeout(recover, retry);
+  });
 }
 
 // ---- Search ----------------------------------------------------------------
@@ -653,7 +667,17 @@ function tick() {
   $("dur").textContent = to ? span_((to - started) * 1000) + (ended ? "" : " so far") : "";
 }
 setInterval(() => { if (!ended && !done) tick(); }, 1000);
-function meta() { return fetch(api + (tq ? "?" + tq : "")).then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); }); }
+function meta() {
+  return fetch(api + (tq ? "?" + tq : "")).then((r) => {
+    if (r.ok) return r.json();
+    // The reason the server gave, with the status for the caller.
+    return r.json().catch(() => ({})).then((v) => {
+      const e = new Error(v.error || "HTTP " + r.status);
+      e.status = r.status;
+      throw e;
+    });
+  });
+}
 logEl.addEventListener("scroll", () => {
   const bottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 2 * LH;
   if (bottom !== stick) stick = bottom;

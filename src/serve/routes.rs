@@ -312,6 +312,17 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
             );
             return Response::error(409, &msg, api);
         }
+        if e.chain().any(|c| c.is::<serde_json::Error>()) {
+            // A job file that does not parse (metadata.json the job rewrote):
+            // damaged as well, as `ls` and the job list call it, not a fault
+            // of the server.
+            let msg = format!(
+                "job {}: {}",
+                id.as_ref().map(JobId::as_str).unwrap_or("?"),
+                public_error(ctx, &e)
+            );
+            return Response::error(409, &msg, api);
+        }
         if store::is_not_found(&e) {
             return Response::error(404, &public_error(ctx, &e), api);
         }

@@ -1036,3 +1036,36 @@ printf 'section_start:1700000000:crsec[collapsed=true]\r\033[0KTitle\rwith CR\n'
     let jobs = browser.js("return document.querySelector('h1 a').href;");
     assert!(jobs.as_str().unwrap().ends_with("/?token=sekret"), "{jobs}");
 }
+
+/// A job whose metadata.json it spoiled settles as "damaged" with the
+/// server's reason instead of reconnecting every 10 s for ever; sections
+/// nest at most 32 deep, however many a job opens without closing.
+#[test]
+fn browser_settles_on_a_damaged_job_and_caps_section_nesting() {
+    let Some((chromium, driver)) = browser_tools("browser_settles_on_a_damaged_job...") else {
+        return;
+    };
+    let env = TestEnv::new();
+    assert_ok(&env.run_sh("spoiled", &["--no-pty", "-q"], "echo fine"));
+    std::fs::write(env.job_dir("spoiled").join("metadata.json"), b"{not json").unwrap();
+    assert_ok(&env.run_sh(
+        "nested",
+        &["--no-pty", "-q"],
+        "i=0; while [ $i -lt 100 ]; do echo '::group::g'; i=$((i + 1)); done; echo last",
+    ));
+    let srv = Serve::start(&env, &[]);
+    let browser = Browser::start(&chromium, &driver, &env.path("chrome-profile"));
+    browser.goto(&format!("http://127.0.0.1:{}/job_runs/spoiled", srv.port));
+    browser.wait_js(
+        "the damaged badge and the reason",
+        "return document.body.dataset.complete==='damaged'\
+         &&document.getElementById('badge').textContent==='damaged'\
+         &&document.getElementById('note').textContent.includes('metadata.json');",
+    );
+    browser.goto(&format!("http://127.0.0.1:{}/job_runs/nested", srv.port));
+    browser.wait_js(
+        "the end",
+        "return document.body.dataset.complete==='succeeded';",
+    );
+    assert_eq!(browser.js("return sections.length;"), 32);
+}
