@@ -207,25 +207,47 @@ impl ShipConfig {
     }
 }
 
-/// `url` with the password of its user part (`user:password@`) replaced by
-/// `***`, so it can be written down.
+/// `url` with its password replaced by `***`, so it can be written down:
+/// the one of its user part (`user:password@`) and a `pass=` or `password=`
+/// query parameter (`redis+unix:///run/r.sock?user=u&pass=p`, which the client
+/// takes too).
 pub fn public_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    // The user part ends at the last `@` before the path (a password may
+    // hold `?` or `@` itself).
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let (user, after) = match rest[..authority_end].rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
     };
-    let (user, host) = (&authority[..at], &authority[at + 1..]);
-    let user = match user.split_once(':') {
-        Some((name, _)) => format!("{name}:***"),
-        None if user.is_empty() => String::new(),
+    let mut out = format!("{scheme}://");
+    match user.map(|u| u.split_once(':')) {
+        None => {}
+        Some(Some((name, _))) => out.push_str(&format!("{name}:***@")),
+        Some(None) if user == Some("") => out.push('@'),
         // `redis://password@host` is how some clients spell a lone password.
-        None => "***".to_string(),
+        Some(None) => out.push_str("***@"),
+    }
+    let (place, query) = match after.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (after, None),
     };
-    format!("{scheme}://{user}@{host}{path}")
+    out.push_str(place);
+    if let Some(q) = query {
+        let secret = |k: &str| ["pass", "password"].contains(&k.to_ascii_lowercase().as_str());
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if secret(k) => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// The file store and job id of the job directory `dir`
@@ -545,6 +567,20 @@ mod tests {
             public_url("redis+unix:///run/redis.sock"),
             "redis+unix:///run/redis.sock"
         );
+        // The client also takes the password as a query parameter.
+        assert_eq!(
+            public_url("redis+unix:///run/r.sock?user=ro&pass=ropw&db=2"),
+            "redis+unix:///run/r.sock?user=ro&pass=***&db=2"
+        );
+        assert_eq!(
+            public_url("redis://db:6379/0?Password=pw"),
+            "redis://db:6379/0?Password=***"
+        );
+        assert_eq!(
+            public_url("redis://u:p?w@d@db?pass=x"),
+            "redis://u:***@db?pass=***"
+        );
+        assert_eq!(public_url("redis://@db"), "redis://@db");
     }
 
     #[test]

@@ -244,6 +244,35 @@ fn the_password_is_never_written_down() {
         &redis.xrange("logwrap:jobs")[0].1["host"],
         "s3cret-pw"
     ));
+    // The password as a query parameter, as the client also takes it on a
+    // unix socket: written down masked all the same, messages included.
+    let url = format!("redis+unix://{}?pass=s3cret-pw", redis.socket().display());
+    let out = env.run_sh(
+        "pwq",
+        &["--no-pty", "--quiet", "--ship", &url],
+        "echo hello",
+    );
+    assert_ok(&out);
+    wait_shipped(&env, "pwq");
+    let wrong = format!(
+        "redis+unix://{}?pass=s3cret-pw-wrong",
+        redis.socket().display()
+    );
+    let failed = env.run(&["logs", "--source", &wrong, "pwq"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr_text(&failed));
+    for text in [
+        env.file("pwq", "metadata.json"),
+        env.file("pwq", "ship.json"),
+        out.stderr,
+        failed.stderr,
+    ] {
+        assert!(
+            !contains(&text, "s3cret-pw"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    assert!(contains(&env.file("pwq", "metadata.json"), "pass=***"));
 }
 
 #[test]
