@@ -256,6 +256,9 @@ pub enum Pumped {
 /// An event stream in progress.
 pub struct Follower {
     pub job: JobId,
+    /// The run of the job id it follows ([`super::routes::instance`]): a
+    /// new job that takes the id after this one was deleted is not it.
+    pub instance: Option<String>,
     which: Which,
     /// The follower's own readers; dropped while it is served from the shared
     /// events of its job ([`Shared`]), reopened if it falls behind them.
@@ -419,6 +422,7 @@ impl Follower {
         };
         Ok(Follower {
             job: id.clone(),
+            instance: None,
             which,
             lines: Some(lines),
             format,

@@ -701,6 +701,11 @@ impl Server {
                 let sizes = job.as_ref().map(|j| j.state.sizes);
                 let pumped = c.fill(now, |out| match job {
                     Some(w) if w.gone => Err(anyhow::anyhow!("job {} is gone", f.job)),
+                    // The job was deleted and a new one took its id: its lines
+                    // are not this follower's to get.
+                    Some(w) if f.instance.is_some() && w.state.instance != f.instance => {
+                        Err(anyhow::anyhow!("job {} was replaced by a new run", f.job))
+                    }
                     Some(w) => pump_shared(store.as_ref(), &mut f, w, out),
                     None => f.pump(out, SSE_HIGH_WATER, None),
                 });
@@ -808,13 +813,13 @@ impl Server {
             routes::handle(&ctx, req)
         };
         let follows = match &resp.body {
-            Body::Events(f) if !head_only => Some(f.job.clone()),
+            Body::Events(f) if !head_only => Some((f.job.clone(), f.instance.clone())),
             _ => None,
         };
         let feed = matches!(resp.body, Body::Feed) && !head_only;
         c.respond(resp, head_only, req.keep_alive, now);
-        if let Some(id) = follows {
-            self.follow(&id);
+        if let Some((id, instance)) = follows {
+            self.follow(&id, instance);
         }
         if feed {
             self.add_feed();
@@ -849,10 +854,15 @@ impl Server {
         }
     }
 
-    /// A follower of `id` started: watch its job.
-    fn follow(&mut self, id: &JobId) {
+    /// A follower of `id` started, of the job's run `instance`: watch its job.
+    fn follow(&mut self, id: &JobId, instance: Option<String>) {
         if let Some(w) = self.jobs.get_mut(id) {
             w.followers += 1;
+            if instance.is_some() && w.state.instance.is_some() && instance != w.state.instance {
+                // A new run of the id, seen before the re-check: look now, so
+                // the followers of the old run end and this one is served.
+                self.refresh(id, true);
+            }
             return;
         }
         if let Some(w) = &mut self.watcher {
@@ -862,6 +872,7 @@ impl Server {
         let state = routes::job_state(self.store.as_ref(), id).unwrap_or(JobState {
             complete: None,
             sizes: [0; 4],
+            instance: None,
         });
         self.jobs.insert(
             id.clone(),
@@ -896,7 +907,20 @@ impl Server {
         if status {
             match routes::job_state(self.store.as_ref(), id) {
                 Ok(state) => {
+                    let replaced = w.state.instance.is_some() && state.instance != w.state.instance;
+                    if replaced {
+                        // Deleted, and its id taken by a new job before this
+                        // look: the shared events are the old run's, and its
+                        // followers end (see `Server::drive`).
+                        w.shared.clear();
+                    }
                     w.state = state;
+                    if replaced {
+                        // The old run's directory took its watch with it.
+                        if let Some(watcher) = &mut self.watcher {
+                            let _ = watcher.watch_job(id);
+                        }
+                    }
                     return;
                 }
                 Err(e) if store::is_not_found(&e) && !self.store.job_exists(id) => {

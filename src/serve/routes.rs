@@ -220,6 +220,14 @@ pub struct JobState {
     /// hand out a line only once the store has all of it, so a follower is
     /// woken when this changes.
     pub sizes: [u64; 4],
+    /// Which run of the id this is (see [`instance`]).
+    pub instance: Option<String>,
+}
+
+/// What tells one run of a job id from another that took the id after it
+/// was deleted: when and where its wrapper started.
+pub fn instance(m: &Metadata) -> String {
+    format!("{} {} {}", m.started_at, m.hostname, m.pid)
 }
 
 /// Reads a job's [`JobState`].
@@ -229,6 +237,7 @@ pub fn job_state(store: &dyn LogStore, id: &JobId) -> Result<JobState> {
     Ok(JobState {
         complete,
         sizes: store.progress(id),
+        instance: Some(instance(&meta)),
     })
 }
 
@@ -680,6 +689,7 @@ fn events(ctx: &Ctx, req: &Request, id: &JobId, which: Which) -> Result<Response
     if let Some(k) = count {
         f.limit(k);
     }
+    f.instance = state.instance.clone();
     if resume.is_some() && state.complete.is_some() && f.at_end(true)? {
         // A reconnect to an ended job with nothing left: 204 tells EventSource to
         // stop reconnecting.

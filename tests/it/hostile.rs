@@ -816,3 +816,56 @@ fn a_marker_nested_too_deep_is_an_error_and_the_job_stays_readable() {
     let o = logwrap(&env, &["ls"]);
     assert!(!stderr_text(&o).contains("damaged"), "{}", stderr_text(&o));
 }
+
+/// gc deletes a finished job under a follower that has not read all of it,
+/// and a new job takes the id: the old follower ends without a line of the
+/// new job (its own job is gone), and a new follower gets the new job.
+#[test]
+fn an_sse_follower_of_a_deleted_job_never_gets_the_lines_of_a_new_job_with_its_id() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    assert_ok(&env.run_sh("reuse", &["--no-pty", "-q"], "seq -f 'old%g' 1 200000"));
+    // Reads nothing yet: the server stops at what the socket holds.
+    let mut old = SseConn::open(
+        srv.port,
+        "/api/job_runs/reuse/logs/combined?follow=true",
+        &[],
+    );
+    assert_eq!(old.next().unwrap().data, "old1");
+    // The server is stopped while the job is deleted and the new one starts,
+    // so it sees both at once (as a busy server may): the id's state then
+    // reads as the new job's.
+    let pid = srv.pid() as i32;
+    // SAFETY: signals to the server this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let o = env.run(&["gc", "--ttl-days", "0"]);
+    let mut job = LiveJob::start(&env, "reuse", &[]);
+    job.say("new1");
+    wait_until(LIMIT, "the new job's line", || {
+        env.stdout_log("reuse") == b"new1\n"
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(stdout_text_of(&o).starts_with("deleted 1 job"), "{o:?}");
+    let mut new = SseConn::open(
+        srv.port,
+        "/api/job_runs/reuse/logs/combined?follow=true",
+        &[],
+    );
+    assert_eq!(new.next().unwrap().data, "new1");
+    let rest = old.rest();
+    assert!(!rest.is_empty());
+    assert!(
+        rest.iter()
+            .all(|e| e.event != "log" || e.data.starts_with("old")),
+        "a line of the new job reached a follower of the old one"
+    );
+    assert!(rest.iter().all(|e| e.event != "complete"));
+    job.say("new2");
+    assert_eq!(new.next().unwrap().data, "new2");
+    assert!(job.finish().success());
+    assert_eq!(new.next().unwrap().event, "complete");
+}
+
+fn stdout_text_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
