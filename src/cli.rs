@@ -535,7 +535,7 @@ pub struct RunArgs {
     pub ship: ShipArgs,
 
     /// With --ship: longest the wrapper waits at the job's end for the rest of
-    /// the output to reach Redis (it waits a tenth of the job's duration, and
+    /// the output to reach Redis (it waits a twentieth of the job's duration, and
     /// only when the rest gets there in that time); what is left the shipping
     /// process finishes in the background. 0 = never wait
     #[arg(long, value_name = "DURATION", default_value = "2s")]

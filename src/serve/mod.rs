@@ -663,9 +663,14 @@ impl Server {
                     http::Parsed::Partial if closed => return false,
                     http::Parsed::Partial => return true,
                     http::Parsed::Rejected(rej) => {
+                        // Errors under /api are JSON, a target that could not
+                        // be parsed (`/api/job_runs/%zz`) included.
+                        let line = c.inbuf.split(|&b| b == b'\n').next().unwrap_or_default();
+                        let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+                        let api = target == b"/api" || target.starts_with(b"/api/");
                         c.inbuf.clear();
                         c.close_after = true;
-                        let mut resp = Response::error(rej.status, &rej.reason, false);
+                        let mut resp = Response::error(rej.status, &rej.reason, api);
                         if rej.status == 405 {
                             resp.headers.push(("Allow", "GET, HEAD".into()));
                         }

@@ -976,3 +976,29 @@ fn answers_forbid_sniffing_framing_and_referrers() {
         }
     }
 }
+
+/// Errors under /api are JSON, also for a target that cannot be parsed;
+/// elsewhere they are plain text.
+#[test]
+fn api_errors_are_json_even_for_unparsable_targets() {
+    let env = TestEnv::new();
+    let srv = Serve::start(&env, &[]);
+    for path in [
+        "/api/job_runs/%2e%2e/logs/stdout",
+        "/api/job_runs/a%2Fb/logs/stdout",
+        "/api/job_runs/%zz",
+        "/api/job_runs/.bad",
+    ] {
+        let r = get(srv.port, path, &[]);
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(
+            r.header("Content-Type").as_deref(),
+            Some("application/json"),
+            "{path}"
+        );
+        assert!(r.json()["error"].is_string(), "{path}");
+    }
+    let r = get(srv.port, "/job_runs/%zz", &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
+}
