@@ -197,39 +197,76 @@ fn follow(
     let mut watcher = store.watcher()?;
     watcher.watch_job(id)?;
     let mut check_at = Instant::now();
+    // Since when the store could not be reached (a Redis source down or
+    // restarting): said once, then asked again every second, as `tail -F`
+    // goes on; the reader keeps its place, so nothing is repeated or skipped.
+    let mut down = false;
     loop {
-        // Look at the status before reading: once the job is seen ended, every
-        // byte it wrote is already in the files, so this drain is the last.
-        let mut ended = None;
-        if Instant::now() >= check_at {
-            match store.live_metadata(id) {
-                Ok(m) if m.status.is_finished() => ended = Some(m),
-                Ok(_) => {}
-                // metadata.json is only ever replaced, never removed, once the
-                // job has started: gone means the job is being deleted (`rm -rf`
-                // removes it before the directory).
-                Err(e) if store::is_not_found(&e) || !store.job_exists(id) => {
-                    printer.drain(true, out)?;
-                    out.flush()?;
-                    return Ok(FollowEnd::Deleted);
+        match follow_step(store, id, watcher.as_mut(), printer, out, &mut check_at) {
+            Ok(Some(end)) => return Ok(end),
+            Ok(None) => {
+                if std::mem::take(&mut down) {
+                    say("reading again: the source answers");
                 }
-                Err(e) => return Err(e),
             }
-            check_at = Instant::now() + LIVENESS_INTERVAL;
-        }
-        printer.drain(ended.is_some(), out)?;
-        out.flush()?;
-        if let Some(meta) = ended {
-            return Ok(FollowEnd::Ended(Box::new(meta)));
-        }
-        if printer.deleted()? {
-            return Ok(FollowEnd::Deleted);
-        }
-        let changes = watcher.wait(check_at.saturating_duration_since(Instant::now()))?;
-        if changes.overflow || changes.jobs.iter().any(|(_, status)| *status) {
-            check_at = Instant::now();
+            Err(e) if store::is_unavailable(&e) => {
+                out.flush()?;
+                if !std::mem::replace(&mut down, true) {
+                    say(&format!("warning: {e:#}; trying again every second"));
+                }
+                std::thread::sleep(UNAVAILABLE_RETRY);
+                check_at = Instant::now();
+            }
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// How long `logs -f` waits before asking a store it could not reach again.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// One look of [`follow`]: the status, then new output, then a wait for
+/// the next change. `Some` once following is over.
+fn follow_step(
+    store: &dyn LogStore,
+    id: &JobId,
+    watcher: &mut dyn store::ChangeWatcher,
+    printer: &mut Printer,
+    out: &mut BufWriter<io::StdoutLock<'_>>,
+    check_at: &mut Instant,
+) -> Result<Option<FollowEnd>> {
+    // Look at the status before reading: once the job is seen ended, every
+    // byte it wrote is already in the files, so this drain is the last.
+    let mut ended = None;
+    if Instant::now() >= *check_at {
+        match store.live_metadata(id) {
+            Ok(m) if m.status.is_finished() => ended = Some(m),
+            Ok(_) => {}
+            // metadata.json is only ever replaced, never removed, once the
+            // job has started: gone means the job is being deleted (`rm -rf`
+            // removes it before the directory).
+            Err(e) if store::is_not_found(&e) || !store.job_exists(id) => {
+                printer.drain(true, out)?;
+                out.flush()?;
+                return Ok(Some(FollowEnd::Deleted));
+            }
+            Err(e) => return Err(e),
+        }
+        *check_at = Instant::now() + LIVENESS_INTERVAL;
+    }
+    printer.drain(ended.is_some(), out)?;
+    out.flush()?;
+    if let Some(meta) = ended {
+        return Ok(Some(FollowEnd::Ended(Box::new(meta))));
+    }
+    if printer.deleted()? {
+        return Ok(Some(FollowEnd::Deleted));
+    }
+    let changes = watcher.wait(check_at.saturating_duration_since(Instant::now()))?;
+    if changes.overflow || changes.jobs.iter().any(|(_, status)| *status) {
+        *check_at = Instant::now();
+    }
+    Ok(None)
 }
 
 /// Turns a job's logs into output, as far as they are written.

@@ -195,6 +195,30 @@ pub fn damaged_reason(e: &anyhow::Error) -> Option<&Damaged> {
     })
 }
 
+/// A store that cannot be reached for now (a Redis source down, restarting or
+/// paused): not an answer about any job, and worth asking again. Its message
+/// is whole (no source chain), so nothing in it reads as "not found".
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// True when `e` says the store could not be reached ([`Unavailable`]).
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Unavailable>()
+            || c.downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<Unavailable>())
+    })
+}
+
 /// True when `e` says a file or directory does not exist.
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain()

@@ -96,7 +96,22 @@ impl Inner {
         loop {
             tries += 1;
             if guard.is_none() {
-                *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT)?);
+                *guard = Some(connect(&self.client, &self.url, IO_TIMEOUT).map_err(|e| {
+                    // Down, restarting or paused: a wrong password or a
+                    // refused user is an answer, and stays one.
+                    let cause = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<redis::RedisError>());
+                    match cause {
+                        Some(r)
+                            if r.kind() != redis::ErrorKind::AuthenticationFailed
+                                && r.code().is_none() =>
+                        {
+                            unavailable(&format!("connecting to {}", self.url), r)
+                        }
+                        _ => e,
+                    }
+                })?);
             }
             let conn = guard.as_mut().expect("connected above");
             match f(conn) {
@@ -109,14 +124,33 @@ impl Inner {
                     // Once, and only for a broken connection, not a slow one.
                     let retry = broken && !e.is_timeout() && tries == 1;
                     if !retry {
-                        return Err(
-                            anyhow::Error::new(e).context(format!("reading from {}", self.url))
-                        );
+                        let what = format!("reading from {}", self.url);
+                        if broken || e.is_timeout() {
+                            return Err(unavailable(&what, &e));
+                        }
+                        return Err(anyhow::Error::new(e).context(what));
                     }
                 }
             }
         }
     }
+}
+
+/// [`Unavailable`](crate::store::Unavailable): `what` failed for a reason of
+/// the connection, said once (the redis error's text already holds its
+/// cause, which `{:#}` would repeat).
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(crate::store::Unavailable(format!("{what}: {e}")))
+}
+
+/// `e` for a [`RawLog`] method, which answers in `io::Error`s: its text,
+/// and an [`Unavailable`](crate::store::Unavailable) still one inside.
+fn to_io(e: anyhow::Error) -> io::Error {
+    let text = format!("{e:#}");
+    if crate::store::is_unavailable(&e) {
+        return io::Error::other(crate::store::Unavailable(text));
+    }
+    io::Error::other(text)
 }
 
 fn not_found(id: &JobId) -> anyhow::Error {
@@ -131,6 +165,14 @@ fn read_only() -> anyhow::Error {
 }
 
 impl RedisStore {
+    /// Whether job `id` has its keys in Redis; an error if Redis cannot say.
+    fn exists(&self, id: &JobId) -> Result<bool> {
+        let n: i64 = self
+            .inner
+            .with(|c| redis::cmd("EXISTS").arg(meta_key(id)).query(c))?;
+        Ok(n == 1)
+    }
+
     /// The jobs shipped to the Redis at `url` (checked, not yet connected).
     pub fn new(url: &str) -> Result<RedisStore> {
         Self::with_ca(url, None)
@@ -317,16 +359,19 @@ impl LogStore for RedisStore {
         parse_meta(id, &json).map_err(damaged)
     }
 
+    /// A Redis that cannot be asked is no news: the wrapper is taken as
+    /// alive (a follower waits rather than declaring the job abandoned).
     fn writer_alive(&self, id: &JobId) -> bool {
         self.inner
             .with(|c| redis::cmd("EXISTS").arg(alive_key(id)).query::<i64>(c))
-            .is_ok_and(|n| n == 1)
+            .map_or(true, |n| n == 1)
     }
 
+    /// A Redis that cannot be asked is no news either: the job is taken to
+    /// exist, and the next read says what is wrong (rather than "deleted" or
+    /// "no job").
     fn job_exists(&self, id: &JobId) -> bool {
-        self.inner
-            .with(|c| redis::cmd("EXISTS").arg(meta_key(id)).query::<i64>(c))
-            .is_ok_and(|n| n == 1)
+        self.exists(id).unwrap_or(true)
     }
 
     /// At most `MAX_JOBS` ids, the greatest (generated ids grow with time:
@@ -503,7 +548,7 @@ impl LogStore for RedisStore {
         start: Start,
         max_keep: usize,
     ) -> Result<Box<dyn LineSource>> {
-        if !self.job_exists(id) {
+        if !self.exists(id)? {
             return Err(not_found(id));
         }
         let mut r = RedisLines {
@@ -531,7 +576,7 @@ impl LogStore for RedisStore {
     }
 
     fn open_raw(&self, id: &JobId, stream: Stream) -> Result<Box<dyn RawLog>> {
-        if !self.job_exists(id) {
+        if !self.exists(id)? {
             return Err(not_found(id));
         }
         Ok(Box::new(RedisRaw {
@@ -914,7 +959,7 @@ impl RedisRaw {
                     .arg(1)
                     .query(c)
             })
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            .map_err(to_io)?;
         Ok(entries(v).into_iter().find(|e| !e.end))
     }
 
@@ -931,10 +976,7 @@ impl RedisRaw {
     /// 2^64-1 lines is a search of 64 steps at most, never an endless one).
     fn find(&self, offset: u64) -> io::Result<Option<Entry>> {
         let mark_line = {
-            let marks = self
-                .store
-                .marks(&self.id)
-                .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            let marks = self.store.marks(&self.id).map_err(to_io)?;
             marks[self.stream as usize].1
         };
         let Some(last) = self.last()? else {
@@ -970,10 +1012,7 @@ impl RedisRaw {
 
 impl RawLog for RedisRaw {
     fn len(&self) -> io::Result<u64> {
-        let marks = self
-            .store
-            .marks(&self.id)
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let marks = self.store.marks(&self.id).map_err(to_io)?;
         Ok(marks[self.stream as usize].0)
     }
 
@@ -1018,7 +1057,7 @@ impl RawLog for RedisRaw {
             .store
             .inner
             .with(|c| redis::cmd("EXISTS").arg(meta_key(&self.id)).query(c))
-            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            .map_err(to_io)?;
         Ok(n == 0)
     }
 
@@ -1026,10 +1065,7 @@ impl RawLog for RedisRaw {
     /// first entry still held (all of it when none is), so readers say so
     /// instead of failing on it.
     fn omitted_range(&self) -> io::Result<Option<OmittedRange>> {
-        let (len, next_line) = self
-            .store
-            .marks(&self.id)
-            .map_err(|e| io::Error::other(format!("{e:#}")))?[self.stream as usize];
+        let (len, next_line) = self.store.marks(&self.id).map_err(to_io)?[self.stream as usize];
         let (end, lines) = match self.range("-", "+", false)? {
             Some(first) => (first.offset.min(len), first.line.saturating_sub(1)),
             None => (len, next_line.saturating_sub(1)),

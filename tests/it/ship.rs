@@ -1010,3 +1010,51 @@ fn a_full_redis_leaves_the_job_alone_says_so_plainly_and_ship_completes_it_later
     );
     assert_eq!(env.meta("full")["ship"]["complete"], true);
 }
+
+/// `logs -f --source` outlives a Redis that goes away and comes back: it
+/// says so once on stderr, asks again every second, and goes on from where
+/// it was, every line once.
+#[test]
+fn logs_following_a_redis_source_outlive_an_outage() {
+    let env = TestEnv::new();
+    let mut redis = RedisServer::start_persistent(&env.path("redis"));
+    let url = redis.url();
+    let mut job = crate::util::serve::LiveJob::start(&env, "outage", &["--ship", &url]);
+    let (out_path, err_path) = (env.path("follow.out"), env.path("follow.err"));
+    let mut follower = env
+        .cmd()
+        .args(["logs", "-f", "--source", &url, "outage"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    job.say("before");
+    wait_until(LIMIT, "the first line", || read(&out_path) == "before\n");
+    redis.kill();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !read(&err_path).contains("trying again every second") {
+        let ended = follower.try_wait().unwrap();
+        assert!(
+            ended.is_none() && std::time::Instant::now() < deadline,
+            "the follower did not say it waits ({ended:?}): {}",
+            read(&err_path)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.say("during");
+    redis.start_again();
+    job.say("after");
+    // Shipping has caught up before the job ends (a job ending while its
+    // shipping process still backs off is left to a catch-up, as documented).
+    wait_until(LIMIT, "the lines after the outage", || {
+        read(&out_path) == "before\nduring\nafter\n"
+    });
+    assert!(job.finish().success());
+    let status = follower.wait().unwrap();
+    let err = read(&err_path);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(read(&out_path), "before\nduring\nafter\n", "{err}");
+    assert_eq!(err.matches("trying again").count(), 1, "{err}");
+    assert!(!err.contains("deleted") && !err.contains("no job"), "{err}");
+}

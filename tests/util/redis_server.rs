@@ -245,6 +245,11 @@ impl RedisServer {
         self.launch();
     }
 
+    /// Starts a server killed by [`RedisServer::kill`] again.
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+
     /// Every entry of a stream, in order.
     pub fn xrange(&self, key: &str) -> Vec<Entry> {
         self.xrange_page(&mut self.conn(), key, "-", None)
