@@ -2168,9 +2168,13 @@ pub struct JobUsage {
 pub enum Removed {
     /// The job and everything in it are gone.
     Deleted,
-    /// Nothing was deleted: the job was already gone, a new job had reused its
-    /// id, or its writer turned out to be alive.
+    /// Nothing was deleted: the job was already gone, or a new job had
+    /// reused its id.
     Untouched,
+    /// Nothing was deleted: its writer is alive after all (a wrapper that
+    /// wrote its final metadata and has not exited yet, as when `--listen`
+    /// waits for slow followers).
+    WriterAlive,
 }
 
 /// Trash a collector left in `job_runs/` when it died mid-deletion.
@@ -2220,6 +2224,11 @@ impl FileStore {
     /// then removed. A job found changed or alive is put back untouched.
     fn remove_dir_of(&self, id: &JobId, expected: DirIdentity) -> Result<Removed> {
         let dir = self.job_dir(id);
+        // A live writer's job is not even moved aside (its readers would see
+        // it vanish for a moment); the check after the move covers the race.
+        if dir_writer_alive(&dir) {
+            return Ok(Removed::WriterAlive);
+        }
         let seq = TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let trash = self.trash_path(id, std::process::id(), seq);
         match rename_noreplace(&dir, &trash) {
@@ -2234,7 +2243,8 @@ impl FileStore {
         // The job was judged finished a moment ago from its metadata; its writer's
         // lock on the directory (which moved with it) is the last word, right
         // before anything is deleted (issue 8).
-        if DirIdentity::of(&md) != expected || dir_writer_alive(&trash) {
+        let changed = DirIdentity::of(&md) != expected;
+        if changed || dir_writer_alive(&trash) {
             // Another collector took the job we judged and a new job reused its id
             // since, or its writer is alive after all: give it back untouched.
             rename_noreplace(&trash, &dir).with_context(|| {
@@ -2243,7 +2253,11 @@ impl FileStore {
                     trash.display()
                 )
             })?;
-            return Ok(Removed::Untouched);
+            return Ok(if changed {
+                Removed::Untouched
+            } else {
+                Removed::WriterAlive
+            });
         }
         // Never follows symlinks (it unlinks them), tolerates entries vanishing
         // under it, and reaches any depth a job nested its own files to.
@@ -2405,12 +2419,16 @@ mod removal_tests {
         let live = id("live");
         let sink = store.create_job(&live).unwrap();
         let usage = store.job_usage(&live).unwrap();
-        assert_eq!(
-            store.remove_job(&live, usage.dir).unwrap(),
-            Removed::Untouched
-        );
+        // Not even moved aside: its readers never see it vanish.
+        let watched = std::thread::scope(|s| {
+            let dir = store.job_dir(&live);
+            let seen = s.spawn(move || (0..2000).all(|_| dir.is_dir()));
+            let removed = store.remove_job(&live, usage.dir).unwrap();
+            (removed, seen.join().unwrap())
+        });
+        assert_eq!(watched, (Removed::WriterAlive, true));
         assert!(store.job_dir(&live).is_dir());
-        assert!(store.writer_alive(&live), "the lock moved back with it");
+        assert!(store.writer_alive(&live), "the lock is still on it");
         drop(sink);
 
         let reused = id("reused");

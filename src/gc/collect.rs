@@ -43,6 +43,9 @@ pub struct Report {
     /// Jobs that went away (or changed) between the scan and their deletion:
     /// another collector took them.
     pub already_gone: u64,
+    /// Jobs judged finished whose writer turned out to be alive (a wrapper
+    /// still exiting): kept, for a later collection.
+    pub writer_alive: u64,
     /// Jobs that could not be deleted (each one warned about).
     pub failed: u64,
     /// Jobs kept, and the bytes they hold.
@@ -273,6 +276,10 @@ impl Collector<'_> {
             }
             Ok(Removed::Untouched) => {
                 self.state().report.already_gone += 1;
+                Done::Gone
+            }
+            Ok(Removed::WriterAlive) => {
+                self.state().report.writer_alive += 1;
                 Done::Gone
             }
             Err(e) => {

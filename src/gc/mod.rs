@@ -100,6 +100,12 @@ pub fn gc_cmd(store: &dyn LogStore, args: GcOptions) -> Result<i32> {
             jobs(r.already_gone)
         );
     }
+    if r.writer_alive > 0 {
+        summary += &format!(
+            "; {} left for later: its wrapper is still exiting",
+            jobs(r.writer_alive)
+        );
+    }
     if r.leftovers_removed > 0 {
         let verb = if mode == Mode::DryRun {
             "would remove"
