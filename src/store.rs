@@ -512,6 +512,14 @@ pub trait LogStore: Send + Sync {
     fn job_exists(&self, id: &JobId) -> bool;
     /// Ids of every job, in id order.
     fn job_ids(&self) -> Result<Vec<JobId>>;
+    /// Reserves the number of a new child of the running job `parent`: at
+    /// least `at_least`, and more than any number reserved before, so a
+    /// child's id is never handed out again after gc deleted that child.
+    /// `None` where the store keeps no such count (the caller then numbers
+    /// from the jobs there are).
+    fn reserve_child(&self, _parent: &JobId, _at_least: u64) -> Option<u64> {
+        None
+    }
     /// Why the last [`LogStore::job_ids`] left jobs out, if it did (a store
     /// that lists at most so many): for `ls` to say so rather than drop
     /// them silently.
@@ -985,7 +993,42 @@ fn index_name(stream: Stream) -> &'static str {
     }
 }
 
+/// The file in a running job's directory that counts the numbers its nested
+/// jobs took (see [`LogStore::reserve_child`]).
+const CHILDREN_FILE: &str = ".children";
+
 impl LogStore for FileStore {
+    /// The count is a number in `.children` in the parent's directory,
+    /// updated under an exclusive lock, so siblings starting at once each
+    /// get their own (the job's files are hostile: a link or FIFO planted
+    /// there is not followed or waited on, and the count is then not kept).
+    fn reserve_child(&self, parent: &JobId, at_least: u64) -> Option<u64> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.job_dir(parent).join(CHILDREN_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut file = Flock::lock(file, FlockArg::LockExclusive).ok()?;
+        let mut text = String::new();
+        (&*file).take(32).read_to_string(&mut text).ok()?;
+        let last: u64 = text.trim().parse().unwrap_or(0);
+        let n = at_least.max(last.saturating_add(1));
+        file.set_len(0).ok()?;
+        file.rewind().ok()?;
+        file.write_all(format!("{n}\n").as_bytes()).ok()?;
+        Some(n)
+    }
+
     fn create_job(&self, id: &JobId) -> std::result::Result<Box<dyn JobSink>, CreateError> {
         Ok(Box::new(FileJobSink::create(self, id)?))
     }

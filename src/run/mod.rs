@@ -513,11 +513,15 @@ fn create_job<S: LogStore>(
         .job_ids()
         .map_err(|e| SetupError(format!("listing jobs to number a child of {parent}: {e:#}")))?;
     let first = crate::nest::next_child_number(parent, &ids);
-    for n in (first..).take(MAX_CHILD_ID_CLAIMS as usize) {
+    // The parent keeps the count, so a number gc freed is never taken again.
+    let mut n = store.reserve_child(parent, first).unwrap_or(first);
+    for _ in 0..MAX_CHILD_ID_CLAIMS {
         let id = crate::nest::child_id(parent, n).map_err(SetupError)?;
         match store.create_job(&id) {
             Ok(sink) => return Ok((id, sink)),
-            Err(CreateError::IdInUse(_)) => continue,
+            Err(CreateError::IdInUse(_)) => {
+                n = store.reserve_child(parent, n + 1).unwrap_or(n + 1);
+            }
             Err(e) => return Err(failed(e)),
         }
     }

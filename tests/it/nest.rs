@@ -215,3 +215,24 @@ fn a_child_id_too_long_is_refused_with_a_clear_message() {
         String::from_utf8_lossy(&env.stderr_log(&long))
     );
 }
+
+/// A child's id is never handed out again inside the same parent, also after
+/// gc (or the wrapper's own housekeeping) deleted that child.
+#[test]
+fn a_child_id_is_not_reused_after_gc_deleted_the_child() {
+    let env = TestEnv::new();
+    let o = env
+        .cmd()
+        .env("LW", BIN)
+        .args(["--job-run-id", "P", "--no-pty", "--", "sh", "-c"])
+        .arg(
+            "\"$LW\" -q -- echo step-one; \"$LW\" gc --ttl-days 0 >/dev/null; \
+             \"$LW\" -q -- echo step-two",
+        )
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(!env.job_dir("P.1").exists(), "step one was collected");
+    assert_eq!(env.stdout_log("P.2"), b"step-two\n");
+    assert_eq!(env.meta("P.2")["parent_job_run_id"], "P");
+}
