@@ -302,6 +302,9 @@ pub(crate) struct Shipper {
     /// `missing_deps` entries already sent as `marker` events (the meta
     /// hash's `markers`, read back on connect).
     markers_sent: usize,
+    /// The job's keys were found lost and dropped ([`Shipper::forget_shipped`]):
+    /// shipping starts over, with the started event.
+    starting_over: bool,
     /// The meta hash says the `finished` event is in the jobs stream.
     finished_sent: bool,
     /// Bytes sent by [`Shipper::round`] and the time those rounds took: the
@@ -366,6 +369,7 @@ impl Shipper {
             last_persist: None,
             last_alive: None,
             markers_sent: 0,
+            starting_over: false,
             finished_sent: false,
             sent: 0,
             busy: Duration::ZERO,
@@ -696,6 +700,13 @@ impl Shipper {
         let meta = meta_key(&self.id);
         let mut p = redis::pipe();
         p.atomic();
+        // The marks as Redis has them before this round's entries: not where
+        // this shipper left them means Redis lost the job's keys meanwhile
+        // (FLUSHALL, a key evicted or deleted) with the connection still up.
+        p.cmd("HMGET")
+            .arg(&meta)
+            .arg("stdout_end")
+            .arg("stderr_end");
         for e in &entries {
             p.cmd("XADD")
                 .arg(stream_key(&self.id, e.stream))
@@ -729,14 +740,55 @@ impl Shipper {
             .ignore();
         self.expire(&mut p);
         let conn = self.conn.as_mut().context("not connected")?;
-        p.query::<()>(conn)
+        let (marks,): (Vec<Option<String>>,) = p
+            .query(conn)
             .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        let held = |i: usize| {
+            marks
+                .get(i)
+                .cloned()
+                .flatten()
+                .as_deref()
+                .and_then(Cursor::parse_mark)
+                .unwrap_or_default()
+        };
+        if held(0) != self.cur[0] || held(1) != self.cur[1] {
+            // What this round added starts in the middle of the log: drop
+            // the job's keys and ship all of it again, as to a Redis that
+            // restarted without its data.
+            // Nothing counts as sent: the caller's next turn sends the
+            // started event first, then the log from its start.
+            self.forget_shipped()?;
+            return Ok(0);
+        }
         self.cur = next;
         self.partial_lines += partial;
         self.update_counts();
         self.sent += bytes as u64;
         self.busy += began.elapsed();
         Ok(bytes)
+    }
+
+    /// Drops the job's keys in Redis and starts over (the next round ships
+    /// the log from its start, with the started event), after finding the
+    /// marks Redis held not where this shipper left them.
+    fn forget_shipped(&mut self) -> Result<()> {
+        let conn = self.conn.as_mut().context("not connected")?;
+        redis::cmd("DEL")
+            .arg(stream_key(&self.id, Stream::Stdout))
+            .arg(stream_key(&self.id, Stream::Stderr))
+            .arg(meta_key(&self.id))
+            .query::<()>(conn)
+            .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
+        self.cur = Default::default();
+        self.started_sent = false;
+        self.end_sent = false;
+        self.finished_sent = false;
+        self.markers_sent = 0;
+        self.partial_lines = 0;
+        self.starting_over = true;
+        self.update_counts();
+        Ok(())
     }
 
     /// Refreshes `logwrap:{ID}:alive` when due: the wrapper is alive.
@@ -900,6 +952,10 @@ impl Shipper {
         loop {
             self.measure();
             if self.round(true)? == 0 {
+                if std::mem::take(&mut self.starting_over) {
+                    self.send_started(meta, false)?;
+                    continue;
+                }
                 break;
             }
         }

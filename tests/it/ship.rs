@@ -1058,3 +1058,31 @@ fn logs_following_a_redis_source_outlive_an_outage() {
     assert_eq!(err.matches("trying again").count(), 1, "{err}");
     assert!(!err.contains("deleted") && !err.contains("no job"), "{err}");
 }
+
+/// A Redis that loses a running job's keys with the connection still up
+/// (FLUSHALL, a key deleted or evicted) gets the whole log again, as one that
+/// restarted without its data does, not a log with a hole at its start.
+#[test]
+fn a_flushall_under_a_running_job_gets_the_whole_log_again() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(&env.path("redis"));
+    let mut job = crate::util::serve::LiveJob::start(&env, "flushed", &["--ship", &redis.url()]);
+    job.say("one");
+    job.say("two");
+    wait_until(LIMIT, "the first lines in Redis", || {
+        redis.exists("logwrap:{flushed}:stdout")
+            && shipped(&redis.log("flushed"), "stdout") == b"one\ntwo\n"
+    });
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.conn()).unwrap();
+    job.say("three");
+    assert!(job.finish().success());
+    wait_shipped(&env, "flushed");
+    let entries = redis.log("flushed");
+    assert_same(
+        &shipped(&entries, "stdout"),
+        &env.stdout_log("flushed"),
+        "flushed stdout",
+    );
+    assert_eq!(field(entries.last().unwrap(), "status"), "succeeded");
+    assert!(redis.meta_field("flushed", "json").is_some());
+}
