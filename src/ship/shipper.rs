@@ -700,13 +700,6 @@ impl Shipper {
         let meta = meta_key(&self.id);
         let mut p = redis::pipe();
         p.atomic();
-        // The marks as Redis has them before this round's entries: not where
-        // this shipper left them means Redis lost the job's keys meanwhile
-        // (FLUSHALL, a key evicted or deleted) with the connection still up.
-        p.cmd("HMGET")
-            .arg(&meta)
-            .arg("stdout_end")
-            .arg("stderr_end");
         for e in &entries {
             p.cmd("XADD")
                 .arg(stream_key(&self.id, e.stream))
@@ -731,28 +724,23 @@ impl Shipper {
             }
             p.ignore();
         }
+        // Its reply counts the marks it created rather than updated: after a
+        // round has set them, a created one means Redis lost the job's keys
+        // meanwhile (FLUSHALL, a key evicted or deleted) with the connection
+        // still up. (Free: no command is added to the round.)
         p.cmd("HSET")
             .arg(&meta)
             .arg("stdout_end")
             .arg(next[0].mark())
             .arg("stderr_end")
-            .arg(next[1].mark())
-            .ignore();
+            .arg(next[1].mark());
         self.expire(&mut p);
         let conn = self.conn.as_mut().context("not connected")?;
-        let (marks,): (Vec<Option<String>>,) = p
+        let (created,): (i64,) = p
             .query(conn)
             .with_context(|| format!("shipping to {}", self.cfg.public_url()))?;
-        let held = |i: usize| {
-            marks
-                .get(i)
-                .cloned()
-                .flatten()
-                .as_deref()
-                .and_then(Cursor::parse_mark)
-                .unwrap_or_default()
-        };
-        if held(0) != self.cur[0] || held(1) != self.cur[1] {
+        let had_marks = self.cur != [Cursor::default(); 2];
+        if created > 0 && had_marks {
             // What this round added starts in the middle of the log: drop
             // the job's keys and ship all of it again, as to a Redis that
             // restarted without its data.
