@@ -708,7 +708,13 @@ impl Server {
                     Some(w) if w.gone => Err(anyhow::anyhow!("job {} is gone", f.job)),
                     // The job was deleted and a new one took its id: its lines
                     // are not this follower's to get.
-                    Some(w) if f.instance.is_some() && w.state.instance != f.instance => {
+                    // (Both known: a state that could not be read when the
+                    // job was first followed says nothing of its run.)
+                    Some(w)
+                        if f.instance.is_some()
+                            && w.state.instance.is_some()
+                            && w.state.instance != f.instance =>
+                    {
                         Err(anyhow::anyhow!("job {} was replaced by a new run", f.job))
                     }
                     Some(w) => pump_shared(store.as_ref(), &mut f, w, out),
