@@ -37,6 +37,7 @@ const BATCH: usize = 4096;
 pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let root = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io::Error::from)?;
+    writable(&root)?;
     let mut moved = 0u64;
     clear(&root, &root, 0, &mut moved)?;
     drop(root);
@@ -104,6 +105,7 @@ fn remove_entry(
         }
         Err(e) => return Err(e.into()),
     };
+    writable(&child)?;
     clear(root, &child, depth + 1, moved)?;
     drop(child);
     match unlinkat(fd, name, UnlinkatFlags::RemoveDir) {
@@ -125,6 +127,18 @@ fn open_child(fd: &OwnedFd, name: &CStr) -> Result<OwnedFd, Errno> {
         }
         other => other,
     }
+}
+
+/// Gives the directory open as `fd` its owner's write and search rights if
+/// it lacks them: a job may leave read-only trees (Go's module cache is one),
+/// whose entries could not be unlinked otherwise.
+fn writable(fd: &OwnedFd) -> io::Result<()> {
+    let mode = nix::sys::stat::fstat(fd)?.st_mode;
+    if mode & 0o300 != 0o300 {
+        let mode = Mode::from_bits_truncate(mode | 0o700);
+        nix::sys::stat::fchmod(fd, mode)?;
+    }
+    Ok(())
 }
 
 /// Moves the directory `name` of `fd` into `root` under a name no entry has

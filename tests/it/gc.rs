@@ -700,3 +700,54 @@ fn a_job_nested_deeper_than_descriptors_allow_is_collected_whole() {
     assert!(!dir.exists());
     assert_eq!(fs::read_dir(jobs_dir(&env)).unwrap().count(), 0);
 }
+
+/// A job that left read-only directories in its own (as Go's module cache
+/// is) is still collected by a gc running as an ordinary user, who owns them
+/// but may not write to them. Needs root to run gc as another user; skipped
+/// otherwise.
+#[test]
+fn a_job_with_read_only_directories_is_collected() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_job_with_read_only_directories_is_collected: needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let dir = finished_job(&env, "ro", 10.0, 100);
+    fs::create_dir_all(dir.join("pkg/mod/cache")).unwrap();
+    fs::write(dir.join("pkg/mod/cache/file"), b"x").unwrap();
+    let nobody = 65534;
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{nobody}:{nobody}")])
+        .arg(&env.root)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    for d in ["pkg/mod/cache", "pkg/mod", "pkg"] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let mut cmd = env.cmd();
+    cmd.args(["gc", "--ttl-days", "1"]);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setgid/setuid between fork and exec are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgid(nobody) != 0 || libc::setuid(nobody) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let o = cmd.output().unwrap();
+    let err = stderr_text(&o);
+    assert_eq!(code(&o), 0, "{err}");
+    assert!(
+        stdout_text(&o).starts_with("deleted 1 job"),
+        "{}{err}",
+        stdout_text(&o)
+    );
+    assert!(!dir.exists());
+}
