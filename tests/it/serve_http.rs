@@ -410,7 +410,11 @@ fn pipelined_requests_sent_before_a_half_close_are_all_answered() {
     let text = String::from_utf8_lossy(&all);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert_eq!(text.matches("HTTP/1.1 404 Not Found").count(), 1, "{text}");
-    assert_eq!(text.matches("Connection: close").count(), 1, "{text}");
+    // The last answer says `close` when the half-close had arrived by the
+    // time it was made; if the requests were read before it, `keep-alive`,
+    // and the connection is closed when the end is read. Either way every
+    // request was answered and the connection ended (`read_to_end` returned).
+    assert!(text.matches("Connection: close").count() <= 1, "{text}");
     assert!(text.trim_end().ends_with("ok"), "{text}");
 }
 
