@@ -2200,9 +2200,10 @@ pub struct JobUsage {
     pub dir: DirIdentity,
     /// Its mtime in ms since the epoch: the age of a job without metadata.
     pub mtime_ms: i64,
-    /// The job nested its own files deeper than is measured (32
-    /// directories): `size` counts only what lies above. Such a job is still
-    /// judged and removed like any other.
+    /// Part of the job's own files could not be measured: nested deeper
+    /// than 32 directories, or in a directory it made unreadable. `size`
+    /// counts only the rest; such a job is still judged and removed like any
+    /// other.
     pub deep: bool,
 }
 

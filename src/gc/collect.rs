@@ -204,8 +204,9 @@ impl Collector<'_> {
         };
         if usage.deep && first {
             self.warn(format_args!(
-                "job {id} nests its own files more than {} directories deep: its size \
-                 counts only what lies above (it is removed whole)",
+                "job {id} has files that could not be measured (nested more than {} \
+                 directories deep, or in a directory it made unreadable): its size counts \
+                 only the rest (it is removed whole)",
                 crate::store::MAX_WALK_DEPTH
             ));
         }

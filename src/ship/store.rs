@@ -105,7 +105,7 @@ impl Inner {
                     match cause {
                         Some(r)
                             if r.kind() != redis::ErrorKind::AuthenticationFailed
-                                && r.code().is_none() =>
+                                && r.code().is_none_or(busy_code) =>
                         {
                             unavailable(&format!("connecting to {}", self.url), r)
                         }
@@ -118,14 +118,15 @@ impl Inner {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let broken = e.is_io_error() || e.is_connection_dropped();
-                    if broken || e.is_timeout() {
+                    let busy = e.code().is_some_and(busy_code);
+                    if broken || busy || e.is_timeout() {
                         *guard = None;
                     }
                     // Once, and only for a broken connection, not a slow one.
                     let retry = broken && !e.is_timeout() && tries == 1;
                     if !retry {
                         let what = format!("reading from {}", self.url);
-                        if broken || e.is_timeout() {
+                        if broken || busy || e.is_timeout() {
                             return Err(unavailable(&what, &e));
                         }
                         return Err(anyhow::Error::new(e).context(what));
@@ -134,6 +135,16 @@ impl Inner {
             }
         }
     }
+}
+
+/// Error codes with which a Redis says it cannot answer for now, not that
+/// the request is wrong: still loading its data after a restart, busy with a
+/// script, a cluster or replica not ready.
+fn busy_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"
+    )
 }
 
 /// [`Unavailable`](crate::store::Unavailable): `what` failed for a reason of
@@ -1362,6 +1373,16 @@ fn watch_loop(client: &redis::Client, url: &str, shared: &Mutex<Watch>, wake: &O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redis_that_cannot_answer_for_now_is_an_outage_not_an_answer() {
+        for code in ["LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"] {
+            assert!(busy_code(code), "{code}");
+        }
+        for code in ["NOPERM", "WRONGPASS", "NOAUTH", "WRONGTYPE", "ERR", "OOM"] {
+            assert!(!busy_code(code), "{code}");
+        }
+    }
 
     #[test]
     fn metadata_documents_are_fetched_in_groups_within_the_byte_budget() {

@@ -144,6 +144,20 @@ fn writable(fd: &OwnedFd) -> io::Result<()> {
 /// Moves the directory `name` of `fd` into `root` under a name no entry has
 /// (`.deep-N`), so it is removed from there with few directories open.
 fn move_up(root: &OwnedFd, fd: &OwnedFd, name: &CStr, moved: &mut u64) -> io::Result<bool> {
+    // Moving a directory to another parent rewrites its `..`: it must be
+    // writable (a read-only one, as Go's module cache leaves, is made so).
+    match fstatat(fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & 0o700 != 0o700 => {
+            let mode = Mode::from_bits_truncate(st.st_mode | 0o700);
+            match fchmodat(fd, name, mode, FchmodatFlags::NoFollowSymlink) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(true),
+        Err(e) => return Err(e.into()),
+    }
     loop {
         *moved += 1;
         let to = CString::new(format!(".deep-{}", *moved)).expect("no NUL in a number");
@@ -214,6 +228,9 @@ fn usage_of(fd: OwnedFd, depth: usize, max_depth: usize, deep: &mut bool) -> io:
             Ok(child) => total = total.saturating_add(usage_of(child, depth + 1, max_depth, deep)?),
             // Gone, or swapped for a file or a link, since it was listed.
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {}
+            // Made unreadable by the job: not measured (measuring changes
+            // nothing, a dry run included), but removed with the job.
+            Err(Errno::EACCES) => *deep = true,
             Err(e) => return Err(e.into()),
         }
     }

@@ -694,7 +694,7 @@ fn a_job_nested_deeper_than_descriptors_allow_is_collected_whole() {
         stdout_text(&o)
     );
     assert!(
-        err.contains("job deep nests its own files more than 32 directories deep"),
+        err.contains("job deep has files that could not be measured (nested more than 32"),
         "{err}"
     );
     assert!(!dir.exists());
@@ -716,6 +716,13 @@ fn a_job_with_read_only_directories_is_collected() {
     let dir = finished_job(&env, "ro", 10.0, 100);
     fs::create_dir_all(dir.join("pkg/mod/cache")).unwrap();
     fs::write(dir.join("pkg/mod/cache/file"), b"x").unwrap();
+    // Read-only far below the levels the remover holds open (it moves
+    // those up, which needs them writable), and one made unreadable (gc
+    // cannot measure it, and removes it all the same).
+    let deep: std::path::PathBuf = std::iter::repeat_n("d", 20).collect();
+    fs::create_dir_all(dir.join(&deep).join("ro")).unwrap();
+    fs::write(dir.join(&deep).join("ro/f"), b"x").unwrap();
+    fs::create_dir_all(dir.join("locked/inner")).unwrap();
     let nobody = 65534;
     let chown = std::process::Command::new("chown")
         .args(["-R", &format!("{nobody}:{nobody}")])
@@ -723,9 +730,24 @@ fn a_job_with_read_only_directories_is_collected() {
         .status()
         .unwrap();
     assert!(chown.success());
-    for d in ["pkg/mod/cache", "pkg/mod", "pkg"] {
+    let mut read_only = vec![
+        dir.join("pkg/mod/cache"),
+        dir.join("pkg/mod"),
+        dir.join("pkg"),
+    ];
+    read_only.push(dir.join(&deep).join("ro"));
+    let mut up = dir.join(&deep);
+    while up != dir {
+        read_only.push(up.clone());
+        up.pop();
+    }
+    for d in read_only {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
     }
     let mut cmd = env.cmd();
     cmd.args(["gc", "--ttl-days", "1"]);
@@ -749,5 +771,7 @@ fn a_job_with_read_only_directories_is_collected() {
         "{}{err}",
         stdout_text(&o)
     );
+    assert!(err.contains("could not be measured"), "{err}");
     assert!(!dir.exists());
+    assert_eq!(fs::read_dir(jobs_dir(&env)).unwrap().count(), 0);
 }
