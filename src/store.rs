@@ -57,6 +57,11 @@ impl Stream {
         }
     }
 
+    /// The stream named `"stdout"` or `"stderr"` ([`Stream::name`]).
+    pub fn from_name(s: &str) -> Option<Stream> {
+        Stream::BOTH.into_iter().find(|st| st.name() == s)
+    }
+
     pub(crate) fn index(self) -> usize {
         self as usize
     }
@@ -186,11 +191,17 @@ pub fn is_damaged(e: &anyhow::Error) -> bool {
 
 /// The [`Damaged`] refusal behind `e`, if that is what it is.
 pub fn damaged_reason(e: &anyhow::Error) -> Option<&Damaged> {
+    cause_of::<Damaged>(e)
+}
+
+/// The `T` in `e`'s chain, also one an `io::Error` carries (as the
+/// `io::Result` methods of readers must pass them on).
+fn cause_of<T: std::error::Error + 'static>(e: &anyhow::Error) -> Option<&T> {
     e.chain().find_map(|c| {
-        c.downcast_ref::<Damaged>().or_else(|| {
+        c.downcast_ref::<T>().or_else(|| {
             c.downcast_ref::<io::Error>()
                 .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<Damaged>())
+                .and_then(|inner| inner.downcast_ref::<T>())
         })
     })
 }
@@ -211,12 +222,7 @@ impl std::error::Error for Unavailable {}
 
 /// True when `e` says the store could not be reached ([`Unavailable`]).
 pub fn is_unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<Unavailable>()
-            || c.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.is::<Unavailable>())
-    })
+    cause_of::<Unavailable>(e).is_some()
 }
 
 /// True when `e` says a file or directory does not exist.

@@ -64,11 +64,7 @@ pub fn logs(args: &LogsOptions, url: &str) -> Result<i32> {
                     let doc = target.get_json(&format!("/api/job_runs/{id}")).ok();
                     doc.and_then(|m| m["tail_url"].as_str().map(String::from))
                 });
-                let stream = if stream == "stderr" {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
-                };
+                let stream = Stream::from_name(stream).unwrap_or(Stream::Stdout);
                 super::warn_trimmed(&format!("lines {from}-{to}"), stream, origin.as_deref());
                 Ok(())
             }

@@ -452,6 +452,15 @@ impl Follower {
         })
     }
 
+    /// Says that the job emptied the log of `stream` (its `restarts`-th
+    /// truncation): the next line of it is line 1 of the new log.
+    fn tell_truncated(&mut self, out: &mut Vec<u8>, stream: Stream, restarts: u64) {
+        let i = idx(stream);
+        self.restarts[i] = restarts;
+        self.last[i] = 0;
+        sse::truncated_event(out, stream, &event_id(self.which, self.last));
+    }
+
     /// Ends the stream after at most `k` `log` events (`?count=K`), without
     /// `complete` when it is cut there.
     pub fn limit(&mut self, k: u64) {
@@ -562,11 +571,9 @@ impl Follower {
             let i = idx(line.stream);
             let mut before = self.last[i];
             if line.restarted {
-                self.restarts[i] += 1;
-                self.last[i] = 0;
+                self.tell_truncated(out, line.stream, self.restarts[i] + 1);
                 before = 0;
                 self.skip = 0;
-                sse::truncated_event(out, line.stream, &event_id(self.which, self.last));
             }
             self.last[i] = line.number;
             self.partials.line_ended(line.stream);
@@ -823,12 +830,10 @@ impl Follower {
                     // them: a truncation since then emptied the log of the
                     // lines it had still to read. It says so and reads the
                     // new log from its start.
-                    for s in [Stream::Stdout, Stream::Stderr] {
-                        let i = idx(s);
-                        if shared.restarts[i] > self.restarts[i] {
-                            self.restarts[i] = shared.restarts[i];
-                            self.last[i] = 0;
-                            sse::truncated_event(out, s, &event_id(self.which, self.last));
+                    for s in Stream::BOTH {
+                        let told = shared.restarts[idx(s)];
+                        if told > self.restarts[idx(s)] {
+                            self.tell_truncated(out, s, told);
                         }
                     }
                     self.lines = Some(Lines::after(store, &self.job, self.which, self.last)?);

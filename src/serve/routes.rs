@@ -54,14 +54,6 @@ pub enum Route {
     NotFound,
 }
 
-fn stream_of(s: &str) -> Option<Stream> {
-    match s {
-        "stdout" => Some(Stream::Stdout),
-        "stderr" => Some(Stream::Stderr),
-        _ => None,
-    }
-}
-
 /// Maps decoded path segments to a route. A segment in an id's place must be a
 /// valid job id (SPEC §2), else 400: nothing outside the root is ever named.
 pub fn route(segments: &[String]) -> Result<Route, Reject> {
@@ -85,11 +77,11 @@ pub fn route(segments: &[String]) -> Result<Route, Reject> {
             Some(which) => Route::Events(id(2)?, which),
             None => Route::NotFound,
         },
-        ["api", "job_runs", _, "logs", st, "raw"] => match stream_of(st) {
+        ["api", "job_runs", _, "logs", st, "raw"] => match Stream::from_name(st) {
             Some(stream) => Route::Raw(id(2)?, stream),
             None => Route::NotFound,
         },
-        ["api", "job_runs", _, "logs", st, "progressiveText"] => match stream_of(st) {
+        ["api", "job_runs", _, "logs", st, "progressiveText"] => match Stream::from_name(st) {
             Some(stream) => Route::ProgressiveText(id(2)?, stream),
             None => Route::NotFound,
         },
@@ -310,27 +302,25 @@ pub fn handle(ctx: &Ctx, req: &Request) -> Response {
         Route::NotFound => Ok(Response::error(404, "not found", api)),
     };
     result.unwrap_or_else(|e| {
+        // 409: the request is fine, the job's files are not (issue 8).
+        let damaged = |why: String| {
+            let job = id.as_ref().map(JobId::as_str).unwrap_or("?");
+            Response::error(409, &format!("job {job}: {why}"), api)
+        };
         if let Some(d) = store::damaged_reason(&e) {
-            // 409: the request is fine, the job's files are not (issue 8). The
-            // file is named relative to the job, never by its path on the server.
+            // The file is named relative to the job, never by its path on
+            // the server.
             let name = d.path.file_name().unwrap_or_default().to_string_lossy();
-            let msg = format!(
-                "job {}: {name} {}; logwrap reads only regular files in a job directory",
-                id.as_ref().map(JobId::as_str).unwrap_or("?"),
+            return damaged(format!(
+                "{name} {}; logwrap reads only regular files in a job directory",
                 d.reason
-            );
-            return Response::error(409, &msg, api);
+            ));
         }
         if e.chain().any(|c| c.is::<serde_json::Error>()) {
             // A job file that does not parse (metadata.json the job rewrote):
             // damaged as well, as `ls` and the job list call it, not a fault
             // of the server.
-            let msg = format!(
-                "job {}: {}",
-                id.as_ref().map(JobId::as_str).unwrap_or("?"),
-                public_error(ctx, &e)
-            );
-            return Response::error(409, &msg, api);
+            return damaged(public_error(ctx, &e));
         }
         if store::is_not_found(&e) {
             return Response::error(404, &public_error(ctx, &e), api);

@@ -35,8 +35,7 @@ const BATCH: usize = 4096;
 /// unreadable is made readable first (it is ours to remove). `NotFound` if
 /// `dir` is not there.
 pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let root = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io::Error::from)?;
+    let root = super::open_dir_nofollow(dir)?;
     writable(&root)?;
     let mut moved = 0u64;
     clear(&root, &root, 0, &mut moved)?;
@@ -119,14 +118,19 @@ fn remove_entry(
 /// Opens the directory `name` of `fd` to list it, never through a link; one
 /// the job made unreadable is given back its owner's permissions first.
 fn open_child(fd: &OwnedFd, name: &CStr) -> Result<OwnedFd, Errno> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match openat(fd, name, flags, Mode::empty()) {
+    match open_dir_at(fd, name) {
         Err(Errno::EACCES) => {
             fchmodat(fd, name, Mode::S_IRWXU, FchmodatFlags::NoFollowSymlink)?;
-            openat(fd, name, flags, Mode::empty())
+            open_dir_at(fd, name)
         }
         other => other,
     }
+}
+
+/// Opens the directory `name` of `fd`, never through a link.
+fn open_dir_at<Fd: AsFd>(fd: Fd, name: &CStr) -> Result<OwnedFd, Errno> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(fd, name, flags, Mode::empty())
 }
 
 /// Gives the directory open as `fd` its owner's write and search rights if
@@ -188,8 +192,7 @@ fn move_up(root: &OwnedFd, fd: &OwnedFd, name: &CStr, moved: &mut u64) -> io::Re
 /// so neither the depth nor long names make a path too long. Entries that
 /// vanish meanwhile are not an error; `dir` itself missing is (`NotFound`).
 pub(crate) fn usage(dir: &Path, max_depth: usize) -> io::Result<(u64, bool)> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let root = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io::Error::from)?;
+    let root = super::open_dir_nofollow(dir)?;
     let mut deep = false;
     let total = usage_of(root, 0, max_depth, &mut deep)?;
     Ok((total, deep))
@@ -223,8 +226,7 @@ fn usage_of(fd: OwnedFd, depth: usize, max_depth: usize, deep: &mut bool) -> io:
             *deep = true;
             continue;
         }
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        match openat(fd, name, flags, Mode::empty()) {
+        match open_dir_at(fd, name) {
             Ok(child) => total = total.saturating_add(usage_of(child, depth + 1, max_depth, deep)?),
             // Gone, or swapped for a file or a link, since it was listed.
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {}
