@@ -25,6 +25,7 @@ use crate::store::{self, JobId, LogStore, OmitCause, RawLog, Stream};
 use crate::timefmt;
 use anyhow::{Context, Result};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Longest part of a line the line modes keep in memory; longer lines are copied
@@ -712,7 +713,18 @@ fn copy_counted(
     match log.as_file() {
         Some(f) => {
             out.flush()?;
-            *copied = crate::reader::copy_data(f, offset, len, out.get_mut(), |at, n| {
+            // Straight to the descriptor, not through stdout's line buffer:
+            // file to file, pipe or socket, the kernel copies (no bytes pass
+            // through here), and otherwise a write is not cut at the last
+            // newline of each 8 KiB piece (two writes a piece, ~50,000 for
+            // a 200 MB log).
+            let raw = std::fs::File::from(
+                out.get_ref()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("duplicating standard output")?,
+            );
+            *copied = crate::reader::copy_data(f, offset, len, &raw, |at, n| {
                 say(&format!(
                     "warning: left out a {n}-byte hole at byte {at} of the log: the job \
                      extended the file without writing to it (it reads as zeros)"

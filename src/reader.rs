@@ -75,10 +75,9 @@ pub(crate) fn copy_data(
     log: &File,
     offset: u64,
     len: u64,
-    out: &mut impl std::io::Write,
+    out: &File,
     mut skipped: impl FnMut(u64, u64),
 ) -> std::io::Result<u64> {
-    use std::io::{Read, Seek, SeekFrom};
     let end = offset.saturating_add(len);
     let mut at = offset;
     while at < end {
@@ -96,9 +95,7 @@ pub(crate) fn copy_data(
             end
         };
         let want = stop - at;
-        let mut f = log;
-        f.seek(SeekFrom::Start(at))?;
-        let copied = std::io::copy(&mut f.take(want), out)?;
+        let copied = copy_span(log, at, want, out)?;
         at += copied;
         if copied < want {
             break;
@@ -106,6 +103,47 @@ pub(crate) fn copy_data(
     }
     Ok(at - offset)
 }
+
+/// Copies `len` bytes of `log` from `at` to `out`; fewer if the log ends
+/// first. The kernel copies (`sendfile`: to a file, a pipe or a socket, no
+/// byte passes through here); where it cannot (a terminal), reads and
+/// writes of [`COPY_PIECE`] bytes, at offsets (the log's file position is
+/// not used).
+fn copy_span(log: &File, at: u64, len: u64, out: &File) -> std::io::Result<u64> {
+    use std::io::Write;
+    let end = at + len;
+    let mut off = at as libc::off64_t;
+    while (off as u64) < end {
+        let want = (end - off as u64).min(1 << 30) as usize;
+        match nix::sys::sendfile::sendfile64(out, log, Some(&mut off), want) {
+            Ok(0) => return Ok(off as u64 - at),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut pos = off as u64;
+    let mut buf = Vec::new();
+    while pos < end {
+        if buf.is_empty() {
+            buf = vec![0u8; COPY_PIECE.min((end - pos) as usize)];
+        }
+        let want = buf.len().min((end - pos) as usize);
+        let n = match log.read_at(&mut buf[..want], pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut w = out;
+        w.write_all(&buf[..n])?;
+        pos += n as u64;
+    }
+    Ok(pos - at)
+}
+
+/// The pieces [`copy_span`] reads and writes when the kernel cannot copy.
+const COPY_PIECE: usize = 256 * 1024;
 
 /// What every reader says when a log it reads is found shorter than what it
 /// read (a job may empty its own log, see [`LineSource::restarts`]): like
@@ -1133,9 +1171,11 @@ mod tests {
         f.write_all_at(b"b\n", short).unwrap();
         f.write_all_at(b"c\n", c_at).unwrap();
         let len = c_at + 2;
-        let mut out = Vec::new();
+        let copy = t.0.root().join("copy");
+        let sink = File::create(&copy).unwrap();
         let mut skipped = Vec::new();
-        let done = copy_data(&f, 0, len, &mut out, |at, n| skipped.push((at, n))).unwrap();
+        let done = copy_data(&f, 0, len, &sink, |at, n| skipped.push((at, n))).unwrap();
+        let out = std::fs::read(&copy).unwrap();
         assert_eq!(done, len);
         let mut want = b"a\n".to_vec();
         want.resize(short as usize, 0);
@@ -1156,6 +1196,42 @@ mod tests {
         assert!(out[short as usize + 2..out.len() - 2]
             .iter()
             .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_copy_the_kernel_cannot_make_is_read_and_written_in_pieces() {
+        // `sendfile` refuses an output opened for appending (`logs >> f`):
+        // the copy reads and writes instead, from where it was asked.
+        let t = TempRoot::new("copy-append");
+        let path = t.0.root().join("log");
+        let data: Vec<u8> = (0..3 * COPY_PIECE + 123).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let log = File::open(&path).unwrap();
+        for append in [false, true] {
+            let copy = t.0.root().join(format!("copy-{append}"));
+            std::fs::write(&copy, b"before\n").unwrap();
+            let sink = std::fs::OpenOptions::new()
+                .write(true)
+                .append(append)
+                .open(&copy)
+                .unwrap();
+            if !append {
+                use std::io::Seek;
+                (&sink).seek(std::io::SeekFrom::End(0)).unwrap();
+            }
+            let from = 1000;
+            let done = copy_data(&log, from, data.len() as u64 - from, &sink, |_, _| {
+                panic!("no hole")
+            })
+            .unwrap();
+            assert_eq!(done, data.len() as u64 - from);
+            let out = std::fs::read(&copy).unwrap();
+            assert_eq!(&out[..7], b"before\n");
+            assert!(out[7..] == data[from as usize..], "append {append}");
+            // Asked for more than there is: the copy says how much it made.
+            let short = copy_data(&log, 10, data.len() as u64, &sink, |_, _| {}).unwrap();
+            assert_eq!(short, data.len() as u64 - 10, "append {append}");
+        }
     }
 
     /// Bytes this thread has read from files so far (`rchar` in
